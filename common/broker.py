@@ -1,0 +1,206 @@
+"""The broker interface, and the in-process broker of embedded mode.
+
+Both implementations give the same guarantees to a handler: a message is
+acknowledged only when the handler returns (so whatever the handler published
+has already been confirmed), :class:`~common.errors.Requeue` or any unexpected
+exception puts it back for redelivery, :class:`~common.errors.DeadLetter`
+sends it to the dead-letter queue, and a message delivered
+:data:`~common.topology.DELIVERY_LIMIT` times is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Self
+
+import structlog
+from pydantic import BaseModel
+
+from common.errors import DeadLetter, Requeue
+from common.topology import DELIVERY_LIMIT, QueueSpec, Topology
+
+log = structlog.get_logger(__name__)
+
+
+class BrokerError(Exception):
+    """The broker did not take a message (unroutable, not confirmed, closed)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    body: bytes
+    routing_key: str
+    message_id: str | None = None
+    redelivered: bool = False
+    delivery_count: int = 1
+    headers: dict[str, object] = field(default_factory=dict)
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Outcome:
+    ACK = "ack"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead_letter"
+
+
+async def run_handler(handler: Handler, delivery: Delivery) -> str:
+    """Run *handler* and say what should happen to the message."""
+    try:
+        await handler(delivery)
+    except Requeue:
+        return Outcome.REQUEUE
+    except DeadLetter:
+        return Outcome.DEAD_LETTER
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # A bug or an outage the handler did not classify: try again, and let
+        # the delivery limit dead-letter it if it never succeeds.
+        log.exception("handler failed", routing_key=delivery.routing_key, message_id=delivery.message_id)
+        return Outcome.REQUEUE
+    return Outcome.ACK
+
+
+class Broker(abc.ABC):
+    """Publish with confirmation, consume with ack/requeue/dead-letter."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect and declare the topology."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop consuming, let in-flight handlers finish, disconnect. Idempotent."""
+
+    @abc.abstractmethod
+    async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        """Return only once the broker has taken responsibility for the message."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
+        """Start delivering *queue* to *handler*, up to *prefetch* at a time."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """Whether the broker is reachable now."""
+
+    async def publish_model(self, routing_key: str, model: BaseModel, *, message_id: str | None = None) -> None:
+        await self.publish(routing_key, model.model_dump_json().encode("utf-8"), message_id=message_id)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+@dataclass
+class _Consumer:
+    dispatcher: asyncio.Task[None]
+    in_flight: set[asyncio.Task[None]]
+
+
+class InProcessBroker(Broker):
+    """A broker inside the process, with RabbitMQ's delivery semantics.
+
+    Nothing survives the process: it exists so that one command shows the
+    whole product with nothing installed. Deployments use RabbitMQ.
+    """
+
+    def __init__(self, topology: Topology, *, delivery_limit: int = DELIVERY_LIMIT) -> None:
+        super().__init__(topology)
+        self._delivery_limit = delivery_limit
+        self._queues: dict[str, asyncio.Queue[Delivery]] = {}
+        self._bindings: dict[str, list[str]] = {}
+        self._consumers: list[_Consumer] = []
+        self._open = False
+
+    async def start(self) -> None:
+        for spec in self.topology.work_queues:
+            self._queues.setdefault(spec.name, asyncio.Queue())
+            self._bindings.setdefault(spec.routing_key, []).append(spec.name)
+        self._queues.setdefault(self.topology.dead_letter_queue.name, asyncio.Queue())
+        self._open = True
+
+    def depth(self, queue: QueueSpec) -> int:
+        """Messages waiting in *queue* (not counting those being handled)."""
+        return self._queues[queue.name].qsize()
+
+    async def get_dead_letter(self, timeout: float) -> Delivery:
+        """The next dead-lettered message; for inspection and tests."""
+        queue = self._queues[self.topology.dead_letter_queue.name]
+        return await asyncio.wait_for(queue.get(), timeout)
+
+    async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        if not self._open:
+            raise BrokerError("broker is closed")
+        targets = self._bindings.get(routing_key)
+        if not targets:
+            raise BrokerError(f"no queue is bound to routing key {routing_key!r}")
+        for name in targets:
+            self._queues[name].put_nowait(Delivery(body=body, routing_key=routing_key, message_id=message_id))
+
+    async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
+        if not self._open:
+            raise BrokerError("broker is closed")
+        source = self._queues[queue.name]
+        in_flight: set[asyncio.Task[None]] = set()
+        dispatcher = asyncio.create_task(self._dispatch(source, handler, prefetch, in_flight))
+        self._consumers.append(_Consumer(dispatcher, in_flight))
+
+    async def _dispatch(
+        self,
+        source: asyncio.Queue[Delivery],
+        handler: Handler,
+        prefetch: int,
+        in_flight: set[asyncio.Task[None]],
+    ) -> None:
+        slots = asyncio.Semaphore(prefetch)
+        while True:
+            await slots.acquire()
+            try:
+                delivery = await source.get()
+            except asyncio.CancelledError:
+                slots.release()
+                raise
+            task = asyncio.create_task(self._handle(source, handler, delivery))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            task.add_done_callback(lambda _: slots.release())
+
+    async def _handle(self, source: asyncio.Queue[Delivery], handler: Handler, delivery: Delivery) -> None:
+        outcome = await run_handler(handler, delivery)
+        if outcome == Outcome.ACK:
+            return
+        if outcome == Outcome.REQUEUE and delivery.delivery_count < self._delivery_limit:
+            source.put_nowait(replace(delivery, redelivered=True, delivery_count=delivery.delivery_count + 1))
+            return
+        dead = self._queues[self.topology.dead_letter_queue.name]
+        dead.put_nowait(replace(delivery, headers={**delivery.headers, "x-death-reason": outcome}))
+
+    async def ping(self) -> bool:
+        return self._open
+
+    async def close(self, grace: float = 10.0) -> None:
+        self._open = False
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            consumer.dispatcher.cancel()
+        for consumer in consumers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer.dispatcher
+            if consumer.in_flight:
+                await asyncio.wait(consumer.in_flight, timeout=grace)

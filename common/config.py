@@ -1,0 +1,97 @@
+"""Settings, read once from ``ADXFLOW_*`` environment variables.
+
+Secrets (the AMQP URL's password, SMTP password, API token) are
+``SecretStr``: they print as ``**********`` in every repr and log line, and
+live only in the environment (or a mounted file) of the service that uses them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.errors import ConfigurationError
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ADXFLOW_", extra="ignore")
+
+    data_dir: Path = Path(".adxflow")
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "adxflow"
+
+    amqp_url: SecretStr | None = None
+    prefetch: Annotated[int, Field(ge=1, le=1000)] = 8
+
+    database_url: SecretStr | None = None
+    blob_dir: Path | None = None
+    connections_file: Path | None = None
+
+    local_kusto_port: Port = 0
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Port = 8025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: Annotated[float, Field(gt=0)] = 30.0
+    mail_from: str = "adxflow <adxflow@localhost>"
+    outbox_dir: Path | None = None
+
+    trigger_host: str = "127.0.0.1"
+    trigger_port: Port = 8080
+    history_host: str = "127.0.0.1"
+    history_port: Port = 8081
+    history_public_url: str | None = None
+    api_token: SecretStr | None = None
+
+    query_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 420.0
+    table_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+    log_level: str = "INFO"
+    log_format: Annotated[str, Field(pattern="^(json|console)$")] = "json"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'history.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def resolved_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.data_dir / "outbox"
+
+    def history_url(self, port: int | None = None) -> str:
+        if self.history_public_url:
+            return self.history_public_url.rstrip("/")
+        return f"http://{self.history_host}:{port or self.history_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; a bad value names the variable and the value."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = "ADXFLOW_" + "_".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"{key}={error.get('input')!r}: {error['msg']}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

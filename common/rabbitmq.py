@@ -1,0 +1,151 @@
+"""The broker on RabbitMQ, through aio-pika.
+
+A robust connection (reconnects and re-declares after a drop), durable quorum
+queues with a delivery limit and a dead-letter exchange, publisher confirms
+with mandatory routing (an unroutable message is an error, not a silent drop),
+and one channel per consumer with its own prefetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, DeliveryError
+
+from common.broker import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
+from common.topology import QueueSpec, Topology
+
+log = structlog.get_logger(__name__)
+
+
+class RabbitBroker(Broker):
+    def __init__(self, url: str, topology: Topology, *, connection_name: str = "adxflow") -> None:
+        super().__init__(topology)
+        self._url = url
+        self._connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._consumers: list[tuple[AbstractChannel, AbstractQueue, str]] = []
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        # The URL may carry a password; never show it.
+        return f"RabbitBroker(namespace={self.topology.namespace!r}, connection={self._connection_name!r})"
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": self._connection_name}
+        )
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._publish_channel = channel
+        self._exchange = await channel.declare_exchange(
+            self.topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead_letters = await channel.declare_exchange(
+            self.topology.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        for spec in self.topology.work_queues:
+            queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+            await queue.bind(self._exchange, spec.routing_key)
+        dead = self.topology.dead_letter_queue
+        queue = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
+        await queue.bind(dead_letters, dead.routing_key)
+
+    async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        if self._exchange is None:
+            raise BrokerError("broker is not started")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        try:
+            await self._exchange.publish(message, routing_key=routing_key, mandatory=True)
+        except DeliveryError as exc:
+            raise BrokerError(f"RabbitMQ did not accept the message for {routing_key!r}: {exc}") from exc
+        except (AMQPError, ConnectionError) as exc:
+            raise BrokerError(f"RabbitMQ unreachable while publishing to {routing_key!r}: {exc}") from exc
+
+    async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
+        if self._connection is None:
+            raise BrokerError("broker is not started")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        source = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.add(task)
+            try:
+                await self._handle(message, handler)
+            finally:
+                if task is not None:
+                    self._in_flight.discard(task)
+
+        tag = await source.consume(on_message)
+        self._consumers.append((channel, source, tag))
+
+    async def _handle(self, message: AbstractIncomingMessage, handler: Handler) -> None:
+        headers = dict(message.headers or {})
+        count = headers.get("x-delivery-count")
+        delivery = Delivery(
+            body=message.body,
+            routing_key=message.routing_key or "",
+            message_id=message.message_id,
+            redelivered=bool(message.redelivered),
+            delivery_count=int(count) + 1 if isinstance(count, int) else 1,
+            headers=headers,
+        )
+        outcome = await run_handler(handler, delivery)
+        if outcome == Outcome.ACK:
+            await message.ack()
+        elif outcome == Outcome.REQUEUE:
+            await message.nack(requeue=True)
+        else:
+            await message.reject(requeue=False)
+
+    async def ping(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def close(self, grace: float = 10.0) -> None:
+        consumers, self._consumers = self._consumers, []
+        for _channel, queue, tag in consumers:
+            with contextlib.suppress(AMQPError, ConnectionError, asyncio.CancelledError):
+                await queue.cancel(tag)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace)
+        for channel, _queue, _tag in consumers:
+            with contextlib.suppress(AMQPError, ConnectionError):
+                await channel.close()
+        connection, self._connection = self._connection, None
+        self._exchange = None
+        self._publish_channel = None
+        if connection is not None:
+            await connection.close()
+
+    async def delete_topology(self) -> None:
+        """Remove every queue and exchange of this namespace (tests and teardown)."""
+        if self._connection is None:
+            raise BrokerError("broker is not started")
+        channel = await self._connection.channel()
+        try:
+            for spec in [*self.topology.work_queues, self.topology.dead_letter_queue]:
+                await channel.queue_delete(spec.name)
+            await channel.exchange_delete(self.topology.exchange)
+            await channel.exchange_delete(self.topology.dead_letter_exchange)
+        finally:
+            await channel.close()

@@ -1,0 +1,65 @@
+"""The parts every service is handed: settings, broker, blob store, connections.
+
+Built once per process and passed explicitly. In embedded mode all five
+services share one runtime (and so one in-process broker); deployed, each
+process builds its own against RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from common.blobs import FolderBlobStore
+from common.broker import Broker, InProcessBroker
+from common.config import Settings
+from common.connections import Connections
+from common.topology import Topology
+
+
+def make_broker(settings: Settings, *, connection_name: str) -> Broker:
+    topology = Topology(settings.namespace)
+    if settings.amqp_url is None:
+        return InProcessBroker(topology)
+    from common.rabbitmq import RabbitBroker
+
+    return RabbitBroker(settings.amqp_url.get_secret_value(), topology, connection_name=connection_name)
+
+
+def load_connections(settings: Settings) -> Connections:
+    if settings.connections_file is None:
+        return Connections()
+    return Connections.from_file(settings.connections_file)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    broker: Broker
+    blobs: FolderBlobStore
+    connections: Connections
+    #: Where the history API can be reached, for links in emails and Location headers.
+    history_url: str = ""
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    @classmethod
+    def build(cls, settings: Settings, *, name: str, connections: Connections | None = None) -> Runtime:
+        return cls(
+            settings=settings,
+            broker=make_broker(settings, connection_name=f"adxflow-{name}"),
+            blobs=FolderBlobStore(settings.resolved_blob_dir),
+            connections=connections if connections is not None else load_connections(settings),
+            history_url=settings.history_url(),
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.blobs.ensure()
+        await self._stack.enter_async_context(self.broker)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()

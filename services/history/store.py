@@ -1,0 +1,370 @@
+"""Runs and steps in SQL: SQLite in embedded mode, PostgreSQL when deployed.
+
+One code path (SQLAlchemy Core, async). Status events may arrive twice or out
+of order (redelivery, several producers), so applying one is an idempotent
+merge: a step's status only moves forward, a terminal run stays terminal, and
+an event for a run not seen yet creates a placeholder the run's own event
+fills in later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from common.contracts import RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
+
+metadata = sa.MetaData()
+
+UtcDateTime = sa.DateTime(timezone=True)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("connection", sa.String(128)),
+    sa.Column("database", sa.String(256)),
+    sa.Column("action", sa.String(32)),
+    sa.Column("chart", sa.String(32)),
+    sa.Column("query", sa.Text),
+    sa.Column("parameters", sa.JSON),
+    sa.Column("recipients", sa.JSON),
+    sa.Column("subject", sa.String(255)),
+    sa.Column("submitted_at", UtcDateTime),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("failed_step", sa.String(64)),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_runs_submitted_at", "submitted_at"),
+)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("step_id", sa.String(64), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("service", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("row_count", sa.BigInteger),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("retryable", sa.Boolean),
+    sa.Column("artifacts", sa.JSON),
+)
+
+_STEP_RANK = {
+    StepStatus.PENDING: 0,
+    StepStatus.RUNNING: 1,
+    StepStatus.SUCCEEDED: 2,
+    StepStatus.FAILED: 2,
+    StepStatus.SKIPPED: 2,
+}
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands datetimes back naive; they were stored as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)
+
+
+class HistoryStore:
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (OSError, sa.exc.SQLAlchemyError):
+            return False
+        return True
+
+    # -- writing -----------------------------------------------------------
+
+    async def apply(self, event: StatusEvent) -> None:
+        async with self.engine.begin() as conn:
+            run = await self._lock_run(conn, event.run_id)
+            if run is None:
+                await self._insert_run(conn, event.run_id, event.run)
+            elif event.run is not None and run.connection is None:
+                await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**_run_fields(event.run)))
+            if event.run is not None:
+                await self._ensure_steps(conn, event.run_id, event.run)
+            await self._merge_step(conn, event)
+            await self._settle_run(conn, event)
+
+    async def _lock_run(self, conn: AsyncConnection, run_id: str) -> sa.Row[Any] | None:
+        query = sa.select(runs.c.run_id, runs.c.status, runs.c.connection).where(runs.c.run_id == run_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return (await conn.execute(query)).first()
+
+    async def _insert_run(self, conn: AsyncConnection, run_id: str, info: RunInfo | None) -> None:
+        values: dict[str, Any] = {"run_id": run_id, "status": RunStatus.QUEUED.value, "updated_at": utcnow()}
+        if info is not None:
+            values.update(_run_fields(info))
+        await conn.execute(_insert_ignore(conn, runs).values(**values))
+
+    async def _ensure_steps(self, conn: AsyncConnection, run_id: str, info: RunInfo) -> None:
+        for position, step in enumerate(info.itinerary):
+            await conn.execute(
+                _insert_ignore(conn, steps).values(
+                    run_id=run_id,
+                    step_id=step.id,
+                    attempt=1,
+                    position=position,
+                    kind=step.kind.value,
+                    service=step.service.value,
+                    status=StepStatus.PENDING.value,
+                    artifacts={},
+                )
+            )
+
+    async def _merge_step(self, conn: AsyncConnection, event: StatusEvent) -> None:
+        key = (
+            (steps.c.run_id == event.run_id)
+            & (steps.c.step_id == event.step_id)
+            & (steps.c.attempt == event.attempt)
+        )
+        current = (await conn.execute(sa.select(steps.c.status, steps.c.position).where(key))).first()
+        fields: dict[str, Any] = {"status": event.status.value}
+        if event.started_at is not None:
+            fields["started_at"] = event.started_at
+        if event.finished_at is not None:
+            fields["finished_at"] = event.finished_at
+        if event.row_count is not None:
+            fields["row_count"] = event.row_count
+        if event.artifacts:
+            fields["artifacts"] = {name: ref.model_dump() for name, ref in event.artifacts.items()}
+        if event.error is not None:
+            fields.update(
+                error_code=event.error.code.value,
+                error_message=event.error.message,
+                retryable=event.error.retryable,
+            )
+        if current is None:
+            position = await self._position_of(conn, event)
+            await conn.execute(
+                _insert_ignore(conn, steps).values(
+                    run_id=event.run_id,
+                    step_id=event.step_id,
+                    attempt=event.attempt,
+                    position=position,
+                    kind=event.kind.value,
+                    service=event.service.value,
+                    **{"artifacts": {}, **fields},
+                )
+            )
+            return
+        if _STEP_RANK[StepStatus(current.status)] > _STEP_RANK[event.status]:
+            # An older event arriving late: keep what is known, but fill gaps.
+            fields = {k: v for k, v in fields.items() if k == "started_at"}
+            if not fields:
+                return
+        await conn.execute(steps.update().where(key).values(**fields))
+
+    async def _position_of(self, conn: AsyncConnection, event: StatusEvent) -> int:
+        row = (
+            await conn.execute(
+                sa.select(steps.c.position)
+                .where((steps.c.run_id == event.run_id) & (steps.c.step_id == event.step_id))
+                .limit(1)
+            )
+        ).first()
+        if row is not None:
+            return int(row.position)
+        count = (
+            await conn.execute(sa.select(sa.func.count()).select_from(steps).where(steps.c.run_id == event.run_id))
+        ).scalar_one()
+        return int(count)
+
+    async def _settle_run(self, conn: AsyncConnection, event: StatusEvent) -> None:
+        """Derive the run's status from the step event just merged."""
+        run = (await conn.execute(sa.select(runs).where(runs.c.run_id == event.run_id))).one()
+        if RunStatus(run.status).terminal:
+            return
+        now = utcnow()
+        values: dict[str, Any] = {"updated_at": now}
+        started = _utc(run.started_at)
+        if event.started_at is not None and (started is None or event.started_at < started):
+            values["started_at"] = event.started_at
+        if event.status is StepStatus.FAILED:
+            values.update(
+                status=RunStatus.FAILED.value,
+                finished_at=event.finished_at or now,
+                failed_step=event.step_id,
+                error_code=event.error.code.value if event.error else None,
+                error_message=event.error.message if event.error else None,
+            )
+            await conn.execute(
+                steps.update()
+                .where((steps.c.run_id == event.run_id) & (steps.c.status == StepStatus.PENDING.value))
+                .values(status=StepStatus.SKIPPED.value)
+            )
+        elif event.status is StepStatus.SUCCEEDED and await self._is_last_step(conn, event):
+            values.update(status=RunStatus.SUCCEEDED.value, finished_at=event.finished_at or now)
+        elif event.status in (StepStatus.RUNNING, StepStatus.SUCCEEDED):
+            values["status"] = RunStatus.RUNNING.value
+        await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**values))
+
+    async def _is_last_step(self, conn: AsyncConnection, event: StatusEvent) -> bool:
+        last = (
+            await conn.execute(sa.select(sa.func.max(steps.c.position)).where(steps.c.run_id == event.run_id))
+        ).scalar_one()
+        mine = (
+            await conn.execute(
+                sa.select(steps.c.position)
+                .where((steps.c.run_id == event.run_id) & (steps.c.step_id == event.step_id))
+                .limit(1)
+            )
+        ).scalar_one()
+        return mine == last
+
+    # -- reading -----------------------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        before: tuple[dt.datetime, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        query = sa.select(runs).order_by(runs.c.submitted_at.desc(), runs.c.run_id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(runs.c.status == status.value)
+        if before is not None:
+            at, run_id = before
+            query = query.where(
+                (runs.c.submitted_at < at) | ((runs.c.submitted_at == at) & (runs.c.run_id < run_id))
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_run_view(row) for row in rows]
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            run = (await conn.execute(sa.select(runs).where(runs.c.run_id == run_id))).mappings().first()
+            if run is None:
+                return None
+            step_rows = (
+                (
+                    await conn.execute(
+                        sa.select(steps)
+                        .where(steps.c.run_id == run_id)
+                        .order_by(steps.c.position, steps.c.attempt)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        view = _run_view(run)
+        view["steps"] = _steps_view(step_rows)
+        return view
+
+
+def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _run_fields(info: RunInfo) -> dict[str, Any]:
+    return {
+        "connection": info.connection,
+        "database": info.database,
+        "action": info.action.value,
+        "chart": info.chart.value,
+        "query": info.query,
+        "parameters": info.parameters,
+        "recipients": info.recipients,
+        "subject": info.subject,
+        "submitted_at": info.submitted_at,
+    }
+
+
+def _duration_ms(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 1)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    value = _utc(value)
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _run_view(row: Any) -> dict[str, Any]:
+    submitted, started, finished = _utc(row.submitted_at), _utc(row.started_at), _utc(row.finished_at)
+    return {
+        "run_id": row.run_id,
+        "status": row.status,
+        "connection": row.connection,
+        "database": row.database,
+        "action": row.action,
+        "chart": row.chart,
+        "query": row.query,
+        "parameters": row.parameters or {},
+        "recipients": row.recipients or [],
+        "subject": row.subject,
+        "submitted_at": _iso(submitted),
+        "started_at": _iso(started or submitted),
+        "finished_at": _iso(finished),
+        "duration_ms": _duration_ms(submitted or started, finished),
+        "failed_step": row.failed_step,
+        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+    }
+
+
+def _steps_view(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    views = []
+    for row in rows:
+        started, finished = _utc(row.started_at), _utc(row.finished_at)
+        views.append(
+            {
+                "step_id": row.step_id,
+                "attempt": row.attempt,
+                "kind": row.kind,
+                "service": row.service,
+                "status": row.status,
+                "started_at": _iso(started),
+                "finished_at": _iso(finished),
+                "duration_ms": _duration_ms(started, finished),
+                "row_count": row.row_count,
+                "error": (
+                    {"code": row.error_code, "message": row.error_message, "retryable": bool(row.retryable)}
+                    if row.error_code
+                    else None
+                ),
+                "artifacts": row.artifacts or {},
+            }
+        )
+    return views

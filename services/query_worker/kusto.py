@@ -1,0 +1,207 @@
+"""Running KQL with azure-kusto-data's async client, and naming what went wrong.
+
+Trigger values reach Kusto only as query parameters: the worker adds a
+``declare query_parameters`` statement for the job's parameters (unless the
+query declares them itself) and sends the values in the request properties,
+never spliced into the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+import re
+from typing import Any
+
+import structlog
+from azure.kusto.data import ClientRequestProperties
+from azure.kusto.data.aio import KustoClient
+from azure.kusto.data.exceptions import (
+    KustoApiError,
+    KustoAuthenticationError,
+    KustoClientError,
+    KustoError,
+    KustoMultiApiError,
+    KustoNetworkError,
+    KustoServiceError,
+    KustoThrottlingError,
+)
+
+from common.connections import Connections, connection_string
+from common.contracts import Action, ErrorCode, JobRequest, ParameterValue
+from common.errors import KustoError as StepKustoError
+from common.results import Column, ResultSet, Visualization
+
+log = structlog.get_logger(__name__)
+
+_DECLARES = re.compile(r"^\s*declare\s+query_parameters\s*\(", re.IGNORECASE | re.MULTILINE)
+#: Extra time the client waits past ``servertimeout`` for the server's own answer.
+_CLIENT_GRACE = 10.0
+
+
+def kql_type(value: ParameterValue) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "real"
+    return "string"
+
+
+def kql_literal(value: ParameterValue) -> str:
+    """A parameter value in Kusto's wire form: raw for strings, a KQL literal otherwise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"real({value})"
+    return value
+
+
+def with_declarations(query: str, parameters: dict[str, ParameterValue]) -> str:
+    if not parameters or _DECLARES.search(query):
+        return query
+    declared = ", ".join(f"{name}:{kql_type(value)}" for name, value in parameters.items())
+    return f"declare query_parameters({declared});\n{query}"
+
+
+def request_properties(job: JobRequest, client_request_id: str, timeout: float) -> ClientRequestProperties:
+    properties = ClientRequestProperties()
+    properties.client_request_id = client_request_id
+    properties.application = "adxflow"
+    properties.set_option(
+        ClientRequestProperties.request_timeout_option_name, dt.timedelta(seconds=timeout)
+    )
+    for name, value in job.parameters.items():
+        properties.set_parameter(name, kql_literal(value))
+    return properties
+
+
+def _visualization(response: Any) -> Visualization | None:
+    for table in response.tables:
+        if str(getattr(table, "table_kind", "")).endswith("QueryProperties"):
+            for row in table.raw_rows:
+                if len(row) >= 3 and row[1] == "Visualization":
+                    raw = json.loads(row[2]) if isinstance(row[2], str) else row[2]
+                    if not raw or not raw.get("Visualization"):
+                        return None
+                    return Visualization(
+                        kind=raw.get("Visualization"),
+                        title=raw.get("Title"),
+                        x_column=raw.get("XColumn"),
+                        y_columns=raw.get("YColumns"),
+                        series=raw.get("Series"),
+                    )
+    return None
+
+
+def classify(exc: BaseException, connection: str) -> StepKustoError:
+    """A Kusto client failure as a step error with a stable code."""
+    if isinstance(exc, KustoThrottlingError):
+        return StepKustoError(
+            f"Kusto throttled the request: {exc}", code=ErrorCode.KUSTO_THROTTLED, retryable=True
+        )
+    if isinstance(exc, KustoNetworkError):
+        return StepKustoError(
+            f"cannot reach the cluster of connection {connection!r}: {exc}",
+            code=ErrorCode.KUSTO_UNAVAILABLE,
+            retryable=True,
+        )
+    if isinstance(exc, KustoAuthenticationError | KustoClientError) and not isinstance(
+        exc, KustoServiceError
+    ):
+        return StepKustoError(
+            f"connection {connection!r} could not authenticate: {exc}",
+            code=ErrorCode.KUSTO_REQUEST_DENIED,
+        )
+    if isinstance(exc, KustoServiceError):
+        status = getattr(exc.http_response, "status", None) or getattr(exc.http_response, "status_code", None)
+        message = _service_message(exc)
+        if status in (401, 403):
+            return StepKustoError(
+                f"connection {connection!r} is not allowed to run this: {message}",
+                code=ErrorCode.KUSTO_REQUEST_DENIED,
+            )
+        if isinstance(status, int) and status >= 500:
+            return StepKustoError(message, code=ErrorCode.KUSTO_SERVICE_ERROR, retryable=True)
+        if _timed_out(message):
+            return StepKustoError(message, code=ErrorCode.REQUEST_TIMEOUT)
+        if _is_syntax(exc, message):
+            return StepKustoError(message, code=ErrorCode.KUSTO_SYNTAX_ERROR)
+        return StepKustoError(message, code=ErrorCode.KUSTO_SEMANTIC_ERROR)
+    return StepKustoError(f"Kusto request failed: {exc}", code=ErrorCode.KUSTO_SERVICE_ERROR)
+
+
+def _service_message(exc: KustoServiceError) -> str:
+    if isinstance(exc, KustoApiError):
+        error = exc.get_api_error()
+        return error.description or error.message or str(exc)
+    if isinstance(exc, KustoMultiApiError):
+        return "; ".join(e.description or e.message or "" for e in exc.get_api_errors()) or str(exc)
+    return str(exc)
+
+
+def _timed_out(message: str) -> bool:
+    lowered = message.lower()
+    return "timed out" in lowered or "timeout" in lowered and "exceeded" in lowered
+
+
+def _is_syntax(exc: KustoServiceError, message: str) -> bool:
+    kind = exc.get_api_error().type or "" if isinstance(exc, KustoApiError) else ""
+    lowered = message.lower()
+    return (
+        "syntax" in kind.lower()
+        or "syntax error" in lowered
+        or "mismatched input" in lowered
+        or "extraneous input" in lowered
+        or "no viable alternative" in lowered
+    )
+
+
+class KustoRunner:
+    """One async client per configured connection, created on first use."""
+
+    def __init__(self, connections: Connections, *, timeout: float) -> None:
+        self._connections = connections
+        self._timeout = timeout
+        self._clients: dict[str, KustoClient] = {}
+
+    def _client(self, name: str) -> KustoClient:
+        client = self._clients.get(name)
+        if client is None:
+            client = KustoClient(connection_string(self._connections.get(name)))
+            self._clients[name] = client
+        return client
+
+    async def run(self, job: JobRequest, client_request_id: str) -> ResultSet:
+        client = self._client(job.connection)
+        properties = request_properties(job, client_request_id, self._timeout)
+        try:
+            async with asyncio.timeout(self._timeout + _CLIENT_GRACE):
+                if job.action is Action.CONTROL_COMMAND:
+                    response = await client.execute_mgmt(job.database, job.query, properties)
+                else:
+                    query = with_declarations(job.query, job.parameters)
+                    response = await client.execute_query(job.database, query, properties)
+        except TimeoutError:
+            raise StepKustoError(
+                f"the query did not finish within {self._timeout:g} s",
+                code=ErrorCode.REQUEST_TIMEOUT,
+            ) from None
+        except KustoError as exc:
+            raise classify(exc, job.connection) from exc
+        primary = response.primary_results
+        if not primary:
+            return ResultSet(columns=[], rows=[])
+        table = primary[0]
+        columns = [Column(name=c.column_name, type=str(c.column_type).lower()) for c in table.columns]
+        return ResultSet(columns=columns, rows=table.raw_rows, visualization=_visualization(response))
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()

@@ -1,0 +1,222 @@
+"""A result set as an email-safe HTML table and as aligned plain text.
+
+Email clients drop <style> blocks and scripts, so every style is inline and the
+markup sticks to plain tables. Values are turned into display text here, once,
+so the HTML body, the text/plain alternative and the chart labels agree on how
+a number or a datetime reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from jinja2.sandbox import SandboxedEnvironment
+
+from common.results import NUMERIC_TYPES, Column, ResultSet, parse_datetime
+
+NO_ROWS = "no rows"
+#: Right-aligned like numbers: they read best when their digits line up.
+_ALIGNED_RIGHT_TYPES = NUMERIC_TYPES | {"timespan"}
+#: Longest cell in the plain-text table; a JSON blob would otherwise push every column off screen.
+_TEXT_CELL_WIDTH = 40
+
+_FONT = "font-family:Segoe UI,Helvetica,Arial,sans-serif;font-size:13px;color:#1f2328"
+_TABLE_STYLE = f"border-collapse:collapse;border:1px solid #d0d7de;{_FONT}"
+_HEADER_STYLE = "background-color:#eaeef2;border-bottom:2px solid #d0d7de;font-weight:bold;white-space:nowrap"
+_LEFT = "text-align:left;vertical-align:top"
+_RIGHT = "text-align:right;vertical-align:top;white-space:nowrap"
+_ZEBRA = ("#ffffff", "#f6f8fa")
+_NOTE_STYLE = f"{_FONT};color:#57606a;margin:6px 0 0 0"
+_TITLE_STYLE = f"{_FONT};font-size:15px;font-weight:bold;margin:0 0 8px 0"
+
+_TEMPLATE = """\
+<div>
+{%- if title %}<p style="{{ title_style }}">{{ title }}</p>{% endif %}
+<table cellpadding="5" cellspacing="0" border="0" style="{{ table_style }}">
+<thead><tr>
+{%- for header in headers %}<th style="{{ header_style }};{{ aligns[loop.index0] }}">{{ header }}</th>{% endfor -%}
+</tr></thead>
+<tbody>
+{%- for row in rows %}
+<tr style="background-color:{{ loop.cycle(*zebra) }}">
+{%- for cell in row %}<td style="{{ aligns[loop.index0] }}">{{ cell }}</td>{% endfor -%}
+</tr>
+{%- else %}
+<tr><td colspan="{{ colspan }}" style="{{ note_style }}">{{ no_rows }}</td></tr>
+{%- endfor %}
+</tbody>
+</table>
+{%- if note %}
+<p style="{{ note_style }}">{{ note }}</p>
+{%- endif %}
+</div>
+"""
+
+_environment = SandboxedEnvironment(autoescape=True)
+_table_template = _environment.from_string(_TEMPLATE)
+
+
+def render_table(result: ResultSet, *, max_rows: int = 1000, title: str | None = None) -> str:
+    """The result as an HTML fragment with inline styles only; every value is escaped."""
+    shown = result.rows[: max(max_rows, 0)]
+    return _table_template.render(
+        title=title,
+        headers=[column.name for column in result.columns],
+        aligns=[_RIGHT if _is_aligned_right(column) else _LEFT for column in result.columns],
+        rows=[format_row(result.columns, row) for row in shown],
+        colspan=max(len(result.columns), 1),
+        note=truncation_note(len(shown), result.row_count),
+        no_rows=NO_ROWS,
+        zebra=_ZEBRA,
+        table_style=_TABLE_STYLE,
+        header_style=_HEADER_STYLE,
+        note_style=_NOTE_STYLE,
+        title_style=_TITLE_STYLE,
+    )
+
+
+def render_text_table(result: ResultSet, *, max_rows: int = 50) -> str:
+    """The result as space-aligned columns for a text/plain email part."""
+    shown = result.rows[: max(max_rows, 0)]
+    headers = [_clip(column.name) for column in result.columns]
+    body = [[_clip(_one_line(cell)) for cell in format_row(result.columns, row)] for row in shown]
+    widths = [max([len(header)] + [len(row[index]) for row in body]) for index, header in enumerate(headers)]
+    right = [_is_aligned_right(column) for column in result.columns]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if is_right else cell.ljust(width)
+            for cell, width, is_right in zip(cells, widths, right, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    lines = [line(headers), line(["-" * width for width in widths])]
+    lines.extend(line(row) for row in body)
+    if not body:
+        lines.append(NO_ROWS)
+    note = truncation_note(len(shown), result.row_count)
+    if note:
+        lines.append(note)
+    return "\n".join(lines) + "\n"
+
+
+def truncation_note(shown: int, total: int) -> str | None:
+    return f"showing {shown:,} of {total:,} rows" if shown < total else None
+
+
+def format_row(columns: Sequence[Column], row: Sequence[Any]) -> list[str]:
+    return [format_value(column.type, value) for column, value in zip(columns, row, strict=True)]
+
+
+def format_value(kusto_type: str, value: Any) -> str:
+    """Display text for one wire value: grouped digits, UTC datetimes, compact JSON, nulls empty."""
+    if value is None:
+        return ""
+    if kusto_type in ("int", "long"):
+        return _format_integer(value)
+    if kusto_type in ("real", "decimal"):
+        return format_number(value)
+    if kusto_type == "datetime":
+        return _format_datetime(value)
+    if kusto_type == "dynamic":
+        return format_dynamic(value)
+    if kusto_type == "bool" or isinstance(value, bool):
+        return _format_bool(value)
+    return str(value)
+
+
+def format_number(value: Any) -> str:
+    """Digits grouped by thousands; at most three decimals, two from a thousand up."""
+    number = _as_number(value)
+    if number is None:
+        return str(value)
+    if isinstance(number, int):
+        return f"{number:,}"
+    if not _is_finite(number):
+        return _NON_FINITE.get(str(number).lower().lstrip("+"), str(number))
+    magnitude = abs(number)
+    if magnitude == 0:
+        return "0"
+    if magnitude < 1:
+        # Significant digits, so 0.000123 does not collapse to 0.
+        return f"{number:.3g}"
+    text = f"{number:,.{2 if magnitude >= 1000 else 3}f}"
+    return text.rstrip("0").rstrip(".")
+
+
+def format_dynamic(value: Any) -> str:
+    """Compact JSON; a dynamic that holds a plain string reads as that string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(value, str):
+            return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def format_datetime(value: dt.datetime) -> str:
+    text = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "infinity": "Infinity", "-inf": "-Infinity", "-infinity": "-Infinity"}
+
+
+def _format_integer(value: Any) -> str:
+    number = _as_number(value)
+    if isinstance(number, float | Decimal) and _is_finite(number) and number == int(number):
+        number = int(number)
+    return format_number(value if number is None else number)
+
+
+def _format_datetime(value: Any) -> str:
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        return str(value)
+    return "" if parsed is None else format_datetime(parsed)
+
+
+def _format_bool(value: Any) -> str:
+    if isinstance(value, bool | int):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _as_number(value: Any) -> int | float | Decimal | None:
+    """Wire numbers are JSON numbers, except decimals and non-finite reals, which arrive as text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | Decimal):
+        return value
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            return None
+    return None
+
+
+def _is_finite(number: float | Decimal) -> bool:
+    return number.is_finite() if isinstance(number, Decimal) else math.isfinite(number)
+
+
+def _is_aligned_right(column: Column) -> bool:
+    return column.type in _ALIGNED_RIGHT_TYPES
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) if any(char in text for char in "\r\n\t") else text
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _TEXT_CELL_WIDTH else text[: _TEXT_CELL_WIDTH - 1] + "…"
