@@ -35,6 +35,7 @@ runs = sa.Table(
     sa.Column("parameters", sa.JSON),
     sa.Column("recipients", sa.JSON),
     sa.Column("subject", sa.String(255)),
+    sa.Column("step_count", sa.Integer),
     sa.Column("submitted_at", UtcDateTime),
     sa.Column("started_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
@@ -144,6 +145,12 @@ class HistoryStore:
                     artifacts={},
                 )
             )
+            # A step that reported before the run's own event got a guessed position.
+            await conn.execute(
+                steps.update()
+                .where((steps.c.run_id == run_id) & (steps.c.step_id == step.id))
+                .values(position=position)
+            )
 
     async def _merge_step(self, conn: AsyncConnection, event: StatusEvent) -> None:
         key = (
@@ -226,24 +233,24 @@ class HistoryStore:
                 .where((steps.c.run_id == event.run_id) & (steps.c.status == StepStatus.PENDING.value))
                 .values(status=StepStatus.SKIPPED.value)
             )
-        elif event.status is StepStatus.SUCCEEDED and await self._is_last_step(conn, event):
+        elif event.status is StepStatus.SUCCEEDED and await self._is_last_step(conn, event, run.step_count):
             values.update(status=RunStatus.SUCCEEDED.value, finished_at=event.finished_at or now)
         elif event.status in (StepStatus.RUNNING, StepStatus.SUCCEEDED):
             values["status"] = RunStatus.RUNNING.value
         await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**values))
 
-    async def _is_last_step(self, conn: AsyncConnection, event: StatusEvent) -> bool:
-        last = (
-            await conn.execute(sa.select(sa.func.max(steps.c.position)).where(steps.c.run_id == event.run_id))
-        ).scalar_one()
-        mine = (
+    async def _is_last_step(self, conn: AsyncConnection, event: StatusEvent, step_count: int | None) -> bool:
+        """Whether the event's step ends the itinerary; unknown until the run's own event came."""
+        if step_count is None:
+            return False
+        position = (
             await conn.execute(
                 sa.select(steps.c.position)
                 .where((steps.c.run_id == event.run_id) & (steps.c.step_id == event.step_id))
                 .limit(1)
             )
         ).scalar_one()
-        return mine == last
+        return bool(position == step_count - 1)
 
     # -- reading -----------------------------------------------------------
 
@@ -307,6 +314,7 @@ def _run_fields(info: RunInfo) -> dict[str, Any]:
         "parameters": info.parameters,
         "recipients": info.recipients,
         "subject": info.subject,
+        "step_count": len(info.itinerary),
         "submitted_at": info.submitted_at,
     }
 

@@ -28,7 +28,7 @@ _PRIORITY: dict[Importance, tuple[str, str]] = {
     Importance.LOW: ("Low", "5 (Lowest)"),
 }
 
-_MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
+_MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Widest the chart is shown; a larger (high-density) image is scaled down to fit a mail client's pane.
@@ -110,7 +110,7 @@ def build_email(
     _single_line(spec.subject, "subject")
     _single_line(sender, "sender")
     _single_line(attachment_stem, "attachment_stem")
-    if not _MESSAGE_ID.match(message_id):
+    if not _MESSAGE_ID.fullmatch(message_id):
         raise ValueError(f"message_id must look like <local@domain>, got {message_id!r}")
     if not attachment_stem or _UNSAFE_FILENAME.search(attachment_stem):
         raise ValueError(f"attachment_stem must be a non-empty file name, got {attachment_stem!r}")

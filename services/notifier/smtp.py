@@ -8,6 +8,7 @@ contains it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import getaddresses
 
@@ -25,14 +26,16 @@ _ACCEPTED = 250
 
 
 async def send_email(
-    message: EmailMessage, settings: Settings, *, extra_recipients: list[str] | None = None
+    message: EmailMessage, settings: Settings, *, extra_recipients: Sequence[str] = ()
 ) -> str:
     """Send *message* to its To and Cc addresses and *extra_recipients*; return the relay's final reply.
 
     *extra_recipients* go on the envelope only, never into the headers (blind copies).
     """
-    recipients = [address for _, address in getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
-    recipients += extra_recipients or []
+    headers = [*message.get_all("To", []), *message.get_all("Cc", [])]
+    addresses = [address for _, address in getaddresses(headers) if address]
+    # An address in both To and Cc is one recipient, not two deliveries.
+    recipients = list(dict.fromkeys([*addresses, *extra_recipients]))
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
     relay = f"{settings.smtp_host}:{settings.smtp_port}"
     try:

@@ -95,17 +95,20 @@ def render_chart(
     if kind not in CHART_KINDS:
         raise ChartError(f"unsupported chart kind {kind!r}; supported: {', '.join(CHART_KINDS)}")
     hints = result.visualization or Visualization()
-    title = _xml_text(title if title is not None else hints.title)
-    frame = _Frame(title=title, width=width, height=height, empty=not result.rows)
-    try:
-        chart, columns_used = _draw(result, kind, frame)
-    except ChartError:
-        if result.rows:
-            raise
-        # A query that matched nothing still gets a picture that says so.
-        chart, columns_used = frame.new(pygal.Line), {}
+    frame = _Frame(title=_xml_text(title if title is not None else hints.title), width=width, height=height)
+    if result.rows:
+        columns = _choose_columns(result, kind)
+        chart = _DRAWERS[columns.kind](result, columns, frame)
+    else:
+        # A query that matched nothing still gets a picture that says so, whatever its columns.
+        try:
+            columns = _choose_columns(result, kind)
+        except ChartError:
+            columns = None
+        chart = frame.new(pygal.Pie, no_data_text=_NO_ROWS)  # a pie has no axes around the message
     svg: bytes = chart.render()
     png: bytes = cairosvg.svg2png(bytestring=svg, output_width=width, output_height=height)
+    columns_used = columns.names(result) if columns is not None else {}
     return RenderedChart(svg=svg, png=png, width=width, height=height, columns_used=columns_used)
 
 
@@ -116,7 +119,6 @@ class _Frame:
     title: str | None
     width: int
     height: int
-    empty: bool
 
     def new(self, chart_class: Callable[..., Any], **options: Any) -> Any:
         settings: dict[str, Any] = {
@@ -126,14 +128,19 @@ class _Frame:
             "title": self.title,
             "style": _STYLE,
             "js": [],
-            "xml_filters": [self._finish_svg],
             "value_formatter": format_number,
             "margin": 16,
             "legend_at_bottom": True,
             "truncate_legend": -1,
-            "no_data_text": _NO_ROWS if self.empty else _NOTHING_TO_PLOT,
+            "no_data_text": _NOTHING_TO_PLOT,
         }
-        return chart_class(**(settings | options))
+        chart = chart_class(**(settings | options))
+        chart.add_xml_filter(self._finish_svg)
+        return chart
+
+    def legend_columns(self, names: Sequence[str]) -> int:
+        longest = max((len(name) for name in names), default=1)
+        return max(1, min(len(names), self.width // int(longest * 7 + 40)))
 
     def _finish_svg(self, root: Element) -> Element:
         # pygal writes its config into an inline <script> even with js=[], and titles an untitled
@@ -145,173 +152,63 @@ class _Frame:
         return root
 
 
-def _draw(result: ResultSet, kind: str, frame: _Frame) -> tuple[Any, dict[str, str | list[str]]]:
-    if kind == "piechart":
-        return _pie_chart(result, frame)
+# --- choosing columns ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Indexes of the columns a chart draws; `kind` is the drawing, after linechart is resolved."""
+
+    kind: str
+    x: int
+    y: list[int]
+    series: int | None = None
+
+    def names(self, result: ResultSet) -> dict[str, str | list[str]]:
+        names: dict[str, str | list[str]] = {
+            "x": result.columns[self.x].name,
+            "y": [result.columns[index].name for index in self.y],
+        }
+        if self.series is not None:
+            names["series"] = result.columns[self.series].name
+        return names
+
+
+def _choose_columns(result: ResultSet, kind: str) -> _Columns:
     if kind == "timechart" or (kind == "linechart" and _has_time_axis(result)):
-        return _time_chart(result, kind, frame)
-    return _category_chart(result, kind, frame)
+        return _time_columns(result, kind)
+    return _category_columns(result, kind)
 
 
-# --- pie -------------------------------------------------------------------------------------
-
-
-def _pie_chart(result: ResultSet, frame: _Frame) -> tuple[Any, dict[str, str | list[str]]]:
-    label_index, value_indexes = _category_columns(result, "piechart")
-    value_index = value_indexes[0]
-    totals: dict[str, float] = {}
-    label_type = result.columns[label_index].type
-    for row in result.rows:
-        value = _to_float(row[value_index])
-        if value is not None and value > 0:
-            label = _label(label_type, row[label_index])
-            totals[label] = totals.get(label, 0.0) + value
-    slices = pie_slices(totals.items())
-    total = sum(value for _, value in slices)
-    chart = frame.new(pygal.Pie, legend_at_bottom=False, inner_radius=0.0)
-    for label, value in slices:
-        chart.add(f"{label}: {format_number(value)} ({value / total:.1%})", value)
-    return chart, {"x": result.columns[label_index].name, "y": [result.columns[value_index].name]}
-
-
-def pie_slices(totals: Iterable[tuple[str, float]], limit: int = PIE_SLICES) -> list[tuple[str, float]]:
-    """The largest `limit` slices, and the rest summed into one "Other" slice."""
-    ordered = sorted(totals, key=lambda item: item[1], reverse=True)
-    if len(ordered) <= limit + 1:
-        return ordered
-    return [*ordered[:limit], (OTHER, sum(value for _, value in ordered[limit:]))]
-
-
-# --- bar, column and category line charts ----------------------------------------------------
-
-_CATEGORY_CLASSES: dict[str, Callable[..., Any]] = {
-    "barchart": pygal.HorizontalBar,
-    "columnchart": pygal.Bar,
-    "linechart": pygal.Line,
-}
-
-
-def _category_chart(result: ResultSet, kind: str, frame: _Frame) -> tuple[Any, dict[str, str | list[str]]]:
-    label_index, value_indexes = _category_columns(result, kind)
-    rows = result.rows[:MAX_CATEGORIES]
-    label_type = result.columns[label_index].type
-    labels = [_label(label_type, row[label_index]) for row in rows]
-    horizontal = kind == "barchart"
-    options: dict[str, Any] = {"x_labels": labels[::-1] if horizontal else labels}
-    if len(rows) < result.row_count:
-        options["x_title"] = f"first {len(rows):,} of {result.row_count:,} rows"
-    fitting = max(2, (frame.height - 120) // 16) if horizontal else MAX_X_LABELS
-    if len(labels) > fitting:
-        options.update(x_labels_major_count=fitting, show_minor_x_labels=False, show_minor_y_labels=False)
-    if not horizontal:
-        options["x_label_rotation"] = _label_rotation(labels[:: max(1, len(labels) // fitting)], frame.width)
-    if kind == "linechart":
-        options["show_dots"] = len(rows) <= 60
-    chart = frame.new(_CATEGORY_CLASSES[kind], **options)
-    for index in value_indexes:
-        values = [_to_float(row[index]) for row in rows]
-        # HorizontalBar draws the first label at the bottom; Kusto lists the first row on top.
-        chart.add(_xml_text(result.columns[index].name), values[::-1] if horizontal else values)
-    used: dict[str, str | list[str]] = {
-        "x": result.columns[label_index].name,
-        "y": [result.columns[index].name for index in value_indexes],
-    }
-    return chart, used
-
-
-def _category_columns(result: ResultSet, kind: str) -> tuple[int, list[int]]:
+def _category_columns(result: ResultSet, kind: str) -> _Columns:
     """Labels from the first text (else non-numeric) column; values from the numeric ones."""
     hints = result.visualization or Visualization()
     columns = result.columns
     numeric = [index for index, column in enumerate(columns) if column.is_numeric]
     if hints.x_column:
-        label_index: int | None = _hinted_column(result, hints.x_column, "x")
+        label: int | None = _hinted_column(result, hints.x_column, "x")
     else:
-        label_index = _first(columns, lambda column: column.type in TEXT_TYPES)
-        if label_index is None:
-            label_index = _first(columns, lambda column: not column.is_numeric)
-        if label_index is None and len(numeric) >= 2:
-            label_index = numeric[0]
+        label = _first(columns, lambda column: column.type in TEXT_TYPES)
+        if label is None:
+            label = _first(columns, lambda column: not column.is_numeric)
+        if label is None and len(numeric) >= 2:
+            label = numeric[0]
     if hints.y_columns:
         values = [_hinted_column(result, name, "y", numeric_only=True) for name in hints.y_columns]
     else:
-        values = [index for index in numeric if index != label_index]
+        values = [index for index in numeric if index != label]
     if not values:
         raise ChartError(f"{kind} needs a numeric column for its values; columns are {_describe(columns)}")
-    if label_index is None:
+    if label is None:
         raise ChartError(
             f"{kind} needs a label column (text or another non-numeric column) besides its numeric "
             f"values; columns are {_describe(columns)}"
         )
-    return label_index, values[:1] if kind == "piechart" else values
+    return _Columns(kind=kind, x=label, y=values[:1] if kind == "piechart" else values)
 
 
-# --- time charts -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TimeColumns:
-    x: int
-    y: list[int]
-    series: int | None
-
-
-def _time_chart(result: ResultSet, kind: str, frame: _Frame) -> tuple[Any, dict[str, str | list[str]]]:
-    chosen = _time_columns(result, kind)
-    lines = _time_series(result, chosen)
-    ranked = sorted(lines.items(), key=lambda item: sum(abs(y) for _, y in item[1]), reverse=True)
-    shown = dict(ranked[:MAX_SERIES]) if chosen.series is not None else lines
-    options: dict[str, Any] = {
-        "show_dots": max((len(points) for points in shown.values()), default=0) <= 60,
-        "dots_size": 2.5,
-        "stroke_style": {"width": 1.5},
-        "x_value_formatter": _format_pygal_datetime,
-    }
-    if len(shown) < len(lines):
-        options["x_title"] = f"top {len(shown)} of {len(lines)} series by total"
-    xs = [x for points in shown.values() for x, _ in points]
-    if xs:
-        ticks = time_ticks(min(xs), max(xs))
-        options["x_labels"] = [{"value": position, "label": label} for position, label in ticks]
-        options["x_label_rotation"] = _label_rotation([label for _, label in ticks], frame.width)
-    chart = frame.new(pygal.DateTimeLine, **options)
-    for name, points in shown.items():
-        chart.add(name, downsample(points, frame.width))
-    used: dict[str, str | list[str]] = {
-        "x": result.columns[chosen.x].name,
-        "y": [result.columns[index].name for index in chosen.y],
-    }
-    if chosen.series is not None:
-        used["series"] = result.columns[chosen.series].name
-    return chart, used
-
-
-def _time_series(result: ResultSet, chosen: _TimeColumns) -> dict[str, list[tuple[float, float]]]:
-    """Points per line, sorted by time: one line per y column, or per value of the series column."""
-    lines: dict[str, list[tuple[float, float]]] = {}
-    if chosen.series is None:
-        for index in chosen.y:
-            lines[_xml_text(result.columns[index].name)] = []
-    series_type = result.columns[chosen.series].type if chosen.series is not None else ""
-    for row in result.rows:
-        x = _to_timestamp(row[chosen.x])
-        if x is None:
-            continue
-        for index in chosen.y:
-            y = _to_float(row[index])
-            if y is None:
-                continue
-            if chosen.series is None:
-                name = _xml_text(result.columns[index].name)
-            else:
-                name = _label(series_type, row[chosen.series])
-            lines.setdefault(name, []).append((x, y))
-    for points in lines.values():
-        points.sort(key=lambda point: point[0])
-    return lines
-
-
-def _time_columns(result: ResultSet, kind: str) -> _TimeColumns:
+def _time_columns(result: ResultSet, kind: str) -> _Columns:
+    """Time from the first datetime column; one line per numeric column, or per text value."""
     hints = result.visualization or Visualization()
     columns = result.columns
     if hints.x_column:
@@ -332,7 +229,7 @@ def _time_columns(result: ResultSet, kind: str) -> _TimeColumns:
         y = [index for index, column in enumerate(columns) if column.is_numeric]
     if not y:
         raise ChartError(f"{kind} needs a numeric column for its values; columns are {_describe(columns)}")
-    return _TimeColumns(x=x, y=y[:1] if series is not None else y, series=series)
+    return _Columns(kind="timechart", x=x, y=y[:1] if series is not None else y, series=series)
 
 
 def _has_time_axis(result: ResultSet) -> bool:
@@ -340,6 +237,141 @@ def _has_time_axis(result: ResultSet) -> bool:
     if hints.x_column:
         return any(column.name == hints.x_column and column.is_datetime for column in result.columns)
     return any(column.is_datetime for column in result.columns)
+
+
+def _hinted_column(result: ResultSet, name: str, role: str, *, numeric_only: bool = False) -> int:
+    """A column the query's own render operator named, checked like Kusto checks it."""
+    try:
+        index = result.column_index(name)
+    except KeyError:
+        raise ChartError(
+            f"the query's render names {role} column {name!r}, which is not in the result; "
+            f"columns are {_describe(result.columns)}"
+        ) from None
+    if numeric_only and result.columns[index].type not in NUMERIC_TYPES:
+        raise ChartError(f"{role} column {_describe([result.columns[index]])} is not numeric")
+    return index
+
+
+# --- pie -------------------------------------------------------------------------------------
+
+
+def _pie_chart(result: ResultSet, columns: _Columns, frame: _Frame) -> Any:
+    totals: dict[str, float] = {}
+    label_type = result.columns[columns.x].type
+    for row in result.rows:
+        value = _to_float(row[columns.y[0]])
+        if value is not None and value > 0:
+            label = _label(label_type, row[columns.x])
+            totals[label] = totals.get(label, 0.0) + value
+    slices = pie_slices(totals.items())
+    total = sum(value for _, value in slices)
+    chart = frame.new(pygal.Pie, legend_at_bottom=False)
+    for label, value in slices:
+        chart.add(f"{label}: {format_number(value)} ({value / total:.1%})", value)
+    return chart
+
+
+def pie_slices(totals: Iterable[tuple[str, float]], limit: int = PIE_SLICES) -> list[tuple[str, float]]:
+    """The largest `limit` slices, and the rest summed into one "Other" slice."""
+    ordered = sorted(totals, key=lambda item: item[1], reverse=True)
+    if len(ordered) <= limit + 1:
+        return ordered
+    return [*ordered[:limit], (OTHER, sum(value for _, value in ordered[limit:]))]
+
+
+# --- bar, column and category line charts ----------------------------------------------------
+
+_CATEGORY_CLASSES: dict[str, Callable[..., Any]] = {
+    "barchart": pygal.HorizontalBar,
+    "columnchart": pygal.Bar,
+    "linechart": pygal.Line,
+}
+
+
+def _category_chart(result: ResultSet, columns: _Columns, frame: _Frame) -> Any:
+    rows = result.rows[:MAX_CATEGORIES]
+    label_type = result.columns[columns.x].type
+    labels = [_label(label_type, row[columns.x]) for row in rows]
+    names = [_xml_text(result.columns[index].name) or "" for index in columns.y]
+    horizontal = columns.kind == "barchart"
+    options: dict[str, Any] = {"legend_at_bottom_columns": frame.legend_columns(names)}
+    if len(rows) < result.row_count:
+        options["x_title"] = f"first {len(rows):,} of {result.row_count:,} rows"
+    if horizontal:
+        # Kusto lists the first row on top; HorizontalBar starts at the bottom. Labels sit on the
+        # vertical axis, about one per 14 pixels of plot.
+        every = math.ceil(len(labels) / max(2, (frame.height - 130) // 14))
+        if every > 1:
+            options.update(x_labels_major=labels[::every], show_minor_y_labels=False)
+        labels = labels[::-1]
+    else:
+        every = math.ceil(len(labels) / MAX_X_LABELS)
+        if every > 1:
+            options.update(x_labels_major_every=every, show_minor_x_labels=False)
+        options["x_label_rotation"] = _label_rotation(labels[::every], frame.width)
+    if columns.kind == "linechart":
+        options["show_dots"] = len(rows) <= 60
+    chart = frame.new(_CATEGORY_CLASSES[columns.kind], x_labels=labels, **options)
+    for name, index in zip(names, columns.y, strict=True):
+        values = [_to_float(row[index]) for row in rows]
+        chart.add(name, values[::-1] if horizontal else values)
+    return chart
+
+
+# --- time charts -----------------------------------------------------------------------------
+
+
+def _time_chart(result: ResultSet, columns: _Columns, frame: _Frame) -> Any:
+    lines = _time_series(result, columns)
+    if columns.series is not None:
+        ranked = sorted(lines.items(), key=lambda item: sum(abs(y) for _, y in item[1]), reverse=True)
+        shown = dict(ranked[:MAX_SERIES])
+    else:
+        shown = lines
+    options: dict[str, Any] = {
+        "show_dots": max((len(points) for points in shown.values()), default=0) <= 60,
+        "dots_size": 2.5,
+        "stroke_style": {"width": 1.5},
+        "x_value_formatter": _format_pygal_datetime,
+        "legend_at_bottom_columns": frame.legend_columns(list(shown)),
+    }
+    if len(shown) < len(lines):
+        options["x_title"] = f"top {len(shown)} of {len(lines)} series by total"
+    xs = [x for points in shown.values() for x, _ in points]
+    if xs:
+        ticks = time_ticks(min(xs), max(xs))
+        options["x_labels"] = [{"value": position, "label": label} for position, label in ticks]
+        options["x_label_rotation"] = _label_rotation([label for _, label in ticks], frame.width)
+    chart = frame.new(pygal.DateTimeLine, **options)
+    for name, points in shown.items():
+        chart.add(name, downsample(points, frame.width))
+    return chart
+
+
+def _time_series(result: ResultSet, columns: _Columns) -> dict[str, list[tuple[float, float]]]:
+    """Points per line, sorted by time: one line per y column, or per value of the series column."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    if columns.series is None:
+        for index in columns.y:
+            lines[_xml_text(result.columns[index].name) or ""] = []
+    series_type = result.columns[columns.series].type if columns.series is not None else ""
+    for row in result.rows:
+        x = _to_timestamp(row[columns.x])
+        if x is None:
+            continue
+        for index in columns.y:
+            y = _to_float(row[index])
+            if y is None:
+                continue
+            if columns.series is None:
+                name = _xml_text(result.columns[index].name) or ""
+            else:
+                name = _label(series_type, row[columns.series])
+            lines.setdefault(name, []).append((x, y))
+    for points in lines.values():
+        points.sort(key=lambda point: point[0])
+    return lines
 
 
 _STEPS_IN_SECONDS = (
@@ -406,6 +438,15 @@ def downsample(points: Sequence[tuple[float, float]], threshold: int) -> list[tu
     return sampled
 
 
+_DRAWERS: dict[str, Callable[[ResultSet, _Columns, _Frame], Any]] = {
+    "piechart": _pie_chart,
+    "barchart": _category_chart,
+    "columnchart": _category_chart,
+    "linechart": _category_chart,
+    "timechart": _time_chart,
+}
+
+
 # --- shared helpers --------------------------------------------------------------------------
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -463,20 +504,6 @@ def _utc(timestamp: float) -> dt.datetime:
 
 def _first(columns: Sequence[Column], accept: Callable[[Column], bool]) -> int | None:
     return next((index for index, column in enumerate(columns) if accept(column)), None)
-
-
-def _hinted_column(result: ResultSet, name: str, role: str, *, numeric_only: bool = False) -> int:
-    """A column the query's own render operator named, checked like Kusto checks it."""
-    try:
-        index = result.column_index(name)
-    except KeyError:
-        raise ChartError(
-            f"the query's render names {role} column {name!r}, which is not in the result; "
-            f"columns are {_describe(result.columns)}"
-        ) from None
-    if numeric_only and result.columns[index].type not in NUMERIC_TYPES:
-        raise ChartError(f"{role} column {_describe([result.columns[index]])} is not numeric")
-    return index
 
 
 def _describe(columns: Sequence[Column]) -> str:

@@ -25,13 +25,13 @@ _ALIGNED_RIGHT_TYPES = NUMERIC_TYPES | {"timespan"}
 #: Longest cell in the plain-text table; a JSON blob would otherwise push every column off screen.
 _TEXT_CELL_WIDTH = 40
 
-_FONT = "font-family:Segoe UI,Helvetica,Arial,sans-serif;font-size:13px;color:#1f2328"
-_TABLE_STYLE = f"border-collapse:collapse;border:1px solid #d0d7de;{_FONT}"
+_FONT = "font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328"
+_TABLE_STYLE = f"{_FONT};font-size:13px;border-collapse:collapse;border:1px solid #d0d7de"
 _HEADER_STYLE = "background-color:#eaeef2;border-bottom:2px solid #d0d7de;font-weight:bold;white-space:nowrap"
 _LEFT = "text-align:left;vertical-align:top"
 _RIGHT = "text-align:right;vertical-align:top;white-space:nowrap"
 _ZEBRA = ("#ffffff", "#f6f8fa")
-_NOTE_STYLE = f"{_FONT};color:#57606a;margin:6px 0 0 0"
+_NOTE_STYLE = f"{_FONT};font-size:13px;color:#57606a;margin:6px 0 0 0"
 _TITLE_STYLE = f"{_FONT};font-size:15px;font-weight:bold;margin:0 0 8px 0"
 
 _TEMPLATE = """\
@@ -151,14 +151,18 @@ def format_number(value: Any) -> str:
 
 def format_dynamic(value: Any) -> str:
     """Compact JSON; a dynamic that holds a plain string reads as that string."""
+    decoded = decode_dynamic(value)
+    return decoded if isinstance(decoded, str) else json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_dynamic(value: Any) -> Any:
+    """A dynamic wire value as Python data; text that is not JSON stays text."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except ValueError:
             return value
-        if isinstance(value, str):
-            return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
 
 
 def format_datetime(value: dt.datetime) -> str:

@@ -1,0 +1,154 @@
+"""The history store on SQLite and on the machine's PostgreSQL, one code path."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.contracts import (
+    SERVICE_OF,
+    Action,
+    ChartKind,
+    ErrorCode,
+    ErrorInfo,
+    RunInfo,
+    RunStatus,
+    StatusEvent,
+    StepKind,
+    StepStatus,
+    report_itinerary,
+)
+from services.history.store import HistoryStore
+
+T0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: Any
+) -> AsyncIterator[HistoryStore]:
+    async with AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"
+        else:
+            url = await stack.enter_async_context(postgres_database())
+        history = HistoryStore(url)
+        stack.push_async_callback(history.close)
+        await history.create_schema()
+        yield history
+
+
+def run_info(submitted: dt.datetime = T0) -> RunInfo:
+    return RunInfo(
+        connection="local",
+        database="Samples",
+        action=Action.QUERY,
+        chart=ChartKind.PIECHART,
+        query="StormEvents | count",
+        parameters={"min_damage": 5},
+        recipients=["team@example.com"],
+        subject="Storms",
+        itinerary=report_itinerary(),
+        submitted_at=submitted,
+    )
+
+
+def event(run_id: str, kind: StepKind, status: StepStatus, second: int, **extra: object) -> StatusEvent:
+    at = T0 + dt.timedelta(seconds=second)
+    started = extra.pop("started", at if status is StepStatus.RUNNING else None)
+    return StatusEvent(
+        run_id=run_id,
+        step_id=kind.value,
+        kind=kind,
+        service=SERVICE_OF[kind],
+        status=status,
+        started_at=started,
+        finished_at=at if status.terminal else None,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def complete_run(store: HistoryStore, run_id: str, submitted: dt.datetime = T0) -> None:
+    await store.apply(event(run_id, StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info(submitted)))
+    for second, kind in enumerate(StepKind):
+        await store.apply(event(run_id, kind, StepStatus.RUNNING, second))
+        await store.apply(
+            event(run_id, kind, StepStatus.SUCCEEDED, second + 1, row_count=10 if kind is StepKind.QUERY else None)
+        )
+
+
+async def test_a_complete_run_succeeds_with_five_timed_steps(store: HistoryStore) -> None:
+    await complete_run(store, "run-ok")
+    run = await store.get_run("run-ok")
+
+    assert run is not None
+    assert run["status"] == RunStatus.SUCCEEDED
+    assert run["duration_ms"] == 5000.0
+    assert [s["step_id"] for s in run["steps"]] == [k.value for k in StepKind]
+    assert all(s["status"] == "succeeded" and s["duration_ms"] == 1000.0 for s in run["steps"])
+    assert run["steps"][1]["row_count"] == 10
+    assert run["parameters"] == {"min_damage": 5}
+
+
+async def test_a_failed_step_fails_the_run_and_skips_the_rest(store: HistoryStore) -> None:
+    error = ErrorInfo(code=ErrorCode.KUSTO_SYNTAX_ERROR, message="Syntax error at 1:5", retryable=False)
+    await store.apply(event("run-bad", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    await store.apply(event("run-bad", StepKind.TRIGGER, StepStatus.SUCCEEDED, 1))
+    await store.apply(event("run-bad", StepKind.QUERY, StepStatus.RUNNING, 1))
+    await store.apply(event("run-bad", StepKind.QUERY, StepStatus.FAILED, 2, error=error))
+
+    run = await store.get_run("run-bad")
+    assert run is not None
+    assert run["status"] == "failed"
+    assert run["failed_step"] == "query"
+    assert run["error"] == {"code": "KustoSyntaxError", "message": "Syntax error at 1:5"}
+    statuses = {s["step_id"]: s["status"] for s in run["steps"]}
+    assert statuses == {
+        "trigger": "succeeded",
+        "query": "failed",
+        "render": "skipped",
+        "notify": "skipped",
+        "record": "skipped",
+    }
+    assert run["steps"][1]["error"]["retryable"] is False
+
+
+async def test_events_applied_twice_or_out_of_order_give_the_same_history(store: HistoryStore) -> None:
+    # The query step's success arrives before the run's first event, then everything again.
+    await store.apply(event("run-odd", StepKind.QUERY, StepStatus.SUCCEEDED, 3, started=T0, row_count=7))
+    await store.apply(event("run-odd", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    await store.apply(event("run-odd", StepKind.QUERY, StepStatus.RUNNING, 1))
+    await store.apply(event("run-odd", StepKind.QUERY, StepStatus.SUCCEEDED, 3, started=T0, row_count=7))
+
+    run = await store.get_run("run-odd")
+    assert run is not None
+    query = next(s for s in run["steps"] if s["step_id"] == "query")
+    assert query["status"] == "succeeded"
+    assert query["row_count"] == 7
+    assert len([s for s in run["steps"] if s["step_id"] == "query"]) == 1
+    assert run["status"] == "running"
+    assert run["connection"] == "local"
+    assert [s["step_id"] for s in run["steps"]] == [k.value for k in StepKind]
+
+
+async def test_runs_are_listed_newest_first_with_a_cursor(store: HistoryStore) -> None:
+    for index in range(5):
+        await complete_run(store, f"run-{index}", submitted=T0 + dt.timedelta(minutes=index))
+
+    first = await store.list_runs(limit=2)
+    assert [r["run_id"] for r in first] == ["run-4", "run-3"]
+    last = first[-1]
+    at = dt.datetime.fromisoformat(last["submitted_at"].replace("Z", "+00:00"))
+    second = await store.list_runs(limit=10, before=(at, last["run_id"]))
+    assert [r["run_id"] for r in second] == ["run-2", "run-1", "run-0"]
+    assert await store.list_runs(status=RunStatus.FAILED) == []
+
+
+async def test_an_unknown_run_is_none(store: HistoryStore) -> None:
+    assert await store.get_run("nope") is None
+    assert await store.ping() is True

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from common.config import Settings
+from common.contracts import EmailSpec, ErrorCode
+from common.errors import DeliveryError
+from common.outbox import Outbox
+from services.notifier.email import ReportParts, build_email
+from services.notifier.smtp import send_email
+
+PASSWORD = "correct-horse-battery-staple-7731"
+CSV = b"n\r\n1\r\n2\r\n"
+
+
+def settings_for(port: int, **changes: object) -> Settings:
+    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **changes)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def report_email(message_id: str = "<run7.notify.1@adxflow>") -> EmailMessage:
+    spec = EmailSpec(to=["ana@example.com"], cc=["bo@example.com"], subject="Weekly counts")
+    parts = ReportParts(
+        title="Weekly counts",
+        table_html="<table><tr><td>1</td></tr></table>",
+        text="n\n1\n",
+        chart_png=None,
+        csv=CSV,
+        row_count=2,
+        run_url=None,
+        query="T | count",
+    )
+    return build_email(spec, parts, sender="adxflow <adxflow@localhost>", message_id=message_id)
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with Outbox(tmp_path / "outbox") as running:
+        yield running
+
+
+async def test_delivers_the_message_to_its_recipients(outbox: Outbox) -> None:
+    reply = await send_email(report_email(), settings_for(outbox.port))
+
+    path = await outbox.wait_for_message(timeout=5)
+    received = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(received, EmailMessage)
+    assert reply.startswith("250 ")
+    assert path.stem in reply
+    assert received["Message-ID"] == "<run7.notify.1@adxflow>"
+    assert [a.addr_spec for a in received["To"].addresses] == ["ana@example.com"]
+    assert [a.addr_spec for a in received["Cc"].addresses] == ["bo@example.com"]
+    attachments = list(received.iter_attachments())
+    assert [part.get_filename() for part in attachments] == ["result.csv"]
+    assert attachments[0].get_payload(decode=True) == CSV
+
+
+async def test_extra_recipients_are_on_the_envelope_only(tmp_path: Path) -> None:
+    envelopes: list[list[str]] = []
+
+    def record(recipients: list[str]) -> None:
+        envelopes.append(recipients)
+
+    async with Outbox(tmp_path / "outbox", reject=record) as outbox:
+        await send_email(report_email(), settings_for(outbox.port), extra_recipients=["hidden@example.com"])
+
+        path = await outbox.wait_for_message(timeout=5)
+
+    assert envelopes == [["ana@example.com", "bo@example.com", "hidden@example.com"]]
+    assert b"hidden@example.com" not in path.read_bytes()
+
+
+async def test_permanent_rejection_is_not_retryable(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "outbox", reject=lambda recipients: (550, "5.7.1 Relaying denied")) as outbox:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings_for(outbox.port))
+
+        assert outbox.messages() == []
+
+    assert caught.value.code is ErrorCode.SMTP_REJECTED
+    assert caught.value.retryable is False
+    assert "550" in caught.value.message
+    assert "5.7.1 Relaying denied" in caught.value.message
+
+
+async def test_temporary_rejection_is_retryable(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "outbox", reject=lambda recipients: (451, "4.3.0 Try again later")) as outbox:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings_for(outbox.port))
+
+    assert caught.value.code is ErrorCode.SMTP_REJECTED
+    assert caught.value.retryable is True
+    assert "451 4.3.0 Try again later" in caught.value.message
+
+
+async def test_closed_port_is_unavailable_and_retryable() -> None:
+    port = free_port()
+
+    with pytest.raises(DeliveryError) as caught:
+        await send_email(report_email(), settings_for(port))
+
+    assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
+    assert caught.value.retryable is True
+    assert f"127.0.0.1:{port}" in caught.value.message
+
+
+async def test_password_stays_out_of_the_error_when_the_server_has_no_auth(outbox: Outbox) -> None:
+    settings = settings_for(outbox.port, smtp_username="reports", smtp_password=SecretStr(PASSWORD))
+
+    with pytest.raises(DeliveryError) as caught:
+        await send_email(report_email(), settings)
+
+    assert caught.value.code is ErrorCode.SMTP_REJECTED
+    assert caught.value.retryable is False
+    assert "AUTH" in caught.value.message
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD not in repr(caught.value.info())
+    assert outbox.messages() == []
+
+
+async def test_password_stays_out_of_the_error_when_the_port_is_closed() -> None:
+    settings = settings_for(free_port(), smtp_username="reports", smtp_password=SecretStr(PASSWORD))
+
+    with pytest.raises(DeliveryError) as caught:
+        await send_email(report_email(), settings)
+
+    assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD not in repr(caught.value.info())
