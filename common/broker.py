@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self
@@ -38,7 +38,7 @@ class Delivery:
     message_id: str | None = None
     redelivered: bool = False
     delivery_count: int = 1
-    headers: dict[str, object] = field(default_factory=dict)
+    headers: Mapping[str, object] = field(default_factory=dict)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -94,7 +94,9 @@ class Broker(abc.ABC):
     async def ping(self) -> bool:
         """Whether the broker is reachable now."""
 
-    async def publish_model(self, routing_key: str, model: BaseModel, *, message_id: str | None = None) -> None:
+    async def publish_model(
+        self, routing_key: str, model: BaseModel, *, message_id: str | None = None
+    ) -> None:
         await self.publish(routing_key, model.model_dump_json().encode("utf-8"), message_id=message_id)
 
     async def __aenter__(self) -> Self:
@@ -138,11 +140,6 @@ class InProcessBroker(Broker):
     def depth(self, queue: QueueSpec) -> int:
         """Messages waiting in *queue* (not counting those being handled)."""
         return self._queues[queue.name].qsize()
-
-    async def get_dead_letter(self, timeout: float) -> Delivery:
-        """The next dead-lettered message; for inspection and tests."""
-        queue = self._queues[self.topology.dead_letter_queue.name]
-        return await asyncio.wait_for(queue.get(), timeout)
 
     async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
         if not self._open:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout: Annotated[float, Field(gt=0)] = 30.0
     mail_from: str = "adxflow <adxflow@localhost>"
+    #: Embedded mode runs its own SMTP server writing to the outbox folder;
+    #: turn it off to send through the SMTP relay configured above instead.
+    embedded_smtp: bool = True
     outbox_dir: Path | None = None
 
     trigger_host: str = "127.0.0.1"

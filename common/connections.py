@@ -57,7 +57,9 @@ class SecretRef(BaseModel):
         try:
             return self.file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigurationError(f"{field}: cannot read secret file {self.file}: {exc.strerror}") from None
+            raise ConfigurationError(
+                f"{field}: cannot read secret file {self.file}: {exc.strerror}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"SecretRef(env={self.env!r})" if self.env else f"SecretRef(file={str(self.file)!r})"
@@ -202,7 +204,9 @@ class Connections:
         except OSError as exc:
             raise ConfigurationError(f"ADXFLOW_CONNECTIONS_FILE={str(path)!r}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigurationError(f"ADXFLOW_CONNECTIONS_FILE={str(path)!r}: not valid YAML: {exc}") from None
+            raise ConfigurationError(
+                f"ADXFLOW_CONNECTIONS_FILE={str(path)!r}: not valid YAML: {exc}"
+            ) from None
         try:
             parsed = _File.model_validate(raw)
         except ValidationError as exc:

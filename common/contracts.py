@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -185,8 +185,7 @@ class JobRequest(BaseModel):
         is_command = self.query.lstrip().startswith(".")
         if self.action is Action.QUERY and is_command:
             raise ValueError(
-                "query: text starting with '.' is a control command; "
-                "submit it with action 'control_command'"
+                "query: text starting with '.' is a control command; submit it with action 'control_command'"
             )
         if self.action is Action.CONTROL_COMMAND and not is_command:
             raise ValueError("query: a control command starts with '.'; use action 'query' for a query")

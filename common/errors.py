@@ -50,9 +50,9 @@ class ArtifactMissing(AdxflowError):
     code = ErrorCode.ARTIFACT_MISSING
 
 
-class Requeue(Exception):  # noqa: N818 - a signal to the broker, not an error
+class Requeue(Exception):
     """Raised by a handler: put the message back for another delivery."""
 
 
-class DeadLetter(Exception):  # noqa: N818 - a signal to the broker, not an error
+class DeadLetter(Exception):
     """Raised by a handler: this message can never succeed; dead-letter it."""

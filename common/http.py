@@ -21,7 +21,9 @@ Check = Callable[[], Awaitable[bool]]
 _OPEN_PATHS = ("/healthz", "/readyz")
 
 
-def error_body(status: int, message: str, *, code: str, fields: list[dict[str, str]] | None = None) -> web.Response:
+def error_body(
+    status: int, message: str, *, code: str, fields: list[dict[str, str]] | None = None
+) -> web.Response:
     payload: dict[str, Any] = {"error": {"code": code, "message": message}}
     if fields:
         payload["error"]["fields"] = fields
@@ -42,14 +44,18 @@ def validation_error(exc: ValidationError) -> web.Response:
 async def read_json(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(
-            text=json.dumps({"error": {"code": "InvalidRequest", "message": "send the body as application/json"}}),
+            text=json.dumps(
+                {"error": {"code": "InvalidRequest", "message": "send the body as application/json"}}
+            ),
             content_type="application/json",
         )
     try:
         return await request.json()
     except ValueError as exc:
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": {"code": "InvalidRequest", "message": f"body is not valid JSON: {exc}"}}),
+            text=json.dumps(
+                {"error": {"code": "InvalidRequest", "message": f"body is not valid JSON: {exc}"}}
+            ),
             content_type="application/json",
         ) from None
 
@@ -77,7 +83,8 @@ def bearer_auth(token: SecretStr | None) -> Any:
 def require_token_off_loopback(host: str, token: SecretStr | None, setting: str) -> None:
     if token is None and not is_loopback(host):
         raise ConfigurationError(
-            f"{setting}={host!r} listens beyond loopback; set ADXFLOW_API_TOKEN so the API requires a bearer token"
+            f"{setting}={host!r} listens beyond loopback; "
+            "set ADXFLOW_API_TOKEN so the API requires a bearer token"
         )
 
 

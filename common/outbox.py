@@ -79,7 +79,7 @@ class Outbox:
         await server.wait_closed()
 
     # The timeout is required on purpose: a caller waiting for mail must never wait forever.
-    async def wait_for_message(self, timeout: float) -> Path:  # noqa: ASYNC109
+    async def wait_for_message(self, timeout: float) -> Path:
         """The next message written and not yet handed out by this method; TimeoutError after *timeout*."""
         async with asyncio.timeout(timeout):
             return await self._arrivals.get()

@@ -17,13 +17,14 @@ before they are written, so a seed names the same bytes on every machine.
 from __future__ import annotations
 
 import bisect
+import calendar
 import csv
 import datetime as dt
 import json
 import os
 import random
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,18 @@ _DUCKDB_TYPES = {
     "dynamic": "JSON",
 }
 
+# Time is counted in whole minutes since the year began, the resolution
+# StormEvents reports at, and turned into text once per row.
 _YEAR = 2007
-_YEAR_START = dt.datetime(_YEAR, 1, 1)
-_YEAR_END = dt.datetime(_YEAR, 12, 31, 23, 59)
-_DAYS = 365
+_DATES = tuple(dt.date(_YEAR, 1, 1) + dt.timedelta(days=d) for d in range(365))
+_DAYS = len(_DATES)
+_DAY_TEXT = tuple(date.isoformat() for date in _DATES)
+#: For each day of the year: the first day of its month, and the month's length.
+_MONTH_OF_DAY = tuple(
+    (d - date.day + 1, calendar.monthrange(_YEAR, date.month)[1]) for d, date in enumerate(_DATES)
+)
+_MINUTES_PER_DAY = 24 * 60
+_LAST_MINUTE = _DAYS * _MINUTES_PER_DAY - 1
 _INT_MAX = 2**31 - 1
 
 
@@ -366,51 +375,63 @@ def _pick(rng: random.Random, items: Sequence[Any], cumulative: Sequence[float])
     return items[bisect.bisect(cumulative, rng.random() * cumulative[-1])]
 
 
+#: Events per episode, on average, for each season. Convective outbreaks come
+#: in clusters; a drought or a frost is usually one report. Lead event types are
+#: drawn with their weight divided by this, so the table's overall mix of event
+#: types still follows the weights above.
+_EPISODE_SIZE = {"convective": 3.0}
+_DEFAULT_EPISODE_SIZE = 0.5
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 class _Generator:
     """One seeded run. All weights are precomputed; rows are yielded lazily."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.area_cum = _cumulative([a.weight for a in _AREAS])
-        self.kinds_for: dict[str, tuple[tuple[_Kind, ...], list[float]]] = {}
+        self.leads: dict[str, tuple[tuple[_Kind, ...], list[float]]] = {}
+        self.followers: dict[tuple[str, str], tuple[tuple[_Kind, ...], list[float]]] = {}
         for area in _AREAS:
             fits = tuple(k for k in _KINDS if _fits(k, area))
-            self.kinds_for[area.name] = (fits, _cumulative([k.weight for k in fits]))
+            self.leads[area.name] = (fits, _cumulative([k.weight / (1 + _size(k)) for k in fits]))
+            for season in {k.season for k in fits}:
+                same = tuple(k for k in fits if k.season == season)
+                self.followers[area.name, season] = (same, _cumulative([k.weight for k in same]))
         # A per-day multiplier makes outbreak days and quiet days, the texture a
         # real daily time chart has; the month weight sets the season under it.
         bursts = [self.rng.lognormvariate(0.0, 0.7) for _ in range(_DAYS)]
         self.day_cum = {
-            season: _cumulative([months[(_YEAR_START + dt.timedelta(days=d)).month - 1] * bursts[d]
-                                 for d in range(_DAYS)])
+            season: _cumulative([months[date.month - 1] * burst for date, burst in zip(_DATES, bursts, strict=True)])
             for season, months in _MONTHS.items()
         }
         self.source_cum = {key: _cumulative([w for _, w in table]) for key, table in _SOURCES.items()}
 
     def rows(self, count: int) -> Iterator[tuple[Any, ...]]:
-        episode_id = 1000
-        event_id = 5000
+        """Rows with timestamps as ISO text, ready for CSV; see `storm_events_rows`."""
+        ids = [1000, 5000]  # last episode id, last event id
         produced = 0
         while produced < count:
-            episode_id += 1 + int(self.rng.random() * 3)
-            for row in self._episode(episode_id, event_id, count - produced):
-                event_id = row[3]
-                produced += 1
-                yield row
+            episode = self._episode(ids, count - produced)
+            produced += len(episode)
+            yield from episode
 
-    def _episode(self, episode_id: int, event_id: int, room: int) -> Iterator[tuple[Any, ...]]:
+    def _episode(self, ids: list[int], room: int) -> list[tuple[Any, ...]]:
         rng = self.rng
+        random_ = rng.random
+        ids[0] += 1 + int(random_() * 3)
         area: _Area = _pick(rng, _AREAS, self.area_cum)
-        kinds, kinds_cum = self.kinds_for[area.name]
-        lead: _Kind = _pick(rng, kinds, kinds_cum)
+        leads, leads_cum = self.leads[area.name]
+        lead: _Kind = _pick(rng, leads, leads_cum)
         day = _pick(rng, range(_DAYS), self.day_cum[lead.season])
         if lead.season == "convective":
             # Afternoon and evening storms, as in the real diurnal cycle.
             hour = min(23, int(rng.triangular(8, 24, 17)))
-            size = 1 + int(rng.expovariate(1 / 3.0))
         else:
-            hour = int(rng.random() * 24)
-            size = 1 + int(rng.expovariate(1 / 0.8))
-        start = _YEAR_START + dt.timedelta(days=day, hours=hour, minutes=int(rng.random() * 60))
+            hour = int(random_() * 24)
+        size = min(room, 1 + int(rng.expovariate(1 / _size(lead))))
+        start = (day * 24 + hour) * 60 + int(random_() * 60)
         center = (
             area.lat + rng.triangular(-1, 1, 0) * area.lat_span,
             area.lon + rng.triangular(-1, 1, 0) * area.lon_span,
@@ -418,12 +439,15 @@ class _Generator:
         narrative = rng.choice(_EPISODE_NARRATIVES[lead.season]).format(
             area=area.name.title(), part=_PARTS_OF_DAY[min(4, hour // 5)]
         )
-        same_season = [k for k in kinds if k.season == lead.season]
-        for _ in range(min(size, room)):
-            kind = lead if rng.random() < 0.65 else rng.choice(same_season)
-            event_id += 1 + int(rng.random() * 2)
-            begin = start + dt.timedelta(minutes=int(rng.random() * (240 if size > 2 else 60)))
-            yield self._event(episode_id, event_id, area, kind, begin, center, narrative)
+        followers, followers_cum = self.followers[area.name, lead.season]
+        spread = 240 if size > 2 else 60
+        events = []
+        for _ in range(size):
+            kind = lead if random_() < 0.5 else _pick(rng, followers, followers_cum)
+            ids[1] += 1 + int(random_() * 2)
+            begin = min(_LAST_MINUTE, start + int(random_() * spread))
+            events.append(self._event(ids[0], ids[1], area, kind, begin, center, narrative))
+        return events
 
     def _event(
         self,
@@ -431,50 +455,59 @@ class _Generator:
         event_id: int,
         area: _Area,
         kind: _Kind,
-        begin: dt.datetime,
+        begin: int,
         center: tuple[float, float],
         narrative: str,
     ) -> tuple[Any, ...]:
         rng = self.rng
-        begin, end = _duration(rng, kind, begin)
-        lat = center[0] + rng.uniform(-0.3, 0.3) * min(1.0, area.lat_span)
-        lon = center[1] + rng.uniform(-0.3, 0.3) * min(1.0, area.lon_span)
-        end_lat = lat + rng.uniform(-kind.track, kind.track) if kind.track else lat
-        end_lon = lon + rng.uniform(0, 2 * kind.track) if kind.track else lon  # storms move east
+        random_ = rng.random
+        begin, end = _duration(random_, kind, begin)
+        lat = center[0] + (random_() - 0.5) * 0.6 * min(1.0, area.lat_span)
+        lon = center[1] + (random_() - 0.5) * 0.6 * min(1.0, area.lon_span)
+        if kind.track:
+            end_lat = lat + (random_() - 0.5) * 2 * kind.track
+            end_lon = lon + random_() * 2 * kind.track  # storms move east
+            end_place = rng.choice(area.places) if random_() < 0.3 else None
+        else:
+            end_lat, end_lon, end_place = lat, lon, None
         begin_place = rng.choice(area.places)
-        end_place = rng.choice(area.places) if kind.track and rng.random() < 0.3 else begin_place
 
         injuries = _casualties(rng, kind.hurt, 3.0)
         deaths = _casualties(rng, kind.deadly, 1.0)
         injuries_indirect = _casualties(rng, kind.hurt / 4, 2.0)
         deaths_indirect = _casualties(rng, kind.deadly / 4, 1.0)
-        scale = 11.0 if kind.name in ("Tornado", "Hurricane (Typhoon)", "Storm Surge/Tide") else 8.6
-        damage = _money(rng, scale, 1.7) if rng.random() < kind.damage else 0
-        crops = _money(rng, 9.5, 1.8) if rng.random() < kind.crops else 0
+        scale = 11.0 if kind.name in _COSTLY else 8.6
+        damage = _money(rng, scale, 1.7) if kind.damage and random_() < kind.damage else 0
+        crops = _money(rng, 9.5, 1.8) if kind.crops and random_() < kind.crops else 0
 
         source_key = (
             "marine" if area.marine else "heat" if kind.name == "Drought"
             else "winter" if kind.where == "winter" else "default"
         )
-        sources = _SOURCES[source_key]
-        source = _pick(rng, sources, self.source_cum[source_key])[0]
+        source = _pick(rng, _SOURCES[source_key], self.source_cum[source_key])[0]
         event_narrative = _event_narrative(rng, kind, source, begin_place, damage)
-        summary = json.dumps(
-            {
-                "TotalDamages": damage + crops,
-                "StartTime": _kusto_iso(begin),
-                "EndTime": _kusto_iso(end),
-                "Details": {"Description": event_narrative, "Location": area.name},
-            },
-            separators=(",", ":"),
+        begin_text, end_text = _stamp(begin), _stamp(end)
+        # Composed by hand because it is the hot path; only the narrative can
+        # hold characters JSON must escape, so only it goes through the encoder.
+        summary = (
+            f'{{"TotalDamages":{damage + crops},"StartTime":"{begin_text}.0000000Z",'
+            f'"EndTime":"{end_text}.0000000Z","Details":{{"Description":{_JSON.encode(event_narrative)},'
+            f'"Location":"{area.name}"}}}}'
         )
         return (
-            begin, end, episode_id, event_id, area.name, kind.name,
+            begin_text, end_text, episode_id, event_id, area.name, kind.name,
             injuries, injuries_indirect, deaths, deaths_indirect, damage, crops,
-            source, begin_place, end_place,
+            source, begin_place, end_place or begin_place,
             round(lat, 4), round(lon, 4), round(end_lat, 4), round(end_lon, 4),
             narrative, event_narrative, summary,
         )
+
+
+_COSTLY = frozenset({"Tornado", "Hurricane (Typhoon)", "Storm Surge/Tide"})
+
+
+def _size(kind: _Kind) -> float:
+    return _EPISODE_SIZE.get(kind.season, _DEFAULT_EPISODE_SIZE)
 
 
 def _fits(kind: _Kind, area: _Area) -> bool:
@@ -487,23 +520,24 @@ def _fits(kind: _Kind, area: _Area) -> bool:
     return kind.where == "land"
 
 
-def _duration(rng: random.Random, kind: _Kind, begin: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+def _duration(random_: Callable[[], float], kind: _Kind, begin: int) -> tuple[int, int]:
+    """Begin and end, in minutes since the year began."""
     if kind.name == "Drought":
         # Drought is reported per month: first minute to last minute.
-        begin = begin.replace(day=1, hour=0, minute=0)
-        following = (begin + dt.timedelta(days=32)).replace(day=1)
-        return begin, min(_YEAR_END, following - dt.timedelta(minutes=1))
+        first, days = _MONTH_OF_DAY[begin // _MINUTES_PER_DAY]
+        return first * _MINUTES_PER_DAY, (first + days) * _MINUTES_PER_DAY - 1
     if kind.season == "convective":
-        minutes = int(rng.random() * (180 if kind.name in ("Flash Flood", "Heavy Rain") else 45))
+        minutes = int(random_() * (180 if kind.name in ("Flash Flood", "Heavy Rain") else 45))
     elif kind.season in ("winter", "tropical", "heat"):
-        minutes = 360 + int(rng.random() * 2520)
+        minutes = 360 + int(random_() * 2520)
     else:
-        minutes = 60 + int(rng.random() * 720)
-    return begin, min(_YEAR_END, begin + dt.timedelta(minutes=minutes))
+        minutes = 60 + int(random_() * 720)
+    return begin, min(_LAST_MINUTE, begin + minutes)
 
 
 def _casualties(rng: random.Random, chance: float, mean: float) -> int:
-    if rng.random() >= chance:
+    # No draw at all for a harmless event type: most rows, and the cheap path.
+    if not chance or rng.random() >= chance:
         return 0
     return 1 + int(rng.expovariate(1 / mean))
 
@@ -517,26 +551,35 @@ def _money(rng: random.Random, mu: float, sigma: float) -> int:
     return min(_INT_MAX // step * step, raw // step * step)
 
 
+_HAIL_SIZES = (0.75, 0.88, 1.0, 1.0, 1.25, 1.75, 2.0, 2.75)
+
+
 def _event_narrative(rng: random.Random, kind: _Kind, source: str, place: str, damage: int) -> str:
+    random_ = rng.random
     where = place.title()
-    if kind.name in ("Hail", "Marine Hail"):
-        size = rng.choice((0.75, 0.88, 1.0, 1.0, 1.25, 1.75, 2.0, 2.75))
+    name = kind.name
+    if name in ("Hail", "Marine Hail"):
+        size = _HAIL_SIZES[int(random_() * len(_HAIL_SIZES))]
         return f"{source} reported hail of {size:.2f} inch diameter near {where}."
-    if "Thunderstorm Wind" in kind.name or "High Wind" in kind.name:
-        return f"{source} reported a wind gust of {50 + int(rng.random() * 40)} knots near {where}."
-    if kind.name in ("Heavy Snow", "Lake-Effect Snow", "Winter Storm", "Blizzard"):
-        return f"{source} measured {4 + int(rng.random() * 14)} inches of snow at {where}."
-    if kind.name in ("Flash Flood", "Flood", "Heavy Rain"):
-        return f"{source} reported {1 + rng.random() * 5:.1f} inches of rain and water over roads near {where}."
-    if kind.name == "Tornado":
-        return f"A tornado touched down near {where}, rated EF{min(4, int(rng.expovariate(1.2)))}."
+    if "Thunderstorm Wind" in name or "High Wind" in name:
+        return f"{source} reported a wind gust of {50 + int(random_() * 40)} knots near {where}."
+    if name in ("Heavy Snow", "Lake-Effect Snow", "Winter Storm", "Blizzard"):
+        return f"{source} measured {4 + int(random_() * 14)} inches of snow at {where}."
+    if name in ("Flash Flood", "Flood", "Heavy Rain"):
+        return f"{source} reported {1 + random_() * 5:.1f} inches of rain and water over roads near {where}."
+    if name == "Tornado":
+        rating = min(4, int(rng.expovariate(1.2)))
+        return f"A tornado touched down near {where}, rated EF{rating}."
     if damage:
-        return f"{kind.name} near {where} caused an estimated ${damage:,} in damage."
-    return f"{source} reported {kind.name.lower()} near {where}."
+        return f"{name} near {where} caused an estimated ${damage:,} in damage."
+    return f"{source} reported {name.lower()} near {where}."
 
 
-def _kusto_iso(value: dt.datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+def _stamp(minute: int) -> str:
+    """Minutes since the year began, as ISO text without a zone."""
+    day, rest = divmod(minute, _MINUTES_PER_DAY)
+    hour, minute = divmod(rest, 60)
+    return f"{_DAY_TEXT[day]}T{hour:02d}:{minute:02d}:00"
 
 
 def storm_events_rows(count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> Iterator[tuple[Any, ...]]:
@@ -545,6 +588,14 @@ def storm_events_rows(count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> I
     Datetimes are naive UTC `datetime`s, `dynamic` values are compact JSON text
     (what a DuckDB JSON column holds), so equal seeds give equal tuples.
     """
+    parse = dt.datetime.fromisoformat
+    for row in _text_rows(count, seed):
+        yield (parse(row[0]), parse(row[1]), *row[2:])
+
+
+def _text_rows(count: int, seed: int) -> Iterator[tuple[Any, ...]]:
+    """The rows with their timestamps still as text, which is what the CSV
+    wants; parsing them only to print them again was a third of the build time."""
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     return _Generator(seed).rows(count)
@@ -574,9 +625,7 @@ def write_database(path: Path, *, count: int = DEFAULT_COUNT, seed: int = DEFAUL
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as scratch:
         rows_csv = Path(scratch) / "rows.csv"
         with rows_csv.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            for row in storm_events_rows(count, seed):
-                writer.writerow(row)
+            csv.writer(out).writerows(_text_rows(count, seed))
         built = Path(scratch) / path.name
         con = duckdb.connect(str(built))
         try:

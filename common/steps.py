@@ -11,6 +11,7 @@ attempt)``.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -42,7 +43,7 @@ async def emit(
     message: RunMessage,
     status: StepStatus,
     *,
-    started_at: object = None,
+    started_at: dt.datetime | None = None,
     output: StepOutput | None = None,
     error: ErrorInfo | None = None,
     with_run: bool = False,

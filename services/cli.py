@@ -96,7 +96,10 @@ async def up(settings: Settings) -> None:
         print(f"  trigger API   {system.trigger_url}/v1/jobs")
         print(f"  run history   {system.history_url}/v1/runs")
         print(f"  Kusto (local) {system.kusto.url}  connection 'local', database '{system.kusto.database}'")
-        print(f"  outbox        {system.outbox.directory}  (SMTP on 127.0.0.1:{system.outbox.port})")
+        if system.outbox is not None:
+            print(f"  outbox        {system.outbox.directory}  (SMTP on 127.0.0.1:{system.outbox.port})")
+        else:
+            print(f"  SMTP relay    {settings.smtp_host}:{settings.smtp_port}")
         print("Ctrl-C to stop.", flush=True)
         await _until_stopped()
 
@@ -156,6 +159,10 @@ async def demo(settings: Settings, timeout: float = 120.0) -> Path:
             failed = failed or run["status"] != "succeeded"
         if failed:
             raise AdxflowError("a demo run failed; see the steps above")
+        if system.outbox is None:
+            raise AdxflowError(
+                "the demo reads its email from the embedded outbox; unset ADXFLOW_EMBEDDED_SMTP"
+            )
         messages = system.outbox.messages()
         if not messages:
             raise AdxflowError("no email arrived in the outbox")
@@ -173,12 +180,15 @@ def _auth_headers() -> dict[str, str]:
 
 
 async def submit(url: str, path: str) -> None:
-    async with aiohttp.ClientSession(headers=_auth_headers()) as session:
-        async with session.post(f"{url.rstrip('/')}/v1/jobs", json=_load_document(path)) as response:
-            body = await response.json()
-            print(json.dumps(body, indent=2))
-            if response.status != 202:
-                raise SystemExit(1)
+    document = _load_document(path)
+    async with (
+        aiohttp.ClientSession(headers=_auth_headers()) as session,
+        session.post(f"{url.rstrip('/')}/v1/jobs", json=document) as response,
+    ):
+        body = await response.json()
+        print(json.dumps(body, indent=2))
+        if response.status != 202:
+            raise SystemExit(1)
 
 
 async def runs(url: str, run_id: str | None) -> None:
@@ -235,4 +245,3 @@ def main(argv: list[str] | None = None) -> None:
     except AdxflowError as exc:
         print(f"adxflow: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
-

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from common.config import Settings
 from common.local_kusto import LocalKusto, start_local_kusto
+
+from common.config import Settings
 from common.outbox import Outbox
 from common.runtime import Runtime, load_connections
 from services.history import service as history
@@ -32,7 +33,7 @@ LOCAL_CONNECTION = "local"
 class Embedded:
     runtime: Runtime
     kusto: LocalKusto
-    outbox: Outbox
+    outbox: Outbox | None
     trigger_url: str
     history_url: str
 
@@ -42,9 +43,11 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
     async with AsyncExitStack() as stack:
         kusto = await asyncio.to_thread(start_local_kusto, settings.data_dir, settings.local_kusto_port)
         stack.enter_context(kusto)
-        outbox = Outbox(settings.resolved_outbox_dir, port=settings.smtp_port)
-        await stack.enter_async_context(outbox)
-        settings = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": outbox.port})
+        outbox = None
+        if settings.embedded_smtp:
+            outbox = Outbox(settings.resolved_outbox_dir, port=settings.smtp_port)
+            await stack.enter_async_context(outbox)
+            settings = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": outbox.port})
 
         connections = load_connections(settings)
         connections.add_local(LOCAL_CONNECTION, kusto.url)

@@ -11,7 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -94,7 +94,9 @@ async def postgres_url() -> AsyncIterator[str]:
 Waiter = Callable[..., Awaitable[None]]
 
 
-async def _wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
+async def _wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = ""
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await predicate():

@@ -88,7 +88,10 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
         return error_body(404, f"artifact {key!r} not found", code="NotFound")
     content_type = _content_type(key)
     # Artifacts are user data: never let a browser run them as active content here.
-    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"}
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
+    }
     return web.Response(body=data, content_type=content_type, headers=headers)
 
 
@@ -112,5 +115,7 @@ def create_app(runtime: Runtime, store: HistoryStore) -> web.Application:
     app.router.add_get("/v1/runs", list_runs)
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_get("/v1/artifacts/{key:.+}", get_artifact)
-    health_routes(app, {"broker": runtime.broker.ping, "database": store.ping, "blob_store": runtime.blobs.ping})
+    health_routes(
+        app, {"broker": runtime.broker.ping, "database": store.ping, "blob_store": runtime.blobs.ping}
+    )
     return app

@@ -65,7 +65,9 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         # One at a time keeps a run's events in the order they were published.
         await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=1)
         await StepWorker(runtime.broker, StepKind.RECORD, recorder.record).start(settings.prefetch)
-        async with HttpServer(create_app(runtime, store), settings.history_host, settings.history_port) as server:
+        async with HttpServer(
+            create_app(runtime, store), settings.history_host, settings.history_port
+        ) as server:
             yield server
     finally:
         await store.close()

@@ -113,13 +113,15 @@ class HistoryStore:
             if run is None:
                 await self._insert_run(conn, event.run_id, event.run)
             elif event.run is not None and run.connection is None:
-                await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**_run_fields(event.run)))
+                await conn.execute(
+                    runs.update().where(runs.c.run_id == event.run_id).values(**_run_fields(event.run))
+                )
             if event.run is not None:
                 await self._ensure_steps(conn, event.run_id, event.run)
             await self._merge_step(conn, event)
             await self._settle_run(conn, event)
 
-    async def _lock_run(self, conn: AsyncConnection, run_id: str) -> sa.Row[Any] | None:
+    async def _lock_run(self, conn: AsyncConnection, run_id: str) -> Any:
         query = sa.select(runs.c.run_id, runs.c.status, runs.c.connection).where(runs.c.run_id == run_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
@@ -206,7 +208,9 @@ class HistoryStore:
         if row is not None:
             return int(row.position)
         count = (
-            await conn.execute(sa.select(sa.func.count()).select_from(steps).where(steps.c.run_id == event.run_id))
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(steps).where(steps.c.run_id == event.run_id)
+            )
         ).scalar_one()
         return int(count)
 

@@ -1,8 +1,11 @@
 """The notifier: composes the report email from the render step's artifacts and sends it.
 
-A redelivered message must not send a second email: the sent message is kept
-in the blob store under the step's key before the step succeeds, and a
-delivery that finds it there forwards the run without sending again.
+A redelivered message must not send a second email: once the server has
+taken the email, a copy is kept in the blob store under a key of the run and
+step (not of the delivery or attempt), and a later delivery that finds it
+there forwards the run without sending again. The Message-ID is stable for the
+same reason. A crash between the server's 250 and that write can still send
+twice; the delivery ledger closes that gap.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from contextlib import asynccontextmanager
 
 import structlog
 
-from common.blobs import artifact_key
 from common.contracts import BlobRef, RunMessage, StepKind, StepOutput
 from common.runtime import Runtime
 from common.steps import StepWorker
@@ -22,6 +24,11 @@ from services.notifier.smtp import send_email
 log = structlog.get_logger(__name__)
 
 
+def sent_key(run_id: str, step_id: str) -> str:
+    """Where the email a step sent is kept: one per run and step, whatever the attempt."""
+    return f"runs/{run_id}/{step_id}/sent/email.eml"
+
+
 class NotifyStep:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -29,10 +36,13 @@ class NotifyStep:
     async def _text(self, ref: BlobRef) -> str:
         return (await self.runtime.blobs.get(ref.key)).decode("utf-8")
 
+    def _run_url(self, run_id: str) -> str | None:
+        return f"{self.runtime.history_url}/v1/runs/{run_id}" if self.runtime.history_url else None
+
     async def perform(self, message: RunMessage) -> StepOutput:
         blobs = self.runtime.blobs
-        key = artifact_key(message.run_id, message.step_id, message.attempt, "email.eml")
-        message_id = f"<{message.run_id}.{message.step_id}.{message.attempt}@adxflow>"
+        key = sent_key(message.run_id, message.step_id)
+        message_id = f"<{message.run_id}.{message.step_id}@adxflow>"
         if await blobs.exists(key):
             log.info("email already sent on an earlier delivery", message_id=message_id)
             data = await blobs.get(key)
@@ -50,7 +60,7 @@ class NotifyStep:
             chart_png=await blobs.get(chart.key) if chart else None,
             csv=await blobs.get(artifacts["csv"].key),
             row_count=render.row_count or 0,
-            run_url=f"{self.runtime.history_url}/v1/runs/{message.run_id}" if self.runtime.history_url else None,
+            run_url=self._run_url(message.run_id),
             query=job.query,
         )
         email = build_email(job.email, parts, sender=self.runtime.settings.mail_from, message_id=message_id)

@@ -94,7 +94,7 @@ async def send_email(
     except aiosmtplib.SMTPException as exc:
         # The session could not be set up as configured: no AUTH or STARTTLS offered, no SMTPUTF8.
         raise _redacted(
-            f"the SMTP server {relay} cannot take this message as configured: {exc.message}; "
+            f"the SMTP server {relay} cannot take this message as configured: {exc.message.rstrip('.')}; "
             "check ADXFLOW_SMTP_STARTTLS and ADXFLOW_SMTP_USERNAME",
             ErrorCode.SMTP_REJECTED,
             retryable=False,

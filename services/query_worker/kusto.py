@@ -73,9 +73,7 @@ def request_properties(job: JobRequest, client_request_id: str, timeout: float) 
     properties = ClientRequestProperties()
     properties.client_request_id = client_request_id
     properties.application = "adxflow"
-    properties.set_option(
-        ClientRequestProperties.request_timeout_option_name, dt.timedelta(seconds=timeout)
-    )
+    properties.set_option(ClientRequestProperties.request_timeout_option_name, dt.timedelta(seconds=timeout))
     for name, value in job.parameters.items():
         properties.set_parameter(name, kql_literal(value))
     return properties
@@ -147,7 +145,7 @@ def _service_message(exc: KustoServiceError) -> str:
 
 def _timed_out(message: str) -> bool:
     lowered = message.lower()
-    return "timed out" in lowered or "timeout" in lowered and "exceeded" in lowered
+    return "timed out" in lowered or ("timeout" in lowered and "exceeded" in lowered)
 
 
 def _is_syntax(exc: KustoServiceError, message: str) -> bool:

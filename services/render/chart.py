@@ -212,9 +212,10 @@ def _time_columns(result: ResultSet, kind: str) -> _Columns:
     hints = result.visualization or Visualization()
     columns = result.columns
     if hints.x_column:
-        x: int | None = _hinted_column(result, hints.x_column, "x")
-        if not columns[x].is_datetime:
-            raise ChartError(f"{kind} needs a datetime x column; {_describe([columns[x]])} is not one")
+        hinted = _hinted_column(result, hints.x_column, "x")
+        if not columns[hinted].is_datetime:
+            raise ChartError(f"{kind} needs a datetime x column; {_describe([columns[hinted]])} is not one")
+        x: int | None = hinted
     else:
         x = _first(columns, lambda column: column.is_datetime)
     if x is None:
@@ -392,7 +393,9 @@ def time_ticks(start: float, end: float, max_ticks: int = MAX_X_LABELS) -> list[
             origin = _MONDAY if step % (7 * 86400) == 0 else 0
             first = math.ceil((start - origin) / step) * step + origin
             positions = [float(first + n * step) for n in range(int((end - first) // step) + 1)]
-            return [(position, _utc(position).strftime(_tick_format(step, start, end))) for position in positions]
+            return [
+                (position, _utc(position).strftime(_tick_format(step, start, end))) for position in positions
+            ]
     months_spanned = span / (30.44 * 86400)
     step_months = next((step for step in _STEPS_IN_MONTHS if months_spanned / step <= max_ticks - 1), 1200)
     first_day = _utc(start)

@@ -51,7 +51,11 @@ class RenderStep:
         result = ResultSet.from_json_bytes(await self.runtime.blobs.get(query.artifacts["result"].key))
         job = message.job
         rendered = await asyncio.to_thread(
-            render_all, result, job.chart, job.title or job.email.subject, self.runtime.settings.table_max_rows
+            render_all,
+            result,
+            job.chart,
+            job.title or job.email.subject,
+            self.runtime.settings.table_max_rows,
         )
 
         async def put(name: str, data: bytes, content_type: str) -> BlobRef:

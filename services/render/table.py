@@ -28,9 +28,10 @@ _TEXT_CELL_WIDTH = 40
 _FONT = "font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328"
 _TABLE_STYLE = f"{_FONT};font-size:13px;border-collapse:collapse;border:1px solid #d0d7de"
 _HEADER_STYLE = "background-color:#eaeef2;border-bottom:2px solid #d0d7de;font-weight:bold;white-space:nowrap"
-_LEFT = "text-align:left;vertical-align:top"
-_RIGHT = "text-align:right;vertical-align:top;white-space:nowrap"
-_ZEBRA = ("#ffffff", "#f6f8fa")
+# A thousand rows add up: cells carry only what differs from the default, since some mail
+# clients (Gmail) clip a message body beyond about 100 kB.
+_RIGHT = "text-align:right;white-space:nowrap"
+_ROW_STYLES = ("vertical-align:top", "vertical-align:top;background-color:#f6f8fa")
 _NOTE_STYLE = f"{_FONT};font-size:13px;color:#57606a;margin:6px 0 0 0"
 _TITLE_STYLE = f"{_FONT};font-size:15px;font-weight:bold;margin:0 0 8px 0"
 
@@ -39,16 +40,19 @@ _TEMPLATE = """\
 {%- if title %}<p style="{{ title_style }}">{{ title }}</p>{% endif %}
 <table cellpadding="5" cellspacing="0" border="0" style="{{ table_style }}">
 <thead><tr>
-{%- for header in headers %}<th style="{{ header_style }};{{ aligns[loop.index0] }}">{{ header }}</th>{% endfor -%}
+{%- for header in headers %}
+<th style="{{ header_style }};text-align:{{ 'right' if aligns[loop.index0] else 'left' }}">{{ header }}</th>
+{%- endfor %}
 </tr></thead>
 <tbody>
 {%- for row in rows %}
-<tr style="background-color:{{ loop.cycle(*zebra) }}">
-{%- for cell in row %}<td style="{{ aligns[loop.index0] }}">{{ cell }}</td>{% endfor -%}
+<tr style="{{ loop.cycle(*row_styles) }}">
+{%- for cell in row %}<td{% if aligns[loop.index0] %} style="{{ aligns[loop.index0] }}"{% endif %}>{{ cell }}</td>
+{%- endfor -%}
 </tr>
-{%- else %}
+{%- else %}{% if no_rows %}
 <tr><td colspan="{{ colspan }}" style="{{ note_style }}">{{ no_rows }}</td></tr>
-{%- endfor %}
+{%- endif %}{% endfor %}
 </tbody>
 </table>
 {%- if note %}
@@ -67,12 +71,12 @@ def render_table(result: ResultSet, *, max_rows: int = 1000, title: str | None =
     return _table_template.render(
         title=title,
         headers=[column.name for column in result.columns],
-        aligns=[_RIGHT if _is_aligned_right(column) else _LEFT for column in result.columns],
+        aligns=[_RIGHT if _is_aligned_right(column) else "" for column in result.columns],
         rows=[format_row(result.columns, row) for row in shown],
         colspan=max(len(result.columns), 1),
         note=truncation_note(len(shown), result.row_count),
-        no_rows=NO_ROWS,
-        zebra=_ZEBRA,
+        no_rows=None if result.rows else NO_ROWS,
+        row_styles=_ROW_STYLES,
         table_style=_TABLE_STYLE,
         header_style=_HEADER_STYLE,
         note_style=_NOTE_STYLE,
@@ -97,7 +101,7 @@ def render_text_table(result: ResultSet, *, max_rows: int = 50) -> str:
 
     lines = [line(headers), line(["-" * width for width in widths])]
     lines.extend(line(row) for row in body)
-    if not body:
+    if not result.rows:
         lines.append(NO_ROWS)
     note = truncation_note(len(shown), result.row_count)
     if note:
@@ -139,7 +143,7 @@ def format_number(value: Any) -> str:
         return f"{number:,}"
     if not _is_finite(number):
         return _NON_FINITE.get(str(number).lower().lstrip("+"), str(number))
-    magnitude = abs(number)
+    magnitude = abs(float(number))
     if magnitude == 0:
         return "0"
     if magnitude < 1:
@@ -152,7 +156,11 @@ def format_number(value: Any) -> str:
 def format_dynamic(value: Any) -> str:
     """Compact JSON; a dynamic that holds a plain string reads as that string."""
     decoded = decode_dynamic(value)
-    return decoded if isinstance(decoded, str) else json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
+    return (
+        decoded
+        if isinstance(decoded, str)
+        else json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
+    )
 
 
 def decode_dynamic(value: Any) -> Any:
@@ -172,7 +180,13 @@ def format_datetime(value: dt.datetime) -> str:
     return text
 
 
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "infinity": "Infinity", "-inf": "-Infinity", "-infinity": "-Infinity"}
+_NON_FINITE = {
+    "nan": "NaN",
+    "inf": "Infinity",
+    "infinity": "Infinity",
+    "-inf": "-Infinity",
+    "-infinity": "-Infinity",
+}
 
 
 def _format_integer(value: Any) -> str:

@@ -73,7 +73,9 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 async def _record_refusal(runtime: Runtime, message: RunMessage, reason: str) -> None:
-    error = ErrorInfo(code=ErrorCode.INTERNAL, message=f"the run could not be queued: {reason}", retryable=True)
+    error = ErrorInfo(
+        code=ErrorCode.INTERNAL, message=f"the run could not be queued: {reason}", retryable=True
+    )
     try:
         await emit(runtime.broker, message, StepStatus.FAILED, started_at=message.submitted_at, error=error)
     except BrokerError:

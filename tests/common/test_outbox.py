@@ -30,7 +30,12 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
 
 async def send_raw(port: int, data: bytes = RAW, recipients: tuple[str, ...] = ("ana@example.com",)) -> None:
     await aiosmtplib.send(
-        data, sender="adxflow@localhost", recipients=list(recipients), hostname="127.0.0.1", port=port, timeout=5
+        data,
+        sender="adxflow@localhost",
+        recipients=list(recipients),
+        hostname="127.0.0.1",
+        port=port,
+        timeout=5,
     )
 
 

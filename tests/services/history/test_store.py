@@ -78,7 +78,13 @@ async def complete_run(store: HistoryStore, run_id: str, submitted: dt.datetime 
     for second, kind in enumerate(StepKind):
         await store.apply(event(run_id, kind, StepStatus.RUNNING, second))
         await store.apply(
-            event(run_id, kind, StepStatus.SUCCEEDED, second + 1, row_count=10 if kind is StepKind.QUERY else None)
+            event(
+                run_id,
+                kind,
+                StepStatus.SUCCEEDED,
+                second + 1,
+                row_count=10 if kind is StepKind.QUERY else None,
+            )
         )
 
 

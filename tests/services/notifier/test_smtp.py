@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -8,6 +9,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
 from common.config import Settings
@@ -22,7 +24,8 @@ CSV = b"n\r\n1\r\n2\r\n"
 
 
 def settings_for(port: int, **changes: object) -> Settings:
-    return Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5, **changes)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_timeout": 5, **changes}
+    return Settings(**fields)  # type: ignore[arg-type]
 
 
 def free_port() -> int:
@@ -85,7 +88,9 @@ async def test_extra_recipients_are_on_the_envelope_only(tmp_path: Path) -> None
 
 
 async def test_permanent_rejection_is_not_retryable(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "outbox", reject=lambda recipients: (550, "5.7.1 Relaying denied")) as outbox:
+    async with Outbox(
+        tmp_path / "outbox", reject=lambda recipients: (550, "5.7.1 Relaying denied")
+    ) as outbox:
         with pytest.raises(DeliveryError) as caught:
             await send_email(report_email(), settings_for(outbox.port))
 
@@ -98,7 +103,9 @@ async def test_permanent_rejection_is_not_retryable(tmp_path: Path) -> None:
 
 
 async def test_temporary_rejection_is_retryable(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "outbox", reject=lambda recipients: (451, "4.3.0 Try again later")) as outbox:
+    async with Outbox(
+        tmp_path / "outbox", reject=lambda recipients: (451, "4.3.0 Try again later")
+    ) as outbox:
         with pytest.raises(DeliveryError) as caught:
             await send_email(report_email(), settings_for(outbox.port))
 
@@ -141,3 +148,60 @@ async def test_password_stays_out_of_the_error_when_the_port_is_closed() -> None
     assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
     assert PASSWORD not in str(caught.value)
     assert PASSWORD not in repr(caught.value.info())
+
+
+class RefuseEveryRecipient:
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        return self.reply
+
+
+@pytest.mark.parametrize(
+    ("reply", "retryable"), [("550 5.1.1 No such user", False), ("450 4.2.1 Mailbox busy", True)]
+)
+async def test_refused_recipients(reply: str, retryable: bool) -> None:
+    loop = asyncio.get_running_loop()
+    handler = RefuseEveryRecipient(reply)
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="localhost", loop=loop, auth_require_tls=True), "127.0.0.1", 0
+    )
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings_for(server.sockets[0].getsockname()[1]))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.code is ErrorCode.SMTP_REJECTED
+    assert caught.value.retryable is retryable
+    assert f"ana@example.com: {reply}" in caught.value.message
+    assert f"bo@example.com: {reply}" in caught.value.message
+
+
+async def test_server_that_never_answers_is_unavailable() -> None:
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings_for(port, smtp_timeout=0.2))
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    assert connected.is_set()
+    assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
+    assert caught.value.retryable is True
+    assert f"127.0.0.1:{port}" in caught.value.message

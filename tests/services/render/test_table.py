@@ -102,7 +102,9 @@ def test_only_inline_styles_and_no_external_resources() -> None:
     parsed = parse(render_table(result, title="t"))
 
     assert not {"style", "script", "link", "img", "iframe"} & set(parsed.tags)
-    assert not [name for name, _ in parsed.attributes if name in ("src", "href", "class") or name.startswith("on")]
+    assert not [
+        name for name, _ in parsed.attributes if name in ("src", "href", "class") or name.startswith("on")
+    ]
     assert parsed.tags.count("table") == 1
 
 
@@ -128,7 +130,7 @@ def test_values_are_formatted_by_kusto_type() -> None:
     styles = parsed.cell_styles[0]
     assert "text-align:right" in styles[0]
     assert "text-align:right" in styles[1]
-    assert "text-align:left" in styles[6]
+    assert "text-align:right" not in styles[6]
 
 
 @pytest.mark.parametrize(
@@ -190,6 +192,15 @@ def test_no_note_when_every_row_fits() -> None:
 
     assert len(parsed.rows) == 2
     assert not [text for text in parsed.paragraphs if "showing" in text]
+
+
+def test_zero_max_rows_shows_only_the_note() -> None:
+    result = result_set([("N", "long")], [[1], [2]])
+
+    parsed = parse(render_table(result, max_rows=0))
+
+    assert parsed.rows == []
+    assert parsed.paragraphs == ["showing 0 of 2 rows"]
 
 
 def test_rows_alternate_background() -> None:
