@@ -47,7 +47,8 @@ _TEMPLATE = """\
 <tbody>
 {%- for row in rows %}
 <tr style="{{ loop.cycle(*row_styles) }}">
-{%- for cell in row %}<td{% if aligns[loop.index0] %} style="{{ aligns[loop.index0] }}"{% endif %}>{{ cell }}</td>
+{%- for cell in row %}{% set align = aligns[loop.index0] -%}
+<td{% if align %} style="{{ align }}"{% endif %}>{{ cell }}</td>
 {%- endfor -%}
 </tr>
 {%- else %}{% if no_rows %}
