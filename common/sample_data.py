@@ -150,7 +150,8 @@ _AREAS: tuple[_Area, ...] = (
     _land("OKLAHOMA", 1716, (35.6, -97.5, 1.1, 2.9), "NORMAN, ENID, LAWTON, TULSA, WOODWARD"),
     _land("PENNSYLVANIA", 1595, (40.9, -77.8, 0.9, 2.7), "HARRISBURG, STATE COLLEGE, ALTOONA, ERIE"),
     _land("SOUTH DAKOTA", 1409, (44.4, -100.2, 1.3, 3.4), "PIERRE, RAPID CITY, ABERDEEN, HURON"),
-    _land("VIRGINIA", 1400, (37.5, -78.8, 0.9, 2.9), "RICHMOND, LYNCHBURG, ROANOKE, BLACKSBURG", coastal=True),
+    _land("VIRGINIA", 1400, (37.5, -78.8, 0.9, 2.9), "RICHMOND, LYNCHBURG, ROANOKE, BLACKSBURG",
+          coastal=True),
     _land("KENTUCKY", 1391, (37.5, -85.3, 0.8, 2.7), "LEXINGTON, BOWLING GREEN, PADUCAH, FRANKFORT"),
     _land("ALABAMA", 1315, (32.8, -86.8, 1.7, 1.1), "BIRMINGHAM, MONTGOMERY, HUNTSVILLE, DOTHAN",
           coastal=True),
@@ -213,7 +214,8 @@ _AREAS: tuple[_Area, ...] = (
     _water("LAKE SUPERIOR", 44, (47.5, -88.0, 0.7, 2.8), "DULUTH HARBOR, MARQUETTE, GRAND MARAIS",
            ocean=False),
     _water("LAKE HURON", 37, (44.8, -82.4, 1.1, 0.7), "SAGINAW BAY, ALPENA, HARBOR BEACH", ocean=False),
-    _water("E PACIFIC", 12, (38.0, -124.0, 5.0, 0.8), "POINT ARENA, CAPE MENDOCINO, MONTEREY BAY", ocean=True),
+    _water("E PACIFIC", 12, (38.0, -124.0, 5.0, 0.8), "POINT ARENA, CAPE MENDOCINO, MONTEREY BAY",
+           ocean=True),
 )
 
 
@@ -374,10 +376,11 @@ def _pick(rng: random.Random, items: Sequence[Any], cumulative: Sequence[float])
     return items[bisect.bisect(cumulative, rng.random() * cumulative[-1])]
 
 
-#: Events per episode, on average, for each season. Convective outbreaks come
-#: in clusters; a drought or a frost is usually one report. Lead event types are
-#: drawn with their weight divided by this, so the table's overall mix of event
-#: types still follows the weights above.
+#: Events an episode carries beyond its first, on average, by season.
+#: Convective outbreaks come in clusters; a drought or a frost is usually one
+#: report. An episode's lead event type is drawn with its weight divided by the
+#: episode size, so the table's overall mix of event types still follows the
+#: weights above.
 _EPISODE_SIZE = {"convective": 3.0}
 _DEFAULT_EPISODE_SIZE = 0.5
 
@@ -402,13 +405,14 @@ class _Generator:
         # real daily time chart has; the month weight sets the season under it.
         bursts = [self.rng.lognormvariate(0.0, 0.7) for _ in range(_DAYS)]
         self.day_cum = {
-            season: _cumulative([months[date.month - 1] * burst for date, burst in zip(_DATES, bursts, strict=True)])
+            season: _cumulative([months[date.month - 1] * burst
+                                 for date, burst in zip(_DATES, bursts, strict=True)])
             for season, months in _MONTHS.items()
         }
         self.source_cum = {key: _cumulative([w for _, w in table]) for key, table in _SOURCES.items()}
 
     def rows(self, count: int) -> Iterator[tuple[Any, ...]]:
-        """Rows with timestamps as ISO text, ready for CSV; see `storm_events_rows`."""
+        """Rows with timestamps as ISO text; see `storm_events_rows`."""
         ids = [1000, 5000]  # last episode id, last event id
         produced = 0
         while produced < count:
@@ -424,11 +428,9 @@ class _Generator:
         leads, leads_cum = self.leads[area.name]
         lead: _Kind = _pick(rng, leads, leads_cum)
         day = _pick(rng, range(_DAYS), self.day_cum[lead.season])
-        if lead.season == "convective":
-            # Afternoon and evening storms, as in the real diurnal cycle.
-            hour = min(23, int(rng.triangular(8, 24, 17)))
-        else:
-            hour = int(random_() * 24)
+        # Convective storms peak in the afternoon and evening, as they do.
+        convective = lead.season == "convective"
+        hour = min(23, int(rng.triangular(8, 24, 17))) if convective else int(random_() * 24)
         size = min(room, 1 + int(rng.expovariate(1 / _size(lead))))
         start = (day * 24 + hour) * 60 + int(random_() * 60)
         center = (

@@ -69,8 +69,11 @@ class System:
             assert response.headers["Location"].endswith(f"/v1/runs/{body['run_id']}")
             return body
 
-    async def run(self, run_id: str) -> dict[str, Any]:
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        """The run as history has it, or None while history has not heard of it yet."""
         async with self.session.get(f"{self.history_url}/v1/runs/{run_id}") as response:
+            if response.status == 404:
+                return None
             assert response.status == 200
             run: dict[str, Any] = await response.json()
             return run
@@ -150,8 +153,11 @@ async def wait_for_terminal(system: System, run_id: str, wait_until: Any) -> dic
     latest: dict[str, Any] = {}
 
     async def finished() -> bool:
-        latest.update(await system.run(run_id))
-        return latest["status"] in ("succeeded", "failed")
+        run = await system.run(run_id)
+        if run is None:
+            return False
+        latest.update(run)
+        return run["status"] in ("succeeded", "failed")
 
     await wait_until(finished, timeout=60, what=f"run {run_id} to finish")
     return latest

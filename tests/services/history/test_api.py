@@ -60,9 +60,12 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
     store = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
     await store.create_schema()
     try:
-        async with runtime, HttpServer(create_app(runtime, store), "127.0.0.1", 0) as server:
-            async with aiohttp.ClientSession() as session:
-                yield Client(server.url, session, store, blobs)
+        async with (
+            runtime,
+            HttpServer(create_app(runtime, store), "127.0.0.1", 0) as server,
+            aiohttp.ClientSession() as session,
+        ):
+            yield Client(server.url, session, store, blobs)
     finally:
         await store.close()
 
