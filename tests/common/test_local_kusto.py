@@ -229,7 +229,7 @@ async def test_syntax_error_reports_the_engine_message(client: KustoClient, kust
 
 
 async def test_unknown_table_is_named_in_the_error(client: KustoClient, kusto: LocalKusto) -> None:
-    with pytest.raises(KustoServiceError, match="NoSuchTable.*does not exist"):
+    with pytest.raises(KustoServiceError, match=r"NoSuchTable.*does not exist"):
         await client.execute(kusto.database, "NoSuchTable | count")
 
 
@@ -261,7 +261,7 @@ def test_url_needs_a_started_endpoint(database: Path) -> None:
 
 
 def test_missing_database_file_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nothing.duckdb"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.duckdb"):
         LocalKusto(tmp_path / "nothing.duckdb").start()
 
 
