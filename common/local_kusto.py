@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import ipaddress
 import json
 import re
+import signal
 import threading
 import time
 import uuid
@@ -432,10 +432,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="where the sample database lives")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks one")
     args = parser.parse_args(argv)
+    stop = threading.Event()
+    # Ctrl-C and a container's SIGTERM both end the wait, so the endpoint closes
+    # through the same path either way.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     with start_local_kusto(args.data_dir, args.port) as kusto:
         print(f"Kusto endpoint {kusto.url}, database {kusto.database!r}. Ctrl-C to stop.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+        stop.wait()
 
 
 if __name__ == "__main__":
