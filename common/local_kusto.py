@@ -14,7 +14,7 @@ closes the gaps between that client and duckdb-kql 1.1.2:
   literal reader, and a value that is not its declared type is a 400 naming
   the parameter rather than a query run with something else.
 * Nagle's algorithm is off: a small response otherwise waits for the client's
-  delayed ACK, about 45 ms a query.
+  delayed ACK, about 40 ms a query (measured 54 ms against 12 ms for `print 1`).
 """
 
 from __future__ import annotations

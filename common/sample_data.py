@@ -133,6 +133,7 @@ def _water(name: str, weight: int, at: tuple[float, float, float, float], places
 
 # Weights follow the 2007 report counts; centroid and half-span (degrees) keep
 # coordinates roughly inside each state.
+# fmt: off
 _AREAS: tuple[_Area, ...] = (
     _land("TEXAS", 4701, (31.1, -99.3, 4.0, 5.0), "AMARILLO, LUBBOCK, DALLAS, AUSTIN, SAN ANGELO, MIDLAND",
           coastal=True),
@@ -217,6 +218,7 @@ _AREAS: tuple[_Area, ...] = (
     _water("E PACIFIC", 12, (38.0, -124.0, 5.0, 0.8), "POINT ARENA, CAPE MENDOCINO, MONTEREY BAY",
            ocean=True),
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class _Kind:
     track: float = 0.0  # degrees an event may travel, for begin/end points
 
 
+# fmt: off
 _KINDS: tuple[_Kind, ...] = (
     _Kind("Thunderstorm Wind", 13015, "land", "convective", damage=0.45, crops=0.02, hurt=0.006,
           deadly=0.002, track=0.15),
@@ -318,6 +321,7 @@ _SOURCES: dict[str, tuple[tuple[str, int], ...]] = {
         ("Public", 5), ("Trained Spotter", 5),
     ),
 }
+# fmt: on
 
 _EPISODE_NARRATIVES: dict[str, tuple[str, ...]] = {
     "convective": (
@@ -349,9 +353,7 @@ _EPISODE_NARRATIVES: dict[str, tuple[str, ...]] = {
     "tropical": (
         "A tropical system moved ashore along {area}, bringing heavy rain, storm surge and gusty winds.",
     ),
-    "any": (
-        "Several days of heavy rain across {area} pushed rivers and streams above flood stage.",
-    ),
+    "any": ("Several days of heavy rain across {area} pushed rivers and streams above flood stage.",),
 }
 
 _PARTS_OF_DAY = ("early morning", "morning", "afternoon", "evening", "overnight hours")
@@ -405,8 +407,9 @@ class _Generator:
         # real daily time chart has; the month weight sets the season under it.
         bursts = [self.rng.lognormvariate(0.0, 0.7) for _ in range(_DAYS)]
         self.day_cum = {
-            season: _cumulative([months[date.month - 1] * burst
-                                 for date, burst in zip(_DATES, bursts, strict=True)])
+            season: _cumulative(
+                [months[date.month - 1] * burst for date, burst in zip(_DATES, bursts, strict=True)]
+            )
             for season, months in _MONTHS.items()
         }
         self.source_cum = {key: _cumulative([w for _, w in table]) for key, table in _SOURCES.items()}
@@ -481,10 +484,7 @@ class _Generator:
         damage = _money(rng, scale, 1.7) if kind.damage and random_() < kind.damage else 0
         crops = _money(rng, 9.5, 1.8) if kind.crops and random_() < kind.crops else 0
 
-        source_key = (
-            "marine" if area.marine else "heat" if kind.name == "Drought"
-            else "winter" if kind.where == "winter" else "default"
-        )
+        source_key = _source_key(area, kind)
         source = _pick(rng, _SOURCES[source_key], self.source_cum[source_key])[0]
         event_narrative = _event_narrative(rng, kind, source, begin_place, damage)
         begin_text, end_text = _stamp(begin), _stamp(end)
@@ -496,11 +496,28 @@ class _Generator:
             f'"Location":"{area.name}"}}}}'
         )
         return (
-            begin_text, end_text, episode_id, event_id, area.name, kind.name,
-            injuries, injuries_indirect, deaths, deaths_indirect, damage, crops,
-            source, begin_place, end_place or begin_place,
-            round(lat, 4), round(lon, 4), round(end_lat, 4), round(end_lon, 4),
-            narrative, event_narrative, summary,
+            begin_text,
+            end_text,
+            episode_id,
+            event_id,
+            area.name,
+            kind.name,
+            injuries,
+            injuries_indirect,
+            deaths,
+            deaths_indirect,
+            damage,
+            crops,
+            source,
+            begin_place,
+            end_place or begin_place,
+            round(lat, 4),
+            round(lon, 4),
+            round(end_lat, 4),
+            round(end_lon, 4),
+            narrative,
+            event_narrative,
+            summary,
         )
 
 
@@ -509,6 +526,14 @@ _COSTLY = frozenset({"Tornado", "Hurricane (Typhoon)", "Storm Surge/Tide"})
 
 def _size(kind: _Kind) -> float:
     return _EPISODE_SIZE.get(kind.season, _DEFAULT_EPISODE_SIZE)
+
+
+def _source_key(area: _Area, kind: _Kind) -> str:
+    if area.marine:
+        return "marine"
+    if kind.name == "Drought":
+        return "heat"
+    return "winter" if kind.where == "winter" else "default"
 
 
 def _fits(kind: _Kind, area: _Area) -> bool:
@@ -661,9 +686,7 @@ def _current_marker(path: Path) -> str | None:
     except duckdb.Error:
         return None  # unreadable or not a DuckDB file: rebuild it
     try:
-        row = con.execute(
-            "SELECT comment FROM duckdb_tables() WHERE table_name = ?", [TABLE_NAME]
-        ).fetchone()
+        row = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = ?", [TABLE_NAME]).fetchone()
     finally:
         con.close()
     return None if row is None else row[0]

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from common.local_kusto import LocalKusto, start_local_kusto
-
 from common.config import Settings
+from common.local_kusto import LocalKusto, start_local_kusto
 from common.outbox import Outbox
 from common.runtime import Runtime, load_connections
 from services.history import service as history

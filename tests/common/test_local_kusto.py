@@ -211,9 +211,9 @@ async def test_wrong_typed_value_is_refused_naming_the_parameter(
     client: KustoClient, kusto: LocalKusto, declaration: str, value: str
 ) -> None:
     name, kind = declaration.split(":")
+    query = f"declare query_parameters({declaration}); print {name}"
     with pytest.raises(KustoServiceError) as refused:
-        await client.execute(kusto.database, f"declare query_parameters({declaration}); print {name}",
-                             properties(**{name: value}))  # fmt: skip
+        await client.execute(kusto.database, query, properties(**{name: value}))
     message = str(refused.value)
     assert f"'{name}'" in message
     assert f"declared {kind}" in message

@@ -11,11 +11,11 @@ from typing import Any
 
 import duckdb
 import pytest
-from common.local_kusto import LocalKusto
 
 from common.connections import Connections
 from common.contracts import ErrorCode, JobRequest
 from common.errors import KustoError
+from common.local_kusto import LocalKusto
 from common.sample_data import ensure_database
 from services.query_worker.kusto import KustoRunner, kql_literal, with_declarations
 
