@@ -112,12 +112,9 @@ class HttpServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        # Port 0 asks for any free port; report the one the socket got.
+        self.port = int(self._runner.addresses[0][1])
 
     @property
     def url(self) -> str:
