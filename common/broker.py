@@ -83,8 +83,13 @@ class Broker(abc.ABC):
         """Stop consuming, let in-flight handlers finish, disconnect. Idempotent."""
 
     @abc.abstractmethod
-    async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
-        """Return only once the broker has taken responsibility for the message."""
+    async def publish(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, delay: float | None = None
+    ) -> None:
+        """Return only once the broker has taken responsibility for the message.
+
+        With *delay* (seconds), the message reaches its queue only after that long.
+        """
 
     @abc.abstractmethod
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
@@ -95,9 +100,10 @@ class Broker(abc.ABC):
         """Whether the broker is reachable now."""
 
     async def publish_model(
-        self, routing_key: str, model: BaseModel, *, message_id: str | None = None
+        self, routing_key: str, model: BaseModel, *, message_id: str | None = None, delay: float | None = None
     ) -> None:
-        await self.publish(routing_key, model.model_dump_json().encode("utf-8"), message_id=message_id)
+        body = model.model_dump_json().encode("utf-8")
+        await self.publish(routing_key, body, message_id=message_id, delay=delay)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -128,6 +134,7 @@ class InProcessBroker(Broker):
         self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._bindings: dict[str, list[str]] = {}
         self._consumers: list[_Consumer] = []
+        self._timers: set[asyncio.TimerHandle] = set()
         self._open = False
 
     async def start(self) -> None:
@@ -141,14 +148,29 @@ class InProcessBroker(Broker):
         """Messages waiting in *queue* (not counting those being handled)."""
         return self._queues[queue.name].qsize()
 
-    async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def publish(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, delay: float | None = None
+    ) -> None:
         if not self._open:
             raise BrokerError("broker is closed")
         targets = self._bindings.get(routing_key)
         if not targets:
             raise BrokerError(f"no queue is bound to routing key {routing_key!r}")
         for name in targets:
-            self._queues[name].put_nowait(Delivery(body=body, routing_key=routing_key, message_id=message_id))
+            delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id)
+            if delay:
+                self._deliver_later(name, delivery, delay)
+            else:
+                self._queues[name].put_nowait(delivery)
+
+    def _deliver_later(self, queue: str, delivery: Delivery, delay: float) -> None:
+        def deliver() -> None:
+            self._timers.discard(handle)
+            if self._open:
+                self._queues[queue].put_nowait(delivery)
+
+        handle = asyncio.get_running_loop().call_later(delay, deliver)
+        self._timers.add(handle)
 
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
         if not self._open:
@@ -193,6 +215,9 @@ class InProcessBroker(Broker):
 
     async def close(self, grace: float = 10.0) -> None:
         self._open = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         consumers, self._consumers = self._consumers, []
         for consumer in consumers:
             consumer.dispatcher.cancel()

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     #: turn it off to send through the SMTP relay configured above instead.
     embedded_smtp: bool = True
     outbox_dir: Path | None = None
+    #: Hosts a flow may post webhooks to by URL (``*.example.com`` allowed); named
+    #: webhooks from the connections file are always allowed.
+    webhook_allowed_hosts: list[str] = []
+    #: Most deliveries one per-row step makes (``for_each``), whatever the flow asks.
+    max_deliveries: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
     trigger_host: str = "127.0.0.1"
     trigger_port: Port = 8080
@@ -53,8 +58,14 @@ class Settings(BaseSettings):
     history_public_url: str | None = None
     api_token: SecretStr | None = None
 
+    #: The shortest interval a flow's schedule may have.
+    minimum_schedule_seconds: Annotated[float, Field(ge=1)] = 60
+    scheduler_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+
     query_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 420.0
     table_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    #: Rows of each query result that templates and conditions can read directly.
+    preview_rows: Annotated[int, Field(ge=0, le=1000)] = 50
 
     log_level: str = "INFO"
     log_format: Annotated[str, Field(pattern="^(json|console)$")] = "json"

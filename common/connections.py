@@ -149,10 +149,25 @@ ConnectionConfig = Annotated[
 ]
 
 
+class WebhookConfig(BaseModel):
+    """A webhook target the operator configured; flows name it, secrets stay here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    headers: dict[str, SecretRef] = {}
+
+    def resolved_headers(self, name: str) -> dict[str, str]:
+        return {
+            header: ref.resolve(f"webhooks.{name}.headers.{header}") for header, ref in self.headers.items()
+        }
+
+
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     connections: dict[str, ConnectionConfig] = {}
+    webhooks: dict[str, WebhookConfig] = {}
 
 
 def connection_string(config: ConnectionConfig) -> KustoConnectionStringBuilder:
@@ -194,8 +209,14 @@ def connection_string(config: ConnectionConfig) -> KustoConnectionStringBuilder:
 class Connections:
     """The configured connections: the only clusters adxflow will ever reach."""
 
-    def __init__(self, configs: dict[str, ConnectionConfig] | None = None) -> None:
+    def __init__(
+        self,
+        configs: dict[str, ConnectionConfig] | None = None,
+        webhooks: dict[str, WebhookConfig] | None = None,
+    ) -> None:
         self._configs: dict[str, ConnectionConfig] = dict(configs or {})
+        #: Webhook targets flows may name (``post_webhook: {webhook: NAME}``).
+        self.webhooks: dict[str, WebhookConfig] = dict(webhooks or {})
 
     @classmethod
     def from_file(cls, path: Path) -> Connections:
@@ -214,7 +235,7 @@ class Connections:
                 f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
             )
             raise ConfigurationError(f"connections file {path}: {problems}") from None
-        return cls(parsed.connections)
+        return cls(parsed.connections, parsed.webhooks)
 
     def add_local(self, name: str, url: str) -> None:
         """Register the embedded endpoint; refuses anything that is not loopback."""

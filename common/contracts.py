@@ -116,6 +116,11 @@ class ErrorCode(StrEnum):
     RENDER_FAILED = "RenderFailed"
     SMTP_REJECTED = "SmtpRejected"
     SMTP_UNAVAILABLE = "SmtpUnavailable"
+    WEBHOOK_REJECTED = "WebhookRejected"
+    WEBHOOK_UNAVAILABLE = "WebhookUnavailable"
+    TEMPLATE_ERROR = "TemplateError"
+    ASYNC_OPERATION_FAILED = "AsyncOperationFailed"
+    INVALID_PARAMETERS = "InvalidParameters"
     ARTIFACT_MISSING = "ArtifactMissing"
     INTERNAL = "Internal"
 
@@ -193,10 +198,45 @@ class JobRequest(BaseModel):
             raise ValueError("parameters: control commands take no query parameters")
         return self
 
+    def flow_document(self) -> dict[str, Any]:
+        """This job as a one-off flow: a rendered query (or command) and an email."""
+        kusto: dict[str, Any] = {"id": "query", "chart": self.chart.value, "title": self.title}
+        if self.action is Action.QUERY:
+            kusto.update(action="run_query_and_render_chart", query=self.query)
+        else:
+            kusto.update(action="run_control_command_and_render_chart", command=self.query)
+        types = {bool: "bool", int: "long", float: "real", str: "string"}
+        return {
+            "name": "adhoc",
+            "description": self.title or self.email.subject,
+            "connection": self.connection,
+            "database": self.database,
+            "parameters": {name: {"type": types[type(value)]} for name, value in self.parameters.items()},
+            "steps": [
+                kusto,
+                {
+                    "id": "notify",
+                    "action": "send_email",
+                    "to": self.email.to,
+                    "cc": self.email.cc,
+                    "subject": self.email.subject,
+                    "attachments": ["query"],
+                    "importance": self.email.importance.value,
+                },
+            ],
+        }
+
 
 # ---------------------------------------------------------------------------
 # The routing slip
 # ---------------------------------------------------------------------------
+
+
+class TriggerKind(StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    AFTER = "after"
+    JOB = "job"
 
 
 class BlobRef(BaseModel):
@@ -208,8 +248,11 @@ class BlobRef(BaseModel):
 
 
 class Step(BaseModel):
+    """One stop of the routing slip. ``flow_step`` names the flow step it belongs to."""
+
     id: str
     kind: StepKind
+    flow_step: str | None = None
 
     @property
     def service(self) -> Service:
@@ -217,14 +260,25 @@ class Step(BaseModel):
 
 
 class StepOutput(BaseModel):
+    status: StepStatus = StepStatus.SUCCEEDED
     row_count: int | None = None
+    columns: list[str] = []
+    #: The first rows, for conditions and templates; the full result is an artifact.
+    preview: list[dict[str, Any]] = []
     artifacts: dict[str, BlobRef] = {}
     detail: dict[str, Any] = {}
+    error: ErrorInfo | None = None
 
 
-def report_itinerary() -> list[Step]:
-    """The five steps of an ad-hoc report job, one per service."""
-    return [Step(id=kind.value, kind=kind) for kind in StepKind]
+class RunContext(BaseModel):
+    """What started a run, and with which parameter values."""
+
+    flow: str
+    trigger: TriggerKind
+    scheduled_for: dt.datetime | None = None
+    parameters: dict[str, Any] = {}
+    parent_run_id: str | None = None
+    timezone: str = "UTC"
 
 
 class RunMessage(BaseModel):
@@ -233,9 +287,13 @@ class RunMessage(BaseModel):
     step_id: str
     attempt: int = 1
     submitted_at: dt.datetime
-    job: JobRequest
+    #: The flow document as it was when the run started (see common.flows).
+    flow: dict[str, Any]
+    context: RunContext
     itinerary: list[Step]
     outputs: dict[str, StepOutput] = {}
+    #: State a step keeps between its own deliveries (an async operation being awaited).
+    pending: dict[str, Any] | None = None
 
     @property
     def step(self) -> Step:
@@ -244,54 +302,52 @@ class RunMessage(BaseModel):
                 return step
         raise LookupError(f"step {self.step_id!r} is not in the itinerary of run {self.run_id}")
 
-    def next_step(self) -> Step | None:
+    def following(self, step_id: str) -> Step | None:
         ids = [step.id for step in self.itinerary]
-        index = ids.index(self.step_id) + 1
+        index = ids.index(step_id) + 1
         return self.itinerary[index] if index < len(ids) else None
 
-    def output_of(self, kind: StepKind) -> StepOutput:
-        for step in self.itinerary:
-            if step.kind is kind and step.id in self.outputs:
-                return self.outputs[step.id]
-        raise LookupError(f"run {self.run_id} has no output from a {kind.value} step")
+    def next_step(self) -> Step | None:
+        return self.following(self.step_id)
 
     def forwarded(self, output: StepOutput, to: Step) -> RunMessage:
         """This run, with the current step's output recorded, addressed to *to*."""
         outputs = {**self.outputs, self.step_id: output}
-        return self.model_copy(update={"outputs": outputs, "step_id": to.id, "attempt": 1})
+        return self.model_copy(update={"outputs": outputs, "step_id": to.id, "attempt": 1, "pending": None})
 
 
 # ---------------------------------------------------------------------------
-# Status events, consumed by history
+# Events: status of steps (consumed by history), completed runs (by trigger)
 # ---------------------------------------------------------------------------
 
 
 class RunInfo(BaseModel):
     """What history needs to list a run before any step has finished."""
 
+    flow: str
+    description: str | None = None
+    trigger: TriggerKind
+    scheduled_for: dt.datetime | None = None
+    parent_run_id: str | None = None
     connection: str
     database: str
-    action: Action
-    chart: ChartKind
-    query: str
-    parameters: dict[str, ParameterValue]
-    recipients: list[str]
-    subject: str
+    parameters: dict[str, Any]
     itinerary: list[Step]
     submitted_at: dt.datetime
 
     @classmethod
     def of(cls, message: RunMessage) -> RunInfo:
-        job = message.job
+        flow = message.flow
+        context = message.context
         return cls(
-            connection=job.connection,
-            database=job.database,
-            action=job.action,
-            chart=job.chart,
-            query=job.query,
-            parameters=job.parameters,
-            recipients=[*job.email.to, *job.email.cc],
-            subject=job.email.subject,
+            flow=context.flow,
+            description=flow.get("description"),
+            trigger=context.trigger,
+            scheduled_for=context.scheduled_for,
+            parent_run_id=context.parent_run_id,
+            connection=flow["connection"],
+            database=flow["database"],
+            parameters=context.parameters,
             itinerary=message.itinerary,
             submitted_at=message.submitted_at,
         )
@@ -310,5 +366,27 @@ class StatusEvent(BaseModel):
     finished_at: dt.datetime | None = None
     row_count: int | None = None
     artifacts: dict[str, BlobRef] = {}
+    detail: dict[str, Any] = {}
     error: ErrorInfo | None = None
+    #: A failed step whose flow goes on (``on_failure: continue``): the run is not over yet.
+    continues: bool = False
     run: RunInfo | None = None
+
+
+class RunCompleted(BaseModel):
+    """Published by history when a run ends; chained flows start from it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    flow: str
+    status: RunStatus
+    finished_at: dt.datetime
+
+
+def chart_content_id(run_id: str, flow_step: str) -> str:
+    """The Content-ID under which a rendered chart travels inline in an email.
+
+    Render writes ``cid:`` references to it into the step's HTML body; the
+    notifier attaches the PNG under the same id.
+    """
+    return f"chart.{flow_step}.{run_id}@adxflow"

@@ -15,12 +15,28 @@ closes the gaps between that client and duckdb-kql 1.1.2:
   the parameter rather than a query run with something else.
 * Nagle's algorithm is off: a small response otherwise waits for the client's
   delayed ACK, about 40 ms a query (measured 54 ms against 12 ms for `print 1`).
+* Writes: a writable endpoint opens its file read-write and lets the engine run
+  its write commands (`.set`, `.append`, `.set-or-append`, `.set-or-replace`,
+  and `.create`/`.attach`/`.detach database`); a read-only one refuses them with
+  a 403 that says how to start a writable one.
+* `async`: Kusto runs `.set-or-append async T <| query` (and the other three
+  ingestion verbs) in the background and answers at once with an `OperationId`.
+  The engine refuses the keyword, so the server strips it, runs the command on a
+  thread through the same serialized path as every query, and records an
+  operation. Any other command with `async` is a 400 naming the command.
+* `.show operations`, `.show operations <id>` and `.show operations (id, ...)`
+  answer from that record with Kusto's columns, without waiting for the
+  database, so a client can watch an operation while it runs.
+* A browser page may POST to loopback without asking first; a request carrying
+  an `Origin` that is not the Azure Data Explorer UI is refused, so no page can
+  send this endpoint a write.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import io
 import ipaddress
 import json
@@ -29,20 +45,34 @@ import signal
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import duckdb_kql
 from duckdb import DuckDBPyConnection
-from duckdb_kql import KqlError
+from duckdb_kql import KqlError, KqlUnsupportedError
+from duckdb_kql.control import is_write_command, strip_leading_comments
+from duckdb_kql.ingest import INGESTION_VERBS, parse_ingestion
 from duckdb_kql.params import as_datetime, parse_timespan
-from duckdb_kql.server import DEFAULT_PORT, KustoRestServer, Result, _Handler, error_response
+from duckdb_kql.server import DEFAULT_PORT, KustoRestServer, RestColumn, Result, _Handler, error_response
 
 from common.sample_data import ensure_database
 
-__all__ = ["LocalKusto", "ParameterValueError", "RequestRefused", "parameter_value", "start_local_kusto"]
+__all__ = [
+    "OPERATION_COLUMNS",
+    "LocalKusto",
+    "Operation",
+    "OperationState",
+    "ParameterValueError",
+    "RequestRefused",
+    "WritesDisabled",
+    "parameter_value",
+    "start_local_kusto",
+]
 
 #: How often the serving thread looks for a shutdown request; it bounds how long
 #: `close()` waits for the accept loop to notice.
@@ -54,6 +84,25 @@ _DRAIN_SECONDS = 5.0
 
 class RequestRefused(ValueError):
     """A request this endpoint answers with 400 before the engine sees it."""
+
+
+class WritesDisabled(KqlUnsupportedError):
+    """A write command sent to an endpoint that opened its database read-only.
+
+    A `KqlUnsupportedError` because that is the refusal duckdb-kql's handler
+    answers with 403 when its message says writes are disabled; the message is
+    our own, since the engine's points at its `allow_write` knob, not ours.
+    """
+
+    def __init__(self, command: str, database: str) -> None:
+        KqlError.__init__(
+            self,
+            f"{command} writes to the database, and writes are disabled here: {database} is open "
+            "read-only; an endpoint started with LocalKusto(..., writable=True) runs write commands",
+        )
+        self.construct = command
+        self.span = None
+        self.hint = None
 
 
 class ParameterValueError(RequestRefused):
@@ -220,6 +269,173 @@ def _normalized_body(body: bytes) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------
+# Operations
+# ---------------------------------------------------------------------------
+
+
+class OperationState(StrEnum):
+    """The `State` of an operation, in Kusto's spelling."""
+
+    IN_PROGRESS = "InProgress"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    #: Interrupted because the endpoint closed while it ran.
+    CANCELLED = "Cancelled"
+
+
+#: `.show operations`, Kusto's columns in Kusto's order. The labels follow
+#: duckdb-kql's measurements on the Kusto emulator (duckdb_kql.control): a
+#: command's bool is `SByte` here, and Duration is `TimeSpan`/`timespan`.
+OPERATION_COLUMNS: tuple[RestColumn, ...] = (
+    RestColumn("OperationId", "guid", "Guid", "guid"),
+    RestColumn("Operation", "string", "String", "string"),
+    RestColumn("NodeId", "string", "String", "string"),
+    RestColumn("StartedOn", "datetime", "DateTime", "datetime"),
+    RestColumn("LastUpdatedOn", "datetime", "DateTime", "datetime"),
+    RestColumn("Duration", "timespan", "TimeSpan", "timespan"),
+    RestColumn("State", "string", "String", "string"),
+    RestColumn("Status", "string", "String", "string"),
+    RestColumn("RootActivityId", "guid", "Guid", "guid"),
+    RestColumn("ShouldRetry", "bool", "SByte", "bool"),
+    RestColumn("Database", "string", "String", "string"),
+    RestColumn("Principal", "string", "String", "string"),
+    RestColumn("User", "string", "String", "string"),
+    RestColumn("AdminEpochStartTime", "datetime", "DateTime", "datetime"),
+)
+
+#: What an `async` command answers at once.
+_OPERATION_ID = RestColumn("OperationId", "guid", "Guid", "guid")
+
+#: Kusto's `Operation` for each ingestion verb.
+_OPERATION_NAMES = {
+    ".set": "TableSet",
+    ".append": "TableAppend",
+    ".set-or-append": "TableSetOrAppend",
+    ".set-or-replace": "TableSetOrReplace",
+}
+assert set(_OPERATION_NAMES) == set(INGESTION_VERBS)
+
+#: How many operations the log keeps; the oldest finished ones go first.
+_KEPT_OPERATIONS = 1_000
+
+
+@dataclass
+class Operation:
+    """One background command, as `.show operations` reports it."""
+
+    name: str
+    database: str
+    started_on: dt.datetime
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    root_activity_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    state: OperationState = OperationState.IN_PROGRESS
+    status: str = ""
+    last_updated_on: dt.datetime | None = None
+
+    def row(self, epoch: dt.datetime) -> tuple[Any, ...]:
+        updated = self.last_updated_on or self.started_on
+        return (
+            self.id,
+            self.name,
+            "",  # NodeId: nothing runs remotely
+            self.started_on,
+            updated,
+            updated - self.started_on,
+            self.state.value,
+            self.status,
+            self.root_activity_id,
+            False,  # ShouldRetry
+            self.database,
+            "",  # Principal and User: the endpoint authenticates no one
+            "",
+            epoch,
+        )
+
+
+class _OperationLog:
+    """The operations one server started, newest last, behind one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._operations: dict[uuid.UUID, Operation] = {}
+        self.epoch = dt.datetime.now(dt.UTC)
+
+    def start(self, name: str, database: str) -> Operation:
+        operation = Operation(name, database, dt.datetime.now(dt.UTC))
+        with self._lock:
+            self._operations[operation.id] = operation
+            finished = [o.id for o in self._operations.values() if o.state is not OperationState.IN_PROGRESS]
+            for old in finished[: max(0, len(self._operations) - _KEPT_OPERATIONS)]:
+                del self._operations[old]
+        return operation
+
+    def finish(self, operation_id: uuid.UUID, state: OperationState, status: str = "") -> None:
+        with self._lock:
+            operation = self._operations[operation_id]
+            operation.state = state
+            operation.status = status
+            operation.last_updated_on = dt.datetime.now(dt.UTC)
+
+    def result(self, ids: tuple[uuid.UUID, ...] | None) -> Result:
+        """`.show operations`: all, newest first, or the *ids* known, in the order asked."""
+        with self._lock:
+            if ids is None:
+                chosen = list(reversed(self._operations.values()))
+            else:
+                chosen = [self._operations[i] for i in dict.fromkeys(ids) if i in self._operations]
+            rows = [operation.row(self.epoch) for operation in chosen]
+        return Result(list(OPERATION_COLUMNS), rows)
+
+
+_SHOW_OPERATIONS = re.compile(r"\.show\s+operations\b(?P<rest>.*)", re.IGNORECASE | re.DOTALL)
+#: A command verb followed by `async`, which is where Kusto puts the keyword.
+_ASYNC = re.compile(r"(?P<verb>\.[A-Za-z][A-Za-z-]*)\s+async\b", re.IGNORECASE)
+_VERB = re.compile(r"\.[A-Za-z][A-Za-z-]*")
+#: Request options that bound the request. An async command's request ends
+#: when it answers; the command runs on, as Kusto's does.
+_REQUEST_TIMEOUTS = frozenset({"servertimeout", "norequesttimeout"})
+
+
+def _operation_ids(rest: str) -> tuple[uuid.UUID, ...] | None:
+    """The ids after `.show operations`: None for all of them."""
+    text = rest.strip().rstrip(";").strip()
+    if not text:
+        return None
+    listed = text[1:-1].split(",") if text.startswith("(") and text.endswith(")") else [text]
+    ids = []
+    for item in listed:
+        written = item.strip().strip("'\"")
+        try:
+            ids.append(uuid.UUID(written))
+        except ValueError:
+            raise RequestRefused(
+                f".show operations takes an operation id or a parenthesized list of them; "
+                f"{item.strip()!r:.80} is not a guid (a pipeline on it is not supported here)"
+            ) from None
+    return tuple(ids)
+
+
+class _AsyncCommand(NamedTuple):
+    verb: str
+    #: The command without `async`, as the engine runs it.
+    text: str
+
+
+def _async_command(head: str) -> _AsyncCommand | None:
+    """*head* without its `async` keyword, or None if it has none."""
+    match = _ASYNC.match(head)
+    if match is None:
+        return None
+    verb = match.group("verb").lower()
+    if verb not in _OPERATION_NAMES:
+        raise RequestRefused(
+            f"{match.group('verb')} async is not supported here: only "
+            f"{', '.join(sorted(_OPERATION_NAMES))} run asynchronously"
+        )
+    return _AsyncCommand(verb, f"{verb} {head[match.end() :].lstrip()}")
+
+
+# ---------------------------------------------------------------------------
 # The server
 # ---------------------------------------------------------------------------
 
@@ -230,6 +446,17 @@ class _LocalHandler(_Handler):
     disable_nagle_algorithm = True
 
     def do_POST(self) -> None:  # BaseHTTPRequestHandler's interface
+        # A page in the browser may POST here without a preflight (a "simple"
+        # request); its response is unreadable, but a write would still happen.
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in self.kusto.allowed_origins:
+            self._send(403, error_response(f"requests from origin {origin!r:.80} are not accepted"))
+            self.close_connection = True
+            return
+        if cast(_LocalServer, self.server).closing:
+            self._send(503, error_response("the local Kusto endpoint is shutting down"))
+            self.close_connection = True
+            return
         original = self.rfile
         try:
             length = int(self.headers.get("Content-Length", "0"))
@@ -261,15 +488,39 @@ class _LocalHandler(_Handler):
 
 
 class _LocalServer(KustoRestServer):
-    """The stock server with our handler, and a close that waits for queries."""
+    """The stock server with our handler, background operations, and a close
+    that waits for both kinds of work."""
 
-    def __init__(self, con: DuckDBPyConnection, *, source: Path, host: str, port: int) -> None:
-        super().__init__(con, host=host, port=port, quiet=True, source=str(source))
+    def __init__(
+        self, con: DuckDBPyConnection, *, source: Path, host: str, port: int, writable: bool
+    ) -> None:
+        # The catalog connection must exist before the stock constructor, which
+        # reads it through databases().
+        self._catalog = con.cursor()
+        self._catalog_lock = threading.Lock()
+        super().__init__(con, host=host, port=port, quiet=True, source=str(source), allow_write=writable)
         self.RequestHandlerClass = _LocalHandler
         self._connection = con
+        self._source_name = source.name
         self._activity = threading.Condition()
         self._running = 0
         self._closing = False
+        self.operations = _OperationLog()
+
+    @property
+    def closing(self) -> bool:
+        with self._activity:
+            return self._closing
+
+    def databases(self) -> list[str]:
+        # The handler asks this before every request. On the main connection
+        # it would wait behind a running query, and `.show operations` would
+        # not answer until the operation it is asked about had finished.
+        with self._catalog_lock:
+            rows = self._catalog.execute(
+                "SELECT database_name FROM duckdb_databases() WHERE NOT internal ORDER BY database_name"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def run(
         self,
@@ -278,21 +529,87 @@ class _LocalServer(KustoRestServer):
         database: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> Result:
+        head = strip_leading_comments(csl)
+        shown = _SHOW_OPERATIONS.match(head)
+        if shown is not None:
+            return self.operations.result(_operation_ids(shown.group("rest")))
+        if not self.allow_write and is_write_command(head):
+            verb = _VERB.match(head)
+            raise WritesDisabled(verb.group(0) if verb else "the command", self._source_name)
+        deferred = _async_command(head)
+        if deferred is not None:
+            return self._submit(deferred, parameters, database, options)
+        self._begin()
+        try:
+            return super().run(csl, parameters, database, options)
+        finally:
+            self._end()
+
+    def _begin(self) -> None:
+        """Count a piece of work, so close() waits for it; `_end` uncounts it."""
         with self._activity:
             # Keep-alive connections outlive the accept loop, so a request can
             # still arrive after close() began; it must not reach a closed database.
             if self._closing:
                 raise RuntimeError("the local Kusto endpoint is shutting down")
             self._running += 1
+
+    def _end(self) -> None:
+        with self._activity:
+            self._running -= 1
+            self._activity.notify_all()
+
+    def _submit(
+        self,
+        command: _AsyncCommand,
+        parameters: dict[str, Any] | None,
+        database: str | None,
+        options: dict[str, Any] | None,
+    ) -> Result:
+        """Start *command* on a thread and answer its operation id."""
+        # A malformed command or query is the request's error, as on Kusto,
+        # not an operation that fails later.
+        duckdb_kql.parse(parse_ingestion(command.text).source)
+        options = {k: v for k, v in (options or {}).items() if k not in _REQUEST_TIMEOUTS}
+        target = database if database and database != "default" else self.database
+        self._begin()  # ended by the thread, when the command is done
+        operation = self.operations.start(_OPERATION_NAMES[command.verb], target)
+        thread = threading.Thread(
+            target=self._execute,
+            args=(operation.id, command.text, parameters, database, options),
+            name=f"local-kusto-operation-{operation.id}",
+            daemon=True,
+        )
         try:
-            return super().run(csl, parameters, database, options)
+            thread.start()
+        except BaseException as exc:
+            self.operations.finish(operation.id, OperationState.FAILED, str(exc))
+            self._end()
+            raise
+        return Result([_OPERATION_ID], [(operation.id,)])
+
+    def _execute(
+        self,
+        operation_id: uuid.UUID,
+        csl: str,
+        parameters: dict[str, Any] | None,
+        database: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        try:
+            # The stock run: the lock that serializes every statement on the
+            # one connection; the work was counted when it was submitted.
+            super().run(csl, parameters, database, options)
+        except Exception as exc:  # any failure is the operation's outcome, not the thread's
+            state = OperationState.CANCELLED if self.closing else OperationState.FAILED
+            self.operations.finish(operation_id, state, str(exc))
+        else:
+            self.operations.finish(operation_id, OperationState.COMPLETED)
         finally:
-            with self._activity:
-                self._running -= 1
-                self._activity.notify_all()
+            self._end()
 
     def close_database(self) -> None:
-        """Cancel what is running, then close DuckDB.
+        """Cancel what is running, background operations included, then close DuckDB.
 
         The interrupt is repeated because one sent while a query is still being
         translated finds nothing to cancel. Closing a busy connection fails
@@ -307,6 +624,8 @@ class _LocalServer(KustoRestServer):
                 self._activity.wait(_POLL_SECONDS)
             if self._running:
                 return
+        with self._catalog_lock:
+            self._catalog.close()
         self._connection.close()
 
 
@@ -330,21 +649,28 @@ class LocalKusto:
     """A Kusto REST endpoint over a DuckDB file, served from a daemon thread.
 
     ``with LocalKusto(path) as kusto:`` (or ``async with``) starts it; point an
-    azure-kusto-data client at `url` and query database `database`. The file is
-    opened read-only: embedded mode reads samples, it does not ingest.
+    azure-kusto-data client at `url` and query database `database`.
+
+    Read-only unless *writable*: then the file is opened read-write, the
+    engine's write commands run, and so do their `async` forms. A read-write
+    DuckDB file is locked to this process while the endpoint is open.
     """
 
-    def __init__(self, database_path: Path, *, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, database_path: Path, *, port: int = 0, host: str = "127.0.0.1", writable: bool = False
+    ) -> None:
         self._path = Path(database_path)
         self._host = _loopback(host)
         self._port = port
+        self.writable = writable
         self._server: _LocalServer | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.url if self._server else "not started"
-        return f"<LocalKusto {self._path.name} {state}>"
+        mode = "read-write" if self.writable else "read-only"
+        return f"<LocalKusto {self._path.name} {mode} {state}>"
 
     @property
     def url(self) -> str:
@@ -366,9 +692,11 @@ class LocalKusto:
             return self
         if not self._path.is_file():
             raise FileNotFoundError(f"no DuckDB database at {self._path}")
-        con = duckdb_kql.connect(str(self._path), read_only=True)
+        con = duckdb_kql.connect(str(self._path), read_only=not self.writable)
         try:
-            server = _LocalServer(con, source=self._path, host=self._host, port=self._port)
+            server = _LocalServer(
+                con, source=self._path, host=self._host, port=self._port, writable=self.writable
+            )
         except BaseException:
             con.close()
             raise
@@ -383,7 +711,12 @@ class LocalKusto:
         return self
 
     def close(self) -> None:
-        """Stop serving and release the port and the database. Idempotent."""
+        """Stop serving and release the port and the database. Idempotent.
+
+        Running queries and background operations are interrupted; an
+        interrupted write may leave its target table created but not filled,
+        since the engine's statements for one command are not one transaction.
+        """
         if self._closed:
             return
         self._closed = True
@@ -419,9 +752,13 @@ class LocalKusto:
         await asyncio.to_thread(self.close)
 
 
-def start_local_kusto(data_dir: Path, port: int = 0) -> LocalKusto:
-    """A started endpoint over the sample database in *data_dir*, built if missing."""
-    return LocalKusto(ensure_database(Path(data_dir)), port=port).start()
+def start_local_kusto(data_dir: Path, port: int = 0, *, writable: bool = True) -> LocalKusto:
+    """A started endpoint over the sample database in *data_dir*, built if missing.
+
+    Writable by default: embedded mode is the user's own sandbox, and flows
+    write to it with `.set-or-append` as they would to a cluster.
+    """
+    return LocalKusto(ensure_database(Path(data_dir)), port=port, writable=writable).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -431,13 +768,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-dir", type=Path, required=True, help="where the sample database lives")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks one")
+    parser.add_argument("--read-only", action="store_true", help="refuse write commands")
     args = parser.parse_args(argv)
     stop = threading.Event()
     # Ctrl-C and a container's SIGTERM both end the wait, so the endpoint closes
     # through the same path either way.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with start_local_kusto(args.data_dir, args.port) as kusto:
+    with start_local_kusto(args.data_dir, args.port, writable=not args.read_only) as kusto:
         print(f"Kusto endpoint {kusto.url}, database {kusto.database!r}. Ctrl-C to stop.", flush=True)
         stop.wait()
 

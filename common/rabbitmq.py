@@ -59,11 +59,16 @@ class RabbitBroker(Broker):
         for spec in self.topology.work_queues:
             queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
             await queue.bind(self._exchange, spec.routing_key)
+        for spec in self.topology.delay_queues:
+            queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+            await queue.bind(self._exchange, spec.routing_key)
         dead = self.topology.dead_letter_queue
         queue = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
         await queue.bind(dead_letters, dead.routing_key)
 
-    async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def publish(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, delay: float | None = None
+    ) -> None:
         if self._exchange is None:
             raise BrokerError("broker is not started")
         message = aio_pika.Message(
@@ -71,7 +76,10 @@ class RabbitBroker(Broker):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
+            expiration=delay if delay else None,
         )
+        if delay:
+            routing_key = self.topology.delay_key(routing_key)
         try:
             await self._exchange.publish(message, routing_key=routing_key, mandatory=True)
         except DeliveryError as exc:
@@ -143,7 +151,11 @@ class RabbitBroker(Broker):
             raise BrokerError("broker is not started")
         channel = await self._connection.channel()
         try:
-            for spec in [*self.topology.work_queues, self.topology.dead_letter_queue]:
+            for spec in [
+                *self.topology.work_queues,
+                *self.topology.delay_queues,
+                self.topology.dead_letter_queue,
+            ]:
                 await channel.queue_delete(spec.name)
             await channel.exchange_delete(self.topology.exchange)
             await channel.exchange_delete(self.topology.dead_letter_exchange)

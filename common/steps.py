@@ -3,16 +3,21 @@
 A :class:`StepWorker` takes a :class:`~common.contracts.RunMessage` from its
 queue, tells history the step is running, performs it, and then either
 records the failure (a run never stays ``running`` because a service raised)
-or records the success and forwards the slip to the next step's queue. The
-message is acknowledged only after those publishes were confirmed, so a crash
-in between redelivers it; steps are idempotent on ``(run_id, step_id,
-attempt)``.
+or records the success and forwards the slip. The message is acknowledged
+only after those publishes were confirmed, so a crash in between redelivers
+it; steps are idempotent on ``(run_id, step_id, attempt)``.
+
+Forwarding decides what comes next: a step whose ``when`` is false is skipped
+(and history is told so), the second half of a flow step whose first half was
+skipped or failed is skipped with it, and a step waiting on something (an
+async Kusto operation) comes back to itself after a delay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -25,17 +30,29 @@ from common.contracts import (
     RunInfo,
     RunMessage,
     StatusEvent,
+    Step,
     StepKind,
     StepOutput,
     StepStatus,
     utcnow,
 )
 from common.errors import AdxflowError, DeadLetter
+from common.flows import PostWebhook, SendEmail, flow_of
 from common.logs import run_context
+from common.templates import TemplateError, evaluate_condition, template_context
 
 log = structlog.get_logger(__name__)
 
 Perform = Callable[[RunMessage], Awaitable[StepOutput]]
+
+
+class StepPending(Exception):
+    """Raised by a step that must wait: come back to the same step after *delay* seconds."""
+
+    def __init__(self, state: dict[str, Any], delay: float) -> None:
+        super().__init__(f"waiting {delay:g} s")
+        self.state = state
+        self.delay = delay
 
 
 async def emit(
@@ -43,16 +60,18 @@ async def emit(
     message: RunMessage,
     status: StepStatus,
     *,
+    step: Step | None = None,
     started_at: dt.datetime | None = None,
     output: StepOutput | None = None,
     error: ErrorInfo | None = None,
+    continues: bool = False,
     with_run: bool = False,
 ) -> None:
-    """Publish a status event for the message's current step."""
-    step = message.step
+    """Publish a status event for *step* (the message's current step by default)."""
+    step = step or message.step
     event = StatusEvent(
         run_id=message.run_id,
-        step_id=message.step_id,
+        step_id=step.id,
         attempt=message.attempt,
         kind=step.kind,
         service=SERVICE_OF[step.kind],
@@ -61,23 +80,65 @@ async def emit(
         finished_at=utcnow() if status.terminal else None,
         row_count=output.row_count if output else None,
         artifacts=output.artifacts if output else {},
+        detail=output.detail if output else {},
         error=error,
+        continues=continues,
         run=RunInfo.of(message) if with_run else None,
     )
     await broker.publish_model(broker.topology.status_key, event, message_id=event.event_id)
 
 
+def _skip_reason(message: RunMessage, step: Step, came_from: Step) -> str | None:
+    """Why *step* should not run, given the slip so far; None when it should."""
+    if step.flow_step is None:
+        return None
+    previous = message.outputs.get(came_from.id)
+    if came_from.flow_step == step.flow_step:
+        # The render half of a query step follows its query half.
+        if previous is not None and previous.status is StepStatus.SKIPPED:
+            return str(previous.detail.get("reason", "skipped"))
+        if previous is not None and previous.status is StepStatus.FAILED:
+            return "its query failed"
+        return None
+    spec = flow_of(message).step(step.flow_step)
+    if spec.when is None or (isinstance(spec, SendEmail | PostWebhook) and spec.for_each):
+        # A per-row delivery evaluates its condition for each row itself.
+        return None
+    field = f"steps.{spec.id}.when"
+    if evaluate_condition(spec.when, template_context(message), field=field):
+        return None
+    return f"when was false: {spec.when}"
+
+
 async def forward(broker: Broker, message: RunMessage, output: StepOutput) -> None:
-    """Send the slip on to its next step, if there is one."""
+    """Record *output* and send the slip on to the next step that should run."""
+    came_from = message.step
     following = message.next_step()
-    if following is None:
-        return
-    onward = message.forwarded(output, following)
-    await broker.publish_model(
-        broker.topology.step_key(following.kind),
-        onward,
-        message_id=f"{onward.run_id}:{onward.step_id}:{onward.attempt}",
-    )
+    onward = message
+    while following is not None:
+        onward = onward.forwarded(output, following)
+        try:
+            reason = _skip_reason(onward, following, came_from)
+        except TemplateError as exc:
+            await emit(broker, onward, StepStatus.FAILED, started_at=utcnow(), error=exc.info())
+            return
+        if reason is None:
+            await broker.publish_model(
+                broker.topology.step_key(following.kind),
+                onward,
+                message_id=f"{onward.run_id}:{onward.step_id}:{onward.attempt}",
+            )
+            return
+        output = StepOutput(status=StepStatus.SKIPPED, detail={"reason": reason})
+        await emit(broker, onward, StepStatus.SKIPPED, output=output)
+        came_from, following = following, onward.following(following.id)
+
+
+def _continues(message: RunMessage) -> bool:
+    step = message.step
+    if step.flow_step is None:
+        return False
+    return flow_of(message).step(step.flow_step).on_failure == "continue"
 
 
 class StepWorker:
@@ -101,13 +162,21 @@ class StepWorker:
             await self._run(message)
 
     async def _run(self, message: RunMessage) -> None:
-        started = utcnow()
-        await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
+        started = dt.datetime.fromisoformat(message.pending["started_at"]) if message.pending else utcnow()
+        if message.pending is None:
+            await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
         try:
             output = await self.perform(message)
+        except StepPending as waiting:
+            state = {**waiting.state, "started_at": started.isoformat()}
+            again = message.model_copy(update={"pending": state})
+            await self.broker.publish_model(
+                self.broker.topology.step_key(self.kind), again, delay=waiting.delay
+            )
+            return
         except AdxflowError as exc:
             log.warning("step failed", code=exc.code.value, error=exc.message)
-            await emit(self.broker, message, StepStatus.FAILED, started_at=started, error=exc.info())
+            await self._fail(message, started, exc.info())
             return
         except Exception as exc:
             log.exception("step failed unexpectedly")
@@ -116,8 +185,16 @@ class StepWorker:
                 message=f"{SERVICE_OF[self.kind].value} failed unexpectedly: {type(exc).__name__}: {exc}",
                 retryable=False,
             )
-            await emit(self.broker, message, StepStatus.FAILED, started_at=started, error=error)
+            await self._fail(message, started, error)
             return
         await emit(self.broker, message, StepStatus.SUCCEEDED, started_at=started, output=output)
         await forward(self.broker, message, output)
         log.info("step succeeded", row_count=output.row_count)
+
+    async def _fail(self, message: RunMessage, started: dt.datetime, error: ErrorInfo) -> None:
+        continues = _continues(message)
+        await emit(
+            self.broker, message, StepStatus.FAILED, started_at=started, error=error, continues=continues
+        )
+        if continues:
+            await forward(self.broker, message, StepOutput(status=StepStatus.FAILED, error=error))

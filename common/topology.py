@@ -68,8 +68,43 @@ class Topology:
             arguments={"x-queue-type": "quorum"},
         )
 
+    def delay_key(self, routing_key: str) -> str:
+        return f"delay.{routing_key}"
+
+    def delay_queue(self, target: QueueSpec) -> QueueSpec:
+        """Where a message waits before it goes to *target*.
+
+        RabbitMQ has no delayed delivery without a plugin: the message waits
+        here with a per-message expiry, then dead-letters to the main exchange
+        under the target's routing key. A classic queue, because quorum queues
+        ignore per-message expiry on the versions this project supports.
+        """
+        return QueueSpec(
+            name=f"{target.name}.delay",
+            routing_key=self.delay_key(target.routing_key),
+            arguments={
+                "x-queue-type": "classic",
+                "x-dead-letter-exchange": self.exchange,
+                "x-dead-letter-routing-key": target.routing_key,
+            },
+        )
+
     @property
     def work_queues(self) -> list[QueueSpec]:
         """Queues bound to the main exchange; the trigger step has none (it is HTTP)."""
         kinds = [kind for kind in StepKind if kind is not StepKind.TRIGGER]
-        return [*(self.step_queue(kind) for kind in kinds), self.status_queue]
+        return [*(self.step_queue(kind) for kind in kinds), self.status_queue, self.run_completed_queue]
+
+    @property
+    def delay_queues(self) -> list[QueueSpec]:
+        kinds = [kind for kind in StepKind if kind is not StepKind.TRIGGER]
+        return [self.delay_queue(self.step_queue(kind)) for kind in kinds]
+
+    @property
+    def run_completed_key(self) -> str:
+        return "run.completed"
+
+    @property
+    def run_completed_queue(self) -> QueueSpec:
+        """Runs that ended; the trigger starts the flows chained after them."""
+        return self._queue("run-completed", self.run_completed_key)

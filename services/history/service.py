@@ -40,7 +40,12 @@ class Recorder:
             log.error("unreadable status event", error=str(exc), message_id=delivery.message_id)
             raise DeadLetter from exc
         with run_context(event.run_id, event.step_id, event.attempt):
-            await self.store.apply(event)
+            completed = await self.store.apply(event)
+            if completed is not None:
+                broker = self.runtime.broker
+                await broker.publish_model(
+                    broker.topology.run_completed_key, completed, message_id=f"{completed.run_id}:completed"
+                )
 
     async def record(self, message: RunMessage) -> StepOutput:
         """Close the run's archive: every artifact an earlier step produced must be there."""

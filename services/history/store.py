@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from common.contracts import RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
+from common.contracts import RunCompleted, RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
 
 metadata = sa.MetaData()
 
@@ -27,14 +27,14 @@ runs = sa.Table(
     metadata,
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("flow", sa.String(64)),
+    sa.Column("description", sa.Text),
+    sa.Column("trigger_kind", sa.String(16)),
+    sa.Column("scheduled_for", UtcDateTime),
+    sa.Column("parent_run_id", sa.String(64)),
     sa.Column("connection", sa.String(128)),
     sa.Column("database", sa.String(256)),
-    sa.Column("action", sa.String(32)),
-    sa.Column("chart", sa.String(32)),
-    sa.Column("query", sa.Text),
     sa.Column("parameters", sa.JSON),
-    sa.Column("recipients", sa.JSON),
-    sa.Column("subject", sa.String(255)),
     sa.Column("step_count", sa.Integer),
     sa.Column("submitted_at", UtcDateTime),
     sa.Column("started_at", UtcDateTime),
@@ -44,6 +44,7 @@ runs = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_runs_submitted_at", "submitted_at"),
+    sa.Index("ix_runs_flow_submitted_at", "flow", "submitted_at"),
 )
 
 steps = sa.Table(
@@ -53,6 +54,7 @@ steps = sa.Table(
     sa.Column("step_id", sa.String(64), primary_key=True),
     sa.Column("attempt", sa.Integer, primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("flow_step", sa.String(64)),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("service", sa.String(32), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
@@ -63,6 +65,7 @@ steps = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("retryable", sa.Boolean),
     sa.Column("artifacts", sa.JSON),
+    sa.Column("detail", sa.JSON),
 )
 
 _STEP_RANK = {
@@ -107,7 +110,13 @@ class HistoryStore:
 
     # -- writing -----------------------------------------------------------
 
-    async def apply(self, event: StatusEvent) -> None:
+    async def apply(self, event: StatusEvent) -> RunCompleted | None:
+        """Merge *event*; when it ends the run (or meets a run already ended), say how it ended.
+
+        Saying it again on a redelivered event is deliberate: whoever acts on a
+        completed run must be idempotent anyway, and this way a crash between
+        the commit and the announcement cannot lose it.
+        """
         async with self.engine.begin() as conn:
             run = await self._lock_run(conn, event.run_id)
             if run is None:
@@ -120,6 +129,23 @@ class HistoryStore:
                 await self._ensure_steps(conn, event.run_id, event.run)
             await self._merge_step(conn, event)
             await self._settle_run(conn, event)
+            if not event.status.terminal or (event.status is StepStatus.FAILED and event.continues):
+                return None
+            run = (
+                await conn.execute(
+                    sa.select(runs.c.status, runs.c.flow, runs.c.finished_at).where(
+                        runs.c.run_id == event.run_id
+                    )
+                )
+            ).one()
+        if not RunStatus(run.status).terminal or run.flow is None:
+            return None
+        return RunCompleted(
+            run_id=event.run_id,
+            flow=run.flow,
+            status=RunStatus(run.status),
+            finished_at=_utc(run.finished_at) or utcnow(),
+        )
 
     async def _lock_run(self, conn: AsyncConnection, run_id: str) -> Any:
         query = sa.select(runs.c.run_id, runs.c.status, runs.c.connection).where(runs.c.run_id == run_id)
@@ -143,8 +169,10 @@ class HistoryStore:
                     position=position,
                     kind=step.kind.value,
                     service=step.service.value,
+                    flow_step=step.flow_step,
                     status=StepStatus.PENDING.value,
                     artifacts={},
+                    detail={},
                 )
             )
             # A step that reported before the run's own event got a guessed position.
@@ -170,6 +198,8 @@ class HistoryStore:
             fields["row_count"] = event.row_count
         if event.artifacts:
             fields["artifacts"] = {name: ref.model_dump() for name, ref in event.artifacts.items()}
+        if event.detail:
+            fields["detail"] = event.detail
         if event.error is not None:
             fields.update(
                 error_code=event.error.code.value,
@@ -186,7 +216,7 @@ class HistoryStore:
                     position=position,
                     kind=event.kind.value,
                     service=event.service.value,
-                    **{"artifacts": {}, **fields},
+                    **{"artifacts": {}, "detail": {}, **fields},
                 )
             )
             return
@@ -224,7 +254,7 @@ class HistoryStore:
         started = _utc(run.started_at)
         if event.started_at is not None and (started is None or event.started_at < started):
             values["started_at"] = event.started_at
-        if event.status is StepStatus.FAILED:
+        if event.status is StepStatus.FAILED and not event.continues:
             values.update(
                 status=RunStatus.FAILED.value,
                 finished_at=event.finished_at or now,
@@ -238,10 +268,30 @@ class HistoryStore:
                 .values(status=StepStatus.SKIPPED.value)
             )
         elif event.status is StepStatus.SUCCEEDED and await self._is_last_step(conn, event, run.step_count):
-            values.update(status=RunStatus.SUCCEEDED.value, finished_at=event.finished_at or now)
-        elif event.status in (StepStatus.RUNNING, StepStatus.SUCCEEDED):
+            failed = await self._first_failed_step(conn, event.run_id)
+            if failed is None:
+                values.update(status=RunStatus.SUCCEEDED.value, finished_at=event.finished_at or now)
+            else:
+                values.update(
+                    status=RunStatus.FAILED.value,
+                    finished_at=event.finished_at or now,
+                    failed_step=failed.step_id,
+                    error_code=failed.error_code,
+                    error_message=failed.error_message,
+                )
+        elif event.status is not StepStatus.PENDING:
             values["status"] = RunStatus.RUNNING.value
         await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**values))
+
+    async def _first_failed_step(self, conn: AsyncConnection, run_id: str) -> Any:
+        return (
+            await conn.execute(
+                sa.select(steps.c.step_id, steps.c.error_code, steps.c.error_message)
+                .where((steps.c.run_id == run_id) & (steps.c.status == StepStatus.FAILED.value))
+                .order_by(steps.c.position)
+                .limit(1)
+            )
+        ).first()
 
     async def _is_last_step(self, conn: AsyncConnection, event: StatusEvent, step_count: int | None) -> bool:
         """Whether the event's step ends the itinerary; unknown until the run's own event came."""
@@ -262,12 +312,18 @@ class HistoryStore:
         self,
         *,
         status: RunStatus | None = None,
+        flow: str | None = None,
+        trigger: str | None = None,
         limit: int = 50,
         before: tuple[dt.datetime, str] | None = None,
     ) -> list[dict[str, Any]]:
         query = sa.select(runs).order_by(runs.c.submitted_at.desc(), runs.c.run_id.desc()).limit(limit)
         if status is not None:
             query = query.where(runs.c.status == status.value)
+        if flow is not None:
+            query = query.where(runs.c.flow == flow)
+        if trigger is not None:
+            query = query.where(runs.c.trigger_kind == trigger)
         if before is not None:
             at, run_id = before
             query = query.where(
@@ -310,14 +366,14 @@ def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
 
 def _run_fields(info: RunInfo) -> dict[str, Any]:
     return {
+        "flow": info.flow,
+        "description": info.description,
+        "trigger_kind": info.trigger.value,
+        "scheduled_for": info.scheduled_for,
+        "parent_run_id": info.parent_run_id,
         "connection": info.connection,
         "database": info.database,
-        "action": info.action.value,
-        "chart": info.chart.value,
-        "query": info.query,
         "parameters": info.parameters,
-        "recipients": info.recipients,
-        "subject": info.subject,
         "step_count": len(info.itinerary),
         "submitted_at": info.submitted_at,
     }
@@ -338,15 +394,15 @@ def _run_view(row: Any) -> dict[str, Any]:
     submitted, started, finished = _utc(row.submitted_at), _utc(row.started_at), _utc(row.finished_at)
     return {
         "run_id": row.run_id,
+        "flow": row.flow,
+        "description": row.description,
         "status": row.status,
+        "trigger": row.trigger_kind,
+        "scheduled_for": _iso(_utc(row.scheduled_for)),
+        "parent_run_id": row.parent_run_id,
         "connection": row.connection,
         "database": row.database,
-        "action": row.action,
-        "chart": row.chart,
-        "query": row.query,
         "parameters": row.parameters or {},
-        "recipients": row.recipients or [],
-        "subject": row.subject,
         "submitted_at": _iso(submitted),
         "started_at": _iso(started or submitted),
         "finished_at": _iso(finished),
@@ -363,6 +419,7 @@ def _steps_view(rows: Sequence[Any]) -> list[dict[str, Any]]:
         views.append(
             {
                 "step_id": row.step_id,
+                "flow_step": row.flow_step,
                 "attempt": row.attempt,
                 "kind": row.kind,
                 "service": row.service,
@@ -377,6 +434,7 @@ def _steps_view(rows: Sequence[Any]) -> list[dict[str, Any]]:
                     else None
                 ),
                 "artifacts": row.artifacts or {},
+                "detail": row.detail or {},
             }
         )
     return views

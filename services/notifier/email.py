@@ -1,8 +1,8 @@
-"""A rendered report as a MIME message: HTML with an inline chart, a plain-text
-alternative, and the chart and the CSV as attachments.
+"""A flow's email as a MIME message: HTML with inline charts, a plain-text
+alternative, and attachments.
 
 Email clients drop <style> blocks, scripts and remote images, so the HTML uses
-inline styles only and the chart travels inside the message, referenced by its
+inline styles only and charts travel inside the message, referenced by their
 Content-ID. Building the message reads no files and opens no connections.
 """
 
@@ -12,14 +12,13 @@ import datetime as dt
 import email.policy
 import email.utils
 import re
-import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from common.contracts import EmailSpec, Importance
+from common.contracts import Importance
 
 #: (Importance, X-Priority) header values; X-Priority is what older Outlook and Thunderbird read.
 _PRIORITY: dict[Importance, tuple[str, str]] = {
@@ -31,8 +30,6 @@ _PRIORITY: dict[Importance, tuple[str, str]] = {
 _MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: Widest the chart is shown; a larger (high-density) image is scaled down to fit a mail client's pane.
-_MAX_CHART_WIDTH = 640
 
 _FONT = "font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328"
 
@@ -41,22 +38,13 @@ _TEMPLATE = """\
 <html>
 <head><meta http-equiv="Content-Type" content="text/html; charset=utf-8"></head>
 <body style="margin:0;padding:16px;background-color:#ffffff;{{ font }}">
-<h1 style="{{ font }};font-size:18px;font-weight:bold;margin:0 0 4px 0">{{ title }}</h1>
-<p style="{{ font }};font-size:13px;color:#57606a;margin:0 0 12px 0">{{ rows_line }}</p>
-{%- if chart_src %}
-<p style="margin:0 0 12px 0"><img src="{{ chart_src }}" alt="chart" width="{{ chart_width }}" \
-style="display:block;border:0;max-width:100%;height:auto"></p>
-{%- endif %}
-{{ table_html }}
+{{ body }}
+{%- if run_url %}
 <div style="{{ font }};font-size:12px;color:#57606a;margin:16px 0 0 0;border-top:1px solid #d0d7de;\
 padding-top:8px">
-{%- if run_url %}
-<p style="margin:0 0 8px 0"><a href="{{ run_url }}" style="color:#0969da">View this run</a></p>
-{%- endif %}
-<p style="margin:0 0 4px 0">query</p>
-<pre style="margin:0;padding:8px;background-color:#f6f8fa;font-family:Consolas,Menlo,monospace;\
-font-size:12px;white-space:pre-wrap;word-break:break-word">{{ query }}</pre>
+<p style="margin:0"><a href="{{ run_url }}" style="color:#0969da">View this run</a></p>
 </div>
+{%- endif %}
 </body>
 </html>
 """
@@ -66,101 +54,95 @@ _html_template = _environment.from_string(_TEMPLATE)
 
 
 @dataclass(frozen=True)
-class ReportParts:
-    """What the render service produced for one run, ready to be mailed."""
+class Attachment:
+    filename: str
+    maintype: str
+    subtype: str
+    data: bytes
 
-    #: Heading of the report (the job title, or the subject).
-    title: str
-    #: An escaped, email-safe HTML <table> fragment from the render service; inserted as is.
-    table_html: str
-    #: Plain-text rendition of the table.
+
+@dataclass(frozen=True)
+class InlineImage:
+    """A PNG the HTML body shows with ``<img src="cid:{content_id}">``."""
+
+    content_id: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Email:
+    to: list[str]
+    subject: str
+    #: The body as HTML made by the flow's (autoescaping) template; inserted as is.
+    body_html: str
+    #: The plain-text alternative.
     text: str
-    #: The inline chart, or None for a table-only report.
-    chart_png: bytes | None
-    #: The full result as CSV.
-    csv: bytes
-    row_count: int
-    #: Link to this run in the history service.
-    run_url: str | None
-    #: The KQL text, shown in the footer.
-    query: str
+    cc: list[str] = field(default_factory=list)
+    importance: Importance = Importance.NORMAL
+    inline: list[InlineImage] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    #: Link to the run in the history service, shown in the footer.
+    run_url: str | None = None
 
 
-def build_email(
-    spec: EmailSpec,
-    parts: ReportParts,
-    *,
-    sender: str,
-    message_id: str,
-    attachment_stem: str = "result",
-) -> EmailMessage:
-    """The report as a multipart/mixed message addressed as *spec* says.
+def build_email(mail: Email, *, sender: str, message_id: str) -> EmailMessage:
+    """*mail* as a multipart/mixed message.
 
     Layout::
 
         multipart/mixed
           multipart/alternative
             text/plain
-            multipart/related        (text/html alone when there is no chart)
+            multipart/related        (text/html alone when nothing is inline)
               text/html
-              image/png              inline, referenced as cid:
-          image/png                  {attachment_stem}.png, when there is a chart
-          text/csv                   {attachment_stem}.csv
+              image/png ...          inline, referenced as cid:
+          attachments ...
     """
-    _single_line(spec.subject, "subject")
+    _single_line(mail.subject, "subject")
     _single_line(sender, "sender")
-    _single_line(attachment_stem, "attachment_stem")
     if not _MESSAGE_ID.fullmatch(message_id):
         raise ValueError(f"message_id must look like <local@domain>, got {message_id!r}")
-    if not attachment_stem or _UNSAFE_FILENAME.search(attachment_stem):
-        raise ValueError(f"attachment_stem must be a non-empty file name, got {attachment_stem!r}")
+    for attachment in mail.attachments:
+        if not attachment.filename or _UNSAFE_FILENAME.search(attachment.filename):
+            raise ValueError(f"attachment file name {attachment.filename!r} is not a plain file name")
+    for image in mail.inline:
+        if not image.png.startswith(_PNG_SIGNATURE):
+            raise ValueError(f"inline image {image.content_id!r} is not a PNG")
+        if not _MESSAGE_ID.fullmatch(f"<{image.content_id}>"):
+            raise ValueError(f"inline image content id {image.content_id!r} must look like local@domain")
 
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
-    message["To"] = ", ".join(spec.to)
-    if spec.cc:
-        message["Cc"] = ", ".join(spec.cc)
-    message["Subject"] = spec.subject
+    message["To"] = ", ".join(mail.to)
+    if mail.cc:
+        message["Cc"] = ", ".join(mail.cc)
+    message["Subject"] = mail.subject
     message["Date"] = email.utils.format_datetime(dt.datetime.now(dt.UTC))
     message["Message-ID"] = message_id
-    importance, priority = _PRIORITY[spec.importance]
+    importance, priority = _PRIORITY[mail.importance]
     message["Importance"] = importance
     message["X-Priority"] = priority
 
-    # The chart's Content-ID derives from the Message-ID, so it is unique per message and stable.
-    chart_cid = f"<chart.{message_id[1:-1]}>"
-    chart_width = _chart_width(parts.chart_png) if parts.chart_png is not None else None
-    html = _html_template.render(
-        font=_FONT,
-        title=parts.title,
-        rows_line=_rows_line(parts.row_count),
-        chart_src=None if chart_width is None else f"cid:{urllib.parse.quote(chart_cid[1:-1], safe='@.')}",
-        chart_width=chart_width,
-        # Trusted: the render service escapes every value it puts in the table.
-        table_html=Markup(parts.table_html),
-        run_url=parts.run_url,
-        query=parts.query,
-    )
-
+    html = _html_template.render(font=_FONT, body=Markup(mail.body_html), run_url=mail.run_url)
     # Quoted-printable keeps the message 7-bit clean whatever the relay supports.
-    message.set_content(parts.text, cte="quoted-printable")
+    message.set_content(mail.text, cte="quoted-printable")
     message.add_alternative(html, subtype="html", cte="quoted-printable")
-    if parts.chart_png is not None:
+    if mail.inline:
         html_part = message.get_body(preferencelist=("html",))
         assert html_part is not None
-        html_part.add_related(
-            parts.chart_png, maintype="image", subtype="png", cid=chart_cid, disposition="inline"
-        )
+        for image in mail.inline:
+            html_part.add_related(
+                image.png, maintype="image", subtype="png", cid=f"<{image.content_id}>", disposition="inline"
+            )
+    for attachment in mail.attachments:
+        params = {"charset": "utf-8"} if attachment.maintype == "text" else {}
         message.add_attachment(
-            parts.chart_png, maintype="image", subtype="png", filename=f"{attachment_stem}.png"
+            attachment.data,
+            maintype=attachment.maintype,
+            subtype=attachment.subtype,
+            filename=attachment.filename,
+            params=params,
         )
-    message.add_attachment(
-        parts.csv,
-        maintype="text",
-        subtype="csv",
-        filename=f"{attachment_stem}.csv",
-        params={"charset": "utf-8"},
-    )
     # The stdlib stamps every part it creates with MIME-Version; only the top level needs it.
     for part in message.walk():
         if part is not message:
@@ -171,14 +153,3 @@ def build_email(
 def _single_line(value: str, field: str) -> None:
     if "\r" in value or "\n" in value:
         raise ValueError(f"{field} must be a single line (line breaks are refused in email headers)")
-
-
-def _rows_line(count: int) -> str:
-    return "1 row" if count == 1 else f"{count:,} rows"
-
-
-def _chart_width(png: bytes) -> int:
-    """The width to show the chart at, read from the PNG's IHDR chunk."""
-    if len(png) < 24 or not png.startswith(_PNG_SIGNATURE) or png[12:16] != b"IHDR":
-        raise ValueError("chart_png is not a PNG image")
-    return min(int.from_bytes(png[16:20], "big"), _MAX_CHART_WIDTH)

@@ -1,80 +1,264 @@
-"""The notifier: composes the report email from the render step's artifacts and sends it.
+"""The notifier: the delivery steps of a flow, email and webhook.
 
-A redelivered message must not send a second email: once the server has
-taken the email, a copy is kept in the blob store under a key of the run and
-step (not of the delivery or attempt), and a later delivery that finds it
-there forwards the run without sending again. The Message-ID is stable for the
-same reason. A crash between the server's 250 and that write can still send
-twice; the delivery ledger closes that gap.
+A delivery step renders its templates against the run (``run``, ``steps``
+and, for a per-row step, ``row``), then sends. With ``for_each`` it sends one
+delivery per row of an earlier query step, up to a cap, and its ``when`` is
+evaluated for each row.
+
+A redelivered message must not deliver twice: once the SMTP server or the
+webhook receiver has taken a delivery, a record of it is kept in the blob
+store under a key of the run, the step and the row (not of the attempt), and
+a later delivery that finds it skips the send. The Message-ID and the
+webhook's Idempotency-Key are stable for the same reason. A crash between the
+receiver's answer and that write can still deliver twice; the delivery ledger
+closes that gap.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from html.parser import HTMLParser
+from typing import Any
 
+import aiohttp
 import structlog
+from markupsafe import Markup, escape
 
-from common.contracts import BlobRef, RunMessage, StepKind, StepOutput
+from common.contracts import (
+    BlobRef,
+    ErrorCode,
+    RunMessage,
+    StepKind,
+    StepOutput,
+    StepStatus,
+    chart_content_id,
+)
+from common.errors import DeliveryError
+from common.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
+from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import StepWorker
-from services.notifier.email import ReportParts, build_email
+from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
+from services.notifier.email import Attachment, Email, InlineImage, build_email
 from services.notifier.smtp import send_email
+from services.notifier.webhook import (
+    WebhookPolicy,
+    WebhookRefused,
+    WebhookTarget,
+    default_body,
+    post_json,
+    render_json_body,
+)
 
 log = structlog.get_logger(__name__)
 
 
-def sent_key(run_id: str, step_id: str) -> str:
-    """Where the email a step sent is kept: one per run and step, whatever the attempt."""
-    return f"runs/{run_id}/{step_id}/sent/email.eml"
+def sent_key(run_id: str, step_id: str, row: int | None, suffix: str) -> str:
+    """Where a delivery is recorded: one per run, step and row, whatever the attempt."""
+    name = "once" if row is None else f"row-{row}"
+    return f"runs/{run_id}/{step_id}/sent/{name}.{suffix}"
+
+
+class _Text(HTMLParser):
+    """The text of an HTML body, for the text/plain alternative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("br", "p", "tr", "h1", "h2", "h3", "div", "table"):
+            self.parts.append("\n")
+        elif tag in ("td", "th"):
+            self.parts.append("\t")
+
+
+def html_to_text(html: str) -> str:
+    parser = _Text()
+    parser.feed(html)
+    lines = (line.strip() for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line) + "\n"
 
 
 class NotifyStep:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, session: aiohttp.ClientSession, policy: WebhookPolicy) -> None:
         self.runtime = runtime
-
-    async def _text(self, ref: BlobRef) -> str:
-        return (await self.runtime.blobs.get(ref.key)).decode("utf-8")
-
-    def _run_url(self, run_id: str) -> str | None:
-        return f"{self.runtime.history_url}/v1/runs/{run_id}" if self.runtime.history_url else None
+        self.session = session
+        self.policy = policy
 
     async def perform(self, message: RunMessage) -> StepOutput:
-        blobs = self.runtime.blobs
-        key = sent_key(message.run_id, message.step_id)
-        message_id = f"<{message.run_id}.{message.step_id}@adxflow>"
-        if await blobs.exists(key):
-            log.info("email already sent on an earlier delivery", message_id=message_id)
-            data = await blobs.get(key)
-            ref = BlobRef(key=key, content_type="message/rfc822", size=len(data))
-            return StepOutput(artifacts={"email": ref}, detail={"message_id": message_id, "resent": False})
+        flow = flow_of(message)
+        spec = step_spec(message, flow)
+        if not isinstance(spec, SendEmail | PostWebhook):
+            raise DeliveryError(f"step {spec.id!r} ({spec.action}) delivers nothing")
+        bodies = await self._bodies(message, flow)
+        rows, total = await self._rows(message, spec)
+        delivered, skipped = 0, 0
+        artifacts: dict[str, BlobRef] = {}
+        for index, row in rows:
+            context = template_context(message, bodies=bodies, row=row)
+            if spec.for_each and spec.when:
+                field = f"steps.{spec.id}.when"
+                if not evaluate_condition(spec.when, context, field=field):
+                    skipped += 1
+                    continue
+            if isinstance(spec, SendEmail):
+                ref = await self._email(message, flow, spec, context, index)
+                artifacts[f"email_{index}" if index is not None else "email"] = ref
+            else:
+                await self._webhook(message, spec, context, index)
+            delivered += 1
+        detail: dict[str, Any] = {"deliveries": delivered}
+        if spec.for_each:
+            detail.update(rows=total, skipped_rows=skipped, capped=total > len(rows))
+        if isinstance(spec, SendEmail):
+            detail["recipients"] = [*spec.to, *spec.cc, *spec.bcc]
+        # Keep the step's output small: the history shows up to ten sent emails.
+        shown = dict(list(artifacts.items())[:10])
+        return StepOutput(artifacts=shown, detail=detail)
 
-        render = message.output_of(StepKind.RENDER)
-        artifacts = render.artifacts
-        chart = artifacts.get("chart_png")
-        job = message.job
-        parts = ReportParts(
-            title=job.title or job.email.subject,
-            table_html=await self._text(artifacts["table_html"]),
-            text=await self._text(artifacts["text"]),
-            chart_png=await blobs.get(chart.key) if chart else None,
-            csv=await blobs.get(artifacts["csv"].key),
-            row_count=render.row_count or 0,
-            run_url=self._run_url(message.run_id),
-            query=job.query,
+    async def _bodies(self, message: RunMessage, flow: Flow) -> dict[str, str]:
+        bodies = {}
+        for step in message.itinerary:
+            output = message.outputs.get(step.id)
+            if step.kind is StepKind.RENDER and output is not None and "body_html" in output.artifacts:
+                assert step.flow_step is not None
+                data = await self.runtime.blobs.get(output.artifacts["body_html"].key)
+                bodies[step.flow_step] = data.decode("utf-8")
+        return bodies
+
+    async def _rows(
+        self, message: RunMessage, spec: SendEmail | PostWebhook
+    ) -> tuple[list[tuple[int | None, dict[str, Any] | None]], int]:
+        if spec.for_each is None:
+            return [(None, None)], 1
+        source = message.outputs.get(spec.for_each)
+        if source is None or source.status is not StepStatus.SUCCEEDED or "result" not in source.artifacts:
+            return [], 0
+        result = ResultSet.from_json_bytes(await self.runtime.blobs.get(source.artifacts["result"].key))
+        cap = min(spec.max_deliveries, self.runtime.settings.max_deliveries)
+        names = [column.name for column in result.columns]
+        rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]
+        return list(rows), result.row_count
+
+    def _default_body(self, message: RunMessage, flow: Flow, bodies: dict[str, str]) -> str:
+        sections = []
+        for spec in flow.steps:
+            if isinstance(spec, RENDERING_STEPS) and spec.id in bodies:
+                output = message.outputs[spec.id]
+                rows = output.row_count or 0
+                sections.append(
+                    Markup(
+                        '<h2 style="font-size:16px;margin:16px 0 4px 0">{}</h2>'
+                        '<p style="font-size:13px;color:#57606a;margin:0 0 8px 0">{}</p>{}'
+                    ).format(
+                        spec.title or flow.description or spec.id,
+                        "1 row" if rows == 1 else f"{rows:,} rows",
+                        Markup(bodies[spec.id]),
+                    )
+                )
+        return str(Markup("\n").join(sections)) or str(escape(flow.description or flow.name))
+
+    async def _email(
+        self, message: RunMessage, flow: Flow, spec: SendEmail, context: dict[str, Any], index: int | None
+    ) -> BlobRef:
+        blobs = self.runtime.blobs
+        key = sent_key(message.run_id, message.step_id, index, "eml")
+        if await blobs.exists(key):
+            log.info("email already sent on an earlier delivery", row=index)
+            data = await blobs.get(key)
+            return BlobRef(key=key, content_type="message/rfc822", size=len(data))
+        subject = render_text(spec.subject, context, field=f"steps.{spec.id}.subject").strip()
+        if "\r" in subject or "\n" in subject:
+            raise TemplateError(f"steps.{spec.id}.subject: renders to more than one line")
+        if spec.body_html is not None:
+            body = render_html(spec.body_html, context, field=f"steps.{spec.id}.body_html")
+        else:
+            bodies = {name: str(view["body_html"]) for name, view in context["steps"].items()}
+            body = self._default_body(message, flow, bodies)
+        inline, attachments = [], []
+        for step in flow.steps:
+            if not isinstance(step, RENDERING_STEPS):
+                continue
+            render = message.outputs.get(f"{step.id}.render")
+            if render is None:
+                continue
+            png = render.artifacts.get("chart_png")
+            content_id = chart_content_id(message.run_id, step.id)
+            if png is not None and f"cid:{content_id}" in body:
+                inline.append(InlineImage(content_id, await blobs.get(png.key)))
+            if step.id in spec.attachments:
+                csv = await blobs.get(render.artifacts["csv"].key)
+                attachments.append(Attachment(f"{step.id}.csv", "text", "csv", csv))
+                if png is not None:
+                    attachments.append(Attachment(f"{step.id}.png", "image", "png", await blobs.get(png.key)))
+        suffix = "" if index is None else f".{index}"
+        mail = Email(
+            to=list(spec.to),
+            cc=list(spec.cc),
+            subject=subject,
+            body_html=body,
+            text=html_to_text(body),
+            importance=spec.importance,
+            inline=inline,
+            attachments=attachments,
+            run_url=f"{self.runtime.history_url}/v1/runs/{message.run_id}"
+            if self.runtime.history_url
+            else None,
         )
-        email = build_email(job.email, parts, sender=self.runtime.settings.mail_from, message_id=message_id)
-        reply = await send_email(email, self.runtime.settings)
-        ref = await blobs.put(key, email.as_bytes(), "message/rfc822")
-        recipients = [*job.email.to, *job.email.cc]
-        return StepOutput(
-            artifacts={"email": ref},
-            detail={"message_id": message_id, "recipients": recipients, "smtp_reply": reply},
+        email = build_email(
+            mail,
+            sender=self.runtime.settings.mail_from,
+            message_id=f"<{message.run_id}.{message.step_id}{suffix}@adxflow>",
         )
+        await send_email(email, self.runtime.settings, extra_recipients=list(spec.bcc))
+        return await blobs.put(key, email.as_bytes(), "message/rfc822")
+
+    async def _webhook(
+        self, message: RunMessage, spec: PostWebhook, context: dict[str, Any], index: int | None
+    ) -> None:
+        key = sent_key(message.run_id, message.step_id, index, "json")
+        if await self.runtime.blobs.exists(key):
+            log.info("webhook already posted on an earlier delivery", row=index)
+            return
+        try:
+            target = self.policy.resolve(webhook=spec.webhook, url=spec.url, field=f"steps.{spec.id}")
+        except WebhookRefused as exc:
+            raise DeliveryError(str(exc), code=ErrorCode.WEBHOOK_REJECTED) from None
+        if spec.body is not None:
+            text = render_text(spec.body, context, field=f"steps.{spec.id}.body")
+            body = render_json_body(text, field=f"steps.{spec.id}.body")
+        else:
+            steps = {
+                name: {k: v for k, v in view.items() if k in ("status", "row_count", "columns", "error")}
+                for name, view in context["steps"].items()
+            }
+            run = {**context["run"], "url": f"{self.runtime.history_url}/v1/runs/{message.run_id}"}
+            body = default_body(run=run, step={"id": spec.id, "row": context.get("row"), "steps": steps})
+        suffix = "" if index is None else f".{index}"
+        status = await post_json(
+            self.session, target, body, idempotency_key=f"{message.run_id}.{message.step_id}{suffix}"
+        )
+        record = json.dumps({"status": status, "url": target.name or "url"}).encode()
+        await self.runtime.blobs.put(key, record, "application/json")
+
+
+def webhook_policy(runtime: Runtime) -> WebhookPolicy:
+    named = {
+        name: WebhookTarget(url=config.url, headers=config.resolved_headers(name))
+        for name, config in runtime.connections.webhooks.items()
+    }
+    return WebhookPolicy(named=named, allowed_hosts=runtime.settings.webhook_allowed_hosts)
 
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[None]:
-    step = NotifyStep(runtime)
-    await StepWorker(runtime.broker, StepKind.NOTIFY, step.perform).start(runtime.settings.prefetch)
-    yield
+    async with aiohttp.ClientSession() as session:
+        step = NotifyStep(runtime, session, webhook_policy(runtime))
+        await StepWorker(runtime.broker, StepKind.NOTIFY, step.perform).start(runtime.settings.prefetch)
+        yield

@@ -1,9 +1,9 @@
 """Running KQL with azure-kusto-data's async client, and naming what went wrong.
 
 Trigger values reach Kusto only as query parameters: the worker adds a
-``declare query_parameters`` statement for the job's parameters (unless the
-query declares them itself) and sends the values in the request properties,
-never spliced into the text.
+``declare query_parameters`` statement typed from the flow's parameter
+declarations (unless the query declares them itself) and sends the values in
+the request properties, never spliced into the text.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -30,7 +31,7 @@ from azure.kusto.data.exceptions import (
 )
 
 from common.connections import Connections, connection_string
-from common.contracts import Action, ErrorCode, JobRequest, ParameterValue
+from common.contracts import ErrorCode
 from common.errors import KustoError as StepKustoError
 from common.results import Column, ResultSet, Visualization
 
@@ -41,41 +42,45 @@ _DECLARES = re.compile(r"^\s*declare\s+query_parameters\s*\(", re.IGNORECASE | r
 _CLIENT_GRACE = 10.0
 
 
-def kql_type(value: ParameterValue) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "long"
-    if isinstance(value, float):
-        return "real"
-    return "string"
+#: A query parameter: its KQL type and its value (already checked against the type).
+Parameters = Mapping[str, tuple[str, Any]]
 
 
-def kql_literal(value: ParameterValue) -> str:
+def kql_literal(kind: str, value: Any) -> str:
     """A parameter value in Kusto's wire form: raw for strings, a KQL literal otherwise."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
+    if kind == "string":
         return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else f"real({value})"
-    return value
+    if kind == "bool":
+        return "true" if value else "false"
+    if kind in ("int", "long"):
+        return str(int(value))
+    if kind == "real":
+        number = float(value)
+        return repr(number) if math.isfinite(number) else f"real({number})"
+    if kind == "datetime":
+        return f"datetime({value})"
+    if kind == "timespan":
+        return f"timespan({value})"
+    raise ValueError(f"unsupported parameter type {kind!r}")
 
 
-def with_declarations(query: str, parameters: dict[str, ParameterValue]) -> str:
+def with_declarations(query: str, parameters: Parameters) -> str:
+    """Declare the parameters, unless the query declares its own."""
     if not parameters or _DECLARES.search(query):
         return query
-    declared = ", ".join(f"{name}:{kql_type(value)}" for name, value in parameters.items())
+    declared = ", ".join(f"{name}:{kind}" for name, (kind, _) in parameters.items())
     return f"declare query_parameters({declared});\n{query}"
 
 
-def request_properties(job: JobRequest, client_request_id: str, timeout: float) -> ClientRequestProperties:
+def request_properties(
+    parameters: Parameters, client_request_id: str, timeout: float
+) -> ClientRequestProperties:
     properties = ClientRequestProperties()
     properties.client_request_id = client_request_id
     properties.application = "adxflow"
     properties.set_option(ClientRequestProperties.request_timeout_option_name, dt.timedelta(seconds=timeout))
-    for name, value in job.parameters.items():
-        properties.set_parameter(name, kql_literal(value))
+    for name, (kind, value) in parameters.items():
+        properties.set_parameter(name, kql_literal(kind, value))
     return properties
 
 
@@ -175,23 +180,34 @@ class KustoRunner:
             self._clients[name] = client
         return client
 
-    async def run(self, job: JobRequest, client_request_id: str) -> ResultSet:
-        client = self._client(job.connection)
-        properties = request_properties(job, client_request_id, self._timeout)
+    async def run(
+        self,
+        *,
+        connection: str,
+        database: str,
+        text: str,
+        command: bool,
+        client_request_id: str,
+        parameters: Parameters | None = None,
+    ) -> ResultSet:
+        """Run a query (or, with *command*, a control command) and read its primary result."""
+        client = self._client(connection)
+        parameters = parameters or {}
+        properties = request_properties(parameters if not command else {}, client_request_id, self._timeout)
         try:
             async with asyncio.timeout(self._timeout + _CLIENT_GRACE):
-                if job.action is Action.CONTROL_COMMAND:
-                    response = await client.execute_mgmt(job.database, job.query, properties)
+                if command:
+                    response = await client.execute_mgmt(database, text, properties)
                 else:
-                    query = with_declarations(job.query, job.parameters)
-                    response = await client.execute_query(job.database, query, properties)
+                    query = with_declarations(text, parameters)
+                    response = await client.execute_query(database, query, properties)
         except TimeoutError:
             raise StepKustoError(
                 f"the query did not finish within {self._timeout:g} s",
                 code=ErrorCode.REQUEST_TIMEOUT,
             ) from None
         except KustoError as exc:
-            raise classify(exc, job.connection) from exc
+            raise classify(exc, connection) from exc
         primary = response.primary_results
         if not primary:
             return ResultSet(columns=[], rows=[])

@@ -1,15 +1,46 @@
-"""The query-worker: runs a step's KQL and leaves the result in the blob store."""
+"""The query-worker: runs a flow step's KQL or control command.
+
+The result goes to the blob store; the step's output carries the row count,
+the column names and the first rows (for conditions and templates). An async
+control command is started once, and its operation is then awaited by
+sending the run back to this step after a delay, so a worker restart while
+waiting loses nothing: the wait is a message, not a coroutine.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from common.blobs import artifact_key
-from common.contracts import RunMessage, StepKind, StepOutput
+from common.contracts import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
+from common.errors import KustoError
+from common.flows import (
+    COMMAND_STEPS,
+    Flow,
+    RunAsyncControlCommand,
+    RunQuery,
+    RunQueryAndRenderChart,
+    RunShowCommand,
+    flow_of,
+    step_spec,
+)
+from common.results import ResultSet
 from common.runtime import Runtime
-from common.steps import StepWorker
-from services.query_worker.kusto import KustoRunner
+from common.steps import StepPending, StepWorker
+from services.query_worker.kusto import KustoRunner, Parameters
+
+#: Operation states that mean "not finished yet" (Kusto's `.show operations`).
+_WAITING_STATES = frozenset({"InProgress", "Scheduled", "Throttled", "Pending"})
+
+
+def preview(result: ResultSet, limit: int) -> list[dict[str, Any]]:
+    names = [column.name for column in result.columns]
+    return [dict(zip(names, row, strict=True)) for row in result.rows[:limit]]
 
 
 class QueryStep:
@@ -18,20 +49,112 @@ class QueryStep:
         self.kusto = kusto
 
     async def perform(self, message: RunMessage) -> StepOutput:
-        # The ClientRequestId names the run and step, so a query can be found
-        # (and cancelled) on the cluster from the run history.
-        request_id = f"adxflow;{message.run_id};{message.step_id};{message.attempt}"
-        result = await self.kusto.run(message.job, request_id)
+        flow = flow_of(message)
+        spec = step_spec(message, flow)
+        if isinstance(spec, RunAsyncControlCommand):
+            return await self._await_operation(message, flow, spec)
+        if not isinstance(spec, RunQuery | RunQueryAndRenderChart | COMMAND_STEPS):
+            raise KustoError(f"step {spec.id!r} ({spec.action}) is not a Kusto step")
+        command = isinstance(spec, COMMAND_STEPS)
+        text = spec.command if isinstance(spec, COMMAND_STEPS) else spec.query
+        if isinstance(spec, RunShowCommand) and not re.match(r"^\s*\.show\b", text, re.IGNORECASE):
+            raise KustoError(
+                "run_show_command runs '.show ...' commands only", code=ErrorCode.UNSUPPORTED_OPERATOR
+            )
+        parameters = {} if command else self._parameters(message, flow)
+        result = await self._run(message, flow, spec, text, command=command, parameters=parameters)
         key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
         ref = await self.runtime.blobs.put(key, result.to_json_bytes(), "application/json")
         return StepOutput(
             row_count=result.row_count,
+            columns=[column.name for column in result.columns],
+            preview=preview(result, self.runtime.settings.preview_rows),
             artifacts={"result": ref},
             detail={
+                "text": text,
+                "parameters": {name: value for name, (_, value) in parameters.items()},
                 "columns": [f"{c.name}:{c.type}" for c in result.columns],
-                "client_request_id": request_id,
+                "client_request_id": self._request_id(message),
+                "visualization": result.visualization.kind if result.visualization else None,
             },
         )
+
+    @staticmethod
+    def _request_id(message: RunMessage) -> str:
+        # The ClientRequestId names the run and step, so a query can be found
+        # (and cancelled) on the cluster from the run history.
+        return f"adxflow;{message.run_id};{message.step_id};{message.attempt}"
+
+    @staticmethod
+    def _parameters(message: RunMessage, flow: Flow) -> Parameters:
+        return {
+            name: (flow.parameters[name].type.value, value)
+            for name, value in message.context.parameters.items()
+            if name in flow.parameters
+        }
+
+    async def _run(
+        self, message: RunMessage, flow: Flow, spec: Any, text: str, *, command: bool, parameters: Parameters
+    ) -> ResultSet:
+        return await self.kusto.run(
+            connection=spec.connection or flow.connection,
+            database=spec.database or flow.database,
+            text=text,
+            command=command,
+            parameters=parameters,
+            client_request_id=self._request_id(message),
+        )
+
+    async def _await_operation(
+        self, message: RunMessage, flow: Flow, spec: RunAsyncControlCommand
+    ) -> StepOutput:
+        pending = message.pending or {}
+        if "operation_id" not in pending:
+            started = await self._run(message, flow, spec, spec.command, command=True, parameters={})
+            operation_id = _operation_id(started)
+            deadline = utcnow() + dt.timedelta(minutes=spec.timeout_minutes)
+            raise StepPending(
+                {"operation_id": operation_id, "deadline": deadline.isoformat()}, spec.poll_seconds
+            )
+        operation_id = str(uuid.UUID(pending["operation_id"]))
+        shown = await self._run(
+            message, flow, spec, f".show operations {operation_id}", command=True, parameters={}
+        )
+        rows = preview(shown, 1)
+        if not rows:
+            raise KustoError(
+                f"operation {operation_id} is not known to the cluster", code=ErrorCode.ASYNC_OPERATION_FAILED
+            )
+        state, status = str(rows[0].get("State")), str(rows[0].get("Status") or "")
+        operation = {"id": operation_id, "state": state, "status": status}
+        if state in _WAITING_STATES:
+            if utcnow() >= dt.datetime.fromisoformat(pending["deadline"]):
+                raise KustoError(
+                    f"operation {operation_id} was still {state} after {spec.timeout_minutes:g} minutes",
+                    code=ErrorCode.REQUEST_TIMEOUT,
+                )
+            raise StepPending(pending, spec.poll_seconds)
+        if state != "Completed":
+            raise KustoError(
+                f"operation {operation_id} ended {state}: {status or 'no status given'}",
+                code=ErrorCode.ASYNC_OPERATION_FAILED,
+            )
+        return StepOutput(
+            row_count=1,
+            columns=[column.name for column in shown.columns],
+            preview=rows,
+            detail={"text": spec.command, "operation": operation},
+        )
+
+
+def _operation_id(result: ResultSet) -> str:
+    try:
+        index = result.column_index("OperationId")
+        return str(uuid.UUID(str(result.rows[0][index])))
+    except (KeyError, IndexError, ValueError):
+        raise KustoError(
+            "the async command did not answer with an OperationId", code=ErrorCode.ASYNC_OPERATION_FAILED
+        ) from None
 
 
 @asynccontextmanager

@@ -1,4 +1,9 @@
-"""The render service: turns a stored result into a table, a chart and a CSV."""
+"""The render service: turns a stored result into a table, a chart and a CSV.
+
+It also writes the step's ``body_html``: the chart (referenced by Content-ID,
+so the notifier can carry it inline) above the table, which is what a flow's
+email shows when it inserts ``{{ steps.<id>.body_html }}``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from markupsafe import Markup, escape
+
 from common.blobs import artifact_key
-from common.contracts import BlobRef, ChartKind, RunMessage, StepKind, StepOutput
+from common.contracts import BlobRef, RunMessage, StepKind, StepOutput, chart_content_id
 from common.errors import RenderError
+from common.flows import RENDERING_STEPS, Chart, flow_of, step_spec
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import StepWorker
 from services.render.chart import ChartError, RenderedChart, render_chart
 from services.render.csvfile import render_csv
 from services.render.table import render_table, render_text_table
+
+#: Kusto `render` visualizations drawn as one of ours (what the query asked for → what is drawn).
+_FROM_QUERY = {
+    "piechart": "piechart",
+    "barchart": "barchart",
+    "columnchart": "columnchart",
+    "timechart": "timechart",
+    "linechart": "linechart",
+    "areachart": "linechart",
+    "stackedareachart": "linechart",
+    "anomalychart": "timechart",
+}
 
 
 @dataclass(frozen=True)
@@ -24,22 +44,52 @@ class Rendered:
     text: str
     csv: bytes
     chart: RenderedChart | None
+    drawn_as: str
 
 
-def render_all(result: ResultSet, chart: ChartKind, title: str | None, max_rows: int) -> Rendered:
+def chart_kind(chart: Chart, result: ResultSet) -> tuple[str, str]:
+    """What to draw for *chart*, and a note saying how it was chosen."""
+    if chart is Chart.FROM_QUERY:
+        asked = result.visualization.kind if result.visualization else None
+        if not asked or asked == "table":
+            return "html_table", f"the query's render operator asks for {asked or 'nothing'}: a table"
+        drawn = _FROM_QUERY.get(asked)
+        if drawn is None:
+            return "html_table", f"the query asks for {asked}, which is drawn as a table"
+        return drawn, f"the query's render operator asks for {asked}"
+    if chart is Chart.AREACHART:
+        return "linechart", "areachart is drawn as a line chart"
+    return chart.value, chart.value
+
+
+def render_all(result: ResultSet, drawing: str, title: str | None, max_rows: int) -> Rendered:
     """Everything a report needs from one result; CPU-bound, run off the event loop."""
     rendered_chart = None
-    if chart is not ChartKind.HTML_TABLE:
+    if drawing != "html_table":
         try:
-            rendered_chart = render_chart(result, chart.value, title=title)
+            rendered_chart = render_chart(result, drawing, title=title)
         except ChartError as exc:
-            raise RenderError(f"cannot draw a {chart.value}: {exc}") from exc
+            raise RenderError(f"cannot draw a {drawing}: {exc}") from exc
     return Rendered(
         table_html=render_table(result, max_rows=max_rows),
         text=render_text_table(result),
         csv=render_csv(result),
         chart=rendered_chart,
+        drawn_as=drawing,
     )
+
+
+def body_html(rendered: Rendered, content_id: str, title: str | None) -> str:
+    parts = []
+    if rendered.chart is not None:
+        alt = escape(title or "chart")
+        parts.append(
+            f'<p style="margin:0 0 12px 0"><img src="cid:{escape(content_id)}" alt="{alt}" '
+            f'width="{min(rendered.chart.width, 640)}" '
+            'style="display:block;border:0;max-width:100%;height:auto"></p>'
+        )
+    parts.append(rendered.table_html)
+    return str(Markup("\n").join(Markup(part) for part in parts))
 
 
 class RenderStep:
@@ -47,27 +97,30 @@ class RenderStep:
         self.runtime = runtime
 
     async def perform(self, message: RunMessage) -> StepOutput:
-        query = message.output_of(StepKind.QUERY)
+        flow = flow_of(message)
+        spec = step_spec(message, flow)
+        if not isinstance(spec, RENDERING_STEPS):
+            raise RenderError(f"step {spec.id!r} ({spec.action}) renders nothing")
+        query = message.outputs[spec.id]
         result = ResultSet.from_json_bytes(await self.runtime.blobs.get(query.artifacts["result"].key))
-        job = message.job
+        drawing, note = chart_kind(spec.chart, result)
+        title = spec.title or (result.visualization.title if result.visualization else None)
         rendered = await asyncio.to_thread(
-            render_all,
-            result,
-            job.chart,
-            job.title or job.email.subject,
-            self.runtime.settings.table_max_rows,
+            render_all, result, drawing, title, self.runtime.settings.table_max_rows
         )
 
         async def put(name: str, data: bytes, content_type: str) -> BlobRef:
             key = artifact_key(message.run_id, message.step_id, message.attempt, name)
             return await self.runtime.blobs.put(key, data, content_type)
 
+        body = body_html(rendered, chart_content_id(message.run_id, spec.id), title)
         artifacts = {
+            "body_html": await put("body.html", body.encode(), "text/html; charset=utf-8"),
             "table_html": await put("table.html", rendered.table_html.encode(), "text/html; charset=utf-8"),
             "text": await put("table.txt", rendered.text.encode(), "text/plain; charset=utf-8"),
             "csv": await put("result.csv", rendered.csv, "text/csv; charset=utf-8"),
         }
-        detail: dict[str, object] = {"chart": job.chart.value}
+        detail: dict[str, object] = {"chart": spec.chart.value, "drawn_as": rendered.drawn_as, "why": note}
         if rendered.chart is not None:
             artifacts["chart_svg"] = await put("chart.svg", rendered.chart.svg, "image/svg+xml")
             artifacts["chart_png"] = await put("chart.png", rendered.chart.png, "image/png")

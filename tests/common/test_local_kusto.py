@@ -265,14 +265,63 @@ def test_missing_database_file_is_reported(tmp_path: Path) -> None:
         LocalKusto(tmp_path / "nothing.duckdb").start()
 
 
-async def test_start_local_kusto_builds_the_full_sample(tmp_path: Path) -> None:
+async def test_start_local_kusto_builds_the_full_sample_and_takes_writes(tmp_path: Path) -> None:
     with start_local_kusto(tmp_path) as kusto:
         assert (tmp_path / "Samples.duckdb").is_file()
         async with KustoClient(KustoConnectionStringBuilder.with_no_authentication(kusto.url)) as client:
             top = await rows(client, kusto, "StormEvents | summarize n = count() by State | top 2 by n")
             total = await rows(client, kusto, "StormEvents | count")
+            await client.execute_mgmt(kusto.database, ".set-or-append Top2 <| print State = 'TEXAS'")
+            written = await rows(client, kusto, "Top2")
     assert [state for state, _ in top] == ["TEXAS", "KANSAS"]
     assert total == [[DEFAULT_COUNT]]
+    assert written == [["TEXAS"]]
+
+    # The same sample, served read-only: kept, not rebuilt, and not written to.
+    with start_local_kusto(tmp_path, writable=False) as kusto:
+        async with KustoClient(KustoConnectionStringBuilder.with_no_authentication(kusto.url)) as client:
+            assert await rows(client, kusto, "Top2") == [["TEXAS"]]
+            with pytest.raises(KustoServiceError, match="writes are disabled"):
+                await client.execute_mgmt(kusto.database, ".set-or-append Top2 <| print State = 'OHIO'")
+
+
+def post(kusto: LocalKusto, connection: http.client.HTTPConnection, headers: dict[str, str]) -> int:
+    body = json.dumps({"db": kusto.database, "csl": ".show tables"})
+    connection.request("POST", "/v1/rest/mgmt", body, {"Content-Type": "text/plain", **headers})
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def test_request_from_a_foreign_web_page_is_refused(kusto: LocalKusto) -> None:
+    """A page may POST here without a preflight; only the Azure Data Explorer UI
+    (or a client that sends no Origin) is answered."""
+    address = urlsplit(kusto.url)
+    assert address.hostname is not None
+    for origin, expected in [
+        ("https://attacker.example", 403),
+        ("https://dataexplorer.azure.com", 200),
+        (None, 200),
+    ]:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+        try:
+            assert post(kusto, connection, {"Origin": origin} if origin else {}) == expected, origin
+        finally:
+            connection.close()
+
+
+def test_keep_alive_connection_that_outlives_close_is_answered_503(database: Path) -> None:
+    endpoint = LocalKusto(database).start()
+    address = urlsplit(endpoint.url)
+    assert address.hostname is not None
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        assert post(endpoint, connection, {}) == 200
+        endpoint.close()
+        assert post(endpoint, connection, {}) == 503
+    finally:
+        connection.close()
+        endpoint.close()
 
 
 @pytest.mark.parametrize(

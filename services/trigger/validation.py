@@ -1,0 +1,83 @@
+"""What a flow must satisfy on this server, beyond its own structure.
+
+The flow document checks itself (ids, actions, references, templates); this
+checks it against the operator's configuration: connections that exist,
+schedules within the minimum interval, parameters a schedule can fill, and
+webhook targets the policy allows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from common.connections import Connections
+from common.flows import KUSTO_STEPS, Flow, PostWebhook
+from services.notifier.webhook import WebhookPolicy, WebhookRefused
+from services.trigger.schedule import Schedule, ScheduleError
+
+
+class FlowInvalid(ValueError):
+    """Problems that keep a flow from being saved, each naming its field."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {problem}" for field, problem in problems))
+        self.problems = problems
+
+
+def check_flow(
+    flow: Flow,
+    *,
+    connections: Connections,
+    policy: WebhookPolicy,
+    minimum_interval: dt.timedelta,
+    followed_by: dict[str, str | None] | None = None,
+) -> None:
+    """Raise FlowInvalid listing everything wrong with *flow* here.
+
+    *followed_by* maps each saved flow to the flow it runs after, to refuse a
+    chain that would loop.
+    """
+    problems: list[tuple[str, str]] = []
+    if flow.connection not in connections:
+        problems.append(("connection", f"{flow.connection!r} is not a configured connection"))
+    for index, step in enumerate(flow.steps):
+        if isinstance(step, KUSTO_STEPS) and step.connection and step.connection not in connections:
+            problems.append(
+                (f"steps[{index}].connection", f"{step.connection!r} is not a configured connection")
+            )
+        if isinstance(step, PostWebhook):
+            try:
+                policy.resolve(webhook=step.webhook, url=step.url, field=f"steps[{index}]")
+            except WebhookRefused as exc:
+                field, _, problem = str(exc).partition(": ")
+                problems.append((field, problem))
+    trigger = flow.trigger
+    if trigger.cron is not None or trigger.every is not None:
+        try:
+            Schedule.build(
+                cron=trigger.cron,
+                every=trigger.every,
+                timezone=trigger.timezone,
+                minimum_interval=minimum_interval,
+            )
+        except ScheduleError as exc:
+            problems.append((exc.field, exc.problem))
+    if trigger.kind in ("cron", "every", "after"):
+        for name, spec in flow.parameters.items():
+            if spec.default is None:
+                problems.append(
+                    (f"parameters.{name}", f"a {trigger.kind} trigger cannot supply it; give it a default")
+                )
+    if trigger.after is not None:
+        chain: list[str] = [flow.name]
+        parent: str | None = trigger.after.flow
+        links = followed_by or {}
+        while parent is not None:
+            if parent in chain:
+                loop = " → ".join([*chain, parent])
+                problems.append(("trigger.after.flow", f"the chain would loop: {loop}"))
+                break
+            chain.append(parent)
+            parent = links.get(parent)
+    if problems:
+        raise FlowInvalid(problems)
