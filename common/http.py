@@ -11,6 +11,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import yaml
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
@@ -41,23 +42,35 @@ def validation_error(exc: ValidationError) -> web.Response:
     return error_body(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
 
 
-async def read_json(request: web.Request) -> Any:
-    if request.content_type != "application/json":
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": {"code": "InvalidRequest", "message": message}}),
+        content_type="application/json",
+    )
+
+
+async def read_document(request: web.Request) -> Any:
+    """The body as JSON, or as YAML when the content type says so; an empty body is ``{}``."""
+    text = await request.text()
+    if request.content_type in _YAML_TYPES:
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise _bad_request(f"body is not valid YAML: {exc}") from None
+    if request.content_type != "application/json" and text.strip():
         raise web.HTTPUnsupportedMediaType(
             text=json.dumps(
-                {"error": {"code": "InvalidRequest", "message": "send the body as application/json"}}
+                {"error": {"code": "InvalidRequest", "message": "send the body as application/json or YAML"}}
             ),
             content_type="application/json",
         )
     try:
-        return await request.json()
+        return json.loads(text) if text.strip() else {}
     except ValueError as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps(
-                {"error": {"code": "InvalidRequest", "message": f"body is not valid JSON: {exc}"}}
-            ),
-            content_type="application/json",
-        ) from None
+        raise _bad_request(f"body is not valid JSON: {exc}") from None
 
 
 def bearer_auth(token: SecretStr | None) -> Any:

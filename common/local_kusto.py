@@ -65,7 +65,6 @@ from common.sample_data import ensure_database
 __all__ = [
     "OPERATION_COLUMNS",
     "LocalKusto",
-    "Operation",
     "OperationState",
     "ParameterValueError",
     "RequestRefused",
@@ -450,7 +449,10 @@ class _LocalHandler(_Handler):
         # request); its response is unreadable, but a write would still happen.
         origin = self.headers.get("Origin")
         if origin is not None and origin not in self.kusto.allowed_origins:
-            self._send(403, error_response(f"requests from origin {origin!r:.80} are not accepted"))
+            self._send(
+                403,
+                error_response(f"requests from origin {origin!r:.80} are not accepted", code="Forbidden"),
+            )
             self.close_connection = True
             return
         if cast(_LocalServer, self.server).closing:

@@ -123,12 +123,13 @@ def format_run(run: dict[str, Any]) -> str:
     lines = [
         f"run {run['run_id']}  {run['status']}"
         + (f"  {duration:.0f} ms" if duration is not None else "")
-        + (f"  {run['subject']}" if run.get("subject") else "")
+        + f"  {run.get('flow') or ''}"
+        + (f" — {run['description']}" if run.get("description") else "")
     ]
     for step in run.get("steps", []):
         took = step.get("duration_ms")
         rows = step.get("row_count")
-        line = f"  {step['step_id']:<8} {step['service']:<13} {step['status']:<10}"
+        line = f"  {step['step_id']:<16} {step['service']:<13} {step['status']:<10}"
         line += f" {took:>8.1f} ms" if took is not None else f" {'-':>8}   "
         if rows is not None:
             line += f"  {rows} rows"
@@ -203,7 +204,7 @@ async def runs(url: str, run_id: str | None) -> None:
         print(format_run(body))
     else:
         for run in body["runs"]:
-            print(f"{run['run_id']}  {run['status']:<9}  {run['submitted_at']}  {run.get('subject') or ''}")
+            print(f"{run['run_id']}  {run['status']:<9}  {run['submitted_at']}  {run.get('flow') or ''}")
 
 
 def _parser() -> argparse.ArgumentParser:

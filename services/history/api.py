@@ -8,7 +8,7 @@ import json
 
 from aiohttp import web
 
-from common.contracts import RunStatus
+from common.contracts import RunStatus, TriggerKind
 from common.errors import ArtifactMissing
 from common.http import bearer_auth, error_body, health_routes
 from common.runtime import Runtime
@@ -62,7 +62,12 @@ async def list_runs(request: web.Request) -> web.Response:
         before = _parse_cursor(query["cursor"]) if "cursor" in query else None
     except ValueError as exc:
         return error_body(400, f"cursor: {exc}", code="InvalidRequest")
-    page = await store.list_runs(status=status, limit=limit + 1, before=before)
+    flow = request.match_info.get("name") or query.get("flow")
+    trigger = query.get("trigger")
+    if trigger is not None and trigger not in {kind.value for kind in TriggerKind}:
+        allowed = ", ".join(kind.value for kind in TriggerKind)
+        return error_body(400, f"trigger: must be one of {allowed}", code="InvalidRequest")
+    page = await store.list_runs(status=status, flow=flow, trigger=trigger, limit=limit + 1, before=before)
     more = len(page) > limit
     page = page[:limit]
     body: dict[str, object] = {"runs": page, "next_cursor": _cursor(page[-1]) if more and page else None}
@@ -114,6 +119,7 @@ def create_app(runtime: Runtime, store: HistoryStore) -> web.Application:
     app[RUNTIME_KEY] = runtime
     app.router.add_get("/v1/runs", list_runs)
     app.router.add_get("/v1/runs/{run_id}", get_run)
+    app.router.add_get("/v1/flows/{name}/runs", list_runs)
     app.router.add_get("/v1/artifacts/{key:.+}", get_artifact)
     health_routes(
         app, {"broker": runtime.broker.ping, "database": store.ping, "blob_store": runtime.blobs.ping}

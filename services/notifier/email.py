@@ -86,7 +86,7 @@ class Email:
 
 
 def build_email(mail: Email, *, sender: str, message_id: str) -> EmailMessage:
-    """*mail* as a multipart/mixed message.
+    """*mail* as a MIME message (multipart/alternative at the top when it has no attachments).
 
     Layout::
 

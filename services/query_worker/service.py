@@ -21,10 +21,9 @@ from common.contracts import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
 from common.errors import KustoError
 from common.flows import (
     COMMAND_STEPS,
+    KUSTO_STEPS,
     Flow,
     RunAsyncControlCommand,
-    RunQuery,
-    RunQueryAndRenderChart,
     RunShowCommand,
     flow_of,
     step_spec,
@@ -53,7 +52,7 @@ class QueryStep:
         spec = step_spec(message, flow)
         if isinstance(spec, RunAsyncControlCommand):
             return await self._await_operation(message, flow, spec)
-        if not isinstance(spec, RunQuery | RunQueryAndRenderChart | COMMAND_STEPS):
+        if not isinstance(spec, KUSTO_STEPS):
             raise KustoError(f"step {spec.id!r} ({spec.action}) is not a Kusto step")
         command = isinstance(spec, COMMAND_STEPS)
         text = spec.command if isinstance(spec, COMMAND_STEPS) else spec.query

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
 from common.broker import BrokerError
 from common.contracts import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
 from common.flows import Flow
-from common.http import bearer_auth, error_body, health_routes, validation_error
+from common.http import bearer_auth, error_body, health_routes, read_document, validation_error
 from common.runtime import Runtime
 from services.notifier.webhook import WebhookPolicy
 from services.trigger.launcher import launch
@@ -24,8 +22,6 @@ from services.trigger.store import FlowExists, FlowStore, StoredFlow
 from services.trigger.validation import FlowInvalid, check_flow
 
 log = structlog.get_logger(__name__)
-
-_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
 @dataclass
@@ -200,27 +196,6 @@ async def _refusals(request: web.Request, handler: Any) -> web.StreamResponse:
     except _Refused as refused:
         return refused.response
     return response
-
-
-async def read_document(request: web.Request) -> Any:
-    """The body as JSON, or YAML when the content type says so."""
-    text = await request.text()
-    try:
-        if request.content_type in _YAML_TYPES:
-            return yaml.safe_load(text)
-        if request.content_type != "application/json":
-            raise web.HTTPUnsupportedMediaType(
-                text=json.dumps(
-                    {"error": {"code": "InvalidRequest", "message": "send JSON (application/json) or YAML"}}
-                ),
-                content_type="application/json",
-            )
-        return json.loads(text) if text.strip() else {}
-    except (ValueError, yaml.YAMLError) as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": {"code": "InvalidRequest", "message": f"body does not parse: {exc}"}}),
-            content_type="application/json",
-        ) from None
 
 
 def create_app(runtime: Runtime, store: FlowStore, policy: WebhookPolicy) -> web.Application:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from common.contracts import JobRequest, RunMessage, StepKind, StepOutput, report_itinerary, utcnow
+from common.contracts import JobRequest, RunContext, StepKind, StepOutput, TriggerKind
+from common.flows import Flow, new_run
 
 JOB: dict[str, Any] = {
     "connection": "local",
@@ -36,23 +37,31 @@ def test_invalid_jobs_say_what_is_wrong(change: dict[str, Any], message: str) ->
         JobRequest.model_validate({**JOB, **change})
 
 
+def test_a_job_is_a_one_off_flow_of_five_slip_steps() -> None:
+    job = JobRequest.model_validate({**JOB, "parameters": {"n": 3, "s": "x"}})
+    flow = Flow.model_validate(job.flow_document())
+    message = new_run(flow, RunContext(flow="adhoc", trigger=TriggerKind.JOB), "r")
+
+    assert [(step.id, step.kind) for step in message.itinerary] == [
+        ("trigger", StepKind.TRIGGER),
+        ("query", StepKind.QUERY),
+        ("query.render", StepKind.RENDER),
+        ("notify", StepKind.NOTIFY),
+        ("record", StepKind.RECORD),
+    ]
+    assert {name: spec.type.value for name, spec in flow.parameters.items()} == {"n": "long", "s": "string"}
+
+
 def test_the_slip_moves_step_by_step_and_keeps_every_output() -> None:
-    message = RunMessage(
-        run_id="r",
-        step_id="query",
-        attempt=3,
-        submitted_at=utcnow(),
-        job=JobRequest.model_validate(JOB),
-        itinerary=report_itinerary(),
-    )
+    flow = Flow.model_validate(JobRequest.model_validate(JOB).flow_document())
+    message = new_run(flow, RunContext(flow="adhoc", trigger=TriggerKind.JOB), "r")
+    message = message.model_copy(update={"step_id": "query", "attempt": 3})
     following = message.next_step()
     assert following is not None
     onward = message.forwarded(StepOutput(row_count=4), following)
 
-    assert (onward.step_id, onward.attempt) == ("render", 1)
-    assert onward.output_of(StepKind.QUERY).row_count == 4
+    assert (onward.step_id, onward.attempt) == ("query.render", 1)
+    assert onward.outputs["query"].row_count == 4
     assert message.outputs == {}
     last = onward.model_copy(update={"step_id": "record"})
     assert last.next_step() is None
-    with pytest.raises(LookupError, match="no output from a render step"):
-        onward.output_of(StepKind.RENDER)

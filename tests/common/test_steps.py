@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from common.broker import Delivery, InProcessBroker
 from common.contracts import (
     ErrorCode,
-    JobRequest,
+    RunContext,
     RunMessage,
     StatusEvent,
     StepKind,
     StepOutput,
     StepStatus,
-    report_itinerary,
-    utcnow,
+    TriggerKind,
 )
 from common.errors import KustoError
-from common.steps import Perform, StepWorker
+from common.flows import Flow, new_run
+from common.steps import Perform, StepPending, StepWorker, forward
 from common.topology import Topology
 
 
@@ -40,22 +41,25 @@ async def broker() -> AsyncIterator[InProcessBroker]:
         yield in_process
 
 
-def query_message() -> RunMessage:
-    job = JobRequest.model_validate(
-        {
-            "connection": "local",
-            "database": "Samples",
-            "query": "StormEvents | count",
-            "email": {"to": ["a@example.com"], "subject": "s"},
-        }
-    )
-    return RunMessage(
-        run_id="r1", step_id="query", submitted_at=utcnow(), job=job, itinerary=report_itinerary()
-    )
+FLOW: dict[str, Any] = {
+    "name": "steps-test",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [
+        {"id": "query", "action": "run_query_and_render_chart", "query": "StormEvents | count"},
+        {"id": "mail", "action": "send_email", "to": ["a@example.com"], "subject": "s"},
+    ],
+}
+
+
+def query_message(**flow_changes: Any) -> RunMessage:
+    flow = Flow.model_validate({**FLOW, **flow_changes})
+    message = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r1")
+    return message.model_copy(update={"step_id": "query"})
 
 
 async def run_step(
-    broker: InProcessBroker, perform: Perform, body: bytes | None = None
+    broker: InProcessBroker, perform: Perform, body: bytes | None = None, message: RunMessage | None = None
 ) -> tuple[list[StatusEvent], int]:
     """Perform one query step; return its status events and how many slips went on to render."""
     topology = broker.topology
@@ -63,15 +67,22 @@ async def run_step(
     await broker.consume(topology.status_queue, statuses.add)
     await broker.consume(topology.dead_letter_queue, dead.add)
     await StepWorker(broker, StepKind.QUERY, perform).start(prefetch=1)
-    await broker.publish(
-        topology.step_key(StepKind.QUERY), body or query_message().model_dump_json().encode()
-    )
+    message = message or query_message()
+    await broker.publish(topology.step_key(StepKind.QUERY), body or message.model_dump_json().encode())
     if body is not None:
         await asyncio.wait_for(dead.arrived.wait(), 5)
         return [], 0
 
+    def finished() -> bool:
+        # The step is over when its last event is terminal and does not let the flow go on;
+        # a flow that goes on next reports the step after it, which is skipped here.
+        if not statuses.items:
+            return False
+        last = StatusEvent.model_validate_json(statuses.items[-1])
+        return last.status.terminal and not last.continues
+
     async def terminal() -> None:
-        while not statuses.items or not StatusEvent.model_validate_json(statuses.items[-1]).status.terminal:
+        while not finished():
             statuses.arrived.clear()
             await statuses.arrived.wait()
 
@@ -127,3 +138,67 @@ async def test_an_unreadable_message_is_dead_lettered(broker: InProcessBroker) -
         raise AssertionError("must not run")
 
     await run_step(broker, perform, body=b'{"run_id": 1}')
+
+
+async def test_a_failure_the_flow_continues_past_skips_the_render_half_and_goes_on(
+    broker: InProcessBroker,
+) -> None:
+    async def perform(message: RunMessage) -> StepOutput:
+        raise KustoError(".set-or-append failed", code=ErrorCode.KUSTO_SEMANTIC_ERROR)
+
+    steps = [{**FLOW["steps"][0], "on_failure": "continue"}, FLOW["steps"][1]]
+    mail: list[RunMessage] = []
+
+    async def take(delivery: Delivery) -> None:
+        mail.append(RunMessage.model_validate_json(delivery.body))
+
+    await broker.consume(broker.topology.step_queue(StepKind.NOTIFY), take)
+    events, _ = await run_step(broker, perform, message=query_message(steps=steps))
+
+    failed = events[1]
+    assert failed.status is StepStatus.FAILED
+    assert failed.continues is True
+    skipped = [e for e in events if e.status is StepStatus.SKIPPED]
+    assert [e.step_id for e in skipped] == ["query.render"]
+    assert skipped[0].detail == {"reason": "its query failed"}
+
+
+async def test_a_false_condition_skips_the_step_and_says_why(broker: InProcessBroker) -> None:
+    steps = [FLOW["steps"][0], {**FLOW["steps"][1], "when": "{{ steps.query.row_count > 0 }}"}]
+    message = query_message(steps=steps)
+    statuses: list[StatusEvent] = []
+    done = asyncio.Event()
+
+    async def take(delivery: Delivery) -> None:
+        statuses.append(StatusEvent.model_validate_json(delivery.body))
+        if statuses[-1].step_id == "mail":
+            done.set()
+
+    await broker.consume(broker.topology.status_queue, take)
+    render = message.forwarded(StepOutput(row_count=0), message.itinerary[2])
+    await forward(broker, render, StepOutput(row_count=0))
+    await asyncio.wait_for(done.wait(), 5)
+
+    [mail] = [event for event in statuses if event.step_id == "mail"]
+    assert mail.status is StepStatus.SKIPPED
+    assert "when was false" in mail.detail["reason"]
+    assert broker.depth(broker.topology.step_queue(StepKind.NOTIFY)) == 0
+    assert broker.depth(broker.topology.step_queue(StepKind.RECORD)) == 1
+
+
+async def test_a_waiting_step_comes_back_to_itself_with_its_state(broker: InProcessBroker) -> None:
+    seen: list[dict[str, Any] | None] = []
+
+    async def perform(message: RunMessage) -> StepOutput:
+        seen.append(message.pending)
+        if message.pending is None:
+            raise StepPending({"operation_id": "op-1"}, delay=0.01)
+        return StepOutput(detail={"operation": {"state": "Completed"}})
+
+    events, forwarded = await run_step(broker, perform)
+
+    assert seen[0] is None
+    assert seen[1] is not None
+    assert seen[1]["operation_id"] == "op-1"
+    assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.SUCCEEDED]
+    assert forwarded == 1

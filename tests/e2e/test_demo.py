@@ -35,8 +35,9 @@ def check_output(code: int, stdout: str, stderr: str) -> None:
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
     assert sum(line.startswith("run ") and " succeeded " in line for line in lines) == 2
-    for step in ("trigger", "query", "render", "notify", "record"):
-        assert sum(line.strip().startswith(step) and " ms" in line for line in lines) == 2, step
+    for service in ("trigger", "query_worker", "render", "notifier", "history"):
+        timed = [line.split() for line in lines if line.startswith("  ") and " ms" in line]
+        assert sum(fields[1] == service and fields[2] == "succeeded" for fields in timed) == 2, service
     last = Path(lines[-1])
     assert last.suffix == ".eml"
     message = email.message_from_bytes(last.read_bytes(), policy=email.policy.default)

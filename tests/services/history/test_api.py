@@ -16,13 +16,12 @@ from common.config import Settings
 from common.connections import Connections
 from common.contracts import (
     SERVICE_OF,
-    Action,
-    ChartKind,
     RunInfo,
     StatusEvent,
+    Step,
     StepKind,
     StepStatus,
-    report_itinerary,
+    TriggerKind,
 )
 from common.http import HttpServer
 from common.runtime import Runtime
@@ -30,6 +29,7 @@ from common.topology import Topology
 from services.history.api import create_app
 from services.history.store import HistoryStore
 
+ITINERARY = [Step(id=kind.value, kind=kind) for kind in StepKind]
 T0 = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)
 
 
@@ -73,15 +73,13 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
 async def seed_run(client: Client, run_id: str, minute: int, *, fail: bool = False) -> None:
     submitted = T0 + dt.timedelta(minutes=minute)
     info = RunInfo(
+        flow="storms",
+        description=f"run {run_id}",
+        trigger=TriggerKind.MANUAL,
         connection="local",
         database="Samples",
-        action=Action.QUERY,
-        chart=ChartKind.HTML_TABLE,
-        query="StormEvents | count",
         parameters={},
-        recipients=["team@example.com"],
-        subject=f"run {run_id}",
-        itinerary=report_itinerary(),
+        itinerary=ITINERARY,
         submitted_at=submitted,
     )
     chart = await client.blobs.put(f"runs/{run_id}/render/1/chart.png", b"\x89PNG...", "image/png")

@@ -12,19 +12,19 @@ import pytest
 
 from common.contracts import (
     SERVICE_OF,
-    Action,
-    ChartKind,
     ErrorCode,
     ErrorInfo,
     RunInfo,
     RunStatus,
     StatusEvent,
+    Step,
     StepKind,
     StepStatus,
-    report_itinerary,
+    TriggerKind,
 )
 from services.history.store import HistoryStore
 
+ITINERARY = [Step(id=kind.value, kind=kind) for kind in StepKind]
 T0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
 
 
@@ -45,15 +45,13 @@ async def store(
 
 def run_info(submitted: dt.datetime = T0) -> RunInfo:
     return RunInfo(
+        flow="storms",
+        description="Storms",
+        trigger=TriggerKind.MANUAL,
         connection="local",
         database="Samples",
-        action=Action.QUERY,
-        chart=ChartKind.PIECHART,
-        query="StormEvents | count",
         parameters={"min_damage": 5},
-        recipients=["team@example.com"],
-        subject="Storms",
-        itinerary=report_itinerary(),
+        itinerary=ITINERARY,
         submitted_at=submitted,
     )
 
@@ -158,3 +156,40 @@ async def test_runs_are_listed_newest_first_with_a_cursor(store: HistoryStore) -
 async def test_an_unknown_run_is_none(store: HistoryStore) -> None:
     assert await store.get_run("nope") is None
     assert await store.ping() is True
+
+
+async def test_a_step_that_lets_the_flow_go_on_fails_the_run_only_at_its_end(store: HistoryStore) -> None:
+    error = ErrorInfo(code=ErrorCode.KUSTO_SEMANTIC_ERROR, message="table is missing")
+    await store.apply(event("run-go", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    completed = await store.apply(
+        event("run-go", StepKind.QUERY, StepStatus.FAILED, 1, error=error, continues=True)
+    )
+    assert completed is None
+    running = await store.get_run("run-go")
+    assert running is not None
+    assert running["status"] == "running"
+
+    await store.apply(
+        event("run-go", StepKind.RENDER, StepStatus.SKIPPED, 2, detail={"reason": "its query failed"})
+    )
+    await store.apply(event("run-go", StepKind.NOTIFY, StepStatus.SUCCEEDED, 3))
+    completed = await store.apply(event("run-go", StepKind.RECORD, StepStatus.SUCCEEDED, 4))
+
+    assert completed is not None
+    assert (completed.flow, completed.status) == ("storms", RunStatus.FAILED)
+    run = await store.get_run("run-go")
+    assert run is not None
+    assert run["status"] == "failed"
+    assert run["failed_step"] == "query"
+    assert run["error"]["message"] == "table is missing"
+    render = next(s for s in run["steps"] if s["step_id"] == "render")
+    assert (render["status"], render["detail"]) == ("skipped", {"reason": "its query failed"})
+
+
+async def test_a_completed_run_is_announced_again_on_a_redelivered_event(store: HistoryStore) -> None:
+    await complete_run(store, "run-again")
+    again = await store.apply(event("run-again", StepKind.RECORD, StepStatus.SUCCEEDED, 5))
+    assert again is not None
+    assert again.status is RunStatus.SUCCEEDED
+    assert await store.list_runs(flow="storms", trigger="manual") != []
+    assert await store.list_runs(flow="other") == []

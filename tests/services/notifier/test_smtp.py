@@ -13,10 +13,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
 from common.config import Settings
-from common.contracts import EmailSpec, ErrorCode
+from common.contracts import ErrorCode
 from common.errors import DeliveryError
 from common.outbox import Outbox
-from services.notifier.email import ReportParts, build_email
+from services.notifier.email import Attachment, Email, build_email
 from services.notifier.smtp import send_email
 
 PASSWORD = "correct-horse-battery-staple-7731"
@@ -36,18 +36,15 @@ def free_port() -> int:
 
 
 def report_email(message_id: str = "<run7.notify.1@adxflow>") -> EmailMessage:
-    spec = EmailSpec(to=["ana@example.com"], cc=["bo@example.com"], subject="Weekly counts")
-    parts = ReportParts(
-        title="Weekly counts",
-        table_html="<table><tr><td>1</td></tr></table>",
+    mail = Email(
+        to=["ana@example.com"],
+        cc=["bo@example.com"],
+        subject="Weekly counts",
+        body_html="<table><tr><td>1</td></tr></table>",
         text="n\n1\n",
-        chart_png=None,
-        csv=CSV,
-        row_count=2,
-        run_url=None,
-        query="T | count",
+        attachments=[Attachment("result.csv", "text", "csv", CSV)],
     )
-    return build_email(spec, parts, sender="adxflow <adxflow@localhost>", message_id=message_id)
+    return build_email(mail, sender="adxflow <adxflow@localhost>", message_id=message_id)
 
 
 @pytest.fixture

@@ -13,13 +13,11 @@ import duckdb
 import pytest
 
 from common.connections import Connections
-from common.contracts import ErrorCode, JobRequest
+from common.contracts import ErrorCode
 from common.errors import KustoError
 from common.local_kusto import LocalKusto
 from common.sample_data import ensure_database
-from services.query_worker.kusto import KustoRunner, kql_literal, with_declarations
-
-EMAIL = {"to": ["team@example.com"], "subject": "s"}
+from services.query_worker.kusto import KustoRunner, Parameters, kql_literal, with_declarations
 
 #: Far more work than fits in the timeout, and interruptible by the engine
 #: (a bare `range | summarize` is not: DuckDB finishes it before checking).
@@ -48,25 +46,34 @@ async def runner(sample: tuple[Path, LocalKusto]) -> AsyncIterator[KustoRunner]:
         await kusto.close()
 
 
-def job(query: str, **extra: Any) -> JobRequest:
-    return JobRequest.model_validate(
-        {"connection": "local", "database": "Samples", "query": query, "email": EMAIL, **extra}
+async def run(
+    kusto: KustoRunner, text: str, *, command: bool = False, parameters: Parameters | None = None
+) -> Any:
+    return await kusto.run(
+        connection="local",
+        database="Samples",
+        text=text,
+        command=command,
+        parameters=parameters,
+        client_request_id="adxflow;test",
     )
 
 
 def test_parameter_values_travel_as_kusto_literals() -> None:
-    assert kql_literal("TEXAS' | take 1") == "TEXAS' | take 1"
-    assert kql_literal(5) == "5"
-    assert kql_literal(2.5) == "2.5"
-    assert kql_literal(True) == "true"
-    assert kql_literal(float("inf")) == "real(inf)"
+    assert kql_literal("string", "TEXAS' | take 1") == "TEXAS' | take 1"
+    assert kql_literal("long", 5) == "5"
+    assert kql_literal("real", 2.5) == "2.5"
+    assert kql_literal("bool", True) == "true"
+    assert kql_literal("real", float("inf")) == "real(inf)"
+    assert kql_literal("datetime", "2007-05-01T00:00:00Z") == "datetime(2007-05-01T00:00:00Z)"
+    assert kql_literal("timespan", "1h") == "timespan(1h)"
 
 
 def test_declarations_are_added_only_when_the_query_has_none() -> None:
-    declared = with_declarations("T | where x > n and s == name", {"n": 1, "name": "a"})
+    declared = with_declarations("T | where x > n and s == name", {"n": ("long", 1), "name": ("string", "a")})
     assert declared.startswith("declare query_parameters(n:long, name:string);\n")
     own = "declare query_parameters(n:int);\nT | where x > n"
-    assert with_declarations(own, {"n": 1}) == own
+    assert with_declarations(own, {"n": ("int", 1)}) == own
     assert with_declarations("T", {}) == "T"
 
 
@@ -74,17 +81,15 @@ async def test_a_parameter_filters_without_being_spliced_into_the_text(
     runner: KustoRunner, sample: tuple[Path, LocalKusto]
 ) -> None:
     hostile = 'TEXAS" or 1==1 or State=="'
-    empty = await runner.run(
-        job("StormEvents | where State == state | count", parameters={"state": hostile}), "t;1"
+    empty = await run(
+        runner, "StormEvents | where State == state | count", parameters={"state": ("string", hostile)}
     )
     assert empty.rows == [[0]]
 
-    result = await runner.run(
-        job(
-            "StormEvents | where State == state and DamageProperty >= min_damage | count",
-            parameters={"state": "TEXAS", "min_damage": 5000},
-        ),
-        "t;2",
+    result = await run(
+        runner,
+        "StormEvents | where State == state and DamageProperty >= min_damage | count",
+        parameters={"state": ("string", "TEXAS"), "min_damage": ("long", 5000)},
     )
     with duckdb.connect(str(sample[0]), read_only=True) as con:
         [(expected,)] = con.execute(
@@ -96,7 +101,7 @@ async def test_a_parameter_filters_without_being_spliced_into_the_text(
 
 
 async def test_a_control_command_returns_its_table(runner: KustoRunner) -> None:
-    result = await runner.run(job(".show tables", action="control_command"), "t;3")
+    result = await run(runner, ".show tables", command=True)
     names = [column.name for column in result.columns]
     assert "TableName" in names
     assert ["StormEvents"] in [[row[names.index("TableName")]] for row in result.rows]
@@ -111,7 +116,7 @@ async def test_a_control_command_returns_its_table(runner: KustoRunner) -> None:
 )
 async def test_kusto_errors_get_stable_codes(runner: KustoRunner, query: str, code: ErrorCode) -> None:
     with pytest.raises(KustoError) as raised:
-        await runner.run(job(query), "t;4")
+        await run(runner, query)
     assert raised.value.code is code
     assert raised.value.retryable is False
     assert raised.value.message
@@ -123,7 +128,7 @@ async def test_servertimeout_is_honoured_by_the_endpoint(sample: tuple[Path, Loc
     kusto = KustoRunner(connections, timeout=0.5)
     try:
         with pytest.raises(KustoError) as raised:
-            await kusto.run(job(HEAVY_QUERY), "t;5")
+            await run(kusto, HEAVY_QUERY)
     finally:
         await kusto.close()
     assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
@@ -137,7 +142,7 @@ async def test_an_unreachable_cluster_is_retryable() -> None:
     kusto = KustoRunner(connections, timeout=5)
     try:
         with pytest.raises(KustoError) as raised:
-            await kusto.run(job("StormEvents | count"), "t;6")
+            await run(kusto, "StormEvents | count")
     finally:
         await kusto.close()
     assert raised.value.code is ErrorCode.KUSTO_UNAVAILABLE

@@ -91,12 +91,12 @@ async def test_an_accepted_job_is_queued_for_its_query_step(api: Api) -> None:
     message = RunMessage.model_validate_json(await next_body(api.broker, topology.step_queue(StepKind.QUERY)))
     assert message.run_id == run_id
     assert message.step_id == "query"
-    assert message.job.parameters == {"min_damage": 10}
+    assert message.context.parameters == {"min_damage": 10}
     assert "trigger" in message.outputs
     first = StatusEvent.model_validate_json(await next_body(api.broker, topology.status_queue))
     assert first.status is StepStatus.RUNNING
     assert first.run is not None
-    assert first.run.recipients == ["team@example.com"]
+    assert (first.run.flow, first.run.trigger) == ("adhoc", "job")
 
 
 async def test_a_control_command_under_query_points_to_control_command(api: Api) -> None:
