@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
@@ -30,6 +31,13 @@ log = structlog.get_logger(__name__)
 
 #: A slot this late under ``missed: skip`` counts as missed rather than due.
 _LATE = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Fired:
+    flow: str
+    slot: dt.datetime
+    run_id: str
 
 
 def slot_key(slot: dt.datetime) -> str:
@@ -57,9 +65,9 @@ class Scheduler:
         self.clock = clock
         self.poll_seconds = poll_seconds
 
-    async def tick(self, now: dt.datetime) -> list[str]:
-        """Fire every slot due at *now*; returns the ids of the runs this replica started."""
-        started = []
+    async def tick(self, now: dt.datetime) -> list[Fired]:
+        """Fire every slot due at *now*; returns the runs this replica started."""
+        started: list[Fired] = []
         for stored in await self.store.scheduled():
             flow = stored.flow
             try:
@@ -93,7 +101,7 @@ class Scheduler:
             async with self.store.claim(flow.name, key, run_id) as won:
                 if won:
                     await launch(self.broker, flow, context, run_id)
-                    started.append(run_id)
+                    started.append(Fired(flow.name, slot, run_id))
         return started
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -127,9 +127,11 @@ class FlowStore:
 
     # -- flows -------------------------------------------------------------
 
-    async def save(self, flow: Flow, *, create_only: bool = False) -> tuple[StoredFlow, bool]:
+    async def save(
+        self, flow: Flow, *, create_only: bool = False, now: dt.datetime | None = None
+    ) -> tuple[StoredFlow, bool]:
         """Create or replace *flow*; returns it and whether it was created."""
-        now = utcnow()
+        now = now or utcnow()
         document = flow.model_dump(mode="json", exclude_none=True)
         fields = {
             "document": document,

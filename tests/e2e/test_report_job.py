@@ -10,27 +10,15 @@ from __future__ import annotations
 import email
 import email.policy
 import io
-import shutil
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import duckdb
-import pytest
 from PIL import Image
-from pydantic import SecretStr
 
-from common.config import Settings
-from common.outbox import Outbox
-from common.rabbitmq import RabbitBroker
-from common.sample_data import ensure_database
-from common.topology import Topology
-from services.embedded import embedded
+from tests.e2e.conftest import System
 
 PIE_JOB: dict[str, Any] = {
     "connection": "local",
@@ -46,77 +34,6 @@ PIE_JOB: dict[str, Any] = {
         "importance": "high",
     },
 }
-
-
-@pytest.fixture(scope="session")
-def sample_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_database(tmp_path_factory.mktemp("samples"))
-
-
-@dataclass
-class System:
-    trigger_url: str
-    history_url: str
-    smtp: Outbox
-    session: aiohttp.ClientSession
-    #: Recipients the SMTP server refuses, with the reply it gives.
-    rejections: dict[str, tuple[int, str]]
-
-    async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(f"{self.trigger_url}/v1/jobs", json=job) as response:
-            body: dict[str, Any] = await response.json()
-            assert response.status == 202, body
-            assert response.headers["Location"].endswith(f"/v1/runs/{body['run_id']}")
-            return body
-
-    async def run(self, run_id: str) -> dict[str, Any] | None:
-        """The run as history has it, or None while history has not heard of it yet."""
-        async with self.session.get(f"{self.history_url}/v1/runs/{run_id}") as response:
-            if response.status == 404:
-                return None
-            assert response.status == 200
-            run: dict[str, Any] = await response.json()
-            return run
-
-
-@pytest.fixture(params=["in_process", "rabbitmq"])
-async def system(
-    request: pytest.FixtureRequest, tmp_path: Path, sample_database: Path, namespace: str, amqp_url: str
-) -> AsyncIterator[System]:
-    data_dir = tmp_path / "adxflow"
-    data_dir.mkdir()
-    shutil.copy(sample_database, data_dir / sample_database.name)
-    rejections: dict[str, tuple[int, str]] = {}
-
-    def reject(recipients: list[str]) -> tuple[int, str] | None:
-        for recipient in recipients:
-            if recipient in rejections:
-                return rejections[recipient]
-        return None
-
-    smtp = Outbox(tmp_path / "smtp", reject=reject)
-    settings = Settings(
-        data_dir=data_dir,
-        namespace=namespace,
-        amqp_url=SecretStr(amqp_url) if request.param == "rabbitmq" else None,
-        trigger_port=0,
-        history_port=0,
-        embedded_smtp=False,
-        smtp_host="127.0.0.1",
-    )
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(smtp)
-        settings = settings.model_copy(update={"smtp_port": smtp.port})
-        if request.param == "rabbitmq":
-            stack.push_async_callback(_delete_topology, amqp_url, namespace)
-        running = await stack.enter_async_context(embedded(settings))
-        session = await stack.enter_async_context(aiohttp.ClientSession())
-        yield System(running.trigger_url, running.history_url, smtp, session, rejections)
-
-
-async def _delete_topology(url: str, namespace: str) -> None:
-    async with RabbitBroker(url, Topology(namespace), connection_name="e2e-cleanup") as broker:
-        await broker.delete_topology()
 
 
 class TableReader(HTMLParser):
@@ -150,17 +67,7 @@ def parse(path: Path) -> EmailMessage:
 
 
 async def wait_for_terminal(system: System, run_id: str, wait_until: Any) -> dict[str, Any]:
-    latest: dict[str, Any] = {}
-
-    async def finished() -> bool:
-        run = await system.run(run_id)
-        if run is None:
-            return False
-        latest.update(run)
-        return run["status"] in ("succeeded", "failed")
-
-    await wait_until(finished, timeout=60, what=f"run {run_id} to finish")
-    return latest
+    return await system.finished(run_id)
 
 
 async def test_a_pie_chart_report_arrives_with_correct_counts(

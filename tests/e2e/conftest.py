@@ -1,0 +1,167 @@
+"""The whole system in one process for end-to-end tests: the same services as
+deployed, on the in-process broker or the machine's RabbitMQ, with a real SMTP
+server, the local Kusto endpoint and a webhook receiver over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from common.config import Settings
+from common.outbox import Outbox
+from common.rabbitmq import RabbitBroker
+from common.sample_data import ensure_database
+from common.topology import Topology
+from services.embedded import embedded
+
+
+@pytest.fixture(scope="session")
+def sample_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_database(tmp_path_factory.mktemp("samples"))
+
+
+@dataclass
+class Hooks:
+    """Webhook posts received, and a way to wait for them."""
+
+    url: str
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class System:
+    trigger_url: str
+    history_url: str
+    smtp: Outbox
+    session: aiohttp.ClientSession
+    #: Recipients the SMTP server refuses, with the reply it gives.
+    rejections: dict[str, tuple[int, str]]
+    hooks: Hooks
+    wait_until: Callable[..., Awaitable[None]]
+
+    async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(f"{self.trigger_url}/v1/jobs", json=job) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 202, body
+            assert response.headers["Location"].endswith(f"/v1/runs/{body['run_id']}")
+            return body
+
+    async def save_flow(self, flow: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.put(f"{self.trigger_url}/v1/flows/{flow['name']}", json=flow) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status in (200, 201), body
+            return body
+
+    async def start_flow(self, name: str, **parameters: Any) -> dict[str, Any]:
+        url = f"{self.trigger_url}/v1/flows/{name}/runs"
+        async with self.session.post(url, json={"parameters": parameters}) as response:
+            body: dict[str, Any] = await response.json()
+            assert response.status == 202, body
+            return body
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        """The run as history has it, or None while history has not heard of it yet."""
+        async with self.session.get(f"{self.history_url}/v1/runs/{run_id}") as response:
+            if response.status == 404:
+                return None
+            assert response.status == 200
+            run: dict[str, Any] = await response.json()
+            return run
+
+    async def runs_of(self, flow: str) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.history_url}/v1/flows/{flow}/runs") as response:
+            assert response.status == 200
+            body: dict[str, Any] = await response.json()
+            return list(body["runs"])
+
+    async def finished(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        latest: dict[str, Any] = {}
+
+        async def ended() -> bool:
+            run = await self.run(run_id)
+            if run is None:
+                return False
+            latest.update(run)
+            return run["status"] in ("succeeded", "failed")
+
+        await self.wait_until(ended, timeout=timeout, what=f"run {run_id} to finish")
+        return latest
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[Hooks]:
+    received = Hooks(url="")
+
+    async def receive(request: web.Request) -> web.Response:
+        received.received.append((dict(request.headers), await request.read()))
+        received.arrived.set()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    received.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        yield received
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(params=["in_process", "rabbitmq"])
+async def system(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sample_database: Path,
+    namespace: str,
+    amqp_url: str,
+    hooks: Hooks,
+    wait_until: Callable[..., Awaitable[None]],
+) -> AsyncIterator[System]:
+    data_dir = tmp_path / "adxflow"
+    data_dir.mkdir()
+    shutil.copy(sample_database, data_dir / sample_database.name)
+    rejections: dict[str, tuple[int, str]] = {}
+
+    def reject(recipients: list[str]) -> tuple[int, str] | None:
+        for recipient in recipients:
+            if recipient in rejections:
+                return rejections[recipient]
+        return None
+
+    smtp = Outbox(tmp_path / "smtp", reject=reject)
+    settings = Settings(
+        data_dir=data_dir,
+        namespace=namespace,
+        amqp_url=SecretStr(amqp_url) if request.param == "rabbitmq" else None,
+        trigger_port=0,
+        history_port=0,
+        embedded_smtp=False,
+        smtp_host="127.0.0.1",
+        webhook_allowed_hosts=["127.0.0.1"],
+    )
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(smtp)
+        settings = settings.model_copy(update={"smtp_port": smtp.port})
+        if request.param == "rabbitmq":
+            stack.push_async_callback(_delete_topology, amqp_url, namespace)
+        running = await stack.enter_async_context(embedded(settings))
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        yield System(running.trigger_url, running.history_url, smtp, session, rejections, hooks, wait_until)
+
+
+async def _delete_topology(url: str, namespace: str) -> None:
+    async with RabbitBroker(url, Topology(namespace), connection_name="e2e-cleanup") as broker:
+        await broker.delete_topology()
