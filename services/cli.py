@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -14,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from common.config import Settings, load_settings
 from common.errors import AdxflowError
 from common.logs import configure_logging
 from common.runtime import Runtime
+from services.client import format_run
 
 SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
 
@@ -118,27 +117,6 @@ async def _wait_for_run(session: aiohttp.ClientSession, url: str, timeout: float
         await asyncio.sleep(0.05)
 
 
-def format_run(run: dict[str, Any]) -> str:
-    duration = run.get("duration_ms")
-    lines = [
-        f"run {run['run_id']}  {run['status']}"
-        + (f"  {duration:.0f} ms" if duration is not None else "")
-        + f"  {run.get('flow') or ''}"
-        + (f" — {run['description']}" if run.get("description") else "")
-    ]
-    for step in run.get("steps", []):
-        took = step.get("duration_ms")
-        rows = step.get("row_count")
-        line = f"  {step['step_id']:<16} {step['service']:<13} {step['status']:<10}"
-        line += f" {took:>8.1f} ms" if took is not None else f" {'-':>8}   "
-        if rows is not None:
-            line += f"  {rows} rows"
-        if step.get("error"):
-            line += f"  {step['error']['code']}: {step['error']['message']}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
 async def demo(settings: Settings, timeout: float = 120.0) -> Path:
     """Start embedded mode, run the sample jobs, print their runs; return the last email."""
     from services.embedded import embedded
@@ -170,57 +148,75 @@ async def demo(settings: Settings, timeout: float = 120.0) -> Path:
         return messages[-1].resolve()
 
 
-def _load_document(path: str) -> Any:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
-
-
-def _auth_headers() -> dict[str, str]:
-    token = os.environ.get("ADXFLOW_API_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-async def submit(url: str, path: str) -> None:
-    document = _load_document(path)
-    async with (
-        aiohttp.ClientSession(headers=_auth_headers()) as session,
-        session.post(f"{url.rstrip('/')}/v1/jobs", json=document) as response,
-    ):
-        body = await response.json()
-        print(json.dumps(body, indent=2))
-        if response.status != 202:
-            raise SystemExit(1)
-
-
-async def runs(url: str, run_id: str | None) -> None:
-    async with aiohttp.ClientSession(headers=_auth_headers()) as session:
-        target = f"{url.rstrip('/')}/v1/runs" + (f"/{run_id}" if run_id else "")
-        async with session.get(target) as response:
-            body = await response.json()
-            if response.status != 200:
-                print(json.dumps(body, indent=2), file=sys.stderr)
-                raise SystemExit(1)
-    if run_id:
-        print(format_run(body))
-    else:
-        for run in body["runs"]:
-            print(f"{run['run_id']}  {run['status']:<9}  {run['submitted_at']}  {run.get('flow') or ''}")
-
-
 def _parser() -> argparse.ArgumentParser:
+    trigger_url = os.environ.get("ADXFLOW_TRIGGER_URL", "http://127.0.0.1:8080")
+    history_url = os.environ.get("ADXFLOW_HISTORY_URL", "http://127.0.0.1:8081")
     parser = argparse.ArgumentParser(prog="adxflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run all five services in one process on embedded defaults")
     serve_cmd = commands.add_parser("serve", help="run one service (for containers; needs ADXFLOW_AMQP_URL)")
     serve_cmd.add_argument("service", choices=SERVICES)
     commands.add_parser("demo", help="run two sample report jobs end to end and print the last email's path")
-    submit_cmd = commands.add_parser("submit", help="submit a job (JSON or YAML file, '-' for stdin)")
+
+    flows_cmd = commands.add_parser("flows", help="apply, list and validate flows")
+    flows = flows_cmd.add_subparsers(dest="flows_command", required=True)
+    apply_cmd = flows.add_parser("apply", help="create or replace flows from a file or a folder of files")
+    apply_cmd.add_argument(
+        "-f", "--file", required=True, help="a flow file (YAML or JSON) or a folder of them"
+    )
+    apply_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    list_cmd = flows.add_parser("list", help="the saved flows, their schedules and next fire times")
+    list_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    validate_cmd = flows.add_parser("validate", help="check flow files without saving them")
+    validate_cmd.add_argument("file", help="a flow file or a folder of them")
+
+    run_cmd = commands.add_parser("run", help="run a saved flow now")
+    run_cmd.add_argument("name")
+    run_cmd.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    run_cmd.add_argument(
+        "--wait", action="store_true", help="show each step as it ends; exit 1 if the run fails"
+    )
+    run_cmd.add_argument("--idempotency-key", help="repeat-safe: the same key starts the run only once")
+    run_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    run_cmd.add_argument("--history-url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
+
+    runs_cmd = commands.add_parser("runs", help="the run history")
+    runs = runs_cmd.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs.add_parser("list", help="recent runs, newest first")
+    runs_list.add_argument("--flow")
+    runs_list.add_argument("--status", choices=["queued", "running", "succeeded", "failed"])
+    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
+    runs_show = runs.add_parser("show", help="one run with every step")
+    runs_show.add_argument("run_id")
+    runs_show.add_argument("--url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
+
+    submit_cmd = commands.add_parser("submit", help="submit an ad-hoc job (JSON or YAML file, '-' for stdin)")
     submit_cmd.add_argument("file")
-    submit_cmd.add_argument("--url", default="http://127.0.0.1:8080")
-    runs_cmd = commands.add_parser("runs", help="list runs, or show one run with its steps")
-    runs_cmd.add_argument("run_id", nargs="?")
-    runs_cmd.add_argument("--url", default="http://127.0.0.1:8081")
+    submit_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
     return parser
+
+
+def _client(args: argparse.Namespace) -> None:
+    from services import client
+
+    if args.command == "flows" and args.flows_command == "validate":
+        client.validate(args.file)
+    elif args.command == "flows" and args.flows_command == "apply":
+        asyncio.run(client.apply(args.url.rstrip("/"), args.file))
+    elif args.command == "flows":
+        asyncio.run(client.list_flows(args.url.rstrip("/")))
+    elif args.command == "run":
+        url, history = args.url.rstrip("/"), args.history_url.rstrip("/")
+        asyncio.run(
+            client.start(url, history, args.name, args.param, wait=args.wait, key=args.idempotency_key)
+        )
+    elif args.command == "runs" and args.runs_command == "list":
+        asyncio.run(client.list_runs(args.url.rstrip("/"), args.flow, args.status, args.limit))
+    elif args.command == "runs":
+        asyncio.run(client.show_run(args.url.rstrip("/"), args.run_id))
+    elif args.command == "submit":
+        asyncio.run(client.submit(args.url.rstrip("/"), args.file))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,10 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "serve":
             configure_logging(args.service, level=settings.log_level, fmt=settings.log_format)
             asyncio.run(serve(args.service, settings))
-        elif args.command == "submit":
-            asyncio.run(submit(args.url, args.file))
-        elif args.command == "runs":
-            asyncio.run(runs(args.url, args.run_id))
+        else:
+            _client(args)
     except AdxflowError as exc:
         print(f"adxflow: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
