@@ -17,6 +17,7 @@ import datetime as dt
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
@@ -152,6 +153,17 @@ class TriggerSpec(BaseModel):
     timezone: str = "UTC"
     #: After downtime: fire the latest missed slot once, or skip what was missed.
     missed: Literal["latest", "skip"] = "latest"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"{value!r} is not an IANA time zone (such as Europe/Berlin)") from None
+        if value == "localtime":
+            raise ValueError("'localtime' depends on the server; name the zone, such as Europe/Berlin")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> TriggerSpec:

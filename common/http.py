@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,13 +32,24 @@ def error_body(
     return web.json_response(payload, status=status)
 
 
+_LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
 def validation_error(exc: ValidationError) -> web.Response:
-    """A 400 that names every bad field and what is wrong with it."""
+    """A 400 that names every bad field and what is wrong with it.
+
+    Rules that span several fields are checked on the whole document and say
+    which field they mean at the start of their message (``steps[1].subject:
+    ...``); that field is reported as the field.
+    """
     fields = []
     for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"]) or "body"
+        location = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        fields.append({"field": location, "message": message})
+        named = _LEADING_FIELD.match(message)
+        if named is not None and not location:
+            location, message = named.group(1), named.group(2)
+        fields.append({"field": location or "body", "message": message})
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return error_body(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
 
