@@ -84,7 +84,17 @@ def request_properties(
     return properties
 
 
+def _names(value: Any) -> list[str] | None:
+    """Kusto reports column lists as comma-separated text ("a,b"); accept a JSON list too."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [name.strip() for name in str(value).split(",") if name.strip()]
+
+
 def _visualization(response: Any) -> Visualization | None:
+    """The query's own `render` request, from the QueryProperties table of a v2 response."""
     for table in response.tables:
         if str(getattr(table, "table_kind", "")).endswith("QueryProperties"):
             for row in table.raw_rows:
@@ -94,10 +104,10 @@ def _visualization(response: Any) -> Visualization | None:
                         return None
                     return Visualization(
                         kind=raw.get("Visualization"),
-                        title=raw.get("Title"),
-                        x_column=raw.get("XColumn"),
-                        y_columns=raw.get("YColumns"),
-                        series=raw.get("Series"),
+                        title=raw.get("Title") or None,
+                        x_column=raw.get("XColumn") or None,
+                        y_columns=_names(raw.get("YColumns")),
+                        series=_names(raw.get("Series")),
                     )
     return None
 

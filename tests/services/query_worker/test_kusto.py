@@ -5,19 +5,30 @@ Runs the real azure-kusto-data async client against the local Kusto endpoint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from azure.kusto.data.response import KustoResponseDataSetV2
 
 from common.connections import Connections
 from common.contracts import ErrorCode
 from common.errors import KustoError
 from common.local_kusto import LocalKusto
 from common.sample_data import ensure_database
-from services.query_worker.kusto import KustoRunner, Parameters, kql_literal, with_declarations
+from services.query_worker.kusto import (
+    KustoRunner,
+    Parameters,
+    _visualization,
+    kql_literal,
+    with_declarations,
+)
+
+#: Kusto response bodies in the real wire format (see their README).
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kusto-v2"
 
 #: Far more work than fits in the timeout, and interruptible by the engine
 #: (a bare `range | summarize` is not: DuckDB finishes it before checking).
@@ -147,3 +158,33 @@ async def test_an_unreachable_cluster_is_retryable() -> None:
         await kusto.close()
     assert raised.value.code is ErrorCode.KUSTO_UNAVAILABLE
     assert raised.value.retryable is True
+
+
+def test_a_render_operator_is_read_from_a_real_v2_response() -> None:
+    frames = json.loads((FIXTURES / "deft.json").read_text())
+    properties = next(frame for frame in frames if frame.get("TableKind") == "QueryProperties")
+    properties["Rows"][0][2] = json.dumps(
+        {
+            "Visualization": "timechart",
+            "Title": "Events per day",
+            "XColumn": "StartTime",
+            "Series": "State",
+            "YColumns": "Events,Damage",
+            "Kind": None,
+        }
+    )
+    visualization = _visualization(KustoResponseDataSetV2(frames))
+
+    assert visualization is not None
+    assert (visualization.kind, visualization.title, visualization.x_column) == (
+        "timechart",
+        "Events per day",
+        "StartTime",
+    )
+    assert visualization.y_columns == ["Events", "Damage"]
+    assert visualization.series == ["State"]
+
+
+def test_a_response_without_render_has_no_visualization() -> None:
+    frames = json.loads((FIXTURES / "deft.json").read_text())
+    assert _visualization(KustoResponseDataSetV2(frames)) is None
