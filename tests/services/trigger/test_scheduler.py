@@ -157,3 +157,33 @@ async def test_a_chained_flow_starts_once_after_its_parent_ends_as_asked(
     assert run.context.flow == "on-success"
     assert run.context.trigger is TriggerKind.AFTER
     assert run.context.parent_run_id == "p1"
+
+
+async def test_disabling_stops_a_flow_and_enabling_starts_it_from_then(
+    tmp_path: Path, broker: InProcessBroker
+) -> None:
+    store = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
+    await store.create_schema()
+    try:
+        scheduler = Scheduler(store, broker)
+        hourly = flow("hourly", every="1h")
+        await store.save(hourly, now=SAVED)
+        first = await scheduler.tick(SAVED + dt.timedelta(hours=1, seconds=5))
+        await store.save(
+            hourly.model_copy(update={"enabled": False}), now=SAVED + dt.timedelta(hours=1, minutes=1)
+        )
+        while_disabled = await scheduler.tick(SAVED + dt.timedelta(hours=3, seconds=5))
+        enabled_at = SAVED + dt.timedelta(hours=3, minutes=30)
+        await store.save(hourly, now=enabled_at)
+        right_after = await scheduler.tick(enabled_at + dt.timedelta(minutes=1))
+        next_slot = await scheduler.tick(SAVED + dt.timedelta(hours=4, seconds=5))
+        await store.delete("hourly")
+        after_delete = await scheduler.tick(SAVED + dt.timedelta(hours=5, seconds=5))
+    finally:
+        await store.close()
+
+    assert [f.slot for f in first] == [SAVED + dt.timedelta(hours=1)]
+    assert while_disabled == []
+    assert right_after == []
+    assert [f.slot for f in next_slot] == [SAVED + dt.timedelta(hours=4)]
+    assert after_delete == []
