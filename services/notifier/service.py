@@ -41,16 +41,10 @@ from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import StepWorker
 from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
+from common.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.email import Attachment, Email, InlineImage, build_email
 from services.notifier.smtp import send_email
-from services.notifier.webhook import (
-    WebhookPolicy,
-    WebhookRefused,
-    WebhookTarget,
-    default_body,
-    post_json,
-    render_json_body,
-)
+from services.notifier.webhook import default_body, post_json, render_json_body
 
 log = structlog.get_logger(__name__)
 
@@ -248,17 +242,9 @@ class NotifyStep:
         await self.runtime.blobs.put(key, record, "application/json")
 
 
-def webhook_policy(runtime: Runtime) -> WebhookPolicy:
-    named = {
-        name: WebhookTarget(url=config.url, headers=config.resolved_headers(name))
-        for name, config in runtime.connections.webhooks.items()
-    }
-    return WebhookPolicy(named=named, allowed_hosts=runtime.settings.webhook_allowed_hosts)
-
-
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
-        step = NotifyStep(runtime, session, webhook_policy(runtime))
+        step = NotifyStep(runtime, session, policy_for(runtime.connections, runtime.settings))
         await StepWorker(runtime.broker, StepKind.NOTIFY, step.perform).start(runtime.settings.prefetch)
         yield

@@ -15,7 +15,7 @@ from common.contracts import ErrorCode, JobRequest, RunContext, TriggerKind, new
 from common.flows import Flow
 from common.http import bearer_auth, error_body, health_routes, read_document, validation_error
 from common.runtime import Runtime
-from services.notifier.webhook import WebhookPolicy
+from common.webhooks import WebhookPolicy
 from services.trigger.launcher import launch
 from services.trigger.scheduler import schedule_of
 from services.trigger.store import FlowExists, FlowStore, StoredFlow

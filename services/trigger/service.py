@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from common.http import HttpServer, require_token_off_loopback
 from common.runtime import Runtime
-from services.notifier.service import webhook_policy
+from common.webhooks import policy_for
 from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.store import FlowStore
@@ -29,7 +29,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         )
         scheduler = Scheduler(store, runtime.broker, poll_seconds=settings.scheduler_poll_seconds)
         scheduler_task = asyncio.create_task(scheduler.run(stop))
-        app = create_app(runtime, store, webhook_policy(runtime))
+        app = create_app(runtime, store, policy_for(runtime.connections, runtime.settings))
         async with HttpServer(app, settings.trigger_host, settings.trigger_port) as server:
             yield server
     finally:

@@ -12,7 +12,7 @@ import datetime as dt
 
 from common.connections import Connections
 from common.flows import KUSTO_STEPS, Flow, PostWebhook
-from services.notifier.webhook import WebhookPolicy, WebhookRefused
+from common.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
 
 

@@ -15,14 +15,8 @@ from multidict import CIMultiDictProxy
 
 from common.contracts import ErrorCode
 from common.errors import ConfigurationError, DeliveryError, RenderError
-from services.notifier.webhook import (
-    WebhookPolicy,
-    WebhookRefused,
-    WebhookTarget,
-    default_body,
-    post_json,
-    render_json_body,
-)
+from common.webhooks import WebhookPolicy, WebhookRefused, WebhookTarget
+from services.notifier.webhook import default_body, post_json, render_json_body
 
 SECRET = "Bearer s3cr3t-token-4471"
 QUERY_TOKEN = "q-token-90210-abcdef"
