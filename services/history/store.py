@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common import database
 from common.contracts import RunCompleted, RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
+from common.database import insert_ignore
 
 metadata = sa.MetaData()
 
@@ -86,27 +88,16 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 class HistoryStore:
     def __init__(self, url: str) -> None:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs["pool_pre_ping"] = True
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: AsyncEngine = database.connect(url)
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await database.create_schema(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     async def ping(self) -> bool:
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        except (OSError, sa.exc.SQLAlchemyError):
-            return False
-        return True
+        return await database.ping(self.engine)
 
     # -- writing -----------------------------------------------------------
 
@@ -157,12 +148,12 @@ class HistoryStore:
         values: dict[str, Any] = {"run_id": run_id, "status": RunStatus.QUEUED.value, "updated_at": utcnow()}
         if info is not None:
             values.update(_run_fields(info))
-        await conn.execute(_insert_ignore(conn, runs).values(**values))
+        await conn.execute(insert_ignore(conn, runs).values(**values))
 
     async def _ensure_steps(self, conn: AsyncConnection, run_id: str, info: RunInfo) -> None:
         for position, step in enumerate(info.itinerary):
             await conn.execute(
-                _insert_ignore(conn, steps).values(
+                insert_ignore(conn, steps).values(
                     run_id=run_id,
                     step_id=step.id,
                     attempt=1,
@@ -209,7 +200,7 @@ class HistoryStore:
         if current is None:
             position = await self._position_of(conn, event)
             await conn.execute(
-                _insert_ignore(conn, steps).values(
+                insert_ignore(conn, steps).values(
                     run_id=event.run_id,
                     step_id=event.step_id,
                     attempt=event.attempt,
@@ -352,16 +343,6 @@ class HistoryStore:
         view = _run_view(run)
         view["steps"] = _steps_view(step_rows)
         return view
-
-
-def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 def _run_fields(info: RunInfo) -> dict[str, Any]:

@@ -51,6 +51,38 @@ def schedule_of(flow: Flow) -> Schedule:
     return Schedule(cron=trigger.cron, every=every, timezone=trigger.timezone)
 
 
+async def fire(
+    store: FlowStore,
+    broker: Broker,
+    flow: Flow,
+    key: str,
+    trigger: TriggerKind,
+    *,
+    scheduled_for: dt.datetime | None = None,
+    parent_run_id: str | None = None,
+) -> str | None:
+    """Start *flow*'s run for *key* unless a replica already did; its run id if this call did."""
+    try:
+        parameters = flow.bind_parameters({})
+    except ValueError as exc:
+        log.error("flow cannot run without parameters", flow=flow.name, error=str(exc))
+        return None
+    context = RunContext(
+        flow=flow.name,
+        trigger=trigger,
+        scheduled_for=scheduled_for,
+        parameters=parameters,
+        parent_run_id=parent_run_id,
+        timezone=flow.trigger.timezone,
+    )
+    run_id = slot_run_id(flow.name, key)
+    async with store.claim(flow.name, key, run_id) as won:
+        if not won:
+            return None
+        await launch(broker, flow, context, run_id)
+    return run_id
+
+
 class Scheduler:
     def __init__(
         self,
@@ -85,23 +117,9 @@ class Scheduler:
                     if won:
                         log.warning("missed slot skipped", flow=flow.name, slot=key)
                 continue
-            run_id = slot_run_id(flow.name, key)
-            try:
-                parameters = flow.bind_parameters({})
-            except ValueError as exc:
-                log.error("scheduled flow cannot run", flow=flow.name, error=str(exc))
-                continue
-            context = RunContext(
-                flow=flow.name,
-                trigger=TriggerKind.SCHEDULE,
-                scheduled_for=slot,
-                parameters=parameters,
-                timezone=flow.trigger.timezone,
-            )
-            async with self.store.claim(flow.name, key, run_id) as won:
-                if won:
-                    await launch(self.broker, flow, context, run_id)
-                    started.append(Fired(flow.name, slot, run_id))
+            run_id = await fire(self.store, self.broker, flow, key, TriggerKind.SCHEDULE, scheduled_for=slot)
+            if run_id is not None:
+                started.append(Fired(flow.name, slot, run_id))
         return started
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -132,19 +150,4 @@ class Chainer:
             if after is None or completed.status not in after.status:
                 continue
             key = f"after:{completed.run_id}"
-            run_id = slot_run_id(flow.name, key)
-            try:
-                parameters = flow.bind_parameters({})
-            except ValueError as exc:
-                log.error("chained flow cannot run", flow=flow.name, error=str(exc))
-                continue
-            context = RunContext(
-                flow=flow.name,
-                trigger=TriggerKind.AFTER,
-                parameters=parameters,
-                parent_run_id=completed.run_id,
-                timezone=flow.trigger.timezone,
-            )
-            async with self.store.claim(flow.name, key, run_id) as won:
-                if won:
-                    await launch(self.broker, flow, context, run_id)
+            await fire(self.store, self.broker, flow, key, TriggerKind.AFTER, parent_run_id=completed.run_id)

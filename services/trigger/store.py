@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common import database
 from common.contracts import utcnow
+from common.database import insert_ignore
 from common.flows import Flow
 
 metadata = sa.MetaData()
@@ -95,35 +97,18 @@ def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     )
 
 
-def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
-
-
 class FlowStore:
     def __init__(self, url: str) -> None:
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: AsyncEngine = database.connect(url)
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await database.create_schema(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     async def ping(self) -> bool:
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        except (OSError, sa.exc.SQLAlchemyError):
-            return False
-        return True
+        return await database.ping(self.engine)
 
     # -- flows -------------------------------------------------------------
 
@@ -218,7 +203,7 @@ class FlowStore:
         """
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                _insert_ignore(conn, fired).values(flow=flow, slot=slot, run_id=run_id, fired_at=utcnow())
+                insert_ignore(conn, fired).values(flow=flow, slot=slot, run_id=run_id, fired_at=utcnow())
             )
             yield bool(result.rowcount)
 
@@ -232,7 +217,7 @@ class FlowStore:
         """
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                _insert_ignore(conn, idempotency).values(
+                insert_ignore(conn, idempotency).values(
                     flow=flow, key=key, run_id=run_id, created_at=utcnow()
                 )
             )

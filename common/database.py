@@ -1,0 +1,47 @@
+"""The SQL database the trigger and history share: SQLite embedded, PostgreSQL deployed.
+
+One code path over SQLAlchemy's async Core; the few dialect differences
+(insert-or-ignore, row locks) are decided here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def connect(url: str) -> AsyncEngine:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several services write one SQLite file in embedded mode: wait for the lock.
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    return create_async_engine(url, **kwargs)
+
+
+async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except (OSError, sa.exc.SQLAlchemyError):
+        return False
+    return True
+
+
+def insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
