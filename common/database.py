@@ -45,3 +45,21 @@ def insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+class SqlStore:
+    """A store over its own tables in the shared database."""
+
+    metadata: sa.MetaData
+
+    def __init__(self, url: str) -> None:
+        self.engine: AsyncEngine = connect(url)
+
+    async def create_schema(self) -> None:
+        await create_schema(self.engine, self.metadata)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        return await ping(self.engine)

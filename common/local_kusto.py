@@ -27,6 +27,11 @@ closes the gaps between that client and duckdb-kql 1.1.2:
 * `.show operations`, `.show operations <id>` and `.show operations (id, ...)`
   answer from that record with Kusto's columns, without waiting for the
   database, so a client can watch an operation while it runs.
+* `render`: the engine runs a query ending in `render` but always reports
+  `"Visualization": null`. A trailing `render <kind> with (...)` is read from
+  duckdb-kql's parse tree and the v2 response's QueryProperties table carries
+  Kusto's Visualization object for it; a property it cannot report faithfully
+  is a 400 naming the property.
 * A browser page may POST to loopback without asking first; a request carrying
   an `Origin` that is not the Azure Data Explorer UI is refused, so no page can
   send this endpoint a write.
@@ -64,13 +69,16 @@ from common.sample_data import ensure_database
 
 __all__ = [
     "OPERATION_COLUMNS",
+    "RENDER_KINDS",
     "LocalKusto",
     "OperationState",
     "ParameterValueError",
+    "RenderRefused",
     "RequestRefused",
     "WritesDisabled",
     "parameter_value",
     "start_local_kusto",
+    "visualization",
 ]
 
 #: How often the serving thread looks for a shutdown request; it bounds how long
@@ -370,7 +378,9 @@ def visualization(csl: str) -> dict[str, Any] | None:
         return None
     kind = render.CharType.text
     if kind not in RENDER_KINDS:
-        raise RenderRefused(f"render {kind!r:.40} is not a chart kind: Kusto draws {', '.join(sorted(RENDER_KINDS))}")
+        raise RenderRefused(
+            f"render {kind!r:.40} is not a chart kind: Kusto draws {', '.join(sorted(RENDER_KINDS))}"
+        )
     if render.LegacyPropertyList is not None:
         raise RenderRefused("render properties are read here only in their `with (name=value, ...)` form")
     shown = dict(_NO_VISUALIZATION, Visualization=kind)
@@ -635,9 +645,11 @@ def _async_command(head: str) -> _AsyncCommand | None:
 
 
 class _LocalHandler(_Handler):
-    """duckdb-kql's handler, fed a body it can read in full."""
+    """duckdb-kql's handler, fed a body it can read in full, answering `render`."""
 
     disable_nagle_algorithm = True
+    #: The request's Visualization object as JSON, while its trailing `render` is answered.
+    _visualization: str | None = None
 
     def do_POST(self) -> None:  # BaseHTTPRequestHandler's interface
         # A page in the browser may POST here without a preflight (a "simple"
@@ -675,6 +687,11 @@ class _LocalHandler(_Handler):
             body = normalized
             del self.headers["Content-Length"]
             self.headers["Content-Length"] = str(len(body))
+        try:
+            self._visualization = _shown_visualization(self.path, body)
+        except RenderRefused as exc:
+            self._send(400, error_response(str(exc)))
+            return
         self.rfile = io.BytesIO(body)
         try:
             super().do_POST()
@@ -682,6 +699,34 @@ class _LocalHandler(_Handler):
             # The connection's next request is read from this attribute; left on
             # the spent buffer, a keep-alive connection would read nothing.
             self.rfile = original
+            self._visualization = None
+
+    def _send(self, status: int, payload: Any) -> None:
+        # The stock handler builds the v2 frames and sends them in one call;
+        # this is the one place the QueryProperties table can be filled in.
+        if self._visualization is not None and status == 200 and isinstance(payload, list):
+            payload = [_with_visualization(frame, self._visualization) for frame in payload]
+        super()._send(status, payload)
+
+
+def _shown_visualization(path: str, body: bytes) -> str | None:
+    """The Visualization value a v2 query's response carries, or None to leave the stock one."""
+    if b"render" not in body or path.split("?", 1)[0].rstrip("/") != "/v2/rest/query":
+        return None
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None  # the stock handler answers a malformed body
+    csl = request.get("csl") if isinstance(request, dict) else None
+    shown = visualization(csl) if isinstance(csl, str) else None
+    return None if shown is None else json.dumps(shown)
+
+
+def _with_visualization(frame: Any, shown: str) -> Any:
+    if not isinstance(frame, dict) or frame.get("TableKind") != "QueryProperties":
+        return frame
+    rows = [[*row[:2], shown] if row[1] == "Visualization" else row for row in frame["Rows"]]
+    return {**frame, "Rows": rows}
 
 
 class _LocalServer(KustoRestServer):

@@ -9,8 +9,6 @@ as ISO strings, dynamic as JSON) until a consumer asks for typed ones.
 from __future__ import annotations
 
 import datetime as dt
-import json
-from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -65,15 +63,6 @@ class ResultSet(BaseModel):
                 return index
         raise KeyError(name)
 
-    def typed_rows(self) -> list[list[Any]]:
-        """Rows with datetimes, decimals and dynamics as Python values."""
-        converters = [_converter(column.type) for column in self.columns]
-        return [[convert(value) for convert, value in zip(converters, row, strict=True)] for row in self.rows]
-
-
-def _identity(value: Any) -> Any:
-    return value
-
 
 def parse_datetime(value: Any) -> dt.datetime | None:
     if value is None or isinstance(value, dt.datetime):
@@ -83,20 +72,3 @@ def parse_datetime(value: Any) -> dt.datetime | None:
         text = text[:-1] + "+00:00"
     parsed = dt.datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _decimal(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
-
-
-def _dynamic(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _converter(kusto_type: str) -> Any:
-    return {"datetime": parse_datetime, "decimal": _decimal, "dynamic": _dynamic}.get(kusto_type, _identity)

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common import database
 from common.contracts import RunCompleted, RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
-from common.database import insert_ignore
+from common.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
 
@@ -86,18 +85,8 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC)
 
 
-class HistoryStore:
-    def __init__(self, url: str) -> None:
-        self.engine: AsyncEngine = database.connect(url)
-
-    async def create_schema(self) -> None:
-        await database.create_schema(self.engine, metadata)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-    async def ping(self) -> bool:
-        return await database.ping(self.engine)
+class HistoryStore(SqlStore):
+    metadata = metadata
 
     # -- writing -----------------------------------------------------------
 

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common import database
 from common.contracts import utcnow
-from common.database import insert_ignore
+from common.database import SqlStore, insert_ignore
 from common.flows import Flow
 
 metadata = sa.MetaData()
@@ -97,18 +95,8 @@ def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     )
 
 
-class FlowStore:
-    def __init__(self, url: str) -> None:
-        self.engine: AsyncEngine = database.connect(url)
-
-    async def create_schema(self) -> None:
-        await database.create_schema(self.engine, metadata)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-    async def ping(self) -> bool:
-        return await database.ping(self.engine)
+class FlowStore(SqlStore):
+    metadata = metadata
 
     # -- flows -------------------------------------------------------------
 
