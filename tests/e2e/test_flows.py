@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 from tests.e2e.conftest import System
 
@@ -227,3 +228,30 @@ async def test_a_chained_flow_starts_after_its_parent(system: System) -> None:
     assert len(children) == 1
     assert children[0]["trigger"] == "after"
     assert children[0]["parent_run_id"] == started["run_id"]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_from_query_draws_what_the_render_operator_asks_for(system: System) -> None:
+    flow = base(
+        "rendered",
+        [
+            {
+                "id": "per_day",
+                "action": "run_query_and_render_chart",
+                "query": "StormEvents | summarize Events = count() by bin(StartTime, 1d)"
+                ' | render timechart with (title="Events per day")',
+                "chart": "from_query",
+            },
+            {"id": "mail", "action": "send_email", "to": ["team@example.com"], "subject": "rendered"},
+        ],
+    )
+    await system.save_flow(flow)
+    run = await system.finished((await system.start_flow("rendered"))["run_id"])
+
+    assert run["status"] == "succeeded", run
+    render = step(run, "per_day.render")
+    assert render["detail"]["drawn_as"] == "timechart"
+    assert render["detail"]["columns_used"]["x"] == "StartTime"
+    assert step(run, "per_day")["detail"]["visualization"] == "timechart"
+    message = parse(system.smtp.messages()[-1])
+    assert "Events per day" in message.get_body(("html",)).get_content()
