@@ -92,6 +92,10 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        """Put a message straight into the dead-letter queue (a step that gave up on it)."""
+
+    @abc.abstractmethod
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
         """Start delivering *queue* to *handler*, up to *prefetch* at a time."""
 
@@ -162,6 +166,12 @@ class InProcessBroker(Broker):
                 self._deliver_later(name, delivery, delay)
             else:
                 self._queues[name].put_nowait(delivery)
+
+    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        if not self._open:
+            raise BrokerError("broker is closed")
+        delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id)
+        self._queues[self.topology.dead_letter_queue.name].put_nowait(delivery)
 
     def _deliver_later(self, queue: str, delivery: Delivery, delay: float) -> None:
         def deliver() -> None:

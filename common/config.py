@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,7 +62,22 @@ class Settings(BaseSettings):
     minimum_schedule_seconds: Annotated[float, Field(ge=1)] = 60
     scheduler_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 
+    #: Transient failures (throttling, 5xx, network, SMTP 4xx) are tried this many times in all.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    #: A step running this long reports that it is still alive, this often.
+    heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: A run with no news for its longest step timeout plus this long is failed as Stalled.
+    stall_grace_seconds: Annotated[float, Field(gt=0)] = 300.0
+    #: On SIGTERM, how long in-flight steps may take to finish before the rest goes back to the queue.
+    shutdown_grace_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
     query_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 420.0
+    #: Operators the connector refuses that this server lets flows use anyway.
+    allowed_operators: list[Literal["fork", "facet", "evaluate"]] = []
+    #: The longest timeout a flow step may ask for.
+    query_timeout_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
     table_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
     #: Rows of each query result that templates and conditions can read directly.
     preview_rows: Annotated[int, Field(ge=0, le=1000)] = 50

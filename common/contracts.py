@@ -121,6 +121,7 @@ class ErrorCode(StrEnum):
     TEMPLATE_ERROR = "TemplateError"
     ASYNC_OPERATION_FAILED = "AsyncOperationFailed"
     INVALID_PARAMETERS = "InvalidParameters"
+    STALLED = "Stalled"
     ARTIFACT_MISSING = "ArtifactMissing"
     INTERNAL = "Internal"
 
@@ -370,7 +371,22 @@ class StatusEvent(BaseModel):
     error: ErrorInfo | None = None
     #: A failed step whose flow goes on (``on_failure: continue``): the run is not over yet.
     continues: bool = False
+    #: A failed attempt that will be tried again (the next attempt's events follow).
+    retrying: bool = False
     run: RunInfo | None = None
+
+
+class DeadLetterRecord(BaseModel):
+    """A run message that could not be processed, with why: what an operator replays."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    step_id: str
+    attempt: int
+    routing_key: str
+    error: ErrorInfo
+    message: RunMessage
+    dead_at: dt.datetime = Field(default_factory=utcnow)
 
 
 class RunCompleted(BaseModel):

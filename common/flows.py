@@ -200,6 +200,8 @@ class _Step(BaseModel):
 class _KustoStep(_Step):
     connection: str | None = None
     database: str | None = None
+    #: How long the query may run (the server is told too); the operator's default and maximum apply.
+    timeout_seconds: Annotated[float | None, Field(gt=0)] = None
 
 
 class RunQuery(_KustoStep):

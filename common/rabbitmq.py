@@ -37,6 +37,7 @@ class RabbitBroker(Broker):
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._dead_letters: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractChannel, AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
 
@@ -56,6 +57,7 @@ class RabbitBroker(Broker):
         dead_letters = await channel.declare_exchange(
             self.topology.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
+        self._dead_letters = dead_letters
         for spec in self.topology.work_queues:
             queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
             await queue.bind(self._exchange, spec.routing_key)
@@ -86,6 +88,20 @@ class RabbitBroker(Broker):
             raise BrokerError(f"RabbitMQ did not accept the message for {routing_key!r}: {exc}") from exc
         except (AMQPError, ConnectionError) as exc:
             raise BrokerError(f"RabbitMQ unreachable while publishing to {routing_key!r}: {exc}") from exc
+
+    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        if self._dead_letters is None:
+            raise BrokerError("broker is not started")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        try:
+            await self._dead_letters.publish(message, routing_key=routing_key, mandatory=True)
+        except (DeliveryError, AMQPError, ConnectionError) as exc:
+            raise BrokerError(f"RabbitMQ did not take the dead letter for {routing_key!r}: {exc}") from exc
 
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
         if self._connection is None:
@@ -141,6 +157,7 @@ class RabbitBroker(Broker):
                 await channel.close()
         connection, self._connection = self._connection, None
         self._exchange = None
+        self._dead_letters = None
         self._publish_channel = None
         if connection is not None:
             await connection.close()

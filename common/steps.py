@@ -15,16 +15,23 @@ async Kusto operation) comes back to itself after a delay.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
-from common.broker import Broker, Delivery
+from common.broker import Broker, BrokerError, Delivery
+from common.config import Settings
 from common.contracts import (
     SERVICE_OF,
+    DeadLetterRecord,
     ErrorCode,
     ErrorInfo,
     RunInfo,
@@ -65,6 +72,7 @@ async def emit(
     output: StepOutput | None = None,
     error: ErrorInfo | None = None,
     continues: bool = False,
+    retrying: bool = False,
     with_run: bool = False,
 ) -> None:
     """Publish a status event for *step* (the message's current step by default)."""
@@ -83,6 +91,7 @@ async def emit(
         detail=output.detail if output else {},
         error=error,
         continues=continues,
+        retrying=retrying,
         run=RunInfo.of(message) if with_run else None,
     )
     await broker.publish_model(broker.topology.status_key, event, message_id=event.event_id)
@@ -141,13 +150,40 @@ def _continues(message: RunMessage) -> bool:
     return flow_of(message).step(step.flow_step).on_failure == "continue"
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how far apart a transient failure is tried again."""
+
+    max_attempts: int = 3
+    base_seconds: float = 2.0
+    max_seconds: float = 300.0
+    heartbeat_seconds: float = 30.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            base_seconds=settings.retry_base_seconds,
+            max_seconds=settings.retry_max_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter in its upper half, after failed *attempt*."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
 class StepWorker:
     """Consumes the queue of one step kind and performs each step with *perform*."""
 
-    def __init__(self, broker: Broker, kind: StepKind, perform: Perform) -> None:
+    def __init__(
+        self, broker: Broker, kind: StepKind, perform: Perform, policy: RetryPolicy | None = None
+    ) -> None:
         self.broker = broker
         self.kind = kind
         self.perform = perform
+        self.policy = policy or RetryPolicy()
 
     async def start(self, prefetch: int) -> None:
         await self.broker.consume(self.broker.topology.step_queue(self.kind), self.handle, prefetch=prefetch)
@@ -166,7 +202,8 @@ class StepWorker:
         if message.pending is None:
             await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
         try:
-            output = await self.perform(message)
+            async with self._heartbeat(message, started):
+                output = await self.perform(message)
         except StepPending as waiting:
             state = {**waiting.state, "started_at": started.isoformat()}
             again = message.model_copy(update={"pending": state})
@@ -191,7 +228,55 @@ class StepWorker:
         await forward(self.broker, message, output)
         log.info("step succeeded", row_count=output.row_count)
 
+    @asynccontextmanager
+    async def _heartbeat(self, message: RunMessage, started: dt.datetime) -> AsyncIterator[None]:
+        """While the step runs, tell history now and then that it is alive."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.policy.heartbeat_seconds)
+                try:
+                    await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
+                except BrokerError:
+                    log.warning("heartbeat not delivered")
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _fail(self, message: RunMessage, started: dt.datetime, error: ErrorInfo) -> None:
+        if error.retryable and message.attempt < self.policy.max_attempts:
+            delay = self.policy.delay(message.attempt)
+            log.info("retrying step", next_attempt=message.attempt + 1, delay_seconds=round(delay, 2))
+            await emit(
+                self.broker, message, StepStatus.FAILED, started_at=started, error=error, retrying=True
+            )
+            again = message.model_copy(update={"attempt": message.attempt + 1, "pending": None})
+            await self.broker.publish_model(
+                self.broker.topology.step_key(self.kind),
+                again,
+                message_id=f"{again.run_id}:{again.step_id}:{again.attempt}",
+                delay=delay,
+            )
+            return
+        if error.retryable:
+            # Out of attempts: the run fails, and the message waits in the dead-letter
+            # queue, with why, for an operator to replay.
+            record = DeadLetterRecord(
+                run_id=message.run_id,
+                step_id=message.step_id,
+                attempt=message.attempt,
+                routing_key=self.broker.topology.step_key(self.kind),
+                error=error,
+                message=message,
+            )
+            await self.broker.dead_letter(
+                record.routing_key, record.model_dump_json().encode(), message_id=f"{message.run_id}:dead"
+            )
         continues = _continues(message)
         await emit(
             self.broker, message, StepStatus.FAILED, started_at=started, error=error, continues=continues

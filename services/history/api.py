@@ -12,10 +12,12 @@ from common.contracts import RunStatus, TriggerKind
 from common.errors import ArtifactMissing
 from common.http import bearer_auth, error_body, health_routes
 from common.runtime import Runtime
+from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 
 STORE_KEY = web.AppKey("store", HistoryStore)
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
+LETTERS_KEY = web.AppKey("dead_letters", DeadLetterStore)
 
 
 def _cursor(run: dict[str, object]) -> str:
@@ -113,14 +115,36 @@ def _content_type(key: str) -> str:
     }.get(suffix, "application/octet-stream")
 
 
-def create_app(runtime: Runtime, store: HistoryStore) -> web.Application:
+async def list_dead_letters(request: web.Request) -> web.Response:
+    return web.json_response({"dead_letters": await request.app[LETTERS_KEY].all()})
+
+
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    letters = request.app[LETTERS_KEY]
+    replayed = await letters.replay(request.match_info["id"], request.app[RUNTIME_KEY].broker)
+    if replayed is None:
+        return error_body(404, f"dead letter {request.match_info['id']!r} not found", code="NotFound")
+    return web.json_response({"replayed": replayed}, status=202)
+
+
+async def delete_dead_letter(request: web.Request) -> web.Response:
+    if not await request.app[LETTERS_KEY].delete(request.match_info["id"]):
+        return error_body(404, f"dead letter {request.match_info['id']!r} not found", code="NotFound")
+    return web.Response(status=204)
+
+
+def create_app(runtime: Runtime, store: HistoryStore, letters: DeadLetterStore) -> web.Application:
     app = web.Application(middlewares=[bearer_auth(runtime.settings.api_token)])
     app[STORE_KEY] = store
     app[RUNTIME_KEY] = runtime
+    app[LETTERS_KEY] = letters
     app.router.add_get("/v1/runs", list_runs)
     app.router.add_get("/v1/runs/{run_id}", get_run)
     app.router.add_get("/v1/flows/{name}/runs", list_runs)
     app.router.add_get("/v1/artifacts/{key:.+}", get_artifact)
+    app.router.add_get("/v1/dead-letters", list_dead_letters)
+    app.router.add_post("/v1/dead-letters/{id}/replay", replay_dead_letter)
+    app.router.add_delete("/v1/dead-letters/{id}", delete_dead_letter)
     health_routes(
         app, {"broker": runtime.broker.ping, "database": store.ping, "blob_store": runtime.blobs.ping}
     )

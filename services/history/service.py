@@ -9,20 +9,25 @@ complete.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import sqlalchemy as sa
 import structlog
 from pydantic import ValidationError
 
-from common.broker import Delivery
-from common.contracts import RunMessage, StatusEvent, StepKind, StepOutput
+from common.broker import BrokerError, Delivery
+from common.contracts import RunCompleted, RunMessage, StatusEvent, StepKind, StepOutput, utcnow
 from common.errors import ArtifactMissing, DeadLetter
 from common.http import HttpServer, require_token_off_loopback
 from common.logs import run_context
 from common.runtime import Runtime
-from common.steps import StepWorker
+from common.steps import RetryPolicy, StepWorker
 from services.history.api import create_app
+from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 
 log = structlog.get_logger(__name__)
@@ -42,10 +47,28 @@ class Recorder:
         with run_context(event.run_id, event.step_id, event.attempt):
             completed = await self.store.apply(event)
             if completed is not None:
-                broker = self.runtime.broker
-                await broker.publish_model(
-                    broker.topology.run_completed_key, completed, message_id=f"{completed.run_id}:completed"
-                )
+                await self.announce(completed)
+
+    async def announce(self, completed: RunCompleted) -> None:
+        broker = self.runtime.broker
+        await broker.publish_model(
+            broker.topology.run_completed_key, completed, message_id=f"{completed.run_id}:completed"
+        )
+
+    async def watch_stalled(self, stop: asyncio.Event) -> None:
+        """Fail runs that stopped making progress; every replica may do it, the update is idempotent."""
+        settings = self.runtime.settings
+        quiet_for = dt.timedelta(seconds=settings.query_timeout_seconds + settings.stall_grace_seconds)
+        every = min(60.0, quiet_for.total_seconds() / 4)
+        while not stop.is_set():
+            try:
+                for completed in await self.store.fail_stalled(utcnow(), quiet_for):
+                    log.warning("run stalled", run_id=completed.run_id, flow=completed.flow)
+                    await self.announce(completed)
+            except (BrokerError, sa.exc.SQLAlchemyError, OSError):
+                log.exception("stalled-run check failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     async def record(self, message: RunMessage) -> StepOutput:
         """Close the run's archive: every artifact an earlier step produced must be there."""
@@ -63,16 +86,27 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     settings = runtime.settings
     require_token_off_loopback(settings.history_host, settings.api_token, "ADXFLOW_HISTORY_HOST")
     store = HistoryStore(settings.resolved_database_url)
+    letters = DeadLetterStore(settings.resolved_database_url)
+    stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
     try:
         await store.create_schema()
+        await letters.create_schema()
         recorder = Recorder(store, runtime)
         topology = runtime.broker.topology
         # One at a time keeps a run's events in the order they were published.
         await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=1)
-        await StepWorker(runtime.broker, StepKind.RECORD, recorder.record).start(settings.prefetch)
-        async with HttpServer(
-            create_app(runtime, store), settings.history_host, settings.history_port
-        ) as server:
+        await runtime.broker.consume(topology.dead_letter_queue, letters.keep, prefetch=1)
+        watcher = asyncio.create_task(recorder.watch_stalled(stop))
+        await StepWorker(
+            runtime.broker, StepKind.RECORD, recorder.record, RetryPolicy.of(runtime.settings)
+        ).start(settings.prefetch)
+        app = create_app(runtime, store, letters)
+        async with HttpServer(app, settings.history_host, settings.history_port) as server:
             yield server
     finally:
+        stop.set()
+        if watcher is not None:
+            await watcher
+        await letters.close()
         await store.close()

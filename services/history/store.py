@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.contracts import RunCompleted, RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
+from common.contracts import ErrorCode, RunCompleted, RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
 from common.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
@@ -109,7 +109,8 @@ class HistoryStore(SqlStore):
                 await self._ensure_steps(conn, event.run_id, event.run)
             await self._merge_step(conn, event)
             await self._settle_run(conn, event)
-            if not event.status.terminal or (event.status is StepStatus.FAILED and event.continues):
+            goes_on = event.continues or event.retrying
+            if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
                 return None
             run = (
                 await conn.execute(
@@ -228,13 +229,15 @@ class HistoryStore(SqlStore):
         """Derive the run's status from the step event just merged."""
         run = (await conn.execute(sa.select(runs).where(runs.c.run_id == event.run_id))).one()
         if RunStatus(run.status).terminal:
-            return
+            if not await self._reopens(conn, run, event):
+                return
+            run = (await conn.execute(sa.select(runs).where(runs.c.run_id == event.run_id))).one()
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now}
         started = _utc(run.started_at)
         if event.started_at is not None and (started is None or event.started_at < started):
             values["started_at"] = event.started_at
-        if event.status is StepStatus.FAILED and not event.continues:
+        if event.status is StepStatus.FAILED and not (event.continues or event.retrying):
             values.update(
                 status=RunStatus.FAILED.value,
                 finished_at=event.finished_at or now,
@@ -263,15 +266,70 @@ class HistoryStore(SqlStore):
             values["status"] = RunStatus.RUNNING.value
         await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**values))
 
-    async def _first_failed_step(self, conn: AsyncConnection, run_id: str) -> Any:
-        return (
+    async def _reopens(self, conn: AsyncConnection, run: Any, event: StatusEvent) -> bool:
+        """A failed run comes back to life when its failed step is tried again (a replay)."""
+        if run.status != RunStatus.FAILED.value or event.step_id != run.failed_step:
+            return False
+        if event.status is not StepStatus.RUNNING:
+            return False
+        tried = (
             await conn.execute(
-                sa.select(steps.c.step_id, steps.c.error_code, steps.c.error_message)
-                .where((steps.c.run_id == run_id) & (steps.c.status == StepStatus.FAILED.value))
-                .order_by(steps.c.position)
-                .limit(1)
+                sa.select(sa.func.max(steps.c.attempt)).where(
+                    (steps.c.run_id == event.run_id)
+                    & (steps.c.step_id == event.step_id)
+                    & (steps.c.attempt < event.attempt)
+                )
             )
-        ).first()
+        ).scalar_one()
+        if tried is None:
+            return False
+        await conn.execute(
+            runs.update()
+            .where(runs.c.run_id == event.run_id)
+            .values(
+                status=RunStatus.RUNNING.value,
+                finished_at=None,
+                failed_step=None,
+                error_code=None,
+                error_message=None,
+            )
+        )
+        # Steps skipped because this one failed are due again; those a condition skipped stay so.
+        skipped = await conn.execute(
+            sa.select(steps.c.step_id, steps.c.attempt, steps.c.detail).where(
+                (steps.c.run_id == event.run_id) & (steps.c.status == StepStatus.SKIPPED.value)
+            )
+        )
+        for row in skipped.all():
+            if not row.detail:
+                await conn.execute(
+                    steps.update()
+                    .where(
+                        (steps.c.run_id == event.run_id)
+                        & (steps.c.step_id == row.step_id)
+                        & (steps.c.attempt == row.attempt)
+                    )
+                    .values(status=StepStatus.PENDING.value)
+                )
+        return True
+
+    async def _first_failed_step(self, conn: AsyncConnection, run_id: str) -> Any:
+        """The first step whose latest attempt failed (an attempt retried successfully does not count)."""
+        rows = (
+            await conn.execute(
+                sa.select(
+                    steps.c.step_id,
+                    steps.c.attempt,
+                    steps.c.status,
+                    steps.c.error_code,
+                    steps.c.error_message,
+                )
+                .where(steps.c.run_id == run_id)
+                .order_by(steps.c.position, steps.c.attempt)
+            )
+        ).all()
+        latest = {row.step_id: row for row in rows}
+        return next((row for row in latest.values() if row.status == StepStatus.FAILED.value), None)
 
     async def _is_last_step(self, conn: AsyncConnection, event: StatusEvent, step_count: int | None) -> bool:
         """Whether the event's step ends the itinerary; unknown until the run's own event came."""
@@ -285,6 +343,73 @@ class HistoryStore(SqlStore):
             )
         ).scalar_one()
         return bool(position == step_count - 1)
+
+    async def fail_stalled(self, now: dt.datetime, quiet_for: dt.timedelta) -> list[RunCompleted]:
+        """Fail every unfinished run that has had no news for *quiet_for*, as Stalled."""
+        cutoff = now - quiet_for
+        ended: list[RunCompleted] = []
+        async with self.engine.begin() as conn:
+            stalled = (
+                await conn.execute(
+                    sa.select(runs.c.run_id, runs.c.flow, runs.c.updated_at).where(
+                        runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value))
+                        & (runs.c.updated_at < cutoff)
+                    )
+                )
+            ).all()
+            for run in stalled:
+                waiting = (
+                    await conn.execute(
+                        sa.select(steps.c.step_id, steps.c.status)
+                        .where(
+                            (steps.c.run_id == run.run_id)
+                            & steps.c.status.in_((StepStatus.RUNNING.value, StepStatus.PENDING.value))
+                        )
+                        .order_by(steps.c.position)
+                        .limit(1)
+                    )
+                ).first()
+                since = _iso(_utc(run.updated_at))
+                where = f"step {waiting.step_id!r} was {waiting.status}" if waiting else "no step was running"
+                message = (
+                    f"no progress since {since} ({quiet_for.total_seconds():g} s without news); {where}. "
+                    "A service may have stopped, or its queue is not being consumed."
+                )
+                await conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == run.run_id)
+                    .values(
+                        status=RunStatus.FAILED.value,
+                        finished_at=now,
+                        updated_at=now,
+                        failed_step=waiting.step_id if waiting else None,
+                        error_code=ErrorCode.STALLED.value,
+                        error_message=message,
+                    )
+                )
+                await conn.execute(
+                    steps.update()
+                    .where((steps.c.run_id == run.run_id) & (steps.c.status == StepStatus.RUNNING.value))
+                    .values(
+                        status=StepStatus.FAILED.value,
+                        finished_at=now,
+                        error_code=ErrorCode.STALLED.value,
+                        error_message=message,
+                        retryable=False,
+                    )
+                )
+                await conn.execute(
+                    steps.update()
+                    .where((steps.c.run_id == run.run_id) & (steps.c.status == StepStatus.PENDING.value))
+                    .values(status=StepStatus.SKIPPED.value)
+                )
+                if run.flow is not None:
+                    ended.append(
+                        RunCompleted(
+                            run_id=run.run_id, flow=run.flow, status=RunStatus.FAILED, finished_at=now
+                        )
+                    )
+        return ended
 
     # -- reading -----------------------------------------------------------
 

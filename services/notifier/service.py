@@ -39,7 +39,7 @@ from common.errors import DeliveryError
 from common.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
 from common.results import ResultSet
 from common.runtime import Runtime
-from common.steps import StepWorker
+from common.steps import RetryPolicy, StepWorker
 from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
 from common.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.email import Attachment, Email, InlineImage, build_email
@@ -246,5 +246,7 @@ class NotifyStep:
 async def running(runtime: Runtime) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         step = NotifyStep(runtime, session, policy_for(runtime.connections, runtime.settings))
-        await StepWorker(runtime.broker, StepKind.NOTIFY, step.perform).start(runtime.settings.prefetch)
+        await StepWorker(
+            runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
+        ).start(runtime.settings.prefetch)
         yield

@@ -199,31 +199,57 @@ class KustoRunner:
         command: bool,
         client_request_id: str,
         parameters: Parameters | None = None,
+        timeout: float | None = None,
     ) -> ResultSet:
-        """Run a query (or, with *command*, a control command) and read its primary result."""
+        """Run a query (or, with *command*, a control command) and read its primary result.
+
+        The server is told the timeout (``servertimeout``) and cancels the query
+        itself; should it not answer in time, the client gives up a little
+        later and asks the cluster to cancel the request by its ClientRequestId.
+        """
         client = self._client(connection)
         parameters = parameters or {}
-        properties = request_properties(parameters if not command else {}, client_request_id, self._timeout)
+        limit = timeout or self._timeout
+        properties = request_properties(parameters if not command else {}, client_request_id, limit)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            async with asyncio.timeout(self._timeout + _CLIENT_GRACE):
+            async with asyncio.timeout(limit + _CLIENT_GRACE):
                 if command:
                     response = await client.execute_mgmt(database, text, properties)
                 else:
                     query = with_declarations(text, parameters)
                     response = await client.execute_query(database, query, properties)
         except TimeoutError:
+            elapsed = loop.time() - started
+            await self._cancel(client, database, client_request_id)
             raise StepKustoError(
-                f"the query did not finish within {self._timeout:g} s",
+                f"the query did not finish within its {limit:g} s timeout (gave up after {elapsed:.1f} s); "
+                "it was cancelled on the cluster",
                 code=ErrorCode.REQUEST_TIMEOUT,
             ) from None
         except KustoError as exc:
-            raise classify(exc, connection) from exc
+            error = classify(exc, connection)
+            if error.code is ErrorCode.REQUEST_TIMEOUT:
+                elapsed = loop.time() - started
+                error.message = f"{error.message} (timeout {limit:g} s, after {elapsed:.1f} s)"
+            raise error from exc
         primary = response.primary_results
         if not primary:
             return ResultSet(columns=[], rows=[])
         table = primary[0]
         columns = [Column(name=c.column_name, type=str(c.column_type).lower()) for c in table.columns]
         return ResultSet(columns=columns, rows=table.raw_rows, visualization=_visualization(response))
+
+    @staticmethod
+    async def _cancel(client: KustoClient, database: str, client_request_id: str) -> None:
+        """Best effort: ask the cluster to stop a request the client gave up on."""
+        command = f".cancel query {json.dumps(client_request_id)}"
+        try:
+            async with asyncio.timeout(_CLIENT_GRACE):
+                await client.execute_mgmt(database, command)
+        except (KustoError, TimeoutError) as exc:
+            log.warning("could not cancel the query on the cluster", error=str(exc)[:200])
 
     async def close(self) -> None:
         clients, self._clients = self._clients, {}

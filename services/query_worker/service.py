@@ -28,9 +28,10 @@ from common.flows import (
     flow_of,
     step_spec,
 )
+from common.operators import describe, refused_operators
 from common.results import ResultSet
 from common.runtime import Runtime
-from common.steps import StepPending, StepWorker
+from common.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.kusto import KustoRunner, Parameters
 
 #: Operation states that mean "not finished yet" (Kusto's `.show operations`).
@@ -60,6 +61,9 @@ class QueryStep:
             raise KustoError(
                 "run_show_command runs '.show ...' commands only", code=ErrorCode.UNSUPPORTED_OPERATOR
             )
+        refused = refused_operators(text, allowed=self.runtime.settings.allowed_operators)
+        if refused:
+            raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR)
         parameters = {} if command else self._parameters(message, flow)
         result = await self._run(message, flow, spec, text, command=command, parameters=parameters)
         key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
@@ -102,7 +106,13 @@ class QueryStep:
             command=command,
             parameters=parameters,
             client_request_id=self._request_id(message),
+            timeout=self._timeout(spec),
         )
+
+    def _timeout(self, spec: Any) -> float:
+        settings = self.runtime.settings
+        asked = getattr(spec, "timeout_seconds", None)
+        return min(asked, settings.query_timeout_max_seconds) if asked else settings.query_timeout_seconds
 
     async def _await_operation(
         self, message: RunMessage, flow: Flow, spec: RunAsyncControlCommand
@@ -161,7 +171,9 @@ async def running(runtime: Runtime) -> AsyncIterator[None]:
     kusto = KustoRunner(runtime.connections, timeout=runtime.settings.query_timeout_seconds)
     try:
         step = QueryStep(runtime, kusto)
-        await StepWorker(runtime.broker, StepKind.QUERY, step.perform).start(runtime.settings.prefetch)
+        await StepWorker(
+            runtime.broker, StepKind.QUERY, step.perform, RetryPolicy.of(runtime.settings)
+        ).start(runtime.settings.prefetch)
         yield
     finally:
         await kusto.close()

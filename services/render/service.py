@@ -20,7 +20,7 @@ from common.errors import RenderError
 from common.flows import RENDERING_STEPS, Chart, flow_of, step_spec
 from common.results import ResultSet
 from common.runtime import Runtime
-from common.steps import StepWorker
+from common.steps import RetryPolicy, StepWorker
 from services.render.chart import ChartError, RenderedChart, render_chart
 from services.render.csvfile import render_csv
 from services.render.table import render_table, render_text_table
@@ -131,5 +131,7 @@ class RenderStep:
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[None]:
     step = RenderStep(runtime)
-    await StepWorker(runtime.broker, StepKind.RENDER, step.perform).start(runtime.settings.prefetch)
+    await StepWorker(runtime.broker, StepKind.RENDER, step.perform, RetryPolicy.of(runtime.settings)).start(
+        runtime.settings.prefetch
+    )
     yield

@@ -74,6 +74,8 @@ class TriggerApi:
                 connections=self.runtime.connections,
                 policy=self.policy,
                 minimum_interval=dt.timedelta(seconds=self.runtime.settings.minimum_schedule_seconds),
+                maximum_timeout=self.runtime.settings.query_timeout_max_seconds,
+                allowed_operators=self.runtime.settings.allowed_operators,
                 followed_by=followed_by,
             )
         except FlowInvalid as exc:

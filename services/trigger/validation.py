@@ -9,9 +9,11 @@ webhook targets the policy allows.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 
 from common.connections import Connections
-from common.flows import KUSTO_STEPS, Flow, PostWebhook
+from common.flows import COMMAND_STEPS, KUSTO_STEPS, Flow, PostWebhook
+from common.operators import describe, refused_operators
 from common.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
 
@@ -30,6 +32,8 @@ def check_flow(
     connections: Connections,
     policy: WebhookPolicy,
     minimum_interval: dt.timedelta,
+    maximum_timeout: float,
+    allowed_operators: Collection[str] = (),
     followed_by: dict[str, str | None] | None = None,
 ) -> None:
     """Raise FlowInvalid listing everything wrong with *flow* here.
@@ -45,6 +49,15 @@ def check_flow(
             problems.append(
                 (f"steps[{index}].connection", f"{step.connection!r} is not a configured connection")
             )
+        if isinstance(step, KUSTO_STEPS) and step.timeout_seconds and step.timeout_seconds > maximum_timeout:
+            problems.append(
+                (f"steps[{index}].timeout_seconds", f"at most {maximum_timeout:g} s on this server")
+            )
+        if isinstance(step, KUSTO_STEPS):
+            text_field = "command" if isinstance(step, COMMAND_STEPS) else "query"
+            uses = refused_operators(getattr(step, text_field), allowed=allowed_operators)
+            if uses:
+                problems.append((f"steps[{index}].{text_field}", describe(uses)))
         if isinstance(step, PostWebhook):
             try:
                 policy.resolve(webhook=step.webhook, url=step.url, field=f"steps[{index}]")

@@ -19,7 +19,8 @@ from azure.kusto.data import ClientRequestProperties, KustoConnectionStringBuild
 from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import KustoServiceError
 
-from common.local_kusto import LocalKusto, ParameterValueError, parameter_value, start_local_kusto
+from common.kusto_literals import ParameterValueError, parameter_value
+from common.local_kusto import LocalKusto, start_local_kusto
 from common.sample_data import DEFAULT_COUNT, write_database
 
 ROWS = 5_000

@@ -15,7 +15,8 @@ from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import KustoServiceError
 from azure.kusto.data.response import KustoResponseDataSet
 
-from common.local_kusto import LocalKusto, RenderRefused, visualization
+from common.kusto_render import RenderRefused, visualization
+from common.local_kusto import LocalKusto
 from common.results import Visualization
 from common.sample_data import write_database
 from services.query_worker.kusto import _visualization

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from common.broker import Delivery, InProcessBroker
 from common.contracts import (
+    DeadLetterRecord,
     ErrorCode,
     RunContext,
     RunMessage,
@@ -21,7 +22,7 @@ from common.contracts import (
 )
 from common.errors import KustoError
 from common.flows import Flow, new_run
-from common.steps import Perform, StepPending, StepWorker, forward
+from common.steps import Perform, RetryPolicy, StepPending, StepWorker, forward
 from common.topology import Topology
 
 
@@ -202,3 +203,78 @@ async def test_a_waiting_step_comes_back_to_itself_with_its_state(broker: InProc
     assert seen[1]["operation_id"] == "op-1"
     assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.SUCCEEDED]
     assert forwarded == 1
+
+
+async def collect_until(
+    broker: InProcessBroker, done: Callable[[list[StatusEvent]], bool]
+) -> list[StatusEvent]:
+    events: list[StatusEvent] = []
+    finished = asyncio.Event()
+
+    async def take(delivery: Delivery) -> None:
+        events.append(StatusEvent.model_validate_json(delivery.body))
+        if done(events):
+            finished.set()
+
+    await broker.consume(broker.topology.status_queue, take)
+    await asyncio.wait_for(finished.wait(), 10)
+    return events
+
+
+async def test_a_transient_failure_is_tried_again_and_each_attempt_is_reported(
+    broker: InProcessBroker,
+) -> None:
+    async def flaky(message: RunMessage) -> StepOutput:
+        if message.attempt == 1:
+            raise KustoError("throttled", code=ErrorCode.KUSTO_THROTTLED, retryable=True)
+        return StepOutput(row_count=1)
+
+    policy = RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.05)
+    await StepWorker(broker, StepKind.QUERY, flaky, policy).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), query_message().model_dump_json().encode())
+    events = await collect_until(broker, lambda seen: seen[-1].status is StepStatus.SUCCEEDED)
+
+    assert [(e.attempt, e.status, e.retrying) for e in events] == [
+        (1, StepStatus.RUNNING, False),
+        (1, StepStatus.FAILED, True),
+        (2, StepStatus.RUNNING, False),
+        (2, StepStatus.SUCCEEDED, False),
+    ]
+
+
+async def test_exhausted_attempts_fail_the_step_and_dead_letter_the_message(broker: InProcessBroker) -> None:
+    async def down(message: RunMessage) -> StepOutput:
+        raise KustoError("cluster unreachable", code=ErrorCode.KUSTO_UNAVAILABLE, retryable=True)
+
+    dead: list[Delivery] = []
+    dead_arrived = asyncio.Event()
+
+    async def keep(delivery: Delivery) -> None:
+        dead.append(delivery)
+        dead_arrived.set()
+
+    await broker.consume(broker.topology.dead_letter_queue, keep)
+    policy = RetryPolicy(max_attempts=2, base_seconds=0.01, max_seconds=0.05)
+    await StepWorker(broker, StepKind.QUERY, down, policy).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), query_message().model_dump_json().encode())
+    events = await collect_until(
+        broker, lambda seen: seen[-1].status is StepStatus.FAILED and not seen[-1].retrying
+    )
+    await asyncio.wait_for(dead_arrived.wait(), 5)
+
+    assert [(e.attempt, e.status) for e in events if e.status is StepStatus.FAILED] == [
+        (1, StepStatus.FAILED),
+        (2, StepStatus.FAILED),
+    ]
+    record = DeadLetterRecord.model_validate_json(dead[0].body)
+    assert (record.run_id, record.step_id, record.attempt) == ("r1", "query", 2)
+    assert record.error.code is ErrorCode.KUSTO_UNAVAILABLE
+    assert record.message.run_id == "r1"
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_ceiling() -> None:
+    policy = RetryPolicy(base_seconds=2, max_seconds=30)
+    for attempt, ceiling in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 30), (9, 30)]:
+        delays = [policy.delay(attempt) for _ in range(50)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(set(delays)) > 1

@@ -27,6 +27,7 @@ from common.http import HttpServer
 from common.runtime import Runtime
 from common.topology import Topology
 from services.history.api import create_app
+from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 
 ITINERARY = [Step(id=kind.value, kind=kind) for kind in StepKind]
@@ -59,14 +60,17 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
     )
     store = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
     await store.create_schema()
+    letters = DeadLetterStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+    await letters.create_schema()
     try:
         async with (
             runtime,
-            HttpServer(create_app(runtime, store), "127.0.0.1", 0) as server,
+            HttpServer(create_app(runtime, store, letters), "127.0.0.1", 0) as server,
             aiohttp.ClientSession() as session,
         ):
             yield Client(server.url, session, store, blobs)
     finally:
+        await letters.close()
         await store.close()
 
 

@@ -56,7 +56,7 @@ def run_info(submitted: dt.datetime = T0) -> RunInfo:
     )
 
 
-def event(run_id: str, kind: StepKind, status: StepStatus, second: int, **extra: object) -> StatusEvent:
+def event(run_id: str, kind: StepKind, status: StepStatus, second: int, **extra: Any) -> StatusEvent:
     at = T0 + dt.timedelta(seconds=second)
     started = extra.pop("started", at if status is StepStatus.RUNNING else None)
     return StatusEvent(
@@ -193,3 +193,70 @@ async def test_a_completed_run_is_announced_again_on_a_redelivered_event(store: 
     assert again.status is RunStatus.SUCCEEDED
     assert await store.list_runs(flow="storms", trigger="manual") != []
     assert await store.list_runs(flow="other") == []
+
+
+async def test_a_retried_step_shows_every_attempt_and_only_the_last_counts(store: HistoryStore) -> None:
+    throttled = ErrorInfo(code=ErrorCode.KUSTO_THROTTLED, message="throttled", retryable=True)
+    await store.apply(event("run-retry", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    await store.apply(event("run-retry", StepKind.QUERY, StepStatus.RUNNING, 1))
+    await store.apply(
+        event("run-retry", StepKind.QUERY, StepStatus.FAILED, 2, error=throttled, retrying=True)
+    )
+    running = await store.get_run("run-retry")
+    assert running is not None
+    assert running["status"] == "running"
+    await store.apply(event("run-retry", StepKind.QUERY, StepStatus.RUNNING, 3, attempt=2))
+    await store.apply(event("run-retry", StepKind.QUERY, StepStatus.SUCCEEDED, 4, attempt=2))
+    for second, kind in enumerate([StepKind.RENDER, StepKind.NOTIFY, StepKind.RECORD], start=5):
+        await store.apply(event("run-retry", kind, StepStatus.SUCCEEDED, second))
+
+    run = await store.get_run("run-retry")
+    assert run is not None
+    assert run["status"] == "succeeded"
+    attempts = [(s["attempt"], s["status"]) for s in run["steps"] if s["step_id"] == "query"]
+    assert attempts == [(1, "failed"), (2, "succeeded")]
+
+
+async def test_a_run_without_news_is_failed_as_stalled(store: HistoryStore) -> None:
+    await store.apply(event("run-stuck", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    await store.apply(event("run-stuck", StepKind.TRIGGER, StepStatus.SUCCEEDED, 1))
+    await store.apply(event("run-stuck", StepKind.QUERY, StepStatus.RUNNING, 2))
+    await complete_run(store, "run-done")
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    ended = await store.fail_stalled(later, dt.timedelta(hours=1))
+
+    assert [(e.run_id, e.status) for e in ended] == [("run-stuck", RunStatus.FAILED)]
+    run = await store.get_run("run-stuck")
+    assert run is not None
+    assert run["error"]["code"] == "Stalled"
+    assert run["failed_step"] == "query"
+    assert "step 'query' was running" in run["error"]["message"]
+    query = next(s for s in run["steps"] if s["step_id"] == "query")
+    assert query["status"] == "failed"
+    assert await store.fail_stalled(later, dt.timedelta(hours=1)) == []
+    done = await store.get_run("run-done")
+    assert done is not None
+    assert done["status"] == "succeeded"
+
+
+async def test_replaying_the_failed_step_reopens_the_run(store: HistoryStore) -> None:
+    down = ErrorInfo(code=ErrorCode.SMTP_UNAVAILABLE, message="relay down", retryable=True)
+    await store.apply(event("run-replay", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    for second, kind in enumerate([StepKind.TRIGGER, StepKind.QUERY, StepKind.RENDER], start=1):
+        await store.apply(event("run-replay", kind, StepStatus.SUCCEEDED, second))
+    await store.apply(event("run-replay", StepKind.NOTIFY, StepStatus.FAILED, 4, error=down))
+    failed = await store.get_run("run-replay")
+    assert failed is not None
+    assert failed["status"] == "failed"
+
+    await store.apply(event("run-replay", StepKind.NOTIFY, StepStatus.RUNNING, 5, attempt=2))
+    reopened = await store.get_run("run-replay")
+    assert reopened is not None
+    assert reopened["status"] == "running"
+    assert reopened["error"] is None
+    await store.apply(event("run-replay", StepKind.NOTIFY, StepStatus.SUCCEEDED, 6, attempt=2))
+    await store.apply(event("run-replay", StepKind.RECORD, StepStatus.SUCCEEDED, 7))
+    run = await store.get_run("run-replay")
+    assert run is not None
+    assert run["status"] == "succeeded"
