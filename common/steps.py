@@ -198,14 +198,20 @@ class StepWorker:
             await self._run(message)
 
     async def _run(self, message: RunMessage) -> None:
-        started = dt.datetime.fromisoformat(message.pending["started_at"]) if message.pending else utcnow()
-        if message.pending is None:
+        pending = message.pending or {}
+        now = utcnow()
+        started = dt.datetime.fromisoformat(pending["started_at"]) if "started_at" in pending else now
+        beat_at = dt.datetime.fromisoformat(pending["beat_at"]) if "beat_at" in pending else None
+        if beat_at is None or (now - beat_at).total_seconds() >= self.policy.heartbeat_seconds:
+            # The first delivery says the step started; a step that keeps coming
+            # back (awaiting an operation) says now and then that it still lives.
             await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
+            beat_at = now
         try:
             async with self._heartbeat(message, started):
                 output = await self.perform(message)
         except StepPending as waiting:
-            state = {**waiting.state, "started_at": started.isoformat()}
+            state = {**waiting.state, "started_at": started.isoformat(), "beat_at": beat_at.isoformat()}
             again = message.model_copy(update={"pending": state})
             await self.broker.publish_model(
                 self.broker.topology.step_key(self.kind), again, delay=waiting.delay

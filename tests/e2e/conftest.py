@@ -45,8 +45,8 @@ class System:
     history_url: str
     smtp: Outbox
     session: aiohttp.ClientSession
-    #: Recipients the SMTP server refuses, with the reply it gives.
-    rejections: dict[str, tuple[int, str]]
+    #: Recipients the SMTP server refuses: with one reply always, or with each reply of a list once.
+    rejections: dict[str, tuple[int, str] | list[tuple[int, str]]]
     hooks: Hooks
     wait_until: Callable[..., Awaitable[None]]
 
@@ -78,6 +78,15 @@ class System:
             assert response.status == 200
             run: dict[str, Any] = await response.json()
             return run
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(f"{self.history_url}{path}") as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def post(self, path: str) -> tuple[int, Any]:
+        async with self.session.post(f"{self.history_url}{path}") as response:
+            return response.status, await response.json()
 
     async def runs_of(self, flow: str) -> list[dict[str, Any]]:
         async with self.session.get(f"{self.history_url}/v1/flows/{flow}/runs") as response:
@@ -133,12 +142,16 @@ async def system(
     data_dir = tmp_path / "adxflow"
     data_dir.mkdir()
     shutil.copy(sample_database, data_dir / sample_database.name)
-    rejections: dict[str, tuple[int, str]] = {}
+    rejections: dict[str, tuple[int, str] | list[tuple[int, str]]] = {}
 
     def reject(recipients: list[str]) -> tuple[int, str] | None:
         for recipient in recipients:
-            if recipient in rejections:
-                return rejections[recipient]
+            reply = rejections.get(recipient)
+            if isinstance(reply, list):
+                if reply:
+                    return reply.pop(0)
+            elif reply is not None:
+                return reply
         return None
 
     smtp = Outbox(tmp_path / "smtp", reject=reject)
@@ -151,6 +164,8 @@ async def system(
         embedded_smtp=False,
         smtp_host="127.0.0.1",
         webhook_allowed_hosts=["127.0.0.1"],
+        retry_base_seconds=0.05,
+        max_attempts=3,
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(smtp)
