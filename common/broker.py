@@ -79,8 +79,12 @@ class Broker(abc.ABC):
         """Connect and declare the topology."""
 
     @abc.abstractmethod
-    async def close(self) -> None:
-        """Stop consuming, let in-flight handlers finish, disconnect. Idempotent."""
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop consuming, let in-flight handlers finish for up to *grace* seconds, disconnect.
+
+        What is still unfinished then goes back to its queue (it was never
+        acknowledged). Idempotent.
+        """
 
     @abc.abstractmethod
     async def publish(

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     scheduler_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 
     #: Transient failures (throttling, 5xx, network, SMTP 4xx) are tried this many times in all.
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
     retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     retry_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     #: A step running this long reports that it is still alive, this often.
@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     allowed_operators: list[Literal["fork", "facet", "evaluate"]] = []
     #: The longest timeout a flow step may ask for.
     query_timeout_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
+    #: Result caps, enforced while a result is read: a step's own ``max_rows`` / ``max_bytes``
+    #: replace the defaults, up to the maxima. Bytes are those of each row's compact JSON.
+    max_result_rows: Annotated[int, Field(gt=0)] = 500_000
+    max_result_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    max_result_rows_limit: Annotated[int, Field(gt=0)] = 5_000_000
+    max_result_bytes_limit: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
     table_max_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
     #: Rows of each query result that templates and conditions can read directly.
     preview_rows: Annotated[int, Field(ge=0, le=1000)] = 50

@@ -21,12 +21,15 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 from common.broker import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
 from common.topology import QueueSpec, Topology
 
 log = structlog.get_logger(__name__)
+
+#: What a publish or an ack raises while the connection is down or being restored.
+_DISCONNECTED = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError)
 
 
 class RabbitBroker(Broker):
@@ -86,7 +89,7 @@ class RabbitBroker(Broker):
             await self._exchange.publish(message, routing_key=routing_key, mandatory=True)
         except DeliveryError as exc:
             raise BrokerError(f"RabbitMQ did not accept the message for {routing_key!r}: {exc}") from exc
-        except (AMQPError, ConnectionError) as exc:
+        except _DISCONNECTED as exc:
             raise BrokerError(f"RabbitMQ unreachable while publishing to {routing_key!r}: {exc}") from exc
 
     async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
@@ -100,7 +103,7 @@ class RabbitBroker(Broker):
         )
         try:
             await self._dead_letters.publish(message, routing_key=routing_key, mandatory=True)
-        except (DeliveryError, AMQPError, ConnectionError) as exc:
+        except _DISCONNECTED as exc:
             raise BrokerError(f"RabbitMQ did not take the dead letter for {routing_key!r}: {exc}") from exc
 
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
@@ -135,12 +138,17 @@ class RabbitBroker(Broker):
             headers=headers,
         )
         outcome = await run_handler(handler, delivery)
-        if outcome == Outcome.ACK:
-            await message.ack()
-        elif outcome == Outcome.REQUEUE:
-            await message.nack(requeue=True)
-        else:
-            await message.reject(requeue=False)
+        try:
+            if outcome == Outcome.ACK:
+                await message.ack()
+            elif outcome == Outcome.REQUEUE:
+                await message.nack(requeue=True)
+            else:
+                await message.reject(requeue=False)
+        except _DISCONNECTED as exc:
+            # The channel went away with the message unacknowledged: RabbitMQ
+            # delivers it again, and the step is idempotent.
+            log.warning("could not settle a message; it will be redelivered", error=str(exc))
 
     async def ping(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
@@ -148,12 +156,12 @@ class RabbitBroker(Broker):
     async def close(self, grace: float = 10.0) -> None:
         consumers, self._consumers = self._consumers, []
         for _channel, queue, tag in consumers:
-            with contextlib.suppress(AMQPError, ConnectionError, asyncio.CancelledError):
+            with contextlib.suppress(*_DISCONNECTED, asyncio.CancelledError):
                 await queue.cancel(tag)
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace)
         for channel, _queue, _tag in consumers:
-            with contextlib.suppress(AMQPError, ConnectionError):
+            with contextlib.suppress(*_DISCONNECTED):
                 await channel.close()
         connection, self._connection = self._connection, None
         self._exchange = None

@@ -48,7 +48,7 @@ class Runtime:
     def build(cls, settings: Settings, *, name: str, connections: Connections | None = None) -> Runtime:
         return cls(
             settings=settings,
-            broker=make_broker(settings, connection_name=f"adxflow-{name}"),
+            broker=make_broker(settings, connection_name=f"adxflow-{name}-{settings.namespace}"),
             blobs=FolderBlobStore(settings.resolved_blob_dir),
             connections=connections if connections is not None else load_connections(settings),
             history_url=settings.history_url(),

@@ -83,7 +83,7 @@ async def serve(name: str, settings: Settings) -> None:
     async with Runtime.build(settings, name=name) as runtime, _service_context(name, runtime):
         print(f"adxflow {name} running", file=sys.stderr)
         await _until_stopped()
-        await runtime.broker.close()
+        await runtime.broker.close(grace=settings.shutdown_grace_seconds)
 
 
 async def up(settings: Settings) -> None:

@@ -69,4 +69,4 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         finally:
             # Stop consuming and let in-flight steps finish before the
             # services they need are torn down.
-            await runtime.broker.close()
+            await runtime.broker.close(grace=settings.shutdown_grace_seconds)

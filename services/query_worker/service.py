@@ -32,7 +32,7 @@ from common.operators import describe, refused_operators
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepPending, StepWorker
-from services.query_worker.kusto import KustoRunner, Parameters
+from services.query_worker.kusto import KustoRunner, Parameters, QueryResult
 
 #: Operation states that mean "not finished yet" (Kusto's `.show operations`).
 _WAITING_STATES = frozenset({"InProgress", "Scheduled", "Throttled", "Pending"})
@@ -65,7 +65,8 @@ class QueryStep:
         if refused:
             raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR)
         parameters = {} if command else self._parameters(message, flow)
-        result = await self._run(message, flow, spec, text, command=command, parameters=parameters)
+        outcome = await self._run(message, flow, spec, text, command=command, parameters=parameters)
+        result = outcome.result
         key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
         ref = await self.runtime.blobs.put(key, result.to_json_bytes(), "application/json")
         return StepOutput(
@@ -79,6 +80,8 @@ class QueryStep:
                 "columns": [f"{c.name}:{c.type}" for c in result.columns],
                 "client_request_id": self._request_id(message),
                 "visualization": result.visualization.kind if result.visualization else None,
+                "truncated": outcome.truncated,
+                "truncation": outcome.note,
             },
         )
 
@@ -98,7 +101,8 @@ class QueryStep:
 
     async def _run(
         self, message: RunMessage, flow: Flow, spec: Any, text: str, *, command: bool, parameters: Parameters
-    ) -> ResultSet:
+    ) -> QueryResult:
+        settings = self.runtime.settings
         return await self.kusto.run(
             connection=spec.connection or flow.connection,
             database=spec.database or flow.database,
@@ -107,6 +111,9 @@ class QueryStep:
             parameters=parameters,
             client_request_id=self._request_id(message),
             timeout=self._timeout(spec),
+            max_rows=min(spec.max_rows or settings.max_result_rows, settings.max_result_rows_limit),
+            max_bytes=min(spec.max_bytes or settings.max_result_bytes, settings.max_result_bytes_limit),
+            truncate=spec.on_too_large == "truncate",
         )
 
     def _timeout(self, spec: Any) -> float:
@@ -119,16 +126,18 @@ class QueryStep:
     ) -> StepOutput:
         pending = message.pending or {}
         if "operation_id" not in pending:
-            started = await self._run(message, flow, spec, spec.command, command=True, parameters={})
+            started = (await self._run(message, flow, spec, spec.command, command=True, parameters={})).result
             operation_id = _operation_id(started)
             deadline = utcnow() + dt.timedelta(minutes=spec.timeout_minutes)
             raise StepPending(
                 {"operation_id": operation_id, "deadline": deadline.isoformat()}, spec.poll_seconds
             )
         operation_id = str(uuid.UUID(pending["operation_id"]))
-        shown = await self._run(
-            message, flow, spec, f".show operations {operation_id}", command=True, parameters={}
-        )
+        shown = (
+            await self._run(
+                message, flow, spec, f".show operations {operation_id}", command=True, parameters={}
+            )
+        ).result
         rows = preview(shown, 1)
         if not rows:
             raise KustoError(

@@ -48,6 +48,23 @@ class TriggerApi:
             return error_body(503, "the broker did not accept the run; try again", code="Unavailable")
         return None
 
+    async def _start_once(self, request: web.Request, flow: Flow, context: RunContext) -> web.Response:
+        """Start a run; with an Idempotency-Key, a repeated request answers with the first run."""
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            run_id = new_id()
+            return await self._start(flow, context, run_id) or self._accepted(run_id)
+        if not 0 < len(key) <= 255:
+            return error_body(400, "Idempotency-Key: 1 to 255 characters", code="InvalidRequest")
+        async with self.store.request(flow.name, key, new_id()) as (run_id, new):
+            if not new:
+                return self._accepted(run_id, repeated=True)
+            refused = await self._start(flow, context, run_id)
+            if refused is not None:
+                # Leave the key unrecorded, so the client's retry can start the run.
+                raise _Refused(refused)
+        return self._accepted(run_id)
+
     def _view(self, stored: StoredFlow) -> dict[str, Any]:
         view = stored.view()
         trigger = stored.flow.trigger
@@ -145,20 +162,7 @@ class TriggerApi:
         context = RunContext(
             flow=flow.name, trigger=TriggerKind.MANUAL, parameters=parameters, timezone=flow.trigger.timezone
         )
-        key = request.headers.get("Idempotency-Key")
-        if key is None:
-            run_id = new_id()
-            return await self._start(flow, context, run_id) or self._accepted(run_id)
-        if not 0 < len(key) <= 255:
-            return error_body(400, "Idempotency-Key: 1 to 255 characters", code="InvalidRequest")
-        async with self.store.request(flow.name, key, new_id()) as (run_id, new):
-            if not new:
-                return self._accepted(run_id, repeated=True)
-            refused = await self._start(flow, context, run_id)
-            if refused is not None:
-                # Leave the key unrecorded, so the client's retry can start the run.
-                raise _Refused(refused)
-        return self._accepted(run_id)
+        return await self._start_once(request, flow, context)
 
     # -- ad-hoc jobs -------------------------------------------------------
 
@@ -178,8 +182,7 @@ class TriggerApi:
                 fields=[{"field": "connection", "message": f"{job.connection!r} is not configured"}],
             )
         context = RunContext(flow=flow.name, trigger=TriggerKind.JOB, parameters=job.parameters)
-        run_id = new_id()
-        return await self._start(flow, context, run_id) or self._accepted(run_id)
+        return await self._start_once(request, flow, context)
 
     async def list_connections(self, request: web.Request) -> web.Response:
         return web.json_response({"connections": self.runtime.connections.names()})

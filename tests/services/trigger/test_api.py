@@ -157,3 +157,14 @@ async def test_listening_beyond_loopback_without_a_token_refuses_to_start(tmp_pa
     with pytest.raises(ConfigurationError, match="ADXFLOW_API_TOKEN"):
         async for _ in start_api(tmp_path, trigger_host="0.0.0.0"):
             pass
+
+
+async def test_a_repeated_idempotency_key_starts_the_job_once(api: Api) -> None:
+    headers = {"Idempotency-Key": "nightly-2026-11-27"}
+    first_status, first, _ = await api.post(JOB, headers=headers)
+    second_status, second, _ = await api.post(JOB, headers=headers)
+
+    assert (first_status, second_status) == (202, 202)
+    assert first["run_id"] == second["run_id"]
+    assert (first["repeated"], second["repeated"]) == (False, True)
+    assert api.broker.depth(api.broker.topology.step_queue(StepKind.QUERY)) == 1

@@ -1,0 +1,76 @@
+"""Faults on the real servers: the broker drops the services' connection while
+jobs are in flight, and nothing is lost or sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import System
+
+JOB: dict[str, Any] = {
+    "connection": "local",
+    "database": "Samples",
+    "query": "StormEvents | summarize Events = count() by State | top 3 by Events",
+    "email": {"to": ["team@example.com"], "subject": "Job"},
+}
+
+
+async def rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+async def close_connections_named(name: str) -> int:
+    """Close every RabbitMQ connection whose client calls itself *name*, as a network fault would."""
+    listed = await rabbitmqctl("-q", "list_connections", "pid", "client_properties")
+    marker = f'{{"connection_name","{name}"}}'
+    closed = 0
+    for line in listed.splitlines()[1:]:
+        pid, _, properties = line.partition("\t")
+        if marker in properties:
+            await rabbitmqctl("close_connection", pid, "adxflow fault test")
+            closed += 1
+    return closed
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("system", ["rabbitmq"], indirect=True)
+async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice(
+    system: System, namespace: str
+) -> None:
+    jobs = [{**JOB, "email": {**JOB["email"], "subject": f"Job {index}"}} for index in range(30)]
+    accepted = [await system.submit(job) for job in jobs[:10]]
+    await system.smtp.wait_for_message(timeout=60)
+    closed = await close_connections_named(f"adxflow-embedded-{namespace}")
+    assert closed >= 1
+
+    for job in jobs[10:]:
+        async with system.session.post(f"{system.trigger_url}/v1/jobs", json=job) as response:
+            if response.status == 202:
+                accepted.append(await response.json())
+            else:
+                # Refused while reconnecting: the client was told, nothing was accepted.
+                assert response.status == 503
+
+    runs = [await system.finished(body["run_id"], timeout=120) for body in accepted]
+    assert [run["status"] for run in runs] == ["succeeded"] * len(accepted)
+
+    async def all_delivered() -> bool:
+        return len(system.smtp.messages()) >= len(accepted)
+
+    await system.wait_until(all_delivered, timeout=30, what="every email")
+    messages = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in system.smtp.messages()
+    ]
+    ids = [message["Message-ID"] for message in messages]
+    assert len(ids) == len(set(ids)) == len(accepted)
