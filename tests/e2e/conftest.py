@@ -164,8 +164,8 @@ async def system(
         embedded_smtp=False,
         smtp_host="127.0.0.1",
         webhook_allowed_hosts=["127.0.0.1"],
-        retry_base_seconds=0.05,
-        max_attempts=3,
+        retry_base_seconds=0.2,
+        max_attempts=5,
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(smtp)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+from pathlib import Path
 from typing import Any
 
+from common.outbox import Outbox
 from tests.e2e.conftest import System
 
 JOB: dict[str, Any] = {
@@ -36,14 +38,14 @@ async def test_an_smtp_server_that_refuses_for_a_while_gets_the_email_once(syste
 
 
 async def test_exhausted_attempts_dead_letter_the_step_and_a_replay_finishes_the_run(system: System) -> None:
-    system.rejections["down@example.com"] = [(421, "4.3.2 Service not available")] * 3
+    system.rejections["down@example.com"] = [(421, "4.3.2 Service not available")] * 5
     job = {**JOB, "email": {"to": ["down@example.com"], "subject": "Replayed"}}
     run_id = (await system.submit(job))["run_id"]
     failed = await system.finished(run_id)
 
     assert failed["status"] == "failed"
     assert failed["failed_step"] == "notify"
-    assert attempts(failed, "notify") == [(1, "failed"), (2, "failed"), (3, "failed")]
+    assert attempts(failed, "notify") == [(attempt, "failed") for attempt in range(1, 6)]
     assert system.smtp.messages() == []
 
     letters: list[dict[str, Any]] = []
@@ -54,12 +56,12 @@ async def test_exhausted_attempts_dead_letter_the_step_and_a_replay_finishes_the
 
     await system.wait_until(dead_lettered, timeout=10, what="the dead letter")
     [letter] = [letter for letter in letters if letter["run_id"] == run_id]
-    assert (letter["step_id"], letter["attempt"]) == ("notify", 3)
+    assert (letter["step_id"], letter["attempt"]) == ("notify", 5)
     assert letter["error"]["code"] == "SmtpRejected"
 
     status, body = await system.post(f"/v1/dead-letters/{letter['id']}/replay")
     assert status == 202
-    assert body["replayed"]["attempt"] == 4
+    assert body["replayed"]["attempt"] == 6
 
     async def succeeded() -> bool:
         run = await system.run(run_id)
@@ -97,3 +99,25 @@ async def test_a_refused_operator_fails_the_run_before_anything_is_sent(system: 
         assert response.status == 400
     assert body["error"]["fields"][0]["field"] == "steps[0].query"
     assert "evaluate" in body["error"]["fields"][0]["message"]
+
+
+async def test_an_smtp_server_that_is_down_gets_the_email_when_it_is_back(
+    system: System, tmp_path: Path
+) -> None:
+    port = system.smtp.port
+    await system.smtp.close()
+    run_id = (await system.submit({**JOB, "email": {"to": ["team@example.com"], "subject": "Back"}}))[
+        "run_id"
+    ]
+
+    async def first_attempt_failed() -> bool:
+        run = await system.run(run_id)
+        return run is not None and (1, "failed") in attempts(run, "notify")
+
+    await system.wait_until(first_attempt_failed, timeout=30, what="a failed delivery")
+    async with Outbox(tmp_path / "back", port=port) as back:
+        run = await system.finished(run_id)
+        assert run["status"] == "succeeded", run
+        first = next(s for s in run["steps"] if s["step_id"] == "notify" and s["attempt"] == 1)
+        assert first["error"]["code"] == "SmtpUnavailable"
+        assert len(back.messages()) == 1
