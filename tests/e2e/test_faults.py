@@ -47,21 +47,26 @@ async def close_connections_named(name: str) -> int:
 async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice(
     system: System, namespace: str
 ) -> None:
-    jobs = [{**JOB, "email": {**JOB["email"], "subject": f"Job {index}"}} for index in range(30)]
-    accepted = [await system.submit(job) for job in jobs[:10]]
+    jobs = [{**JOB, "email": {**JOB["email"], "subject": f"Job {index}"}} for index in range(200)]
+
+    async def submit(job: dict[str, Any]) -> dict[str, Any] | None:
+        async with system.session.post(f"{system.trigger_url}/v1/jobs", json=job) as response:
+            if response.status == 202:
+                body: dict[str, Any] = await response.json()
+                return body
+            # Refused while reconnecting: the client was told, nothing was accepted.
+            assert response.status == 503
+            return None
+
+    first = await asyncio.gather(*(submit(job) for job in jobs[:100]))
     await system.smtp.wait_for_message(timeout=60)
     closed = await close_connections_named(f"adxflow-embedded-{namespace}")
     assert closed >= 1
+    second = await asyncio.gather(*(submit(job) for job in jobs[100:]))
+    accepted = [body for body in [*first, *second] if body is not None]
+    assert len(accepted) >= 100
 
-    for job in jobs[10:]:
-        async with system.session.post(f"{system.trigger_url}/v1/jobs", json=job) as response:
-            if response.status == 202:
-                accepted.append(await response.json())
-            else:
-                # Refused while reconnecting: the client was told, nothing was accepted.
-                assert response.status == 503
-
-    runs = [await system.finished(body["run_id"], timeout=120) for body in accepted]
+    runs = [await system.finished(body["run_id"], timeout=180) for body in accepted]
     assert [run["status"] for run in runs] == ["succeeded"] * len(accepted)
 
     async def all_delivered() -> bool:
