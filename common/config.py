@@ -27,6 +27,8 @@ class Settings(BaseSettings):
 
     amqp_url: SecretStr | None = None
     prefetch: Annotated[int, Field(ge=1, le=1000)] = 8
+    #: How long a publish waits for a lost broker connection to come back before it fails.
+    broker_reconnect_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
 
     database_url: SecretStr | None = None
     blob_dir: Path | None = None

@@ -202,7 +202,8 @@ class _KustoStep(_Step):
     database: str | None = None
     #: How long the query may run (the server is told too); the operator's default and maximum apply.
     timeout_seconds: Annotated[float | None, Field(gt=0)] = None
-    #: Result caps while reading (rows, and bytes of the rows' JSON); the operator's defaults and maxima apply.
+    #: Result caps, enforced while reading (rows, and bytes of the rows' JSON); the operator's
+    #: defaults and maxima apply.
     max_rows: Annotated[int | None, Field(gt=0)] = None
     max_bytes: Annotated[int | None, Field(gt=0)] = None
     #: At a cap (or at Kusto's own result limit): fail with ResultTooLarge, or keep the rows read and

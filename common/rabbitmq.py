@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -30,13 +31,24 @@ log = structlog.get_logger(__name__)
 
 #: What a publish or an ack raises while the connection is down or being restored.
 _DISCONNECTED = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError)
+#: How long to wait for a reconnected channel to be restored before publishing again.
+_RESTORE_PAUSE = 0.2
 
 
 class RabbitBroker(Broker):
-    def __init__(self, url: str, topology: Topology, *, connection_name: str = "adxflow") -> None:
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        connection_name: str = "adxflow",
+        reconnect_wait: float = 30.0,
+    ) -> None:
         super().__init__(topology)
         self._url = url
         self._connection_name = connection_name
+        #: How long a publish waits for a lost connection to come back before it fails.
+        self._reconnect_wait = reconnect_wait
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -76,6 +88,7 @@ class RabbitBroker(Broker):
     ) -> None:
         if self._exchange is None:
             raise BrokerError("broker is not started")
+        exchange = self._exchange
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -83,28 +96,51 @@ class RabbitBroker(Broker):
             message_id=message_id,
             expiration=delay if delay else None,
         )
-        if delay:
-            routing_key = self.topology.delay_key(routing_key)
-        try:
-            await self._exchange.publish(message, routing_key=routing_key, mandatory=True)
-        except DeliveryError as exc:
-            raise BrokerError(f"RabbitMQ did not accept the message for {routing_key!r}: {exc}") from exc
-        except _DISCONNECTED as exc:
-            raise BrokerError(f"RabbitMQ unreachable while publishing to {routing_key!r}: {exc}") from exc
+        key = self.topology.delay_key(routing_key) if delay else routing_key
+        await self._confirmed(lambda: exchange.publish(message, routing_key=key, mandatory=True), key)
 
     async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
         if self._dead_letters is None:
             raise BrokerError("broker is not started")
+        exchange = self._dead_letters
         message = aio_pika.Message(
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
         )
-        try:
-            await self._dead_letters.publish(message, routing_key=routing_key, mandatory=True)
-        except _DISCONNECTED as exc:
-            raise BrokerError(f"RabbitMQ did not take the dead letter for {routing_key!r}: {exc}") from exc
+        await self._confirmed(
+            lambda: exchange.publish(message, routing_key=routing_key, mandatory=True), routing_key
+        )
+
+    async def _confirmed(self, publish: Callable[[], Awaitable[object]], routing_key: str) -> None:
+        """Publish until the broker confirms, riding out a reconnection for up to the reconnect wait.
+
+        A publish that failed with the connection may still have reached the
+        broker; sending it again is safe because every consumer is idempotent.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_wait
+        while True:
+            try:
+                await publish()
+                return
+            except DeliveryError as exc:
+                raise BrokerError(f"RabbitMQ did not accept the message for {routing_key!r}: {exc}") from exc
+            except _DISCONNECTED as exc:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._connection is None:
+                    raise BrokerError(
+                        f"RabbitMQ unreachable while publishing to {routing_key!r}: {exc}"
+                    ) from exc
+                log.info("waiting for RabbitMQ to come back", routing_key=routing_key)
+                connected = self._connection.connected
+                if not connected.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(connected.wait(), remaining)
+                else:
+                    # Connected again, the channel not yet restored: try again shortly.
+                    await asyncio.sleep(min(_RESTORE_PAUSE, remaining))
 
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:
         if self._connection is None:

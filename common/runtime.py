@@ -25,7 +25,12 @@ def make_broker(settings: Settings, *, connection_name: str) -> Broker:
         return InProcessBroker(topology)
     from common.rabbitmq import RabbitBroker
 
-    return RabbitBroker(settings.amqp_url.get_secret_value(), topology, connection_name=connection_name)
+    return RabbitBroker(
+        settings.amqp_url.get_secret_value(),
+        topology,
+        connection_name=connection_name,
+        reconnect_wait=settings.broker_reconnect_seconds,
+    )
 
 
 def load_connections(settings: Settings) -> Connections:

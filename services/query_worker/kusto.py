@@ -24,11 +24,11 @@ import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from aiohttp import ClientError, ClientResponse
-from azure.kusto.data import ClientRequestProperties
+from aiohttp import ClientError, ClientResponse, ClientSession
+from azure.kusto.data import ClientRequestProperties, KustoConnectionStringBuilder
 from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import (
     KustoApiError,
@@ -276,30 +276,44 @@ def _limits_reported(columns: list[dict[str, Any]], rows: list[list[Any]]) -> _S
     return None
 
 
-#: The HTTP responses streamed queries opened in this task (see `_Client`).
+#: The HTTP responses opened in this task while a streamed result is read (see `_Session`).
 _streamed: ContextVar[list[ClientResponse] | None] = ContextVar("adxflow_streamed", default=None)
 
 
-class _Client(KustoClient):
-    """The async client, also telling its caller which HTTP response a streaming query reads.
+class _Session:
+    """The async client's aiohttp session, as the client uses it (``post``, ``close``), mended twice.
 
-    ``execute_streaming_query`` keeps the response to itself, yet a reader that
-    stops early must close it: otherwise the connection stays taken, with the
-    server blocked writing the rest, until the request's own timeout.
+    - Responses opened while `_streamed` is set are recorded there:
+      ``execute_streaming_query`` keeps its response to itself, yet a reader
+      that stops early must close it, or the connection stays taken (and the
+      server blocked writing the rest) until the request's own timeout.
+    - An error response's body is read at once: the client's streaming path
+      calls ``raise_for_status()``, which releases the response, before it
+      reads Kusto's error from it (azure-kusto-data 6.0 with aiohttp 3.14).
     """
 
-    async def _execute(
-        self,
-        endpoint: str,
-        request: Any,
-        properties: ClientRequestProperties | None = None,
-        stream_response: bool = False,
-    ) -> Any:
-        response = await super()._execute(endpoint, request, properties, stream_response)
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+
+    async def post(self, *args: Any, **kwargs: Any) -> ClientResponse:
+        response = await self._session.post(*args, **kwargs)
+        if response.status >= 400:
+            await response.read()
         opened = _streamed.get()
-        if stream_response and opened is not None:
+        if opened is not None:
             opened.append(response)
         return response
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class _Client(KustoClient):
+    """azure-kusto-data's async client over a `_Session`."""
+
+    def __init__(self, kcsb: KustoConnectionStringBuilder) -> None:
+        super().__init__(kcsb)
+        self._session = _Session(cast(ClientSession, self._session))  # type: ignore[assignment]
 
 
 class _ResultReader:

@@ -126,19 +126,17 @@ class QueryStep:
     ) -> StepOutput:
         pending = message.pending or {}
         if "operation_id" not in pending:
-            started = (await self._run(message, flow, spec, spec.command, command=True, parameters={})).result
-            operation_id = _operation_id(started)
+            started = await self._run(message, flow, spec, spec.command, command=True, parameters={})
+            operation_id = _operation_id(started.result)
             deadline = utcnow() + dt.timedelta(minutes=spec.timeout_minutes)
             raise StepPending(
                 {"operation_id": operation_id, "deadline": deadline.isoformat()}, spec.poll_seconds
             )
         operation_id = str(uuid.UUID(pending["operation_id"]))
-        shown = (
-            await self._run(
-                message, flow, spec, f".show operations {operation_id}", command=True, parameters={}
-            )
-        ).result
-        rows = preview(shown, 1)
+        shown = await self._run(
+            message, flow, spec, f".show operations {operation_id}", command=True, parameters={}
+        )
+        rows = preview(shown.result, 1)
         if not rows:
             raise KustoError(
                 f"operation {operation_id} is not known to the cluster", code=ErrorCode.ASYNC_OPERATION_FAILED
@@ -159,7 +157,7 @@ class QueryStep:
             )
         return StepOutput(
             row_count=1,
-            columns=[column.name for column in shown.columns],
+            columns=[column.name for column in shown.result.columns],
             preview=rows,
             detail={"text": spec.command, "operation": operation},
         )
