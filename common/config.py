@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     #: Hosts a flow may post webhooks to by URL (``*.example.com`` allowed); named
     #: webhooks from the connections file are always allowed.
     webhook_allowed_hosts: list[str] = []
+    #: A claimed delivery unfinished after this long is taken over by another worker.
+    delivery_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     #: Most deliveries one per-row step makes (``for_each``), whatever the flow asks.
     max_deliveries: Annotated[int, Field(ge=1, le=100_000)] = 1000
 

@@ -5,18 +5,18 @@ and, for a per-row step, ``row``), then sends. With ``for_each`` it sends one
 delivery per row of an earlier query step, up to a cap, and its ``when`` is
 evaluated for each row.
 
-A redelivered message must not deliver twice: once the SMTP server or the
-webhook receiver has taken a delivery, a record of it is kept in the blob
-store under a key of the run, the step and the row (not of the attempt), and
-a later delivery that finds it skips the send. The Message-ID and the
-webhook's Idempotency-Key are stable for the same reason. A crash between the
-receiver's answer and that write can still deliver twice; the delivery ledger
-closes that gap.
+A redelivered message must not deliver twice: every delivery is claimed in
+the delivery ledger (keyed by run, step and row, not by attempt) before it is
+sent, and recorded there once the SMTP server or the webhook receiver took
+it; see :mod:`services.notifier.ledger`. The Message-ID and the webhook's
+Idempotency-Key are stable too, so a receiver can drop the one duplicate a
+worker dying between the send and the record can still cause.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
@@ -39,10 +39,11 @@ from common.errors import DeliveryError
 from common.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
 from common.results import ResultSet
 from common.runtime import Runtime
-from common.steps import RetryPolicy, StepWorker
+from common.steps import RetryPolicy, StepPending, StepWorker
 from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
 from common.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.email import Attachment, Email, InlineImage, build_email
+from services.notifier.ledger import Claim, Ledger
 from services.notifier.smtp import send_email
 from services.notifier.webhook import default_body, post_json, render_json_body
 
@@ -50,7 +51,7 @@ log = structlog.get_logger(__name__)
 
 
 def sent_key(run_id: str, step_id: str, row: int | None, suffix: str) -> str:
-    """Where a delivery is recorded: one per run, step and row, whatever the attempt."""
+    """Where a sent email is kept: one per run, step and row, whatever the attempt."""
     name = "once" if row is None else f"row-{row}"
     return f"runs/{run_id}/{step_id}/sent/{name}.{suffix}"
 
@@ -80,10 +81,14 @@ def html_to_text(html: str) -> str:
 
 
 class NotifyStep:
-    def __init__(self, runtime: Runtime, session: aiohttp.ClientSession, policy: WebhookPolicy) -> None:
+    def __init__(
+        self, runtime: Runtime, session: aiohttp.ClientSession, policy: WebhookPolicy, ledger: Ledger
+    ) -> None:
         self.runtime = runtime
         self.session = session
         self.policy = policy
+        self.ledger = ledger
+        self.lease = dt.timedelta(seconds=runtime.settings.delivery_lease_seconds)
 
     async def perform(self, message: RunMessage) -> StepOutput:
         flow = flow_of(message)
@@ -101,11 +106,20 @@ class NotifyStep:
                 if not evaluate_condition(spec.when, context, field=field):
                     skipped += 1
                     continue
-            if isinstance(spec, SendEmail):
-                ref = await self._email(message, flow, spec, context, index)
-                artifacts[f"email_{index}" if index is not None else "email"] = ref
+            item = "once" if index is None else f"row-{index}"
+            claim, recorded = await self.ledger.claim(message.run_id, message.step_id, item, lease=self.lease)
+            if claim is Claim.BUSY:
+                # Another delivery of this message is sending it right now: look again later.
+                raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
+            if claim is Claim.MINE:
+                # Shielded: a delivery whose message is taken away mid-send (a dropped
+                # broker connection cancels its handler) still finishes and is recorded,
+                # so the redelivered copy finds it sent instead of sending it again.
+                recorded = await asyncio.shield(self._deliver(message, flow, spec, context, index, item))
             else:
-                await self._webhook(message, spec, context, index)
+                log.info("already delivered on an earlier delivery", item=item)
+            if "email" in recorded:
+                artifacts[f"email_{index}" if index is not None else "email"] = BlobRef(**recorded["email"])
             delivered += 1
         detail: dict[str, Any] = {"deliveries": delivered}
         if spec.for_each:
@@ -115,6 +129,29 @@ class NotifyStep:
         # Keep the step's output small: the history shows up to ten sent emails.
         shown = dict(list(artifacts.items())[:10])
         return StepOutput(artifacts=shown, detail=detail)
+
+    async def _deliver(
+        self,
+        message: RunMessage,
+        flow: Flow,
+        spec: SendEmail | PostWebhook,
+        context: dict[str, Any],
+        index: int | None,
+        item: str,
+    ) -> dict[str, Any]:
+        """Send one delivery this worker claimed, and record it in the ledger."""
+        try:
+            if isinstance(spec, SendEmail):
+                ref = await self._email(message, flow, spec, context, index)
+                recorded: dict[str, Any] = {"email": ref.model_dump()}
+            else:
+                recorded = {"status": await self._webhook(message, spec, context, index)}
+        except (DeliveryError, TemplateError, ValueError):
+            # Refused before or by the receiver: nothing went out, the next attempt may send.
+            await self.ledger.release(message.run_id, message.step_id, item)
+            raise
+        await self.ledger.sent(message.run_id, message.step_id, item, recorded)
+        return recorded
 
     async def _bodies(self, message: RunMessage, flow: Flow) -> dict[str, str]:
         bodies = {}
@@ -163,10 +200,6 @@ class NotifyStep:
     ) -> BlobRef:
         blobs = self.runtime.blobs
         key = sent_key(message.run_id, message.step_id, index, "eml")
-        if await blobs.exists(key):
-            log.info("email already sent on an earlier delivery", row=index)
-            data = await blobs.get(key)
-            return BlobRef(key=key, content_type="message/rfc822", size=len(data))
         subject = render_text(spec.subject, context, field=f"steps.{spec.id}.subject").strip()
         if "\r" in subject or "\n" in subject:
             raise TemplateError(f"steps.{spec.id}.subject: renders to more than one line")
@@ -215,11 +248,7 @@ class NotifyStep:
 
     async def _webhook(
         self, message: RunMessage, spec: PostWebhook, context: dict[str, Any], index: int | None
-    ) -> None:
-        key = sent_key(message.run_id, message.step_id, index, "json")
-        if await self.runtime.blobs.exists(key):
-            log.info("webhook already posted on an earlier delivery", row=index)
-            return
+    ) -> int:
         try:
             target = self.policy.resolve(webhook=spec.webhook, url=spec.url, field=f"steps.{spec.id}")
         except WebhookRefused as exc:
@@ -235,18 +264,21 @@ class NotifyStep:
             run = {**context["run"], "url": f"{self.runtime.history_url}/v1/runs/{message.run_id}"}
             body = default_body(run=run, step={"id": spec.id, "row": context.get("row"), "steps": steps})
         suffix = "" if index is None else f".{index}"
-        status = await post_json(
+        return await post_json(
             self.session, target, body, idempotency_key=f"{message.run_id}.{message.step_id}{suffix}"
         )
-        record = json.dumps({"status": status, "url": target.name or "url"}).encode()
-        await self.runtime.blobs.put(key, record, "application/json")
 
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[None]:
+    ledger = Ledger(runtime.settings.resolved_database_url)
+    await ledger.create_schema()
     async with aiohttp.ClientSession() as session:
-        step = NotifyStep(runtime, session, policy_for(runtime.connections, runtime.settings))
+        step = NotifyStep(runtime, session, policy_for(runtime.connections, runtime.settings), ledger)
         await StepWorker(
             runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
-        yield
+        try:
+            yield
+        finally:
+            await ledger.close()

@@ -413,7 +413,11 @@ class _ResultReader:
             raise KustoMultiApiError([{"OneApiErrors": errors}])
 
     def outcome(self, *, truncate: bool) -> QueryResult:
-        result = ResultSet(columns=self.columns, rows=self.rows, visualization=self.visualization)
+        # Not validated: the rows are the JSON parser's own lists, and validating
+        # would copy every one of them (a third more peak memory for short rows).
+        result = ResultSet.model_construct(
+            columns=self.columns, rows=self.rows, visualization=self.visualization
+        )
         if self.stop is None:
             return QueryResult(result)
         if not truncate:

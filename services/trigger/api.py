@@ -92,6 +92,8 @@ class TriggerApi:
                 policy=self.policy,
                 minimum_interval=dt.timedelta(seconds=self.runtime.settings.minimum_schedule_seconds),
                 maximum_timeout=self.runtime.settings.query_timeout_max_seconds,
+                maximum_rows=self.runtime.settings.max_result_rows_limit,
+                maximum_bytes=self.runtime.settings.max_result_bytes_limit,
                 allowed_operators=self.runtime.settings.allowed_operators,
                 followed_by=followed_by,
             )

@@ -33,6 +33,8 @@ def check_flow(
     policy: WebhookPolicy,
     minimum_interval: dt.timedelta,
     maximum_timeout: float,
+    maximum_rows: int | None = None,
+    maximum_bytes: int | None = None,
     allowed_operators: Collection[str] = (),
     followed_by: dict[str, str | None] | None = None,
 ) -> None:
@@ -54,6 +56,10 @@ def check_flow(
                 (f"steps[{index}].timeout_seconds", f"at most {maximum_timeout:g} s on this server")
             )
         if isinstance(step, KUSTO_STEPS):
+            caps = [("max_rows", step.max_rows, maximum_rows), ("max_bytes", step.max_bytes, maximum_bytes)]
+            for name, asked, ceiling in caps:
+                if asked is not None and ceiling is not None and asked > ceiling:
+                    problems.append((f"steps[{index}].{name}", f"at most {ceiling:,} on this server"))
             text_field = "command" if isinstance(step, COMMAND_STEPS) else "query"
             uses = refused_operators(getattr(step, text_field), allowed=allowed_operators)
             if uses:

@@ -43,6 +43,7 @@ async def close_connections_named(name: str) -> int:
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("system", ["rabbitmq"], indirect=True)
 async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice(
     system: System, namespace: str
@@ -66,7 +67,7 @@ async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice
     accepted = [body for body in [*first, *second] if body is not None]
     assert len(accepted) >= 100
 
-    runs = [await system.finished(body["run_id"], timeout=180) for body in accepted]
+    runs = [await system.finished(body["run_id"], timeout=240) for body in accepted]
     assert [run["status"] for run in runs] == ["succeeded"] * len(accepted)
 
     async def all_delivered() -> bool:

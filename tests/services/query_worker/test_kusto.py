@@ -60,14 +60,18 @@ async def runner(sample: tuple[Path, LocalKusto]) -> AsyncIterator[KustoRunner]:
 async def run(
     kusto: KustoRunner, text: str, *, command: bool = False, parameters: Parameters | None = None
 ) -> Any:
-    return await kusto.run(
+    read = await kusto.run(
         connection="local",
         database="Samples",
         text=text,
         command=command,
         parameters=parameters,
         client_request_id="adxflow;test",
+        max_rows=500_000,
+        max_bytes=64 * 2**20,
+        truncate=False,
     )
+    return read.result
 
 
 def test_parameter_values_travel_as_kusto_literals() -> None:
