@@ -456,6 +456,7 @@ class HistoryStore(SqlStore):
             )
         view = _run_view(run)
         view["steps"] = _steps_view(step_rows)
+        view["truncated"] = any(step["detail"].get("truncated") for step in view["steps"])
         return view
 
 

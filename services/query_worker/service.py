@@ -32,7 +32,8 @@ from common.operators import describe, refused_operators
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepPending, StepWorker
-from services.query_worker.kusto import KustoRunner, Parameters, QueryResult
+from services.query_worker.kusto import KustoRunner, Parameters
+from services.query_worker.reading import QueryResult
 
 #: Operation states that mean "not finished yet" (Kusto's `.show operations`).
 _WAITING_STATES = frozenset({"InProgress", "Scheduled", "Throttled", "Pending"})

@@ -114,6 +114,11 @@ class RenderStep:
             return await self.runtime.blobs.put(key, data, content_type)
 
         body = body_html(rendered, chart_content_id(message.run_id, spec.id), title)
+        if query.detail.get("truncated"):
+            # The reader stopped at a cap: say so where the reader of the email looks.
+            note = escape(str(query.detail.get("truncation") or "the result was cut short"))
+            body += f'\n<p style="font-size:13px;color:#9a6700;margin:6px 0 0 0">{note}</p>'
+
         artifacts = {
             "body_html": await put("body.html", body.encode(), "text/html; charset=utf-8"),
             "table_html": await put("table.html", rendered.table_html.encode(), "text/html; charset=utf-8"),

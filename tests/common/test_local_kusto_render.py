@@ -19,7 +19,7 @@ from common.kusto_render import RenderRefused, visualization
 from common.local_kusto import LocalKusto
 from common.results import Visualization
 from common.sample_data import write_database
-from services.query_worker.kusto import _visualization
+from services.query_worker.reading import _visualization
 
 BY_STATE = "StormEvents | summarize Events=count() by State | sort by State asc"
 OVER_TIME = (

@@ -8,6 +8,8 @@ import email.policy
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from common.outbox import Outbox
 from tests.e2e.conftest import System
 
@@ -121,3 +123,41 @@ async def test_an_smtp_server_that_is_down_gets_the_email_when_it_is_back(
         first = next(s for s in run["steps"] if s["step_id"] == "notify" and s["attempt"] == 1)
         assert first["error"]["code"] == "SmtpUnavailable"
         assert len(back.messages()) == 1
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_result_over_its_cap_fails_or_is_truncated_and_flagged(system: System) -> None:
+    def flow(name: str, on_too_large: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {
+                    "id": "events",
+                    "action": "run_query_and_render_chart",
+                    "query": "StormEvents | project EventId, State | take 50",
+                    "max_rows": 5,
+                    "on_too_large": on_too_large,
+                },
+                {"id": "mail", "action": "send_email", "to": ["team@example.com"], "subject": name},
+            ],
+        }
+
+    await system.save_flow(flow("capped-fail", "fail"))
+    await system.save_flow(flow("capped-cut", "truncate"))
+    failed = await system.finished((await system.start_flow("capped-fail"))["run_id"])
+    cut = await system.finished((await system.start_flow("capped-cut"))["run_id"])
+
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "ResultTooLarge"
+    assert "max_rows" in failed["error"]["message"]
+    assert cut["status"] == "succeeded"
+    assert cut["truncated"] is True
+    events = next(s for s in cut["steps"] if s["step_id"] == "events")
+    assert events["row_count"] == 5
+    [path] = system.smtp.messages()
+    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    html = message.get_body(("html",))
+    assert html is not None
+    assert "showing 5 of more rows" in html.get_content()

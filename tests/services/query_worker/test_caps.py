@@ -31,7 +31,8 @@ from common.local_kusto import LocalKusto
 from common.runtime import Runtime
 from common.sample_data import ensure_database
 from common.topology import Topology
-from services.query_worker.kusto import KustoRunner, QueryResult, row_size
+from services.query_worker.kusto import KustoRunner
+from services.query_worker.reading import QueryResult, row_size
 from services.query_worker.service import QueryStep
 
 BIG = 2**40

@@ -22,10 +22,10 @@ from common.sample_data import ensure_database
 from services.query_worker.kusto import (
     KustoRunner,
     Parameters,
-    _visualization,
     kql_literal,
     with_declarations,
 )
+from services.query_worker.reading import _visualization
 
 #: Kusto response bodies in the real wire format (see their README).
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kusto-v2"

@@ -1,0 +1,281 @@
+"""Reading a query's result under the step's caps.
+
+A query's result is read as it streams in, frame by frame, and reading stops
+at the step's caps (rows, and bytes of the rows' JSON) or where Kusto says it
+cut the result short itself: the step then fails with ``ResultTooLarge``, or
+keeps the rows read so far and says so. A control command's result arrives
+whole (the management endpoint does not stream); the same caps are applied to
+it once loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import ClientResponse, ClientSession
+from azure.kusto.data.exceptions import KustoMultiApiError, OneApiError
+from azure.kusto.data.response import KustoResponseDataSet
+from azure.kusto.data.streaming_response import FrameType
+
+from common.contracts import ErrorCode
+from common.errors import KustoError as StepKustoError
+from common.results import Column, ResultSet, Visualization
+
+
+def _names(value: Any) -> list[str] | None:
+    """Kusto reports column lists as comma-separated text ("a,b"); accept a JSON list too."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return [name.strip() for name in str(value).split(",") if name.strip()]
+
+
+def _visualization(response: Any) -> Visualization | None:
+    """The query's own `render` request, from the QueryProperties table of a v2 response."""
+    for table in response.tables:
+        if str(getattr(table, "table_kind", "")).endswith("QueryProperties"):
+            return _visualization_of(table.raw_rows)
+    return None
+
+
+def _visualization_of(rows: Iterable[list[Any]]) -> Visualization | None:
+    """The `render` request in the rows (TableId, Key, Value) of a QueryProperties table."""
+    for row in rows:
+        if len(row) >= 3 and row[1] == "Visualization":
+            raw = json.loads(row[2]) if isinstance(row[2], str) else row[2]
+            if not raw or not raw.get("Visualization"):
+                return None
+            return Visualization(
+                kind=raw.get("Visualization"),
+                title=raw.get("Title") or None,
+                x_column=raw.get("XColumn") or None,
+                y_columns=_names(raw.get("YColumns")),
+                series=_names(raw.get("Series")),
+            )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """What a step read: the result, and whether it stops short of what the query returned."""
+
+    result: ResultSet
+    truncated: bool = False
+    #: For people: where the result stops and why ("showing 500,000 of more rows (...)").
+    note: str | None = None
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+
+def row_size(row: list[Any]) -> int:
+    """What a row counts against a byte cap: the UTF-8 length of its raw values as compact JSON.
+
+    About what the row costs in the stored result; the same for a streamed and a
+    loaded result, and cheap (a couple of microseconds for a short row).
+    """
+    text = _encode(row)
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _amount(size: int) -> str:
+    return f"{size / 2**20:,.4g} MB" if size >= 2**20 else f"{size:,} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Why a result stops short: one of the step's caps, or a limit Kusto reported."""
+
+    #: Completes "the result ...; narrow the query": the failure message.
+    failure: str
+    #: Completes "showing N of more rows (...)": the truncation note.
+    note: str
+
+    @classmethod
+    def rows(cls, cap: int) -> _Stop:
+        return cls(f"the result has more than {cap:,} rows (the step's max_rows)", "the step's max_rows")
+
+    @classmethod
+    def size(cls, cap: int) -> _Stop:
+        return cls(
+            f"the result has more than {_amount(cap)} of rows (the step's max_bytes)",
+            f"the step's max_bytes, {_amount(cap)}",
+        )
+
+    @classmethod
+    def kusto(cls, message: str) -> _Stop:
+        return cls(f"Kusto cut the result short at one of its limits: {message}", f"Kusto: {message}")
+
+
+def _limits_exceeded(errors: Iterable[OneApiError]) -> _Stop | None:
+    """Kusto's partial failure at a query limit (80DA0003), if one of *errors* is it."""
+    for error in errors:
+        if error.code == "LimitsExceeded" or "LimitsExceeded" in (error.type or ""):
+            return _Stop.kusto(error.description or error.message or "query limits exceeded")
+    return None
+
+
+def _limits_reported(columns: list[dict[str, Any]], rows: list[list[Any]]) -> _Stop | None:
+    """A QueryLimitsExceeded event in QueryCompletionInformation: Kusto truncated the result."""
+    names = [column["ColumnName"] for column in columns]
+    for row in rows:
+        event = dict(zip(names, row, strict=False))
+        if event.get("EventTypeName") == "QueryLimitsExceeded":
+            try:
+                text = json.loads(event.get("Payload") or "{}").get("Text")
+            except (ValueError, AttributeError):
+                text = None
+            return _Stop.kusto(text or str(event.get("StatusCodeName") or "query limits exceeded"))
+    return None
+
+
+#: The HTTP responses opened in this task while a streamed result is read (see `Session`).
+streamed: ContextVar[list[ClientResponse] | None] = ContextVar("adxflow_streamed", default=None)
+
+
+class Session:
+    """The async client's aiohttp session, as the client uses it (``post``, ``close``), mended twice.
+
+    - Responses opened while `streamed` is set are recorded there:
+      ``execute_streaming_query`` keeps its response to itself, yet a reader
+      that stops early must close it, or the connection stays taken (and the
+      server blocked writing the rest) until the request's own timeout.
+    - An error response's body is read at once: the client's streaming path
+      calls ``raise_for_status()``, which releases the response, before it
+      reads Kusto's error from it (azure-kusto-data 6.0 with aiohttp 3.14).
+    """
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+
+    async def post(self, *args: Any, **kwargs: Any) -> ClientResponse:
+        response = await self._session.post(*args, **kwargs)
+        if response.status >= 400:
+            await response.read()
+        opened = streamed.get()
+        if opened is not None:
+            opened.append(response)
+        return response
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class ResultReader:
+    """The first primary table within the caps, the `render` request, and Kusto's limit signals.
+
+    Fed either the frames of a streamed v2 response (`read`) or a loaded
+    response (`read_loaded`); `stop` says why reading ended early, if it did.
+    """
+
+    def __init__(self, max_rows: int, max_bytes: int) -> None:
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.columns: list[Column] = []
+        self.rows: list[list[Any]] = []
+        self.size = 0
+        self.visualization: Visualization | None = None
+        self.stop: _Stop | None = None
+        self._primary_seen = False
+
+    def keep(self, row: list[Any]) -> bool:
+        """Keep *row*, or note which cap it would cross and say to stop."""
+        if len(self.rows) >= self.max_rows:
+            self.stop = _Stop.rows(self.max_rows)
+            return False
+        size = row_size(row)
+        if self.size + size > self.max_bytes:
+            self.stop = _Stop.size(self.max_bytes)
+            return False
+        self.rows.append(row)
+        self.size += size
+        return True
+
+    def read_loaded(self, response: KustoResponseDataSet) -> None:
+        primary = response.primary_results
+        if primary:
+            table = primary[0]
+            self.columns = [
+                Column(name=c.column_name, type=str(c.column_type).lower()) for c in table.columns
+            ]
+            for row in table.raw_rows:
+                if not self.keep(row):
+                    break
+        self.visualization = _visualization(response)
+
+    async def read(self, frames: AsyncIterator[dict[str, Any]]) -> None:
+        """Read frames until the data set ends or a cap is reached (the caller closes the stream)."""
+        try:
+            await self._frames(frames)
+        except KustoMultiApiError as exc:
+            # Kusto's errors in place of a row: the rows before them stand.
+            self.stop = _limits_exceeded(exc.get_api_errors())
+            if self.stop is None:
+                raise
+
+    async def _frames(self, frames: AsyncIterator[dict[str, Any]]) -> None:
+        async for frame in frames:
+            if frame["FrameType"] is FrameType.DataSetCompletion:
+                await self._completion(frame)
+                return
+            if frame["FrameType"] is not FrameType.DataTable:
+                continue
+            kind = frame["TableKind"]  # the wire value: PrimaryResult, QueryProperties, ...
+            if kind == "PrimaryResult":
+                await self._primary(frame)
+            elif kind == "QueryProperties":
+                self.visualization = _visualization_of(frame["Rows"])
+            elif kind == "QueryCompletionInformation":
+                self.stop = _limits_reported(frame["Columns"], frame["Rows"])
+            if self.stop is not None:
+                return
+
+    async def _primary(self, frame: dict[str, Any]) -> None:
+        rows = frame["Rows"]  # rows parsed as they are iterated
+        try:
+            if self._primary_seen:
+                # Only the first primary table is the step's result; the stream moves
+                # past a table only once it is read to its end.
+                async for _ in rows:
+                    pass
+                return
+            self._primary_seen = True
+            self.columns = [
+                Column(name=c["ColumnName"], type=str(c["ColumnType"]).lower()) for c in frame["Columns"]
+            ]
+            async for row in rows:
+                if not self.keep(row):
+                    return
+        finally:
+            await rows.aclose()
+
+    async def _completion(self, frame: dict[str, Any]) -> None:
+        errors = frame.get("OneApiErrors") or []
+        if inspect.isawaitable(errors):
+            # azure-kusto-data 6.0 hands these over unparsed, as a coroutine to await.
+            errors = await errors
+        if frame.get("HasErrors") and errors:
+            raise KustoMultiApiError([{"OneApiErrors": errors}])
+
+    def outcome(self, *, truncate: bool) -> QueryResult:
+        # Not validated: the rows are the JSON parser's own lists, and validating
+        # would copy every one of them (a third more peak memory for short rows).
+        result = ResultSet.model_construct(
+            columns=self.columns, rows=self.rows, visualization=self.visualization
+        )
+        if self.stop is None:
+            return QueryResult(result)
+        if not truncate:
+            raise StepKustoError(
+                f"{self.stop.failure}; narrow the query, or set on_too_large: truncate",
+                code=ErrorCode.RESULT_TOO_LARGE,
+            )
+        return QueryResult(
+            result, truncated=True, note=f"showing {len(self.rows):,} of more rows ({self.stop.note})"
+        )
