@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     broker_reconnect_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
 
     database_url: SecretStr | None = None
+    #: How long history waits for an unreachable database before it hands an event back.
+    database_outage_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
     blob_dir: Path | None = None
     connections_file: Path | None = None
 

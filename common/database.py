@@ -8,8 +8,35 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg.exceptions
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+#: What a database that is restarting or unreachable raises. SQLAlchemy wraps most
+#: of it; a connection refused while PostgreSQL shuts down can reach us as asyncpg's own.
+OUTAGES: tuple[type[BaseException], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    OSError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether *exc*, or what caused it, says the database is away rather than the request wrong."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OUTAGES):
+            return True
+        if isinstance(seen, sa.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def connect(url: str) -> AsyncEngine:

@@ -43,6 +43,7 @@ from common.contracts import (
     StepStatus,
     utcnow,
 )
+from common.database import is_outage
 from common.errors import AdxflowError, DeadLetter
 from common.flows import PostWebhook, SendEmail, flow_of
 from common.logs import run_context
@@ -222,6 +223,16 @@ class StepWorker:
             await self._fail(message, started, exc.info())
             return
         except Exception as exc:
+            if is_outage(exc):
+                # The service's own database is away for a moment: worth another try.
+                log.warning("step failed on a database outage", error=str(exc)[:200])
+                error = ErrorInfo(
+                    code=ErrorCode.INTERNAL,
+                    message=f"{SERVICE_OF[self.kind].value} could not reach its database: {exc}"[:2000],
+                    retryable=True,
+                )
+                await self._fail(message, started, error)
+                return
             log.exception("step failed unexpectedly")
             error = ErrorInfo(
                 code=ErrorCode.INTERNAL,

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from common.broker import BrokerError, Delivery
 from common.contracts import RunCompleted, RunMessage, StatusEvent, StepKind, StepOutput, utcnow
-from common.errors import ArtifactMissing, DeadLetter
+from common.database import is_outage
+from common.errors import ArtifactMissing, DeadLetter, Requeue
 from common.http import HttpServer, require_token_off_loopback
 from common.logs import run_context
 from common.runtime import Runtime
@@ -45,9 +46,34 @@ class Recorder:
             log.error("unreadable status event", error=str(exc), message_id=delivery.message_id)
             raise DeadLetter from exc
         with run_context(event.run_id, event.step_id, event.attempt):
-            completed = await self.store.apply(event)
+            completed = await self._apply(event)
             if completed is not None:
                 await self.announce(completed)
+
+    async def _apply(self, event: StatusEvent) -> RunCompleted | None:
+        """Record *event*, waiting out a database that is briefly away.
+
+        The event is acknowledged only after it is committed. While the
+        database is unreachable the handler keeps the message (rather than
+        handing it back at once, which would burn through the broker's
+        delivery limit in milliseconds) and tries again with backoff; after the
+        wait it gives the message back for a later delivery.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.runtime.settings.database_outage_seconds
+        pause = 0.2
+        while True:
+            try:
+                return await self.store.apply(event)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                if loop.time() + pause > deadline:
+                    log.error("database unreachable; the event goes back to the queue", error=str(exc)[:200])
+                    raise Requeue from exc
+                log.warning("database unreachable; waiting", error=str(exc)[:200], retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def announce(self, completed: RunCompleted) -> None:
         broker = self.runtime.broker

@@ -108,6 +108,14 @@ class NotifyStep:
                     continue
             item = "once" if index is None else f"row-{index}"
             claim, recorded = await self.ledger.claim(message.run_id, message.step_id, item, lease=self.lease)
+            if claim is not Claim.SENT and isinstance(spec, SendEmail):
+                # Sent, but the ledger could not be told (its database was away): the
+                # kept copy of the email is the proof.
+                kept = await self._kept_email(message, index)
+                if kept is not None:
+                    recorded = {"email": kept.model_dump()}
+                    await self.ledger.sent(message.run_id, message.step_id, item, recorded)
+                    claim = Claim.SENT
             if claim is Claim.BUSY:
                 # Another delivery of this message is sending it right now: look again later.
                 raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
@@ -152,6 +160,13 @@ class NotifyStep:
             raise
         await self.ledger.sent(message.run_id, message.step_id, item, recorded)
         return recorded
+
+    async def _kept_email(self, message: RunMessage, index: int | None) -> BlobRef | None:
+        key = sent_key(message.run_id, message.step_id, index, "eml")
+        if not await self.runtime.blobs.exists(key):
+            return None
+        size = len(await self.runtime.blobs.get(key))
+        return BlobRef(key=key, content_type="message/rfc822", size=size)
 
     async def _bodies(self, message: RunMessage, flow: Flow) -> dict[str, str]:
         bodies = {}

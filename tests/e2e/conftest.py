@@ -132,6 +132,7 @@ async def hooks() -> AsyncIterator[Hooks]:
 @pytest.fixture(params=["in_process", "rabbitmq"])
 async def system(
     request: pytest.FixtureRequest,
+    postgres_database: Callable[[], Any],
     tmp_path: Path,
     sample_database: Path,
     namespace: str,
@@ -155,10 +156,12 @@ async def system(
         return None
 
     smtp = Outbox(tmp_path / "smtp", reject=reject)
+    # "rabbitmq+postgres": the deployed column, history and flows in PostgreSQL.
+    deployed = request.param.startswith("rabbitmq")
     settings = Settings(
         data_dir=data_dir,
         namespace=namespace,
-        amqp_url=SecretStr(amqp_url) if request.param == "rabbitmq" else None,
+        amqp_url=SecretStr(amqp_url) if deployed else None,
         trigger_port=0,
         history_port=0,
         embedded_smtp=False,
@@ -170,7 +173,10 @@ async def system(
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(smtp)
         settings = settings.model_copy(update={"smtp_port": smtp.port})
-        if request.param == "rabbitmq":
+        if request.param == "rabbitmq+postgres":
+            url = await stack.enter_async_context(postgres_database())
+            settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        if deployed:
             stack.push_async_callback(_delete_topology, amqp_url, namespace)
         running = await stack.enter_async_context(embedded(settings))
         session = await stack.enter_async_context(aiohttp.ClientSession())

@@ -80,3 +80,47 @@ async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice
     ]
     ids = [message["Message-ID"] for message in messages]
     assert len(ids) == len(set(ids)) == len(accepted)
+
+
+async def pg_ctl(action: str) -> None:
+    versions = await asyncio.create_subprocess_exec("ls", "/etc/postgresql", stdout=asyncio.subprocess.PIPE)
+    version = (await versions.communicate())[0].decode().split()[0]
+    process = await asyncio.create_subprocess_exec(
+        "pg_ctlcluster",
+        "--skip-systemctl-redirect",
+        version,
+        "main",
+        action,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("system", ["rabbitmq+postgres"], indirect=True)
+async def test_a_postgres_restart_under_history_loses_no_status_event(system: System) -> None:
+    jobs = [{**JOB, "email": {**JOB["email"], "subject": f"Job {index}"}} for index in range(40)]
+    accepted = list(await asyncio.gather(*(system.submit(job) for job in jobs[:20])))
+    await system.smtp.wait_for_message(timeout=60)
+    await pg_ctl("restart")
+    accepted += await asyncio.gather(*(system.submit(job) for job in jobs[20:]))
+
+    runs = [await system.finished(body["run_id"], timeout=240) for body in accepted]
+    assert [run["status"] for run in runs] == ["succeeded"] * len(accepted)
+    for run in runs:
+        latest = {step["step_id"]: step["status"] for step in run["steps"]}
+        assert latest == dict.fromkeys(["trigger", "query", "query.render", "notify", "record"], "succeeded")
+
+    async def all_delivered() -> bool:
+        return len(system.smtp.messages()) >= len(accepted)
+
+    await system.wait_until(all_delivered, timeout=30, what="every email")
+    ids = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"]
+        for path in system.smtp.messages()
+    ]
+    assert len(ids) == len(set(ids)) == len(accepted)
