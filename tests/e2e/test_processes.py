@@ -52,10 +52,10 @@ class Deployment:
         )
         self.processes[label or service] = process
 
-    async def kill(self, label: str) -> None:
+    async def kill(self, label: str, sig: int = signal.SIGKILL) -> int:
         process = self.processes.pop(label)
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
+        process.send_signal(sig)
+        return await asyncio.wait_for(process.wait(), 60)
 
     async def stop_all(self) -> None:
         for process in self.processes.values():
@@ -118,8 +118,9 @@ async def _delete_topology(url: str, namespace: str) -> None:
 
 @pytest.mark.rabbitmq
 @pytest.mark.timeout(300)
-async def test_a_killed_render_worker_loses_no_run_and_another_finishes_them(
-    deployment: Deployment, wait_until: Any
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+async def test_a_render_worker_gone_mid_flight_loses_no_run_and_another_finishes_them(
+    deployment: Deployment, wait_until: Any, sig: int
 ) -> None:
     job = {
         "connection": "local",
@@ -135,8 +136,11 @@ async def test_a_killed_render_worker_loses_no_run_and_another_finishes_them(
                 assert response.status == 202
                 accepted.append((await response.json())["run_id"])
         await deployment.smtp.wait_for_message(timeout=60)
-        await deployment.kill("render")
-        # Killed with work left: runs were still waiting for their charts.
+        code = await deployment.kill("render", sig)
+        if sig == signal.SIGTERM:
+            # Stopped, not killed: it finished what it had in hand and left cleanly.
+            assert code == 0
+        # Gone with work left: runs were still waiting for their charts.
         assert len(deployment.smtp.messages()) < len(accepted)
         await deployment.start("render", "render-2")
 
