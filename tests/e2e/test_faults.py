@@ -1,4 +1,4 @@
-"""Faults on the real servers: the broker drops the services' connection while
+"""Faults on the real servers: RabbitMQ restarts and PostgreSQL restarts while
 jobs are in flight, and nothing is lost or sent twice."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ async def close_connections_named(name: str) -> int:
 @pytest.mark.rabbitmq
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("system", ["rabbitmq"], indirect=True)
-async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice(
+async def test_a_broker_restart_with_200_jobs_in_flight_loses_no_run_and_sends_no_email_twice(
     system: System, namespace: str
 ) -> None:
     jobs = [{**JOB, "email": {**JOB["email"], "subject": f"Job {index}"}} for index in range(200)]
@@ -61,9 +61,14 @@ async def test_a_dropped_broker_connection_loses_no_run_and_sends_no_email_twice
 
     first = await asyncio.gather(*(submit(job) for job in jobs[:100]))
     await system.smtp.wait_for_message(timeout=60)
-    closed = await close_connections_named(f"adxflow-embedded-{namespace}")
-    assert closed >= 1
-    second = await asyncio.gather(*(submit(job) for job in jobs[100:]))
+    # RabbitMQ itself goes away and comes back, with its durable queues.
+    await rabbitmqctl("stop_app")
+    try:
+        stopped = asyncio.gather(*(submit(job) for job in jobs[100:]))
+    finally:
+        await rabbitmqctl("start_app")
+        await rabbitmqctl("await_startup")
+    second = await stopped
     accepted = [body for body in [*first, *second] if body is not None]
     assert len(accepted) >= 100
 

@@ -118,14 +118,24 @@ async def _delete_topology(url: str, namespace: str) -> None:
 
 @pytest.mark.rabbitmq
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
-async def test_a_render_worker_gone_mid_flight_loses_no_run_and_another_finishes_them(
-    deployment: Deployment, wait_until: Any, sig: int
+@pytest.mark.parametrize(
+    ("service", "sig"),
+    [
+        ("query_worker", signal.SIGKILL),
+        ("render", signal.SIGKILL),
+        ("render", signal.SIGTERM),
+    ],
+    ids=["query-worker-killed", "render-killed", "render-stopped"],
+)
+async def test_a_worker_gone_mid_flight_loses_no_run_and_another_finishes_them(
+    deployment: Deployment, wait_until: Any, service: str, sig: int
 ) -> None:
     job = {
         "connection": "local",
         "database": "Samples",
-        "query": "StormEvents | summarize Events = count() by State | top 10 by Events",
+        # Heavy enough that queries are still running when a worker goes away.
+        "query": "StormEvents | extend Day = bin(StartTime, 1d) | summarize Events = count() by Day, State"
+        " | summarize Busiest = max(Events) by State | top 10 by Busiest",
         "chart": "piechart",
         "email": {"to": ["team@example.com"], "subject": "Storms"},
     }
@@ -136,13 +146,13 @@ async def test_a_render_worker_gone_mid_flight_loses_no_run_and_another_finishes
                 assert response.status == 202
                 accepted.append((await response.json())["run_id"])
         await deployment.smtp.wait_for_message(timeout=60)
-        code = await deployment.kill("render", sig)
+        code = await deployment.kill(service, sig)
         if sig == signal.SIGTERM:
             # Stopped, not killed: it finished what it had in hand and left cleanly.
             assert code == 0
-        # Gone with work left: runs were still waiting for their charts.
+        # Gone with work left: runs were still waiting for it.
         assert len(deployment.smtp.messages()) < len(accepted)
-        await deployment.start("render", "render-2")
+        await deployment.start(service, f"{service}-2")
 
         async def all_succeeded() -> bool:
             for run_id in accepted:
