@@ -29,24 +29,11 @@ async def rabbitmqctl(*args: str) -> str:
     return stdout.decode()
 
 
-async def close_connections_named(name: str) -> int:
-    """Close every RabbitMQ connection whose client calls itself *name*, as a network fault would."""
-    listed = await rabbitmqctl("-q", "list_connections", "pid", "client_properties")
-    marker = f'{{"connection_name","{name}"}}'
-    closed = 0
-    for line in listed.splitlines()[1:]:
-        pid, _, properties = line.partition("\t")
-        if marker in properties:
-            await rabbitmqctl("close_connection", pid, "adxflow fault test")
-            closed += 1
-    return closed
-
-
 @pytest.mark.rabbitmq
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("system", ["rabbitmq"], indirect=True)
 async def test_a_broker_restart_with_200_jobs_in_flight_loses_no_run_and_sends_no_email_twice(
-    system: System, namespace: str
+    system: System,
 ) -> None:
     jobs = [{**JOB, "email": {**JOB["email"], "subject": f"Job {index}"}} for index in range(200)]
 
