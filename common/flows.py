@@ -183,6 +183,10 @@ class TriggerSpec(BaseModel):
         return "manual"
 
 
+#: The text of a query or a control command.
+KqlText = Annotated[str, Field(min_length=1, max_length=65_536)]
+
+
 class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -215,33 +219,33 @@ class RunQuery(_KustoStep):
     """Rows become the step's output for conditions, templates and per-row delivery."""
 
     action: Literal["run_query"]
-    query: Annotated[str, Field(min_length=1, max_length=65_536)]
+    query: KqlText
 
 
 class RunQueryAndRenderChart(_KustoStep):
     action: Literal["run_query_and_render_chart"]
-    query: Annotated[str, Field(min_length=1, max_length=65_536)]
+    query: KqlText
     chart: Chart = Chart.HTML_TABLE
     title: str | None = None
 
 
 class RunControlCommandAndRenderChart(_KustoStep):
     action: Literal["run_control_command_and_render_chart"]
-    command: Annotated[str, Field(min_length=1, max_length=65_536)]
+    command: KqlText
     chart: Chart = Chart.HTML_TABLE
     title: str | None = None
 
 
 class RunShowCommand(_KustoStep):
     action: Literal["run_show_command"]
-    command: Annotated[str, Field(min_length=1, max_length=65_536)]
+    command: KqlText
     chart: Chart = Chart.HTML_TABLE
     title: str | None = None
 
 
 class RunAsyncControlCommand(_KustoStep):
     action: Literal["run_async_control_command"]
-    command: Annotated[str, Field(min_length=1, max_length=65_536)]
+    command: KqlText
     #: How long to wait for the operation, and how often to ask about it.
     timeout_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 60
     poll_seconds: Annotated[float, Field(ge=0.05, le=600)] = 10
