@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     #: turn it off to send through the SMTP relay configured above instead.
     embedded_smtp: bool = True
     outbox_dir: Path | None = None
+    #: Largest email, in bytes of the whole MIME message. Over it, attachments are zipped, then
+    #: replaced by links to the run's artifacts in the history service (and the email says so).
+    email_max_bytes: Annotated[int, Field(ge=64 * 1024)] = 10 * 1024 * 1024
+    #: Domains a flow may send email to (``example.com`` also admits ``sub.example.com``);
+    #: empty admits every domain. A flow naming another recipient is refused when saved.
+    email_allowed_domains: list[str] = []
     #: Hosts a flow may post webhooks to by URL (``*.example.com`` allowed); named
     #: webhooks from the connections file are always allowed.
     webhook_allowed_hosts: list[str] = []

@@ -57,6 +57,10 @@ class Chart(StrEnum):
     TIMECHART = "timechart"
     LINECHART = "linechart"
     AREACHART = "areachart"
+    STACKEDBARCHART = "stackedbarchart"
+    STACKEDCOLUMNCHART = "stackedcolumnchart"
+    STACKEDAREACHART = "stackedareachart"
+    #: Whatever the query's own `render` operator asks for (kind, title, columns, axes...).
     FROM_QUERY = "from_query"
 
 
@@ -222,25 +226,33 @@ class RunQuery(_KustoStep):
     query: KqlText
 
 
-class RunQueryAndRenderChart(_KustoStep):
+class _RenderingStep(_KustoStep):
+    """A Kusto step whose result is also drawn: a chart (unless html_table), a table and a CSV."""
+
+    chart: Chart = Chart.HTML_TABLE
+    title: Annotated[str | None, Field(max_length=200)] = None
+    #: The chart's size in pixels (the PNG in the email, the SVG on the web) and its colours.
+    width: Annotated[int, Field(ge=320, le=2400)] = 800
+    height: Annotated[int, Field(ge=200, le=1600)] = 450
+    theme: Literal["light", "dark"] = "light"
+    #: Rows in the HTML table (the CSV always has them all); 0 leaves the table out.
+    #: Defaults to the operator's ``table_max_rows``.
+    table_rows: Annotated[int | None, Field(ge=0, le=100_000)] = None
+
+
+class RunQueryAndRenderChart(_RenderingStep):
     action: Literal["run_query_and_render_chart"]
     query: KqlText
-    chart: Chart = Chart.HTML_TABLE
-    title: str | None = None
 
 
-class RunControlCommandAndRenderChart(_KustoStep):
+class RunControlCommandAndRenderChart(_RenderingStep):
     action: Literal["run_control_command_and_render_chart"]
     command: KqlText
-    chart: Chart = Chart.HTML_TABLE
-    title: str | None = None
 
 
-class RunShowCommand(_KustoStep):
+class RunShowCommand(_RenderingStep):
     action: Literal["run_show_command"]
     command: KqlText
-    chart: Chart = Chart.HTML_TABLE
-    title: str | None = None
 
 
 class RunAsyncControlCommand(_KustoStep):
@@ -266,7 +278,18 @@ class SendEmail(_Delivery):
     #: Defaults to the bodies of every rendered step, in order.
     body_html: str | None = None
     attachments: list[str] = []
+    #: Send the attachments as one .zip (they are zipped anyway when the email is over its size budget).
+    zip_attachments: bool = False
     importance: Importance = Importance.NORMAL
+    #: The sender's display name; the address is the operator's (``ADXFLOW_MAIL_FROM``).
+    from_name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+
+    @field_validator("from_name")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\r" in value or "\n" in value or '"' in value):
+            raise ValueError("a display name is one line without double quotes")
+        return value
 
     def templates(self) -> dict[str, str]:
         found = {**super().templates(), "subject": self.subject}
@@ -280,8 +303,11 @@ class PostWebhook(_Delivery):
     #: A target the operator configured (may carry secret headers), or a URL on the allowlist.
     webhook: str | None = None
     url: str | None = None
-    #: A JSON template; defaults to a generic run/step payload.
+    #: A JSON template; without one, the payload is made for the receiver named by ``format``.
     body: str | None = None
+    #: ``json``: run, step, row count and artifact links; ``slack``: an incoming-webhook message;
+    #: ``teams``: a Microsoft Teams message with an Adaptive Card.
+    format: Literal["json", "slack", "teams"] = "json"
 
     @model_validator(mode="after")
     def _one_target(self) -> PostWebhook:

@@ -114,12 +114,12 @@ def truncation_note(shown: int, total: int) -> str | None:
     return f"showing {shown:,} of {total:,} rows" if shown < total else None
 
 
-def format_row(columns: Sequence[Column], row: Sequence[Any]) -> list[str]:
-    return [format_value(column.type, value) for column, value in zip(columns, row, strict=True)]
+def format_row(columns: Sequence[Column], row: Sequence[Any], zone: dt.tzinfo = dt.UTC) -> list[str]:
+    return [format_value(column.type, value, zone) for column, value in zip(columns, row, strict=True)]
 
 
-def format_value(kusto_type: str, value: Any) -> str:
-    """Display text for one wire value: grouped digits, UTC datetimes, compact JSON, nulls empty."""
+def format_value(kusto_type: str, value: Any, zone: dt.tzinfo = dt.UTC) -> str:
+    """Display text for one wire value: grouped digits, ISO datetimes in *zone*, compact JSON, nulls empty."""
     if value is None:
         return ""
     if kusto_type in ("int", "long"):
@@ -127,7 +127,7 @@ def format_value(kusto_type: str, value: Any) -> str:
     if kusto_type in ("real", "decimal"):
         return format_number(value)
     if kusto_type == "datetime":
-        return _format_datetime(value)
+        return _format_datetime(value, zone)
     if kusto_type == "dynamic":
         return format_dynamic(value)
     if kusto_type == "bool" or isinstance(value, bool):
@@ -174,11 +174,18 @@ def decode_dynamic(value: Any) -> Any:
     return value
 
 
-def format_datetime(value: dt.datetime) -> str:
-    text = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text
+def format_datetime(value: dt.datetime, zone: dt.tzinfo = dt.UTC) -> str:
+    """ISO 8601 in *zone*, to the second (and the fraction, if any): ``2026-03-01T09:30:00+01:00``."""
+    local = value.astimezone(zone)
+    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if local.microsecond:
+        text += f".{local.microsecond:06d}".rstrip("0")
+    offset = local.utcoffset()
+    if not offset:
+        return text + "Z"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"{text}{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 _NON_FINITE = {
@@ -197,12 +204,12 @@ def _format_integer(value: Any) -> str:
     return format_number(value if number is None else number)
 
 
-def _format_datetime(value: Any) -> str:
+def _format_datetime(value: Any, zone: dt.tzinfo) -> str:
     try:
         parsed = parse_datetime(value)
     except ValueError:
         return str(value)
-    return "" if parsed is None else format_datetime(parsed)
+    return "" if parsed is None else format_datetime(parsed, zone)
 
 
 def _format_bool(value: Any) -> str:
