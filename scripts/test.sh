@@ -31,6 +31,6 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/ruff check common services tests
+.venv/bin/ruff check common services tests benchmarks
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

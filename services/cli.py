@@ -18,7 +18,7 @@ from common.config import Settings, load_settings
 from common.errors import AdxflowError
 from common.logs import configure_logging
 from common.runtime import Runtime
-from services.client import format_run
+from services.client import format_run, wait_for_run
 
 SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
 
@@ -103,20 +103,6 @@ async def up(settings: Settings) -> None:
         await _until_stopped()
 
 
-async def _wait_for_run(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        async with session.get(url) as response:
-            if response.status == 200:
-                run: dict[str, Any] = await response.json()
-                if run["status"] in ("succeeded", "failed"):
-                    return run
-        if loop.time() > deadline:
-            raise AdxflowError(f"run at {url} did not finish within {timeout:g} s")
-        await asyncio.sleep(0.05)
-
-
 async def demo(settings: Settings, timeout: float = 120.0) -> Path:
     """Start embedded mode, run the sample jobs, print their runs; return the last email."""
     from services.embedded import embedded
@@ -133,7 +119,7 @@ async def demo(settings: Settings, timeout: float = 120.0) -> Path:
                 locations.append(response.headers["Location"])
         failed = False
         for location in locations:
-            run = await _wait_for_run(session, location, timeout)
+            run = await wait_for_run(session, location, timeout)
             print(format_run(run), flush=True)
             failed = failed or run["status"] != "succeeded"
         if failed:
@@ -157,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run one service (for containers; needs ADXFLOW_AMQP_URL)")
     serve_cmd.add_argument("service", choices=SERVICES)
     commands.add_parser("demo", help="run two sample report jobs end to end and print the last email's path")
+
+    gallery_cmd = commands.add_parser(
+        "render-gallery",
+        help="draw every chart kind from the sample data, with an email preview, into a folder",
+    )
+    gallery_cmd.add_argument("out_dir", type=Path, help="where the pictures and index.html go")
 
     flows_cmd = commands.add_parser("flows", help="apply, list and validate flows")
     flows = flows_cmd.add_subparsers(dest="flows_command", required=True)
@@ -229,6 +221,12 @@ def main(argv: list[str] | None = None) -> None:
             configure_logging("embedded", level=level, fmt=settings.log_format)
             settings = settings.model_copy(update={"trigger_port": 0, "history_port": 0, "smtp_port": 0})
             print(asyncio.run(demo(settings)))
+        elif args.command == "render-gallery":
+            from services.render.gallery import render_gallery
+
+            level = os.environ.get("ADXFLOW_LOG_LEVEL", "WARNING")
+            configure_logging("embedded", level=level, fmt=settings.log_format)
+            print(asyncio.run(render_gallery(args.out_dir, settings)))
         elif args.command == "up":
             configure_logging("embedded", level=settings.log_level, fmt=settings.log_format)
             asyncio.run(up(settings))

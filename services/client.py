@@ -20,6 +20,7 @@ import aiohttp
 import yaml
 from pydantic import ValidationError
 
+from common.errors import AdxflowError
 from common.flows import Flow
 from services.trigger.schedule import Schedule, ScheduleError
 
@@ -164,6 +165,21 @@ def format_run(run: dict[str, Any]) -> str:
     ]
     lines.extend(format_step(step) for step in run.get("steps", []))
     return "\n".join(lines)
+
+
+async def wait_for_run(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:
+    """The run at *url* (the history API) once it has ended; AdxflowError after *timeout* seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        async with session.get(url) as response:
+            if response.status == 200:
+                run: dict[str, Any] = await response.json()
+                if run["status"] in ("succeeded", "failed"):
+                    return run
+        if loop.time() > deadline:
+            raise AdxflowError(f"run at {url} did not finish within {timeout:g} s")
+        await asyncio.sleep(0.05)
 
 
 async def start(
