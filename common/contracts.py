@@ -116,6 +116,8 @@ class ErrorCode(StrEnum):
     RENDER_FAILED = "RenderFailed"
     SMTP_REJECTED = "SmtpRejected"
     SMTP_UNAVAILABLE = "SmtpUnavailable"
+    EMAIL_TOO_LARGE = "EmailTooLarge"
+    RECIPIENT_NOT_ALLOWED = "RecipientNotAllowed"
     WEBHOOK_REJECTED = "WebhookRejected"
     WEBHOOK_UNAVAILABLE = "WebhookUnavailable"
     TEMPLATE_ERROR = "TemplateError"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -297,6 +298,32 @@ class SendEmail(_Delivery):
             found["body_html"] = self.body_html
         return found
 
+    def recipients_outside(self, domains: Sequence[str]) -> list[tuple[str, str]]:
+        """``(field, address)`` of every recipient outside *domains*, such as ``("cc[0]", ...)``.
+
+        ``example.com`` admits itself and its subdomains (``a.example.com``), not
+        ``badexample.com``; case does not matter. Empty *domains* admit everyone.
+        """
+        allowed = [domain for domain in map(_domain, domains) if domain]
+        if not allowed:
+            return []
+        outside = []
+        for name in ("to", "cc", "bcc"):
+            for index, address in enumerate(getattr(self, name)):
+                domain = _domain(address.rpartition("@")[2])
+                if not any(domain == entry or domain.endswith(f".{entry}") for entry in allowed):
+                    outside.append((f"{name}[{index}]", address))
+        return outside
+
+
+def _domain(text: str) -> str:
+    """A domain as compared: lower case, ASCII (punycode), without ``*.``, ``@`` or the root's dot."""
+    name = text.strip().lower().removeprefix("*.").lstrip("@.").rstrip(".")
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
 
 class PostWebhook(_Delivery):
     action: Literal["post_webhook"]
@@ -308,6 +335,9 @@ class PostWebhook(_Delivery):
     #: ``json``: run, step, row count and artifact links; ``slack``: an incoming-webhook message;
     #: ``teams``: a Microsoft Teams message with an Adaptive Card.
     format: Literal["json", "slack", "teams"] = "json"
+    #: The message's heading, a text template (``Incident {{ row.EventId }}``); defaults to the
+    #: flow's description or name.
+    title: Annotated[str | None, Field(min_length=1, max_length=500)] = None
 
     @model_validator(mode="after")
     def _one_target(self) -> PostWebhook:
@@ -319,6 +349,8 @@ class PostWebhook(_Delivery):
         found = super().templates()
         if self.body is not None:
             found["body"] = self.body
+        if self.title is not None:
+            found["title"] = self.title
         return found
 
 

@@ -9,7 +9,7 @@ as ISO strings, dynamic as JSON) until a consumer asks for typed ones.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -32,13 +32,26 @@ class Column(BaseModel):
 
 
 class Visualization(BaseModel):
-    """What a query's own `render` operator asked for, as Kusto reported it."""
+    """What a query's own `render` operator asked for, as Kusto reported it.
+
+    `kind` is the chart Kusto names "Visualization" (timechart, piechart, ...);
+    `variant` is its `kind` property (default, unstacked, stacked, stacked100,
+    map). Limits Kusto reports as "NaN" (unset) are None here.
+    """
 
     kind: str | None = None
     title: str | None = None
     x_column: str | None = None
     y_columns: list[str] | None = None
     series: list[str] | None = None
+    x_title: str | None = None
+    y_title: str | None = None
+    legend: Literal["visible", "hidden"] | None = None
+    y_min: float | None = None
+    y_max: float | None = None
+    #: Each y value is added to all its predecessors: a running total per series.
+    accumulate: bool = False
+    variant: str | None = None
 
 
 class ResultSet(BaseModel):

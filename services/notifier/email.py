@@ -3,7 +3,9 @@ alternative, and attachments.
 
 Email clients drop <style> blocks, scripts and remote images, so the HTML uses
 inline styles only and charts travel inside the message, referenced by their
-Content-ID. Building the message reads no files and opens no connections.
+Content-ID. Files too large to travel in the message are listed as links in
+a note, in the HTML and in the text. Building the message reads no files and
+opens no connections.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import email.policy
 import email.utils
 import re
 from dataclasses import dataclass, field
+from email.headerregistry import Address
 from email.message import EmailMessage
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -39,6 +42,17 @@ _TEMPLATE = """\
 <head><meta http-equiv="Content-Type" content="text/html; charset=utf-8"></head>
 <body style="margin:0;padding:16px;background-color:#ffffff;{{ font }}">
 {{ body }}
+{%- if links %}
+<div style="{{ font }};font-size:13px;margin:16px 0 0 0;padding:8px 12px;border:1px solid #d0d7de;\
+background-color:#f6f8fa">
+<p style="margin:0 0 4px 0">{{ link_note }}</p>
+<ul style="margin:0;padding-left:20px">
+{%- for link in links %}
+<li><a href="{{ link.url }}" style="color:#0969da">{{ link.name }}</a> ({{ link.size | size }})</li>
+{%- endfor %}
+</ul>
+</div>
+{%- endif %}
 {%- if run_url %}
 <div style="{{ font }};font-size:12px;color:#57606a;margin:16px 0 0 0;border-top:1px solid #d0d7de;\
 padding-top:8px">
@@ -49,7 +63,24 @@ padding-top:8px">
 </html>
 """
 
+#: What the note above the links says unless the sender says otherwise.
+LINK_NOTE = "These files are too large for this email; download them from the run history:"
+
+
+def describe_size(size: int) -> str:
+    """*size* bytes for a reader: ``812 bytes``, ``3.4 KB``, ``12.1 MB``."""
+    if size < 1024:
+        return f"{size} bytes"
+    amount = size / 1024
+    for unit in ("KB", "MB"):
+        if amount < 1024:
+            return f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GB"
+
+
 _environment = SandboxedEnvironment(autoescape=True)
+_environment.filters["size"] = describe_size
 _html_template = _environment.from_string(_TEMPLATE)
 
 
@@ -70,6 +101,15 @@ class InlineImage:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A file the email points to instead of carrying it."""
+
+    name: str
+    size: int
+    url: str
+
+
+@dataclass(frozen=True)
 class Email:
     to: list[str]
     subject: str
@@ -81,11 +121,29 @@ class Email:
     importance: Importance = Importance.NORMAL
     inline: list[InlineImage] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
+    #: Files listed under *link_note*, in the HTML and in the text.
+    links: list[Link] = field(default_factory=list)
+    link_note: str = LINK_NOTE
     #: Link to the run in the history service, shown in the footer.
     run_url: str | None = None
 
 
-def build_email(mail: Email, *, sender: str, message_id: str) -> EmailMessage:
+def sender_address(mail_from: str, name: str | None = None) -> Address:
+    """The operator's address from *mail_from* (``adxflow <reports@example.com>``), shown as *name*.
+
+    Without *name*, the display name of *mail_from* stays. A ValueError says what is wrong with
+    either.
+    """
+    _single_line(mail_from, "sender")
+    addresses = email.policy.default.header_factory("From", mail_from).addresses
+    if len(addresses) != 1 or not addresses[0].username or not addresses[0].domain:
+        raise ValueError(f"sender {mail_from!r} is not one address such as 'adxflow <reports@example.com>'")
+    operator = addresses[0]
+    shown = operator.display_name if name is None else name
+    return Address(display_name=shown, username=operator.username, domain=operator.domain)
+
+
+def build_email(mail: Email, *, sender: Address, message_id: str) -> EmailMessage:
     """*mail* as a MIME message (multipart/alternative at the top when it has no attachments).
 
     Layout::
@@ -99,7 +157,6 @@ def build_email(mail: Email, *, sender: str, message_id: str) -> EmailMessage:
           attachments ...
     """
     _single_line(mail.subject, "subject")
-    _single_line(sender, "sender")
     if not _MESSAGE_ID.fullmatch(message_id):
         raise ValueError(f"message_id must look like <local@domain>, got {message_id!r}")
     for attachment in mail.attachments:
@@ -123,9 +180,15 @@ def build_email(mail: Email, *, sender: str, message_id: str) -> EmailMessage:
     message["Importance"] = importance
     message["X-Priority"] = priority
 
-    html = _html_template.render(font=_FONT, body=Markup(mail.body_html), run_url=mail.run_url)
+    html = _html_template.render(
+        font=_FONT,
+        body=Markup(mail.body_html),
+        links=mail.links,
+        link_note=mail.link_note,
+        run_url=mail.run_url,
+    )
     # Quoted-printable keeps the message 7-bit clean whatever the relay supports.
-    message.set_content(mail.text, cte="quoted-printable")
+    message.set_content(_text_with_links(mail), cte="quoted-printable")
     message.add_alternative(html, subtype="html", cte="quoted-printable")
     if mail.inline:
         html_part = message.get_body(preferencelist=("html",))
@@ -148,6 +211,13 @@ def build_email(mail: Email, *, sender: str, message_id: str) -> EmailMessage:
         if part is not message:
             del part["MIME-Version"]
     return message
+
+
+def _text_with_links(mail: Email) -> str:
+    if not mail.links:
+        return mail.text
+    lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.links]
+    return "\n".join([mail.text.rstrip("\n"), "", mail.link_note, *lines, ""])
 
 
 def _single_line(value: str, field: str) -> None:

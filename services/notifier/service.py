@@ -5,6 +5,12 @@ and, for a per-row step, ``row``), then sends. With ``for_each`` it sends one
 delivery per row of an earlier query step, up to a cap, and its ``when`` is
 evaluated for each row.
 
+An email is kept within the operator's size budget (see
+:mod:`services.notifier.budget`) and goes only to the domains the operator
+allows, checked again here because a flow saved before the allowlist changed
+may still name another. A webhook without a body template gets the payload
+of its ``format`` (see :mod:`services.notifier.payloads`).
+
 A redelivered message must not deliver twice: every delivery is claimed in
 the delivery ledger (keyed by run, step and row, not by attempt) before it is
 sent, and recorded there once the SMTP server or the webhook receiver took
@@ -19,6 +25,8 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.headerregistry import Address
+from functools import partial
 from html.parser import HTMLParser
 from typing import Any
 
@@ -35,19 +43,25 @@ from common.contracts import (
     StepStatus,
     chart_content_id,
 )
-from common.errors import DeliveryError
+from common.errors import ConfigurationError, DeliveryError
 from common.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepPending, StepWorker
 from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
 from common.webhooks import WebhookPolicy, WebhookRefused, policy_for
-from services.notifier.email import Attachment, Email, InlineImage, build_email
+from services.notifier.budget import Chart, File, Packer
+from services.notifier.email import Email, build_email, sender_address
 from services.notifier.ledger import Claim, Ledger
+from services.notifier.payloads import payload, summarize
 from services.notifier.smtp import send_email
-from services.notifier.webhook import default_body, post_json, render_json_body
+from services.notifier.webhook import encode_json, post_json, render_json_body
 
 log = structlog.get_logger(__name__)
+
+
+#: How far each way of carrying files went, to report the furthest over several emails.
+_FURTHEST = {"attached": 0, "inline": 0, "zipped": 1, "linked": 2}
 
 
 def sent_key(run_id: str, step_id: str, row: int | None, suffix: str) -> str:
@@ -95,10 +109,13 @@ class NotifyStep:
         spec = step_spec(message, flow)
         if not isinstance(spec, SendEmail | PostWebhook):
             raise DeliveryError(f"step {spec.id!r} ({spec.action}) delivers nothing")
+        if isinstance(spec, SendEmail):
+            self._check_recipients(spec)
         bodies = await self._bodies(message, flow)
         rows, total = await self._rows(message, spec)
         delivered, skipped = 0, 0
         artifacts: dict[str, BlobRef] = {}
+        packings: list[dict[str, Any]] = []
         for index, row in rows:
             context = template_context(message, bodies=bodies, row=row)
             if spec.for_each and spec.when:
@@ -128,12 +145,15 @@ class NotifyStep:
                 log.info("already delivered on an earlier delivery", item=item)
             if "email" in recorded:
                 artifacts[f"email_{index}" if index is not None else "email"] = BlobRef(**recorded["email"])
+            if "packing" in recorded:
+                packings.append(recorded["packing"])
             delivered += 1
         detail: dict[str, Any] = {"deliveries": delivered}
         if spec.for_each:
             detail.update(rows=total, skipped_rows=skipped, capped=total > len(rows))
         if isinstance(spec, SendEmail):
             detail["recipients"] = [*spec.to, *spec.cc, *spec.bcc]
+            detail.update(_furthest_packing(packings))
         # Keep the step's output small: the history shows up to ten sent emails.
         shown = dict(list(artifacts.items())[:10])
         return StepOutput(artifacts=shown, detail=detail)
@@ -150,16 +170,39 @@ class NotifyStep:
         """Send one delivery this worker claimed, and record it in the ledger."""
         try:
             if isinstance(spec, SendEmail):
-                ref = await self._email(message, flow, spec, context, index)
-                recorded: dict[str, Any] = {"email": ref.model_dump()}
+                ref, packing = await self._email(message, flow, spec, context, index)
+                recorded: dict[str, Any] = {"email": ref.model_dump(), "packing": packing}
             else:
-                recorded = {"status": await self._webhook(message, spec, context, index)}
-        except (DeliveryError, TemplateError, ValueError):
+                recorded = {"status": await self._webhook(message, flow, spec, context, index)}
+        except (DeliveryError, TemplateError, ConfigurationError, ValueError):
             # Refused before or by the receiver: nothing went out, the next attempt may send.
             await self.ledger.release(message.run_id, message.step_id, item)
             raise
         await self.ledger.sent(message.run_id, message.step_id, item, recorded)
         return recorded
+
+    def _check_recipients(self, spec: SendEmail) -> None:
+        domains = self.runtime.settings.email_allowed_domains
+        outside = spec.recipients_outside(domains)
+        if outside:
+            problems = "; ".join(
+                f"steps.{spec.id}.{field}: {address!r} is outside the domains this server sends to "
+                f"({', '.join(domains)})"
+                for field, address in outside
+            )
+            raise DeliveryError(problems, code=ErrorCode.RECIPIENT_NOT_ALLOWED, retryable=False)
+
+    def _sender(self, spec: SendEmail) -> Address:
+        try:
+            return sender_address(self.runtime.settings.mail_from, spec.from_name)
+        except ValueError as exc:
+            raise ConfigurationError(f"ADXFLOW_MAIL_FROM: {exc}") from None
+
+    def _run_url(self, message: RunMessage) -> str:
+        return f"{self.runtime.history_url}/v1/runs/{message.run_id}"
+
+    def _artifact_url(self, ref: BlobRef) -> str:
+        return f"{self.runtime.history_url}/v1/artifacts/{ref.key}"
 
     async def _kept_email(self, message: RunMessage, index: int | None) -> BlobRef | None:
         key = sent_key(message.run_id, message.step_id, index, "eml")
@@ -212,8 +255,10 @@ class NotifyStep:
 
     async def _email(
         self, message: RunMessage, flow: Flow, spec: SendEmail, context: dict[str, Any], index: int | None
-    ) -> BlobRef:
+    ) -> tuple[BlobRef, dict[str, Any]]:
+        """Send one email; return the kept copy and what was done to keep it within the budget."""
         blobs = self.runtime.blobs
+        settings = self.runtime.settings
         key = sent_key(message.run_id, message.step_id, index, "eml")
         subject = render_text(spec.subject, context, field=f"steps.{spec.id}.subject").strip()
         if "\r" in subject or "\n" in subject:
@@ -223,7 +268,7 @@ class NotifyStep:
         else:
             bodies = {name: str(view["body_html"]) for name, view in context["steps"].items()}
             body = self._default_body(message, flow, bodies)
-        inline, attachments = [], []
+        charts, files = [], []
         for step in flow.steps:
             if not isinstance(step, RENDERING_STEPS):
                 continue
@@ -233,13 +278,12 @@ class NotifyStep:
             png = render.artifacts.get("chart_png")
             content_id = chart_content_id(message.run_id, step.id)
             if png is not None and f"cid:{content_id}" in body:
-                inline.append(InlineImage(content_id, await blobs.get(png.key)))
-            if step.id in spec.attachments:
-                csv = await blobs.get(render.artifacts["csv"].key)
-                attachments.append(Attachment(f"{step.id}.csv", "text", "csv", csv))
+                charts.append(Chart(content_id, f"{step.id}.png", png))
+            csv = render.artifacts.get("csv")
+            if step.id in spec.attachments and csv is not None:
+                files.append(File(f"{step.id}.csv", "text", "csv", csv))
                 if png is not None:
-                    attachments.append(Attachment(f"{step.id}.png", "image", "png", await blobs.get(png.key)))
-        suffix = "" if index is None else f".{index}"
+                    files.append(File(f"{step.id}.png", "image", "png", png))
         mail = Email(
             to=list(spec.to),
             cc=list(spec.cc),
@@ -247,22 +291,34 @@ class NotifyStep:
             body_html=body,
             text=html_to_text(body),
             importance=spec.importance,
-            inline=inline,
-            attachments=attachments,
-            run_url=f"{self.runtime.history_url}/v1/runs/{message.run_id}"
-            if self.runtime.history_url
-            else None,
+            run_url=self._run_url(message) if self.runtime.history_url else None,
         )
-        email = build_email(
-            mail,
-            sender=self.runtime.settings.mail_from,
-            message_id=f"<{message.run_id}.{message.step_id}{suffix}@adxflow>",
+        suffix = "" if index is None else f".{index}"
+        packer = Packer(
+            max_bytes=settings.email_max_bytes,
+            load=lambda ref: blobs.get(ref.key),
+            compose=partial(
+                build_email,
+                sender=self._sender(spec),
+                message_id=f"<{message.run_id}.{message.step_id}{suffix}@adxflow>",
+            ),
+            artifact_url=self._artifact_url,
+            archive_name=f"{flow.name}-{message.run_id}.zip",
+            archived_at=message.submitted_at,
         )
-        await send_email(email, self.runtime.settings, extra_recipients=list(spec.bcc))
-        return await blobs.put(key, email.as_bytes(), "message/rfc822")
+        packed = await packer.pack(mail, files, charts, zip_attachments=spec.zip_attachments)
+        if packed.detail.get("attachments") not in (None, "attached"):
+            log.info("email packed to fit its budget", **packed.detail)
+        await send_email(packed.message, settings, extra_recipients=list(spec.bcc))
+        return await blobs.put(key, packed.data, "message/rfc822"), packed.detail
 
     async def _webhook(
-        self, message: RunMessage, spec: PostWebhook, context: dict[str, Any], index: int | None
+        self,
+        message: RunMessage,
+        flow: Flow,
+        spec: PostWebhook,
+        context: dict[str, Any],
+        index: int | None,
     ) -> int:
         try:
             target = self.policy.resolve(webhook=spec.webhook, url=spec.url, field=f"steps.{spec.id}")
@@ -272,16 +328,38 @@ class NotifyStep:
             text = render_text(spec.body, context, field=f"steps.{spec.id}.body")
             body = render_json_body(text, field=f"steps.{spec.id}.body")
         else:
-            steps = {
-                name: {k: v for k, v in view.items() if k in ("status", "row_count", "columns", "error")}
-                for name, view in context["steps"].items()
-            }
-            run = {**context["run"], "url": f"{self.runtime.history_url}/v1/runs/{message.run_id}"}
-            body = default_body(run=run, step={"id": spec.id, "row": context.get("row"), "steps": steps})
+            title = flow.description or flow.name
+            if spec.title is not None:
+                title = render_text(spec.title, context, field=f"steps.{spec.id}.title").strip() or title
+            summary = summarize(
+                message,
+                flow,
+                spec,
+                title=title,
+                row=context.get("row"),
+                run_url=self._run_url(message),
+                artifact_url=self._artifact_url,
+            )
+            body = encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
         suffix = "" if index is None else f".{index}"
         return await post_json(
             self.session, target, body, idempotency_key=f"{message.run_id}.{message.step_id}{suffix}"
         )
+
+
+def _furthest_packing(packings: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the step's emails needed to fit: how far each way of carrying files went, the largest size."""
+    if not packings:
+        return {}
+    summary: dict[str, Any] = {
+        "size": max(packing["size"] for packing in packings),
+        "max_bytes": packings[0]["max_bytes"],
+    }
+    for name in ("attachments", "inline_images"):
+        ways = [packing[name] for packing in packings if name in packing]
+        if ways:
+            summary[name] = max(ways, key=lambda way: _FURTHEST.get(way, 0))
+    return summary
 
 
 @asynccontextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -134,15 +133,11 @@ def render_json_body(rendered_template: str, *, field: str) -> bytes:
         ) from None
     except ValueError as exc:
         raise RenderError(f"{field}: the rendered body is not valid JSON: {exc}") from None
-    return _compact(value)
+    return encode_json(value)
 
 
-def default_body(*, run: Mapping[str, Any], step: Mapping[str, Any]) -> bytes:
-    """The generic payload ``{"run": {...}, "step": {...}}`` for a step without a body template."""
-    return _compact({"run": dict(run), "step": dict(step)}, sort_keys=True)
-
-
-def _compact(value: Any, *, sort_keys: bool = False) -> bytes:
+def encode_json(value: Any, *, sort_keys: bool = False) -> bytes:
+    """*value* as compact UTF-8 JSON; what is not JSON (a datetime) becomes its string."""
     # allow_nan=False: NaN and Infinity are not JSON, and a receiver's parser may reject them.
     text = json.dumps(
         value, default=str, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False, allow_nan=False

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import AsyncIterator, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import ClientResponse, ClientSession
 from azure.kusto.data.exceptions import KustoMultiApiError, OneApiError
@@ -33,7 +34,27 @@ def _names(value: Any) -> list[str] | None:
         return None
     if isinstance(value, list):
         return [str(item) for item in value]
-    return [name.strip() for name in str(value).split(",") if name.strip()]
+    return [name.strip() for name in str(value).split(",") if name.strip()] or None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _limit(value: Any) -> float | None:
+    """Ymin and Ymax: a number, or "NaN" when the query does not set it."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _legend(value: Any) -> Literal["visible", "hidden"] | None:
+    text = str(value).lower() if value is not None else None
+    return "visible" if text == "visible" else "hidden" if text == "hidden" else None
 
 
 def _visualization(response: Any) -> Visualization | None:
@@ -49,14 +70,22 @@ def _visualization_of(rows: Iterable[list[Any]]) -> Visualization | None:
     for row in rows:
         if len(row) >= 3 and row[1] == "Visualization":
             raw = json.loads(row[2]) if isinstance(row[2], str) else row[2]
-            if not raw or not raw.get("Visualization"):
+            if not isinstance(raw, dict) or not raw.get("Visualization"):
                 return None
+            accumulate = raw.get("Accumulate")
             return Visualization(
-                kind=raw.get("Visualization"),
-                title=raw.get("Title") or None,
-                x_column=raw.get("XColumn") or None,
+                kind=str(raw["Visualization"]),
+                title=_text(raw.get("Title")),
+                x_column=_text(raw.get("XColumn")),
                 y_columns=_names(raw.get("YColumns")),
                 series=_names(raw.get("Series")),
+                x_title=_text(raw.get("XTitle")),
+                y_title=_text(raw.get("YTitle")),
+                legend=_legend(raw.get("Legend")),
+                y_min=_limit(raw.get("Ymin")),
+                y_max=_limit(raw.get("Ymax")),
+                accumulate=accumulate is True or str(accumulate).lower() == "true",
+                variant=(_text(raw.get("Kind")) or "").lower() or None,
             )
     return None
 

@@ -2,43 +2,109 @@
 
 Values keep their machine form (no digit grouping, wire datetimes), so the file
 loads back into a spreadsheet or a script as the data Kusto returned.
+
+A result can hold hundreds of thousands of rows, so the file is made in chunks
+and streamed to the blob store as it is made; it is never whole in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
-import io
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from common.blobs import BlobStore
+from common.contracts import BlobRef
 from common.results import TEXT_TYPES, ResultSet
 from services.render.table import decode_dynamic, format_dynamic
 
+CONTENT_TYPE = "text/csv; charset=utf-8"
+#: Bytes of CSV per chunk (a chunk ends with the row that reaches it).
+CHUNK_SIZE = 256 * 1024
 #: A spreadsheet runs a cell starting with one of these as a formula (OWASP's list).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def render_csv(result: ResultSet) -> bytes:
-    """RFC 4180 CSV, UTF-8 without BOM, CRLF line endings, with a header row."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\r\n")
+def csv_chunks(result: ResultSet, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """RFC 4180 CSV, UTF-8 without BOM, CRLF line endings, with a header row; in chunks of whole rows."""
+    lines = _Lines()
+    writer = csv.writer(lines, lineterminator="\r\n")
     writer.writerow(_defuse(column.name) for column in result.columns)
-    types = [column.type for column in result.columns]
+    converters = [_converter(column.type) for column in result.columns]
     for row in result.rows:
-        writer.writerow(_cell(kusto_type, value) for kusto_type, value in zip(types, row, strict=True))
-    return buffer.getvalue().encode("utf-8")
+        writer.writerow([convert(value) for convert, value in zip(converters, row, strict=True)])
+        if lines.size >= chunk_size:
+            yield lines.take()
+    if lines.size:
+        yield lines.take()
 
 
-def _cell(kusto_type: str, value: Any) -> str:
+def render_csv(result: ResultSet) -> bytes:
+    """The whole CSV file in memory; :func:`store_csv` streams it instead."""
+    return b"".join(csv_chunks(result))
+
+
+async def store_csv(
+    result: ResultSet, store: BlobStore, key: str, *, chunk_size: int = CHUNK_SIZE
+) -> BlobRef:
+    """Stream the result's CSV to *key*; the blob appears only once the whole file is written.
+
+    Making CSV is CPU-bound, so each chunk is made in a worker thread and the event
+    loop stays free between chunks. At most one chunk is held at a time.
+    """
+    chunks = csv_chunks(result, chunk_size)
+    async with store.writer(key, CONTENT_TYPE) as blob:
+        while chunk := await asyncio.to_thread(next, chunks, b""):
+            await blob.write(chunk)
+    return blob.ref
+
+
+class _Lines:
+    """Where the csv writer puts its lines, already UTF-8, until they leave as one chunk."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def write(self, line: str) -> None:
+        self._buffer += line.encode("utf-8")
+
+    def take(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+def _converter(kusto_type: str) -> Callable[[Any], str]:
+    """How a column's wire values become CSV fields; chosen once per column, used for every row."""
+    if kusto_type in TEXT_TYPES:
+        return _text
+    if kusto_type == "dynamic":
+        return _dynamic
+    return _plain
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else _defuse(str(value))
+
+
+def _dynamic(value: Any) -> str:
     if value is None:
         return ""
-    if kusto_type in TEXT_TYPES:
-        return _defuse(str(value))
-    if kusto_type == "dynamic":
-        # Text inside a dynamic is as free-form as a string column; numbers and JSON are not.
-        decoded = decode_dynamic(value)
-        return _defuse(decoded) if isinstance(decoded, str) else format_dynamic(decoded)
+    # Text inside a dynamic is as free-form as a string column; numbers and JSON are not.
+    decoded = decode_dynamic(value)
+    return _defuse(decoded) if isinstance(decoded, str) else format_dynamic(decoded)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and not math.isfinite(value):

@@ -290,7 +290,9 @@ def email_preview(raw: bytes) -> str:
     for part in message.walk():
         content_id = part["Content-ID"]
         if content_id and part.get_content_maintype() == "image":
-            data = base64.b64encode(part.get_payload(decode=True)).decode("ascii")
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            data = base64.b64encode(payload).decode("ascii")
             images[content_id.strip("<>")] = f"data:{part.get_content_type()};base64,{data}"
         elif part.get_filename():
             attachments.append({"name": part.get_filename(), "size": len(part.get_payload(decode=True))})
@@ -357,7 +359,8 @@ img { max-width: 100%; border: 1px solid #d0d7de; }
  Drawn as {{ card.detail.drawn_as }} ({{ card.detail.why }}).
 {%- if card.detail.columns_used %} Columns:
 {%- for role, names in card.detail.columns_used.items() %}
- {{ role }} = {{ names if names is string else names | join(", ") }}{% if not loop.last %};{% endif %}
+ {{ role }} = {{ names | join(", ") if names is sequence and names is not string else names }}
+{%- if not loop.last %};{% endif %}
 {%- endfor %}.{% endif %}</p>
 <pre>{{ card.exhibit.query }}</pre>
 {%- if card.files.chart_png %}

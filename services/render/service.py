@@ -8,9 +8,11 @@ email shows when it inserts ``{{ steps.<id>.body_html }}``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 
@@ -21,59 +23,44 @@ from common.flows import RENDERING_STEPS, Chart, flow_of, step_spec
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepWorker
-from services.render.chart import ChartError, RenderedChart, render_chart
-from services.render.csvfile import render_csv
+from services.render.chart import ChartError, ChartOptions, RenderedChart, from_query, render_chart
+from services.render.csvfile import store_csv
 from services.render.table import render_table, render_text_table
 
-#: Kusto `render` visualizations drawn as one of ours (what the query asked for → what is drawn).
-_FROM_QUERY = {
-    "piechart": "piechart",
-    "barchart": "barchart",
-    "columnchart": "columnchart",
-    "timechart": "timechart",
-    "linechart": "linechart",
-    "areachart": "linechart",
-    "stackedareachart": "linechart",
-    "anomalychart": "timechart",
-}
+_HTML = "text/html; charset=utf-8"
 
 
 @dataclass(frozen=True)
 class Rendered:
     table_html: str
     text: str
-    csv: bytes
     chart: RenderedChart | None
     drawn_as: str
 
 
 def chart_kind(chart: Chart, result: ResultSet) -> tuple[str, str]:
-    """What to draw for *chart*, and a note saying how it was chosen."""
+    """What to draw for *chart* (a chart kind, or html_table), and a note saying how it was chosen."""
     if chart is Chart.FROM_QUERY:
-        asked = result.visualization.kind if result.visualization else None
-        if not asked or asked == "table":
-            return "html_table", f"the query's render operator asks for {asked or 'nothing'}: a table"
-        drawn = _FROM_QUERY.get(asked)
-        if drawn is None:
-            return "html_table", f"the query asks for {asked}, which is drawn as a table"
-        return drawn, f"the query's render operator asks for {asked}"
-    if chart is Chart.AREACHART:
-        return "linechart", "areachart is drawn as a line chart"
-    return chart.value, chart.value
+        drawn, note = from_query(result.visualization)
+        return drawn or Chart.HTML_TABLE.value, note
+    if chart is Chart.HTML_TABLE:
+        return chart.value, "the step asks for a table"
+    return chart.value, f"the step asks for a {chart.value}"
 
 
-def render_all(result: ResultSet, drawing: str, title: str | None, max_rows: int) -> Rendered:
-    """Everything a report needs from one result; CPU-bound, run off the event loop."""
+def render_all(
+    result: ResultSet, drawing: str, options: ChartOptions, table_rows: int, zone: dt.tzinfo
+) -> Rendered:
+    """The chart and the tables of one result; CPU-bound, run off the event loop."""
     rendered_chart = None
-    if drawing != "html_table":
+    if drawing != Chart.HTML_TABLE.value:
         try:
-            rendered_chart = render_chart(result, drawing, title=title)
+            rendered_chart = render_chart(result, drawing, options)
         except ChartError as exc:
             raise RenderError(f"cannot draw a {drawing}: {exc}") from exc
     return Rendered(
-        table_html=render_table(result, max_rows=max_rows),
-        text=render_text_table(result),
-        csv=render_csv(result),
+        table_html=render_table(result, max_rows=table_rows, zone=zone) if table_rows else "",
+        text=render_text_table(result, zone=zone),
         chart=rendered_chart,
         drawn_as=drawing,
     )
@@ -88,7 +75,8 @@ def body_html(rendered: Rendered, content_id: str, title: str | None) -> str:
             f'width="{min(rendered.chart.width, 640)}" '
             'style="display:block;border:0;max-width:100%;height:auto"></p>'
         )
-    parts.append(rendered.table_html)
+    if rendered.table_html:
+        parts.append(rendered.table_html)
     return str(Markup("\n").join(Markup(part) for part in parts))
 
 
@@ -105,27 +93,34 @@ class RenderStep:
         result = ResultSet.from_json_bytes(await self.runtime.blobs.get(query.artifacts["result"].key))
         drawing, note = chart_kind(spec.chart, result)
         title = spec.title or (result.visualization.title if result.visualization else None)
-        rendered = await asyncio.to_thread(
-            render_all, result, drawing, title, self.runtime.settings.table_max_rows
-        )
+        zone = ZoneInfo(flow.trigger.timezone)
+        options = ChartOptions(title=title, width=spec.width, height=spec.height, theme=spec.theme, zone=zone)
+        table_rows = self.runtime.settings.table_max_rows if spec.table_rows is None else spec.table_rows
+        rendered = await asyncio.to_thread(render_all, result, drawing, options, table_rows, zone)
+
+        def key(name: str) -> str:
+            return artifact_key(message.run_id, message.step_id, message.attempt, name)
 
         async def put(name: str, data: bytes, content_type: str) -> BlobRef:
-            key = artifact_key(message.run_id, message.step_id, message.attempt, name)
-            return await self.runtime.blobs.put(key, data, content_type)
+            return await self.runtime.blobs.put(key(name), data, content_type)
 
         body = body_html(rendered, chart_content_id(message.run_id, spec.id), title)
         if query.detail.get("truncated"):
             # The reader stopped at a cap: say so where the reader of the email looks.
-            note = escape(str(query.detail.get("truncation") or "the result was cut short"))
-            body += f'\n<p style="font-size:13px;color:#9a6700;margin:6px 0 0 0">{note}</p>'
+            cut = escape(str(query.detail.get("truncation") or "the result was cut short"))
+            body += f'\n<p style="font-size:13px;color:#9a6700;margin:6px 0 0 0">{cut}</p>'
 
         artifacts = {
-            "body_html": await put("body.html", body.encode(), "text/html; charset=utf-8"),
-            "table_html": await put("table.html", rendered.table_html.encode(), "text/html; charset=utf-8"),
+            "body_html": await put("body.html", body.encode(), _HTML),
             "text": await put("table.txt", rendered.text.encode(), "text/plain; charset=utf-8"),
-            "csv": await put("result.csv", rendered.csv, "text/csv; charset=utf-8"),
+            # Streamed: the CSV of a big result is never whole in memory.
+            "csv": await store_csv(result, self.runtime.blobs, key("result.csv")),
         }
+        if rendered.table_html:
+            artifacts["table_html"] = await put("table.html", rendered.table_html.encode(), _HTML)
         detail: dict[str, object] = {"chart": spec.chart.value, "drawn_as": rendered.drawn_as, "why": note}
+        if table_rows < result.row_count:
+            detail["table_rows"] = f"{table_rows:,} of {result.row_count:,} in the table; all in the CSV"
         if rendered.chart is not None:
             artifacts["chart_svg"] = await put("chart.svg", rendered.chart.svg, "image/svg+xml")
             artifacts["chart_png"] = await put("chart.png", rendered.chart.png, "image/png")

@@ -11,29 +11,46 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 
 from common.results import NUMERIC_TYPES, Column, ResultSet, parse_datetime
 
 NO_ROWS = "no rows"
 #: Right-aligned like numbers: they read best when their digits line up.
 _ALIGNED_RIGHT_TYPES = NUMERIC_TYPES | {"timespan"}
+#: Kept on one line: a browser may break them at a hyphen, and half a datetime or guid misleads.
+_UNBROKEN_TYPES = frozenset({"datetime", "guid"})
+#: Free text, which may hold runs without a break opportunity (URLs, compact JSON) that widen a table.
+_FREE_TEXT_TYPES = frozenset({"string", "dynamic"})
+#: A run of characters longer than this may break anywhere rather than widen its column.
+_LONGEST_UNBROKEN_RUN = 40
 #: Longest cell in the plain-text table; a JSON blob would otherwise push every column off screen.
 _TEXT_CELL_WIDTH = 40
+#: Control characters left after whitespace is folded: they would garble a plain-text table.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 _FONT = "font-family:Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328"
-_TABLE_STYLE = f"{_FONT};font-size:13px;border-collapse:collapse;border:1px solid #d0d7de"
+_TABLE_STYLE = f"{_FONT};font-size:13px;border-collapse:collapse;border:1px solid #d0d7de;max-width:100%"
 _HEADER_STYLE = "background-color:#eaeef2;border-bottom:2px solid #d0d7de;font-weight:bold;white-space:nowrap"
-# A thousand rows add up: cells carry only what differs from the default, since some mail
-# clients (Gmail) clip a message body beyond about 100 kB.
-_RIGHT = "text-align:right;white-space:nowrap"
-_ROW_STYLES = ("vertical-align:top", "vertical-align:top;background-color:#f6f8fa")
 _NOTE_STYLE = f"{_FONT};font-size:13px;color:#57606a;margin:6px 0 0 0"
 _TITLE_STYLE = f"{_FONT};font-size:15px;font-weight:bold;margin:0 0 8px 0"
+# A thousand rows add up, and Gmail clips a message body beyond about 100 kB. So the
+# per-row markup is what differs from the default and no more: vertical alignment is set
+# once on <tbody> (cells inherit it), and the per-cell hints use the short presentational
+# attributes every mail client honours (align, nowrap, bgcolor) instead of style="...".
+_BODY_STYLE = "vertical-align:top"
+_SHADED = Markup(' bgcolor="#f6f8fa"')
+_PLAIN = Markup("")
+_RIGHT = Markup(' align="right"')
+_NOWRAP = Markup(" nowrap")
+_BREAKABLE = Markup(' style="word-break:break-word;overflow-wrap:anywhere"')
+_LINE_BREAK = Markup("<br>")
 
 _TEMPLATE = """\
 <div>
@@ -44,12 +61,10 @@ _TEMPLATE = """\
 <th style="{{ header_style }};text-align:{{ 'right' if aligns[loop.index0] else 'left' }}">{{ header }}</th>
 {%- endfor %}
 </tr></thead>
-<tbody>
+<tbody style="{{ body_style }}">
 {%- for row in rows %}
-<tr style="{{ loop.cycle(*row_styles) }}">
-{%- for cell in row %}{% set align = aligns[loop.index0] -%}
-<td{% if align %} style="{{ align }}"{% endif %}>{{ cell }}</td>
-{%- endfor -%}
+<tr{{ shaded if loop.index is even }}>
+{%- for attributes, text in row %}<td{{ attributes }}>{{ text }}</td>{% endfor -%}
 </tr>
 {%- else %}{% if no_rows %}
 <tr><td colspan="{{ colspan }}" style="{{ note_style }}">{{ no_rows }}</td></tr>
@@ -65,31 +80,41 @@ _TEMPLATE = """\
 _environment = SandboxedEnvironment(autoescape=True)
 _table_template = _environment.from_string(_TEMPLATE)
 
+#: A cell of the HTML table: its attributes (fixed markup) and its text (escaped when rendered).
+_Cell = tuple[Markup, str]
 
-def render_table(result: ResultSet, *, max_rows: int = 1000, title: str | None = None) -> str:
-    """The result as an HTML fragment with inline styles only; every value is escaped."""
+
+def render_table(
+    result: ResultSet, *, max_rows: int = 1000, title: str | None = None, zone: dt.tzinfo = dt.UTC
+) -> str:
+    """The result as an HTML fragment with inline styles only; every value is escaped.
+
+    Datetimes read in *zone*; at most *max_rows* rows are shown, with a note saying how many there were.
+    """
     shown = result.rows[: max(max_rows, 0)]
+    columns = result.columns
     return _table_template.render(
         title=title,
-        headers=[column.name for column in result.columns],
-        aligns=[_RIGHT if _is_aligned_right(column) else "" for column in result.columns],
-        rows=[format_row(result.columns, row) for row in shown],
-        colspan=max(len(result.columns), 1),
+        headers=[column.name for column in columns],
+        aligns=[_is_aligned_right(column) for column in columns],
+        rows=[_html_row(columns, row, zone) for row in shown],
+        colspan=max(len(columns), 1),
         note=truncation_note(len(shown), result.row_count),
         no_rows=None if result.rows else NO_ROWS,
-        row_styles=_ROW_STYLES,
+        shaded=_SHADED,
         table_style=_TABLE_STYLE,
         header_style=_HEADER_STYLE,
+        body_style=_BODY_STYLE,
         note_style=_NOTE_STYLE,
         title_style=_TITLE_STYLE,
     )
 
 
-def render_text_table(result: ResultSet, *, max_rows: int = 50) -> str:
-    """The result as space-aligned columns for a text/plain email part."""
+def render_text_table(result: ResultSet, *, max_rows: int = 50, zone: dt.tzinfo = dt.UTC) -> str:
+    """The result as space-aligned columns for a text/plain email part; datetimes read in *zone*."""
     shown = result.rows[: max(max_rows, 0)]
-    headers = [_clip(column.name) for column in result.columns]
-    body = [[_clip(_one_line(cell)) for cell in format_row(result.columns, row)] for row in shown]
+    headers = [_clip(_one_line(column.name)) for column in result.columns]
+    body = [[_clip(_one_line(cell)) for cell in format_row(result.columns, row, zone)] for row in shown]
     widths = [max([len(header)] + [len(row[index]) for row in body]) for index, header in enumerate(headers)]
     right = [_is_aligned_right(column) for column in result.columns]
 
@@ -241,8 +266,35 @@ def _is_aligned_right(column: Column) -> bool:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split()) if any(char in text for char in "\r\n\t") else text
+    """Text on one line: a line break or a control character in a value must not forge a row."""
+    if text.isprintable():
+        return text
+    return _CONTROL.sub("", " ".join(text.split()))
 
 
 def _clip(text: str) -> str:
     return text if len(text) <= _TEXT_CELL_WIDTH else text[: _TEXT_CELL_WIDTH - 1] + "…"
+
+
+def _html_row(columns: Sequence[Column], row: Sequence[Any], zone: dt.tzinfo) -> list[_Cell]:
+    return [_html_cell(column.type, value, zone) for column, value in zip(columns, row, strict=True)]
+
+
+def _html_cell(kusto_type: str, value: Any, zone: dt.tzinfo) -> _Cell:
+    text = format_value(kusto_type, value, zone)
+    if kusto_type in _ALIGNED_RIGHT_TYPES:
+        return _RIGHT, text
+    if kusto_type in _UNBROKEN_TYPES:
+        return _NOWRAP, text
+    if kusto_type not in _FREE_TEXT_TYPES:
+        return _PLAIN, text
+    long_run = len(text) > _LONGEST_UNBROKEN_RUN and _has_long_run(text)
+    attributes = _BREAKABLE if long_run else _PLAIN
+    if "\n" in text or "\r" in text:
+        # Markup.join escapes each line; only the <br> between them is markup.
+        return attributes, _LINE_BREAK.join(text.splitlines())
+    return attributes, text
+
+
+def _has_long_run(text: str) -> bool:
+    return any(len(run) > _LONGEST_UNBROKEN_RUN for run in text.split())

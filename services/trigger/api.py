@@ -95,6 +95,7 @@ class TriggerApi:
                 maximum_rows=self.runtime.settings.max_result_rows_limit,
                 maximum_bytes=self.runtime.settings.max_result_bytes_limit,
                 allowed_operators=self.runtime.settings.allowed_operators,
+                allowed_domains=self.runtime.settings.email_allowed_domains,
                 followed_by=followed_by,
             )
         except FlowInvalid as exc:

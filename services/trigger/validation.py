@@ -2,17 +2,17 @@
 
 The flow document checks itself (ids, actions, references, templates); this
 checks it against the operator's configuration: connections that exist,
-schedules within the minimum interval, parameters a schedule can fill, and
-webhook targets the policy allows.
+schedules within the minimum interval, parameters a schedule can fill,
+webhook targets the policy allows and email recipients in the allowed domains.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from common.connections import Connections
-from common.flows import COMMAND_STEPS, KUSTO_STEPS, Flow, PostWebhook
+from common.flows import COMMAND_STEPS, KUSTO_STEPS, Flow, PostWebhook, SendEmail
 from common.operators import describe, refused_operators
 from common.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
@@ -36,12 +36,13 @@ def check_flow(
     maximum_rows: int | None = None,
     maximum_bytes: int | None = None,
     allowed_operators: Collection[str] = (),
+    allowed_domains: Sequence[str] = (),
     followed_by: dict[str, str | None] | None = None,
 ) -> None:
     """Raise FlowInvalid listing everything wrong with *flow* here.
 
-    *followed_by* maps each saved flow to the flow it runs after, to refuse a
-    chain that would loop.
+    *allowed_domains* are those email may go to (none: any). *followed_by* maps
+    each saved flow to the flow it runs after, to refuse a chain that would loop.
     """
     problems: list[tuple[str, str]] = []
     if flow.connection not in connections:
@@ -70,6 +71,15 @@ def check_flow(
             except WebhookRefused as exc:
                 field, _, problem = str(exc).partition(": ")
                 problems.append((field, problem))
+        if isinstance(step, SendEmail):
+            for field, address in step.recipients_outside(allowed_domains):
+                problems.append(
+                    (
+                        f"steps[{index}].{field}",
+                        f"{address!r} is outside the domains this server sends to "
+                        f"({', '.join(allowed_domains)})",
+                    )
+                )
     trigger = flow.trigger
     if trigger.cron is not None or trigger.every is not None:
         try:

@@ -6,16 +6,26 @@ import email.policy
 import email.utils
 import io
 import re
+from email.headerregistry import Address
 from email.message import EmailMessage
 
 import pytest
 from PIL import Image
 
 from common.contracts import Importance
-from services.notifier.email import Attachment, Email, InlineImage, build_email
+from services.notifier.email import (
+    LINK_NOTE,
+    Attachment,
+    Email,
+    InlineImage,
+    Link,
+    build_email,
+    describe_size,
+    sender_address,
+)
 
 MESSAGE_ID = "<run42.notify.1@adxflow>"
-SENDER = "adxflow <adxflow@reports.example>"
+SENDER = Address("adxflow", "adxflow", "reports.example")
 RUN_URL = "https://adxflow.example/v1/runs/run42?tab=steps&x=1"
 CSV = "region,count\r\nwest,3\r\nnorð,4\r\n".encode()
 ERRORS_CID = "errors.run42@adxflow"
@@ -110,7 +120,7 @@ def test_without_inline_images_the_html_stands_alone() -> None:
 def test_headers() -> None:
     message = built(mail())
 
-    assert message["From"] == SENDER
+    assert message["From"] == "adxflow <adxflow@reports.example>"
     assert [address.addr_spec for address in message["To"].addresses] == ["ana@example.com", "bo@example.com"]
     assert [address.addr_spec for address in message["Cc"].addresses] == ["cy@example.com"]
     assert message["Subject"] == "Daily errors"
@@ -261,7 +271,100 @@ def test_subject_with_line_break_is_refused(subject: str) -> None:
 @pytest.mark.parametrize("sender", ["a@example.com\nBcc: eve@example.com", "a@example.com\r\nX: y"])
 def test_sender_with_line_break_is_refused(sender: str) -> None:
     with pytest.raises(ValueError, match="sender"):
-        build_email(mail(), sender=sender, message_id=MESSAGE_ID)
+        sender_address(sender)
+
+
+@pytest.mark.parametrize("mail_from", ["", "not an address", "a@example.com, b@example.com", "@example.com"])
+def test_a_sender_that_is_not_one_address_is_refused(mail_from: str) -> None:
+    with pytest.raises(ValueError, match="sender"):
+        sender_address(mail_from)
+
+
+def test_the_sender_keeps_the_operators_address_and_name_without_a_display_name() -> None:
+    sender = sender_address("Reports Robot <robot@reports.example>")
+
+    assert (sender.display_name, sender.addr_spec) == ("Reports Robot", "robot@reports.example")
+
+
+def test_a_display_name_replaces_the_operators_but_not_the_address() -> None:
+    sender = sender_address("adxflow <robot@reports.example>", "Storm desk")
+
+    message = email.message_from_bytes(
+        build_email(mail(), sender=sender, message_id=MESSAGE_ID).as_bytes(), policy=email.policy.default
+    )
+
+    [shown] = message["From"].addresses
+    assert (shown.display_name, shown.addr_spec) == ("Storm desk", "robot@reports.example")
+
+
+def test_a_display_name_with_commas_and_accents_is_encoded_as_one_name() -> None:
+    sender = sender_address("robot@reports.example", "Ops, Zürich — nuit")
+
+    raw = build_email(mail(), sender=sender, message_id=MESSAGE_ID).as_bytes()
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+
+    raw.decode("ascii")
+    [shown] = message["From"].addresses
+    assert (shown.display_name, shown.addr_spec) == ("Ops, Zürich — nuit", "robot@reports.example")
+
+
+def test_a_display_name_cannot_add_a_header() -> None:
+    with pytest.raises(ValueError, match="CR or LF"):
+        sender_address("robot@reports.example", "Ops\r\nBcc: eve@example.com")
+
+
+# ---------------------------------------------------------------------------
+# Files as links
+# ---------------------------------------------------------------------------
+
+LINKS = [
+    Link("errors.csv", 24 * 1024 * 1024, "https://adxflow.example/v1/artifacts/runs/r/q/1/result.csv"),
+    Link("a<b>.png", 1536, "https://adxflow.example/v1/artifacts/runs/r/q/1/chart.png?x=1&y=2"),
+]
+
+
+def test_links_are_listed_in_the_html_escaped() -> None:
+    html = html_of(built(mail(attachments=[], links=LINKS)))
+
+    assert LINK_NOTE in html
+    assert (
+        '<a href="https://adxflow.example/v1/artifacts/runs/r/q/1/result.csv" style="color:#0969da">'
+        "errors.csv</a> (24.0 MB)" in html
+    )
+    assert 'href="https://adxflow.example/v1/artifacts/runs/r/q/1/chart.png?x=1&amp;y=2"' in html
+    assert "a&lt;b&gt;.png</a> (1.5 KB)" in html
+    assert html.index(LINK_NOTE) < html.index("View this run")
+
+
+def test_links_are_listed_in_the_text() -> None:
+    message = built(mail(attachments=[], links=LINKS, link_note="Too large here:"))
+
+    plain = message.get_body(preferencelist=("plain",))
+    assert plain is not None
+    lines = plain.get_content().splitlines()
+    assert lines[: len(TEXT.splitlines())] == TEXT.splitlines()
+    assert lines[-3:] == [
+        "Too large here:",
+        "- errors.csv (24.0 MB): https://adxflow.example/v1/artifacts/runs/r/q/1/result.csv",
+        "- a<b>.png (1.5 KB): https://adxflow.example/v1/artifacts/runs/r/q/1/chart.png?x=1&y=2",
+    ]
+
+
+def test_no_note_without_links() -> None:
+    message = built(mail())
+
+    assert LINK_NOTE not in html_of(message)
+    plain = message.get_body(preferencelist=("plain",))
+    assert plain is not None
+    assert LINK_NOTE not in plain.get_content()
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KB"), (200_000, "195.3 KB"), (10 * 2**20, "10.0 MB")],
+)
+def test_sizes_read_as_a_person_would_say_them(size: int, shown: str) -> None:
+    assert describe_size(size) == shown
 
 
 @pytest.mark.parametrize(

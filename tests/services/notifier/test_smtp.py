@@ -16,7 +16,7 @@ from common.config import Settings
 from common.contracts import ErrorCode
 from common.errors import DeliveryError
 from common.outbox import Outbox
-from services.notifier.email import Attachment, Email, build_email
+from services.notifier.email import Attachment, Email, build_email, sender_address
 from services.notifier.smtp import send_email
 
 PASSWORD = "correct-horse-battery-staple-7731"
@@ -44,7 +44,7 @@ def report_email(message_id: str = "<run7.notify.1@adxflow>") -> EmailMessage:
         text="n\n1\n",
         attachments=[Attachment("result.csv", "text", "csv", CSV)],
     )
-    return build_email(mail, sender="adxflow <adxflow@localhost>", message_id=message_id)
+    return build_email(mail, sender=sender_address("adxflow <adxflow@localhost>"), message_id=message_id)
 
 
 @pytest.fixture

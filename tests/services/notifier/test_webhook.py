@@ -16,7 +16,7 @@ from multidict import CIMultiDictProxy
 from common.contracts import ErrorCode
 from common.errors import ConfigurationError, DeliveryError, RenderError
 from common.webhooks import WebhookPolicy, WebhookRefused, WebhookTarget
-from services.notifier.webhook import default_body, post_json, render_json_body
+from services.notifier.webhook import encode_json, post_json, render_json_body
 
 SECRET = "Bearer s3cr3t-token-4471"
 QUERY_TOKEN = "q-token-90210-abcdef"
@@ -426,14 +426,16 @@ def test_numbers_json_cannot_carry_are_refused(rendered: str) -> None:
         render_json_body(rendered, field="steps[2].body")
 
 
-def test_the_default_body_is_sorted_compact_json() -> None:
+def test_encoded_json_is_compact_utf8_and_sorted_on_request() -> None:
     finished = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
-    body = default_body(
-        run={"status": "succeeded", "id": "r1"}, step={"id": "notify", "finished_at": finished}
+    body = encode_json(
+        {"run": {"status": "succeeded", "id": "Zürich"}, "step": {"id": "notify", "finished_at": finished}},
+        sort_keys=True,
     )
 
-    assert body == (
-        b'{"run":{"id":"r1","status":"succeeded"},'
-        b'"step":{"finished_at":"2024-05-01 12:00:00+00:00","id":"notify"}}'
+    expected = (
+        '{"run":{"id":"Zürich","status":"succeeded"},'
+        '"step":{"finished_at":"2024-05-01 12:00:00+00:00","id":"notify"}}'
     )
+    assert body == expected.encode()

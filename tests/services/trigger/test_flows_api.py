@@ -12,6 +12,7 @@ import copy
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,19 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path, namespace: str) -> AsyncIterator[Api]:
+    async with serving(tmp_path, namespace) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, namespace: str, **changes: Any) -> AsyncIterator[Api]:
+    """The trigger API with the test's settings, *changes* on top."""
     settings = Settings(
         data_dir=tmp_path,
         trigger_port=0,
         webhook_allowed_hosts=["hooks.example.com"],
         minimum_schedule_seconds=300,
+        **changes,
     )
     connections = Connections()
     connections.add_local("local", "http://127.0.0.1:31415")
@@ -445,6 +454,23 @@ REFUSED: list[Any] = [
         id="webhook-host-not-allowed",
     ),
     pytest.param(
+        {
+            "steps": [
+                _query(),
+                {
+                    "id": "hook",
+                    "action": "post_webhook",
+                    "url": "https://hooks.example.com/in",
+                    "format": "slack",
+                    "title": "Rows: {{ steps.q.row_count ",
+                },
+            ]
+        },
+        "steps[1].title",
+        "template",
+        id="template-syntax-in-webhook-title",
+    ),
+    pytest.param(
         {"steps": [_query(), {"id": "hook", "action": "post_webhook", "webhook": "teams"}]},
         "steps[1].webhook",
         "'teams'",
@@ -573,6 +599,43 @@ async def test_a_longer_loop_is_refused_too(api: Api) -> None:
 
     assert answer.status == 400
     assert "c → a → b → c" in answer.fields()["trigger.after.flow"]
+
+
+async def test_a_recipient_outside_the_allowed_domains_is_refused_naming_the_field(
+    tmp_path: Path, namespace: str
+) -> None:
+    flow = flow_with(
+        ON_DEMAND,
+        parameters={},
+        steps=[_query(), _email(to=["team@example.com"], cc=["boss@a.example.com", "x@evil.com"])],
+    )
+
+    async with serving(tmp_path, namespace, email_allowed_domains=["example.com"]) as api:
+        answer = await api.put(flow)
+        missing = await api.call("GET", f"/v1/flows/{flow['name']}")
+
+    assert answer.status == 400, answer.body
+    assert answer.error["code"] == "InvalidFlow"
+    assert answer.error["fields"] == [
+        {
+            "field": "steps[1].cc[1]",
+            "message": "'x@evil.com' is outside the domains this server sends to (example.com)",
+        }
+    ]
+    assert missing.status == 404
+
+
+async def test_recipients_in_the_allowed_domains_are_saved(tmp_path: Path, namespace: str) -> None:
+    flow = flow_with(
+        ON_DEMAND,
+        parameters={},
+        steps=[_query(), _email(to=["Team@Example.com"], bcc=["audit@eu.example.com"])],
+    )
+
+    async with serving(tmp_path, namespace, email_allowed_domains=["example.com"]) as api:
+        answer = await api.put(flow)
+
+    assert answer.status == 201, answer.body
 
 
 # -- runs on demand -------------------------------------------------------------

@@ -55,3 +55,77 @@ def test_a_step_beyond_the_operators_limits_is_refused_naming_the_field(
     step: dict[str, object], field: str
 ) -> None:
     assert [found for found, _ in check(**step)] == [field]
+
+
+def check_recipients(allowed: list[str], **recipients: list[str]) -> list[tuple[str, str]]:
+    flow = Flow.model_validate(
+        {
+            "name": "mail",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {"id": "q", "action": "run_query", "query": "StormEvents | take 10"},
+                {"id": "hook", "action": "post_webhook", "url": "https://hooks.example.com/in"},
+                {"id": "mail", "action": "send_email", "subject": "Storms", **recipients},
+            ],
+        }
+    )
+    connections = Connections()
+    connections.add_local("local", "http://127.0.0.1:31415")
+    try:
+        check_flow(
+            flow,
+            connections=connections,
+            policy=WebhookPolicy(named={}, allowed_hosts=["hooks.example.com"]),
+            minimum_interval=dt.timedelta(minutes=1),
+            maximum_timeout=600,
+            allowed_domains=allowed,
+        )
+    except FlowInvalid as exc:
+        return exc.problems
+    return []
+
+
+def test_a_recipient_outside_the_allowed_domains_is_refused_naming_the_field() -> None:
+    problems = check_recipients(
+        ["example.com", "example.org"],
+        to=["team@example.com"],
+        cc=["ops@example.org", "x@evil.com"],
+        bcc=["audit@sub.example.com"],
+    )
+
+    assert problems == [
+        (
+            "steps[2].cc[1]",
+            "'x@evil.com' is outside the domains this server sends to (example.com, example.org)",
+        )
+    ]
+
+
+def test_every_recipient_outside_is_named() -> None:
+    problems = check_recipients(
+        ["example.com"], to=["a@evil.com"], cc=["b@badexample.com"], bcc=["c@example.com.evil.net"]
+    )
+
+    assert [field for field, _ in problems] == ["steps[2].to[0]", "steps[2].cc[0]", "steps[2].bcc[0]"]
+
+
+@pytest.mark.parametrize(
+    "address", ["team@example.com", "Team@EXAMPLE.com", "ops@a.example.com", "ops@a.b.Example.COM"]
+)
+def test_the_domain_and_its_subdomains_are_allowed_in_any_case(address: str) -> None:
+    assert check_recipients(["Example.com"], to=[address]) == []
+
+
+@pytest.mark.parametrize("address", ["x@badexample.com", "x@example.com.evil.net", "x@example.co"])
+def test_a_lookalike_domain_is_refused(address: str) -> None:
+    assert [field for field, _ in check_recipients(["example.com"], to=[address])] == ["steps[2].to[0]"]
+
+
+def test_an_international_domain_matches_its_punycode_spelling() -> None:
+    assert check_recipients(["xn--bcher-kva.de"], to=["leser@bücher.de"]) == []
+    assert check_recipients(["bücher.de"], to=["leser@post.BÜCHER.de"]) == []
+
+
+def test_without_allowed_domains_every_recipient_is_accepted() -> None:
+    assert check_recipients([], to=["a@anywhere.example"], cc=["b@elsewhere.example"]) == []

@@ -1,0 +1,191 @@
+"""The notifier on its own: a real SMTP server, a real webhook receiver, the
+blob store and delivery ledger under the test's directory, and runs made by
+hand as far as their delivery step, with artifacts as render leaves them."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from common.blobs import FolderBlobStore, artifact_key
+from common.broker import InProcessBroker
+from common.config import Settings
+from common.connections import Connections
+from common.contracts import (
+    BlobRef,
+    RunContext,
+    RunMessage,
+    StepOutput,
+    TriggerKind,
+    chart_content_id,
+    new_id,
+)
+from common.flows import RENDERING_STEPS, Flow, new_run
+from common.outbox import Outbox
+from common.results import Column, ResultSet
+from common.runtime import Runtime
+from common.topology import Topology
+from common.webhooks import policy_for
+from services.notifier.ledger import Ledger
+from services.notifier.service import NotifyStep
+
+HISTORY_URL = "https://history.example:8443"
+
+
+def png_of(width: int, height: int, *, noise: bool = False) -> bytes:
+    """A PNG; with *noise*, random pixels that no compression shrinks."""
+    if noise:
+        image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    else:
+        image = Image.new("RGB", (width, height), (30, 120, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Rendered:
+    """What a rendering step left for the notifier: its result, CSV and chart."""
+
+    rows: list[list[Any]]
+    columns: list[str]
+    csv: bytes = b"n\r\n1\r\n"
+    png: bytes | None = None
+
+
+@dataclass
+class Posted:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    url: str
+    posts: list[Posted] = field(default_factory=list)
+
+
+@dataclass
+class Notifier:
+    step: NotifyStep
+    runtime: Runtime
+    outbox: Outbox
+    hooks: Receiver
+    #: Artifacts of the last run made, by flow step and name (``chart`` → ``csv`` → ref).
+    artifacts: dict[str, dict[str, BlobRef]] = field(default_factory=dict)
+
+    async def run_until(
+        self, document: dict[str, Any], step_id: str, rendered: dict[str, Rendered]
+    ) -> RunMessage:
+        """A run of *document* at its delivery step *step_id*, every earlier step done as *rendered*."""
+        flow = Flow.model_validate(document)
+        run_id = new_id()
+        message = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), run_id)
+        outputs: dict[str, StepOutput] = {}
+        self.artifacts = {}
+        for spec in flow.steps:
+            if spec.id == step_id:
+                break
+            done = rendered[spec.id]
+            result = ResultSet(columns=[Column(name=n, type="string") for n in done.columns], rows=done.rows)
+            preview = [dict(zip(done.columns, row, strict=True)) for row in done.rows[:50]]
+            outputs[spec.id] = StepOutput(
+                row_count=len(done.rows),
+                columns=done.columns,
+                preview=preview,
+                artifacts={"result": await self._put(run_id, spec.id, "result.json", result.to_json_bytes())},
+            )
+            if not isinstance(spec, RENDERING_STEPS):
+                continue
+            render_id = f"{spec.id}.render"
+            content_id = chart_content_id(run_id, spec.id)
+            chart = f'<p><img src="cid:{content_id}" alt="chart" width="640"></p>' if done.png else ""
+            table = "<table><tr><td>1</td></tr></table>"
+            artifacts = {
+                "body_html": await self._put(run_id, render_id, "body.html", (chart + table).encode()),
+                "table_html": await self._put(run_id, render_id, "table.html", table.encode()),
+                "csv": await self._put(run_id, render_id, "result.csv", done.csv),
+            }
+            if done.png is not None:
+                artifacts["chart_png"] = await self._put(run_id, render_id, "chart.png", done.png)
+                artifacts["chart_svg"] = await self._put(run_id, render_id, "chart.svg", b"<svg/>")
+            outputs[render_id] = StepOutput(row_count=len(done.rows), artifacts=artifacts)
+            self.artifacts[spec.id] = artifacts
+        return message.model_copy(update={"outputs": outputs, "step_id": step_id})
+
+    async def _put(self, run_id: str, step_id: str, name: str, data: bytes) -> BlobRef:
+        kind = "application/octet-stream"
+        return await self.runtime.blobs.put(artifact_key(run_id, step_id, 1, name), data, kind)
+
+    async def received_email(self) -> EmailMessage:
+        path = await self.outbox.wait_for_message(timeout=10)
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        return message
+
+
+NotifierFactory = Callable[..., AbstractAsyncContextManager[Notifier]]
+
+
+@pytest.fixture
+def notifier(tmp_path: Path, namespace: str) -> NotifierFactory:
+    """``async with notifier(email_max_bytes=...) as n``: the notifier with those settings."""
+
+    @asynccontextmanager
+    async def started(**changes: Any) -> AsyncIterator[Notifier]:
+        hooks = Receiver(url="")
+
+        async def receive(request: web.Request) -> web.Response:
+            hooks.posts.append(Posted(dict(request.headers), await request.read()))
+            return web.Response(status=200, text="ok")
+
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            hooks.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+            async with Outbox(tmp_path / "outbox") as outbox, aiohttp.ClientSession() as session:
+                settings = Settings(
+                    data_dir=tmp_path,
+                    smtp_host="127.0.0.1",
+                    smtp_port=outbox.port,
+                    smtp_timeout=10,
+                    mail_from="adxflow <reports@adxflow.example>",
+                    webhook_allowed_hosts=["127.0.0.1"],
+                    **changes,
+                )
+                connections = Connections()
+                runtime = Runtime(
+                    settings=settings,
+                    broker=InProcessBroker(Topology(namespace)),
+                    blobs=FolderBlobStore(tmp_path / "blobs"),
+                    connections=connections,
+                    history_url=HISTORY_URL,
+                )
+                await runtime.blobs.ensure()
+                ledger = Ledger(settings.resolved_database_url)
+                await ledger.create_schema()
+                try:
+                    step = NotifyStep(runtime, session, policy_for(connections, settings), ledger)
+                    yield Notifier(step, runtime, outbox, hooks)
+                finally:
+                    await ledger.close()
+        finally:
+            await runner.cleanup()
+
+    return started
