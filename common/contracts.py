@@ -87,10 +87,19 @@ class Action(StrEnum):
 
 
 class ChartKind(StrEnum):
+    """A job's chart: the seed's four, and every kind a flow step draws."""
+
     HTML_TABLE = "html_table"
     PIECHART = "piechart"
     TIMECHART = "timechart"
     BARCHART = "barchart"
+    COLUMNCHART = "columnchart"
+    LINECHART = "linechart"
+    AREACHART = "areachart"
+    STACKEDBARCHART = "stackedbarchart"
+    STACKEDCOLUMNCHART = "stackedcolumnchart"
+    STACKEDAREACHART = "stackedareachart"
+    FROM_QUERY = "from_query"
 
 
 class Importance(StrEnum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import datetime as dt
 import math
 from collections.abc import Callable, Iterator
@@ -24,22 +25,34 @@ from services.render.table import decode_dynamic, format_dynamic
 CONTENT_TYPE = "text/csv; charset=utf-8"
 #: Bytes of CSV per chunk (a chunk ends with the row that reaches it).
 CHUNK_SIZE = 256 * 1024
+#: Most rows formatted between two looks at the chunk's size.
+_MOST_BATCH_ROWS = 1024
 #: A spreadsheet runs a cell starting with one of these as a formula (OWASP's list).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_chunks(result: ResultSet, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """RFC 4180 CSV, UTF-8 without BOM, CRLF line endings, with a header row; in chunks of whole rows."""
-    lines = _Lines()
+    lines = io.StringIO()
     writer = csv.writer(lines, lineterminator="\r\n")
     writer.writerow(_defuse(column.name) for column in result.columns)
     converters = [_converter(column.type) for column in result.columns]
-    for row in result.rows:
-        writer.writerow([convert(value) for convert, value in zip(converters, row, strict=True)])
-        if lines.size >= chunk_size:
-            yield lines.take()
-    if lines.size:
-        yield lines.take()
+    rows = result.rows
+    start, batch, written = 0, 1, 0
+    while start < len(rows):
+        writer.writerows(
+            [convert(value) for convert, value in zip(converters, row, strict=True)]
+            for row in rows[start : start + batch]
+        )
+        start += batch
+        if lines.tell() >= chunk_size:
+            written += lines.tell()
+            yield _take(lines)
+        # Rows go to the writer in batches of about half a chunk, judged by the rows so far.
+        average = (written + lines.tell()) / start
+        batch = max(1, min(_MOST_BATCH_ROWS, int(chunk_size / 2 / max(average, 1.0))))
+    if lines.tell():
+        yield _take(lines)
 
 
 def render_csv(result: ResultSet) -> bytes:
@@ -62,23 +75,11 @@ async def store_csv(
     return blob.ref
 
 
-class _Lines:
-    """Where the csv writer puts its lines, already UTF-8, until they leave as one chunk."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    @property
-    def size(self) -> int:
-        return len(self._buffer)
-
-    def write(self, line: str) -> None:
-        self._buffer += line.encode("utf-8")
-
-    def take(self) -> bytes:
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
+def _take(lines: io.StringIO) -> bytes:
+    data = lines.getvalue().encode("utf-8")
+    lines.seek(0)
+    lines.truncate()
+    return data
 
 
 def _converter(kusto_type: str) -> Callable[[Any], str]:
