@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
 import datetime as dt
+import io
 import math
 from collections.abc import Callable, Iterator
 from typing import Any

@@ -135,3 +135,35 @@ def test_the_email_preview_shows_the_inline_charts_and_lists_the_attachment(gall
     assert f"{EMAIL_ATTACHMENT}.csv" in html
     sent = (gallery / "email.eml").read_bytes()
     assert b"\nSubject: adxflow gallery: " in sent.replace(b"\r\n", b"\n")
+
+
+def series_colours(gallery: Path, name: str) -> dict[int, str]:
+    """The stroke colour of each series (pygal's .color-N rules) of a chart."""
+    style = " ".join(node.text or "" for node in svg(gallery, name).iter(f"{SVG}style"))
+    return {
+        int(index): colour
+        for index, colour in re.findall(r"\.color-(\d+)[^{]*\{stroke:(#[0-9a-fA-F]{6})", style)
+    }
+
+
+def test_series_have_distinct_colours_and_keep_them_between_charts(gallery: Path) -> None:
+    lines = series_colours(gallery, "timechart_series")
+    areas = series_colours(gallery, "stacked_area")
+
+    assert len(lines) == 5
+    assert len(set(lines.values())) == 5
+    assert len(set(areas.values())) == len(areas) == 4
+
+    def legend_colours(chart: str) -> dict[str, str]:
+        names = [
+            "".join(text.itertext())
+            for group in svg(gallery, chart).iter(f"{SVG}g")
+            if group.get("class") == "legends"
+            for text in group.iter(f"{SVG}text")
+        ]
+        colours = series_colours(gallery, chart)
+        return {name: colours[index] for index, name in enumerate(names)}
+
+    # Hail, Tornado, Flash Flood and Thunderstorm Wind are in both: the same name, the same colour.
+    shared = legend_colours("timechart_series").items() & legend_colours("stacked_area").items()
+    assert {name for name, _ in shared} == {"Hail", "Tornado", "Flash Flood", "Thunderstorm Wind"}
