@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     history_host: str = "127.0.0.1"
     history_port: Port = 8081
     history_public_url: str | None = None
+    #: Where the history service reaches the trigger API; by default from the trigger's host and port.
+    trigger_public_url: str | None = None
     api_token: SecretStr | None = None
 
     #: The shortest interval a flow's schedule may have.
@@ -116,6 +118,11 @@ class Settings(BaseSettings):
     @property
     def resolved_outbox_dir(self) -> Path:
         return self.outbox_dir or self.data_dir / "outbox"
+
+    def trigger_url(self, port: int | None = None) -> str:
+        if self.trigger_public_url:
+            return self.trigger_public_url.rstrip("/")
+        return f"http://{self.trigger_host}:{port or self.trigger_port}"
 
     def history_url(self, port: int | None = None) -> str:
         if self.history_public_url:

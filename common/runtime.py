@@ -47,6 +47,8 @@ class Runtime:
     connections: Connections
     #: Where the history API can be reached, for links in emails and Location headers.
     history_url: str = ""
+    #: Where the trigger API can be reached (the history's flows page reads and toggles flows there).
+    trigger_url: str = ""
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @classmethod
@@ -57,6 +59,7 @@ class Runtime:
             blobs=FolderBlobStore(settings.resolved_blob_dir),
             connections=connections if connections is not None else load_connections(settings),
             history_url=settings.history_url(),
+            trigger_url=settings.trigger_url(),
         )
 
     async def __aenter__(self) -> Self:

@@ -58,6 +58,7 @@ async def embedded(settings: Settings) -> AsyncIterator[Embedded]:
         for service in (query_worker, render, notifier):
             await stack.enter_async_context(service.running(runtime))
         trigger_server = await stack.enter_async_context(trigger.running(runtime))
+        runtime.trigger_url = settings.trigger_public_url or trigger_server.url
         try:
             yield Embedded(
                 runtime=runtime,
