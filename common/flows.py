@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from common.contracts import (
+    ChartKind,
     Importance,
     RunContext,
     RunMessage,
@@ -50,19 +51,8 @@ class ParameterType(StrEnum):
     TIMESPAN = "timespan"
 
 
-class Chart(StrEnum):
-    HTML_TABLE = "html_table"
-    PIECHART = "piechart"
-    BARCHART = "barchart"
-    COLUMNCHART = "columnchart"
-    TIMECHART = "timechart"
-    LINECHART = "linechart"
-    AREACHART = "areachart"
-    STACKEDBARCHART = "stackedbarchart"
-    STACKEDCOLUMNCHART = "stackedcolumnchart"
-    STACKEDAREACHART = "stackedareachart"
-    #: Whatever the query's own `render` operator asks for (kind, title, columns, axes...).
-    FROM_QUERY = "from_query"
+#: What a rendering step draws: the same kinds an ad-hoc job can ask for.
+Chart = ChartKind
 
 
 class ParameterSpec(BaseModel):

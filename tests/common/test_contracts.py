@@ -65,10 +65,3 @@ def test_the_slip_moves_step_by_step_and_keeps_every_output() -> None:
     assert message.outputs == {}
     last = onward.model_copy(update={"step_id": "record"})
     assert last.next_step() is None
-
-
-def test_a_job_can_ask_for_every_chart_a_flow_step_draws() -> None:
-    from common.contracts import ChartKind
-    from common.flows import Chart
-
-    assert {kind.value for kind in ChartKind} == {chart.value for chart in Chart}
