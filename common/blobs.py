@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -178,6 +179,13 @@ class BlobStore(abc.ABC):
     async def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob under the folder *prefix* (``runs/<run_id>``); returns how many.
+
+        Deleting what is already gone is no error, so two callers may race.
+        """
+
+    @abc.abstractmethod
     async def ping(self) -> bool: ...
 
 
@@ -221,6 +229,26 @@ class FolderBlobStore(BlobStore):
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path(key).is_file)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await asyncio.to_thread(self._delete_tree, self.path(prefix))
+
+    @staticmethod
+    def _delete_tree(folder: Path) -> int:
+        count = 0
+        # Bottom-up, so every folder is empty by the time it is removed; os.walk passes over
+        # what another deleter removed meanwhile instead of failing on it.
+        for parent, folders, files in os.walk(folder, topdown=False):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(parent, name))
+                    count += 1
+            for name in folders:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(parent, name))
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        return count
 
     async def ping(self) -> bool:
         return await asyncio.to_thread(self.root.is_dir)

@@ -107,6 +107,10 @@ class Broker(abc.ABC):
     async def ping(self) -> bool:
         """Whether the broker is reachable now."""
 
+    @abc.abstractmethod
+    async def consuming(self) -> bool:
+        """Whether every queue this process consumes is attached now (and there is at least one)."""
+
     async def publish_model(
         self, routing_key: str, model: BaseModel, *, message_id: str | None = None, delay: float | None = None
     ) -> None:
@@ -226,6 +230,9 @@ class InProcessBroker(Broker):
 
     async def ping(self) -> bool:
         return self._open
+
+    async def consuming(self) -> bool:
+        return self._open and bool(self._consumers) and not any(c.dispatcher.done() for c in self._consumers)
 
     async def close(self, grace: float = 10.0) -> None:
         self._open = False

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     #: Where the history service reaches the trigger API; by default from the trigger's host and port.
     trigger_public_url: str | None = None
     api_token: SecretStr | None = None
+    #: Where a worker service (query_worker, render, notifier) run alone serves /healthz, /readyz
+    #: and /metrics. Loopback by default; a container sets 0.0.0.0 for its probes and scraper.
+    health_host: str = "127.0.0.1"
+    health_port: Port = 8090
 
     #: The shortest interval a flow's schedule may have.
     minimum_schedule_seconds: Annotated[float, Field(ge=1)] = 60
@@ -84,6 +88,10 @@ class Settings(BaseSettings):
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     #: A run with no news for its longest step timeout plus this long is failed as Stalled.
     stall_grace_seconds: Annotated[float, Field(gt=0)] = 300.0
+    #: Runs (with their steps, dead letters and artifacts) older than this are deleted.
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 28
+    #: How often history looks for runs past their retention.
+    retention_interval_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
     #: On SIGTERM, how long in-flight steps may take to finish before the rest goes back to the queue.
     shutdown_grace_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 

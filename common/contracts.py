@@ -306,6 +306,9 @@ class RunMessage(BaseModel):
     outputs: dict[str, StepOutput] = {}
     #: State a step keeps between its own deliveries (an async operation being awaited).
     pending: dict[str, Any] | None = None
+    #: Set on a deliberate resend of a delivery step (``resend<attempt>``): the notifier's
+    #: ledger counts it as a delivery of its own, and the run goes no further than that step.
+    resend: Annotated[str | None, Field(pattern=r"^[a-z0-9]{1,16}$")] = None
 
     @property
     def step(self) -> Step:
@@ -371,6 +374,8 @@ class StatusEvent(BaseModel):
     run_id: str
     step_id: str
     attempt: int = 1
+    #: The run's flow, for the logs of whoever handles the event.
+    flow: str | None = None
     kind: StepKind
     service: Service
     status: StepStatus
@@ -385,6 +390,8 @@ class StatusEvent(BaseModel):
     #: A failed attempt that will be tried again (the next attempt's events follow).
     retrying: bool = False
     run: RunInfo | None = None
+    #: The run as it stood at a failure that ends it, kept by history so the run can be re-run.
+    message: RunMessage | None = None
 
 
 class DeadLetterRecord(BaseModel):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -207,6 +208,13 @@ class LocalServer(KustoRestServer):
     def closing(self) -> bool:
         with self._activity:
             return self._closing
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-request (a cancelled query, a killed worker) is
+        # ordinary here; anything else is still printed the stock way.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def databases(self) -> list[str]:
         # The handler asks this before every request. On the main connection

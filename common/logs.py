@@ -1,4 +1,4 @@
-"""Structured logs: JSON lines bound with service, run_id and step_id.
+"""Structured logs: JSON lines bound with service, run_id, step_id and flow.
 
 Run context is carried in contextvars, so every line a handler writes names
 the run it belongs to without passing a logger around.
@@ -15,18 +15,31 @@ import structlog
 
 
 def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -> None:
+    """Log as *service* at *level*: adxflow's own lines and the libraries' alike, one format."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s", force=True)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # Lines from the standard library's loggers (aio-pika, aiohttp, azure, ...) get the same
+    # fields and format, and the run context of the task that wrote them.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
@@ -35,7 +48,18 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
 
 
 @contextmanager
-def run_context(run_id: str, step_id: str, attempt: int) -> Iterator[None]:
-    """Bind a run's identity to every log line written inside the block."""
-    with structlog.contextvars.bound_contextvars(run_id=run_id, step_id=step_id, attempt=attempt):
+def run_context(
+    run_id: str, step_id: str, attempt: int, *, flow: str | None = None, service: str | None = None
+) -> Iterator[None]:
+    """Bind a run's identity to every log line written inside the block.
+
+    *service* names the service handling the run; in embedded mode, where one
+    process runs all five, it replaces the process-wide ``embedded``.
+    """
+    bound: dict[str, object] = {"run_id": run_id, "step_id": step_id, "attempt": attempt}
+    if flow is not None:
+        bound["flow"] = flow
+    if service is not None:
+        bound["service"] = service
+    with structlog.contextvars.bound_contextvars(**bound):
         yield

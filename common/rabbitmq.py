@@ -187,7 +187,14 @@ class RabbitBroker(Broker):
             log.warning("could not settle a message; it will be redelivered", error=str(exc))
 
     async def ping(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        # A robust connection is not closed while it reconnects; it is not connected either.
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    async def consuming(self) -> bool:
+        if not self._consumers or not await self.ping():
+            return False
+        return not any(channel.is_closed for channel, _queue, _tag in self._consumers)
 
     async def close(self, grace: float = 10.0) -> None:
         consumers, self._consumers = self._consumers, []

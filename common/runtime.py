@@ -16,6 +16,7 @@ from common.blobs import FolderBlobStore
 from common.broker import Broker, InProcessBroker
 from common.config import Settings
 from common.connections import Connections
+from common.http import Check
 from common.topology import Topology
 
 
@@ -61,6 +62,10 @@ class Runtime:
             history_url=settings.history_url(),
             trigger_url=settings.trigger_url(),
         )
+
+    def checks(self) -> dict[str, Check]:
+        """What every service needs to be ready: the broker, its consumers attached, the blob store."""
+        return {"broker": self.broker.ping, "consumers": self.broker.consuming, "blob_store": self.blobs.ping}
 
     async def __aenter__(self) -> Self:
         await self.blobs.ensure()

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from common import metrics
 from common.broker import Broker, BrokerError, Delivery
 from common.config import Settings
 from common.contracts import (
@@ -75,13 +76,19 @@ async def emit(
     continues: bool = False,
     retrying: bool = False,
     with_run: bool = False,
+    keep_message: bool = False,
 ) -> None:
-    """Publish a status event for *step* (the message's current step by default)."""
+    """Publish a status event for *step* (the message's current step by default).
+
+    *keep_message* sends the run message along, for a failure that ends the run:
+    history keeps it, so the run can be re-run from that step.
+    """
     step = step or message.step
     event = StatusEvent(
         run_id=message.run_id,
         step_id=step.id,
         attempt=message.attempt,
+        flow=message.context.flow,
         kind=step.kind,
         service=SERVICE_OF[step.kind],
         status=status,
@@ -94,6 +101,7 @@ async def emit(
         continues=continues,
         retrying=retrying,
         run=RunInfo.of(message) if with_run else None,
+        message=message if keep_message else None,
     )
     await broker.publish_model(broker.topology.status_key, event, message_id=event.event_id)
 
@@ -122,6 +130,9 @@ def _skip_reason(message: RunMessage, step: Step, came_from: Step) -> str | None
 
 async def forward(broker: Broker, message: RunMessage, output: StepOutput) -> None:
     """Record *output* and send the slip on to the next step that should run."""
+    if message.resend is not None:
+        # A resend redoes one delivery; what came after it has run already.
+        return
     came_from = message.step
     following = message.next_step()
     onward = message
@@ -130,7 +141,9 @@ async def forward(broker: Broker, message: RunMessage, output: StepOutput) -> No
         try:
             reason = _skip_reason(onward, following, came_from)
         except TemplateError as exc:
-            await emit(broker, onward, StepStatus.FAILED, started_at=utcnow(), error=exc.info())
+            await emit(
+                broker, onward, StepStatus.FAILED, started_at=utcnow(), error=exc.info(), keep_message=True
+            )
             return
         if reason is None:
             await broker.publish_model(
@@ -195,8 +208,16 @@ class StepWorker:
         except ValidationError as exc:
             log.error("unreadable run message", error=str(exc), message_id=delivery.message_id)
             raise DeadLetter from exc
-        with run_context(message.run_id, message.step_id, message.attempt):
+        service = SERVICE_OF[self.kind].value
+        with run_context(
+            message.run_id, message.step_id, message.attempt, flow=message.context.flow, service=service
+        ):
             await self._run(message)
+
+    def _observe(self, started: dt.datetime, status: StepStatus) -> None:
+        seconds = max(0.0, (utcnow() - started).total_seconds())
+        service = SERVICE_OF[self.kind].value
+        metrics.STEP_DURATION.labels(self.kind.value, service, status.value).observe(seconds)
 
     async def _run(self, message: RunMessage) -> None:
         pending = message.pending or {}
@@ -243,6 +264,7 @@ class StepWorker:
             return
         await emit(self.broker, message, StepStatus.SUCCEEDED, started_at=started, output=output)
         await forward(self.broker, message, output)
+        self._observe(started, StepStatus.SUCCEEDED)
         log.info("step succeeded", row_count=output.row_count)
 
     @asynccontextmanager
@@ -266,9 +288,11 @@ class StepWorker:
                 await task
 
     async def _fail(self, message: RunMessage, started: dt.datetime, error: ErrorInfo) -> None:
+        self._observe(started, StepStatus.FAILED)
         if error.retryable and message.attempt < self.policy.max_attempts:
             delay = self.policy.delay(message.attempt)
             log.info("retrying step", next_attempt=message.attempt + 1, delay_seconds=round(delay, 2))
+            metrics.STEP_RETRIES.labels(self.kind.value, error.code.value).inc()
             await emit(
                 self.broker, message, StepStatus.FAILED, started_at=started, error=error, retrying=True
             )
@@ -294,9 +318,16 @@ class StepWorker:
             await self.broker.dead_letter(
                 record.routing_key, record.model_dump_json().encode(), message_id=f"{message.run_id}:dead"
             )
+            metrics.DEAD_LETTERS.labels(self.kind.value, error.code.value).inc()
         continues = _continues(message)
         await emit(
-            self.broker, message, StepStatus.FAILED, started_at=started, error=error, continues=continues
+            self.broker,
+            message,
+            StepStatus.FAILED,
+            started_at=started,
+            error=error,
+            continues=continues,
+            keep_message=not continues,
         )
         if continues:
             await forward(self.broker, message, StepOutput(status=StepStatus.FAILED, error=error))

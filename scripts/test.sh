@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine and runs them:
-# Debian packages (cairo and fonts for PNG charts), the Python packages in a
-# virtualenv, RabbitMQ and PostgreSQL started if they are not running.
+# Debian packages (cairo and fonts for PNG charts, Chromium that Playwright
+# drives in the web pages' tests), the Python packages in a virtualenv,
+# RabbitMQ and PostgreSQL started if they are not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libcairo2 fonts-dejavu-core; do
+for pkg in libcairo2 fonts-dejavu-core chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

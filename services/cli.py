@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,14 @@ import aiohttp
 
 from common.config import Settings, load_settings
 from common.errors import AdxflowError
+from common.http import HttpServer, health_app
 from common.logs import configure_logging
 from common.runtime import Runtime
 from services.client import format_run, wait_for_run
 
 SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
+#: The services without an HTTP API; run alone, each serves a health server (ADXFLOW_HEALTH_PORT).
+WORKERS = ("query_worker", "render", "notifier")
 
 #: The sample jobs of ``adxflow demo``: a pie of the states with the most
 #: storm events, and a time chart of events per day.
@@ -80,8 +83,18 @@ async def serve(name: str, settings: Settings) -> None:
             f"serve {name}: set ADXFLOW_AMQP_URL; a single service cannot share the in-process "
             "broker with the others (use 'adxflow up' for everything in one process)"
         )
-    async with Runtime.build(settings, name=name) as runtime, _service_context(name, runtime):
-        print(f"adxflow {name} running", file=sys.stderr)
+    async with AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(Runtime.build(settings, name=name))
+        served = await stack.enter_async_context(_service_context(name, runtime))
+        if name in WORKERS:
+            # A worker has no API: its health, readiness and metrics get a small server of their own.
+            app = health_app(served, settings.api_token)
+            health = await stack.enter_async_context(
+                HttpServer(app, settings.health_host, settings.health_port)
+            )
+            print(f"adxflow {name} running; health on {health.url}", file=sys.stderr)
+        else:
+            print(f"adxflow {name} running", file=sys.stderr)
         await _until_stopped()
         await runtime.broker.close(grace=settings.shutdown_grace_seconds)
 
@@ -93,7 +106,7 @@ async def up(settings: Settings) -> None:
         broker = "RabbitMQ" if settings.amqp_url else "in-process broker"
         print(f"adxflow up ({broker})")
         print(f"  trigger API   {system.trigger_url}/v1/jobs")
-        print(f"  run history   {system.history_url}/v1/runs")
+        print(f"  run history   {system.history_url}/  (API {system.history_url}/v1/runs)")
         print(f"  Kusto (local) {system.kusto.url}  connection 'local', database '{system.kusto.database}'")
         if system.outbox is not None:
             print(f"  outbox        {system.outbox.directory}  (SMTP on 127.0.0.1:{system.outbox.port})")

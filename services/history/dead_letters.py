@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,6 +116,22 @@ class DeadLetterStore(SqlStore):
         async with self.engine.begin() as conn:
             result = await conn.execute(dead_letters.delete().where(dead_letters.c.id == letter_id))
         return bool(result.rowcount)
+
+    async def delete_for(self, run_id: str, step_id: str) -> int:
+        """Forget the dead letters of one step of a run (a re-run supersedes them)."""
+        where = (dead_letters.c.run_id == run_id) & (dead_letters.c.step_id == step_id)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(dead_letters.delete().where(where))
+        return int(result.rowcount or 0)
+
+    async def delete_expired(self, run_ids: Sequence[str], cutoff: dt.datetime) -> int:
+        """Forget the dead letters of *run_ids*, and those of no run that died before *cutoff*."""
+        where = dead_letters.c.run_id.in_(run_ids) | (
+            dead_letters.c.run_id.is_(None) & (dead_letters.c.dead_at < cutoff)
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(dead_letters.delete().where(where))
+        return int(result.rowcount or 0)
 
 
 def _run_message(body: bytes) -> RunMessage | None:

@@ -29,15 +29,18 @@ from common.runtime import Runtime
 from common.steps import RetryPolicy, StepWorker
 from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
+from services.history.reruns import Redo
+from services.history.retention import Retention
 from services.history.store import HistoryStore
 
 log = structlog.get_logger(__name__)
 
 
 class Recorder:
-    def __init__(self, store: HistoryStore, runtime: Runtime) -> None:
+    def __init__(self, store: HistoryStore, runtime: Runtime, redo: Redo) -> None:
         self.store = store
         self.runtime = runtime
+        self.redo = redo
 
     async def on_status(self, delivery: Delivery) -> None:
         try:
@@ -45,7 +48,10 @@ class Recorder:
         except ValidationError as exc:
             log.error("unreadable status event", error=str(exc), message_id=delivery.message_id)
             raise DeadLetter from exc
-        with run_context(event.run_id, event.step_id, event.attempt):
+        with run_context(event.run_id, event.step_id, event.attempt, flow=event.flow, service="history"):
+            if event.message is not None:
+                # A failure that ends the run: keep the run as it stood, to re-run it from here.
+                await self.redo.keep(event.message)
             completed = await self._apply(event)
             if completed is not None:
                 await self.announce(completed)
@@ -104,6 +110,7 @@ class Recorder:
                 if not await self.runtime.blobs.exists(ref.key):
                     raise ArtifactMissing(f"artifact {ref.key!r} recorded by this run is missing")
                 count += 1
+        await self.redo.keep(message)
         return StepOutput(detail={"artifacts": count})
 
 
@@ -114,25 +121,27 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     store = HistoryStore(settings.resolved_database_url)
     letters = DeadLetterStore(settings.resolved_database_url)
     stop = asyncio.Event()
-    watcher: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         await store.create_schema()
         await letters.create_schema()
-        recorder = Recorder(store, runtime)
+        redo = Redo(store, letters, runtime)
+        recorder = Recorder(store, runtime, redo)
         topology = runtime.broker.topology
         # One at a time keeps a run's events in the order they were published.
         await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=1)
         await runtime.broker.consume(topology.dead_letter_queue, letters.keep, prefetch=1)
-        watcher = asyncio.create_task(recorder.watch_stalled(stop))
+        retention = Retention(store, letters, runtime.blobs, settings)
+        tasks += [asyncio.create_task(recorder.watch_stalled(stop)), asyncio.create_task(retention.run(stop))]
         await StepWorker(
             runtime.broker, StepKind.RECORD, recorder.record, RetryPolicy.of(runtime.settings)
         ).start(settings.prefetch)
-        app = create_app(runtime, store, letters)
+        app = create_app(runtime, store, letters, redo)
         async with HttpServer(app, settings.history_host, settings.history_port) as server:
             yield server
     finally:
         stop.set()
-        if watcher is not None:
-            await watcher
+        for task in tasks:
+            await task
         await letters.close()
         await store.close()

@@ -16,7 +16,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.contracts import ErrorCode, RunCompleted, RunInfo, RunStatus, StatusEvent, StepStatus, utcnow
+from common import metrics
+from common.contracts import (
+    ErrorCode,
+    ErrorInfo,
+    RunCompleted,
+    RunInfo,
+    RunStatus,
+    Service,
+    StatusEvent,
+    StepKind,
+    StepStatus,
+    utcnow,
+)
 from common.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
@@ -59,6 +71,8 @@ steps = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("service", sa.String(32), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    #: Set when history itself queued the attempt (a resend or a re-run); derived otherwise.
+    sa.Column("queued_at", UtcDateTime),
     sa.Column("started_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
     sa.Column("row_count", sa.BigInteger),
@@ -99,6 +113,7 @@ class HistoryStore(SqlStore):
         """
         async with self.engine.begin() as conn:
             run = await self._lock_run(conn, event.run_id)
+            ended_before = run is not None and RunStatus(run.status).terminal
             if run is None:
                 await self._insert_run(conn, event.run_id, event.run)
             elif event.run is not None and run.connection is None:
@@ -121,6 +136,8 @@ class HistoryStore(SqlStore):
             ).one()
         if not RunStatus(run.status).terminal or run.flow is None:
             return None
+        if not ended_before:
+            metrics.RUNS.labels(run.flow, run.status).inc()
         return RunCompleted(
             run_id=event.run_id,
             flow=run.flow,
@@ -283,21 +300,27 @@ class HistoryStore(SqlStore):
         ).scalar_one()
         if tried is None:
             return False
+        await self._reopen(conn, event.run_id)
+        return True
+
+    async def _reopen(self, conn: AsyncConnection, run_id: str) -> None:
+        """Set a failed run running again, with the steps its failure skipped due again."""
         await conn.execute(
             runs.update()
-            .where(runs.c.run_id == event.run_id)
+            .where(runs.c.run_id == run_id)
             .values(
                 status=RunStatus.RUNNING.value,
                 finished_at=None,
                 failed_step=None,
                 error_code=None,
                 error_message=None,
+                updated_at=utcnow(),
             )
         )
         # Steps skipped because this one failed are due again; those a condition skipped stay so.
         skipped = await conn.execute(
             sa.select(steps.c.step_id, steps.c.attempt, steps.c.detail).where(
-                (steps.c.run_id == event.run_id) & (steps.c.status == StepStatus.SKIPPED.value)
+                (steps.c.run_id == run_id) & (steps.c.status == StepStatus.SKIPPED.value)
             )
         )
         for row in skipped.all():
@@ -305,13 +328,90 @@ class HistoryStore(SqlStore):
                 await conn.execute(
                     steps.update()
                     .where(
-                        (steps.c.run_id == event.run_id)
+                        (steps.c.run_id == run_id)
                         & (steps.c.step_id == row.step_id)
                         & (steps.c.attempt == row.attempt)
                     )
                     .values(status=StepStatus.PENDING.value)
                 )
-        return True
+
+    async def queue_attempt(self, run_id: str, step_id: str, *, reopen: bool) -> int | None:
+        """Record a new attempt of *step_id*, queued now; returns its number.
+
+        With *reopen* (a re-run) the run must have failed at that step, and it is
+        running again once this returns; two callers racing get one attempt and
+        one None. Without it (a resend) the run must have ended; its status stays.
+        """
+        async with self.engine.begin() as conn:
+            run = await self._lock_run(conn, run_id)
+            if run is None:
+                return None
+            status = RunStatus(run.status)
+            if not status.terminal:
+                return None
+            if reopen:
+                failed = (
+                    await conn.execute(sa.select(runs.c.failed_step).where(runs.c.run_id == run_id))
+                ).scalar_one()
+                if status is not RunStatus.FAILED or failed != step_id:
+                    return None
+            latest = (
+                await conn.execute(
+                    sa.select(
+                        steps.c.attempt, steps.c.position, steps.c.kind, steps.c.service, steps.c.flow_step
+                    )
+                    .where((steps.c.run_id == run_id) & (steps.c.step_id == step_id))
+                    .order_by(steps.c.attempt.desc())
+                    .limit(1)
+                )
+            ).first()
+            if latest is None:
+                return None
+            attempt = int(latest.attempt) + 1
+            if reopen:
+                claimed = await conn.execute(
+                    runs.update()
+                    .where((runs.c.run_id == run_id) & (runs.c.status == RunStatus.FAILED.value))
+                    .values(updated_at=utcnow())
+                )
+                if not claimed.rowcount:
+                    return None
+                await self._reopen(conn, run_id)
+            inserted = await conn.execute(
+                insert_ignore(conn, steps).values(
+                    run_id=run_id,
+                    step_id=step_id,
+                    attempt=attempt,
+                    position=latest.position,
+                    flow_step=latest.flow_step,
+                    kind=latest.kind,
+                    service=latest.service,
+                    status=StepStatus.PENDING.value,
+                    queued_at=utcnow(),
+                    artifacts={},
+                    detail={},
+                )
+            )
+            if not inserted.rowcount:
+                return None
+        return attempt
+
+    async def restore_failed(self, run_id: str, step_id: str, attempt: int, error: ErrorInfo) -> None:
+        """Undo :meth:`queue_attempt` when the attempt could not be sent: the attempt failed at once."""
+        event = StatusEvent(
+            run_id=run_id,
+            step_id=step_id,
+            attempt=attempt,
+            kind=StepKind.RECORD,
+            service=Service.HISTORY,
+            status=StepStatus.FAILED,
+            finished_at=utcnow(),
+            error=error,
+        )
+        async with self.engine.begin() as conn:
+            await self._lock_run(conn, run_id)
+            await self._merge_step(conn, event)
+            await self._settle_run(conn, event)
 
     async def _first_failed_step(self, conn: AsyncConnection, run_id: str) -> Any:
         """The first step whose latest attempt failed (an attempt retried successfully does not count)."""
@@ -409,6 +509,8 @@ class HistoryStore(SqlStore):
                             run_id=run.run_id, flow=run.flow, status=RunStatus.FAILED, finished_at=now
                         )
                     )
+        for completed in ended:
+            metrics.RUNS.labels(completed.flow, completed.status.value).inc()
         return ended
 
     # -- reading -----------------------------------------------------------
@@ -419,21 +521,42 @@ class HistoryStore(SqlStore):
         status: RunStatus | None = None,
         flow: str | None = None,
         trigger: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
         limit: int = 50,
-        before: tuple[dt.datetime, str] | None = None,
+        ascending: bool = False,
+        after: tuple[dt.datetime, str] | None = None,
     ) -> list[dict[str, Any]]:
-        query = sa.select(runs).order_by(runs.c.submitted_at.desc(), runs.c.run_id.desc()).limit(limit)
+        """Runs by submitted time (newest first unless *ascending*), from just past *after*.
+
+        A run history has heard of only through a step's event (its own event is
+        still on the way) has no submitted time yet, and is listed once it has.
+        """
+        if ascending:
+            order = (runs.c.submitted_at.asc(), runs.c.run_id.asc())
+        else:
+            order = (runs.c.submitted_at.desc(), runs.c.run_id.desc())
+        query = sa.select(runs).where(runs.c.submitted_at.is_not(None)).order_by(*order).limit(limit)
         if status is not None:
             query = query.where(runs.c.status == status.value)
         if flow is not None:
             query = query.where(runs.c.flow == flow)
         if trigger is not None:
             query = query.where(runs.c.trigger_kind == trigger)
-        if before is not None:
-            at, run_id = before
-            query = query.where(
-                (runs.c.submitted_at < at) | ((runs.c.submitted_at == at) & (runs.c.run_id < run_id))
-            )
+        if since is not None:
+            query = query.where(runs.c.submitted_at >= since)
+        if until is not None:
+            query = query.where(runs.c.submitted_at < until)
+        if after is not None:
+            at, run_id = after
+            if ascending:
+                query = query.where(
+                    (runs.c.submitted_at > at) | ((runs.c.submitted_at == at) & (runs.c.run_id > run_id))
+                )
+            else:
+                query = query.where(
+                    (runs.c.submitted_at < at) | ((runs.c.submitted_at == at) & (runs.c.run_id < run_id))
+                )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_run_view(row) for row in rows]
@@ -455,9 +578,68 @@ class HistoryStore(SqlStore):
                 .all()
             )
         view = _run_view(run)
-        view["steps"] = _steps_view(step_rows)
-        view["truncated"] = any(step["detail"].get("truncated") for step in view["steps"])
+        view["steps"] = _steps_view(step_rows, _utc(run.submitted_at))
+        view["truncated"] = any(step["truncated"] for step in view["steps"])
         return view
+
+    async def latest_attempts(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Each step's latest attempt: status, kind and artifacts, for deciding what may be redone."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        steps.c.step_id, steps.c.attempt, steps.c.kind, steps.c.status, steps.c.artifacts
+                    )
+                    .where(steps.c.run_id == run_id)
+                    .order_by(steps.c.position, steps.c.attempt)
+                )
+            ).all()
+        return {
+            row.step_id: {
+                "attempt": row.attempt,
+                "kind": row.kind,
+                "status": row.status,
+                "artifacts": row.artifacts or {},
+            }
+            for row in rows
+        }
+
+    async def flow_runs(
+        self, flow: str, since: dt.datetime, until: dt.datetime
+    ) -> list[tuple[str, float | None]]:
+        """Status and duration (ms, for finished runs) of each run of *flow* submitted in the window."""
+        query = sa.select(runs.c.status, runs.c.submitted_at, runs.c.started_at, runs.c.finished_at).where(
+            (runs.c.flow == flow) & (runs.c.submitted_at >= since) & (runs.c.submitted_at < until)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            (row.status, _duration_ms(_utc(row.submitted_at) or _utc(row.started_at), _utc(row.finished_at)))
+            for row in rows
+        ]
+
+    # -- retention ---------------------------------------------------------
+
+    async def expired(self, cutoff: dt.datetime, limit: int) -> list[str]:
+        """Up to *limit* runs submitted (or, never submitted, last heard of) before *cutoff*."""
+        query = (
+            sa.select(runs.c.run_id)
+            .where(
+                (runs.c.submitted_at < cutoff)
+                | (runs.c.submitted_at.is_(None) & (runs.c.updated_at < cutoff))
+            )
+            .order_by(runs.c.run_id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [row.run_id for row in (await conn.execute(query)).all()]
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete the runs and their steps; runs already gone are no error."""
+        async with self.engine.begin() as conn:
+            await conn.execute(steps.delete().where(steps.c.run_id.in_(run_ids)))
+            result = await conn.execute(runs.delete().where(runs.c.run_id.in_(run_ids)))
+        return int(result.rowcount or 0)
 
 
 def _run_fields(info: RunInfo) -> dict[str, Any]:
@@ -508,10 +690,40 @@ def _run_view(row: Any) -> dict[str, Any]:
     }
 
 
-def _steps_view(rows: Sequence[Any]) -> list[dict[str, Any]]:
+def _queued_at(
+    row: Any,
+    submitted: dt.datetime | None,
+    finished: dict[tuple[str, int], dt.datetime],
+    passed: dict[int, dt.datetime],
+) -> dt.datetime | None:
+    """When an attempt was queued: recorded, or when what sent it there ended.
+
+    A first attempt was sent on by the step before it (the run's submission for
+    the first step), a later one by its failed predecessor.
+    """
+    if row.queued_at is not None:
+        return _utc(row.queued_at)
+    if row.attempt > 1:
+        return finished.get((row.step_id, row.attempt - 1))
+    before = [position for position in passed if position < row.position]
+    return passed[max(before)] if before else submitted
+
+
+def _steps_view(rows: Sequence[Any], submitted: dt.datetime | None = None) -> list[dict[str, Any]]:
     views = []
+    finished_of: dict[tuple[str, int], dt.datetime] = {}
+    #: When the run got past each position: the end of its first attempt that did not fail.
+    passed: dict[int, dt.datetime] = {}
     for row in rows:
         started, finished = _utc(row.started_at), _utc(row.finished_at)
+        queued = _queued_at(row, submitted, finished_of, passed)
+        if queued is not None and started is not None:
+            queued = min(queued, started)
+        if finished is not None:
+            finished_of[(row.step_id, row.attempt)] = finished
+            if row.status != StepStatus.FAILED.value:
+                passed.setdefault(row.position, finished)
+        detail = row.detail or {}
         views.append(
             {
                 "step_id": row.step_id,
@@ -520,10 +732,17 @@ def _steps_view(rows: Sequence[Any]) -> list[dict[str, Any]]:
                 "kind": row.kind,
                 "service": row.service,
                 "status": row.status,
+                "queued_at": _iso(queued),
                 "started_at": _iso(started),
                 "finished_at": _iso(finished),
                 "duration_ms": _duration_ms(started, finished),
                 "row_count": row.row_count,
+                "query": (
+                    {"text": detail["text"], "parameters": detail.get("parameters") or {}}
+                    if isinstance(detail.get("text"), str)
+                    else None
+                ),
+                "truncated": bool(detail.get("truncated")),
                 "error": (
                     {"code": row.error_code, "message": row.error_message, "retryable": bool(row.retryable)}
                     if row.error_code

@@ -34,6 +34,7 @@ import aiohttp
 import structlog
 from markupsafe import Markup, escape
 
+from common import metrics
 from common.contracts import (
     BlobRef,
     ErrorCode,
@@ -45,6 +46,7 @@ from common.contracts import (
 )
 from common.errors import ConfigurationError, DeliveryError
 from common.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
+from common.http import Check
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepPending, StepWorker
@@ -64,10 +66,15 @@ log = structlog.get_logger(__name__)
 _FURTHEST = {"attached": 0, "inline": 0, "zipped": 1, "linked": 2}
 
 
-def sent_key(run_id: str, step_id: str, row: int | None, suffix: str) -> str:
-    """Where a sent email is kept: one per run, step and row, whatever the attempt."""
-    name = "once" if row is None else f"row-{row}"
-    return f"runs/{run_id}/{step_id}/sent/{name}.{suffix}"
+def sent_key(run_id: str, step_id: str, row: int | None, suffix: str, resend: str | None = None) -> str:
+    """Where a sent email is kept: one per run, step and row (and resend), whatever the attempt."""
+    return f"runs/{run_id}/{step_id}/sent/{_item(row, resend)}.{suffix}"
+
+
+def _item(row: int | None, resend: str | None) -> str:
+    """A delivery's key in the ledger: a deliberate resend is a delivery of its own."""
+    item = "once" if row is None else f"row-{row}"
+    return item if resend is None else f"{item}.{resend}"
 
 
 class _Text(HTMLParser):
@@ -123,7 +130,7 @@ class NotifyStep:
                 if not evaluate_condition(spec.when, context, field=field):
                     skipped += 1
                     continue
-            item = "once" if index is None else f"row-{index}"
+            item = _item(index, message.resend)
             claim, recorded = await self.ledger.claim(message.run_id, message.step_id, item, lease=self.lease)
             if claim is not Claim.SENT and isinstance(spec, SendEmail):
                 # Sent, but the ledger could not be told (its database was away): the
@@ -205,7 +212,7 @@ class NotifyStep:
         return f"{self.runtime.history_url}/v1/artifacts/{ref.key}"
 
     async def _kept_email(self, message: RunMessage, index: int | None) -> BlobRef | None:
-        key = sent_key(message.run_id, message.step_id, index, "eml")
+        key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
         if not await self.runtime.blobs.exists(key):
             return None
         size = len(await self.runtime.blobs.get(key))
@@ -259,7 +266,7 @@ class NotifyStep:
         """Send one email; return the kept copy and what was done to keep it within the budget."""
         blobs = self.runtime.blobs
         settings = self.runtime.settings
-        key = sent_key(message.run_id, message.step_id, index, "eml")
+        key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
         subject = render_text(spec.subject, context, field=f"steps.{spec.id}.subject").strip()
         if "\r" in subject or "\n" in subject:
             raise TemplateError(f"steps.{spec.id}.subject: renders to more than one line")
@@ -294,6 +301,8 @@ class NotifyStep:
             run_url=self._run_url(message) if self.runtime.history_url else None,
         )
         suffix = "" if index is None else f".{index}"
+        if message.resend is not None:
+            suffix += f".{message.resend}"
         packer = Packer(
             max_bytes=settings.email_max_bytes,
             load=lambda ref: blobs.get(ref.key),
@@ -310,6 +319,7 @@ class NotifyStep:
         if packed.detail.get("attachments") not in (None, "attached"):
             log.info("email packed to fit its budget", **packed.detail)
         await send_email(packed.message, settings, extra_recipients=list(spec.bcc))
+        metrics.EMAILS_SENT.inc()
         return await blobs.put(key, packed.data, "message/rfc822"), packed.detail
 
     async def _webhook(
@@ -342,9 +352,11 @@ class NotifyStep:
             )
             body = encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
         suffix = "" if index is None else f".{index}"
-        return await post_json(
+        status = await post_json(
             self.session, target, body, idempotency_key=f"{message.run_id}.{message.step_id}{suffix}"
         )
+        metrics.WEBHOOKS_POSTED.inc()
+        return status
 
 
 def _furthest_packing(packings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,7 +375,8 @@ def _furthest_packing(packings: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def running(runtime: Runtime) -> AsyncIterator[None]:
+async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
+    """Consume delivery steps; yields what the worker's readiness depends on."""
     ledger = Ledger(runtime.settings.resolved_database_url)
     await ledger.create_schema()
     async with aiohttp.ClientSession() as session:
@@ -372,6 +385,6 @@ async def running(runtime: Runtime) -> AsyncIterator[None]:
             runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
         try:
-            yield
+            yield {**runtime.checks(), "database": ledger.ping}
         finally:
             await ledger.close()

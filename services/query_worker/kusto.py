@@ -34,6 +34,7 @@ from azure.kusto.data.exceptions import (
     KustoThrottlingError,
 )
 
+from common import metrics
 from common.connections import Connections, connection_string
 from common.contracts import ErrorCode
 from common.errors import KustoError as StepKustoError
@@ -238,6 +239,10 @@ class KustoRunner:
                 code=ErrorCode.KUSTO_UNAVAILABLE,
                 retryable=True,
             ) from exc
+        finally:
+            metrics.KUSTO_LATENCY.labels(connection).observe(loop.time() - started)
+            metrics.KUSTO_ROWS.labels(connection).inc(len(reader.rows))
+            metrics.KUSTO_BYTES.labels(connection).inc(reader.size)
         outcome = reader.outcome(truncate=truncate)
         if outcome.truncated:
             log.info("result truncated", rows=len(reader.rows), note=outcome.note)

@@ -28,6 +28,7 @@ from common.flows import (
     flow_of,
     step_spec,
 )
+from common.http import Check
 from common.operators import describe, refused_operators
 from common.results import ResultSet
 from common.runtime import Runtime
@@ -175,13 +176,14 @@ def _operation_id(result: ResultSet) -> str:
 
 
 @asynccontextmanager
-async def running(runtime: Runtime) -> AsyncIterator[None]:
+async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
+    """Consume query steps; yields what the worker's readiness depends on."""
     kusto = KustoRunner(runtime.connections, timeout=runtime.settings.query_timeout_seconds)
     try:
         step = QueryStep(runtime, kusto)
         await StepWorker(
             runtime.broker, StepKind.QUERY, step.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
-        yield
+        yield runtime.checks()
     finally:
         await kusto.close()

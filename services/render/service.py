@@ -20,6 +20,7 @@ from common.blobs import artifact_key
 from common.contracts import BlobRef, RunMessage, StepKind, StepOutput, chart_content_id
 from common.errors import RenderError
 from common.flows import RENDERING_STEPS, Chart, flow_of, step_spec
+from common.http import Check
 from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepWorker
@@ -129,9 +130,10 @@ class RenderStep:
 
 
 @asynccontextmanager
-async def running(runtime: Runtime) -> AsyncIterator[None]:
+async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
+    """Consume render steps; yields what the worker's readiness depends on."""
     step = RenderStep(runtime)
     await StepWorker(runtime.broker, StepKind.RENDER, step.perform, RetryPolicy.of(runtime.settings)).start(
         runtime.settings.prefetch
     )
-    yield
+    yield runtime.checks()

@@ -16,6 +16,7 @@ from common.flows import Flow
 from common.http import bearer_auth, error_body, health_routes, read_document, validation_error
 from common.runtime import Runtime
 from common.webhooks import WebhookPolicy
+from services.trigger import openapi
 from services.trigger.launcher import launch
 from services.trigger.scheduler import schedule_of
 from services.trigger.store import FlowExists, FlowStore, StoredFlow
@@ -41,11 +42,12 @@ class TriggerApi:
         return web.json_response(body, status=202, headers={"Location": location})
 
     async def _start(self, flow: Flow, context: RunContext, run_id: str) -> web.Response | None:
-        try:
-            await launch(self.runtime.broker, flow, context, run_id)
-        except BrokerError as exc:
-            log.error("could not start run", error=str(exc), flow=flow.name)
-            return error_body(503, "the broker did not accept the run; try again", code="Unavailable")
+        with structlog.contextvars.bound_contextvars(run_id=run_id, flow=flow.name, service="trigger"):
+            try:
+                await launch(self.runtime.broker, flow, context, run_id)
+            except BrokerError as exc:
+                log.error("could not start run", error=str(exc))
+                return error_body(503, "the broker did not accept the run; try again", code="Unavailable")
         return None
 
     async def _start_once(self, request: web.Request, flow: Flow, context: RunContext) -> web.Response:
@@ -219,7 +221,6 @@ def create_app(runtime: Runtime, store: FlowStore, policy: WebhookPolicy) -> web
     app.router.add_delete("/v1/flows/{name}", api.delete_flow)
     app.router.add_post("/v1/flows/{name}/runs", api.run_flow)
     app.router.add_get("/v1/connections", api.list_connections)
-    health_routes(
-        app, {"broker": runtime.broker.ping, "database": store.ping, "blob_store": runtime.blobs.ping}
-    )
+    openapi.add_route(app)
+    health_routes(app, {**runtime.checks(), "database": store.ping})
     return app

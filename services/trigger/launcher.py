@@ -31,11 +31,11 @@ def slot_run_id(flow: str, slot: str) -> str:
 async def launch(broker: Broker, flow: Flow, context: RunContext, run_id: str) -> RunMessage:
     """Publish the run's start; raises BrokerError if the broker did not take it."""
     message = new_run(flow, context, run_id)
-    with run_context(message.run_id, message.step_id, message.attempt):
+    with run_context(message.run_id, message.step_id, message.attempt, flow=flow.name, service="trigger"):
         started = message.submitted_at
         await emit(broker, message, StepStatus.RUNNING, started_at=started, with_run=True)
         output = StepOutput(detail={"trigger": context.trigger.value})
         await forward(broker, message, output)
         await emit(broker, message, StepStatus.SUCCEEDED, started_at=started, output=output)
-        log.info("run started", flow=flow.name, trigger=context.trigger.value)
+        log.info("run started", trigger=context.trigger.value)
     return message

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import structlog
 from pydantic import ValidationError
 
+from common import metrics
 from common.broker import Broker, BrokerError, Delivery
 from common.contracts import RunCompleted, RunContext, TriggerKind, utcnow
 from common.errors import DeadLetter
@@ -62,25 +63,26 @@ async def fire(
     parent_run_id: str | None = None,
 ) -> str | None:
     """Start *flow*'s run for *key* unless a replica already did; its run id if this call did."""
-    try:
-        parameters = flow.bind_parameters({})
-    except ValueError as exc:
-        log.error("flow cannot run without parameters", flow=flow.name, error=str(exc))
-        return None
-    context = RunContext(
-        flow=flow.name,
-        trigger=trigger,
-        scheduled_for=scheduled_for,
-        parameters=parameters,
-        parent_run_id=parent_run_id,
-        timezone=flow.trigger.timezone,
-    )
-    run_id = slot_run_id(flow.name, key)
-    async with store.claim(flow.name, key, run_id) as won:
-        if not won:
+    with structlog.contextvars.bound_contextvars(flow=flow.name, service="trigger"):
+        try:
+            parameters = flow.bind_parameters({})
+        except ValueError as exc:
+            log.error("flow cannot run without parameters", error=str(exc))
             return None
-        await launch(broker, flow, context, run_id)
-    return run_id
+        context = RunContext(
+            flow=flow.name,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+            parameters=parameters,
+            parent_run_id=parent_run_id,
+            timezone=flow.trigger.timezone,
+        )
+        run_id = slot_run_id(flow.name, key)
+        async with store.claim(flow.name, key, run_id) as won:
+            if not won:
+                return None
+            await launch(broker, flow, context, run_id)
+        return run_id
 
 
 class Scheduler:
@@ -119,6 +121,7 @@ class Scheduler:
                 continue
             run_id = await fire(self.store, self.broker, flow, key, TriggerKind.SCHEDULE, scheduled_for=slot)
             if run_id is not None:
+                metrics.SCHEDULER_LATENESS.observe(max(0.0, (now - slot).total_seconds()))
                 started.append(Fired(flow.name, slot, run_id))
         return started
 

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.local_kusto import LocalKusto
 from common.outbox import Outbox
@@ -25,6 +27,8 @@ from common.sample_data import ensure_database
 from common.topology import Topology
 
 SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
+#: The services that, run alone, serve /healthz, /readyz and /metrics on a health port of their own.
+WORKERS = ("query_worker", "render", "notifier")
 
 
 def free_port() -> int:
@@ -34,23 +38,59 @@ def free_port() -> int:
 
 
 class Deployment:
-    def __init__(self, env: dict[str, str], trigger_url: str, history_url: str, smtp: Outbox) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        trigger_url: str,
+        history_url: str,
+        smtp: Outbox,
+        *,
+        log_dir: Path | None = None,
+    ) -> None:
         self.env = env
         self.trigger_url = trigger_url
         self.history_url = history_url
         self.smtp = smtp
+        #: Where each process's stderr goes (``LABEL.log``); discarded without.
+        self.log_dir = log_dir
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        #: The health server of each worker process, by label.
+        self.health_urls: dict[str, str] = {}
 
     async def start(self, service: str, label: str | None = None) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            f"services.{service}",
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        self.processes[label or service] = process
+        label = label or service
+        env = self.env
+        if service in WORKERS:
+            port = free_port()
+            env = {**env, "ADXFLOW_HEALTH_PORT": str(port)}
+            self.health_urls[label] = f"http://127.0.0.1:{port}"
+        log = await asyncio.to_thread((self.log_dir / f"{label}.log").open, "ab") if self.log_dir else None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                f"services.{service}",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log or asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            if log is not None:
+                log.close()
+        self.processes[label] = process
+
+    async def ready(self, session: aiohttp.ClientSession) -> bool:
+        """Whether every running service answers /readyz with 200."""
+        urls = [self.trigger_url, self.history_url]
+        urls += [url for label, url in self.health_urls.items() if label in self.processes]
+        try:
+            for url in urls:
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status != 200:
+                        return False
+        except aiohttp.ClientError:
+            return False
+        return True
 
     async def kill(self, label: str, sig: int = signal.SIGKILL) -> int:
         process = self.processes.pop(label)
@@ -59,7 +99,8 @@ class Deployment:
 
     async def stop_all(self) -> None:
         for process in self.processes.values():
-            process.send_signal(signal.SIGTERM)
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
         for process in self.processes.values():
             try:
                 await asyncio.wait_for(process.wait(), 30)
@@ -98,14 +139,7 @@ async def deployment(
         async with aiohttp.ClientSession() as session:
 
             async def ready() -> bool:
-                try:
-                    for url in (system.trigger_url, system.history_url):
-                        async with session.get(f"{url}/readyz") as response:
-                            if response.status != 200:
-                                return False
-                except aiohttp.ClientError:
-                    return False
-                return True
+                return await system.ready(session)
 
             await wait_until(ready, timeout=60, what="the services to be ready")
         yield system
@@ -172,3 +206,69 @@ async def test_a_worker_gone_mid_flight_loses_no_run_and_another_finishes_them(
         for path in deployment.smtp.messages()
     ]
     assert len(ids) == len(set(ids)) == len(accepted)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of *name*'s samples whose labels include *labels*, in a /metrics answer."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(300)
+async def test_every_service_counts_a_run_in_its_metrics(deployment: Deployment, wait_until: Any) -> None:
+    name = f"metrics-{uuid.uuid4().hex[:8]}"
+    flow = {
+        "name": name,
+        "connection": "local",
+        "database": "Samples",
+        "steps": [
+            {
+                "id": "by_state",
+                "action": "run_query_and_render_chart",
+                "query": "StormEvents | summarize Events = count() by State | top 5 by Events",
+                "chart": "piechart",
+            },
+            {"id": "mail", "action": "send_email", "to": ["team@example.com"], "subject": "Storms"},
+        ],
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{deployment.trigger_url}/v1/flows/{name}", json=flow) as response:
+            assert response.status == 201, await response.text()
+        async with session.post(f"{deployment.trigger_url}/v1/flows/{name}/runs", json={}) as response:
+            assert response.status == 202
+            run_id = (await response.json())["run_id"]
+
+        async def scrape(url: str) -> str:
+            async with session.get(f"{url}/metrics") as response:
+                assert response.status == 200
+                assert response.content_type == "text/plain"
+                return await response.text()
+
+        def counted(url: str, name: str, at_least: float = 1, **labels: str) -> Any:
+            async def moved() -> bool:
+                return metric(await scrape(url), name, **labels) >= at_least
+
+            return wait_until(moved, timeout=60, what=f"{name}{labels} at {url}")
+
+        await counted(deployment.history_url, "adxflow_runs_total", flow=name, status="succeeded")
+        async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
+            assert (await response.json())["status"] == "succeeded"
+        history = await scrape(deployment.history_url)
+        assert metric(history, "adxflow_runs_total", flow=name, status="succeeded") == 1
+        assert metric(history, "adxflow_runs_total", flow=name, status="failed") == 0
+
+        query_worker = deployment.health_urls["query_worker"]
+        await counted(query_worker, "adxflow_step_duration_seconds_count", kind="query", status="succeeded")
+        await counted(query_worker, "adxflow_kusto_rows_read_total", at_least=5, connection="local")
+        await counted(query_worker, "adxflow_kusto_bytes_read_total", connection="local")
+        await counted(query_worker, "adxflow_kusto_query_duration_seconds_count", connection="local")
+        await counted(deployment.health_urls["render"], "adxflow_step_duration_seconds_count", kind="render")
+        await counted(deployment.health_urls["notifier"], "adxflow_emails_sent_total")
+        await counted(deployment.history_url, "adxflow_step_duration_seconds_count", kind="record")
+        # The trigger scrapes too: its scheduler's lateness is there even before a slot fires.
+        assert "adxflow_scheduler_lateness_seconds" in await scrape(deployment.trigger_url)

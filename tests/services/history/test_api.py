@@ -47,6 +47,10 @@ class Client:
                 return response.status, await response.json()
             return response.status, await response.read()
 
+    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.post(self.url + path, json=body) as response:
+            return response.status, await response.json()
+
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
@@ -74,8 +78,16 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
         await store.close()
 
 
-async def seed_run(client: Client, run_id: str, minute: int, *, fail: bool = False) -> None:
-    submitted = T0 + dt.timedelta(minutes=minute)
+async def seed_run(
+    client: Client,
+    run_id: str,
+    minute: int,
+    *,
+    fail: bool = False,
+    start: dt.datetime = T0,
+    step_seconds: float = 1.0,
+) -> None:
+    submitted = start + dt.timedelta(minutes=minute)
     info = RunInfo(
         flow="storms",
         description=f"run {run_id}",
@@ -88,7 +100,7 @@ async def seed_run(client: Client, run_id: str, minute: int, *, fail: bool = Fal
     )
     chart = await client.blobs.put(f"runs/{run_id}/render/1/chart.png", b"\x89PNG...", "image/png")
     for index, kind in enumerate(StepKind):
-        at = submitted + dt.timedelta(seconds=index)
+        at = submitted + dt.timedelta(seconds=index * step_seconds)
         failed = fail and kind is StepKind.QUERY
         await client.store.apply(
             StatusEvent(
@@ -158,5 +170,95 @@ async def test_unknown_runs_and_artifacts_are_404(client: Client) -> None:
 async def test_health_and_readiness(client: Client) -> None:
     assert (await client.get("/healthz")) == (200, {"status": "ok"})
     status, ready = await client.get("/readyz")
+    # Nothing consumes the fixture's broker: a history that records no events is not ready.
+    assert status == 503
+    assert ready["checks"] == {"broker": True, "consumers": False, "blob_store": True, "database": True}
+
+
+async def test_runs_are_filtered_by_time_and_paged_both_ways(client: Client) -> None:
+    for minute in range(5):
+        await seed_run(client, f"r{minute}", minute)
+    since = (T0 + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    until = (T0 + dt.timedelta(minutes=4)).isoformat()
+
+    window = f"since={since}&until={until.replace('+', '%2B')}"
+    status, page = await client.get(f"/v1/runs?{window}&order=asc&limit=2")
     assert status == 200
-    assert ready["checks"] == {"broker": True, "database": True, "blob_store": True}
+    assert [r["run_id"] for r in page["runs"]] == ["r1", "r2"]
+    status, rest = await client.get(f"/v1/runs?{window}&order=asc&limit=2&cursor={page['next_cursor']}")
+    assert [r["run_id"] for r in rest["runs"]] == ["r3"]
+    assert rest["next_cursor"] is None
+
+    status, newest = await client.get(f"/v1/runs?{window}&limit=2")
+    assert [r["run_id"] for r in newest["runs"]] == ["r3", "r2"]
+    status, older = await client.get(f"/v1/runs?{window}&limit=2&cursor={newest['next_cursor']}")
+    assert [r["run_id"] for r in older["runs"]] == ["r1"]
+
+    status, body = await client.get(f"/v1/runs?order=asc&cursor={newest['next_cursor']}")
+    assert status == 400
+    assert body["error"]["message"].startswith("cursor:")
+    status, naive = await client.get("/v1/runs?since=2026-03-01T06:02:00&order=asc")
+    assert [r["run_id"] for r in naive["runs"]] == ["r2", "r3", "r4"]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/runs?since=yesterday", "since"),
+        ("/v1/runs?until=2026-13-01", "until"),
+        ("/v1/runs?order=up", "order"),
+        ("/v1/flows/storms/stats?window=7w", "window"),
+        ("/v1/flows/storms/stats?window=400d", "window"),
+    ],
+)
+async def test_bad_times_orders_and_windows_are_named(client: Client, path: str, field: str) -> None:
+    status, body = await client.get(path)
+    assert status == 400
+    assert body["error"]["message"].startswith(f"{field}:")
+
+
+async def test_a_run_shows_when_each_attempt_was_queued_and_what_it_ran(client: Client) -> None:
+    await seed_run(client, "r1", 0)
+    status, run = await client.get("/v1/runs/r1")
+
+    assert status == 200
+    queued = [step["queued_at"] for step in run["steps"]]
+    assert queued[0] == run["submitted_at"]
+    assert queued[1] == run["steps"][0]["finished_at"]
+    assert all(step["query"] is None and step["truncated"] is False for step in run["steps"])
+
+
+async def test_flow_stats_count_outcomes_and_duration_percentiles(client: Client) -> None:
+    now = dt.datetime.now(dt.UTC)
+    for index, seconds in enumerate([1.0, 2.0, 3.0, 4.0]):
+        await seed_run(client, f"ok{index}", -10 - index, start=now, step_seconds=seconds)
+    await seed_run(client, "bad", -5, start=now, fail=True)
+    await seed_run(client, "old", -3 * 24 * 60, start=now)
+
+    status, day = await client.get("/v1/flows/storms/stats?window=24h")
+    assert status == 200
+    assert (day["runs"], day["succeeded"], day["failed"], day["unfinished"]) == (5, 4, 1, 0)
+    assert day["success_rate"] == 0.8
+    # Durations: 4.5, 8.5, 12.5 and 16.5 s (steps 1-4 s apart), the failed run 1.5 s.
+    assert day["duration_ms"] == {"p50": 8500.0, "p95": 15700.0}
+    status, week = await client.get("/v1/flows/storms/stats")
+    assert (week["window"], week["runs"]) == ("7d", 6)
+    status, other = await client.get("/v1/flows/other/stats?window=1h")
+    assert (other["runs"], other["success_rate"], other["duration_ms"]["p50"]) == (0, None, None)
+
+
+async def test_resend_and_rerun_refuse_what_they_cannot_do(client: Client) -> None:
+    await seed_run(client, "ok", 0)
+    await seed_run(client, "bad", 1, fail=True)
+
+    assert (await client.post("/v1/runs/nope/resend"))[0] == 404
+    assert (await client.post("/v1/runs/nope/rerun"))[0] == 404
+    status, body = await client.post("/v1/runs/ok/rerun")
+    assert status == 409
+    assert "only a failed run can be re-run" in body["error"]["message"]
+    status, body = await client.post("/v1/runs/bad/rerun")
+    assert status == 409
+    assert "no message of run bad was kept" in body["error"]["message"]
+    status, body = await client.post("/v1/runs/ok/resend", {"step": 3})
+    assert status == 400
+    assert body["error"]["message"].startswith("step:")

@@ -148,7 +148,7 @@ async def test_runs_are_listed_newest_first_with_a_cursor(store: HistoryStore) -
     assert [r["run_id"] for r in first] == ["run-4", "run-3"]
     last = first[-1]
     at = dt.datetime.fromisoformat(last["submitted_at"].replace("Z", "+00:00"))
-    second = await store.list_runs(limit=10, before=(at, last["run_id"]))
+    second = await store.list_runs(limit=10, after=(at, last["run_id"]))
     assert [r["run_id"] for r in second] == ["run-2", "run-1", "run-0"]
     assert await store.list_runs(status=RunStatus.FAILED) == []
 

@@ -1,0 +1,62 @@
+"""Retention: runs older than ``ADXFLOW_RETENTION_DAYS`` go, with everything they left.
+
+A periodic sweep takes expired runs in batches and deletes, for each batch,
+their blobs (``runs/<run_id>/``), their dead letters, then their steps and
+rows. The rows go last, so a sweep interrupted half-way finds the same runs
+again next time. Every delete is idempotent, so several history replicas may
+sweep at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+
+import sqlalchemy as sa
+import structlog
+
+from common.blobs import BlobStore
+from common.config import Settings
+from common.contracts import utcnow
+from services.history.dead_letters import DeadLetterStore
+from services.history.store import HistoryStore
+
+log = structlog.get_logger(__name__)
+
+BATCH = 200
+
+
+class Retention:
+    def __init__(
+        self, store: HistoryStore, letters: DeadLetterStore, blobs: BlobStore, settings: Settings
+    ) -> None:
+        self.store = store
+        self.letters = letters
+        self.blobs = blobs
+        self.keep_for = dt.timedelta(days=settings.retention_days)
+        self.every = settings.retention_interval_seconds
+
+    async def sweep(self, now: dt.datetime | None = None, batch: int = BATCH) -> int:
+        """Delete every run past retention at *now*; returns how many runs went."""
+        cutoff = (now or utcnow()) - self.keep_for
+        deleted = 0
+        while True:
+            run_ids = await self.store.expired(cutoff, batch)
+            for run_id in run_ids:
+                await self.blobs.delete_prefix(f"runs/{run_id}")
+            await self.letters.delete_expired(run_ids, cutoff)
+            if run_ids:
+                deleted += await self.store.delete_runs(run_ids)
+                log.info("expired runs deleted", runs=len(run_ids), cutoff=cutoff.isoformat())
+            if len(run_ids) < batch:
+                return deleted
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except (sa.exc.SQLAlchemyError, OSError):
+                log.exception("retention sweep failed; retrying at the next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every)

@@ -1,0 +1,108 @@
+"""What to try when a step failed: one concrete line per error code."""
+
+from __future__ import annotations
+
+from common.contracts import ErrorCode
+
+ADVICE: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_JOB: (
+        "The job document was refused: fix the field the message names and submit it again."
+    ),
+    ErrorCode.UNKNOWN_CONNECTION: (
+        "The flow names a connection this server does not have: use one of the configured "
+        "connections (GET /v1/connections) or ask the operator to add it."
+    ),
+    ErrorCode.KUSTO_SYNTAX_ERROR: (
+        "The query does not parse: look at the position the message gives in the query text "
+        "shown below and run it in the Kusto query editor."
+    ),
+    ErrorCode.KUSTO_SEMANTIC_ERROR: (
+        "Kusto does not know a name in the query: check the table and column names in the query "
+        "text shown below against the database the flow uses."
+    ),
+    ErrorCode.KUSTO_REQUEST_DENIED: (
+        "The connection's identity may not run this: grant it viewer (or admin, for commands) "
+        "on the database, or use another connection."
+    ),
+    ErrorCode.KUSTO_THROTTLED: (
+        "The cluster was busy; the step was retried automatically. If it keeps failing, "
+        "schedule the flow at a quieter time or make the query cheaper."
+    ),
+    ErrorCode.KUSTO_SERVICE_ERROR: (
+        "The cluster failed to answer: re-run from the failed step; if it persists, check the "
+        "cluster's health in the Azure portal."
+    ),
+    ErrorCode.KUSTO_UNAVAILABLE: (
+        "The cluster could not be reached after several tries: check that it is running and "
+        "reachable from this server, then re-run from the failed step."
+    ),
+    ErrorCode.REQUEST_TIMEOUT: (
+        "The query ran longer than its timeout: filter earlier (a time range first), "
+        "summarize in KQL, or raise the step's timeout."
+    ),
+    ErrorCode.RESULT_TOO_LARGE: (
+        "The result exceeded the row or size cap: summarize or take fewer rows in KQL, "
+        "or set max_rows with on_too_large: truncate on the step."
+    ),
+    ErrorCode.UNSUPPORTED_OPERATOR: (
+        "The query uses an operator the connector refuses (fork, facet, evaluate): rewrite it "
+        "without, or ask the operator to allow it."
+    ),
+    ErrorCode.RENDER_FAILED: (
+        "The result could not be drawn as this chart: pick a chart kind that fits its columns "
+        "(a datetime and numbers for a time chart, a label and a number for a pie)."
+    ),
+    ErrorCode.SMTP_REJECTED: (
+        "The mail server refused the message: check the recipient addresses and the sender "
+        "the relay accepts, then resend the email."
+    ),
+    ErrorCode.SMTP_UNAVAILABLE: (
+        "The mail server could not be reached after several tries: check the SMTP relay, "
+        "then resend the email."
+    ),
+    ErrorCode.EMAIL_TOO_LARGE: (
+        "The email is larger than the limit even with attachments zipped or linked: send fewer "
+        "rows (table_rows, take in KQL) or fewer attachments."
+    ),
+    ErrorCode.RECIPIENT_NOT_ALLOWED: (
+        "A recipient is outside the domains this server may mail: use an address in an allowed "
+        "domain, or ask the operator to allow the domain."
+    ),
+    ErrorCode.WEBHOOK_REJECTED: (
+        "The webhook answered with a client error: check its URL and the payload it expects, then resend."
+    ),
+    ErrorCode.WEBHOOK_UNAVAILABLE: (
+        "The webhook could not be reached after several tries: check that the receiver is up, then resend."
+    ),
+    ErrorCode.TEMPLATE_ERROR: (
+        "A template in the flow failed: check the names it uses (steps.<id>.row_count, "
+        "run.parameters.<name>) against the flow's step ids and parameters."
+    ),
+    ErrorCode.ASYNC_OPERATION_FAILED: (
+        "The cluster's async operation failed: read its status with .show operations on the "
+        "cluster, fix the command, and re-run."
+    ),
+    ErrorCode.INVALID_PARAMETERS: (
+        "A parameter value does not fit its declared type: start the run again with values "
+        "matching the flow's parameters."
+    ),
+    ErrorCode.STALLED: (
+        "No service reported progress for too long: check that every service is running and "
+        "consuming its queue, then re-run from the failed step."
+    ),
+    ErrorCode.ARTIFACT_MISSING: (
+        "A stored result is gone from the blob store: check the blob store's retention, then re-run the flow."
+    ),
+    ErrorCode.INTERNAL: (
+        "An unexpected error: look at the service's log for this run id, then re-run from the failed step."
+    ),
+}
+
+
+def advice_for(code: str | None) -> str | None:
+    if code is None:
+        return None
+    try:
+        return ADVICE[ErrorCode(code)]
+    except ValueError:
+        return None

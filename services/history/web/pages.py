@@ -1,0 +1,287 @@
+"""The run history as web pages: runs, one run in detail, flows, and the login form.
+
+Server-rendered HTML (Jinja2, autoescaped, sandboxed) that reads without
+JavaScript; ``static/app.js`` adds local times, refreshing of unfinished runs
+and the buttons. Every page carries a Content-Security-Policy that allows
+scripts, styles and frames from this service only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import structlog
+from aiohttp import web
+from jinja2 import PackageLoader
+from jinja2.sandbox import SandboxedEnvironment
+from yarl import URL
+
+from common.contracts import RunStatus, TriggerKind
+from common.errors import ArtifactMissing
+from common.http import BROWSER_GATE, error_body
+from common.runtime import Runtime
+from services.history.store import HistoryStore
+from services.history.web.session import (
+    COOKIE,
+    CSRF_HEADER,
+    LOGIN_PATH,
+    Sessions,
+    csrf_ok,
+    csrf_refusal,
+    safe_next,
+)
+from services.history.web.trigger import TriggerClient, TriggerUnavailable
+from services.history.web.views import (
+    UNFINISHED,
+    artifact_href,
+    badge,
+    duration_words,
+    email_summary,
+    step_views,
+    utc_text,
+)
+from services.render.gallery import email_preview
+
+log = structlog.get_logger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_SIZE = 25
+
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; frame-src 'self'; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+#: A sent email shown inside a run's page: its own styles and embedded images, nothing active.
+EMAIL_POLICY = (
+    "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+)
+
+STORE = web.AppKey("pages_store", HistoryStore)
+RUNTIME = web.AppKey("pages_runtime", Runtime)
+SESSIONS = web.AppKey("pages_sessions", Sessions)
+
+_templates = SandboxedEnvironment(loader=PackageLoader("services.history.web", "templates"), autoescape=True)
+_templates.filters["duration"] = duration_words
+_templates.filters["utc"] = utc_text
+_templates.globals.update(badge=badge, unfinished=UNFINISHED, csrf_header=CSRF_HEADER)
+
+
+def page(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
+    html = _templates.get_template(template).render(
+        signed_in=request.app[SESSIONS].valid(request.cookies.get(COOKIE)),
+        path=request.path,
+        **context,
+    )
+    headers = {
+        "Content-Security-Policy": PAGE_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+    return web.Response(text=html, status=status, content_type="text/html", headers=headers)
+
+
+def _trigger(request: web.Request) -> TriggerClient:
+    runtime = request.app[RUNTIME]
+    return TriggerClient(runtime.trigger_url, runtime.settings.api_token)
+
+
+# -- runs ------------------------------------------------------------------
+
+
+async def home(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/ui/runs")
+
+
+async def runs_page(request: web.Request) -> web.Response:
+    query = request.query
+    filters = {name: query.get(name, "").strip() for name in ("flow", "status", "trigger")}
+    chosen = {name: value for name, value in filters.items() if value}
+    status, answer = await _list_runs(request, {**chosen, **_cursor_of(query), "limit": str(PAGE_SIZE)})
+    problems = [] if status == 200 else [answer.get("error", {}).get("message", f"HTTP {status}")]
+    next_cursor = answer.get("next_cursor") if status == 200 else None
+    older = f"?{urlencode({**chosen, 'cursor': next_cursor})}" if next_cursor else None
+    newest = f"?{urlencode(chosen)}" if query.get("cursor") else None
+    try:
+        flow_names = sorted(flow["name"] for flow in await _trigger(request).flows())
+    except TriggerUnavailable:
+        flow_names = []
+    return page(
+        request,
+        "runs.html",
+        status=status,
+        runs=answer.get("runs", []),
+        filters=filters,
+        problems=problems,
+        statuses=list(RunStatus),
+        triggers=list(TriggerKind),
+        flow_names=flow_names,
+        older=older,
+        newest=newest,
+    )
+
+
+def _cursor_of(query: Mapping[str, str]) -> dict[str, str]:
+    return {"cursor": query["cursor"]} if query.get("cursor") else {}
+
+
+async def _list_runs(request: web.Request, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """What ``GET /v1/runs`` answers for *query*: the list page pages with the API's own cursor."""
+    # The API module registers these pages, so it is looked up when first needed.
+    from services.history import api
+
+    answer = await api.list_runs(request.clone(rel_url=URL("/v1/runs").with_query(query)))
+    assert isinstance(answer, web.Response)
+    return answer.status, json.loads(answer.text or "{}")
+
+
+async def run_page(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+    run = await request.app[STORE].get_run(run_id)
+    if run is None:
+        return page(request, "missing.html", status=404, what=f"run {run_id}")
+    steps = step_views(run, dt.datetime.now(dt.UTC))
+    await _fill_from_flow(request, run, steps)
+    blobs = request.app[RUNTIME].blobs
+    for step in steps:
+        for name, ref in step.latest["artifacts"].items():
+            if not name.startswith("email") or not ref["key"].endswith(".eml"):
+                continue
+            try:
+                headers = email_summary(await blobs.get(ref["key"]))
+            except (ArtifactMissing, ValueError):
+                headers = {}
+            step.emails.append(
+                {
+                    "name": name,
+                    "headers": headers,
+                    "preview": f"/ui/emails/{ref['key']}",
+                    "href": artifact_href(ref),
+                }
+            )
+    failed = next((step for step in steps if step.failed), None)
+    sent = any(step.emails for step in steps)
+    return page(request, "run.html", run=run, steps=steps, failed=failed, sent=sent)
+
+
+async def _fill_from_flow(request: web.Request, run: dict[str, Any], steps: list[Any]) -> None:
+    """Query text for query steps that did not report it (a step that failed): the flow's current text."""
+    missing = [step for step in steps if step.kind == "query" and step.query_text is None]
+    if not missing or not run.get("flow"):
+        return
+    try:
+        flow = await _trigger(request).flow(run["flow"])
+    except TriggerUnavailable:
+        return
+    by_id = {step.get("id"): step for step in flow["document"].get("steps", [])}
+    for step in missing:
+        spec = by_id.get(step.flow_step or step.step_id, {})
+        text = spec.get("query") or spec.get("command")
+        if text:
+            step.query_text = text
+            step.query_source = f"from the flow's current version {flow.get('version')}"
+            step.parameters = dict(run.get("parameters") or {})
+
+
+async def email_page(request: web.Request) -> web.Response:
+    """A sent email as a page for a sandboxed frame: headers, HTML body, inline images embedded."""
+    key = request.match_info["key"]
+    if not key.startswith("runs/") or not key.endswith(".eml"):
+        return error_body(404, "no such email", code="NotFound")
+    try:
+        raw = await request.app[RUNTIME].blobs.get(key)
+    except (ArtifactMissing, ValueError):
+        return error_body(404, f"email {key!r} not found", code="NotFound")
+    headers = {"Content-Security-Policy": EMAIL_POLICY, "X-Content-Type-Options": "nosniff"}
+    return web.Response(text=email_preview(raw), content_type="text/html", headers=headers)
+
+
+# -- flows -----------------------------------------------------------------
+
+
+async def flows_page(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        flows = await _trigger(request).flows()
+        problem = None
+    except TriggerUnavailable as exc:
+        flows, problem = [], exc.message
+    for flow in flows:
+        latest = await store.list_runs(flow=flow["name"], limit=1)
+        flow["last_run"] = latest[0] if latest else None
+    return page(request, "flows.html", status=502 if problem else 200, flows=flows, problem=problem)
+
+
+async def set_flow_enabled(request: web.Request) -> web.Response:
+    if request.headers.get(CSRF_HEADER) != "1":
+        return csrf_refusal()
+    try:
+        body = json.loads(await request.text() or "{}")
+        enabled = body["enabled"]
+        if not isinstance(enabled, bool):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return error_body(400, 'send {"enabled": true} or {"enabled": false}', code="InvalidRequest")
+    name = request.match_info["name"]
+    try:
+        saved = await _trigger(request).set_enabled(name, enabled)
+    except TriggerUnavailable as exc:
+        status = exc.status if 400 <= exc.status < 500 else 502
+        return error_body(status, exc.message, code="NotFound" if status == 404 else "Unavailable")
+    log.info("flow switched from the history pages", flow=name, enabled=enabled)
+    return web.json_response({"name": saved["name"], "enabled": saved["enabled"]})
+
+
+# -- login -----------------------------------------------------------------
+
+
+async def login_form(request: web.Request) -> web.Response:
+    if not request.app[SESSIONS].required:
+        raise web.HTTPSeeOther("/ui/runs")
+    return page(request, "login.html", next=safe_next(request.query.get("next")), refused=False)
+
+
+async def login(request: web.Request) -> web.Response:
+    sessions = request.app[SESSIONS]
+    if not sessions.required:
+        raise web.HTTPSeeOther("/ui/runs")
+    form = await request.post()
+    target = safe_next(str(form.get("next", "")))
+    if not sessions.token_matches(str(form.get("token", ""))):
+        log.warning("history pages: a login was refused", remote=request.remote)
+        return page(request, "login.html", status=401, next=target, refused=True)
+    response = web.HTTPSeeOther(target)
+    sessions.set_cookie(request, response)
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    if not csrf_ok(request):
+        return csrf_refusal()
+    response = web.HTTPSeeOther(LOGIN_PATH)
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> None:
+    """Serve the pages from the history API's application; with a token, admit the login cookie too."""
+    sessions = Sessions(runtime.settings.api_token)
+    app[STORE] = store
+    app[RUNTIME] = runtime
+    app[SESSIONS] = sessions
+    app[BROWSER_GATE] = sessions
+    app.router.add_get("/", home)
+    app.router.add_get("/ui/runs", runs_page)
+    app.router.add_get("/ui/runs/{run_id}", run_page)
+    app.router.add_get("/ui/emails/{key:.+}", email_page)
+    app.router.add_get("/ui/flows", flows_page)
+    app.router.add_post("/ui/flows/{name}/enabled", set_flow_enabled)
+    app.router.add_get(LOGIN_PATH, login_form)
+    app.router.add_post(LOGIN_PATH, login)
+    app.router.add_post("/ui/logout", logout)
+    app.router.add_static("/ui/static/", STATIC_DIR, append_version=False)

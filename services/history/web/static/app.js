@@ -1,0 +1,168 @@
+// The run history pages read without JavaScript; this adds local times,
+// refreshing of unfinished runs, and the buttons (which need a custom
+// request header the server demands of every state-changing request).
+"use strict";
+
+(() => {
+  const REQUEST_HEADER = { "X-Adxflow-Request": "1" };
+  const POLL_MS = 2500;
+  let pollTimer = null;
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+  });
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+
+  function localTimes(root) {
+    for (const element of root.querySelectorAll("time[datetime]")) {
+      const instant = new Date(element.getAttribute("datetime"));
+      if (Number.isNaN(instant.getTime())) continue;
+      element.title = `${element.getAttribute("datetime")} (shown in ${zone})`;
+      element.textContent = timeFormat.format(instant);
+    }
+  }
+
+  function reveal(root) {
+    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout]")) {
+      element.hidden = false;
+    }
+  }
+
+  function say(message, failed) {
+    const target = document.querySelector("[data-action-result]");
+    if (!target) return;
+    target.textContent = message;
+    target.classList.toggle("error", Boolean(failed));
+  }
+
+  async function errorMessage(response) {
+    try {
+      const body = await response.json();
+      if (body && body.error && body.error.message) return body.error.message;
+    } catch (ignored) {
+      // Not JSON: fall back to the status line.
+    }
+    return `${response.status} ${response.statusText}`;
+  }
+
+  async function post(url, body) {
+    const init = { method: "POST", credentials: "same-origin", headers: { ...REQUEST_HEADER } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return fetch(url, init);
+  }
+
+  async function act(button, url, body, after) {
+    button.disabled = true;
+    say("Working…", false);
+    try {
+      const response = await post(url, body);
+      if (!response.ok) {
+        say(await errorMessage(response), true);
+        return;
+      }
+      await after(response);
+    } catch (error) {
+      say(`The request failed: ${error.message}`, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.dataset.post) {
+      const current = document.querySelector("[data-run-id]");
+      act(button, button.dataset.post, undefined, async (response) => {
+        let body = {};
+        try { body = await response.json(); } catch (ignored) { body = {}; }
+        const runId = body && body.run_id;
+        if (runId && current && runId !== current.dataset.runId) {
+          window.location.assign(`/ui/runs/${encodeURIComponent(runId)}`);
+        } else {
+          window.location.reload();
+        }
+      });
+    } else if (button.dataset.toggleFlow) {
+      const name = button.dataset.toggleFlow;
+      const enabled = button.dataset.enabled === "true";
+      act(button, `/ui/flows/${encodeURIComponent(name)}/enabled`, { enabled }, async () => {
+        window.location.reload();
+      });
+    } else if (button.hasAttribute("data-logout")) {
+      act(button, "/ui/logout", undefined, async () => {
+        window.location.assign("/ui/login");
+      });
+    }
+  });
+
+  // -- refreshing unfinished runs -------------------------------------------
+
+  function signature(run, detailed) {
+    if (!detailed) return run.status;
+    const steps = (run.steps || []).map((step) => `${step.step_id}:${step.attempt}:${step.status}`);
+    return `${run.status}|${steps.join(",")}`;
+  }
+
+  function pageSignature(element, detailed) {
+    if (!detailed) return element.dataset.runStatus;
+    return element.dataset.runSignature || "";
+  }
+
+  async function replaceMain() {
+    const response = await fetch(window.location.href, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("main");
+    const main = document.querySelector("main");
+    if (!fresh || !main) return;
+    main.replaceChildren(...fresh.childNodes);
+    init(main);
+  }
+
+  async function poll() {
+    pollTimer = null;
+    const detailed = Boolean(document.querySelector("article[data-run-id]"));
+    const watched = [...document.querySelectorAll("[data-run-id][data-watch]")];
+    if (watched.length === 0) return;
+    let changed = false;
+    for (const element of watched) {
+      try {
+        const response = await fetch(`/v1/runs/${encodeURIComponent(element.dataset.runId)}`, {
+          credentials: "same-origin", headers: { Accept: "application/json" },
+        });
+        if (!response.ok) continue;
+        const run = await response.json();
+        if (signature(run, detailed) !== pageSignature(element, detailed)) changed = true;
+      } catch (ignored) {
+        // A missed poll is retried on the next tick.
+      }
+    }
+    if (changed) {
+      await replaceMain();
+    } else {
+      schedule();
+    }
+  }
+
+  function schedule() {
+    if (pollTimer === null && document.querySelector("[data-run-id][data-watch]")) {
+      pollTimer = window.setTimeout(poll, POLL_MS);
+    }
+  }
+
+  function init(root) {
+    localTimes(root);
+    reveal(root);
+    schedule();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", () => init(document));
+  } else {
+    init(document);
+  }
+})();

@@ -1,0 +1,71 @@
+"""The trigger API as the flows page sees it: list flows, switch one on or off."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import SecretStr
+
+from common.errors import AdxflowError
+
+_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class TriggerUnavailable(AdxflowError):
+    """The trigger API did not answer, or refused; the message says what it said."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TriggerClient:
+    def __init__(self, url: str, token: SecretStr | None) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token is not None else {}
+
+    def __repr__(self) -> str:
+        return f"TriggerClient({self.url!r})"
+
+    async def _call(self, method: str, path: str, json: Any = None) -> Any:
+        if not self.url:
+            raise TriggerUnavailable(
+                "the trigger API's address is not configured (ADXFLOW_TRIGGER_PUBLIC_URL)"
+            )
+        try:
+            async with (
+                aiohttp.ClientSession(headers=self._headers, timeout=_TIMEOUT) as session,
+                session.request(method, f"{self.url}{path}", json=json) as response,
+            ):
+                body = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise TriggerUnavailable(f"the trigger API at {self.url} did not answer: {reason}") from exc
+        if status >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            message = error.get("message") or f"HTTP {status}"
+            raise TriggerUnavailable(f"the trigger API refused: {message}", status=status)
+        return body
+
+    async def flows(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/v1/flows")
+        return list(body["flows"])
+
+    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        """Read the flow, set ``enabled``, and save it back; the saved flow's view."""
+        view = await self._call("GET", f"/v1/flows/{_segment(name)}")
+        document = dict(view["document"])
+        document["enabled"] = enabled
+        saved: dict[str, Any] = await self._call("PUT", f"/v1/flows/{_segment(name)}", json=document)
+        return saved
+
+    async def flow(self, name: str) -> dict[str, Any]:
+        view: dict[str, Any] = await self._call("GET", f"/v1/flows/{_segment(name)}")
+        return view
+
+
+def _segment(name: str) -> str:
+    return quote(name, safe="")

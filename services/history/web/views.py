@@ -1,0 +1,196 @@
+"""Runs and steps as the pages show them: statuses with icons, durations in words, a timeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.history.web.advice import advice_for
+
+
+@dataclass(frozen=True)
+class Badge:
+    status: str
+    icon: str
+    label: str
+
+
+_BADGES = {
+    "succeeded": Badge("succeeded", "✓", "succeeded"),
+    "failed": Badge("failed", "✗", "failed"),
+    "running": Badge("running", "●", "running"),
+    "queued": Badge("queued", "○", "queued"),
+    "pending": Badge("pending", "○", "pending"),
+    "skipped": Badge("skipped", "–", "skipped"),
+}
+
+UNFINISHED = frozenset({"queued", "running", "pending"})
+
+#: Artifact names that are drawn charts, in the order a page prefers them.
+CHART_ARTIFACTS = ("chart_png", "chart_svg")
+#: Keys of a step's detail the step's own section shows already.
+_SHOWN_DETAIL = frozenset({"text", "parameters", "truncation", "reason"})
+
+
+def badge(status: str | None) -> Badge:
+    return _BADGES.get(status or "", Badge(status or "unknown", "?", status or "unknown"))
+
+
+def duration_words(ms: float | None) -> str:
+    """``350 ms``, ``2.4 s``, ``3 min 5 s``, ``1 h 2 min``; an em dash when unknown."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def parse_instant(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def utc_text(value: str | None) -> str:
+    """What a ``<time>`` element says before the browser rewrites it in the viewer's zone."""
+    instant = parse_instant(value)
+    return instant.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if instant else "—"
+
+
+def artifact_href(ref: dict[str, Any]) -> str:
+    return f"/v1/artifacts/{ref['key']}"
+
+
+@dataclass
+class Attempt:
+    """One attempt of a step: a row of the timeline."""
+
+    view: dict[str, Any]
+    offset: float = 0.0
+    width: float = 0.0
+
+    @property
+    def badge(self) -> Badge:
+        return badge(self.view["status"])
+
+
+@dataclass
+class StepView:
+    step_id: str
+    kind: str
+    service: str
+    flow_step: str | None
+    attempts: list[Attempt] = field(default_factory=list)
+    failed: bool = False
+    query_text: str | None = None
+    query_source: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    emails: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        return self.attempts[-1].view
+
+    @property
+    def badge(self) -> Badge:
+        return badge(self.latest["status"])
+
+    @property
+    def unfinished(self) -> bool:
+        return self.latest["status"] in UNFINISHED
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        error: dict[str, Any] | None = self.latest.get("error")
+        return error
+
+    @property
+    def advice(self) -> str | None:
+        return advice_for(self.error["code"]) if self.error else None
+
+    @property
+    def chart(self) -> dict[str, Any] | None:
+        artifacts = self.latest["artifacts"]
+        for name in CHART_ARTIFACTS:
+            if name in artifacts:
+                return {"href": artifact_href(artifacts[name]), "kind": name}
+        return None
+
+    @property
+    def table_href(self) -> str | None:
+        ref = self.latest["artifacts"].get("table_html")
+        return artifact_href(ref) if ref else None
+
+    @property
+    def downloads(self) -> list[tuple[str, str]]:
+        return [(name, artifact_href(ref)) for name, ref in self.latest["artifacts"].items()]
+
+    @property
+    def other_detail(self) -> list[tuple[str, str]]:
+        shown = []
+        for name, value in self.latest["detail"].items():
+            if name in _SHOWN_DETAIL or value in (None, "", [], {}):
+                continue
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            shown.append((name, text))
+        return shown
+
+
+def step_views(run: dict[str, Any], now: dt.datetime) -> list[StepView]:
+    """The run's steps in itinerary order, each with its attempts placed on one time axis."""
+    grouped: dict[str, StepView] = {}
+    for view in run["steps"]:
+        step = grouped.get(view["step_id"])
+        if step is None:
+            step = grouped[view["step_id"]] = StepView(
+                view["step_id"], view["kind"], view["service"], view["flow_step"]
+            )
+        step.attempts.append(Attempt(view))
+    for step in grouped.values():
+        step.failed = step.step_id == run.get("failed_step") or step.latest["status"] == "failed"
+        detail = step.latest["detail"]
+        if step.kind == "query" and detail.get("text"):
+            step.query_text = detail["text"]
+            step.query_source = "as run"
+            step.parameters = dict(detail.get("parameters") or {})
+    _place(list(grouped.values()), run, now)
+    return list(grouped.values())
+
+
+def _place(steps: list[StepView], run: dict[str, Any], now: dt.datetime) -> None:
+    spans = []
+    for step in steps:
+        for attempt in step.attempts:
+            start = parse_instant(attempt.view["started_at"])
+            end = parse_instant(attempt.view["finished_at"]) or (now if start else None)
+            spans.append((attempt, start, end))
+    starts = [start for _, start, _ in spans if start is not None]
+    ends = [end for _, _, end in spans if end is not None]
+    origin = parse_instant(run.get("started_at")) or (min(starts) if starts else None)
+    if origin is None or not ends:
+        return
+    origin = min([origin, *starts])
+    total = max((max(ends) - origin).total_seconds(), 0.001)
+    for attempt, start, end in spans:
+        if start is None or end is None:
+            continue
+        attempt.offset = round((start - origin).total_seconds() / total * 100, 3)
+        attempt.width = round(max((end - start).total_seconds() / total * 100, 0.4), 3)
+
+
+def email_summary(raw: bytes) -> dict[str, str]:
+    """The headers a reader checks first in a sent email."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    wanted = ("Subject", "From", "To", "Cc", "Date")
+    return {name: str(message[name]) for name in wanted if message[name] is not None}

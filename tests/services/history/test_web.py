@@ -1,0 +1,225 @@
+"""The history pages over real HTTP without a browser: escaping, headers, login and CSRF."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from common.blobs import FolderBlobStore
+from common.broker import InProcessBroker
+from common.config import Settings
+from common.connections import Connections
+from common.contracts import (
+    SERVICE_OF,
+    ErrorCode,
+    ErrorInfo,
+    RunInfo,
+    StatusEvent,
+    Step,
+    StepKind,
+    StepStatus,
+    TriggerKind,
+)
+from common.http import HttpServer
+from common.runtime import Runtime
+from common.topology import Topology
+from services.history.api import create_app
+from services.history.dead_letters import DeadLetterStore
+from services.history.store import HistoryStore
+from services.history.web.advice import ADVICE
+from services.history.web.session import COOKIE, SESSION_SECONDS, Sessions, safe_next
+from services.history.web.views import duration_words
+
+HOSTILE = '<script>alert("x")</script>'
+T0 = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)
+
+Server = Callable[..., AbstractAsyncContextManager[tuple[str, HistoryStore]]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Server:
+    @asynccontextmanager
+    async def start(token: str | None = None) -> AsyncIterator[tuple[str, HistoryStore]]:
+        settings = Settings(data_dir=tmp_path, api_token=SecretStr(token) if token else None)
+        runtime = Runtime(
+            settings=settings,
+            broker=InProcessBroker(Topology("history-web")),
+            blobs=FolderBlobStore(tmp_path / "blobs"),
+            connections=Connections(),
+            trigger_url="http://127.0.0.1:9",
+        )
+        store = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+        letters = DeadLetterStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+        await store.create_schema()
+        await letters.create_schema()
+        try:
+            async with runtime, HttpServer(create_app(runtime, store, letters), "127.0.0.1", 0) as http:
+                yield http.url, store
+        finally:
+            await letters.close()
+            await store.close()
+
+    return start
+
+
+async def seed_failed_run(store: HistoryStore, run_id: str, at: dt.datetime = T0) -> None:
+    itinerary = [Step(id=kind.value, kind=kind) for kind in StepKind]
+    info = RunInfo(
+        flow="storms",
+        description=HOSTILE,
+        trigger=TriggerKind.MANUAL,
+        connection="local",
+        database="Samples",
+        parameters={"state": HOSTILE},
+        itinerary=itinerary,
+        submitted_at=at,
+    )
+    for kind in (StepKind.TRIGGER, StepKind.QUERY):
+        failed = kind is StepKind.QUERY
+        await store.apply(
+            StatusEvent(
+                run_id=run_id,
+                step_id=kind.value,
+                kind=kind,
+                service=SERVICE_OF[kind],
+                status=StepStatus.FAILED if failed else StepStatus.SUCCEEDED,
+                started_at=at,
+                finished_at=at + dt.timedelta(seconds=1),
+                error=ErrorInfo(code=ErrorCode.RESULT_TOO_LARGE, message=HOSTILE) if failed else None,
+                run=info if kind is StepKind.TRIGGER else None,
+            )
+        )
+
+
+def test_every_error_code_has_advice() -> None:
+    assert set(ADVICE) == set(ErrorCode)
+
+
+def test_a_session_expires_and_cannot_be_forged() -> None:
+    sessions = Sessions(SecretStr("s3cret"))
+    value = sessions.issue(now=1000)
+    assert "s3cret" not in value
+    assert sessions.valid(value, now=1000 + SESSION_SECONDS - 1)
+    assert not sessions.valid(value, now=1000 + SESSION_SECONDS + 1)
+    expires, _, signature = value.partition(".")
+    assert not sessions.valid(f"{int(expires) + 3600}.{signature}", now=1000)
+    assert not Sessions(SecretStr("other")).valid(value, now=1000)
+    assert not Sessions(None).valid(value, now=1000)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/ui/runs/abc?x=1", "/ui/runs/abc?x=1"),
+        ("https://evil.example/ui/", "/ui/runs"),
+        ("//evil.example/ui/", "/ui/runs"),
+        ("/v1/runs", "/ui/runs"),
+        (None, "/ui/runs"),
+    ],
+)
+def test_login_returns_only_to_a_page_of_this_service(target: str | None, expected: str) -> None:
+    assert safe_next(target) == expected
+
+
+def test_durations_read_as_words() -> None:
+    assert [duration_words(ms) for ms in (None, 350, 2400, 185_000, 3_720_000)] == [
+        "—",
+        "350 ms",
+        "2.4 s",
+        "3 min 5 s",
+        "1 h 2 min",
+    ]
+
+
+async def test_pages_escape_every_value_and_carry_a_policy(server: Server) -> None:
+    async with server() as (url, store), aiohttp.ClientSession() as session:
+        await seed_failed_run(store, "r1")
+        for path in ("/ui/runs", "/ui/runs/r1"):
+            async with session.get(url + path) as response:
+                html = await response.text()
+                assert response.status == 200, html
+                assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+                assert HOSTILE not in html
+                assert "&lt;script&gt;" in html
+        assert "ResultTooLarge" in html
+        assert ADVICE[ErrorCode.RESULT_TOO_LARGE] in html
+        async with session.get(url + "/", allow_redirects=False) as response:
+            assert (response.status, response.headers["Location"]) == (303, "/ui/runs")
+        async with session.get(url + "/ui/runs/nope") as response:
+            assert response.status == 404
+        # The trigger API is not there: the flows page says so instead of failing.
+        async with session.get(url + "/ui/flows") as response:
+            assert response.status == 502
+            assert "could not be listed" in await response.text()
+
+
+async def test_a_change_from_a_page_needs_the_custom_header_even_on_loopback(server: Server) -> None:
+    async with server() as (url, _), aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/ui/flows/storms/enabled", json={"enabled": False}) as response:
+            assert response.status == 403
+        async with session.get(url + "/ui/login", allow_redirects=False) as response:
+            assert response.status == 303
+
+
+async def test_with_a_token_the_pages_ask_to_sign_in_and_the_cookie_admits(server: Server) -> None:
+    async with server(token="s3cret") as (url, store), aiohttp.ClientSession() as session:
+        await seed_failed_run(store, "r1")
+        async with session.get(url + "/ui/runs/r1", allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/ui/login?next=/ui/runs/r1"
+        async with session.get(url + "/v1/runs") as response:
+            assert response.status == 401
+        async with session.get(url + "/ui/static/app.js") as response:
+            assert response.status == 200
+        login = {"token": "wrong", "next": "/ui/runs/r1"}
+        async with session.post(url + "/ui/login", data=login, allow_redirects=False) as response:
+            assert response.status == 401
+            assert COOKIE not in response.cookies
+        login["token"] = "s3cret"
+        async with session.post(url + "/ui/login", data=login, allow_redirects=False) as response:
+            assert (response.status, response.headers["Location"]) == (303, "/ui/runs/r1")
+            cookie = response.cookies[COOKIE]
+            assert cookie["httponly"]
+            assert cookie["samesite"] == "Strict"
+        jar = {COOKIE: cookie.value}
+        async with aiohttp.ClientSession(cookies=jar) as browser:
+            async with browser.get(url + "/v1/runs") as response:
+                assert response.status == 200
+            async with browser.get(url + "/ui/runs/r1") as response:
+                assert response.status == 200
+            async with browser.post(f"{url}/v1/runs/r1/rerun") as response:
+                assert response.status == 403
+        async with (
+            aiohttp.ClientSession(cookies={COOKIE: "1.forged"}) as forger,
+            forger.get(url + "/v1/runs") as response,
+        ):
+            assert response.status == 401
+
+
+async def test_the_runs_list_pages_with_the_api_cursor(server: Server) -> None:
+    async with server() as (url, store), aiohttp.ClientSession() as session:
+        for minute in range(27):
+            await seed_failed_run(store, f"r{minute:02d}", T0 + dt.timedelta(minutes=minute))
+        async with session.get(url + "/ui/runs?status=failed") as response:
+            first = await response.text()
+        assert first.count('<tr class="run"') == 25
+        assert 'data-run-id="r26"' in first
+        older = re.search(r'href="(/ui/runs\?[^"]+)" rel="next"', first)
+        assert older is not None
+        async with session.get(url + html.unescape(older.group(1))) as response:
+            second = await response.text()
+        assert second.count('<tr class="run"') == 2
+        assert 'data-run-id="r00"' in second
+        assert 'rel="next"' not in second
+        assert "Newest runs" in second
+        async with session.get(url + "/ui/runs?cursor=garbage") as response:
+            assert response.status == 400
+            assert "cursor" in await response.text()
