@@ -7,6 +7,8 @@ handler is a bug and is recorded as ``Internal``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from common.contracts import ErrorCode, ErrorInfo
 
 
@@ -14,9 +16,18 @@ class AdxflowError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
     retryable: bool = False
 
-    def __init__(self, message: str, *, code: ErrorCode | None = None, retryable: bool | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        retryable: bool | None = None,
+        detail: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        #: What the step had worked out before it failed (the query text it sent, say), for the history.
+        self.detail: dict[str, Any] = dict(detail or {})
         if code is not None:
             self.code = code
         if retryable is not None:

@@ -77,6 +77,7 @@ async def emit(
     retrying: bool = False,
     with_run: bool = False,
     keep_message: bool = False,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     """Publish a status event for *step* (the message's current step by default).
 
@@ -96,7 +97,7 @@ async def emit(
         finished_at=utcnow() if status.terminal else None,
         row_count=output.row_count if output else None,
         artifacts=output.artifacts if output else {},
-        detail=output.detail if output else {},
+        detail=output.detail if output else (detail or {}),
         error=error,
         continues=continues,
         retrying=retrying,
@@ -241,7 +242,7 @@ class StepWorker:
             return
         except AdxflowError as exc:
             log.warning("step failed", code=exc.code.value, error=exc.message)
-            await self._fail(message, started, exc.info())
+            await self._fail(message, started, exc.info(), exc.detail)
             return
         except Exception as exc:
             if is_outage(exc):
@@ -287,14 +288,26 @@ class StepWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _fail(self, message: RunMessage, started: dt.datetime, error: ErrorInfo) -> None:
+    async def _fail(
+        self,
+        message: RunMessage,
+        started: dt.datetime,
+        error: ErrorInfo,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         self._observe(started, StepStatus.FAILED)
         if error.retryable and message.attempt < self.policy.max_attempts:
             delay = self.policy.delay(message.attempt)
             log.info("retrying step", next_attempt=message.attempt + 1, delay_seconds=round(delay, 2))
             metrics.STEP_RETRIES.labels(self.kind.value, error.code.value).inc()
             await emit(
-                self.broker, message, StepStatus.FAILED, started_at=started, error=error, retrying=True
+                self.broker,
+                message,
+                StepStatus.FAILED,
+                started_at=started,
+                error=error,
+                retrying=True,
+                detail=detail,
             )
             again = message.model_copy(update={"attempt": message.attempt + 1, "pending": None})
             await self.broker.publish_model(
@@ -328,6 +341,7 @@ class StepWorker:
             error=error,
             continues=continues,
             keep_message=not continues,
+            detail=detail,
         )
         if continues:
             await forward(self.broker, message, StepOutput(status=StepStatus.FAILED, error=error))

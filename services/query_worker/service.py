@@ -18,7 +18,7 @@ from typing import Any
 
 from common.blobs import artifact_key
 from common.contracts import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
-from common.errors import KustoError
+from common.errors import AdxflowError, KustoError
 from common.flows import (
     COMMAND_STEPS,
     KUSTO_STEPS,
@@ -65,9 +65,19 @@ class QueryStep:
             )
         refused = refused_operators(text, allowed=self.runtime.settings.allowed_operators)
         if refused:
-            raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR)
+            raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR, detail={"text": text})
         parameters = {} if command else self._parameters(message, flow)
-        outcome = await self._run(message, flow, spec, text, command=command, parameters=parameters)
+        sent = {
+            "text": text,
+            "parameters": {name: value for name, (_, value) in parameters.items()},
+            "client_request_id": self._request_id(message),
+        }
+        try:
+            outcome = await self._run(message, flow, spec, text, command=command, parameters=parameters)
+        except AdxflowError as exc:
+            # The history shows what was sent beside why it failed.
+            exc.detail = {**sent, **exc.detail}
+            raise
         result = outcome.result
         key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
         ref = await self.runtime.blobs.put(key, result.to_json_bytes(), "application/json")
@@ -77,10 +87,8 @@ class QueryStep:
             preview=preview(result, self.runtime.settings.preview_rows),
             artifacts={"result": ref},
             detail={
-                "text": text,
-                "parameters": {name: value for name, (_, value) in parameters.items()},
+                **sent,
                 "columns": [f"{c.name}:{c.type}" for c in result.columns],
-                "client_request_id": self._request_id(message),
                 "visualization": result.visualization.kind if result.visualization else None,
                 "truncated": outcome.truncated,
                 "truncation": outcome.note,

@@ -142,6 +142,10 @@ async def test_an_unknown_table_is_a_semantic_error(system: System, wait_until: 
     assert run["status"] == "failed"
     assert run["error"]["code"] == "KustoSemanticError"
     assert "NoSuchTable" in run["error"]["message"]
+    # The history shows what was sent beside why it failed.
+    failed = next(step for step in run["steps"] if step["step_id"] == run["failed_step"])
+    assert failed["query"]["text"] == "NoSuchTable | count"
+    assert failed["detail"]["client_request_id"].startswith(f"adxflow;{accepted['run_id']};")
 
 
 async def test_an_smtp_refusal_fails_the_notify_step_with_the_server_reply(
