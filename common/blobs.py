@@ -7,6 +7,10 @@ redelivered message overwrites its own output instead of leaving a copy.
 Small blobs move whole (:meth:`BlobStore.put`, :meth:`BlobStore.get`); large
 ones stream through a :class:`BlobWriter` and a :class:`BlobReader`, so
 neither side holds the whole blob in memory.
+
+:class:`FolderBlobStore` keeps blobs in a local folder (one machine);
+:class:`~common.azure_blobs.AzureBlobStore` in Azure Blob Storage, for
+services on several machines. ``ADXFLOW_BLOB_BACKEND`` chooses between them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import re
 import secrets
@@ -36,13 +41,13 @@ def artifact_key(run_id: str, step_id: str, attempt: int, name: str) -> str:
     return f"runs/{run_id}/{step_id}/{attempt}/{name}"
 
 
-def _check_key(key: str) -> str:
+def check_key(key: str) -> str:
     if not _KEY.match(key) or any(part in {".", ".."} for part in key.split("/")):
         raise ValueError(f"invalid blob key {key!r}")
     return key
 
 
-def _missing(key: str) -> ArtifactMissing:
+def artifact_missing(key: str) -> ArtifactMissing:
     return ArtifactMissing(f"artifact {key!r} is not in the blob store")
 
 
@@ -161,6 +166,25 @@ class BlobReader(abc.ABC):
 
 
 class BlobStore(abc.ABC):
+    """Where blobs live; an async context manager that gets ready on entry and lets go on exit."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Get ready to store blobs (create the folder or container); idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Let go of connections; idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, content_type: str) -> BlobRef: ...
 
@@ -186,7 +210,20 @@ class BlobStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def expire(self, older_than: dt.datetime) -> int:
+        """Delete every blob last written before *older_than* (timezone-aware); returns how many.
+
+        A blob rewritten meanwhile is kept; deleting what is already gone is no error.
+        """
+
+    @abc.abstractmethod
     async def ping(self) -> bool: ...
+
+
+def check_cutoff(older_than: dt.datetime) -> dt.datetime:
+    if older_than.tzinfo is None or older_than.utcoffset() is None:
+        raise ValueError(f"expire needs a timezone-aware time, not {older_than.isoformat()}")
+    return older_than
 
 
 class FolderBlobStore(BlobStore):
@@ -196,7 +233,7 @@ class FolderBlobStore(BlobStore):
         self.root = root
 
     def path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        return self.root / check_key(key)
 
     async def put(self, key: str, data: bytes, content_type: str) -> BlobRef:
         path = self.path(key)
@@ -205,10 +242,10 @@ class FolderBlobStore(BlobStore):
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = _temporary_path(path)
         try:
-            temporary.write_bytes(data)
+            with _create(temporary) as file:
+                file.write(data)
             temporary.replace(path)
         except BaseException:
             temporary.unlink(missing_ok=True)
@@ -219,7 +256,7 @@ class FolderBlobStore(BlobStore):
         try:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
-            raise _missing(key) from None
+            raise artifact_missing(key) from None
 
     def writer(self, key: str, content_type: str) -> BlobWriter:
         return _FolderBlobWriter(self.path(key), key, content_type)
@@ -250,16 +287,61 @@ class FolderBlobStore(BlobStore):
             folder.rmdir()
         return count
 
+    async def expire(self, older_than: dt.datetime) -> int:
+        return await asyncio.to_thread(self._expire, check_cutoff(older_than).timestamp())
+
+    def _expire(self, cutoff: float) -> int:
+        count = 0
+        emptied: set[str] = set()
+        # Temp files of writers that died count as blobs here: they are as old as their last write.
+        for parent, _, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(parent, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        count += 1
+                        emptied.add(parent)
+        # Only the folders this sweep emptied, deepest first; a folder a writer filled meanwhile stays.
+        for name in sorted(emptied, key=len, reverse=True):
+            folder = Path(name)
+            while folder != self.root and self.root in folder.parents:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
+        return count
+
     async def ping(self) -> bool:
         return await asyncio.to_thread(self.root.is_dir)
 
-    async def ensure(self) -> None:
+    async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"FolderBlobStore({str(self.root)!r})"
 
 
 def _temporary_path(path: Path) -> Path:
     """A hidden sibling of *path*, unique, so that two writers of one key never share a file."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file at *path*, its folder made first, and made again if an expiry removed it meanwhile."""
+    tries = 3
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return path.open("xb")
+        except FileNotFoundError:
+            tries -= 1
+            if not tries:
+                raise
 
 
 class _FolderBlobWriter(BlobWriter):
@@ -308,8 +390,7 @@ class _FolderBlobWriter(BlobWriter):
         with self._lock:
             if self._discarded:
                 return
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self._temporary.open("xb")
+            self._file = _create(self._temporary)
 
     def _append(self, data: bytes | bytearray) -> None:
         with self._lock:
@@ -344,7 +425,7 @@ class _FolderBlobReader(BlobReader):
         try:
             self._file = await asyncio.to_thread(self._path.open, "rb")
         except FileNotFoundError:
-            raise _missing(self.key) from None
+            raise artifact_missing(self.key) from None
 
     async def read_chunk(self) -> bytes:
         if self._file is None:

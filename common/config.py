@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     #: How long history waits for an unreachable database before it hands an event back.
     database_outage_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
     blob_dir: Path | None = None
+    #: ``folder`` keeps blobs under ``blob_dir`` (one machine); ``azure`` in Azure Blob Storage.
+    blob_backend: Literal["folder", "azure"] = "folder"
+    #: Development and Azurite; in Azure, prefer the account URL with an identity.
+    azure_storage_connection_string: SecretStr | None = None
+    #: ``https://<account>.blob.core.windows.net``, used with ``azure_storage_credential``.
+    azure_storage_account_url: str | None = None
+    azure_storage_container: Annotated[
+        str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
+    ] = "adxflow"
+    azure_storage_credential: Literal["default", "managed_identity", "workload_identity"] = "default"
     connections_file: Path | None = None
 
     local_kusto_port: Port = 0

@@ -61,6 +61,10 @@ class ArtifactMissing(AdxflowError):
     code = ErrorCode.ARTIFACT_MISSING
 
 
+class BlobStoreError(AdxflowError):
+    """The blob store failed or could not be reached; ``retryable`` when another try may do."""
+
+
 class Requeue(Exception):
     """Raised by a handler: put the message back for another delivery."""
 

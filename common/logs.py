@@ -38,6 +38,10 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
         )
     )
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
+    # azure-core writes two INFO lines for every request of the blob store and credentials.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

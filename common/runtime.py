@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from common.blobs import FolderBlobStore
+from common.blobs import BlobStore, FolderBlobStore
 from common.broker import Broker, InProcessBroker
 from common.config import Settings
 from common.connections import Connections
@@ -34,6 +34,14 @@ def make_broker(settings: Settings, *, connection_name: str) -> Broker:
     )
 
 
+def make_blob_store(settings: Settings) -> BlobStore:
+    if settings.blob_backend == "azure":
+        from common.azure_blobs import AzureBlobStore
+
+        return AzureBlobStore.from_settings(settings)
+    return FolderBlobStore(settings.resolved_blob_dir)
+
+
 def load_connections(settings: Settings) -> Connections:
     if settings.connections_file is None:
         return Connections()
@@ -44,7 +52,7 @@ def load_connections(settings: Settings) -> Connections:
 class Runtime:
     settings: Settings
     broker: Broker
-    blobs: FolderBlobStore
+    blobs: BlobStore
     connections: Connections
     #: Where the history API can be reached, for links in emails and Location headers.
     history_url: str = ""
@@ -57,7 +65,7 @@ class Runtime:
         return cls(
             settings=settings,
             broker=make_broker(settings, connection_name=f"adxflow-{name}-{settings.namespace}"),
-            blobs=FolderBlobStore(settings.resolved_blob_dir),
+            blobs=make_blob_store(settings),
             connections=connections if connections is not None else load_connections(settings),
             history_url=settings.history_url(),
             trigger_url=settings.trigger_url(),
@@ -68,8 +76,12 @@ class Runtime:
         return {"broker": self.broker.ping, "consumers": self.broker.consuming, "blob_store": self.blobs.ping}
 
     async def __aenter__(self) -> Self:
-        await self.blobs.ensure()
-        await self._stack.enter_async_context(self.broker)
+        try:
+            await self._stack.enter_async_context(self.blobs)
+            await self._stack.enter_async_context(self.broker)
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
 
     async def __aexit__(

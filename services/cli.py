@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
@@ -99,6 +100,30 @@ async def serve(name: str, settings: Settings) -> None:
         await runtime.broker.close(grace=settings.shutdown_grace_seconds)
 
 
+def healthcheck(settings: Settings, service: str | None) -> None:
+    """Return if *service* in this container answers /healthz; raise otherwise (a container's probe).
+
+    Without a service, any of the ports a service may serve on will do: a container runs one.
+    """
+    ports = {"trigger": settings.trigger_port, "history": settings.history_port}
+    candidates = (
+        [ports.get(service, settings.health_port)] if service else [*ports.values(), settings.health_port]
+    )
+    # Straight to loopback, whatever proxy the environment names.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    problems = []
+    for port in candidates:
+        url = f"http://127.0.0.1:{port}/healthz"
+        try:
+            with opener.open(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+                problems.append(f"{url}: {response.status}")
+        except OSError as exc:
+            problems.append(f"{url}: {exc}")
+    raise AdxflowError("not healthy: " + "; ".join(problems))
+
+
 async def up(settings: Settings) -> None:
     from services.embedded import embedded
 
@@ -156,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run one service (for containers; needs ADXFLOW_AMQP_URL)")
     serve_cmd.add_argument("service", choices=SERVICES)
     commands.add_parser("demo", help="run two sample report jobs end to end and print the last email's path")
+    health_cmd = commands.add_parser("healthcheck", help="exit 0 if the service in this container is alive")
+    health_cmd.add_argument("service", nargs="?", choices=SERVICES)
 
     gallery_cmd = commands.add_parser(
         "render-gallery",
@@ -243,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "up":
             configure_logging("embedded", level=settings.log_level, fmt=settings.log_format)
             asyncio.run(up(settings))
+        elif args.command == "healthcheck":
+            healthcheck(settings, args.service)
         elif args.command == "serve":
             configure_logging(args.service, level=settings.log_level, fmt=settings.log_format)
             asyncio.run(serve(args.service, settings))

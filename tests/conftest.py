@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -20,9 +23,20 @@ import pytest
 from common.broker import Broker, InProcessBroker
 from common.rabbitmq import RabbitBroker
 from common.topology import Topology
+from tests.blob_backends import Backend, blob_backend
 
 AMQP_URL = os.environ.get("ADXFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_DSN = os.environ.get("ADXFLOW_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+AZURITE_BLOB_ENDPOINT = os.environ.get(
+    "ADXFLOW_TEST_AZURITE_BLOB_ENDPOINT", "http://127.0.0.1:10000/devstoreaccount1"
+)
+#: Azurite's one built-in account; its key is public, published in Azurite's documentation.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_START = (
+    ".tools/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort 10000 "
+    "--loose --skipApiVersionCheck --inMemoryPersistence --disableTelemetry &"
+)
 
 
 def random_name(prefix: str = "t") -> str:
@@ -89,6 +103,56 @@ def postgres_database() -> Callable[[], AbstractAsyncContextManager[str]]:
 async def postgres_url() -> AsyncIterator[str]:
     async with _postgres_database() as url:
         yield url
+
+
+@dataclass(frozen=True)
+class Azurite:
+    """Where Azurite's blob service answers, and the connection string of its account there."""
+
+    blob_endpoint: str
+    connection_string: str
+
+
+def _server_of(url: str) -> str:
+    """The ``Server`` header of whatever answers at *url*; OSError if nothing does."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.headers.get("Server", ""))
+    except urllib.error.HTTPError as refused:
+        # Unsigned, the request is refused; that it is answered is what matters.
+        with refused:
+            return str(refused.headers.get("Server", ""))
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Azurite:
+    """The Azurite blob emulator (scripts/test.sh starts it); fails, naming the command, if it is away."""
+    try:
+        served_by: str | None = _server_of(f"{AZURITE_BLOB_ENDPOINT}?comp=list")
+    except OSError as exc:
+        served_by, reason = None, str(exc)
+    if served_by is None:
+        pytest.fail(
+            f"Azurite is not reachable at {AZURITE_BLOB_ENDPOINT} ({reason}); run scripts/test.sh, "
+            f"or start it with: {AZURITE_START}"
+        )
+    if "Azurite" not in served_by:
+        pytest.fail(f"{AZURITE_BLOB_ENDPOINT} answers, but not as Azurite (Server: {served_by!r})")
+    connection_string = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={AZURITE_BLOB_ENDPOINT};"
+    )
+    return Azurite(AZURITE_BLOB_ENDPOINT, connection_string)
+
+
+@pytest.fixture(params=["folder", pytest.param("azure", marks=pytest.mark.azurite)])
+async def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The same blob store behaviour tests run against the folder store and Azure Blob Storage."""
+    connection_string = (
+        request.getfixturevalue("azurite").connection_string if request.param == "azure" else None
+    )
+    async with blob_backend(request.param, tmp_path / "blobs", connection_string) as backend:
+        yield backend
 
 
 Waiter = Callable[..., Awaitable[None]]

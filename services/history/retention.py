@@ -3,8 +3,9 @@
 A periodic sweep takes expired runs in batches and deletes, for each batch,
 their blobs (``runs/<run_id>/``), their dead letters, then their steps and
 rows. The rows go last, so a sweep interrupted half-way finds the same runs
-again next time. Every delete is idempotent, so several history replicas may
-sweep at once.
+again next time. Then every blob last written before the cutoff goes too: a
+run's blobs are never older than the run. Every delete is idempotent, so
+several history replicas may sweep at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 from common.blobs import BlobStore
 from common.config import Settings
 from common.contracts import utcnow
+from common.errors import BlobStoreError
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 
@@ -50,13 +52,18 @@ class Retention:
                 deleted += await self.store.delete_runs(run_ids)
                 log.info("expired runs deleted", runs=len(run_ids), cutoff=cutoff.isoformat())
             if len(run_ids) < batch:
-                return deleted
+                break
+        # What no run row leads to any more (a step that wrote after its run was deleted, a writer
+        # that died mid-file) goes by its own age.
+        if blobs := await self.blobs.expire(cutoff):
+            log.info("expired blobs deleted", blobs=blobs, cutoff=cutoff.isoformat())
+        return deleted
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.sweep()
-            except (sa.exc.SQLAlchemyError, OSError):
+            except (sa.exc.SQLAlchemyError, OSError, BlobStoreError):
                 log.exception("retention sweep failed; retrying at the next interval")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.every)

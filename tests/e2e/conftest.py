@@ -5,6 +5,7 @@ server, the local Kusto endpoint and a webhook receiver over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -15,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob.aio import BlobServiceClient
 from pydantic import SecretStr
 
 from common.config import Settings
@@ -173,6 +176,18 @@ async def system(
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(smtp)
         settings = settings.model_copy(update={"smtp_port": smtp.port})
+        # @pytest.mark.blob_backend("azure"): blobs in a container named after the namespace, on Azurite.
+        backend = request.node.get_closest_marker("blob_backend")
+        if backend is not None and backend.args[0] == "azure":
+            connection_string = request.getfixturevalue("azurite").connection_string
+            settings = settings.model_copy(
+                update={
+                    "blob_backend": "azure",
+                    "azure_storage_connection_string": SecretStr(connection_string),
+                    "azure_storage_container": namespace,
+                }
+            )
+            stack.push_async_callback(_delete_container, connection_string, namespace)
         if request.param == "rabbitmq+postgres":
             url = await stack.enter_async_context(postgres_database())
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
@@ -181,6 +196,12 @@ async def system(
         running = await stack.enter_async_context(embedded(settings))
         session = await stack.enter_async_context(aiohttp.ClientSession())
         yield System(running.trigger_url, running.history_url, smtp, session, rejections, hooks, wait_until)
+
+
+async def _delete_container(connection_string: str, container: str) -> None:
+    async with BlobServiceClient.from_connection_string(connection_string) as service:
+        with contextlib.suppress(ResourceNotFoundError):
+            await service.delete_container(container)
 
 
 async def _delete_topology(url: str, namespace: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from common.blobs import FolderBlobStore
 from common.config import Settings
-from common.contracts import ErrorCode, ErrorInfo, StepKind, StepStatus, new_id
+from common.contracts import ErrorCode, ErrorInfo, StepKind, StepStatus, new_id, utcnow
 from services.history.dead_letters import DeadLetterStore, dead_letters
 from services.history.retention import Retention
 from services.history.store import HistoryStore
@@ -141,3 +141,14 @@ async def test_a_resend_queues_an_attempt_of_an_ended_run_and_keeps_its_status(s
         (1, "succeeded"),
         (2, "pending"),
     ]
+
+
+async def test_blobs_no_run_leads_to_go_by_their_own_age(stores: Stores) -> None:
+    await stores.blobs.put("runs/orphan/render/1/chart.png", b"png", "image/png")
+
+    assert await stores.retention().sweep(utcnow()) == 0
+    assert await stores.blobs.exists("runs/orphan/render/1/chart.png")
+
+    assert await stores.retention().sweep(utcnow() + dt.timedelta(days=29)) == 0
+    assert not await stores.blobs.exists("runs/orphan/render/1/chart.png")
+    assert not (stores.blobs.root / "runs").exists()

@@ -177,7 +177,7 @@ def notifier(tmp_path: Path, namespace: str) -> NotifierFactory:
                     connections=connections,
                     history_url=HISTORY_URL,
                 )
-                await runtime.blobs.ensure()
+                await runtime.blobs.start()
                 ledger = Ledger(settings.resolved_database_url)
                 await ledger.create_schema()
                 try:
