@@ -39,6 +39,7 @@ from common.connections import Connections, connection_string
 from common.contracts import ErrorCode
 from common.errors import KustoError as StepKustoError
 from services.query_worker.reading import QueryResult, ResultReader, Session, streamed
+from services.query_worker.wire import ResponseStream
 
 log = structlog.get_logger(__name__)
 
@@ -201,7 +202,7 @@ class KustoRunner:
         itself; should it not answer in time, the client gives up a little
         later and asks the cluster to cancel the request by its ClientRequestId.
 
-        Past *max_rows* rows or *max_bytes* bytes (see `row_size`), or where Kusto
+        Past *max_rows* rows or *max_bytes* bytes of row JSON, or where Kusto
         reports that it cut the result short, reading stops: with *truncate* the
         rows read so far come back flagged, otherwise `ResultTooLarge` is raised.
         """
@@ -256,12 +257,17 @@ class KustoRunner:
         properties: ClientRequestProperties,
         reader: ResultReader,
     ) -> None:
-        """Read a query's result as it arrives; the response is closed however reading ends."""
+        """Read a query's result as it arrives; the response is closed however reading ends.
+
+        The client sends the request and turns an error status into its
+        exception; the body, which it has not begun to read, is parsed here.
+        """
         opened: list[ClientResponse] = []
         token = streamed.set(opened)
         try:
-            dataset = await client.execute_streaming_query(database, query, properties=properties)
-            await reader.read(dataset.streamed_data)
+            await client.execute_streaming_query(database, query, properties=properties)
+            [response] = opened
+            await reader.read(ResponseStream(response.content))
         finally:
             streamed.reset(token)
             for response in opened:

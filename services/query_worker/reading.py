@@ -1,6 +1,7 @@
 """Reading a query's result under the step's caps.
 
-A query's result is read as it streams in, frame by frame, and reading stops
+A query's result is read as it streams in (`services.query_worker.wire` parses
+the body), frame by frame, and reading stops
 at the step's caps (rows, and bytes of the rows' JSON) or where Kusto says it
 cut the result short itself: the step then fails with ``ResultTooLarge``, or
 keeps the rows read so far and says so. A control command's result arrives
@@ -10,10 +11,10 @@ it once loaded.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,11 +22,11 @@ from typing import Any, Literal
 from aiohttp import ClientResponse, ClientSession
 from azure.kusto.data.exceptions import KustoMultiApiError, OneApiError
 from azure.kusto.data.response import KustoResponseDataSet
-from azure.kusto.data.streaming_response import FrameType
 
 from common.contracts import ErrorCode
 from common.errors import KustoError as StepKustoError
 from common.results import Column, ResultSet, Visualization
+from services.query_worker.wire import Batch, Oversized, ResponseStream
 
 
 def _names(value: Any) -> list[str] | None:
@@ -104,10 +105,10 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circ
 
 
 def row_size(row: list[Any]) -> int:
-    """What a row counts against a byte cap: the UTF-8 length of its raw values as compact JSON.
+    """What a loaded row counts against a byte cap: the UTF-8 length of its values as compact JSON.
 
-    About what the row costs in the stored result; the same for a streamed and a
-    loaded result, and cheap (a couple of microseconds for a short row).
+    A streamed row counts the bytes of its JSON as it arrived (`wire`), which is
+    the same for the compact JSON Kusto sends, and costs nothing to measure.
     """
     text = _encode(row)
     return len(text) if text.isascii() else len(text.encode("utf-8"))
@@ -164,6 +165,11 @@ def _limits_reported(columns: list[dict[str, Any]], rows: list[list[Any]]) -> _S
     return None
 
 
+async def _all(batches: AsyncIterator[Batch]) -> list[list[Any]]:
+    """Every row of a small table."""
+    return [row async for rows, _ in batches for row in rows]
+
+
 #: The HTTP responses opened in this task while a streamed result is read (see `Session`).
 streamed: ContextVar[list[ClientResponse] | None] = ContextVar("adxflow_streamed", default=None)
 
@@ -172,9 +178,10 @@ class Session:
     """The async client's aiohttp session, as the client uses it (``post``, ``close``), mended twice.
 
     - Responses opened while `streamed` is set are recorded there:
-      ``execute_streaming_query`` keeps its response to itself, yet a reader
-      that stops early must close it, or the connection stays taken (and the
-      server blocked writing the rest) until the request's own timeout.
+      ``execute_streaming_query`` keeps its response to itself, yet the
+      reader parses its body (`wire`), and closes it when it stops early, or
+      the connection stays taken (and the server blocked writing the rest)
+      until the request's own timeout.
     - An error response's body is read at once: the client's streaming path
       calls ``raise_for_status()``, which releases the response, before it
       reads Kusto's error from it (azure-kusto-data 6.0 with aiohttp 3.14).
@@ -213,12 +220,11 @@ class ResultReader:
         self.stop: _Stop | None = None
         self._primary_seen = False
 
-    def keep(self, row: list[Any]) -> bool:
-        """Keep *row*, or note which cap it would cross and say to stop."""
+    def keep(self, row: list[Any], size: int) -> bool:
+        """Keep *row* of *size* bytes, or note which cap it would cross and say to stop."""
         if len(self.rows) >= self.max_rows:
             self.stop = _Stop.rows(self.max_rows)
             return False
-        size = row_size(row)
         if self.size + size > self.max_bytes:
             self.stop = _Stop.size(self.max_bytes)
             return False
@@ -234,63 +240,67 @@ class ResultReader:
                 Column(name=c.column_name, type=str(c.column_type).lower()) for c in table.columns
             ]
             for row in table.raw_rows:
-                if not self.keep(row):
+                if not self.keep(row, row_size(row)):
                     break
         self.visualization = _visualization(response)
 
-    async def read(self, frames: AsyncIterator[dict[str, Any]]) -> None:
-        """Read frames until the data set ends or a cap is reached (the caller closes the stream)."""
+    async def read(self, stream: ResponseStream) -> None:
+        """Read *stream* until the data set ends or a cap is reached (the caller closes the response)."""
         try:
-            await self._frames(frames)
+            async with aclosing(stream.frames()) as frames:
+                await self._frames(frames, stream)
+        except Oversized:
+            # A row still arriving is already past what the byte cap leaves room for.
+            self.stop = _Stop.size(self.max_bytes)
         except KustoMultiApiError as exc:
             # Kusto's errors in place of a row: the rows before them stand.
             self.stop = _limits_exceeded(exc.get_api_errors())
             if self.stop is None:
                 raise
 
-    async def _frames(self, frames: AsyncIterator[dict[str, Any]]) -> None:
+    async def _frames(self, frames: AsyncGenerator[dict[str, Any]], stream: ResponseStream) -> None:
         async for frame in frames:
-            if frame["FrameType"] is FrameType.DataSetCompletion:
-                await self._completion(frame)
+            kind = frame.get("FrameType")
+            if kind == "DataSetCompletion":
+                errors = frame.get("OneApiErrors") or []
+                if frame.get("HasErrors") and errors:
+                    raise KustoMultiApiError([{"OneApiErrors": errors}])
                 return
-            if frame["FrameType"] is not FrameType.DataTable:
+            if kind != "DataTable":
                 continue
-            kind = frame["TableKind"]  # the wire value: PrimaryResult, QueryProperties, ...
-            if kind == "PrimaryResult":
-                await self._primary(frame)
-            elif kind == "QueryProperties":
-                self.visualization = _visualization_of(frame["Rows"])
-            elif kind == "QueryCompletionInformation":
-                self.stop = _limits_reported(frame["Columns"], frame["Rows"])
+            table = frame.get("TableKind")
+            if table == "PrimaryResult" and not self._primary_seen:
+                self._primary_seen = True
+                self.columns = [
+                    Column(name=c["ColumnName"], type=str(c["ColumnType"]).lower()) for c in frame["Columns"]
+                ]
+                await self._primary(frame["Rows"], stream)
+            elif table == "QueryProperties":
+                self.visualization = _visualization_of(await _all(frame["Rows"]))
+            elif table == "QueryCompletionInformation":
+                self.stop = _limits_reported(frame["Columns"], await _all(frame["Rows"]))
+            # Any other table (a second primary result among them) is read past.
             if self.stop is not None:
                 return
 
-    async def _primary(self, frame: dict[str, Any]) -> None:
-        rows = frame["Rows"]  # rows parsed as they are iterated
-        try:
-            if self._primary_seen:
-                # Only the first primary table is the step's result; the stream moves
-                # past a table only once it is read to its end.
-                async for _ in rows:
-                    pass
-                return
-            self._primary_seen = True
-            self.columns = [
-                Column(name=c["ColumnName"], type=str(c["ColumnType"]).lower()) for c in frame["Columns"]
-            ]
-            async for row in rows:
-                if not self.keep(row):
+    async def _primary(self, batches: AsyncGenerator[Batch], stream: ResponseStream) -> None:
+        stream.ceiling = self.max_bytes - self.size
+        async with aclosing(batches):
+            async for rows, sizes in batches:
+                kept = self._keep_all(rows, sizes)
+                stream.ceiling = self.max_bytes - self.size
+                if not kept:
                     return
-        finally:
-            await rows.aclose()
 
-    async def _completion(self, frame: dict[str, Any]) -> None:
-        errors = frame.get("OneApiErrors") or []
-        if inspect.isawaitable(errors):
-            # azure-kusto-data 6.0 hands these over unparsed, as a coroutine to await.
-            errors = await errors
-        if frame.get("HasErrors") and errors:
-            raise KustoMultiApiError([{"OneApiErrors": errors}])
+    def _keep_all(self, rows: list[list[Any]], sizes: list[int]) -> bool:
+        """Keep a batch of rows, as `keep` would one by one, in less time."""
+        room = self.max_rows - len(self.rows)
+        total = sum(sizes)
+        if len(rows) <= room and self.size + total <= self.max_bytes:
+            self.rows.extend(rows)
+            self.size += total
+            return True
+        return all(self.keep(row, size) for row, size in zip(rows, sizes, strict=True))
 
     def outcome(self, *, truncate: bool) -> QueryResult:
         # Not validated: the rows are the JSON parser's own lists, and validating
