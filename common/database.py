@@ -49,8 +49,20 @@ def connect(url: str) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
+#: The PostgreSQL advisory lock that services hold while they create tables (any fixed number).
+_SCHEMA_LOCK = 0x616478666C6F77  # "adxflow"
+
+
 async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
+    """Create the tables that are missing.
+
+    Replicas starting together (two triggers, say) would race to create the same table, and
+    PostgreSQL answers the loser with a unique violation in its catalog; a transaction-scoped
+    advisory lock lets one create while the others wait, then find the tables there.
+    """
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         await conn.run_sync(metadata.create_all)
 
 
