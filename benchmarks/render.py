@@ -1,8 +1,9 @@
 """Rendering speed and memory: charts to PNG, and the table and CSV of a big result.
 
-Run: ``.venv/bin/python benchmarks/render.py [--repeat N] [--rows N]``. Prints
-each figure as min / median / max over the repeats, and the target it is
-held against. Everything runs in this process on the sample data's
+Run: ``.venv/bin/python benchmarks/render.py [--repeat N] [--rows N] [--json PATH]``.
+Prints each figure as min / median / max over the repeats, and the target it
+is held against; with ``--json``, also writes every timing (seconds) and peak
+(bytes) to PATH. Everything runs in this process on the sample data's
 generator (a seeded StormEvents-like table), so the numbers are comparable
 between machines only as far as the machines are.
 """
@@ -129,7 +130,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--rows", type=int, default=500_000, help="rows of the big result")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    #: Every timing in seconds by figure name, and the peaks and sizes in bytes.
+    figures: dict[str, Any] = {"seconds": {}, "bytes": {}}
 
     print(f"{'':<44} {'min':>8} {'median':>8} {'max':>8}")
     charts = [
@@ -140,10 +144,8 @@ def main() -> None:
     ]
     options = ChartOptions()
     for name, result, kind, target in charts:
-        print(
-            line(name, timed(lambda r=result, k=kind: render_chart(r, k, options), args.repeat), target),
-            flush=True,
-        )
+        figures["seconds"][name] = timed(lambda r=result, k=kind: render_chart(r, k, options), args.repeat)
+        print(line(name, figures["seconds"][name], target), flush=True)
 
     started = time.perf_counter()
     big = sample(args.rows, BIG_COLUMNS)
@@ -152,19 +154,18 @@ def main() -> None:
         f"(built a {big.row_count:,}-row result of {len(big.columns)} columns, {wire_bytes / 2**20:.0f} MiB"
         f" as JSON, in {time.perf_counter() - started:.1f} s)"
     )
-    print(
-        line(
-            f"HTML table (1,000 of {big.row_count:,} rows)",
-            timed(lambda: render_table(big, max_rows=1000), args.repeat),
-        )
-    )
+    table_name = f"HTML table (1,000 of {big.row_count:,} rows)"
+    figures["seconds"][table_name] = timed(lambda: render_table(big, max_rows=1000), args.repeat)
+    print(line(table_name, figures["seconds"][table_name]))
     with tempfile.TemporaryDirectory() as folder:
         store = FolderBlobStore(Path(folder))
 
         def write_csv() -> Any:
             return asyncio.run(store_csv(big, store, "bench/result.csv"))
 
-        print(line(f"CSV of {big.row_count:,} rows → blob store", timed(write_csv, max(1, args.repeat // 2))))
+        csv_name = f"CSV of {big.row_count:,} rows → blob store"
+        figures["seconds"][csv_name] = timed(write_csv, max(1, args.repeat // 2))
+        print(line(csv_name, figures["seconds"][csv_name]))
         size = write_csv().size
         table_peak = peak_memory(lambda: render_table(big, max_rows=1000))
         csv_peak = peak_memory(write_csv)
@@ -173,6 +174,10 @@ def main() -> None:
         f"  HTML table {table_peak / 2**20:.1f} MiB; CSV {csv_peak / 2**20:.1f} MiB "
         f"({csv_peak / size:.3f}× the file it wrote)"
     )
+    if args.json:
+        figures["bytes"] = {"CSV size": size, "HTML table peak": table_peak, "CSV peak": csv_peak}
+        figures["rows"] = big.row_count
+        args.json.write_text(json.dumps(figures), encoding="utf-8")
 
 
 if __name__ == "__main__":
