@@ -35,14 +35,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from benchmarks.figures import Section, Target
-from benchmarks.servers import KustoEndpoint, sample_database
+from benchmarks.servers import KustoEndpoint, ServerProcess, sample_database
 
 ROWS = 500_000
 MAX_BYTES = 64 * 2**20
@@ -180,38 +179,12 @@ def _save(answers: dict[str, bytes], folder: Path) -> None:
     (folder / "index.json").write_text(json.dumps(index))
 
 
-class Replay:
+class Replay(ServerProcess):
     """A Kusto endpoint that answers each recorded query with the recorded bytes, in a process of its own."""
 
     def __init__(self, folder: Path) -> None:
+        super().__init__("the replay server", "benchmarks.big_results", "replay", str(folder))
         self.folder = folder
-        self.url = ""
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def __aenter__(self) -> Replay:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "benchmarks.big_results",
-            "replay",
-            str(self.folder),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert self._process.stdout is not None
-        line = await asyncio.wait_for(self._process.stdout.readline(), 60)
-        if not line.startswith(b"http://"):
-            await self.__aexit__(None, None, None)
-            raise RuntimeError(f"the replay server did not start: {line!r}")
-        self.url = line.decode().strip()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
 
 
 async def _replay(folder: Path) -> None:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import aiohttp
 import asyncpg
@@ -95,29 +96,25 @@ async def fresh_namespace() -> AsyncIterator[str]:
             await broker.delete_topology()
 
 
-class KustoEndpoint:
-    """The local Kusto endpoint over a DuckDB file, in a process of its own, read-only."""
+class ServerProcess:
+    """A server in a process of its own that prints its URL as its first line; stopped with SIGTERM."""
 
-    def __init__(self, database: Path) -> None:
-        self.database = database
+    def __init__(self, what: str, *arguments: str, env: dict[str, str] | None = None) -> None:
+        self.what = what
+        self.arguments = arguments
+        self.env = env
         self.url = ""
         self._process: asyncio.subprocess.Process | None = None
 
-    async def __aenter__(self) -> KustoEndpoint:
+    async def __aenter__(self) -> Self:
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "benchmarks.servers",
-            "kusto",
-            str(self.database),
-            stdout=asyncio.subprocess.PIPE,
-            env=clean_environment(),
+            sys.executable, "-m", *self.arguments, stdout=asyncio.subprocess.PIPE, env=self.env
         )
         assert self._process.stdout is not None
         line = await asyncio.wait_for(self._process.stdout.readline(), 60)
         if not line.startswith(b"http://"):
             await self.__aexit__(None, None, None)
-            raise RuntimeError(f"the Kusto endpoint did not start: {line!r}")
+            raise RuntimeError(f"{self.what} did not start: {line!r}")
         self.url = line.decode().strip()
         return self
 
@@ -128,6 +125,16 @@ class KustoEndpoint:
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
             await process.wait()
+
+
+class KustoEndpoint(ServerProcess):
+    """The local Kusto endpoint over a DuckDB file, in a process of its own, read-only."""
+
+    def __init__(self, database: Path) -> None:
+        super().__init__(
+            "the Kusto endpoint", "benchmarks.servers", "kusto", str(database), env=clean_environment()
+        )
+        self.database = database
 
 
 class Inbox:
