@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
     retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     retry_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    #: A step reports that it is running once it has run this long; a quicker one reports only
+    #: how it ended (with its start time), which spares history and the broker an event a step.
+    report_running_after_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
     #: A step running this long reports that it is still alive, this often.
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     #: A run with no news for its longest step timeout plus this long is failed as Stalled.

@@ -1,9 +1,11 @@
 """Running one step of a routing slip, the same way in every service.
 
 A :class:`StepWorker` takes a :class:`~common.contracts.RunMessage` from its
-queue, tells history the step is running, performs it, and then either
-records the failure (a run never stays ``running`` because a service raised)
-or records the success and forwards the slip. The message is acknowledged
+queue, performs it, and then either records the failure (a run never stays
+``running`` because a service raised) or records the success and forwards the
+slip. A step still running after a moment (``report_after_seconds``) tells
+history so, and then keeps saying it now and then; a quicker step sends only
+the event of its end, which carries its start time too. The message is acknowledged
 only after those publishes were confirmed, so a crash in between redelivers
 it; steps are idempotent on ``(run_id, step_id, attempt)``.
 
@@ -173,6 +175,8 @@ class RetryPolicy:
     base_seconds: float = 2.0
     max_seconds: float = 300.0
     heartbeat_seconds: float = 30.0
+    #: How long a step runs before it tells history it is running (0: at once).
+    report_after_seconds: float = 1.0
 
     @classmethod
     def of(cls, settings: Settings) -> RetryPolicy:
@@ -181,12 +185,23 @@ class RetryPolicy:
             base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
+            report_after_seconds=settings.report_running_after_seconds,
         )
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter in its upper half, after failed *attempt*."""
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
         return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class _Reported:
+    """When a step last told history that it is running; None while it has not."""
+
+    at: dt.datetime | None
+
+    def due(self, every: float) -> bool:
+        return self.at is None or (utcnow() - self.at).total_seconds() >= every
 
 
 class StepWorker:
@@ -222,19 +237,19 @@ class StepWorker:
 
     async def _run(self, message: RunMessage) -> None:
         pending = message.pending or {}
-        now = utcnow()
-        started = dt.datetime.fromisoformat(pending["started_at"]) if "started_at" in pending else now
-        beat_at = dt.datetime.fromisoformat(pending["beat_at"]) if "beat_at" in pending else None
-        if beat_at is None or (now - beat_at).total_seconds() >= self.policy.heartbeat_seconds:
-            # The first delivery says the step started; a step that keeps coming
-            # back (awaiting an operation) says now and then that it still lives.
-            await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
-            beat_at = now
+        started = dt.datetime.fromisoformat(pending["started_at"]) if "started_at" in pending else utcnow()
+        reported = _Reported(dt.datetime.fromisoformat(pending["beat_at"]) if "beat_at" in pending else None)
+        if reported.at is None and self.policy.report_after_seconds <= 0:
+            await self._report_running(message, started, reported)
         try:
-            async with self._heartbeat(message, started):
+            async with self._heartbeat(message, started, reported):
                 output = await self.perform(message)
         except StepPending as waiting:
-            state = {**waiting.state, "started_at": started.isoformat(), "beat_at": beat_at.isoformat()}
+            # A step that waits shows as running while it waits, and keeps saying so.
+            if reported.due(self.policy.heartbeat_seconds):
+                await self._report_running(message, started, reported)
+            assert reported.at is not None
+            state = {**waiting.state, "started_at": started.isoformat(), "beat_at": reported.at.isoformat()}
             again = message.model_copy(update={"pending": state})
             await self.broker.publish_model(
                 self.broker.topology.step_key(self.kind), again, delay=waiting.delay
@@ -268,17 +283,28 @@ class StepWorker:
         self._observe(started, StepStatus.SUCCEEDED)
         log.info("step succeeded", row_count=output.row_count)
 
+    async def _report_running(self, message: RunMessage, started: dt.datetime, reported: _Reported) -> None:
+        await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
+        reported.at = utcnow()
+
     @asynccontextmanager
-    async def _heartbeat(self, message: RunMessage, started: dt.datetime) -> AsyncIterator[None]:
-        """While the step runs, tell history now and then that it is alive."""
+    async def _heartbeat(
+        self, message: RunMessage, started: dt.datetime, reported: _Reported
+    ) -> AsyncIterator[None]:
+        """While the step runs, tell history it is running (once it has run a moment), then now and then."""
 
         async def beat() -> None:
+            if reported.at is None:
+                wait = self.policy.report_after_seconds
+            else:
+                wait = self.policy.heartbeat_seconds - (utcnow() - reported.at).total_seconds()
             while True:
-                await asyncio.sleep(self.policy.heartbeat_seconds)
+                await asyncio.sleep(max(0.0, wait))
                 try:
-                    await emit(self.broker, message, StepStatus.RUNNING, started_at=started)
+                    await self._report_running(message, started, reported)
                 except BrokerError:
                     log.warning("heartbeat not delivered")
+                wait = self.policy.heartbeat_seconds
 
         task = asyncio.create_task(beat())
         try:

@@ -284,21 +284,25 @@ class HistoryStore(SqlStore):
         await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**values))
 
     async def _reopens(self, conn: AsyncConnection, run: Any, event: StatusEvent) -> bool:
-        """A failed run comes back to life when its failed step is tried again (a replay)."""
+        """A failed run comes back to life when its failed step is tried again (a replay).
+
+        The newer attempt's first event may be its end (a quick step reports only that).
+        """
         if run.status != RunStatus.FAILED.value or event.step_id != run.failed_step:
             return False
-        if event.status is not StepStatus.RUNNING:
+        if event.status is StepStatus.PENDING:
             return False
-        tried = (
+        failed = (
             await conn.execute(
                 sa.select(sa.func.max(steps.c.attempt)).where(
                     (steps.c.run_id == event.run_id)
                     & (steps.c.step_id == event.step_id)
+                    & (steps.c.status == StepStatus.FAILED.value)
                     & (steps.c.attempt < event.attempt)
                 )
             )
         ).scalar_one()
-        if tried is None:
+        if failed is None:
             return False
         await self._reopen(conn, event.run_id)
         return True

@@ -60,14 +60,18 @@ def query_message(**flow_changes: Any) -> RunMessage:
 
 
 async def run_step(
-    broker: InProcessBroker, perform: Perform, body: bytes | None = None, message: RunMessage | None = None
+    broker: InProcessBroker,
+    perform: Perform,
+    body: bytes | None = None,
+    message: RunMessage | None = None,
+    policy: RetryPolicy | None = None,
 ) -> tuple[list[StatusEvent], int]:
     """Perform one query step; return its status events and how many slips went on to render."""
     topology = broker.topology
     statuses, dead = Collected(), Collected()
     await broker.consume(topology.status_queue, statuses.add)
     await broker.consume(topology.dead_letter_queue, dead.add)
-    await StepWorker(broker, StepKind.QUERY, perform).start(prefetch=1)
+    await StepWorker(broker, StepKind.QUERY, perform, policy).start(prefetch=1)
     message = message or query_message()
     await broker.publish(topology.step_key(StepKind.QUERY), body or message.model_dump_json().encode())
     if body is not None:
@@ -100,11 +104,50 @@ async def test_a_successful_step_reports_and_forwards_its_output(broker: InProce
 
     events, forwarded = await run_step(broker, perform)
 
-    assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.SUCCEEDED]
-    assert events[1].row_count == 3
-    assert events[1].started_at == events[0].started_at
-    assert events[1].finished_at is not None
+    # Quicker than the report delay: one event says how it ended, and when it started.
+    assert [e.status for e in events] == [StepStatus.SUCCEEDED]
+    assert events[0].row_count == 3
+    assert events[0].started_at is not None
+    assert events[0].finished_at is not None
+    assert events[0].started_at <= events[0].finished_at
     assert forwarded == 1
+
+
+async def test_a_step_still_running_after_the_report_delay_says_so_once_then_ends(
+    broker: InProcessBroker,
+) -> None:
+    events: list[StatusEvent] = []
+    reported, ended = asyncio.Event(), asyncio.Event()
+
+    async def take(delivery: Delivery) -> None:
+        event = StatusEvent.model_validate_json(delivery.body)
+        events.append(event)
+        (ended if event.status.terminal else reported).set()
+
+    async def perform(message: RunMessage) -> StepOutput:
+        # Runs until history has heard that it runs.
+        await asyncio.wait_for(reported.wait(), 5)
+        return StepOutput(row_count=1)
+
+    await broker.consume(broker.topology.status_queue, take)
+    policy = RetryPolicy(report_after_seconds=0.01, heartbeat_seconds=60)
+    await StepWorker(broker, StepKind.QUERY, perform, policy).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), query_message().model_dump_json().encode())
+    await asyncio.wait_for(ended.wait(), 5)
+
+    assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.SUCCEEDED]
+    assert events[1].started_at == events[0].started_at
+
+
+async def test_a_report_delay_of_zero_reports_running_before_the_step_starts(
+    broker: InProcessBroker,
+) -> None:
+    async def perform(message: RunMessage) -> StepOutput:
+        return StepOutput(row_count=1)
+
+    events, _ = await run_step(broker, perform, policy=RetryPolicy(report_after_seconds=0))
+
+    assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.SUCCEEDED]
 
 
 async def test_a_classified_failure_is_recorded_and_not_forwarded(broker: InProcessBroker) -> None:
@@ -113,10 +156,11 @@ async def test_a_classified_failure_is_recorded_and_not_forwarded(broker: InProc
 
     events, forwarded = await run_step(broker, perform)
 
-    assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.FAILED]
-    assert events[1].error is not None
-    assert events[1].error.code is ErrorCode.KUSTO_SYNTAX_ERROR
-    assert events[1].error.message == "Syntax error: unexpected 'by'"
+    assert [e.status for e in events] == [StepStatus.FAILED]
+    assert events[0].started_at is not None
+    assert events[0].error is not None
+    assert events[0].error.code is ErrorCode.KUSTO_SYNTAX_ERROR
+    assert events[0].error.message == "Syntax error: unexpected 'by'"
     assert forwarded == 0
 
 
@@ -156,8 +200,8 @@ async def test_a_failure_the_flow_continues_past_skips_the_render_half_and_goes_
     await broker.consume(broker.topology.step_queue(StepKind.NOTIFY), take)
     events, _ = await run_step(broker, perform, message=query_message(steps=steps))
 
-    failed = events[1]
-    assert failed.status is StepStatus.FAILED
+    failed = events[0]
+    assert (failed.step_id, failed.status) == ("query", StepStatus.FAILED)
     assert failed.continues is True
     skipped = [e for e in events if e.status is StepStatus.SKIPPED]
     assert [e.step_id for e in skipped] == ["query.render"]
@@ -201,7 +245,10 @@ async def test_a_waiting_step_comes_back_to_itself_with_its_state(broker: InProc
     assert seen[0] is None
     assert seen[1] is not None
     assert seen[1]["operation_id"] == "op-1"
+    # The waiting step says it runs before it waits, however quick its first delivery was.
     assert [e.status for e in events] == [StepStatus.RUNNING, StepStatus.SUCCEEDED]
+    assert events[1].started_at == events[0].started_at
+    assert seen[1]["beat_at"] is not None
     assert forwarded == 1
 
 
@@ -235,9 +282,7 @@ async def test_a_transient_failure_is_tried_again_and_each_attempt_is_reported(
     events = await collect_until(broker, lambda seen: seen[-1].status is StepStatus.SUCCEEDED)
 
     assert [(e.attempt, e.status, e.retrying) for e in events] == [
-        (1, StepStatus.RUNNING, False),
         (1, StepStatus.FAILED, True),
-        (2, StepStatus.RUNNING, False),
         (2, StepStatus.SUCCEEDED, False),
     ]
 

@@ -260,3 +260,27 @@ async def test_replaying_the_failed_step_reopens_the_run(store: HistoryStore) ->
     run = await store.get_run("run-replay")
     assert run is not None
     assert run["status"] == "succeeded"
+
+
+async def test_a_replay_whose_first_event_is_its_end_reopens_the_run(store: HistoryStore) -> None:
+    # A quick step reports only how it ended: the newer attempt's success alone reopens the run.
+    down = ErrorInfo(code=ErrorCode.SMTP_UNAVAILABLE, message="relay down", retryable=True)
+    await store.apply(event("run-quick", StepKind.TRIGGER, StepStatus.SUCCEEDED, 0, run=run_info()))
+    for second, kind in enumerate([StepKind.QUERY, StepKind.RENDER], start=1):
+        await store.apply(event("run-quick", kind, StepStatus.SUCCEEDED, second))
+    await store.apply(event("run-quick", StepKind.NOTIFY, StepStatus.FAILED, 4, error=down))
+    # The same failure told again does not reopen it.
+    await store.apply(event("run-quick", StepKind.NOTIFY, StepStatus.FAILED, 4, error=down))
+    failed = await store.get_run("run-quick")
+    assert failed is not None
+    assert failed["status"] == "failed"
+
+    await store.apply(event("run-quick", StepKind.NOTIFY, StepStatus.SUCCEEDED, 5, attempt=2))
+    reopened = await store.get_run("run-quick")
+    assert reopened is not None
+    assert reopened["status"] == "running"
+    assert reopened["error"] is None
+    await store.apply(event("run-quick", StepKind.RECORD, StepStatus.SUCCEEDED, 6))
+    run = await store.get_run("run-quick")
+    assert run is not None
+    assert run["status"] == "succeeded"
