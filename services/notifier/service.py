@@ -318,7 +318,7 @@ class NotifyStep:
         packed = await packer.pack(mail, files, charts, zip_attachments=spec.zip_attachments)
         if packed.detail.get("attachments") not in (None, "attached"):
             log.info("email packed to fit its budget", **packed.detail)
-        await send_email(packed.message, settings, extra_recipients=list(spec.bcc))
+        await send_email(packed.message, settings, data=packed.data, extra_recipients=list(spec.bcc))
         metrics.EMAILS_SENT.inc()
         return await blobs.put(key, packed.data, "message/rfc822"), packed.detail
 

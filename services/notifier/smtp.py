@@ -26,11 +26,18 @@ _ACCEPTED = 250
 
 
 async def send_email(
-    message: EmailMessage, settings: Settings, *, extra_recipients: Sequence[str] = ()
+    message: EmailMessage,
+    settings: Settings,
+    *,
+    data: bytes | None = None,
+    extra_recipients: Sequence[str] = (),
 ) -> str:
     """Send *message* to its To and Cc addresses and *extra_recipients*; return the relay's final reply.
 
-    *extra_recipients* go on the envelope only, never into the headers (blind copies).
+    *data* is *message* serialized already (the copy kept as the sent email): those very
+    bytes are sent when the relay can take them as they are, which spares serializing the
+    message again. *extra_recipients* go on the envelope only, never into the headers
+    (blind copies).
     """
     headers = [*message.get_all("To", []), *message.get_all("Cc", [])]
     addresses = [address for _, address in getaddresses(headers) if address]
@@ -39,9 +46,7 @@ async def send_email(
     password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
     relay = f"{settings.smtp_host}:{settings.smtp_port}"
     try:
-        refused, reply = await aiosmtplib.send(
-            message,
-            recipients=recipients,
+        client = aiosmtplib.SMTP(
             hostname=settings.smtp_host,
             port=settings.smtp_port,
             username=settings.smtp_username or None,
@@ -49,6 +54,8 @@ async def send_email(
             start_tls=settings.smtp_starttls,
             timeout=settings.smtp_timeout,
         )
+        async with client:
+            refused, reply = await _hand_over(client, message, data, recipients)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
         raise _redacted(
@@ -108,6 +115,33 @@ async def send_email(
             refused={address: f"{response.code} {response.message}" for address, response in refused.items()},
         )
     return f"{_ACCEPTED} {reply}"
+
+
+async def _hand_over(
+    client: aiosmtplib.SMTP, message: EmailMessage, data: bytes | None, recipients: list[str]
+) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+    """Send *data* as it is, or *message* serialized the way this relay needs it.
+
+    The bytes go as they are when the envelope is ASCII (no SMTPUTF8 needed) and the
+    relay takes 8-bit data or the bytes are 7-bit anyway; otherwise the client serializes
+    the message again with what the relay offers.
+    """
+    sender = _sender(message)
+    eight_bit = client.supports_extension("8bitmime")
+    envelope_ascii = sender.isascii() and all(address.isascii() for address in recipients)
+    if data is None or not envelope_ascii or not (eight_bit or data.isascii()):
+        return await client.send_message(message, recipients=recipients)
+    options = ["BODY=8BITMIME"] if eight_bit else []
+    return await client.sendmail(sender, recipients, data, mail_options=options)
+
+
+def _sender(message: EmailMessage) -> str:
+    """The envelope sender: the Sender header's address, or else the From header's."""
+    for header in ("Sender", "From"):
+        found = [address for _, address in getaddresses(message.get_all(header, [])) if address]
+        if found:
+            return found[0]
+    raise ValueError("the email has no From address")
 
 
 def _is_transient(code: int) -> bool:

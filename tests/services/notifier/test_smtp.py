@@ -202,3 +202,65 @@ async def test_server_that_never_answers_is_unavailable() -> None:
     assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
     assert caught.value.retryable is True
     assert f"127.0.0.1:{port}" in caught.value.message
+
+
+class Capture:
+    """Keeps each envelope the relay took: sender, options, recipients and the data as received."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.arrived = asyncio.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        self.arrived.set()
+        return "250 2.0.0 kept"
+
+
+async def relay_capturing(*, eight_bit: bool = True) -> tuple[asyncio.Server, Capture]:
+    """A relay keeping what it receives; aiosmtpd offers 8BITMIME only when it leaves data undecoded."""
+    loop = asyncio.get_running_loop()
+    capture = Capture()
+    server = await loop.create_server(
+        lambda: SMTP(capture, hostname="localhost", loop=loop, decode_data=not eight_bit), "127.0.0.1", 0
+    )
+    return server, capture
+
+
+def unfolded(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
+
+
+async def test_the_serialized_copy_is_the_very_message_the_relay_receives() -> None:
+    message = report_email()
+    data = message.as_bytes()
+    server, capture = await relay_capturing()
+    try:
+        await send_email(message, settings_for(server.sockets[0].getsockname()[1]), data=data)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    [envelope] = capture.envelopes
+    assert envelope.mail_from == "adxflow@localhost"
+    assert envelope.rcpt_tos == ["ana@example.com", "bo@example.com"]
+    assert isinstance(envelope.original_content, bytes)
+    assert unfolded(envelope.original_content) == unfolded(data)
+
+
+async def test_an_eight_bit_copy_is_serialized_again_for_a_relay_without_8bitmime() -> None:
+    message = report_email()
+    message.replace_header("Subject", "Zählungen der Woche")
+    data = "Subject: Zählungen\n\nnicht 7-bit: ü\n".encode()
+    server, capture = await relay_capturing(eight_bit=False)
+    try:
+        await send_email(message, settings_for(server.sockets[0].getsockname()[1]), data=data)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    [envelope] = capture.envelopes
+    assert envelope.original_content is not None
+    assert envelope.original_content.isascii()
+    received = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+    assert received["Subject"] == "Zählungen der Woche"
