@@ -122,31 +122,27 @@ class HistoryStore(SqlStore):
                 )
             if event.run is not None:
                 await self._ensure_steps(conn, event.run_id, event.run)
-            await self._merge_step(conn, event)
-            await self._settle_run(conn, event)
+                run = None  # changed here: read again where needed
+            position = await self._merge_step(conn, event)
+            settled = await self._settle_run(conn, event, run, position)
             goes_on = event.continues or event.retrying
             if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
                 return None
-            run = (
-                await conn.execute(
-                    sa.select(runs.c.status, runs.c.flow, runs.c.finished_at).where(
-                        runs.c.run_id == event.run_id
-                    )
-                )
-            ).one()
-        if not RunStatus(run.status).terminal or run.flow is None:
+        status, flow, finished_at = settled
+        if not RunStatus(status).terminal or flow is None:
             return None
         if not ended_before:
-            metrics.RUNS.labels(run.flow, run.status).inc()
+            metrics.RUNS.labels(flow, status).inc()
         return RunCompleted(
             run_id=event.run_id,
-            flow=run.flow,
-            status=RunStatus(run.status),
-            finished_at=_utc(run.finished_at) or utcnow(),
+            flow=flow,
+            status=RunStatus(status),
+            finished_at=_utc(finished_at) or utcnow(),
         )
 
     async def _lock_run(self, conn: AsyncConnection, run_id: str) -> Any:
-        query = sa.select(runs.c.run_id, runs.c.status, runs.c.connection).where(runs.c.run_id == run_id)
+        """The run's row, locked until the transaction ends (on PostgreSQL); None if there is none."""
+        query = sa.select(runs).where(runs.c.run_id == run_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         return (await conn.execute(query)).first()
@@ -158,29 +154,41 @@ class HistoryStore(SqlStore):
         await conn.execute(insert_ignore(conn, runs).values(**values))
 
     async def _ensure_steps(self, conn: AsyncConnection, run_id: str, info: RunInfo) -> None:
+        known = {
+            row.step_id: row.position
+            for row in await conn.execute(
+                sa.select(steps.c.step_id, steps.c.position).where(steps.c.run_id == run_id)
+            )
+        }
+        missing: list[dict[str, Any]] = [
+            {
+                "run_id": run_id,
+                "step_id": step.id,
+                "attempt": 1,
+                "position": position,
+                "kind": step.kind.value,
+                "service": step.service.value,
+                "flow_step": step.flow_step,
+                "status": StepStatus.PENDING.value,
+                "artifacts": {},
+                "detail": {},
+            }
+            for position, step in enumerate(info.itinerary)
+            if step.id not in known
+        ]
+        if missing:
+            await conn.execute(insert_ignore(conn, steps).values(missing))
         for position, step in enumerate(info.itinerary):
-            await conn.execute(
-                insert_ignore(conn, steps).values(
-                    run_id=run_id,
-                    step_id=step.id,
-                    attempt=1,
-                    position=position,
-                    kind=step.kind.value,
-                    service=step.service.value,
-                    flow_step=step.flow_step,
-                    status=StepStatus.PENDING.value,
-                    artifacts={},
-                    detail={},
+            if step.id in known and known[step.id] != position:
+                # A step that reported before the run's own event got a guessed position.
+                await conn.execute(
+                    steps.update()
+                    .where((steps.c.run_id == run_id) & (steps.c.step_id == step.id))
+                    .values(position=position)
                 )
-            )
-            # A step that reported before the run's own event got a guessed position.
-            await conn.execute(
-                steps.update()
-                .where((steps.c.run_id == run_id) & (steps.c.step_id == step.id))
-                .values(position=position)
-            )
 
-    async def _merge_step(self, conn: AsyncConnection, event: StatusEvent) -> None:
+    async def _merge_step(self, conn: AsyncConnection, event: StatusEvent) -> int:
+        """Merge the event into its step's row; returns the step's position in the run."""
         key = (
             (steps.c.run_id == event.run_id)
             & (steps.c.step_id == event.step_id)
@@ -217,13 +225,14 @@ class HistoryStore(SqlStore):
                     **{"artifacts": {}, "detail": {}, **fields},
                 )
             )
-            return
+            return position
         if _STEP_RANK[StepStatus(current.status)] > _STEP_RANK[event.status]:
             # An older event arriving late: keep what is known, but fill gaps.
             fields = {k: v for k, v in fields.items() if k == "started_at"}
             if not fields:
-                return
+                return int(current.position)
         await conn.execute(steps.update().where(key).values(**fields))
+        return int(current.position)
 
     async def _position_of(self, conn: AsyncConnection, event: StatusEvent) -> int:
         row = (
@@ -242,12 +251,18 @@ class HistoryStore(SqlStore):
         ).scalar_one()
         return int(count)
 
-    async def _settle_run(self, conn: AsyncConnection, event: StatusEvent) -> None:
-        """Derive the run's status from the step event just merged."""
-        run = (await conn.execute(sa.select(runs).where(runs.c.run_id == event.run_id))).one()
+    async def _settle_run(
+        self, conn: AsyncConnection, event: StatusEvent, run: Any = None, position: int | None = None
+    ) -> tuple[str, str | None, dt.datetime | None]:
+        """Derive the run's status from the step event just merged; the run's status, flow and end after.
+
+        *run* is the run's row as locked, if it has not changed since; *position* the step's.
+        """
+        if run is None:
+            run = (await conn.execute(sa.select(runs).where(runs.c.run_id == event.run_id))).one()
         if RunStatus(run.status).terminal:
             if not await self._reopens(conn, run, event):
-                return
+                return run.status, run.flow, run.finished_at
             run = (await conn.execute(sa.select(runs).where(runs.c.run_id == event.run_id))).one()
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now}
@@ -267,7 +282,9 @@ class HistoryStore(SqlStore):
                 .where((steps.c.run_id == event.run_id) & (steps.c.status == StepStatus.PENDING.value))
                 .values(status=StepStatus.SKIPPED.value)
             )
-        elif event.status is StepStatus.SUCCEEDED and await self._is_last_step(conn, event, run.step_count):
+        elif event.status is StepStatus.SUCCEEDED and await self._is_last_step(
+            conn, event, run.step_count, position
+        ):
             failed = await self._first_failed_step(conn, event.run_id)
             if failed is None:
                 values.update(status=RunStatus.SUCCEEDED.value, finished_at=event.finished_at or now)
@@ -282,6 +299,7 @@ class HistoryStore(SqlStore):
         elif event.status is not StepStatus.PENDING:
             values["status"] = RunStatus.RUNNING.value
         await conn.execute(runs.update().where(runs.c.run_id == event.run_id).values(**values))
+        return values.get("status", run.status), run.flow, values.get("finished_at", run.finished_at)
 
     async def _reopens(self, conn: AsyncConnection, run: Any, event: StatusEvent) -> bool:
         """A failed run comes back to life when its failed step is tried again (a replay).
@@ -435,10 +453,14 @@ class HistoryStore(SqlStore):
         latest = {row.step_id: row for row in rows}
         return next((row for row in latest.values() if row.status == StepStatus.FAILED.value), None)
 
-    async def _is_last_step(self, conn: AsyncConnection, event: StatusEvent, step_count: int | None) -> bool:
+    async def _is_last_step(
+        self, conn: AsyncConnection, event: StatusEvent, step_count: int | None, position: int | None = None
+    ) -> bool:
         """Whether the event's step ends the itinerary; unknown until the run's own event came."""
         if step_count is None:
             return False
+        if position is not None:
+            return position == step_count - 1
         position = (
             await conn.execute(
                 sa.select(steps.c.position)
