@@ -14,6 +14,8 @@ take ``command`` rather than ``query``, because the text is not a query.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import re
 from collections.abc import Sequence
 from enum import StrEnum
@@ -480,7 +482,18 @@ def new_run(flow: Flow, context: RunContext, run_id: str) -> RunMessage:
 
 
 def flow_of(message: RunMessage) -> Flow:
-    return Flow.model_validate(message.flow)
+    """The flow of *message*'s run, as validated when it started.
+
+    Every step of a run carries the same document, and a service asks for it
+    several times a step: each document is validated once per process. The
+    flow handed back is shared, so it is read, never changed.
+    """
+    return _validated(json.dumps(message.flow, sort_keys=True, separators=(",", ":")))
+
+
+@functools.lru_cache(maxsize=256)
+def _validated(document: str) -> Flow:
+    return Flow.model_validate_json(document)
 
 
 def step_spec(message: RunMessage, flow: Flow | None = None) -> StepSpec:

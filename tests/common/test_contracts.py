@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from common.contracts import JobRequest, RunContext, StepKind, StepOutput, TriggerKind
-from common.flows import Flow, new_run
+from common.flows import Flow, flow_of, new_run
 
 JOB: dict[str, Any] = {
     "connection": "local",
@@ -65,3 +65,19 @@ def test_the_slip_moves_step_by_step_and_keeps_every_output() -> None:
     assert message.outputs == {}
     last = onward.model_copy(update={"step_id": "record"})
     assert last.next_step() is None
+
+
+def test_a_run_s_flow_is_its_own_document_at_every_step_even_under_one_run_id() -> None:
+    first = Flow.model_validate(JobRequest.model_validate(JOB).flow_document())
+    changed = Flow.model_validate(
+        JobRequest.model_validate({**JOB, "query": "StormEvents | take 1"}).flow_document()
+    )
+    context = RunContext(flow="adhoc", trigger=TriggerKind.JOB)
+    message = new_run(first, context, "r")
+    onward = message.forwarded(StepOutput(row_count=1), message.itinerary[1])
+    # A document read again (one validation a process) is the same flow, from any step of the run.
+    assert flow_of(message) == first
+    assert flow_of(onward) is flow_of(message)
+    # Another document is another flow, whatever the run id says.
+    assert flow_of(new_run(changed, context, "r")) == changed
+    assert flow_of(new_run(changed, context, "r")) != first
