@@ -56,7 +56,7 @@ from services.notifier.budget import Chart, File, Packer
 from services.notifier.email import Email, build_email, sender_address
 from services.notifier.ledger import Claim, Ledger
 from services.notifier.payloads import payload, summarize
-from services.notifier.smtp import send_email
+from services.notifier.smtp import SmtpConnections, send_email
 from services.notifier.webhook import encode_json, post_json, render_json_body
 
 log = structlog.get_logger(__name__)
@@ -103,12 +103,19 @@ def html_to_text(html: str) -> str:
 
 class NotifyStep:
     def __init__(
-        self, runtime: Runtime, session: aiohttp.ClientSession, policy: WebhookPolicy, ledger: Ledger
+        self,
+        runtime: Runtime,
+        session: aiohttp.ClientSession,
+        policy: WebhookPolicy,
+        ledger: Ledger,
+        smtp: SmtpConnections | None = None,
     ) -> None:
         self.runtime = runtime
         self.session = session
         self.policy = policy
         self.ledger = ledger
+        #: Connections to the relay kept between emails; without, one connection an email.
+        self.smtp = smtp
         self.lease = dt.timedelta(seconds=runtime.settings.delivery_lease_seconds)
 
     async def perform(self, message: RunMessage) -> StepOutput:
@@ -318,7 +325,9 @@ class NotifyStep:
         packed = await packer.pack(mail, files, charts, zip_attachments=spec.zip_attachments)
         if packed.detail.get("attachments") not in (None, "attached"):
             log.info("email packed to fit its budget", **packed.detail)
-        await send_email(packed.message, settings, data=packed.data, extra_recipients=list(spec.bcc))
+        await send_email(
+            packed.message, settings, data=packed.data, extra_recipients=list(spec.bcc), connections=self.smtp
+        )
         metrics.EMAILS_SENT.inc()
         return await blobs.put(key, packed.data, "message/rfc822"), packed.detail
 
@@ -379,12 +388,15 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
     """Consume delivery steps; yields what the worker's readiness depends on."""
     ledger = Ledger(runtime.settings.resolved_database_url)
     await ledger.create_schema()
+    smtp = SmtpConnections(runtime.settings, keep=runtime.settings.prefetch)
     async with aiohttp.ClientSession() as session:
-        step = NotifyStep(runtime, session, policy_for(runtime.connections, runtime.settings), ledger)
+        policy = policy_for(runtime.connections, runtime.settings)
+        step = NotifyStep(runtime, session, policy, ledger, smtp)
         await StepWorker(
             runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
         try:
             yield {**runtime.checks(), "database": ledger.ping}
         finally:
+            await smtp.close()
             await ledger.close()

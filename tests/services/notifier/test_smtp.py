@@ -17,7 +17,8 @@ from common.contracts import ErrorCode
 from common.errors import DeliveryError
 from common.outbox import Outbox
 from services.notifier.email import Attachment, Email, build_email, sender_address
-from services.notifier.smtp import send_email
+from services.notifier.smtp import SmtpConnections, send_email
+from tests.conftest import Waiter
 
 PASSWORD = "correct-horse-battery-staple-7731"
 CSV = b"n\r\n1\r\n2\r\n"
@@ -264,3 +265,136 @@ async def test_an_eight_bit_copy_is_serialized_again_for_a_relay_without_8bitmim
     assert envelope.original_content.isascii()
     received = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
     assert received["Subject"] == "Zählungen der Woche"
+
+
+class Relay:
+    """A relay that counts its connections and NOOPs, and can hang up on every client."""
+
+    def __init__(self) -> None:
+        self.sessions: list[SMTP] = []
+        self.noops = 0
+        self.delivered = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        self.noops += 1
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.delivered += 1
+        return "250 2.0.0 kept"
+
+    async def __aenter__(self) -> Relay:
+        loop = asyncio.get_running_loop()
+
+        def connected() -> SMTP:
+            protocol = SMTP(self, hostname="localhost", loop=loop)
+            self.sessions.append(protocol)
+            return protocol
+
+        self.server = await loop.create_server(connected, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.hang_up()
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def hang_up(self) -> None:
+        for protocol in self.sessions:
+            if protocol.transport is not None:
+                protocol.transport.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_emails_in_a_row_share_one_kept_connection() -> None:
+    async with Relay() as relay:
+        connections = SmtpConnections(settings_for(relay.port), keep=2)
+        try:
+            for number in range(3):
+                await send_email(
+                    report_email(f"<m{number}@adxflow>"), settings_for(relay.port), connections=connections
+                )
+        finally:
+            await connections.close()
+
+    assert relay.delivered == 3
+    assert connections.opened == 1
+    assert len(relay.sessions) == 1
+    assert relay.noops == 0
+
+
+async def test_a_connection_idle_a_while_is_checked_and_one_idle_too_long_replaced() -> None:
+    clock = Clock()
+    async with Relay() as relay:
+        settings = settings_for(relay.port)
+        connections = SmtpConnections(settings, keep=1, idle_seconds=30, clock=clock)
+        try:
+            await send_email(report_email(), settings, connections=connections)
+            clock.now += 5
+            await send_email(report_email(), settings, connections=connections)
+            assert (connections.opened, relay.noops) == (1, 1)
+            clock.now += 31
+            await send_email(report_email(), settings, connections=connections)
+        finally:
+            await connections.close()
+
+    assert relay.delivered == 3
+    assert connections.opened == 2
+
+
+async def test_a_kept_connection_the_relay_closed_is_replaced_before_the_email(wait_until: Waiter) -> None:
+    async with Relay() as relay:
+        settings = settings_for(relay.port)
+        connections = SmtpConnections(settings, keep=1)
+        try:
+            await send_email(report_email(), settings, connections=connections)
+            assert connections.kept == 1
+            relay.hang_up()
+
+            # The client learns of the hang-up when the loop reads the end of its stream.
+            async def noticed() -> bool:
+                return connections.kept == 0
+
+            await wait_until(noticed, 5, "the client to notice the relay hung up")
+            await send_email(report_email(), settings, connections=connections)
+        finally:
+            await connections.close()
+
+    assert relay.delivered == 2
+    assert connections.opened == 2
+
+
+async def test_a_connection_an_email_failed_on_is_not_kept() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(RefuseEveryRecipient("450 4.2.1 Mailbox busy"), hostname="localhost", loop=loop),
+        "127.0.0.1",
+        0,
+    )
+    settings = settings_for(server.sockets[0].getsockname()[1])
+    connections = SmtpConnections(settings, keep=2)
+    try:
+        for _ in range(2):
+            with pytest.raises(DeliveryError):
+                await send_email(report_email(), settings, connections=connections)
+    finally:
+        await connections.close()
+        server.close()
+        await server.wait_closed()
+
+    assert connections.opened == 2
