@@ -278,8 +278,16 @@ class StepWorker:
             )
             await self._fail(message, started, error)
             return
-        await emit(self.broker, message, StepStatus.SUCCEEDED, started_at=started, output=output)
-        await forward(self.broker, message, output)
+        # The slip goes on while history hears of the success: neither waits for the other's
+        # confirm. History settles a run by what its events say, in whatever order they come.
+        outcomes = await asyncio.gather(
+            forward(self.broker, message, output),
+            emit(self.broker, message, StepStatus.SUCCEEDED, started_at=started, output=output),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         self._observe(started, StepStatus.SUCCEEDED)
         log.info("step succeeded", row_count=output.row_count)
 

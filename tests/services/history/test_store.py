@@ -284,3 +284,28 @@ async def test_a_replay_whose_first_event_is_its_end_reopens_the_run(store: Hist
     run = await store.get_run("run-quick")
     assert run is not None
     assert run["status"] == "succeeded"
+
+
+async def test_the_last_step_reported_before_the_one_before_it_ends_the_run_as_its_steps_say(
+    store: HistoryStore,
+) -> None:
+    # A step's success and the slip it forwards go out together: the record step's event
+    # may overtake the notify step's.
+    await store.apply(event("run-overtaken", StepKind.TRIGGER, StepStatus.SUCCEEDED, 0, run=run_info()))
+    for second, kind in enumerate([StepKind.QUERY, StepKind.RENDER], start=1):
+        await store.apply(event("run-overtaken", kind, StepStatus.SUCCEEDED, second))
+    completed = await store.apply(event("run-overtaken", StepKind.RECORD, StepStatus.SUCCEEDED, 5))
+    assert completed is not None
+    assert completed.status is RunStatus.SUCCEEDED
+    await store.apply(event("run-overtaken", StepKind.NOTIFY, StepStatus.SUCCEEDED, 4))
+
+    run = await store.get_run("run-overtaken")
+    assert run is not None
+    assert run["status"] == "succeeded"
+    assert {step["step_id"]: step["status"] for step in run["steps"]} == {
+        "trigger": "succeeded",
+        "query": "succeeded",
+        "render": "succeeded",
+        "notify": "succeeded",
+        "record": "succeeded",
+    }
