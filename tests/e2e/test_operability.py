@@ -170,13 +170,21 @@ class Relay:
         self._server = await loop.create_server(self._session, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def refuse_from_now(self) -> None:
+        """Refuse every login from now on, and hang up on the sessions logged in already."""
+        self.refuse_logins = True
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        for session in self._sessions:
+            if session.transport is not None:
+                session.transport.close()
+
     async def close(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            for session in self._sessions:
-                if session.transport is not None:
-                    session.transport.close()
+            self._hang_up()
             await server.wait_closed()
 
     def _session(self) -> SMTP:
@@ -458,7 +466,7 @@ async def run_flows(
     runs = {}
     for name in ("delivered", "kusto-unreachable", "kusto-syntax", "webhook-refused"):
         runs[name] = await run(name)
-    relay.refuse_logins = True
+    relay.refuse_from_now()
     runs["smtp-login-refused"] = await run("smtp-login-refused")
     await relay.close()
     runs["smtp-gone"] = await run("smtp-gone")
