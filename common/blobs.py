@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -202,6 +203,11 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def exists(self, key: str) -> bool: ...
 
+    async def missing(self, keys: Sequence[str]) -> list[str]:
+        """Those of *keys* with no blob, in the order given; the lookups run at once."""
+        found = await asyncio.gather(*(self.exists(key) for key in keys))
+        return [key for key, there in zip(keys, found, strict=True) if not there]
+
     @abc.abstractmethod
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every blob under the folder *prefix* (``runs/<run_id>``); returns how many.
@@ -266,6 +272,12 @@ class FolderBlobStore(BlobStore):
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path(key).is_file)
+
+    async def missing(self, keys: Sequence[str]) -> list[str]:
+        paths = [self.path(key) for key in keys]
+        # One trip to a worker thread for them all: a lookup costs less than the trip.
+        found = await asyncio.to_thread(lambda: [path.is_file() for path in paths])
+        return [key for key, there in zip(keys, found, strict=True) if not there]
 
     async def delete_prefix(self, prefix: str) -> int:
         return await asyncio.to_thread(self._delete_tree, self.path(prefix))

@@ -104,14 +104,12 @@ class Recorder:
 
     async def record(self, message: RunMessage) -> StepOutput:
         """Close the run's archive: every artifact an earlier step produced must be there."""
-        count = 0
-        for output in message.outputs.values():
-            for ref in output.artifacts.values():
-                if not await self.runtime.blobs.exists(ref.key):
-                    raise ArtifactMissing(f"artifact {ref.key!r} recorded by this run is missing")
-                count += 1
+        keys = [ref.key for output in message.outputs.values() for ref in output.artifacts.values()]
+        missing = await self.runtime.blobs.missing(keys)
+        if missing:
+            raise ArtifactMissing(f"artifact {missing[0]!r} recorded by this run is missing")
         await self.redo.keep(message)
-        return StepOutput(detail={"artifacts": count})
+        return StepOutput(detail={"artifacts": len(keys)})
 
 
 @asynccontextmanager

@@ -39,6 +39,19 @@ async def test_a_missing_blob_is_an_artifact_error(blobs: Backend) -> None:
         await store.get("runs/x/y/1/z.png")
 
 
+async def test_missing_names_the_keys_without_a_blob_in_order(blobs: Backend) -> None:
+    store = blobs.store
+    keys = [artifact_key("run1", "query", 1, name) for name in ("a.json", "b.png", "c.csv", "d.txt")]
+    for key in keys[1::2]:
+        await store.put(key, b"x", "text/plain")
+
+    assert await store.missing(keys) == [keys[0], keys[2]]
+    assert await store.missing(keys[1::2]) == []
+    assert await store.missing([]) == []
+    with pytest.raises(ValueError, match="invalid blob key"):
+        await store.missing(["runs/../../x"])
+
+
 @pytest.mark.parametrize("key", ["../etc/passwd", "/abs/path", "runs/../../x", "runs//x", "runs/a b"])
 async def test_keys_cannot_leave_the_folder(blobs: Backend, key: str) -> None:
     with pytest.raises(ValueError, match="invalid blob key"):
