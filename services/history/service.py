@@ -1,10 +1,13 @@
 """The history service: records every status event and serves the run history.
 
-It also performs a run's last step, ``record``, like any other step (its
-status events travel through the same queue, after those of the steps before
-it): when the routing slip reaches it, every earlier step has succeeded, and
-once it checks that their artifacts are all in the blob store the run is
-complete.
+It also performs a run's last step, ``record``, like any other step: when the
+routing slip reaches it, every earlier step has succeeded, and once it checks
+that their artifacts are all in the blob store the run is complete.
+
+Status events are merged by what they say, not by when they arrive (a step's
+success and the slip it forwards go out together, and replicas share the
+queue), so several are taken at once and those that arrive while one
+transaction commits are merged together in the next.
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ from services.history.store import HistoryStore
 
 log = structlog.get_logger(__name__)
 
+#: Status events taken from the queue at once, and merged in one transaction at most.
+STATUS_PREFETCH = 32
+
 
 class Recorder:
     def __init__(self, store: HistoryStore, runtime: Runtime, redo: Redo) -> None:
         self.store = store
         self.runtime = runtime
         self.redo = redo
+        #: Events waiting for the next transaction, each with whoever awaits its outcome.
+        self._waiting: list[tuple[StatusEvent, asyncio.Future[RunCompleted | None]]] = []
+        self._merging: asyncio.Task[None] | None = None
 
     async def on_status(self, delivery: Delivery) -> None:
         try:
@@ -70,7 +79,7 @@ class Recorder:
         pause = 0.2
         while True:
             try:
-                return await self.store.apply(event)
+                return await self._merged(event)
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -80,6 +89,34 @@ class Recorder:
                 log.warning("database unreachable; waiting", error=str(exc)[:200], retry_in=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+    async def _merged(self, event: StatusEvent) -> RunCompleted | None:
+        """Merge *event* together with the others waiting: one transaction for them all."""
+        outcome: asyncio.Future[RunCompleted | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, outcome))
+        if self._merging is None or self._merging.done():
+            self._merging = asyncio.create_task(self._merge_waiting())
+        return await outcome
+
+    async def _merge_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:STATUS_PREFETCH], self._waiting[STATUS_PREFETCH:]
+            try:
+                results = await self.store.apply_all([event for event, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1 or is_outage(exc):
+                    for _, outcome in batch:
+                        _settle(outcome, error=exc)
+                    continue
+                # One event the database refuses must not fail the others: each on its own.
+                for event, outcome in batch:
+                    try:
+                        _settle(outcome, await self.store.apply(event))
+                    except Exception as alone:
+                        _settle(outcome, error=alone)
+                continue
+            for (_, outcome), completed in zip(batch, results, strict=True):
+                _settle(outcome, completed)
 
     async def announce(self, completed: RunCompleted) -> None:
         broker = self.runtime.broker
@@ -112,6 +149,21 @@ class Recorder:
         return StepOutput(detail={"artifacts": len(keys)})
 
 
+def _settle(
+    outcome: asyncio.Future[RunCompleted | None],
+    completed: RunCompleted | None = None,
+    *,
+    error: BaseException | None = None,
+) -> None:
+    # A handler taken away meanwhile (its delivery cancelled) no longer waits for its outcome.
+    if outcome.done():
+        return
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(completed)
+
+
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     settings = runtime.settings
@@ -126,8 +178,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         redo = Redo(store, letters, runtime)
         recorder = Recorder(store, runtime, redo)
         topology = runtime.broker.topology
-        # One at a time keeps a run's events in the order they were published.
-        await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=1)
+        await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=STATUS_PREFETCH)
         await runtime.broker.consume(topology.dead_letter_queue, letters.keep, prefetch=1)
         retention = Retention(store, letters, runtime.blobs, settings)
         tasks += [asyncio.create_task(recorder.watch_stalled(stop)), asyncio.create_task(retention.run(stop))]

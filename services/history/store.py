@@ -111,23 +111,51 @@ class HistoryStore(SqlStore):
         completed run must be idempotent anyway, and this way a crash between
         the commit and the announcement cannot lose it.
         """
+        [completed] = await self.apply_all([event])
+        return completed
+
+    async def apply_all(self, events: Sequence[StatusEvent]) -> list[RunCompleted | None]:
+        """Merge *events* in one transaction, each as :meth:`apply` would; what each one ended.
+
+        The events of one run are merged in the order given. Runs are locked in
+        the order of their ids, so replicas merging overlapping batches at once
+        wait for each other instead of deadlocking.
+        """
+        order = sorted(range(len(events)), key=lambda index: events[index].run_id)
+        merged: dict[int, tuple[bool, tuple[str, str | None, dt.datetime | None] | None]] = {}
         async with self.engine.begin() as conn:
-            run = await self._lock_run(conn, event.run_id)
-            ended_before = run is not None and RunStatus(run.status).terminal
-            if run is None:
-                await self._insert_run(conn, event.run_id, event.run)
-            elif event.run is not None and run.connection is None:
-                await conn.execute(
-                    runs.update().where(runs.c.run_id == event.run_id).values(**_run_fields(event.run))
-                )
-            if event.run is not None:
-                await self._ensure_steps(conn, event.run_id, event.run)
-                run = None  # changed here: read again where needed
-            position = await self._merge_step(conn, event)
-            settled = await self._settle_run(conn, event, run, position)
-            goes_on = event.continues or event.retrying
-            if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
-                return None
+            for index in order:
+                merged[index] = await self._merge_event(conn, events[index])
+        return [self._completion(event, *merged[index]) for index, event in enumerate(events)]
+
+    async def _merge_event(
+        self, conn: AsyncConnection, event: StatusEvent
+    ) -> tuple[bool, tuple[str, str | None, dt.datetime | None] | None]:
+        """Whether the run had ended before *event*, and, if the event may end it, how it stands after."""
+        run = await self._lock_run(conn, event.run_id)
+        ended_before = run is not None and RunStatus(run.status).terminal
+        if run is None:
+            await self._insert_run(conn, event.run_id, event.run)
+        elif event.run is not None and run.connection is None:
+            await conn.execute(
+                runs.update().where(runs.c.run_id == event.run_id).values(**_run_fields(event.run))
+            )
+        if event.run is not None:
+            await self._ensure_steps(conn, event.run_id, event.run)
+            run = None  # changed here: read again where needed
+        position = await self._merge_step(conn, event)
+        settled = await self._settle_run(conn, event, run, position)
+        goes_on = event.continues or event.retrying
+        if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
+            return ended_before, None
+        return ended_before, settled
+
+    @staticmethod
+    def _completion(
+        event: StatusEvent, ended_before: bool, settled: tuple[str, str | None, dt.datetime | None] | None
+    ) -> RunCompleted | None:
+        if settled is None:
+            return None
         status, flow, finished_at = settled
         if not RunStatus(status).terminal or flow is None:
             return None
