@@ -13,13 +13,17 @@ figure) and writes it as a cluster does, as compact JSON with one frame a line (
 endpoint puts a space after every comma and colon); then a replay server in a process of its
 own sends those bytes to each client as fast as it reads them. Each measurement runs in a
 new process (``python -m benchmarks.big_results measure``) that imports what it needs and
-runs one small warm-up query, then reads the whole result once, keeping every row in memory:
+runs one small warm-up query, then reads the whole result once:
 
-- *reader*: ``KustoRunner.run`` (``services/query_worker/kusto.py``) with ``max_rows``
-  500,000 and ``max_bytes`` 64 MiB, as the query-worker runs a step with the default caps;
-- *execute*: the async client's ``execute``; the rows of its primary result;
+- *reader*: the query-worker's way. The process imports what ``python -m services.query_worker``
+  imports (``services/cli.py``'s ``serve``, with its RabbitMQ broker built but not connected),
+  no more and no less; then ``KustoRunner.run`` (``services/query_worker/kusto.py``) reads the
+  result with ``max_rows`` 500,000 and ``max_bytes`` 64 MiB (the default caps) into a writer
+  of the folder blob store, as a step stores its ``result.json``: each batch of rows goes to
+  the file as it is read, and only the step's preview rows stay in memory;
+- *execute*: the async client's ``execute``; the rows of its primary result, kept in memory;
 - *execute_streaming_query*: the async client's streaming query; every raw row of the
-  primary result, as it arrives.
+  primary result, as it arrives, kept in memory.
 
 Peak RSS is the measuring process's peak resident set (``VmHWM``) after the read (the
 target's figure), and its growth over the read is that minus the peak before it.
@@ -35,13 +39,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp import web
+if TYPE_CHECKING:
+    from benchmarks.figures import Section
+    from benchmarks.servers import ServerProcess
 
-from benchmarks.figures import Section, Target
-from benchmarks.servers import KustoEndpoint, ServerProcess, sample_database
+# Everything else is imported where it is used: a measuring process holds what it measures.
 
 ROWS = 500_000
 MAX_BYTES = 64 * 2**20
@@ -69,32 +73,46 @@ def _peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-async def _read_with_reader(cluster: str, query: str) -> tuple[int, int, float]:
+async def _read_with_reader(cluster: str, query: str, data: Path) -> tuple[int, int, float]:
+    from common.blobs import artifact_key
+    from common.config import load_settings
     from common.connections import Connections
+    from common.runtime import Runtime
+    from services import cli
     from services.query_worker.kusto import KustoRunner
 
+    settings = load_settings(amqp_url="amqp://guest:guest@127.0.0.1:5672/", data_dir=data)
     connections = Connections()
     connections.add_local("local", cluster)
+    runtime = Runtime.build(settings, name="query_worker", connections=connections)
+    # What `serve` imports for the query-worker, through the same function: the context is made
+    # but not entered, so nothing connects to the broker.
+    cli._service_context("query_worker", runtime)
+    await runtime.blobs.start()
     runner = KustoRunner(connections, timeout=600)
 
-    async def read(text: str) -> Any:
-        return await runner.run(
-            connection="local",
-            database=DATABASE,
-            text=text,
-            command=False,
-            client_request_id=f"bench;{uuid.uuid4()}",
-            max_rows=ROWS,
-            max_bytes=MAX_BYTES,
-            truncate=False,
-        )
+    async def read(text: str, step: str) -> Any:
+        key = artifact_key(uuid.uuid4().hex, step, 1, "result.json")
+        async with runtime.blobs.writer(key, "application/json") as blob:
+            return await runner.run(
+                connection="local",
+                database=DATABASE,
+                text=text,
+                command=False,
+                client_request_id=f"bench;{uuid.uuid4()}",
+                max_rows=ROWS,
+                max_bytes=MAX_BYTES,
+                truncate=False,
+                head=settings.preview_rows,
+                into=blob,
+            )
 
     try:
-        await read(WARM_UP)
+        await read(WARM_UP, "warm_up")
         before = _peak_rss()
         started = time.perf_counter()
-        outcome = await read(query)
-        return outcome.result.row_count, before, time.perf_counter() - started
+        outcome = await read(query, "query")
+        return outcome.row_count, before, time.perf_counter() - started
     finally:
         await runner.close()
 
@@ -120,15 +138,15 @@ async def _read_with_client(cluster: str, query: str, streaming: bool) -> tuple[
         return rows, before, time.perf_counter() - started
 
 
-async def measure(method: str, cluster: str, query: str) -> dict[str, float]:
+async def measure(method: str, cluster: str, query: str, data: Path) -> dict[str, float]:
     if method == "reader":
-        rows, before, seconds = await _read_with_reader(cluster, query)
+        rows, before, seconds = await _read_with_reader(cluster, query, data)
     else:
         rows, before, seconds = await _read_with_client(cluster, query, streaming=method != "execute")
     return {"rows": rows, "seconds": seconds, "rss_before": before, "rss_peak": _peak_rss()}
 
 
-async def _in_process(method: str, cluster: str, query: str) -> dict[str, float]:
+async def _in_process(method: str, cluster: str, query: str, data: Path) -> dict[str, float]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -137,6 +155,7 @@ async def _in_process(method: str, cluster: str, query: str) -> dict[str, float]
         method,
         cluster,
         query,
+        str(data),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -156,6 +175,8 @@ def compact(body: bytes) -> bytes:
 async def record(cluster: str, queries: list[str], folder: Path) -> float:
     """Save the endpoint's answer to each query in *folder*, made compact as a cluster sends it;
     the seconds the endpoint took to answer the last one."""
+    import aiohttp
+
     answers: dict[str, bytes] = {}
     seconds = 0.0
     async with aiohttp.ClientSession() as session:
@@ -179,15 +200,16 @@ def _save(answers: dict[str, bytes], folder: Path) -> None:
     (folder / "index.json").write_text(json.dumps(index))
 
 
-class Replay(ServerProcess):
+def _replay_server(folder: Path) -> ServerProcess:
     """A Kusto endpoint that answers each recorded query with the recorded bytes, in a process of its own."""
+    from benchmarks.servers import ServerProcess
 
-    def __init__(self, folder: Path) -> None:
-        super().__init__("the replay server", "benchmarks.big_results", "replay", str(folder))
-        self.folder = folder
+    return ServerProcess("the replay server", "benchmarks.big_results", "replay", str(folder))
 
 
 async def _replay(folder: Path) -> None:
+    from aiohttp import web
+
     index = json.loads((folder / "index.json").read_text())
     bodies = {query: (folder / name).read_bytes() for query, name in index.items()}
 
@@ -224,6 +246,9 @@ async def _replay(folder: Path) -> None:
 
 
 async def run(section: Section, workdir: Path, *, quick: bool) -> None:
+    from benchmarks.figures import Target
+    from benchmarks.servers import KustoEndpoint, sample_database
+
     rows = 3000 if quick else ROWS
     repeat = 1 if quick else 3
     database = sample_database(None if quick else ROWS)
@@ -233,10 +258,10 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
         endpoint = await record(kusto.url, [WARM_UP, query], recorded)
     section.add("local endpoint: rows per second, building its answer", "rows/s", [rows / endpoint])
     results: dict[str, list[dict[str, float]]] = {method: [] for method in METHODS}
-    async with Replay(recorded) as replay:
+    async with _replay_server(recorded) as replay:
         for _ in range(repeat):
             for method in METHODS:
-                results[method].append(await _in_process(method, replay.url, query))
+                results[method].append(await _in_process(method, replay.url, query, workdir / "worker"))
     for method, runs in results.items():
         if any(run["rows"] != rows for run in runs):
             raise RuntimeError(f"{method} read {[run['rows'] for run in runs]} rows, not {rows:,}")
@@ -287,11 +312,12 @@ def main() -> None:
     one.add_argument("method", choices=METHODS)
     one.add_argument("cluster")
     one.add_argument("query")
+    one.add_argument("data", type=Path, help="the query-worker's data folder (its folder blob store)")
     replay = commands.add_parser("replay", help="serve recorded answers; print the URL")
     replay.add_argument("folder", type=Path)
     args = parser.parse_args()
     if args.command == "measure":
-        print(json.dumps(asyncio.run(measure(args.method, args.cluster, args.query))))
+        print(json.dumps(asyncio.run(measure(args.method, args.cluster, args.query, args.data))))
     else:
         asyncio.run(_replay(args.folder))
 

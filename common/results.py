@@ -4,14 +4,19 @@ The query-worker stores what Kusto answered (column names, Kusto types and the
 raw wire values) so that render and notifier never need the Kusto client and
 every service reads the same bytes. Values stay in their wire form (datetimes
 as ISO strings, dynamic as JSON) until a consumer asks for typed ones.
+
+The stored form is `ResultSet`'s JSON. The query-worker writes it with a
+`ResultWriter` as the rows arrive, so a big result is never whole in its
+memory; `ResultSet.from_json_bytes` reads either the same.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 #: Kusto's scalar type names, lower-cased, and the numeric ones among them.
 NUMERIC_TYPES = frozenset({"int", "long", "real", "decimal"})
@@ -75,6 +80,62 @@ class ResultSet(BaseModel):
             if column.name == name:
                 return index
         raise KeyError(name)
+
+
+#: Rows as `ResultSet.to_json_bytes` writes them (NaN and infinities as null, as pydantic does).
+_ROWS = TypeAdapter(list[list[Any]])
+_COLUMNS = TypeAdapter(list[Column])
+
+
+class ResultWriter:
+    """A `ResultSet`'s JSON written piece by piece: the columns, the rows as they come, then the rest.
+
+    The rows go in as values (:meth:`add`), encoded as `ResultSet.to_json_bytes`
+    encodes them, or as JSON text that reads back as exactly those values
+    (:meth:`add_json`), written as it is. The visualization goes last, once the
+    whole response has been read; a JSON reader takes an object's keys in any order.
+    """
+
+    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self._write = write
+        self._started = False
+        self._rows = False
+        self._ended = False
+
+    async def start(self, columns: list[Column]) -> None:
+        """Write the columns; before any row, and at most once."""
+        if self._started:
+            raise RuntimeError("the result's columns are written already")
+        self._started = True
+        await self._write(b'{"columns":' + _COLUMNS.dump_json(columns) + b',"rows":[')
+
+    async def add(self, rows: list[list[Any]]) -> None:
+        """Write *rows*."""
+        if rows:
+            await self._add(_ROWS.dump_json(rows)[1:-1])
+
+    async def add_json(self, text: str) -> None:
+        """Write rows given as their JSON, separated by commas (no brackets around them)."""
+        if text:
+            await self._add(text.encode("utf-8"))
+
+    async def _add(self, data: bytes) -> None:
+        if not self._started or self._ended:
+            raise RuntimeError("rows go between the columns and the end of the result")
+        if self._rows:
+            data = b"," + data
+        self._rows = True
+        await self._write(data)
+
+    async def end(self, visualization: Visualization | None) -> None:
+        """Write the visualization and close the JSON (a result without a table has no columns)."""
+        if not self._started:
+            await self.start([])
+        if self._ended:
+            raise RuntimeError("the result is written already")
+        self._ended = True
+        shown = visualization.model_dump_json().encode("utf-8") if visualization is not None else b"null"
+        await self._write(b'],"visualization":' + shown + b"}")
 
 
 def parse_datetime(value: Any) -> dt.datetime | None:

@@ -5,7 +5,8 @@ Trigger values reach Kusto only as query parameters: the worker adds a
 declarations (unless the query declares them itself) and sends the values in
 the request properties, never spliced into the text.
 
-The result is read under the step's caps by `services.query_worker.reading`.
+The result is read under the step's caps by `services.query_worker.reading`,
+and its rows written to the blob store as they arrive.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from azure.kusto.data.exceptions import (
 )
 
 from common import metrics
+from common.blobs import BlobWriter
 from common.connections import Connections, connection_string
 from common.contracts import ErrorCode
 from common.errors import KustoError as StepKustoError
+from common.results import ResultWriter
 from services.query_worker.reading import QueryResult, ResultReader, Session, streamed
 from services.query_worker.wire import ResponseStream
 
@@ -193,10 +196,17 @@ class KustoRunner:
         max_rows: int,
         max_bytes: int,
         truncate: bool,
+        head: int,
+        into: BlobWriter | None = None,
         parameters: Parameters | None = None,
         timeout: float | None = None,
     ) -> QueryResult:
         """Run a query (or, with *command*, a control command) and read its primary result.
+
+        The result is written to *into* as `ResultSet` JSON while it is read;
+        only its first *head* rows are kept in memory. Where this raises, what
+        was written is incomplete (the writer then drops it, as a `BlobWriter`
+        left by an exception does).
 
         The server is told the timeout (``servertimeout``) and cancels the query
         itself; should it not answer in time, the client gives up a little
@@ -210,13 +220,15 @@ class KustoRunner:
         parameters = parameters or {}
         limit = timeout or self._timeout
         properties = request_properties(parameters if not command else {}, client_request_id, limit)
-        reader = ResultReader(max_rows, max_bytes)
+        reader = ResultReader(
+            max_rows, max_bytes, head=head, into=ResultWriter(into.write) if into is not None else None
+        )
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             async with asyncio.timeout(limit + _CLIENT_GRACE):
                 if command:
-                    reader.read_loaded(await client.execute_mgmt(database, text, properties))
+                    await reader.read_loaded(await client.execute_mgmt(database, text, properties))
                 else:
                     query = with_declarations(text, parameters)
                     await self._stream(client, database, query, properties, reader)
@@ -242,11 +254,11 @@ class KustoRunner:
             ) from exc
         finally:
             metrics.KUSTO_LATENCY.labels(connection).observe(loop.time() - started)
-            metrics.KUSTO_ROWS.labels(connection).inc(len(reader.rows))
+            metrics.KUSTO_ROWS.labels(connection).inc(reader.count)
             metrics.KUSTO_BYTES.labels(connection).inc(reader.size)
-        outcome = reader.outcome(truncate=truncate)
+        outcome = await reader.finish(truncate=truncate)
         if outcome.truncated:
-            log.info("result truncated", rows=len(reader.rows), note=outcome.note)
+            log.info("result truncated", rows=outcome.row_count, note=outcome.note)
         return outcome
 
     @staticmethod

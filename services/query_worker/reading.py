@@ -7,16 +7,20 @@ cut the result short itself: the step then fails with ``ResultTooLarge``, or
 keeps the rows read so far and says so. A control command's result arrives
 whole (the management endpoint does not stream); the same caps are applied to
 it once loaded.
+
+The rows go on, batch by batch, to a `ResultWriter` (the blob of the stored
+result) as they are read; the reader keeps only the first few of them (the
+step's preview) and counts the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import ClientResponse, ClientSession
@@ -25,7 +29,7 @@ from azure.kusto.data.response import KustoResponseDataSet
 
 from common.contracts import ErrorCode
 from common.errors import KustoError as StepKustoError
-from common.results import Column, ResultSet, Visualization
+from common.results import Column, ResultWriter, Visualization
 from services.query_worker.wire import Batch, Oversized, ResponseStream
 
 
@@ -91,11 +95,16 @@ def _visualization_of(rows: Iterable[list[Any]]) -> Visualization | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueryResult:
-    """What a step read: the result, and whether it stops short of what the query returned."""
+    """What a step read, but for the rows past its first few (those went to the `ResultWriter`),
+    and whether it stops short of what the query returned."""
 
-    result: ResultSet
+    columns: list[Column]
+    #: The first rows, as many as the reader was asked to keep.
+    head: list[list[Any]]
+    row_count: int
+    visualization: Visualization | None = None
     truncated: bool = False
     #: For people: where the result stops and why ("showing 500,000 of more rows (...)").
     note: str | None = None
@@ -118,7 +127,7 @@ def _amount(size: int) -> str:
     return f"{size / 2**20:,.4g} MB" if size >= 2**20 else f"{size:,} bytes"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Stop:
     """Why a result stops short: one of the step's caps, or a limit Kusto reported."""
 
@@ -167,8 +176,11 @@ def _limits_reported(columns: list[dict[str, Any]], rows: list[list[Any]]) -> _S
 
 async def _all(batches: AsyncIterator[Batch]) -> list[list[Any]]:
     """Every row of a small table."""
-    return [row async for rows, _ in batches for row in rows]
+    return [row async for batch in batches for row in batch.rows]
 
+
+#: Rows of a loaded result taken together (sized, counted, written).
+_LOADED_BATCH = 1000
 
 #: The HTTP responses opened in this task while a streamed result is read (see `Session`).
 streamed: ContextVar[list[ClientResponse] | None] = ContextVar("adxflow_streamed", default=None)
@@ -208,39 +220,76 @@ class ResultReader:
 
     Fed either the frames of a streamed v2 response (`read`) or a loaded
     response (`read_loaded`); `stop` says why reading ended early, if it did.
+    The rows kept go to *into*, if given, and the first *head* of them stay in
+    `head`; `finish` says what was read and ends what *into* holds.
     """
 
-    def __init__(self, max_rows: int, max_bytes: int) -> None:
+    def __init__(
+        self, max_rows: int, max_bytes: int, *, head: int = 0, into: ResultWriter | None = None
+    ) -> None:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.columns: list[Column] = []
-        self.rows: list[list[Any]] = []
+        self.head: list[list[Any]] = []
+        #: Rows kept, and the bytes of their JSON.
+        self.count = 0
         self.size = 0
         self.visualization: Visualization | None = None
         self.stop: _Stop | None = None
+        self._head = head
+        self._into = into
         self._primary_seen = False
 
-    def keep(self, row: list[Any], size: int) -> bool:
-        """Keep *row* of *size* bytes, or note which cap it would cross and say to stop."""
-        if len(self.rows) >= self.max_rows:
-            self.stop = _Stop.rows(self.max_rows)
-            return False
-        if self.size + size > self.max_bytes:
-            self.stop = _Stop.size(self.max_bytes)
-            return False
-        self.rows.append(row)
-        self.size += size
-        return True
+    async def _start(self, columns: list[Column]) -> None:
+        self.columns = columns
+        if self._into is not None:
+            await self._into.start(columns)
 
-    def read_loaded(self, response: KustoResponseDataSet) -> None:
+    def _fitting(self, sizes: list[int]) -> int:
+        """How many of rows of *sizes* fit under the caps; where not all do, note which cap stops them."""
+        room = self.max_rows - self.count
+        if len(sizes) <= room and self.size + sum(sizes) <= self.max_bytes:
+            return len(sizes)
+        size = self.size
+        for fitting, row_size in enumerate(sizes):
+            if fitting >= room:
+                self.stop = _Stop.rows(self.max_rows)
+                return fitting
+            if size + row_size > self.max_bytes:
+                self.stop = _Stop.size(self.max_bytes)
+                return fitting
+            size += row_size
+        return len(sizes)
+
+    async def _keep(self, batch: Batch) -> bool:
+        """Keep the rows of *batch* that fit under the caps; False once a cap is reached."""
+        rows, sizes, text = batch
+        fitting = self._fitting(sizes)
+        if fitting < len(rows):
+            rows, sizes, text = rows[:fitting], sizes[:fitting], None
+        wanted = self._head - len(self.head)
+        if wanted > 0:
+            self.head.extend(rows[:wanted])
+        self.count += len(rows)
+        self.size += sum(sizes)
+        if self._into is not None:
+            if text is None:
+                await self._into.add(rows)
+            else:
+                await self._into.add_json(text)
+        return self.stop is None
+
+    async def read_loaded(self, response: KustoResponseDataSet) -> None:
         primary = response.primary_results
         if primary:
             table = primary[0]
-            self.columns = [
-                Column(name=c.column_name, type=str(c.column_type).lower()) for c in table.columns
-            ]
-            for row in table.raw_rows:
-                if not self.keep(row, row_size(row)):
+            await self._start(
+                [Column(name=c.column_name, type=str(c.column_type).lower()) for c in table.columns]
+            )
+            raw = table.raw_rows
+            for start in range(0, len(raw), _LOADED_BATCH):
+                rows = raw[start : start + _LOADED_BATCH]
+                if not await self._keep(Batch(rows, [row_size(row) for row in rows], None)):
                     break
         self.visualization = _visualization(response)
 
@@ -271,9 +320,10 @@ class ResultReader:
             table = frame.get("TableKind")
             if table == "PrimaryResult" and not self._primary_seen:
                 self._primary_seen = True
-                self.columns = [
-                    Column(name=c["ColumnName"], type=str(c["ColumnType"]).lower()) for c in frame["Columns"]
-                ]
+                columns = frame["Columns"]
+                await self._start(
+                    [Column(name=c["ColumnName"], type=str(c["ColumnType"]).lower()) for c in columns]
+                )
                 await self._primary(frame["Rows"], stream)
             elif table == "QueryProperties":
                 self.visualization = _visualization_of(await _all(frame["Rows"]))
@@ -286,35 +336,23 @@ class ResultReader:
     async def _primary(self, batches: AsyncGenerator[Batch], stream: ResponseStream) -> None:
         stream.ceiling = self.max_bytes - self.size
         async with aclosing(batches):
-            async for rows, sizes in batches:
-                kept = self._keep_all(rows, sizes)
+            async for batch in batches:
+                kept = await self._keep(batch)
                 stream.ceiling = self.max_bytes - self.size
                 if not kept:
                     return
 
-    def _keep_all(self, rows: list[list[Any]], sizes: list[int]) -> bool:
-        """Keep a batch of rows, as `keep` would one by one, in less time."""
-        room = self.max_rows - len(self.rows)
-        total = sum(sizes)
-        if len(rows) <= room and self.size + total <= self.max_bytes:
-            self.rows.extend(rows)
-            self.size += total
-            return True
-        return all(self.keep(row, size) for row, size in zip(rows, sizes, strict=True))
-
-    def outcome(self, *, truncate: bool) -> QueryResult:
-        # Not validated: the rows are the JSON parser's own lists, and validating
-        # would copy every one of them (a third more peak memory for short rows).
-        result = ResultSet.model_construct(
-            columns=self.columns, rows=self.rows, visualization=self.visualization
-        )
-        if self.stop is None:
-            return QueryResult(result)
-        if not truncate:
+    async def finish(self, *, truncate: bool) -> QueryResult:
+        """What was read; raises `ResultTooLarge` where a cap stopped reading and *truncate* is not set."""
+        if self.stop is not None and not truncate:
             raise StepKustoError(
                 f"{self.stop.failure}; narrow the query, or set on_too_large: truncate",
                 code=ErrorCode.RESULT_TOO_LARGE,
             )
-        return QueryResult(
-            result, truncated=True, note=f"showing {len(self.rows):,} of more rows ({self.stop.note})"
-        )
+        if self._into is not None:
+            await self._into.end(self.visualization)
+        read = QueryResult(self.columns, self.head, self.count, self.visualization)
+        if self.stop is None:
+            return read
+        note = f"showing {self.count:,} of more rows ({self.stop.note})"
+        return dataclasses.replace(read, truncated=True, note=note)

@@ -1,10 +1,11 @@
 """The query-worker: runs a flow step's KQL or control command.
 
-The result goes to the blob store; the step's output carries the row count,
-the column names and the first rows (for conditions and templates). An async
-control command is started once, and its operation is then awaited by
-sending the run back to this step after a delay, so a worker restart while
-waiting loses nothing: the wait is a message, not a coroutine.
+The result goes to the blob store as it is read, never whole in memory; the
+step's output carries the row count, the column names and the first rows (for
+conditions and templates). An async control command is started once, and its
+operation is then awaited by sending the run back to this step after a delay,
+so a worker restart while waiting loses nothing: the wait is a message, not a
+coroutine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from common.blobs import artifact_key
+from common.blobs import BlobWriter, artifact_key
 from common.contracts import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
 from common.errors import AdxflowError, KustoError
 from common.flows import (
@@ -30,7 +31,6 @@ from common.flows import (
 )
 from common.http import Check
 from common.operators import describe, refused_operators
-from common.results import ResultSet
 from common.runtime import Runtime
 from common.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.kusto import KustoRunner, Parameters
@@ -40,9 +40,9 @@ from services.query_worker.reading import QueryResult
 _WAITING_STATES = frozenset({"InProgress", "Scheduled", "Throttled", "Pending"})
 
 
-def preview(result: ResultSet, limit: int) -> list[dict[str, Any]]:
+def preview(result: QueryResult, limit: int) -> list[dict[str, Any]]:
     names = [column.name for column in result.columns]
-    return [dict(zip(names, row, strict=True)) for row in result.rows[:limit]]
+    return [dict(zip(names, row, strict=True)) for row in result.head[:limit]]
 
 
 class QueryStep:
@@ -72,24 +72,26 @@ class QueryStep:
             "parameters": {name: value for name, (_, value) in parameters.items()},
             "client_request_id": self._request_id(message),
         }
+        key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
         try:
-            outcome = await self._run(message, flow, spec, text, command=command, parameters=parameters)
+            # Nothing is stored unless the whole step succeeds: the writer drops what it has on an error.
+            async with self.runtime.blobs.writer(key, "application/json") as blob:
+                outcome = await self._run(
+                    message, flow, spec, text, command=command, parameters=parameters, into=blob
+                )
         except AdxflowError as exc:
             # The history shows what was sent beside why it failed.
             exc.detail = {**sent, **exc.detail}
             raise
-        result = outcome.result
-        key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
-        ref = await self.runtime.blobs.put(key, result.to_json_bytes(), "application/json")
         return StepOutput(
-            row_count=result.row_count,
-            columns=[column.name for column in result.columns],
-            preview=preview(result, self.runtime.settings.preview_rows),
-            artifacts={"result": ref},
+            row_count=outcome.row_count,
+            columns=[column.name for column in outcome.columns],
+            preview=preview(outcome, self.runtime.settings.preview_rows),
+            artifacts={"result": blob.ref},
             detail={
                 **sent,
-                "columns": [f"{c.name}:{c.type}" for c in result.columns],
-                "visualization": result.visualization.kind if result.visualization else None,
+                "columns": [f"{c.name}:{c.type}" for c in outcome.columns],
+                "visualization": outcome.visualization.kind if outcome.visualization else None,
                 "truncated": outcome.truncated,
                 "truncation": outcome.note,
             },
@@ -110,7 +112,15 @@ class QueryStep:
         }
 
     async def _run(
-        self, message: RunMessage, flow: Flow, spec: Any, text: str, *, command: bool, parameters: Parameters
+        self,
+        message: RunMessage,
+        flow: Flow,
+        spec: Any,
+        text: str,
+        *,
+        command: bool,
+        parameters: Parameters,
+        into: BlobWriter | None = None,
     ) -> QueryResult:
         settings = self.runtime.settings
         return await self.kusto.run(
@@ -124,6 +134,9 @@ class QueryStep:
             max_rows=min(spec.max_rows or settings.max_result_rows, settings.max_result_rows_limit),
             max_bytes=min(spec.max_bytes or settings.max_result_bytes, settings.max_result_bytes_limit),
             truncate=spec.on_too_large == "truncate",
+            # The step's preview; what waits on an operation reads its first row.
+            head=max(settings.preview_rows, 1),
+            into=into,
         )
 
     def _timeout(self, spec: Any) -> float:
@@ -137,7 +150,7 @@ class QueryStep:
         pending = message.pending or {}
         if "operation_id" not in pending:
             started = await self._run(message, flow, spec, spec.command, command=True, parameters={})
-            operation_id = _operation_id(started.result)
+            operation_id = _operation_id(started)
             deadline = utcnow() + dt.timedelta(minutes=spec.timeout_minutes)
             raise StepPending(
                 {"operation_id": operation_id, "deadline": deadline.isoformat()}, spec.poll_seconds
@@ -146,7 +159,7 @@ class QueryStep:
         shown = await self._run(
             message, flow, spec, f".show operations {operation_id}", command=True, parameters={}
         )
-        rows = preview(shown.result, 1)
+        rows = preview(shown, 1)
         if not rows:
             raise KustoError(
                 f"operation {operation_id} is not known to the cluster", code=ErrorCode.ASYNC_OPERATION_FAILED
@@ -167,17 +180,17 @@ class QueryStep:
             )
         return StepOutput(
             row_count=1,
-            columns=[column.name for column in shown.result.columns],
+            columns=[column.name for column in shown.columns],
             preview=rows,
             detail={"text": spec.command, "operation": operation},
         )
 
 
-def _operation_id(result: ResultSet) -> str:
+def _operation_id(result: QueryResult) -> str:
     try:
-        index = result.column_index("OperationId")
-        return str(uuid.UUID(str(result.rows[0][index])))
-    except (KeyError, IndexError, ValueError):
+        index = [column.name for column in result.columns].index("OperationId")
+        return str(uuid.UUID(str(result.head[0][index])))
+    except (IndexError, ValueError):
         raise KustoError(
             "the async command did not answer with an OperationId", code=ErrorCode.ASYNC_OPERATION_FAILED
         ) from None

@@ -3,14 +3,13 @@
 The body is one JSON array of frames, and a DataTable frame's ``Rows`` can be
 nearly all of it. Frames other than rows are parsed whole; rows are parsed one
 at a time by the `json` module's C scanner over a buffer of the body that holds
-little more than the row being read, and handed over in batches with their
-sizes: the UTF-8 bytes of each row's JSON as it arrived, so a byte cap costs
-nothing to enforce.
+little more than the rows being read, and handed over in batches with their
+sizes (the UTF-8 bytes of each row's JSON as it arrived, so a byte cap costs
+nothing to enforce) and their JSON text as it arrived, so they can be stored
+without being encoded again.
 
-Rows are the parser's own lists, trimmed to their length, with the text of
-string-like columns (string, datetime, guid, timespan) shared between rows
-that repeat it: a few text values often fill most of a column, and a parsed
-short row otherwise takes several times the memory of its JSON.
+A batch's rows are dropped once the reader has counted, stored and perhaps
+kept a few of them: nothing here holds rows past their batch.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, Callable
 from json.scanner import make_scanner
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from aiohttp import StreamReader
 from azure.kusto.data.exceptions import (
@@ -32,15 +31,23 @@ from azure.kusto.data.exceptions import (
 
 __all__ = ["Batch", "Oversized", "ResponseStream"]
 
-#: Rows parsed together, and the byte size of each.
-Batch = tuple[list[list[Any]], list[int]]
 
-#: The C scanner: the JSON value at a position, and where it ends.
-_scan: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
+class Batch(NamedTuple):
+    """Rows parsed together, in the order they came."""
+
+    rows: list[list[Any]]
+    #: The UTF-8 bytes of each row's JSON as it arrived.
+    sizes: list[int]
+    #: The rows' JSON as it arrived, separated by commas, when a strict JSON reader reads it
+    #: back as exactly *rows*; None where it holds, or may hold, what such a reader refuses
+    #: or reads otherwise (the constants NaN and Infinity, UTF-16 surrogate escapes).
+    text: str | None
+
+
+#: The JSON texts of the constants the `json` module reads and strict JSON has not.
+_CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 _WHITESPACE = frozenset(" \t\n\r")
 _space = re.compile(r"[ \t\n\r]*")
-#: Column types whose values are JSON text (or null), so safe to share by value.
-_TEXT_TYPES = frozenset({"string", "datetime", "guid", "timespan"})
 #: How near the end of the buffer a parse failure means "more bytes needed".
 _TAIL = 8
 _PROGRESSIVE = frozenset({"TableHeader", "TableFragment", "TableCompletion", "TableProgress"})
@@ -65,7 +72,18 @@ class ResponseStream:
         self.ceiling: int | None = None
         self._in_rows = False
         self._state = _State.OPEN
-        self._shared: list[tuple[int, Any]] = []
+        #: Where the rows of the last `_parse` begin and end in the buffer.
+        self._span = (0, 0)
+        #: How many NaN and Infinity constants the scanner has read.
+        self._constants = 0
+        #: The C scanner: the JSON value at a position, and where it ends.
+        self._scan: Callable[[str, int], tuple[Any, int]] = make_scanner(
+            cast(Any, json.JSONDecoder(parse_constant=self._constant))
+        )
+
+    def _constant(self, name: str) -> float:
+        self._constants += 1
+        return _CONSTANTS[name]
 
     # -- the buffer
 
@@ -110,7 +128,7 @@ class ResponseStream:
         while True:
             text, start = self._text, self._pos
             try:
-                value, end = _scan(text, start)
+                value, end = self._scan(text, start)
             except (StopIteration, json.JSONDecodeError) as exc:
                 if self._eof or not _incomplete(exc, len(text)):
                     raise _malformed(f"malformed JSON at character {start}: {exc}") from None
@@ -141,7 +159,8 @@ class ResponseStream:
                 key = await self._value()
                 await self._expect(":")
                 if key == "Rows" and frame.get("FrameType") == "DataTable" and not yielded:
-                    self._open_rows(frame.get("Columns"))
+                    self._in_rows = True
+                    self._state = _State.OPEN
                     frame["Rows"] = self._rows()
                     yielded = True
                     yield frame
@@ -162,19 +181,10 @@ class ResponseStream:
 
     # -- rows
 
-    def _open_rows(self, columns: Any) -> None:
-        self._in_rows = True
-        self._state = _State.OPEN
-        self._shared = []
-        if isinstance(columns, list):
-            for index, column in enumerate(columns):
-                if isinstance(column, dict) and column.get("ColumnType") in _TEXT_TYPES:
-                    self._shared.append((index, {}.setdefault))
-
     async def _rows(self) -> AsyncGenerator[Batch]:
         while self._in_rows:
             batch = await self._batch()
-            if batch[0]:
+            if batch.rows:
                 yield batch
 
     async def _batch(self) -> Batch:
@@ -185,24 +195,35 @@ class ResponseStream:
         while True:
             rows: list[list[Any]] = []
             sizes: list[int] = []
-            if self._parse(rows, sizes):
-                if rows:
-                    return rows, sizes
+            constants = self._constants
+            error_next = self._parse(rows, sizes)
+            if rows:
+                return Batch(rows, sizes, self._text_of(constants))
+            if error_next:
                 # Kusto's errors in place of a row: the rows before them stand.
                 raise KustoMultiApiError([await self._value()])
-            if rows or not self._in_rows:
-                return rows, sizes
+            if not self._in_rows:
+                return Batch(rows, sizes, "")
             pending = len(self._text) - self._pos
             if self.ceiling is not None and pending > self.ceiling:
                 raise Oversized(f"a row of more than {pending:,} characters")
             await self._more(max(pending, 1))
 
+    def _text_of(self, constants: int) -> str | None:
+        """The JSON of the rows `_parse` just read, if it reads back as exactly them."""
+        if self._constants != constants:
+            return None
+        start, end = self._span
+        text = self._text[start:end]
+        return None if "\\ud" in text or "\\uD" in text else text
+
     def _parse(self, rows: list[list[Any]], sizes: list[int]) -> bool:
         """Parse the buffer's complete rows into *rows*; True if an error object comes next."""
-        text, pos, ascii_text, shared = self._text, self._pos, self._ascii, self._shared
-        scan, space, length = _scan, _space.match, len(text)
+        text, pos, ascii_text = self._text, self._pos, self._ascii
+        scan, space, length = self._scan, _space.match, len(text)
         append, measure = rows.append, sizes.append
         state = self._state
+        first = last = -1
         try:
             while True:
                 if pos >= length:
@@ -231,19 +252,16 @@ class ResponseStream:
                     return False
                 if type(row) is not list:
                     raise _malformed(f"a row is not a JSON array: {row!r:.80}")
-                try:
-                    for index, share in shared:
-                        value = row[index]
-                        row[index] = share(value, value)
-                except (IndexError, TypeError):
-                    pass  # a row that does not match its columns is kept as it came
-                append(row[:])  # the parser's list has room to grow; the copy has none
+                append(row)
                 measure(end - pos if ascii_text else len(text[pos:end].encode("utf-8")))
-                pos = end
+                if first < 0:
+                    first = pos
+                pos = last = end
                 state = _State.AFTER
         finally:
             self._pos = pos
             self._state = state
+            self._span = (first, last)
 
 
 class _State(enum.Enum):

@@ -2,7 +2,9 @@
 
 Runs the real azure-kusto-data async client, against the local Kusto endpoint
 and against a stand-in endpoint on 127.0.0.1 that answers with given v2 frames
-(recorded Kusto responses the local endpoint never produces).
+(recorded Kusto responses the local endpoint never produces). Every read streams
+its result into a folder blob store, as the query-worker does: what is stored is
+what was read, and a read that fails leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from azure.kusto.data.aio import KustoClient
 
-from common.blobs import FolderBlobStore
+from common.blobs import FolderBlobStore, artifact_key
 from common.broker import InProcessBroker
 from common.config import load_settings
 from common.connections import Connections, connection_string
@@ -28,6 +30,7 @@ from common.contracts import ErrorCode, RunContext, RunMessage, TriggerKind
 from common.errors import KustoError
 from common.flows import Flow, new_run
 from common.local_kusto import LocalKusto
+from common.results import ResultSet
 from common.runtime import Runtime
 from common.sample_data import ensure_database
 from common.topology import Topology
@@ -264,16 +267,37 @@ async def read(
     max_bytes: int = BIG,
     truncate: bool = False,
 ) -> QueryResult:
-    return await kusto.run(
-        connection=connection,
-        database="Samples",
-        text=text,
-        command=command,
-        client_request_id="adxflow;caps-test",
-        max_rows=max_rows,
-        max_bytes=max_bytes,
-        truncate=truncate,
+    """Read into a folder blob store, keeping every row in `head` too, to compare with what is stored."""
+    with tempfile.TemporaryDirectory(prefix="adxflow-caps-blobs-") as folder:
+        store = FolderBlobStore(Path(folder))
+        try:
+            async with store.writer("result.json", "application/json") as blob:
+                outcome = await kusto.run(
+                    connection=connection,
+                    database="Samples",
+                    text=text,
+                    command=command,
+                    client_request_id="adxflow;caps-test",
+                    max_rows=max_rows,
+                    max_bytes=max_bytes,
+                    truncate=truncate,
+                    head=BIG,
+                    into=blob,
+                )
+        except KustoError:
+            assert files(Path(folder)) == []
+            raise
+        stored = ResultSet.from_json_bytes(await store.get("result.json"))
+    assert stored == ResultSet(
+        columns=outcome.columns, rows=outcome.head, visualization=outcome.visualization
     )
+    assert outcome.row_count == len(outcome.head)
+    return outcome
+
+
+def files(folder: Path) -> list[str]:
+    """Every file under *folder*, a writer's temporary ones included."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
 def numbered(first: int, last: int) -> list[list[Any]]:
@@ -298,8 +322,8 @@ async def test_over_the_row_cap_the_step_fails_naming_the_cap(runner: KustoRunne
 async def test_with_truncate_exactly_max_rows_come_back_flagged(runner: KustoRunner) -> None:
     outcome = await read(runner, NUMBERED.format(n=1000), max_rows=100, truncate=True)
 
-    assert outcome.result.rows == numbered(1, 100)
-    assert [column.name for column in outcome.result.columns] == ["i", "s"]
+    assert outcome.head == numbered(1, 100)
+    assert [column.name for column in outcome.columns] == ["i", "s"]
     assert outcome.truncated is True
     assert outcome.note == "showing 100 of more rows (the step's max_rows)"
 
@@ -307,7 +331,7 @@ async def test_with_truncate_exactly_max_rows_come_back_flagged(runner: KustoRun
 async def test_a_result_of_exactly_max_rows_is_whole(runner: KustoRunner) -> None:
     outcome = await read(runner, NUMBERED.format(n=100), max_rows=100)
 
-    assert outcome.result.rows == numbered(1, 100)
+    assert outcome.head == numbered(1, 100)
     assert (outcome.truncated, outcome.note) == (False, None)
 
 
@@ -333,18 +357,18 @@ async def test_under_the_caps_the_result_is_what_the_loading_client_reads(
         await client.close()
     table = loaded.primary_results[0]
     assert (outcome.truncated, outcome.note) == (False, None)
-    assert outcome.result.rows == table.raw_rows
-    assert [(c.name, c.type) for c in outcome.result.columns] == [
+    assert outcome.head == table.raw_rows
+    assert [(c.name, c.type) for c in outcome.columns] == [
         (c.column_name, c.column_type) for c in table.columns
     ]
     if "render" in query:
-        assert outcome.result.visualization is not None
-        assert (outcome.result.visualization.kind, outcome.result.visualization.title) == (
+        assert outcome.visualization is not None
+        assert (outcome.visualization.kind, outcome.visualization.title) == (
             "piechart",
             "By state",
         )
     else:
-        assert outcome.result.visualization is None
+        assert outcome.visualization is None
 
 
 def _local(local: LocalKusto) -> Any:
@@ -366,8 +390,8 @@ async def test_the_byte_cap_trips_on_wide_rows(runner: KustoRunner) -> None:
 
     outcome = await read(runner, wide, max_bytes=cap, truncate=True)
     rows = [[i, "x" * 10000] for i in range(1, 201)]
-    kept = len(outcome.result.rows)
-    assert outcome.result.rows == rows[:kept]
+    kept = len(outcome.head)
+    assert outcome.head == rows[:kept]
     assert sum(map(row_size, rows[:kept])) <= cap < sum(map(row_size, rows[: kept + 1]))
     assert kept == 9  # rows of 10,006 bytes
     assert outcome.note == "showing 9 of more rows (the step's max_bytes, 100,000 bytes)"
@@ -390,7 +414,7 @@ async def test_the_caps_apply_to_a_control_commands_result(stand_in: StandIn) ->
     assert raised.value.code is ErrorCode.RESULT_TOO_LARGE
 
     outcome = await stand_in.run(".show tables", command=True, max_rows=2, truncate=True)
-    assert outcome.result.rows == [["A"], ["B"]]
+    assert outcome.head == [["A"], ["B"]]
     assert outcome.truncated is True
 
 
@@ -420,7 +444,7 @@ async def test_reading_stops_at_the_cap_and_lets_the_connection_go(stand_in: Sta
     stand_in.query = plenty
     outcome = await stand_in.run(max_rows=10, truncate=True)
 
-    assert outcome.result.rows == [[i, "y" * 1000] for i in range(10)]
+    assert outcome.head == [[i, "y" * 1000] for i in range(10)]
     assert outcome.truncated is True
     await asyncio.wait_for(hung_up.wait(), timeout=10)
     assert not finished.is_set()
@@ -451,8 +475,8 @@ async def test_kusto_cutting_the_result_short_is_too_large_or_truncated(
     )
 
     outcome = await stand_in.run(truncate=True)
-    assert outcome.result.rows == FIVE
-    assert [(c.name, c.type) for c in outcome.result.columns] == [("x", "long")]
+    assert outcome.head == FIVE
+    assert [(c.name, c.type) for c in outcome.columns] == [("x", "long")]
     assert outcome.truncated is True
     assert outcome.note == f"showing 5 of more rows (Kusto: {message})"
 
@@ -528,14 +552,22 @@ async def test_a_step_over_its_cap_fails_by_default(local: LocalKusto, tmp_path:
         connections=connections,
     )
     kusto = KustoRunner(connections, timeout=30)
+    message = query_message({})
+    key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
     try:
         with pytest.raises(KustoError) as raised:
-            await QueryStep(runtime, kusto).perform(query_message({}))
+            await QueryStep(runtime, kusto).perform(message)
+        left = files(tmp_path / "blobs")
         whole = await QueryStep(runtime, kusto).perform(query_message({"max_rows": 500}))
     finally:
         await kusto.close()
 
     assert raised.value.code is ErrorCode.RESULT_TOO_LARGE
     assert "more than 30 rows" in raised.value.message
+    assert left == []
     assert whole.row_count == 500
     assert (whole.detail["truncated"], whole.detail["truncation"]) == (False, None)
+    assert whole.artifacts["result"].key == key
+    stored = ResultSet.from_json_bytes(await runtime.blobs.get(key))
+    assert stored.rows == numbered(1, 500)
+    assert whole.preview == [{"i": i, "s": s} for i, s in numbered(1, settings.preview_rows)]

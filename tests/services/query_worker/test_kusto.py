@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
@@ -18,6 +17,7 @@ from common.connections import Connections
 from common.contracts import ErrorCode
 from common.errors import KustoError
 from common.local_kusto import LocalKusto
+from common.results import ResultSet
 from common.sample_data import ensure_database
 from services.query_worker.kusto import (
     KustoRunner,
@@ -59,7 +59,7 @@ async def runner(sample: tuple[Path, LocalKusto]) -> AsyncIterator[KustoRunner]:
 
 async def run(
     kusto: KustoRunner, text: str, *, command: bool = False, parameters: Parameters | None = None
-) -> Any:
+) -> ResultSet:
     read = await kusto.run(
         connection="local",
         database="Samples",
@@ -70,8 +70,9 @@ async def run(
         max_rows=500_000,
         max_bytes=64 * 2**20,
         truncate=False,
+        head=500_000,
     )
-    return read.result
+    return ResultSet(columns=read.columns, rows=read.head, visualization=read.visualization)
 
 
 def test_parameter_values_travel_as_kusto_literals() -> None:

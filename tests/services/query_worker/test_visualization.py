@@ -20,7 +20,7 @@ from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.response import KustoResponseDataSetV2
 
 from common.local_kusto import LocalKusto
-from common.results import Visualization
+from common.results import ResultSet, Visualization
 from common.sample_data import write_database
 from services.query_worker.reading import ResultReader, _visualization, _visualization_of
 from services.render.chart import from_query, render_chart
@@ -74,10 +74,11 @@ def test_stacked100_accumulate_limits_and_hidden_legend_are_read() -> None:
     assert visualization.y_title == "Share of events"
 
 
-def test_the_read_result_draws_the_chart_the_query_asked_for() -> None:
-    reader = ResultReader(max_rows=1000, max_bytes=2**20)
-    reader.read_loaded(response("render_columnchart_stacked.json"))
-    result = reader.outcome(truncate=False).result
+async def test_the_read_result_draws_the_chart_the_query_asked_for() -> None:
+    reader = ResultReader(max_rows=1000, max_bytes=2**20, head=1000)
+    await reader.read_loaded(response("render_columnchart_stacked.json"))
+    read = await reader.finish(truncate=False)
+    result = ResultSet(columns=read.columns, rows=read.head, visualization=read.visualization)
 
     kind, note = from_query(result.visualization)
     assert kind is not None
@@ -176,9 +177,10 @@ async def test_a_query_render_is_drawn_as_asked(client: KustoClient, kusto: Loca
         "StormEvents | summarize Events=count() by State, EventType"
         " | render barchart with (kind=stacked, ytitle='Storm events')"
     )
-    reader = ResultReader(max_rows=10_000, max_bytes=2**24)
-    reader.read_loaded(await client.execute(kusto.database, query))
-    result = reader.outcome(truncate=False).result
+    reader = ResultReader(max_rows=10_000, max_bytes=2**24, head=10_000)
+    await reader.read_loaded(await client.execute(kusto.database, query))
+    read = await reader.finish(truncate=False)
+    result = ResultSet(columns=read.columns, rows=read.head, visualization=read.visualization)
 
     kind, _ = from_query(result.visualization)
     assert kind == "stackedbarchart"

@@ -17,7 +17,7 @@ from azure.kusto.data.exceptions import (
     KustoUnsupportedApiError,
 )
 
-from services.query_worker.wire import Oversized, ResponseStream
+from services.query_worker.wire import Batch, Oversized, ResponseStream
 
 SHARED = Path("/work/shared/fixtures/kusto-v2")
 RECORDED = [
@@ -95,8 +95,8 @@ async def read_rows(stream: ResponseStream, rows: list[Any]) -> None:
     """Every row of every table into *rows*, as far as the stream gets."""
     async for frame in stream.frames():
         if frame["FrameType"] == "DataTable":
-            async for batch, _ in frame["Rows"]:
-                rows.extend(batch)
+            async for batch in frame["Rows"]:
+                rows.extend(batch.rows)
 
 
 async def parsed(stream: ResponseStream) -> tuple[list[dict[str, Any]], list[int]]:
@@ -105,9 +105,9 @@ async def parsed(stream: ResponseStream) -> tuple[list[dict[str, Any]], list[int
     async for frame in stream.frames():
         if frame["FrameType"] == "DataTable":
             rows: list[Any] = []
-            async for batch, measured in frame["Rows"]:
-                rows.extend(batch)
-                sizes.extend(measured)
+            async for batch in frame["Rows"]:
+                rows.extend(batch.rows)
+                sizes.extend(batch.sizes)
             frame = {**frame, "Rows": rows}
         frames.append(frame)
     return frames, sizes
@@ -135,12 +135,54 @@ async def test_a_rows_size_is_the_utf8_bytes_of_its_json(serve: Open, chunk: int
     assert sizes == [len(compact(row)) for row in rows]
 
 
-async def test_text_repeated_down_a_column_is_one_object(serve: Open) -> None:
-    rows = [["TEXAS", i] for i in range(3)]
-    frames, _ = await parsed(await serve(compact([HEADER, table(rows), COMPLETION]), 3))
+async def batches(stream: ResponseStream) -> list[Batch]:
+    """Every batch of rows of every table."""
+    found = []
+    async for frame in stream.frames():
+        if frame["FrameType"] == "DataTable":
+            found.extend([batch async for batch in frame["Rows"]])
+    return found
 
-    first, *others = frames[1]["Rows"]
-    assert all(row[0] is first[0] for row in others)
+
+@pytest.mark.parametrize(("name", "body"), RECORDED)
+@pytest.mark.parametrize("chunk", [1, 7, 2**16])
+async def test_a_batchs_text_is_its_rows_as_sent(serve: Open, name: str, body: bytes, chunk: int) -> None:
+    for batch in await batches(await serve(body, chunk)):
+        assert batch.text is not None
+        assert batch.text in body.decode()
+        assert json.loads(f"[{batch.text}]") == batch.rows
+
+
+async def test_rows_as_sent_keep_their_spacing_and_escapes(serve: Open) -> None:
+    sent = '[ "é ünïcödé ✓" ,1 ] ,\r\n["\\u00e9\\/\\"q\\"",2]'
+    body = compact([HEADER, table([]), COMPLETION]).replace(b'"Rows":[]', f'"Rows":[{sent}]'.encode())
+
+    [batch] = await batches(await serve(body))
+
+    assert batch.text == sent
+    assert batch.rows == [["é ünïcödé ✓", 1], ['é/"q"', 2]]
+    assert batch.sizes == [len('[ "é ünïcödé ✓" ,1 ]'.encode()), len('["\\u00e9\\/\\"q\\"",2]')]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param('["a",NaN]', id="NaN"),
+        pytest.param('["a",Infinity]', id="Infinity"),
+        pytest.param('["a",-Infinity]', id="minus-Infinity"),
+        pytest.param('["\\ud83d\\ude00",1]', id="surrogate-pair"),
+        pytest.param('["\\uD800",1]', id="lone-surrogate"),
+    ],
+)
+async def test_rows_a_strict_json_reader_reads_otherwise_come_without_their_text(
+    serve: Open, row: str
+) -> None:
+    body = compact([HEADER, table([]), COMPLETION]).replace(b'"Rows":[]', f'"Rows":[["b",1],{row}]'.encode())
+
+    [batch] = await batches(await serve(body))
+
+    assert batch.text is None
+    assert len(batch.rows) == 2
 
 
 async def test_rows_left_unread_are_read_past(serve: Open) -> None:
