@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
@@ -62,20 +63,10 @@ async def _until_stopped() -> None:
 
 
 def _service_context(name: str, runtime: Runtime) -> AbstractAsyncContextManager[Any]:
-    from services.history import service as history
-    from services.notifier import service as notifier
-    from services.query_worker import service as query_worker
-    from services.render import service as render
-    from services.trigger import service as trigger
-
-    modules: dict[str, Callable[[Runtime], AbstractAsyncContextManager[Any]]] = {
-        "trigger": trigger.running,
-        "query_worker": query_worker.running,
-        "render": render.running,
-        "notifier": notifier.running,
-        "history": history.running,
-    }
-    return modules[name](runtime)
+    # Only the named service is imported: a worker alone never loads the others' libraries.
+    module = importlib.import_module(f"services.{name}.service")
+    running: Callable[[Runtime], AbstractAsyncContextManager[Any]] = module.running
+    return running(runtime)
 
 
 async def serve(name: str, settings: Settings) -> None:
