@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -111,21 +111,27 @@ class RenderStep:
             cut = escape(str(query.detail.get("truncation") or "the result was cut short"))
             body += f'\n<p style="font-size:13px;color:#9a6700;margin:6px 0 0 0">{cut}</p>'
 
-        artifacts = {
-            "body_html": await put("body.html", body.encode(), _HTML),
-            "text": await put("table.txt", rendered.text.encode(), "text/plain; charset=utf-8"),
+        stored: dict[str, Awaitable[BlobRef]] = {
+            "body_html": put("body.html", body.encode(), _HTML),
+            "text": put("table.txt", rendered.text.encode(), "text/plain; charset=utf-8"),
             # Streamed: the CSV of a big result is never whole in memory.
-            "csv": await store_csv(result, self.runtime.blobs, key("result.csv")),
+            "csv": store_csv(result, self.runtime.blobs, key("result.csv")),
         }
         if rendered.table_html:
-            artifacts["table_html"] = await put("table.html", rendered.table_html.encode(), _HTML)
+            stored["table_html"] = put("table.html", rendered.table_html.encode(), _HTML)
         detail: dict[str, object] = {"chart": spec.chart.value, "drawn_as": rendered.drawn_as, "why": note}
         if table_rows < result.row_count:
             detail["table_rows"] = f"{table_rows:,} of {result.row_count:,} in the table; all in the CSV"
         if rendered.chart is not None:
-            artifacts["chart_svg"] = await put("chart.svg", rendered.chart.svg, "image/svg+xml")
-            artifacts["chart_png"] = await put("chart.png", rendered.chart.png, "image/png")
+            stored["chart_svg"] = put("chart.svg", rendered.chart.svg, "image/svg+xml")
+            stored["chart_png"] = put("chart.png", rendered.chart.png, "image/png")
             detail["columns_used"] = rendered.chart.columns_used
+        # The artifacts are written at once; a redelivery writes them again under the same keys.
+        refs = await asyncio.gather(*stored.values(), return_exceptions=True)
+        for ref in refs:
+            if isinstance(ref, BaseException):
+                raise ref
+        artifacts = {name: ref for name, ref in zip(stored, refs, strict=True) if isinstance(ref, BlobRef)}
         return StepOutput(row_count=result.row_count, artifacts=artifacts, detail=detail)
 
 
