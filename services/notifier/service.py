@@ -52,7 +52,7 @@ from common.runtime import Runtime
 from common.steps import RetryPolicy, StepPending, StepWorker
 from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
 from common.webhooks import WebhookPolicy, WebhookRefused, policy_for
-from services.notifier.budget import Chart, File, Packer
+from services.notifier.budget import Chart, File, Packed, Packer
 from services.notifier.email import Email, build_email, sender_address
 from services.notifier.ledger import Claim, Ledger
 from services.notifier.payloads import payload, summarize
@@ -138,25 +138,39 @@ class NotifyStep:
                     skipped += 1
                     continue
             item = _item(index, message.resend)
-            claim, recorded = await self.ledger.claim(message.run_id, message.step_id, item, lease=self.lease)
-            if claim is not Claim.SENT and isinstance(spec, SendEmail):
-                # Sent, but the ledger could not be told (its database was away): the
-                # kept copy of the email is the proof.
-                kept = await self._kept_email(message, index)
-                if kept is not None:
-                    recorded = {"email": kept.model_dump()}
-                    await self.ledger.sent(message.run_id, message.step_id, item, recorded)
-                    claim = Claim.SENT
-            if claim is Claim.BUSY:
-                # Another delivery of this message is sending it right now: look again later.
-                raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
-            if claim is Claim.MINE:
-                # Shielded: a delivery whose message is taken away mid-send (a dropped
-                # broker connection cancels its handler) still finishes and is recorded,
-                # so the redelivered copy finds it sent instead of sending it again.
-                recorded = await asyncio.shield(self._deliver(message, flow, spec, context, index, item))
-            else:
-                log.info("already delivered on an earlier delivery", item=item)
+            # The email is composed while the ledger is asked: it is sent only if the claim is ours.
+            packing = (
+                asyncio.ensure_future(self._pack(message, flow, spec, context, index))
+                if isinstance(spec, SendEmail)
+                else None
+            )
+            try:
+                claim, recorded = await self.ledger.claim(
+                    message.run_id, message.step_id, item, lease=self.lease
+                )
+                if claim is not Claim.SENT and isinstance(spec, SendEmail):
+                    # Sent, but the ledger could not be told (its database was away): the
+                    # kept copy of the email is the proof.
+                    kept = await self._kept_email(message, index)
+                    if kept is not None:
+                        recorded = {"email": kept.model_dump()}
+                        await self.ledger.sent(message.run_id, message.step_id, item, recorded)
+                        claim = Claim.SENT
+                if claim is Claim.BUSY:
+                    # Another delivery of this message is sending it right now: look again later.
+                    raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
+                if claim is Claim.MINE:
+                    # Shielded: a delivery whose message is taken away mid-send (a dropped
+                    # broker connection cancels its handler) still finishes and is recorded,
+                    # so the redelivered copy finds it sent instead of sending it again.
+                    delivery = self._deliver(message, flow, spec, context, index, item, packing)
+                    packing = None  # the delivery owns it now
+                    recorded = await asyncio.shield(delivery)
+                else:
+                    log.info("already delivered on an earlier delivery", item=item)
+            finally:
+                if packing is not None:
+                    _abandon(packing)
             if "email" in recorded:
                 artifacts[f"email_{index}" if index is not None else "email"] = BlobRef(**recorded["email"])
             if "packing" in recorded:
@@ -180,12 +194,14 @@ class NotifyStep:
         context: dict[str, Any],
         index: int | None,
         item: str,
+        packing: asyncio.Future[Packed] | None,
     ) -> dict[str, Any]:
-        """Send one delivery this worker claimed, and record it in the ledger."""
+        """Send one delivery this worker claimed (an email as *packing* packs it); record it in the ledger."""
         try:
             if isinstance(spec, SendEmail):
-                ref, packing = await self._email(message, flow, spec, context, index)
-                recorded: dict[str, Any] = {"email": ref.model_dump(), "packing": packing}
+                assert packing is not None
+                ref, packing_detail = await self._email(message, spec, index, await packing)
+                recorded: dict[str, Any] = {"email": ref.model_dump(), "packing": packing_detail}
             else:
                 recorded = {"status": await self._webhook(message, flow, spec, context, index)}
         except (DeliveryError, TemplateError, ConfigurationError, ValueError):
@@ -267,13 +283,12 @@ class NotifyStep:
                 )
         return str(Markup("\n").join(sections)) or str(escape(flow.description or flow.name))
 
-    async def _email(
+    async def _pack(
         self, message: RunMessage, flow: Flow, spec: SendEmail, context: dict[str, Any], index: int | None
-    ) -> tuple[BlobRef, dict[str, Any]]:
-        """Send one email; return the kept copy and what was done to keep it within the budget."""
+    ) -> Packed:
+        """Compose one email and fit it within the budget; nothing is sent yet."""
         blobs = self.runtime.blobs
         settings = self.runtime.settings
-        key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
         subject = render_text(spec.subject, context, field=f"steps.{spec.id}.subject").strip()
         if "\r" in subject or "\n" in subject:
             raise TemplateError(f"steps.{spec.id}.subject: renders to more than one line")
@@ -325,11 +340,19 @@ class NotifyStep:
         packed = await packer.pack(mail, files, charts, zip_attachments=spec.zip_attachments)
         if packed.detail.get("attachments") not in (None, "attached"):
             log.info("email packed to fit its budget", **packed.detail)
+        return packed
+
+    async def _email(
+        self, message: RunMessage, spec: SendEmail, index: int | None, packed: Packed
+    ) -> tuple[BlobRef, dict[str, Any]]:
+        """Send one email; return the kept copy and what was done to keep it within the budget."""
+        settings = self.runtime.settings
+        key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
         await send_email(
             packed.message, settings, data=packed.data, extra_recipients=list(spec.bcc), connections=self.smtp
         )
         metrics.EMAILS_SENT.inc()
-        return await blobs.put(key, packed.data, "message/rfc822"), packed.detail
+        return await self.runtime.blobs.put(key, packed.data, "message/rfc822"), packed.detail
 
     async def _webhook(
         self,
@@ -366,6 +389,12 @@ class NotifyStep:
         )
         metrics.WEBHOOKS_POSTED.inc()
         return status
+
+
+def _abandon(packing: asyncio.Future[Packed]) -> None:
+    """Stop composing an email that will not be sent; how that ended is of no interest."""
+    packing.cancel()
+    packing.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _furthest_packing(packings: list[dict[str, Any]]) -> dict[str, Any]:
