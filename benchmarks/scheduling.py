@@ -4,11 +4,17 @@ The trigger runs as one ``adxflow serve trigger`` process on a fresh RabbitMQ na
 PostgreSQL database, with nothing consuming the queues its runs go to. The flows (each a
 ``run_query`` step on ``every: 1m``) are written into that database directly through the
 trigger's ``FlowStore`` (``save``, 8 at a time), not through the API, before the trigger
-starts (which then reads them, and every second again). This process consumes the query queue, where the
-trigger publishes each run's first step, and notes when each run arrives and which slot it
+starts. The trigger loads them once, then every second only checks whether any flow changed,
+and sleeps until the instant the next slot is due. At the slot it claims the due slots in
+batches (one multi-row insert each, several batches at a time) and starts every run of a
+batch at once, each with two confirmed publishes: the trigger step's status event, which
+carries the run, then the run itself to its first step. This process consumes the query
+queue, where that second message arrives, and notes when each run arrives and which slot it
 is for. Lateness is arrival minus slot time, for the first slot after the last flow was
 written. The trigger's CPU is its process's user plus system time over the minute that
-starts at that slot.
+starts at that slot. From the slot until the last run arrived, the machine's CPU is the share
+of all its cores busy, and the time they spent busy in all (RabbitMQ and PostgreSQL included),
+beside the trigger's and this process's own.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import contextlib
 import datetime as dt
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.figures import Section, Target, percentile
@@ -74,6 +82,36 @@ async def _until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.time()))
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds used since boot: by every core busy and in all, by the trigger, by this process."""
+
+    busy: float
+    total: float
+    trigger: float
+    consumer: float
+
+    @classmethod
+    def now(cls, trigger_pid: int) -> Cpu:
+        ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = ticks[3] + ticks[4]
+        per_second = os.sysconf("SC_CLK_TCK")
+        return cls(
+            (sum(ticks) - idle) / per_second,
+            sum(ticks) / per_second,
+            cpu_seconds(trigger_pid),
+            time.process_time(),
+        )
+
+    def __sub__(self, earlier: Cpu) -> Cpu:
+        return Cpu(
+            self.busy - earlier.busy,
+            self.total - earlier.total,
+            self.trigger - earlier.trigger,
+            self.consumer - earlier.consumer,
+        )
+
+
 async def run(section: Section, workdir: Path, *, quick: bool) -> None:
     count = 20 if quick else 10_000
     interval = 5 if quick else 60
@@ -81,6 +119,9 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
     arrivals: dict[float, list[float]] = defaultdict(list)
     #: Set once every flow has fired for the slot.
     complete: dict[float, asyncio.Event] = defaultdict(asyncio.Event)
+    #: CPU used when the last run of each slot arrived.
+    cpu_at_last: dict[float, Cpu] = {}
+    trigger_pid = 0
 
     async def arrived(delivery: Delivery) -> None:
         at = time.time()
@@ -88,6 +129,7 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
         slot = dt.datetime.fromisoformat(scheduled.replace("Z", "+00:00")).timestamp()
         arrivals[slot].append(at)
         if len(arrivals[slot]) == count:
+            cpu_at_last[slot] = Cpu.now(trigger_pid)
             complete[slot].set()
 
     connections = workdir / "connections.yaml"
@@ -119,12 +161,13 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
             anchor = dt.datetime.fromtimestamp(upcoming, dt.UTC)
         writing = await insert(database_url, count, every, anchor)
         await trigger.start(("trigger",))
+        trigger_pid = trigger.pid("trigger")
         # The first slot the flows fire once the trigger runs.
         slot = (math.floor(max(time.time(), upcoming if anchor else 0) / interval) + 1) * interval
         await _until(slot)
-        before = cpu_seconds(trigger.pid("trigger"))
+        at_slot = Cpu.now(trigger_pid)
         await _until(slot + interval)
-        used = cpu_seconds(trigger.pid("trigger")) - before
+        used = cpu_seconds(trigger_pid) - at_slot.trigger
         fired_in_time = len(arrivals[slot])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(complete[slot].wait(), 5 if quick else 60)
@@ -139,11 +182,20 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
         section.add("firing lateness p50", "s", [percentile(late, 50)])
         section.add("firing lateness p99", "s", [percentile(late, 99)], Target(1.0))
         section.add("firing lateness max", "s", [late[-1]])
+        section.add("runs fired a second, from the slot to the last run", "runs/s", [len(late) / late[-1]])
     section.add(f"trigger CPU time over the {interval} s from the slot", "s", [used])
     section.add("trigger CPU use over that time", "% of a core", [used / interval * 100])
+    if slot in cpu_at_last:
+        burst = cpu_at_last[slot] - at_slot
+        busy = burst.busy / burst.total * 100
+        section.add("machine CPU busy from the slot to the last run", "% of all cores", [busy])
+        section.add("CPU time from the slot to the last run, every process", "s", [burst.busy])
+        section.add("of which the trigger's", "s", [burst.trigger])
+        section.add("of which this process's, consuming the runs", "s", [burst.consumer])
     section.notes.append(
         f"{count:,} flows on `every: {every}`; one slot observed, so each figure has one run. "
-        f"The scheduler polls every second (`ADXFLOW_SCHEDULER_POLL_SECONDS`, default 1)."
+        "The scheduler wakes at the slot; it looks for changed flows every second "
+        "(`ADXFLOW_SCHEDULER_POLL_SECONDS`, default 1)."
     )
 
 

@@ -14,12 +14,13 @@ from common.broker import BrokerError
 from common.contracts import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
 from common.flows import Flow
 from common.http import bearer_auth, error_body, health_routes, read_document, validation_error
+from common.logs import run_context
 from common.runtime import Runtime
 from common.webhooks import WebhookPolicy
 from services.trigger import openapi
-from services.trigger.launcher import launch
-from services.trigger.scheduler import schedule_of
+from services.trigger.launcher import RunTemplate, launch
 from services.trigger.store import FlowExists, FlowStore, StoredFlow
+from services.trigger.timetable import schedule_of
 from services.trigger.validation import FlowInvalid, check_flow
 
 log = structlog.get_logger(__name__)
@@ -42,9 +43,9 @@ class TriggerApi:
         return web.json_response(body, status=202, headers={"Location": location})
 
     async def _start(self, flow: Flow, context: RunContext, run_id: str) -> web.Response | None:
-        with structlog.contextvars.bound_contextvars(run_id=run_id, flow=flow.name, service="trigger"):
+        with run_context(run_id, "trigger", 1, flow=flow.name, service="trigger"):
             try:
-                await launch(self.runtime.broker, flow, context, run_id)
+                await launch(self.runtime.broker, RunTemplate.of(flow), context, run_id)
             except BrokerError as exc:
                 log.error("could not start run", error=str(exc))
                 return error_body(503, "the broker did not accept the run; try again", code="Unavailable")

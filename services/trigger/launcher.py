@@ -1,21 +1,25 @@
 """Starting a run: the trigger step of every routing slip.
 
-The run's first status event carries what history needs to list it; the slip
-then goes to the first step. Runs of a scheduled slot or of a chained parent
-get a run id derived from that slot, so a repeated attempt to start the same
-run is recognisably the same run everywhere downstream.
+The trigger step does nothing but start the run, so it reports once: one
+``succeeded`` event that also carries what history needs to list the run.
+The slip then goes to the first step, only after the broker confirmed that
+event, so history hears of the run before any later step of it reports.
+Runs of a scheduled slot or of a chained parent get a run id derived from
+that slot, so a repeated attempt to start the same run is recognisably the
+same run everywhere downstream.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from common.broker import Broker
-from common.contracts import RunContext, RunMessage, StepOutput, StepStatus
-from common.flows import Flow, new_run
-from common.logs import run_context
+from common.contracts import RunContext, RunMessage, Step, StepOutput, StepStatus, utcnow
+from common.flows import Flow, itinerary
 from common.steps import emit, forward
 
 log = structlog.get_logger(__name__)
@@ -28,14 +32,40 @@ def slot_run_id(flow: str, slot: str) -> str:
     return uuid.uuid5(_RUN_IDS, f"{flow}\n{slot}").hex
 
 
-async def launch(broker: Broker, flow: Flow, context: RunContext, run_id: str) -> RunMessage:
-    """Publish the run's start; raises BrokerError if the broker did not take it."""
-    message = new_run(flow, context, run_id)
-    with run_context(message.run_id, message.step_id, message.attempt, flow=flow.name, service="trigger"):
-        started = message.submitted_at
-        await emit(broker, message, StepStatus.RUNNING, started_at=started, with_run=True)
-        output = StepOutput(detail={"trigger": context.trigger.value})
-        await forward(broker, message, output)
-        await emit(broker, message, StepStatus.SUCCEEDED, started_at=started, output=output)
-        log.info("run started", trigger=context.trigger.value)
+@dataclass(frozen=True)
+class RunTemplate:
+    """What every run of one version of a flow starts from, worked out once for all of them."""
+
+    flow: Flow
+    document: dict[str, Any]
+    itinerary: list[Step]
+
+    @classmethod
+    def of(cls, flow: Flow) -> RunTemplate:
+        return cls(flow, flow.model_dump(mode="json", exclude_none=True), itinerary(flow))
+
+    def new_run(self, context: RunContext, run_id: str) -> RunMessage:
+        """A run of the flow, at its trigger step."""
+        return RunMessage(
+            run_id=run_id,
+            step_id="trigger",
+            submitted_at=utcnow(),
+            flow=self.document,
+            context=context,
+            itinerary=self.itinerary,
+        )
+
+
+async def launch(broker: Broker, template: RunTemplate, context: RunContext, run_id: str) -> RunMessage:
+    """Publish the run's start; raises BrokerError if the broker did not take it.
+
+    The caller binds the run to its log lines (:func:`~common.logs.run_context`), as it
+    sees fit: a scheduler starting thousands of runs at once binds it more cheaply.
+    """
+    message = template.new_run(context, run_id)
+    output = StepOutput(detail={"trigger": context.trigger.value})
+    started = message.submitted_at
+    await emit(broker, message, StepStatus.SUCCEEDED, started_at=started, output=output, with_run=True)
+    await forward(broker, message, output)
+    log.info("run started", trigger=context.trigger.value)
     return message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,7 +28,12 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         await runtime.broker.consume(
             runtime.broker.topology.run_completed_queue, chainer.on_completed, prefetch=1
         )
-        scheduler = Scheduler(store, runtime.broker, poll_seconds=settings.scheduler_poll_seconds)
+        scheduler = Scheduler(
+            store,
+            runtime.broker,
+            poll_seconds=settings.scheduler_poll_seconds,
+            keep_chained=dt.timedelta(days=settings.retention_days),
+        )
         scheduler_task = asyncio.create_task(scheduler.run(stop))
         app = create_app(runtime, store, policy_for(runtime.connections, runtime.settings))
         async with HttpServer(app, settings.trigger_host, settings.trigger_port) as server:

@@ -2,20 +2,29 @@
 
 Several trigger replicas share this store. Firing a slot is claiming a row
 whose primary key is ``(flow, slot)``: the first replica's insert wins, the
-other's conflicts and fires nothing. The claim is committed only after the
-run was handed to the broker, so a replica that dies in between leaves the
-slot free for the next tick.
+other's conflicts and fires nothing. Slots are claimed in batches, and a
+batch's claim is committed only after its runs were handed to the broker,
+without the slots whose run the broker refused; a replica that dies in
+between leaves the whole batch free for the next replica that looks.
+
+A fired slot's row is what keeps a second replica from firing it again, and
+the latest one per flow is what a scheduler starting up resumes from; the
+rest are forgotten after a while (:meth:`FlowStore.forget_slots`), so the
+table holds about a day of slots rather than every slot ever fired. Every
+change to a flow also moves one revision number, so that a scheduler learns
+with one small read that it has nothing to load again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.contracts import utcnow
 from common.database import SqlStore, insert_ignore
@@ -47,6 +56,16 @@ fired = sa.Table(
     sa.Column("slot", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("fired_at", UtcDateTime, nullable=False),
+    sa.Index("ix_flow_slots_fired_at", "fired_at"),
+)
+
+#: One row whose revision goes up with every change to ``flows``, in the same transaction: a
+#: scheduler reads it to learn whether anything changed since it last looked.
+changes = sa.Table(
+    "flow_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
 )
 
 idempotency = sa.Table(
@@ -57,6 +76,11 @@ idempotency = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+#: Chained runs' slots start with this; every other slot is a scheduled instant.
+CHAINED = "after:"
+#: How many flows or slots one statement names at most.
+_CHUNK = 500
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -95,10 +119,82 @@ def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     )
 
 
+@dataclass(frozen=True)
+class Signature:
+    """What changes whenever a flow is saved, or deleted and created again: tells a cached copy is stale."""
+
+    version: int
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    flow: str
+    #: A scheduled instant as :func:`~services.trigger.scheduler.slot_key` writes it, or ``after:<run id>``.
+    slot: str
+    run_id: str
+
+
+@dataclass
+class Claimed:
+    """The slots of a batch this caller won; those it releases before the batch ends stay free."""
+
+    won: frozenset[tuple[str, str]]
+    released: set[tuple[str, str]] = field(default_factory=set)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.won
+
+    def release(self, flow: str, slot: str) -> None:
+        """Give back a slot this batch won (its run could not be started)."""
+        if (flow, slot) not in self.won:
+            raise KeyError(f"slot {slot!r} of flow {flow!r} was not won by this batch")
+        self.released.add((flow, slot))
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _scheduled_slot() -> sa.ColumnElement[bool]:
+    return ~fired.c.slot.startswith(CHAINED, autoescape=True)
+
+
+def _last_slot() -> sa.ScalarSelect[Any]:
+    """The flow's latest scheduled slot fired, found through the primary key's index, not by a scan."""
+    return (
+        sa.select(fired.c.slot)
+        .where((fired.c.flow == flows.c.name) & _scheduled_slot())
+        .order_by(fired.c.slot.desc())
+        .limit(1)
+        .correlate(flows)
+        .scalar_subquery()
+    )
+
+
+_SCHEDULED = flows.c.enabled.is_(True) & flows.c.trigger_kind.in_(("cron", "every"))
+
+
 class FlowStore(SqlStore):
     metadata = metadata
 
+    async def create_schema(self) -> None:
+        await super().create_schema()
+        async with self.engine.begin() as conn:
+            await conn.execute(insert_ignore(conn, changes).values(id=1, revision=0))
+
     # -- flows -------------------------------------------------------------
+
+    async def revision(self) -> int:
+        """A number that went up if any flow was created, changed or deleted since it was last read."""
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(sa.select(changes.c.revision))).scalar_one())
+
+    @staticmethod
+    async def _changed(conn: AsyncConnection) -> None:
+        # Last in its transaction: concurrent writers queue on this row only until they commit.
+        await conn.execute(changes.update().values(revision=changes.c.revision + 1))
 
     async def save(
         self, flow: Flow, *, create_only: bool = False, now: dt.datetime | None = None
@@ -135,6 +231,7 @@ class FlowStore(SqlStore):
                 )
                 created = False
             row = (await conn.execute(sa.select(flows).where(flows.c.name == flow.name))).one()
+            await self._changed(conn)
         return _stored(row), created
 
     async def get(self, name: str) -> StoredFlow | None:
@@ -152,26 +249,32 @@ class FlowStore(SqlStore):
             await conn.execute(fired.delete().where(fired.c.flow == name))
             await conn.execute(idempotency.delete().where(idempotency.c.flow == name))
             deleted = await conn.execute(flows.delete().where(flows.c.name == name))
+            if deleted.rowcount:
+                await self._changed(conn)
         return bool(deleted.rowcount)
 
-    async def scheduled(self) -> list[StoredFlow]:
-        """Enabled flows with a cron or every trigger, each with its latest fired slot."""
-        latest = (
-            sa.select(fired.c.flow, sa.func.max(fired.c.slot).label("last_slot"))
-            .where(~fired.c.slot.like("after:%"))
-            .group_by(fired.c.flow)
-            .subquery()
-        )
-        query = (
-            sa.select(flows, latest.c.last_slot)
-            .select_from(flows.outerjoin(latest, latest.c.flow == flows.c.name))
-            .where(flows.c.enabled.is_(True) & flows.c.trigger_kind.in_(("cron", "every")))
-        )
+    async def signatures(self) -> dict[str, Signature]:
+        """Each enabled flow with a cron or every trigger, by name: what tells whether it changed."""
+        query = sa.select(flows.c.name, flows.c.version, flows.c.updated_at).where(_SCHEDULED)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            _stored(row, dt.datetime.fromisoformat(row.last_slot) if row.last_slot else None) for row in rows
-        ]
+        return {row.name: Signature(row.version, _utc(row.updated_at)) for row in rows}
+
+    async def scheduled(self, names: Collection[str] | None = None) -> list[StoredFlow]:
+        """Enabled flows with a cron or every trigger (of *names* only, if given), with their latest slot."""
+        query = sa.select(flows, _last_slot().label("last_slot")).where(_SCHEDULED)
+        if names is None:
+            batches: list[Sequence[str] | None] = [None]
+        else:
+            batches = list(_chunks(sorted(names)))
+        found: list[StoredFlow] = []
+        async with self.engine.connect() as conn:
+            for batch in batches:
+                selected = query if batch is None else query.where(flows.c.name.in_(batch))
+                for row in (await conn.execute(selected)).all():
+                    last = dt.datetime.fromisoformat(row.last_slot) if row.last_slot else None
+                    found.append(_stored(row, last))
+        return found
 
     async def followers(self, parent: str) -> list[StoredFlow]:
         """Enabled flows chained after *parent*."""
@@ -183,17 +286,59 @@ class FlowStore(SqlStore):
     # -- firing ------------------------------------------------------------
 
     @asynccontextmanager
-    async def claim(self, flow: str, slot: str, run_id: str) -> AsyncIterator[bool]:
-        """Claim *slot* of *flow* for *run_id*: yields whether this caller won it.
+    async def claim(self, claims: Collection[SlotClaim]) -> AsyncIterator[Claimed]:
+        """Claim a batch of slots at once: yields the ones this caller won.
 
-        The claim commits when the block exits normally and rolls back when it
-        raises, so a run that could not be started leaves the slot free.
+        ``INSERT ... ON CONFLICT DO NOTHING ... RETURNING``, a few hundred rows
+        a statement, in one transaction that commits when the block exits normally,
+        less the slots the block released, and rolls back entirely when it
+        raises. A replica claiming the same slots meanwhile waits for that
+        outcome, then wins exactly the slots left free. Every batch inserts in
+        the same (flow, slot) order, so two replicas' batches never deadlock.
         """
+        if not claims:
+            yield Claimed(frozenset())
+            return
+        fired_at = utcnow()
+        rows = [
+            {"flow": claim.flow, "slot": claim.slot, "run_id": claim.run_id, "fired_at": fired_at}
+            for claim in sorted(claims, key=lambda claim: (claim.flow, claim.slot))
+        ]
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                insert_ignore(conn, fired).values(flow=flow, slot=slot, run_id=run_id, fired_at=utcnow())
+            # Executed for many rows, SQLAlchemy sends them as multi-row statements in this order.
+            claiming = insert_ignore(conn, fired).returning(fired.c.flow, fired.c.slot)
+            inserted = await conn.execute(claiming, rows)
+            claimed = Claimed(frozenset((row.flow, row.slot) for row in inserted))
+            yield claimed
+            for released in _chunks(sorted(claimed.released)):
+                await conn.execute(
+                    fired.delete().where(sa.tuple_(fired.c.flow, fired.c.slot).in_(list(released)))
+                )
+
+    async def forget_slots(self, *, scheduled_before: dt.datetime, chained_before: dt.datetime) -> int:
+        """Delete fired slots no replica will claim again; returns how many went.
+
+        A scheduled slot fired before *scheduled_before* goes unless it is its
+        flow's latest (where a scheduler starting up resumes from). A chained
+        run's slot goes once its parent run is past *chained_before*: history
+        no longer has that run, so it can neither end again nor be re-run.
+        """
+        newer = fired.alias("newer")
+        superseded = sa.exists().where(
+            (newer.c.flow == fired.c.flow)
+            & (newer.c.slot > fired.c.slot)
+            & ~newer.c.slot.startswith(CHAINED, autoescape=True)
+        )
+        async with self.engine.begin() as conn:
+            scheduled = await conn.execute(
+                fired.delete().where((fired.c.fired_at < scheduled_before) & _scheduled_slot() & superseded)
             )
-            yield bool(result.rowcount)
+            chained = await conn.execute(
+                fired.delete().where(
+                    (fired.c.fired_at < chained_before) & fired.c.slot.startswith(CHAINED, autoescape=True)
+                )
+            )
+        return int(scheduled.rowcount or 0) + int(chained.rowcount or 0)
 
     @asynccontextmanager
     async def request(self, flow: str, key: str, run_id: str) -> AsyncIterator[tuple[str, bool]]:

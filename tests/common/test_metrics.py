@@ -134,7 +134,8 @@ async def test_the_scheduler_observes_how_late_it_fired_a_slot(
 
     assert len(fired) == 1
     assert sample("adxflow_scheduler_lateness_seconds_count") == count + 1
-    assert sample("adxflow_scheduler_lateness_seconds_sum") == pytest.approx(total + 3)
+    # Three seconds late when the scheduler took the slot up, plus the moment starting the run took.
+    assert sample("adxflow_scheduler_lateness_seconds_sum") == pytest.approx(total + 3, abs=0.5)
 
 
 def test_no_metric_is_labelled_with_an_unbounded_value() -> None:

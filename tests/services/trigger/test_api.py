@@ -93,8 +93,12 @@ async def test_an_accepted_job_is_queued_for_its_query_step(api: Api) -> None:
     assert message.step_id == "query"
     assert message.context.parameters == {"min_damage": 10}
     assert "trigger" in message.outputs
+    # The trigger step reports once: it succeeded, and this is the run.
+    assert api.broker.depth(topology.status_queue) == 1
     first = StatusEvent.model_validate_json(await next_body(api.broker, topology.status_queue))
-    assert first.status is StepStatus.RUNNING
+    assert first.step_id == "trigger"
+    assert first.status is StepStatus.SUCCEEDED
+    assert first.detail == {"trigger": "job"}
     assert first.run is not None
     assert (first.run.flow, first.run.trigger) == ("adhoc", "job")
 
