@@ -239,8 +239,8 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
             )
         await slot_to_email(section, session, services, inbox, slots)
     section.notes.append(
-        f"Slot to email: {slots} slots of one flow; the scheduler looks for due slots every second "
-        "(`ADXFLOW_SCHEDULER_POLL_SECONDS`, default 1); `ADXFLOW_MINIMUM_SCHEDULE_SECONDS` is lowered "
+        f"Slot to email: {slots} slots of one flow; the scheduler wakes at each due slot; "
+        "`ADXFLOW_MINIMUM_SCHEDULE_SECONDS` is lowered "
         f"to {SLOT_INTERVAL} only so that several slots fit in the run."
     )
 

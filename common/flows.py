@@ -18,6 +18,7 @@ import functools
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -469,16 +470,33 @@ def itinerary(flow: Flow) -> list[Step]:
     return steps
 
 
+@dataclass(frozen=True)
+class RunTemplate:
+    """What every run of one version of a flow starts from, worked out once for all of them."""
+
+    flow: Flow
+    document: dict[str, Any]
+    itinerary: list[Step]
+
+    @classmethod
+    def of(cls, flow: Flow) -> RunTemplate:
+        return cls(flow, flow.model_dump(mode="json", exclude_none=True), itinerary(flow))
+
+    def new_run(self, context: RunContext, run_id: str) -> RunMessage:
+        """A run of the flow, at its trigger step."""
+        return RunMessage(
+            run_id=run_id,
+            step_id="trigger",
+            submitted_at=utcnow(),
+            flow=self.document,
+            context=context,
+            itinerary=self.itinerary,
+        )
+
+
 def new_run(flow: Flow, context: RunContext, run_id: str) -> RunMessage:
     """A run of *flow*, at its trigger step."""
-    return RunMessage(
-        run_id=run_id,
-        step_id="trigger",
-        submitted_at=utcnow(),
-        flow=flow.model_dump(mode="json", exclude_none=True),
-        context=context,
-        itinerary=itinerary(flow),
-    )
+    return RunTemplate.of(flow).new_run(context, run_id)
 
 
 def flow_of(message: RunMessage) -> Flow:

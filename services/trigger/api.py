@@ -12,13 +12,13 @@ from pydantic import ValidationError
 
 from common.broker import BrokerError
 from common.contracts import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
-from common.flows import Flow
+from common.flows import Flow, RunTemplate
 from common.http import bearer_auth, error_body, health_routes, read_document, validation_error
 from common.logs import run_context
 from common.runtime import Runtime
 from common.webhooks import WebhookPolicy
 from services.trigger import openapi
-from services.trigger.launcher import RunTemplate, launch
+from services.trigger.launcher import launch
 from services.trigger.store import FlowExists, FlowStore, StoredFlow
 from services.trigger.timetable import schedule_of
 from services.trigger.validation import FlowInvalid, check_flow

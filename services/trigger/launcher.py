@@ -12,14 +12,12 @@ same run everywhere downstream.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from common.broker import Broker
-from common.contracts import RunContext, RunMessage, Step, StepOutput, StepStatus, utcnow
-from common.flows import Flow, itinerary
+from common.contracts import RunContext, RunMessage, StepOutput, StepStatus
+from common.flows import RunTemplate
 from common.steps import emit, forward
 
 log = structlog.get_logger(__name__)
@@ -30,30 +28,6 @@ _RUN_IDS = uuid.UUID("5d1f2c36-8a4e-4f0b-9e0a-6c1f0b7a3d21")
 def slot_run_id(flow: str, slot: str) -> str:
     """The run id of *flow*'s run for *slot* (a scheduled instant or a parent run)."""
     return uuid.uuid5(_RUN_IDS, f"{flow}\n{slot}").hex
-
-
-@dataclass(frozen=True)
-class RunTemplate:
-    """What every run of one version of a flow starts from, worked out once for all of them."""
-
-    flow: Flow
-    document: dict[str, Any]
-    itinerary: list[Step]
-
-    @classmethod
-    def of(cls, flow: Flow) -> RunTemplate:
-        return cls(flow, flow.model_dump(mode="json", exclude_none=True), itinerary(flow))
-
-    def new_run(self, context: RunContext, run_id: str) -> RunMessage:
-        """A run of the flow, at its trigger step."""
-        return RunMessage(
-            run_id=run_id,
-            step_id="trigger",
-            submitted_at=utcnow(),
-            flow=self.document,
-            context=context,
-            itinerary=self.itinerary,
-        )
 
 
 async def launch(broker: Broker, template: RunTemplate, context: RunContext, run_id: str) -> RunMessage:

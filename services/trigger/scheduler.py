@@ -33,9 +33,9 @@ from common import metrics
 from common.broker import Broker, BrokerError, Delivery
 from common.contracts import RunCompleted, RunContext, TriggerKind, utcnow
 from common.errors import DeadLetter
-from common.flows import Flow
+from common.flows import Flow, RunTemplate
 from common.logs import run_context
-from services.trigger.launcher import RunTemplate, launch, slot_run_id
+from services.trigger.launcher import launch, slot_run_id
 from services.trigger.store import CHAINED, FlowStore, SlotClaim
 from services.trigger.timetable import Entry, Timetable
 

@@ -11,11 +11,11 @@ import pytest
 
 from common.broker import Delivery, InProcessBroker
 from common.contracts import RunContext, StatusEvent, StepOutput, StepStatus, TriggerKind
-from common.flows import Flow
+from common.flows import Flow, RunTemplate
 from common.steps import emit
 from common.topology import Topology
 from services.history.store import HistoryStore
-from services.trigger.launcher import RunTemplate, launch
+from services.trigger.launcher import launch
 
 SLOT = dt.datetime(2026, 3, 26, 12, 0, tzinfo=dt.UTC)
 NOW = SLOT + dt.timedelta(milliseconds=20)
@@ -58,7 +58,7 @@ async def test_history_sees_the_run_the_trigger_step_reports_once_as_if_it_had_r
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("common.steps.utcnow", lambda: NOW)
-    monkeypatch.setattr("services.trigger.launcher.utcnow", lambda: SLOT)
+    monkeypatch.setattr("common.flows.utcnow", lambda: SLOT)
     context = RunContext(flow="storms", trigger=TriggerKind.SCHEDULE, scheduled_for=SLOT)
     history = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
     await history.create_schema()
