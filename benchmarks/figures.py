@@ -90,6 +90,12 @@ class Section:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    #: Why a target of this section is missed, shown only when one is.
+    if_missed: str = ""
+
+    @property
+    def missed(self) -> bool:
+        return any(figure.row()[-1].startswith("**missed**") for figure in self.figures if figure.target)
 
     def add(self, name: str, unit: str, values: list[float], target: Target | None = None) -> Figure:
         figure = Figure(name, unit, list(values), target)
@@ -156,4 +162,6 @@ class Report:
                 lines.append("")
             lines += [f"- {note}" for note in section.notes]
             lines += [f"- This benchmark took {_duration(section.seconds)}."]
+            if section.missed and section.if_missed:
+                lines += ["", "**Where a target is missed, and why.** " + section.if_missed.strip()]
         return "\n".join(lines) + "\n"

@@ -47,7 +47,7 @@ async def run(quick: bool, only: list[str], command: str) -> Report:
         for name, title, module in BENCHMARKS:
             if only and name not in only:
                 continue
-            section = Section(title, module.METHOD)
+            section = Section(title, module.METHOD, if_missed=getattr(module, "IF_MISSED", ""))
             report.sections.append(section)
             print(f"{title} ...", flush=True)
             workdir = Path(scratch) / name
