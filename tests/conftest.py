@@ -158,9 +158,8 @@ async def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 Waiter = Callable[..., Awaitable[None]]
 
 
-async def _wait_until(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = ""
-) -> None:
+async def poll_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
+    """Ask *predicate* every 20 ms until it holds; an AssertionError naming *what* after *timeout* s."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await predicate():
@@ -172,7 +171,7 @@ async def _wait_until(
 @pytest.fixture
 def wait_until() -> Waiter:
     """Poll an observable condition with a deadline (for state reached through a server)."""
-    return _wait_until
+    return poll_until
 
 
 @pytest.fixture

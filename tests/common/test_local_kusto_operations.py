@@ -3,7 +3,6 @@ driven by the real azure-kusto-data client against a writable sandbox."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import socket
 import time
@@ -22,6 +21,7 @@ from azure.kusto.data.exceptions import KustoServiceError
 
 from common.local_kusto import LocalKusto
 from common.sample_data import write_database
+from tests.conftest import poll_until
 
 ROWS = 2_000
 
@@ -112,12 +112,14 @@ async def operations(client: KustoClient, kusto: LocalKusto, which: str = "") ->
 
 async def settled(client: KustoClient, kusto: LocalKusto, operation_id: str) -> KustoResultRow:
     """The operation's row once it is no longer InProgress, watched through the client."""
-    async with asyncio.timeout(SETTLE_SECONDS):
-        while True:
-            (row,) = await operations(client, kusto, operation_id)
-            if row["State"] != "InProgress":
-                return row
-            await asyncio.sleep(0.05)
+    seen: list[KustoResultRow] = []
+
+    async def finished() -> bool:
+        seen[:] = await operations(client, kusto, operation_id)
+        return seen[0]["State"] != "InProgress"
+
+    await poll_until(finished, SETTLE_SECONDS, f"operation {operation_id} to settle")
+    return seen[0]
 
 
 def http_status(error: KustoServiceError) -> int | None:

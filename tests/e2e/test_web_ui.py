@@ -24,6 +24,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from tests.conftest import poll_until
+
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "web-ui"
 
@@ -105,14 +107,17 @@ class Live:
 
     async def known(self, run_id: str, *, ended: bool = False) -> dict[str, Any]:
         """The run once history has heard of it (and, with *ended*, once it has ended)."""
-        async with asyncio.timeout(60):
-            while True:
-                async with self.session.get(f"{self.history_url}/v1/runs/{run_id}") as response:
-                    if response.status == 200:
-                        run: dict[str, Any] = await response.json()
-                        if not ended or run["status"] in ("succeeded", "failed"):
-                            return run
-                await asyncio.sleep(0.05)
+        run: dict[str, Any] = {}
+
+        async def there() -> bool:
+            async with self.session.get(f"{self.history_url}/v1/runs/{run_id}") as response:
+                if response.status != 200:
+                    return False
+                run.update(await response.json())
+            return not ended or run["status"] in ("succeeded", "failed")
+
+        await poll_until(there, 60, f"run {run_id} in the history")
+        return run
 
     async def run_to_end(self, name: str) -> dict[str, Any]:
         return await self.known(await self.start(name), ended=True)
