@@ -24,7 +24,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
@@ -55,6 +55,16 @@ from common.templates import TemplateError, evaluate_condition, template_context
 log = structlog.get_logger(__name__)
 
 Perform = Callable[[RunMessage], Awaitable[StepOutput]]
+T = TypeVar("T")
+
+
+async def all_of(*awaitables: Awaitable[T]) -> list[T]:
+    """Await *awaitables* at once; once every one has ended, raise the first failure, if any."""
+    outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(list[T], outcomes)
 
 
 class StepPending(Exception):
@@ -280,14 +290,10 @@ class StepWorker:
             return
         # The slip goes on while history hears of the success: neither waits for the other's
         # confirm. History settles a run by what its events say, in whatever order they come.
-        outcomes = await asyncio.gather(
+        await all_of(
             forward(self.broker, message, output),
             emit(self.broker, message, StepStatus.SUCCEEDED, started_at=started, output=output),
-            return_exceptions=True,
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
         self._observe(started, StepStatus.SUCCEEDED)
         log.info("step succeeded", row_count=output.row_count)
 

@@ -23,7 +23,7 @@ from common.flows import RENDERING_STEPS, Chart, flow_of, step_spec
 from common.http import Check
 from common.results import ResultSet
 from common.runtime import Runtime
-from common.steps import RetryPolicy, StepWorker
+from common.steps import RetryPolicy, StepWorker, all_of
 from services.render.chart import ChartError, ChartOptions, RenderedChart, from_query, render_chart
 from services.render.csvfile import store_csv
 from services.render.table import render_table, render_text_table
@@ -127,11 +127,7 @@ class RenderStep:
             stored["chart_png"] = put("chart.png", rendered.chart.png, "image/png")
             detail["columns_used"] = rendered.chart.columns_used
         # The artifacts are written at once; a redelivery writes them again under the same keys.
-        refs = await asyncio.gather(*stored.values(), return_exceptions=True)
-        for ref in refs:
-            if isinstance(ref, BaseException):
-                raise ref
-        artifacts = {name: ref for name, ref in zip(stored, refs, strict=True) if isinstance(ref, BlobRef)}
+        artifacts = dict(zip(stored, await all_of(*stored.values()), strict=True))
         return StepOutput(row_count=result.row_count, artifacts=artifacts, detail=detail)
 
 
