@@ -16,7 +16,7 @@ new process (``python -m benchmarks.big_results measure``) that imports what it 
 runs one small warm-up query, then reads the whole result once:
 
 - *reader*: the query-worker's way. The process imports what ``python -m services.query_worker``
-  imports (``services/cli.py``'s ``serve``, with its RabbitMQ broker built but not connected),
+  imports (``common/platform/serving.py``'s ``serve``, with its RabbitMQ broker built but not connected),
   no more and no less; then ``KustoRunner.run`` (``services/query_worker/kusto.py``) reads the
   result with ``max_rows`` 500,000 and ``max_bytes`` 64 MiB (the default caps) into a writer
   of the folder blob store, as a step stores its ``result.json``: each batch of rows goes to
@@ -74,20 +74,21 @@ def _peak_rss() -> int:
 
 
 async def _read_with_reader(cluster: str, query: str, data: Path) -> tuple[int, int, float]:
-    from common.blobs import artifact_key
-    from common.config import load_settings
-    from common.connections import Connections
-    from common.runtime import Runtime
-    from services import cli
+    from common.platform.blobs.interface import artifact_key
+    from common.platform.config import load_settings
+    from common.platform.connections import Connections
+    from common.platform.runtime import Runtime
+    from common.platform.serving import serve  # noqa: F401  (what `serve` imports, no more)
     from services.query_worker.kusto import KustoRunner
+    from services.query_worker.service import running
 
     settings = load_settings(amqp_url="amqp://guest:guest@127.0.0.1:5672/", data_dir=data)
     connections = Connections()
     connections.add_local("local", cluster)
     runtime = Runtime.build(settings, name="query_worker", connections=connections)
-    # What `serve` imports for the query-worker, through the same function: the context is made
-    # but not entered, so nothing connects to the broker.
-    cli._service_context("query_worker", runtime)
+    # What `python -m services.query_worker` imports: the context is made but not entered, so
+    # nothing connects to the broker.
+    running(runtime)
     await runtime.blobs.start()
     runner = KustoRunner(connections, timeout=600)
 

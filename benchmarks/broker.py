@@ -17,10 +17,10 @@ from pathlib import Path
 
 from benchmarks.figures import Section
 from benchmarks.servers import AMQP_URL, fresh_namespace
-from common.broker import Delivery
-from common.contracts import StepKind
-from common.rabbitmq import RabbitBroker
-from common.topology import Topology
+from common.contracts.messages import StepKind
+from common.contracts.topology import Topology
+from common.platform.broker.interface import Delivery
+from common.platform.broker.rabbitmq import RabbitBroker
 
 BODY = json.dumps({"padding": "x" * 2030}).encode()
 PREFETCH = 8

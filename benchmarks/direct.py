@@ -29,7 +29,7 @@ import aiosmtplib
 from azure.kusto.data import KustoConnectionStringBuilder
 from azure.kusto.data.aio import KustoClient
 
-from common.results import Column, ResultSet
+from common.contracts.results import Column, ResultSet
 from services.render.chart import ChartOptions, render_chart
 from services.render.table import render_table
 

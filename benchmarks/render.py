@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.blobs import FolderBlobStore
-from common.results import Column, ResultSet
-from common.sample_data import STORM_EVENTS_COLUMNS, storm_events_rows
+from common.contracts.results import Column, ResultSet
+from common.platform.blobs.folder import FolderBlobStore
+from services.embedded.sample_data import STORM_EVENTS_COLUMNS, storm_events_rows
 from services.render.chart import ChartOptions, render_chart
 from services.render.csvfile import store_csv
 from services.render.table import render_table

@@ -40,11 +40,11 @@ from benchmarks.servers import (
     fresh_database,
     fresh_namespace,
 )
-from common.broker import Delivery
-from common.contracts import StepKind
-from common.flows import Flow
-from common.rabbitmq import RabbitBroker
-from common.topology import Topology
+from common.contracts.flows import Flow
+from common.contracts.messages import StepKind
+from common.contracts.topology import Topology
+from common.platform.broker.interface import Delivery
+from common.platform.broker.rabbitmq import RabbitBroker
 from services.trigger.store import FlowStore
 
 

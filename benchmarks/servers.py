@@ -27,11 +27,11 @@ from typing import Self
 import aiohttp
 import asyncpg
 
-from common.local_kusto import LocalKusto
-from common.outbox import Outbox
-from common.rabbitmq import RabbitBroker
-from common.sample_data import ensure_database
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
+from services.embedded.kusto.database import ensure_database
+from services.embedded.kusto.endpoint import LocalKusto
+from services.embedded.outbox import Outbox
 
 AMQP_URL = os.environ.get("ADXFLOW_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_DSN = os.environ.get("ADXFLOW_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -1,0 +1,1 @@
+"""What every service shares: the contracts they speak, and the platform they run on."""

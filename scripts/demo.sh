@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e . >/dev/null
+.venv/bin/python -m pip install -q -e '.[embedded]' >/dev/null
 exec .venv/bin/adxflow demo "$@"

@@ -1,5 +1,5 @@
 """`python -m services`: the same as the `adxflow` command."""
 
-from services.cli import main
+from services.launcher.cli import main
 
 main()

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from common.azure_blobs import AzureBlobStore
-from common.blobs import BlobStore, FolderBlobStore
+from common.platform.blobs.azure import AzureBlobStore
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.blobs.interface import BlobStore
 
 #: Small enough that the tests' writes of 300-600 kB stage blocks before they commit.
 TEST_BLOCK_SIZE = 256 * 1024

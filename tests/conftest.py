@@ -20,9 +20,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from common.broker import Broker, InProcessBroker
-from common.rabbitmq import RabbitBroker
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.broker.interface import Broker
+from common.platform.broker.memory import InProcessBroker
+from common.platform.broker.rabbitmq import RabbitBroker
 from tests.blob_backends import Backend, blob_backend
 
 AMQP_URL = os.environ.get("ADXFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -1,0 +1,1 @@
+"""The history service: records every status event and serves the run history, as an API and as pages."""

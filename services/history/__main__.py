@@ -1,5 +1,6 @@
 """`python -m services.history`: run the history service alone (needs ADXFLOW_AMQP_URL)."""
 
-from services.cli import main
+from common.platform.serving import main
+from services.history.service import running
 
-main(["serve", "history"])
+main("history", running)

@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from common.contracts import RunStatus, TriggerKind, utcnow
-from common.errors import ArtifactMissing
-from common.http import bearer_auth, error_body, health_routes, read_document
-from common.runtime import Runtime
+from common.contracts.errors import ArtifactMissing
+from common.contracts.messages import RunStatus, TriggerKind, utcnow
+from common.platform.http import bearer_auth, error_body, health_routes, read_document
+from common.platform.runtime import Runtime
 from services.history.dead_letters import DeadLetterStore
 from services.history.openapi import OPENAPI
 from services.history.reruns import Redo, RedoRefused

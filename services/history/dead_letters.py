@@ -3,7 +3,7 @@
 History consumes the dead-letter queue into this table, so the API can list
 them, replay one (send it back to its step, as a new attempt) or delete it.
 Two kinds arrive: records a step wrote when it ran out of attempts (a
-:class:`~common.contracts.DeadLetterRecord` with the error and the whole run
+:class:`~common.contracts.messages.DeadLetterRecord` with the error and the whole run
 message), and raw messages the broker dead-lettered after its delivery limit.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from common.broker import Broker, Delivery
-from common.contracts import DeadLetterRecord, RunMessage, new_id, utcnow
-from common.database import SqlStore
+from common.contracts.messages import DeadLetterRecord, RunMessage, new_id, utcnow
+from common.platform.broker.interface import Broker, Delivery
+from common.platform.database import SqlStore
 
 metadata = sa.MetaData()
 

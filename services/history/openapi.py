@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from common.contracts import RunStatus, Service, StepKind, StepStatus, TriggerKind
+from common.contracts.messages import RunStatus, Service, StepKind, StepStatus, TriggerKind
 
 
 class FieldProblem(BaseModel):

@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from common.broker import BrokerError
-from common.contracts import ErrorCode, ErrorInfo, RunMessage, RunStatus, StepKind
-from common.errors import ArtifactMissing
-from common.flows import SendEmail, flow_of
-from common.runtime import Runtime
+from common.contracts.errors import ArtifactMissing
+from common.contracts.flows import SendEmail, flow_of
+from common.contracts.messages import ErrorCode, ErrorInfo, RunMessage, RunStatus, StepKind
+from common.platform.broker.interface import BrokerError
+from common.platform.runtime import Runtime
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 

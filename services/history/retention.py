@@ -17,10 +17,10 @@ import datetime as dt
 import sqlalchemy as sa
 import structlog
 
-from common.blobs import BlobStore
-from common.config import Settings
-from common.contracts import utcnow
-from common.errors import BlobStoreError
+from common.contracts.errors import BlobStoreError
+from common.contracts.messages import utcnow
+from common.platform.blobs.interface import BlobStore
+from common.platform.config import Settings
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 

@@ -22,14 +22,21 @@ import sqlalchemy as sa
 import structlog
 from pydantic import ValidationError
 
-from common.broker import BrokerError, Delivery
-from common.contracts import RunCompleted, RunMessage, StatusEvent, StepKind, StepOutput, utcnow
-from common.database import is_outage
-from common.errors import ArtifactMissing, DeadLetter, Requeue
-from common.http import HttpServer, require_token_off_loopback
-from common.logs import run_context
-from common.runtime import Runtime
-from common.steps import RetryPolicy, StepWorker
+from common.contracts.errors import ArtifactMissing, DeadLetter, Requeue
+from common.contracts.messages import (
+    RunCompleted,
+    RunMessage,
+    StatusEvent,
+    StepKind,
+    StepOutput,
+    utcnow,
+)
+from common.platform.broker.interface import BrokerError, Delivery
+from common.platform.database import is_outage
+from common.platform.http import HttpServer, require_token_off_loopback
+from common.platform.logs import run_context
+from common.platform.runtime import Runtime
+from common.platform.steps import RetryPolicy, StepWorker
 from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
 from services.history.reruns import Redo

@@ -16,8 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common import metrics
-from common.contracts import (
+from common.contracts.messages import (
     ErrorCode,
     ErrorInfo,
     RunCompleted,
@@ -29,7 +28,8 @@ from common.contracts import (
     StepStatus,
     utcnow,
 )
-from common.database import SqlStore, insert_ignore
+from common.platform import metrics
+from common.platform.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
 

@@ -1,0 +1,1 @@
+"""The notifier: the delivery steps, email over SMTP and webhook posts, each delivered once."""

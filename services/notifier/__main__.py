@@ -1,5 +1,6 @@
 """`python -m services.notifier`: run the notifier service alone (needs ADXFLOW_AMQP_URL)."""
 
-from services.cli import main
+from common.platform.serving import main
+from services.notifier.service import running
 
-main(["serve", "notifier"])
+main("notifier", running)

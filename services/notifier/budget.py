@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from markupsafe import Markup, escape
 
-from common.contracts import BlobRef, ErrorCode
-from common.errors import DeliveryError
+from common.contracts.errors import DeliveryError
+from common.contracts.messages import BlobRef, ErrorCode
 from services.notifier.email import Attachment, Email, InlineImage, Link, describe_size
 
 #: Deflate shrinks data by this factor at the very most, so a zip is never smaller than its input over it.

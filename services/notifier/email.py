@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from common.contracts import Importance
+from common.contracts.messages import Importance
 
 #: (Importance, X-Priority) header values; X-Priority is what older Outlook and Thunderbird read.
 _PRIORITY: dict[Importance, tuple[str, str]] = {

@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from common.contracts import utcnow
-from common.database import SqlStore, insert_ignore
+from common.contracts.messages import utcnow
+from common.platform.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
 

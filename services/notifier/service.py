@@ -34,8 +34,9 @@ import aiohttp
 import structlog
 from markupsafe import Markup, escape
 
-from common import metrics
-from common.contracts import (
+from common.contracts.errors import ConfigurationError, DeliveryError
+from common.contracts.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
+from common.contracts.messages import (
     BlobRef,
     ErrorCode,
     RunMessage,
@@ -44,14 +45,19 @@ from common.contracts import (
     StepStatus,
     chart_content_id,
 )
-from common.errors import ConfigurationError, DeliveryError
-from common.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
-from common.http import Check
-from common.results import ResultSet
-from common.runtime import Runtime
-from common.steps import RetryPolicy, StepPending, StepWorker
-from common.templates import TemplateError, evaluate_condition, render_html, render_text, template_context
-from common.webhooks import WebhookPolicy, WebhookRefused, policy_for
+from common.contracts.results import ResultSet
+from common.contracts.templates import (
+    TemplateError,
+    evaluate_condition,
+    render_html,
+    render_text,
+    template_context,
+)
+from common.platform import metrics
+from common.platform.http import Check
+from common.platform.runtime import Runtime
+from common.platform.steps import RetryPolicy, StepPending, StepWorker
+from common.platform.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.budget import Chart, File, Packed, Packer
 from services.notifier.email import Email, build_email, sender_address
 from services.notifier.ledger import Claim, Ledger

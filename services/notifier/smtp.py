@@ -1,6 +1,6 @@
 """Hands a composed message to the SMTP relay named in the settings.
 
-Every failure becomes a :class:`~common.errors.DeliveryError` that names the
+Every failure becomes a :class:`~common.contracts.errors.DeliveryError` that names the
 relay and quotes its reply, and says whether trying again later can help. The
 password is sent to the relay and nowhere else: no message or log line here
 contains it.
@@ -18,9 +18,9 @@ from email.utils import getaddresses
 import aiosmtplib
 import structlog
 
-from common.config import Settings
-from common.contracts import ErrorCode
-from common.errors import DeliveryError
+from common.contracts.errors import DeliveryError
+from common.contracts.messages import ErrorCode
+from common.platform.config import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -1,10 +1,10 @@
 """Posts a flow's JSON payload to a webhook the operator allows.
 
-Which targets are allowed is :mod:`common.webhooks`'s business. The post
+Which targets are allowed is :mod:`common.platform.webhooks`'s business. The post
 goes to that URL and nowhere else: redirects are refused, not followed,
 because following one would send the payload (and any configured header) to
 a host nobody allowed. Failures become a
-:class:`~common.errors.DeliveryError` that says whether trying again can help;
+:class:`~common.contracts.errors.DeliveryError` that says whether trying again can help;
 its message never contains a configured header, a query string (they often
 carry tokens) or, for a configured target, the URL's path (some services put
 the token there).
@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from common.contracts import ErrorCode
-from common.errors import DeliveryError, RenderError
-from common.webhooks import MASK, WebhookTarget, public_url
+from common.contracts.errors import DeliveryError, RenderError
+from common.contracts.messages import ErrorCode
+from common.platform.webhooks import MASK, WebhookTarget, public_url
 
 #: A receiver that can take the post later: timeouts and throttling.
 _TRANSIENT_4XX = frozenset({408, 429})

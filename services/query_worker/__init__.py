@@ -1,0 +1,1 @@
+"""The query-worker: runs a step's KQL query or control command under its timeout and caps."""

@@ -1,5 +1,6 @@
 """`python -m services.query_worker`: run the query_worker service alone (needs ADXFLOW_AMQP_URL)."""
 
-from services.cli import main
+from common.platform.serving import main
+from services.query_worker.service import running
 
-main(["serve", "query_worker"])
+main("query_worker", running)

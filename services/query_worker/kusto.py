@@ -35,12 +35,12 @@ from azure.kusto.data.exceptions import (
     KustoThrottlingError,
 )
 
-from common import metrics
-from common.blobs import BlobWriter
-from common.connections import Connections, connection_string
-from common.contracts import ErrorCode
-from common.errors import KustoError as StepKustoError
-from common.results import ResultWriter
+from common.contracts.errors import KustoError as StepKustoError
+from common.contracts.messages import ErrorCode
+from common.contracts.results import ResultWriter
+from common.platform import metrics
+from common.platform.blobs.interface import BlobWriter
+from common.platform.connections import Connections, connection_string
 from services.query_worker.reading import QueryResult, ResultReader, Session, streamed
 from services.query_worker.wire import ResponseStream
 

@@ -27,9 +27,9 @@ from aiohttp import ClientResponse, ClientSession
 from azure.kusto.data.exceptions import KustoMultiApiError, OneApiError
 from azure.kusto.data.response import KustoResponseDataSet
 
-from common.contracts import ErrorCode
-from common.errors import KustoError as StepKustoError
-from common.results import Column, ResultWriter, Visualization
+from common.contracts.errors import KustoError as StepKustoError
+from common.contracts.messages import ErrorCode
+from common.contracts.results import Column, ResultWriter, Visualization
 from services.query_worker.wire import Batch, Oversized, ResponseStream
 
 

@@ -17,10 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from common.blobs import BlobWriter, artifact_key
-from common.contracts import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
-from common.errors import AdxflowError, KustoError
-from common.flows import (
+from common.contracts.errors import AdxflowError, KustoError
+from common.contracts.flows import (
     COMMAND_STEPS,
     KUSTO_STEPS,
     Flow,
@@ -29,10 +27,12 @@ from common.flows import (
     flow_of,
     step_spec,
 )
-from common.http import Check
-from common.operators import describe, refused_operators
-from common.runtime import Runtime
-from common.steps import RetryPolicy, StepPending, StepWorker
+from common.contracts.messages import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
+from common.contracts.operators import describe, refused_operators
+from common.platform.blobs.interface import BlobWriter, artifact_key
+from common.platform.http import Check
+from common.platform.runtime import Runtime
+from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.kusto import KustoRunner, Parameters
 from services.query_worker.reading import QueryResult
 

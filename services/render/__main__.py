@@ -1,5 +1,6 @@
 """`python -m services.render`: run the render service alone (needs ADXFLOW_AMQP_URL)."""
 
-from services.cli import main
+from common.platform.serving import main
+from services.render.service import running
 
-main(["serve", "render"])
+main("render", running)

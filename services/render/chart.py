@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import cairosvg
 
-from common.results import ResultSet, Visualization
+from common.contracts.results import ResultSet, Visualization
 from services.render.chart_columns import ChartColumns, ChartError, choose_columns
 from services.render.chart_drawing import Canvas, Plan, draw
 from services.render.chart_kinds import CHART_KINDS, from_query, stacking

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from common.results import NUMERIC_TYPES, TEXT_TYPES, Column, ResultSet, Visualization
+from common.contracts.results import NUMERIC_TYPES, TEXT_TYPES, Column, ResultSet, Visualization
 from services.render.chart_kinds import LINE_KINDS
 
 #: What the x axis is: names side by side, or a continuous time or number scale.

@@ -26,7 +26,7 @@ sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder,
 
 from pygal.style import Style  # noqa: E402
 
-from common.results import ResultSet  # noqa: E402
+from common.contracts.results import ResultSet  # noqa: E402
 from services.render.chart_axes import (  # noqa: E402
     MAX_LABELS,
     fitting_labels,

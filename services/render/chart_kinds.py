@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from common.results import Visualization
+from common.contracts.results import Visualization
 
 CHART_KINDS = (
     "piechart",

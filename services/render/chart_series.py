@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tsdownsample import MinMaxLTTBDownsampler
 
-from common.results import ResultSet, parse_datetime
+from common.contracts.results import ResultSet, parse_datetime
 from services.render.table import format_value
 
 if TYPE_CHECKING:

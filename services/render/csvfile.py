@@ -17,9 +17,9 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from common.blobs import BlobStore
-from common.contracts import BlobRef
-from common.results import TEXT_TYPES, ResultSet
+from common.contracts.messages import BlobRef
+from common.contracts.results import TEXT_TYPES, ResultSet
+from common.platform.blobs.interface import BlobStore
 from services.render.table import decode_dynamic, format_dynamic
 
 CONTENT_TYPE = "text/csv; charset=utf-8"

@@ -16,14 +16,14 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 
-from common.blobs import artifact_key
-from common.contracts import BlobRef, RunMessage, StepKind, StepOutput, chart_content_id
-from common.errors import RenderError
-from common.flows import RENDERING_STEPS, Chart, flow_of, step_spec
-from common.http import Check
-from common.results import ResultSet
-from common.runtime import Runtime
-from common.steps import RetryPolicy, StepWorker, all_of
+from common.contracts.errors import RenderError
+from common.contracts.flows import RENDERING_STEPS, Chart, flow_of, step_spec
+from common.contracts.messages import BlobRef, RunMessage, StepKind, StepOutput, chart_content_id
+from common.contracts.results import ResultSet
+from common.platform.blobs.interface import artifact_key
+from common.platform.http import Check
+from common.platform.runtime import Runtime
+from common.platform.steps import RetryPolicy, StepWorker, all_of
 from services.render.chart import ChartError, ChartOptions, RenderedChart, from_query, render_chart
 from services.render.csvfile import store_csv
 from services.render.table import render_table, render_text_table

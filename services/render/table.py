@@ -19,7 +19,7 @@ from typing import Any
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from common.results import NUMERIC_TYPES, Column, ResultSet, parse_datetime
+from common.contracts.results import NUMERIC_TYPES, Column, ResultSet, parse_datetime
 
 NO_ROWS = "no rows"
 #: Right-aligned like numbers: they read best when their digits line up.

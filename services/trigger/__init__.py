@@ -1,0 +1,1 @@
+"""The trigger service: the flow and job API, the schedules, and chained flows; it starts every run."""

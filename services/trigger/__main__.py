@@ -1,5 +1,6 @@
 """`python -m services.trigger`: run the trigger service alone (needs ADXFLOW_AMQP_URL)."""
 
-from services.cli import main
+from common.platform.serving import main
+from services.trigger.service import running
 
-main(["serve", "trigger"])
+main("trigger", running)

@@ -10,13 +10,13 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from common.broker import BrokerError
-from common.contracts import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
-from common.flows import Flow, RunTemplate
-from common.http import bearer_auth, error_body, health_routes, read_document, validation_error
-from common.logs import run_context
-from common.runtime import Runtime
-from common.webhooks import WebhookPolicy
+from common.contracts.flows import Flow, RunTemplate
+from common.contracts.messages import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
+from common.platform.broker.interface import BrokerError
+from common.platform.http import bearer_auth, error_body, health_routes, read_document, validation_error
+from common.platform.logs import run_context
+from common.platform.runtime import Runtime
+from common.platform.webhooks import WebhookPolicy
 from services.trigger import openapi
 from services.trigger.launcher import launch
 from services.trigger.store import FlowExists, FlowStore, StoredFlow

@@ -15,10 +15,10 @@ import uuid
 
 import structlog
 
-from common.broker import Broker
-from common.contracts import RunContext, RunMessage, StepOutput, StepStatus
-from common.flows import RunTemplate
-from common.steps import emit, forward
+from common.contracts.flows import RunTemplate
+from common.contracts.messages import RunContext, RunMessage, StepOutput, StepStatus
+from common.platform.broker.interface import Broker
+from common.platform.steps import emit, forward
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ def slot_run_id(flow: str, slot: str) -> str:
 async def launch(broker: Broker, template: RunTemplate, context: RunContext, run_id: str) -> RunMessage:
     """Publish the run's start; raises BrokerError if the broker did not take it.
 
-    The caller binds the run to its log lines (:func:`~common.logs.run_context`), as it
+    The caller binds the run to its log lines (:func:`~common.platform.logs.run_context`), as it
     sees fit: a scheduler starting thousands of runs at once binds it more cheaply.
     """
     message = template.new_run(context, run_id)

@@ -1,7 +1,7 @@
 """The trigger API as an OpenAPI 3.1 document, served at ``GET /openapi.json``.
 
 Request bodies are described by the same pydantic models that validate them
-(:class:`~common.flows.Flow`, :class:`~common.contracts.JobRequest`), so the
+(:class:`~common.contracts.flows.Flow`, :class:`~common.contracts.messages.JobRequest`), so the
 document cannot drift from what the handlers accept. The document holds no
 data and is served without a token.
 """
@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from common.contracts import JobRequest
-from common.flows import Flow
+from common.contracts.flows import Flow
+from common.contracts.messages import JobRequest
 
 PATH = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"

@@ -29,12 +29,12 @@ import sqlalchemy as sa
 import structlog
 from pydantic import ValidationError
 
-from common import metrics
-from common.broker import Broker, BrokerError, Delivery
-from common.contracts import RunCompleted, RunContext, TriggerKind, utcnow
-from common.errors import DeadLetter
-from common.flows import Flow, RunTemplate
-from common.logs import run_context
+from common.contracts.errors import DeadLetter
+from common.contracts.flows import Flow, RunTemplate
+from common.contracts.messages import RunCompleted, RunContext, TriggerKind, utcnow
+from common.platform import metrics
+from common.platform.broker.interface import Broker, BrokerError, Delivery
+from common.platform.logs import run_context
 from services.trigger.launcher import launch, slot_run_id
 from services.trigger.store import CHAINED, FlowStore, SlotClaim
 from services.trigger.timetable import Entry, Timetable

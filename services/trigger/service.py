@@ -7,9 +7,9 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from common.http import HttpServer, require_token_off_loopback
-from common.runtime import Runtime
-from common.webhooks import policy_for
+from common.platform.http import HttpServer, require_token_off_loopback
+from common.platform.runtime import Runtime
+from common.platform.webhooks import policy_for
 from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.store import FlowStore

@@ -26,9 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.contracts import utcnow
-from common.database import SqlStore, insert_ignore
-from common.flows import Flow
+from common.contracts.flows import Flow
+from common.contracts.messages import utcnow
+from common.platform.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
 UtcDateTime = sa.DateTime(timezone=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from common.flows import Flow, RunTemplate
+from common.contracts.flows import Flow, RunTemplate
 from services.trigger.schedule import Schedule, ScheduleError, parse_every
 from services.trigger.store import Signature, StoredFlow
 

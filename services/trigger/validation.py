@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Sequence
 
-from common.connections import Connections
-from common.flows import COMMAND_STEPS, KUSTO_STEPS, Flow, PostWebhook, SendEmail
-from common.operators import describe, refused_operators
-from common.webhooks import WebhookPolicy, WebhookRefused
+from common.contracts.flows import COMMAND_STEPS, KUSTO_STEPS, Flow, PostWebhook, SendEmail
+from common.contracts.operators import describe, refused_operators
+from common.platform.connections import Connections
+from common.platform.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
 
 

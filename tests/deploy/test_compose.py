@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from common.connections import Connections, NoAuth
+from common.platform.connections import Connections, NoAuth
 from tests.deploy.compose import (
     DOCKERFILE,
     REFERENCE,

@@ -25,11 +25,11 @@ import duckdb
 import pytest
 import yaml
 
-from common.kusto_seed import DEFAULT_DATABASE
-from common.local_kusto import LocalKusto
-from common.outbox import Outbox
-from common.rabbitmq import RabbitBroker
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
+from services.embedded.kusto.endpoint import LocalKusto
+from services.embedded.kusto.seed import DEFAULT_DATABASE
+from services.embedded.outbox import Outbox
 from tests.conftest import random_name
 from tests.deploy.compose import environment, host_path, services
 from tests.deploy.test_seed import run_seed

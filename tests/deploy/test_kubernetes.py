@@ -31,9 +31,9 @@ import yaml
 from sqlalchemy.engine import make_url
 from yarl import URL
 
-from common.config import Settings, load_settings
-from common.contracts import SERVICE_OF, Service, StepKind
-from common.topology import Topology
+from common.contracts.messages import SERVICE_OF, Service, StepKind
+from common.contracts.topology import Topology
+from common.platform.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -16,9 +16,9 @@ import pytest
 from azure.kusto.data import KustoConnectionStringBuilder
 from azure.kusto.data.aio import KustoClient
 
-from common.kusto_seed import DEFAULT_DATABASE, SEED_ROWS, storm_events_script
-from common.local_kusto import LocalKusto
-from common.sample_data import STORM_EVENTS_COLUMNS, storm_events_rows
+from services.embedded.kusto.endpoint import LocalKusto
+from services.embedded.kusto.seed import DEFAULT_DATABASE, SEED_ROWS, storm_events_script
+from services.embedded.sample_data import STORM_EVENTS_COLUMNS, storm_events_rows
 from tests.deploy.compose import ROOT, host_path, services
 
 SEED_SERVICE = "kusto-seed"

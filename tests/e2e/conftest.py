@@ -20,12 +20,12 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient
 from pydantic import SecretStr
 
-from common.config import Settings
-from common.outbox import Outbox
-from common.rabbitmq import RabbitBroker
-from common.sample_data import ensure_database
-from common.topology import Topology
-from services.embedded import embedded
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
+from common.platform.config import Settings
+from services.embedded.kusto.database import ensure_database
+from services.embedded.outbox import Outbox
+from services.launcher.system import embedded_system
 
 
 @pytest.fixture(scope="session")
@@ -193,7 +193,7 @@ async def system(
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
         if deployed:
             stack.push_async_callback(_delete_topology, amqp_url, namespace)
-        running = await stack.enter_async_context(embedded(settings))
+        running = await stack.enter_async_context(embedded_system(settings))
         session = await stack.enter_async_context(aiohttp.ClientSession())
         yield System(running.trigger_url, running.history_url, smtp, session, rejections, hooks, wait_until)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from common.rabbitmq import RabbitBroker
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
 
 
 async def run_demo(tmp_path: Path, **env: str) -> tuple[int, str, str]:

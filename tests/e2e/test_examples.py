@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.client import validate_file
+from services.launcher.client import validate_file
 from tests.e2e.conftest import System
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from common.outbox import Outbox
+from services.embedded.outbox import Outbox
 from tests.e2e.conftest import System
 
 JOB: dict[str, Any] = {

@@ -25,10 +25,10 @@ import pytest
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from common.local_kusto import LocalKusto
-from common.rabbitmq import RabbitBroker
-from common.sample_data import ensure_database
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
+from services.embedded.kusto.database import ensure_database
+from services.embedded.kusto.endpoint import LocalKusto
 from tests.e2e.conftest import System
 from tests.e2e.test_processes import SERVICES, Deployment, free_port
 

@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.local_kusto import LocalKusto
-from common.outbox import Outbox
-from common.rabbitmq import RabbitBroker
-from common.sample_data import ensure_database
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
+from services.embedded.kusto.database import ensure_database
+from services.embedded.kusto.endpoint import LocalKusto
+from services.embedded.outbox import Outbox
 
 SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
 #: The services that, run alone, serve /healthz, /readyz and /metrics on a health port of their own.

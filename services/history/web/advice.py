@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.contracts import ErrorCode
+from common.contracts.messages import ErrorCode
 
 ADVICE: dict[ErrorCode, str] = {
     ErrorCode.INVALID_JOB: (

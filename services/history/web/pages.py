@@ -21,10 +21,10 @@ from jinja2 import PackageLoader
 from jinja2.sandbox import SandboxedEnvironment
 from yarl import URL
 
-from common.contracts import RunStatus, TriggerKind
-from common.errors import ArtifactMissing
-from common.http import BROWSER_GATE, error_body
-from common.runtime import Runtime
+from common.contracts.errors import ArtifactMissing
+from common.contracts.messages import RunStatus, TriggerKind
+from common.platform.http import BROWSER_GATE, error_body
+from common.platform.runtime import Runtime
 from services.history.store import HistoryStore
 from services.history.web.session import (
     COOKIE,
@@ -45,7 +45,7 @@ from services.history.web.views import (
     step_views,
     utc_text,
 )
-from services.render.gallery import email_preview
+from services.launcher.gallery import email_preview
 
 log = structlog.get_logger(__name__)
 

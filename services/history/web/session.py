@@ -22,7 +22,7 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import SecretStr
 
-from common.http import Handler, error_body, unauthorized
+from common.platform.http import Handler, error_body, unauthorized
 
 COOKIE = "adxflow_session"
 CSRF_HEADER = "X-Adxflow-Request"

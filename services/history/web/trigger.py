@@ -8,7 +8,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import SecretStr
 
-from common.errors import AdxflowError
+from common.contracts.errors import AdxflowError
 
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
 

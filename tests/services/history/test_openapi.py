@@ -15,13 +15,21 @@ from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 from schemathesis import checks
 
-from common.blobs import FolderBlobStore
-from common.broker import InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import SERVICE_OF, RunInfo, StatusEvent, Step, StepKind, StepStatus, TriggerKind
-from common.runtime import Runtime
-from common.topology import Topology
+from common.contracts.messages import (
+    SERVICE_OF,
+    RunInfo,
+    StatusEvent,
+    Step,
+    StepKind,
+    StepStatus,
+    TriggerKind,
+)
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.runtime import Runtime
 from services.history import service as history
 from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from common.blobs import FolderBlobStore
-from common.broker import Delivery, InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import RunCompleted, RunStatus, StatusEvent, StepKind, StepStatus
-from common.runtime import Runtime
-from common.topology import Topology
+from common.contracts.messages import RunCompleted, RunStatus, StatusEvent, StepKind, StepStatus
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.interface import Delivery
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.runtime import Runtime
 from services.history.dead_letters import DeadLetterStore
 from services.history.reruns import Redo
 from services.history.service import Recorder

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from common.blobs import FolderBlobStore
-from common.config import Settings
-from common.contracts import ErrorCode, ErrorInfo, StepKind, StepStatus, new_id, utcnow
+from common.contracts.messages import ErrorCode, ErrorInfo, StepKind, StepStatus, new_id, utcnow
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.config import Settings
 from services.history.dead_letters import DeadLetterStore, dead_letters
 from services.history.retention import Retention
 from services.history.store import HistoryStore

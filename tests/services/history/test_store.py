@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from common.contracts import (
+from common.contracts.messages import (
     SERVICE_OF,
     ErrorCode,
     ErrorInfo,

@@ -13,11 +13,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from common.blobs import FolderBlobStore
-from common.broker import InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import (
+from common.contracts.messages import (
     SERVICE_OF,
     ErrorCode,
     ErrorInfo,
@@ -28,9 +24,13 @@ from common.contracts import (
     StepStatus,
     TriggerKind,
 )
-from common.http import HttpServer
-from common.runtime import Runtime
-from common.topology import Topology
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.http import HttpServer
+from common.platform.runtime import Runtime
 from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore

@@ -20,11 +20,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from common.blobs import FolderBlobStore, artifact_key
-from common.broker import InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import (
+from common.contracts.flows import RENDERING_STEPS, Flow, new_run
+from common.contracts.messages import (
     BlobRef,
     RunContext,
     RunMessage,
@@ -33,12 +30,16 @@ from common.contracts import (
     chart_content_id,
     new_id,
 )
-from common.flows import RENDERING_STEPS, Flow, new_run
-from common.outbox import Outbox
-from common.results import Column, ResultSet
-from common.runtime import Runtime
-from common.topology import Topology
-from common.webhooks import policy_for
+from common.contracts.results import Column, ResultSet
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.blobs.interface import artifact_key
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.runtime import Runtime
+from common.platform.webhooks import policy_for
+from services.embedded.outbox import Outbox
 from services.notifier.ledger import Ledger
 from services.notifier.service import NotifyStep
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from common.contracts import BlobRef, ErrorCode, utcnow
-from common.errors import DeliveryError
+from common.contracts.errors import DeliveryError
+from common.contracts.messages import BlobRef, ErrorCode, utcnow
 from services.notifier.budget import Chart, File, Packer
 from services.notifier.email import Email, build_email, describe_size, sender_address
 from tests.services.notifier.conftest import HISTORY_URL, NotifierFactory, Rendered, png_of

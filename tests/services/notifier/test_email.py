@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import pytest
 from PIL import Image
 
-from common.contracts import Importance
+from common.contracts.messages import Importance
 from services.notifier.email import (
     LINK_NOTE,
     Attachment,

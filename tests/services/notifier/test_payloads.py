@@ -9,7 +9,7 @@ from typing import Any
 
 from yarl import URL
 
-from common.contracts import ErrorCode, ErrorInfo, StepOutput, StepStatus
+from common.contracts.messages import ErrorCode, ErrorInfo, StepOutput, StepStatus
 from services.notifier.payloads import RunSummary, StepSummary, slack_escape, slack_payload
 from tests.services.notifier.conftest import HISTORY_URL, Notifier, NotifierFactory, Rendered, png_of
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from common.contracts import ErrorCode
-from common.errors import DeliveryError
+from common.contracts.errors import DeliveryError
+from common.contracts.messages import ErrorCode
 from tests.services.notifier.conftest import NotifierFactory, Rendered
 
 ROWS = [["TEXAS", "12"]]

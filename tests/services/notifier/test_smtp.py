@@ -12,10 +12,10 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import SecretStr
 
-from common.config import Settings
-from common.contracts import ErrorCode
-from common.errors import DeliveryError
-from common.outbox import Outbox
+from common.contracts.errors import DeliveryError
+from common.contracts.messages import ErrorCode
+from common.platform.config import Settings
+from services.embedded.outbox import Outbox
 from services.notifier.email import Attachment, Email, build_email, sender_address
 from services.notifier.smtp import SmtpConnections, send_email
 from tests.conftest import Waiter

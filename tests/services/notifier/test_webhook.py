@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from common.contracts import ErrorCode
-from common.errors import ConfigurationError, DeliveryError, RenderError
-from common.webhooks import WebhookPolicy, WebhookRefused, WebhookTarget
+from common.contracts.errors import ConfigurationError, DeliveryError, RenderError
+from common.contracts.messages import ErrorCode
+from common.platform.webhooks import WebhookPolicy, WebhookRefused, WebhookTarget
 from services.notifier.webhook import encode_json, post_json, render_json_body
 
 SECRET = "Bearer s3cr3t-token-4471"

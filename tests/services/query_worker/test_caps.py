@@ -22,18 +22,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from azure.kusto.data.aio import KustoClient
 
-from common.blobs import FolderBlobStore, artifact_key
-from common.broker import InProcessBroker
-from common.config import load_settings
-from common.connections import Connections, connection_string
-from common.contracts import ErrorCode, RunContext, RunMessage, TriggerKind
-from common.errors import KustoError
-from common.flows import Flow, new_run
-from common.local_kusto import LocalKusto
-from common.results import ResultSet
-from common.runtime import Runtime
-from common.sample_data import ensure_database
-from common.topology import Topology
+from common.contracts.errors import KustoError
+from common.contracts.flows import Flow, new_run
+from common.contracts.messages import ErrorCode, RunContext, RunMessage, TriggerKind
+from common.contracts.results import ResultSet
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.blobs.interface import artifact_key
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import load_settings
+from common.platform.connections import Connections, connection_string
+from common.platform.runtime import Runtime
+from services.embedded.kusto.database import ensure_database
+from services.embedded.kusto.endpoint import LocalKusto
 from services.query_worker.kusto import KustoRunner
 from services.query_worker.reading import QueryResult, row_size
 from services.query_worker.service import QueryStep

@@ -13,12 +13,12 @@ import duckdb
 import pytest
 from azure.kusto.data.response import KustoResponseDataSetV2
 
-from common.connections import Connections
-from common.contracts import ErrorCode
-from common.errors import KustoError
-from common.local_kusto import LocalKusto
-from common.results import ResultSet
-from common.sample_data import ensure_database
+from common.contracts.errors import KustoError
+from common.contracts.messages import ErrorCode
+from common.contracts.results import ResultSet
+from common.platform.connections import Connections
+from services.embedded.kusto.database import ensure_database
+from services.embedded.kusto.endpoint import LocalKusto
 from services.query_worker.kusto import (
     KustoRunner,
     Parameters,

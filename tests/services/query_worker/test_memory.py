@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from common.connections import Connections
-from common.sample_data import ensure_database
+from common.platform.connections import Connections
+from services.embedded.kusto.database import ensure_database
 from services.query_worker.kusto import KustoRunner
 
 BIG = 'range i from 1 to 150000 step 1 | extend s = strcat("row-", tostring(i))'
@@ -35,7 +35,7 @@ async def endpoint(tmp_path: Path, wait_until: Callable[..., Any]) -> AsyncItera
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "common.local_kusto",
+        "services.embedded.kusto.endpoint",
         "--data-dir",
         str(tmp_path),
         "--port",

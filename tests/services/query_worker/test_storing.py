@@ -22,11 +22,11 @@ from aiohttp.test_utils import TestServer
 from azure.kusto.data.response import KustoResponseDataSetV1
 from pydantic_core import PydanticSerializationError
 
-from common.blobs import FolderBlobStore
-from common.connections import Connections
-from common.contracts import ErrorCode
-from common.errors import KustoError
-from common.results import Column, ResultSet
+from common.contracts.errors import KustoError
+from common.contracts.messages import ErrorCode
+from common.contracts.results import Column, ResultSet
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.connections import Connections
 from services.query_worker.kusto import KustoRunner
 from services.query_worker.reading import QueryResult, _visualization, _visualization_of
 

@@ -19,9 +19,9 @@ from azure.kusto.data import KustoConnectionStringBuilder
 from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.response import KustoResponseDataSetV2
 
-from common.local_kusto import LocalKusto
-from common.results import ResultSet, Visualization
-from common.sample_data import write_database
+from common.contracts.results import ResultSet, Visualization
+from services.embedded.kusto.database import write_database
+from services.embedded.kusto.endpoint import LocalKusto
 from services.query_worker.reading import ResultReader, _visualization, _visualization_of
 from services.render.chart import from_query, render_chart
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from PIL import Image
 
-from common.results import Column, ResultSet, Visualization
+from common.contracts.results import Column, ResultSet, Visualization
 from services.render.chart import (
     CHART_KINDS,
     OTHER,

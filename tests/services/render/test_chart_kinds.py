@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from common.results import Visualization
+from common.contracts.results import Visualization
 from services.render.chart import CHART_KINDS, from_query
 from services.render.chart_kinds import STACKED_KINDS, stacking
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from common.results import Column, ResultSet
+from common.contracts.results import Column, ResultSet
 from services.render.chart_columns import ChartColumns
 from services.render.chart_series import (
     OTHER,

@@ -7,7 +7,7 @@ import re
 import xml.etree.ElementTree as ET
 from itertools import combinations
 
-from common.results import Column, ResultSet
+from common.contracts.results import Column, ResultSet
 from services.render.chart import OTHER, RenderedChart, render_chart
 from services.render.chart_style import THEMES, series_colours
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from common.results import Column, ResultSet
+from common.contracts.results import Column, ResultSet
 from services.render.csvfile import csv_chunks, render_csv, store_csv
 from tests.blob_backends import Backend
 

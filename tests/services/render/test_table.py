@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from markupsafe import escape
 
-from common.results import Column, ResultSet
+from common.contracts.results import Column, ResultSet
 from services.render.table import format_number, format_value, render_table, render_text_table
 
 SCRIPT = "<script>alert(1)</script>"

@@ -12,14 +12,15 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from common.blobs import FolderBlobStore
-from common.broker import Delivery, InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import RunMessage, StatusEvent, StepKind, StepStatus
-from common.errors import ConfigurationError
-from common.runtime import Runtime
-from common.topology import QueueSpec, Topology
+from common.contracts.errors import ConfigurationError
+from common.contracts.messages import RunMessage, StatusEvent, StepKind, StepStatus
+from common.contracts.topology import QueueSpec, Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.interface import Delivery
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.runtime import Runtime
 from services.trigger import service as trigger
 
 JOB: dict[str, Any] = {

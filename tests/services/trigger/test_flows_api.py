@@ -19,13 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from common.blobs import FolderBlobStore
-from common.broker import Delivery, InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import RunMessage, StepKind
-from common.runtime import Runtime
-from common.topology import QueueSpec, Topology
+from common.contracts.messages import RunMessage, StepKind
+from common.contracts.topology import QueueSpec, Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.interface import Delivery
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.runtime import Runtime
 from services.trigger import service as trigger
 
 HISTORY_URL = "http://history.example:8081"

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from common.broker import Delivery, InProcessBroker
-from common.contracts import RunContext, StatusEvent, StepOutput, StepStatus, TriggerKind
-from common.flows import Flow, RunTemplate
-from common.steps import emit
-from common.topology import Topology
+from common.contracts.flows import Flow, RunTemplate
+from common.contracts.messages import RunContext, StatusEvent, StepOutput, StepStatus, TriggerKind
+from common.contracts.topology import Topology
+from common.platform.broker.interface import Delivery
+from common.platform.broker.memory import InProcessBroker
+from common.platform.steps import emit
 from services.history.store import HistoryStore
 from services.trigger.launcher import launch
 
@@ -57,8 +58,8 @@ def without_run_id(view: dict[str, Any] | None) -> dict[str, Any]:
 async def test_history_sees_the_run_the_trigger_step_reports_once_as_if_it_had_reported_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("common.steps.utcnow", lambda: NOW)
-    monkeypatch.setattr("common.flows.utcnow", lambda: SLOT)
+    monkeypatch.setattr("common.platform.steps.utcnow", lambda: NOW)
+    monkeypatch.setattr("common.contracts.flows.utcnow", lambda: SLOT)
     context = RunContext(flow="storms", trigger=TriggerKind.SCHEDULE, scheduled_for=SLOT)
     history = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
     await history.create_schema()

@@ -20,15 +20,15 @@ import schemathesis
 from pydantic import SecretStr
 from schemathesis import checks
 
-from common.blobs import FolderBlobStore
-from common.broker import InProcessBroker
-from common.config import Settings
-from common.connections import Connections
-from common.contracts import JobRequest
-from common.flows import Flow
-from common.runtime import Runtime
-from common.topology import Topology
-from common.webhooks import WebhookPolicy
+from common.contracts.flows import Flow
+from common.contracts.messages import JobRequest
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.runtime import Runtime
+from common.platform.webhooks import WebhookPolicy
 from services.trigger import service as trigger
 from services.trigger.api import create_app
 from services.trigger.openapi import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN, document

@@ -14,10 +14,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from common.broker import BrokerError, Delivery, InProcessBroker
-from common.contracts import RunCompleted, RunMessage, RunStatus, StepKind, TriggerKind
-from common.flows import Flow
-from common.topology import Topology
+from common.contracts.flows import Flow
+from common.contracts.messages import RunCompleted, RunMessage, RunStatus, StepKind, TriggerKind
+from common.contracts.topology import Topology
+from common.platform.broker.interface import BrokerError, Delivery
+from common.platform.broker.memory import InProcessBroker
 from services.trigger.scheduler import Chainer, Clock, Scheduler
 from services.trigger.store import CHAINED, FlowStore, fired
 

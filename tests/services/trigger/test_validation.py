@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from common.connections import Connections
-from common.flows import Flow
-from common.webhooks import WebhookPolicy
+from common.contracts.flows import Flow
+from common.platform.connections import Connections
+from common.platform.webhooks import WebhookPolicy
 from services.trigger.validation import FlowInvalid, check_flow
 
 

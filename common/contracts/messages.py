@@ -1,0 +1,426 @@
+"""Every message, status and error code that crosses a service boundary.
+
+JSON on the wire, one schema version for the whole set. A run travels as one
+:class:`RunMessage` that carries its own itinerary (a routing slip): each
+service does the step the message names, records what it produced in
+``outputs`` and forwards the message to the service of the next step. Large
+payloads never ride along: they are :class:`BlobRef` claim checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+
+SCHEMA_VERSION: Literal[1] = 1
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Service(StrEnum):
+    TRIGGER = "trigger"
+    QUERY_WORKER = "query_worker"
+    RENDER = "render"
+    NOTIFIER = "notifier"
+    HISTORY = "history"
+
+
+class StepKind(StrEnum):
+    """What a step does; the topology maps each kind to one queue."""
+
+    TRIGGER = "trigger"
+    QUERY = "query"
+    RENDER = "render"
+    NOTIFY = "notify"
+    RECORD = "record"
+
+
+#: The service that performs each kind of step.
+SERVICE_OF: dict[StepKind, Service] = {
+    StepKind.TRIGGER: Service.TRIGGER,
+    StepKind.QUERY: Service.QUERY_WORKER,
+    StepKind.RENDER: Service.RENDER,
+    StepKind.NOTIFY: Service.NOTIFIER,
+    StepKind.RECORD: Service.HISTORY,
+}
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
+
+
+class Action(StrEnum):
+    QUERY = "query"
+    CONTROL_COMMAND = "control_command"
+
+
+class ChartKind(StrEnum):
+    """A job's chart: the seed's four, and every kind a flow step draws."""
+
+    HTML_TABLE = "html_table"
+    PIECHART = "piechart"
+    TIMECHART = "timechart"
+    BARCHART = "barchart"
+    COLUMNCHART = "columnchart"
+    LINECHART = "linechart"
+    AREACHART = "areachart"
+    STACKEDBARCHART = "stackedbarchart"
+    STACKEDCOLUMNCHART = "stackedcolumnchart"
+    STACKEDAREACHART = "stackedareachart"
+    FROM_QUERY = "from_query"
+
+
+class Importance(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class ErrorCode(StrEnum):
+    """Stable codes a user (or a retry policy) can act on."""
+
+    INVALID_JOB = "InvalidJob"
+    UNKNOWN_CONNECTION = "UnknownConnection"
+    KUSTO_SYNTAX_ERROR = "KustoSyntaxError"
+    KUSTO_SEMANTIC_ERROR = "KustoSemanticError"
+    KUSTO_REQUEST_DENIED = "KustoRequestDenied"
+    KUSTO_THROTTLED = "KustoThrottled"
+    KUSTO_SERVICE_ERROR = "KustoServiceError"
+    KUSTO_UNAVAILABLE = "KustoUnavailable"
+    REQUEST_TIMEOUT = "RequestTimeout"
+    RESULT_TOO_LARGE = "ResultTooLarge"
+    UNSUPPORTED_OPERATOR = "UnsupportedOperator"
+    RENDER_FAILED = "RenderFailed"
+    SMTP_REJECTED = "SmtpRejected"
+    SMTP_UNAVAILABLE = "SmtpUnavailable"
+    EMAIL_TOO_LARGE = "EmailTooLarge"
+    RECIPIENT_NOT_ALLOWED = "RecipientNotAllowed"
+    WEBHOOK_REJECTED = "WebhookRejected"
+    WEBHOOK_UNAVAILABLE = "WebhookUnavailable"
+    TEMPLATE_ERROR = "TemplateError"
+    ASYNC_OPERATION_FAILED = "AsyncOperationFailed"
+    INVALID_PARAMETERS = "InvalidParameters"
+    STALLED = "Stalled"
+    ARTIFACT_MISSING = "ArtifactMissing"
+    INTERNAL = "Internal"
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    message: str
+    retryable: bool = False
+
+
+# ---------------------------------------------------------------------------
+# The job a user submits
+# ---------------------------------------------------------------------------
+
+ParameterValue = bool | int | float | str
+
+
+def _single_line(value: str, field: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{field} must be a single line (line breaks are refused in email headers)")
+    return value
+
+
+class EmailSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: Annotated[list[EmailStr], Field(min_length=1, max_length=100)]
+    cc: Annotated[list[EmailStr], Field(max_length=100)] = []
+    subject: Annotated[str, Field(min_length=1, max_length=255)]
+    importance: Importance = Importance.NORMAL
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_single_line(cls, value: str) -> str:
+        return _single_line(value, "subject")
+
+
+class JobRequest(BaseModel):
+    """An ad-hoc report job: run one query, render it, mail it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection: Annotated[str, Field(min_length=1, max_length=128)]
+    database: Annotated[str, Field(min_length=1, max_length=256)]
+    action: Action = Action.QUERY
+    query: Annotated[str, Field(min_length=1, max_length=65_536)]
+    parameters: dict[str, ParameterValue] = {}
+    chart: ChartKind = ChartKind.HTML_TABLE
+    title: Annotated[str | None, Field(max_length=255)] = None
+    email: EmailSpec
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, value: dict[str, ParameterValue]) -> dict[str, ParameterValue]:
+        for name in value:
+            if not _IDENTIFIER.match(name):
+                raise ValueError(f"parameter name {name!r} is not a KQL identifier")
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _title_single_line(cls, value: str | None) -> str | None:
+        return None if value is None else _single_line(value, "title")
+
+    @model_validator(mode="after")
+    def _action_matches_text(self) -> JobRequest:
+        is_command = self.query.lstrip().startswith(".")
+        if self.action is Action.QUERY and is_command:
+            raise ValueError(
+                "query: text starting with '.' is a control command; submit it with action 'control_command'"
+            )
+        if self.action is Action.CONTROL_COMMAND and not is_command:
+            raise ValueError("query: a control command starts with '.'; use action 'query' for a query")
+        if self.action is Action.CONTROL_COMMAND and self.parameters:
+            raise ValueError("parameters: control commands take no query parameters")
+        return self
+
+    def flow_document(self) -> dict[str, Any]:
+        """This job as a one-off flow: a rendered query (or command) and an email."""
+        kusto: dict[str, Any] = {"id": "query", "chart": self.chart.value, "title": self.title}
+        if self.action is Action.QUERY:
+            kusto.update(action="run_query_and_render_chart", query=self.query)
+        else:
+            kusto.update(action="run_control_command_and_render_chart", command=self.query)
+        types = {bool: "bool", int: "long", float: "real", str: "string"}
+        return {
+            "name": "adhoc",
+            "description": self.title or self.email.subject,
+            "connection": self.connection,
+            "database": self.database,
+            "parameters": {name: {"type": types[type(value)]} for name, value in self.parameters.items()},
+            "steps": [
+                kusto,
+                {
+                    "id": "notify",
+                    "action": "send_email",
+                    "to": self.email.to,
+                    "cc": self.email.cc,
+                    "subject": self.email.subject,
+                    "attachments": ["query"],
+                    "importance": self.email.importance.value,
+                },
+            ],
+        }
+
+
+# ---------------------------------------------------------------------------
+# The routing slip
+# ---------------------------------------------------------------------------
+
+
+class TriggerKind(StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    AFTER = "after"
+    JOB = "job"
+
+
+class BlobRef(BaseModel):
+    """A claim check for a payload kept in the blob store."""
+
+    key: str
+    content_type: str
+    size: int
+
+
+class Step(BaseModel):
+    """One stop of the routing slip. ``flow_step`` names the flow step it belongs to."""
+
+    id: str
+    kind: StepKind
+    flow_step: str | None = None
+
+    @property
+    def service(self) -> Service:
+        return SERVICE_OF[self.kind]
+
+
+class StepOutput(BaseModel):
+    status: StepStatus = StepStatus.SUCCEEDED
+    row_count: int | None = None
+    columns: list[str] = []
+    #: The first rows, for conditions and templates; the full result is an artifact.
+    preview: list[dict[str, Any]] = []
+    artifacts: dict[str, BlobRef] = {}
+    detail: dict[str, Any] = {}
+    error: ErrorInfo | None = None
+
+
+class RunContext(BaseModel):
+    """What started a run, and with which parameter values."""
+
+    flow: str
+    trigger: TriggerKind
+    scheduled_for: dt.datetime | None = None
+    parameters: dict[str, Any] = {}
+    parent_run_id: str | None = None
+    timezone: str = "UTC"
+
+
+class RunMessage(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    step_id: str
+    attempt: int = 1
+    submitted_at: dt.datetime
+    #: The flow document as it was when the run started (see common.contracts.flows).
+    flow: dict[str, Any]
+    context: RunContext
+    itinerary: list[Step]
+    outputs: dict[str, StepOutput] = {}
+    #: State a step keeps between its own deliveries (an async operation being awaited).
+    pending: dict[str, Any] | None = None
+    #: Set on a deliberate resend of a delivery step (``resend<attempt>``): the notifier's
+    #: ledger counts it as a delivery of its own, and the run goes no further than that step.
+    resend: Annotated[str | None, Field(pattern=r"^[a-z0-9]{1,16}$")] = None
+
+    @property
+    def step(self) -> Step:
+        for step in self.itinerary:
+            if step.id == self.step_id:
+                return step
+        raise LookupError(f"step {self.step_id!r} is not in the itinerary of run {self.run_id}")
+
+    def following(self, step_id: str) -> Step | None:
+        ids = [step.id for step in self.itinerary]
+        index = ids.index(step_id) + 1
+        return self.itinerary[index] if index < len(ids) else None
+
+    def next_step(self) -> Step | None:
+        return self.following(self.step_id)
+
+    def forwarded(self, output: StepOutput, to: Step) -> RunMessage:
+        """This run, with the current step's output recorded, addressed to *to*."""
+        outputs = {**self.outputs, self.step_id: output}
+        return self.model_copy(update={"outputs": outputs, "step_id": to.id, "attempt": 1, "pending": None})
+
+
+# ---------------------------------------------------------------------------
+# Events: status of steps (consumed by history), completed runs (by trigger)
+# ---------------------------------------------------------------------------
+
+
+class RunInfo(BaseModel):
+    """What history needs to list a run before any step has finished."""
+
+    flow: str
+    description: str | None = None
+    trigger: TriggerKind
+    scheduled_for: dt.datetime | None = None
+    parent_run_id: str | None = None
+    connection: str
+    database: str
+    parameters: dict[str, Any]
+    itinerary: list[Step]
+    submitted_at: dt.datetime
+
+    @classmethod
+    def of(cls, message: RunMessage) -> RunInfo:
+        flow = message.flow
+        context = message.context
+        return cls(
+            flow=context.flow,
+            description=flow.get("description"),
+            trigger=context.trigger,
+            scheduled_for=context.scheduled_for,
+            parent_run_id=context.parent_run_id,
+            connection=flow["connection"],
+            database=flow["database"],
+            parameters=context.parameters,
+            itinerary=message.itinerary,
+            submitted_at=message.submitted_at,
+        )
+
+
+class StatusEvent(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(default_factory=new_id)
+    run_id: str
+    step_id: str
+    attempt: int = 1
+    #: The run's flow, for the logs of whoever handles the event.
+    flow: str | None = None
+    kind: StepKind
+    service: Service
+    status: StepStatus
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    row_count: int | None = None
+    artifacts: dict[str, BlobRef] = {}
+    detail: dict[str, Any] = {}
+    error: ErrorInfo | None = None
+    #: A failed step whose flow goes on (``on_failure: continue``): the run is not over yet.
+    continues: bool = False
+    #: A failed attempt that will be tried again (the next attempt's events follow).
+    retrying: bool = False
+    run: RunInfo | None = None
+    #: The run as it stood at a failure that ends it, kept by history so the run can be re-run.
+    message: RunMessage | None = None
+
+
+class DeadLetterRecord(BaseModel):
+    """A run message that could not be processed, with why: what an operator replays."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    step_id: str
+    attempt: int
+    routing_key: str
+    error: ErrorInfo
+    message: RunMessage
+    dead_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class RunCompleted(BaseModel):
+    """Published by history when a run ends; chained flows start from it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    flow: str
+    status: RunStatus
+    finished_at: dt.datetime
+
+
+def chart_content_id(run_id: str, flow_step: str) -> str:
+    """The Content-ID under which a rendered chart travels inline in an email.
+
+    Render writes ``cid:`` references to it into the step's HTML body; the
+    notifier attaches the PNG under the same id.
+    """
+    return f"chart.{flow_step}.{run_id}@adxflow"

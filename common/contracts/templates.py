@@ -1,0 +1,162 @@
+"""Dynamic content: the Jinja2 templates and conditions of a flow.
+
+Every template runs in a sandbox. HTML templates autoescape (a value from a
+query result can never become markup), text templates do not (a subject is
+not HTML), and undefined names are errors rather than silent blanks, so a
+typo in ``steps.by_sate.row_count`` fails the step with a message instead of
+sending an email that says nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from common.contracts.errors import AdxflowError
+from common.contracts.messages import ErrorCode, RunMessage, StepKind
+
+
+class TemplateSyntaxProblem(ValueError):
+    """A template that does not parse; found when the flow is saved."""
+
+
+class TemplateError(AdxflowError):
+    """A template that failed while rendering; fails the step that uses it."""
+
+    code = ErrorCode.TEMPLATE_ERROR
+
+
+def _as_datetime(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, str):
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    raise TypeError(f"not a datetime: {value!r:.40}")
+
+
+def date_filter(value: Any, fmt: str = "%Y-%m-%d %H:%M", tz: str | None = None) -> str:
+    """``{{ run.scheduled_for | date('%Y-%m-%d', 'Europe/Berlin') }}``; UTC when no zone is given."""
+    moment = _as_datetime(value)
+    if tz:
+        try:
+            moment = moment.astimezone(ZoneInfo(tz))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise TypeError(f"unknown time zone {tz!r}") from None
+    return moment.strftime(fmt)
+
+
+def number_filter(value: Any, decimals: int = 0) -> str:
+    """``{{ row.Damage | number }}`` → ``12,345``; ``number(2)`` → ``12,345.68``."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = Decimal(value)
+    return f"{value:,.{decimals}f}"
+
+
+def _environment(*, html: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(autoescape=html, undefined=jinja2.StrictUndefined)
+    env.filters["date"] = date_filter
+    env.filters["number"] = number_filter
+    return env
+
+
+_HTML = _environment(html=True)
+_TEXT = _environment(html=False)
+
+
+def check_template(text: str) -> None:
+    try:
+        _TEXT.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateSyntaxProblem(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+
+
+def _render(env: SandboxedEnvironment, text: str, context: dict[str, Any], field: str) -> str:
+    try:
+        return env.from_string(text).render(context)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"{field}: {type(exc).__name__}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        raise TemplateError(f"{field}: {exc}") from None
+
+
+def render_text(text: str, context: dict[str, Any], *, field: str) -> str:
+    return _render(_TEXT, text, context, field)
+
+
+def render_html(text: str, context: dict[str, Any], *, field: str) -> str:
+    return _render(_HTML, text, context, field)
+
+
+def markup(html: str) -> Any:
+    """Mark HTML the project made itself (a rendered table) as safe to insert."""
+    from markupsafe import Markup
+
+    return Markup(html)
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", "", "none"}
+
+
+def evaluate_condition(text: str, context: dict[str, Any], *, field: str) -> bool:
+    """A ``when``: ``"{{ steps.q.row_count > 0 }}"`` renders to True or False."""
+    rendered = render_text(text, context, field=field).strip().lower()
+    if rendered in _TRUE:
+        return True
+    if rendered in _FALSE:
+        return False
+    raise TemplateError(f"{field}: a condition must render to true or false, got {rendered[:60]!r}")
+
+
+def template_context(
+    message: RunMessage, *, bodies: Mapping[str, str] | None = None, row: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a flow's templates can read: ``run``, ``steps.<id>`` and, per row, ``row``.
+
+    *bodies* holds the rendered HTML of each rendering step (the notifier
+    loads them from the blob store); elsewhere ``body_html`` is empty.
+    """
+    context = message.context
+    run = {
+        "id": message.run_id,
+        "flow": context.flow,
+        "trigger": context.trigger.value,
+        "scheduled_for": context.scheduled_for or message.submitted_at,
+        "started_at": message.submitted_at,
+        "parameters": context.parameters,
+        "timezone": context.timezone,
+        "parent_run_id": context.parent_run_id,
+    }
+    steps: dict[str, dict[str, Any]] = {}
+    for step in message.itinerary:
+        output = message.outputs.get(step.id)
+        if step.flow_step is None or output is None:
+            continue
+        view = steps.setdefault(step.flow_step, {"attachments": [], "body_html": markup("")})
+        view["status"] = output.status.value
+        view["error"] = output.error.message if output.error else None
+        if step.kind is StepKind.RENDER:
+            view["body_html"] = markup((bodies or {}).get(step.flow_step, ""))
+            view["attachments"] = sorted(output.artifacts)
+            continue
+        view.update(
+            row_count=output.row_count,
+            columns=output.columns,
+            rows=output.preview,
+            first_row=output.preview[0] if output.preview else None,
+            operation=output.detail.get("operation"),
+            deliveries=output.detail.get("deliveries"),
+        )
+    found: dict[str, Any] = {"run": run, "steps": steps}
+    if row is not None:
+        found["row"] = dict(row)
+    return found

@@ -1,0 +1,1 @@
+"""The blob store: one interface, in a local folder or on Azure Blob Storage."""

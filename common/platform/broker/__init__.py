@@ -1,0 +1,1 @@
+"""The broker: one interface, in process (embedded mode) or on RabbitMQ (deployed)."""

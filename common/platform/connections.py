@@ -1,0 +1,258 @@
+"""Kusto connections, configured by the operator and named by jobs.
+
+A job says ``connection: prod``; it never carries a cluster URL or a
+credential. The operator's YAML file (``ADXFLOW_CONNECTIONS_FILE``) maps names
+to a cluster and an auth method; secrets appear there only as references (an
+environment variable or a mounted file), resolved by the query-worker when it
+builds a client. Since a job can only name a configured connection, no job can
+make the worker send a token to a host the operator did not list.
+
+.. code-block:: yaml
+
+    connections:
+      prod:
+        cluster: https://mycluster.westeurope.kusto.windows.net
+        auth: app_key
+        client_id: 00000000-0000-0000-0000-000000000000
+        tenant_id: 11111111-1111-1111-1111-111111111111
+        client_secret: {env: ADX_PROD_CLIENT_SECRET}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from azure.kusto.data import KustoConnectionStringBuilder
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from common.contracts.errors import ConfigurationError, UnknownConnection
+from common.platform.config import is_loopback
+
+
+class SecretRef(BaseModel):
+    """Where a secret lives: an environment variable or a file, never inline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference names exactly one of 'env' or 'file'")
+        return self
+
+    def resolve(self, field: str) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ConfigurationError(f"{field}: environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{field}: cannot read secret file {self.file}: {exc.strerror}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"SecretRef(env={self.env!r})" if self.env else f"SecretRef(file={str(self.file)!r})"
+
+
+class _Connection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cluster: str
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"cluster must be an http(s) URL, got {value!r}")
+        if parts.path not in ("", "/") or parts.query or parts.username:
+            raise ValueError(f"cluster must be a bare cluster URL without path or credentials, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tokens_only_over_tls(self) -> _Connection:
+        auth = getattr(self, "auth", "none")
+        if auth != "none" and urlsplit(self.cluster).scheme != "https":
+            raise ValueError(f"auth {auth!r} sends tokens; the cluster URL must use https")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.cluster).hostname or ""
+
+
+class NoAuth(_Connection):
+    """A local endpoint (the embedded one, or an emulator) that takes no token."""
+
+    auth: Literal["none"]
+
+    @model_validator(mode="after")
+    def _local_only(self) -> NoAuth:
+        if urlsplit(self.cluster).scheme != "http":
+            raise ValueError("auth 'none' is for a local http:// endpoint")
+        return self
+
+
+class AppKey(_Connection):
+    """A service principal with a client secret (the seed's "Connect with Service Principal")."""
+
+    auth: Literal["app_key"]
+    client_id: str
+    tenant_id: str
+    client_secret: SecretRef
+
+
+class AppCertificate(_Connection):
+    auth: Literal["app_certificate"]
+    client_id: str
+    tenant_id: str
+    certificate_path: Path
+    certificate_password: SecretRef | None = None
+
+
+class ManagedIdentity(_Connection):
+    auth: Literal["managed_identity"]
+    client_id: str | None = None
+
+
+class WorkloadIdentity(_Connection):
+    """Azure Workload Identity on Kubernetes; the federated token file comes from the pod."""
+
+    auth: Literal["workload_identity"]
+    client_id: str | None = None
+    tenant_id: str | None = None
+
+
+class AzCli(_Connection):
+    auth: Literal["az_cli"]
+
+
+class DeviceCode(_Connection):
+    auth: Literal["device_code"]
+    tenant_id: str = "organizations"
+
+
+ConnectionConfig = Annotated[
+    NoAuth | AppKey | AppCertificate | ManagedIdentity | WorkloadIdentity | AzCli | DeviceCode,
+    Field(discriminator="auth"),
+]
+
+
+class WebhookConfig(BaseModel):
+    """A webhook target the operator configured; flows name it, secrets stay here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    headers: dict[str, SecretRef] = {}
+
+    def resolved_headers(self, name: str) -> dict[str, str]:
+        return {
+            header: ref.resolve(f"webhooks.{name}.headers.{header}") for header, ref in self.headers.items()
+        }
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connections: dict[str, ConnectionConfig] = {}
+    webhooks: dict[str, WebhookConfig] = {}
+
+
+def connection_string(config: ConnectionConfig) -> KustoConnectionStringBuilder:
+    """The azure-kusto-data builder for *config*, resolving secrets now."""
+    from azure.identity import aio as identity
+
+    cluster = config.cluster
+    credential: Any
+    match config:
+        case NoAuth():
+            return KustoConnectionStringBuilder.with_no_authentication(cluster)
+        case AppKey():
+            credential = identity.ClientSecretCredential(
+                config.tenant_id, config.client_id, config.client_secret.resolve("client_secret")
+            )
+        case AppCertificate():
+            password = (
+                config.certificate_password.resolve("certificate_password")
+                if config.certificate_password
+                else None
+            )
+            credential = identity.CertificateCredential(
+                config.tenant_id, config.client_id, str(config.certificate_path), password=password
+            )
+        case ManagedIdentity():
+            credential = identity.ManagedIdentityCredential(client_id=config.client_id)
+        case WorkloadIdentity():
+            credential = identity.WorkloadIdentityCredential(
+                client_id=config.client_id, tenant_id=config.tenant_id
+            )
+        case AzCli():
+            credential = identity.AzureCliCredential()
+        case DeviceCode():
+            # azure-identity has no async device-code credential; the client's own flow is used.
+            return KustoConnectionStringBuilder.with_aad_device_authentication(cluster, config.tenant_id)
+    return KustoConnectionStringBuilder.with_azure_token_credential(cluster, credential=credential)
+
+
+class Connections:
+    """The configured connections: the only clusters adxflow will ever reach."""
+
+    def __init__(
+        self,
+        configs: dict[str, ConnectionConfig] | None = None,
+        webhooks: dict[str, WebhookConfig] | None = None,
+    ) -> None:
+        self._configs: dict[str, ConnectionConfig] = dict(configs or {})
+        #: Webhook targets flows may name (``post_webhook: {webhook: NAME}``).
+        self.webhooks: dict[str, WebhookConfig] = dict(webhooks or {})
+
+    @classmethod
+    def from_file(cls, path: Path) -> Connections:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigurationError(f"ADXFLOW_CONNECTIONS_FILE={str(path)!r}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(
+                f"ADXFLOW_CONNECTIONS_FILE={str(path)!r}: not valid YAML: {exc}"
+            ) from None
+        try:
+            parsed = _File.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+            )
+            raise ConfigurationError(f"connections file {path}: {problems}") from None
+        return cls(parsed.connections, parsed.webhooks)
+
+    def add_local(self, name: str, url: str) -> None:
+        """Register the embedded endpoint; refuses anything that is not loopback."""
+        host = urlsplit(url).hostname or ""
+        if not is_loopback(host):
+            raise ConfigurationError(f"local connection {name!r} must be on loopback, got {url!r}")
+        self._configs[name] = NoAuth(cluster=url, auth="none")
+
+    def names(self) -> list[str]:
+        return sorted(self._configs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._configs
+
+    def get(self, name: str) -> ConnectionConfig:
+        try:
+            return self._configs[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none are configured"
+            raise UnknownConnection(f"connection {name!r} is not configured (known: {known})") from None

@@ -1,0 +1,265 @@
+"""What the HTTP servers share: auth, errors, health, metrics, serving.
+
+The APIs require a bearer token unless they are bound to loopback; a service
+asked to listen beyond loopback without a token refuses to start. ``/healthz``
+and ``/readyz`` are always open, for probes; ``/metrics`` asks for the token
+when one is set. The worker services, which have no API, serve these three on
+a health server of their own (:func:`health_app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, Protocol
+
+import yaml
+from aiohttp import web
+from pydantic import SecretStr, ValidationError
+
+from common.contracts.errors import ConfigurationError
+from common.platform.config import is_loopback
+from common.platform.metrics import metrics
+
+Check = Callable[[], Awaitable[bool]]
+#: Paths served without a token: health checks and the OpenAPI document, which hold no data.
+_OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json")
+
+
+def error_body(
+    status: int, message: str, *, code: str, fields: list[dict[str, str]] | None = None
+) -> web.Response:
+    payload: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if fields:
+        payload["error"]["fields"] = fields
+    return web.json_response(payload, status=status)
+
+
+_LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
+def validation_error(exc: ValidationError) -> web.Response:
+    """A 400 that names every bad field and what is wrong with it.
+
+    Rules that span several fields are checked on the whole document and say
+    which field they mean at the start of their message (``steps[1].subject:
+    ...``); that field is reported as the field.
+    """
+    fields = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        named = _LEADING_FIELD.match(message)
+        if named is not None and not location:
+            location, message = named.group(1), named.group(2)
+        fields.append({"field": location or "body", "message": message})
+    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return error_body(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
+
+
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": {"code": "InvalidRequest", "message": message}}),
+        content_type="application/json",
+    )
+
+
+#: Deeper than any document the APIs take; refused before the parser spends seconds on it.
+_MAX_DEPTH = 64
+
+
+class _DocumentLoader(yaml.SafeLoader):
+    """Safe YAML without aliases, at most :data:`_MAX_DEPTH` levels deep.
+
+    A document has no need of aliases, and a few nested ones (a "billion
+    laughs") expand into more data than any request should carry.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            _refuse(f"alias *{event.anchor} is not accepted; write the value out", event)
+        if self._depth >= _MAX_DEPTH:
+            _refuse(f"the document is nested deeper than {_MAX_DEPTH} levels", event)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _refuse(problem: str, event: yaml.Event) -> NoReturn:
+    mark = event.start_mark
+    raise yaml.composer.ComposerError(
+        problem=problem, problem_mark=mark if isinstance(mark, yaml.error.Mark) else None
+    )
+
+
+def _decoded(body: bytes, charset: str | None) -> str:
+    charset = charset or "utf-8"
+    try:
+        return body.decode(charset)
+    except LookupError:
+        raise _bad_request(f"charset {charset!r} is unknown; send the body as UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise _bad_request(f"body is not valid {charset}: {exc.reason} at byte {exc.start}") from None
+
+
+def _checked(document: Any) -> Any:
+    """*document*, unless it is nested too deeply or holds a number JSON cannot answer with."""
+    pending = [(document, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if depth >= _MAX_DEPTH:
+            raise _bad_request(f"body is nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise _bad_request(f"body holds the number {node}; numbers must be finite")
+        if isinstance(node, dict):
+            pending.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            pending.extend((item, depth + 1) for item in node)
+    return document
+
+
+async def read_document(request: web.Request) -> Any:
+    """The body as JSON, or as YAML when the content type says so; an empty body is ``{}``."""
+    body = await request.read()
+    if request.content_type in _YAML_TYPES:
+        text = _decoded(body, request.charset)
+        try:
+            # Pure-Python parsing: off the event loop, so an awkward body delays only itself.
+            return _checked(await asyncio.to_thread(yaml.load, text, Loader=_DocumentLoader) or {})
+        except yaml.YAMLError as exc:
+            raise _bad_request(f"body is not valid YAML: {exc}") from None
+        except ValueError as exc:  # an integer longer than Python converts
+            raise _bad_request(f"body holds a value that cannot be read: {exc}") from None
+    if request.content_type != "application/json" and body.strip():
+        raise web.HTTPUnsupportedMediaType(
+            text=json.dumps(
+                {"error": {"code": "InvalidRequest", "message": "send the body as application/json or YAML"}}
+            ),
+            content_type="application/json",
+        )
+    text = _decoded(body, request.charset)
+    try:
+        return _checked(json.loads(text)) if text.strip() else {}
+    except RecursionError:
+        raise _bad_request(f"body is nested deeper than {_MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise _bad_request(f"body is not valid JSON: {exc}") from None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BrowserGate(Protocol):
+    """Another way in besides the bearer token: the history pages' login cookie.
+
+    Called for every request when a token is configured, with whether the
+    request carried the right bearer token; it answers the request.
+    """
+
+    async def __call__(
+        self, request: web.Request, handler: Handler, bearer_ok: bool
+    ) -> web.StreamResponse: ...
+
+
+BROWSER_GATE = web.AppKey("browser_gate", BrowserGate)
+
+
+def unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": {"code": "Unauthorized", "message": "a valid bearer token is required"}},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="adxflow"'},
+    )
+
+
+def bearer_auth(token: SecretStr | None) -> Any:
+    expected = token.get_secret_value().encode() if token is not None else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is None or request.path in _OPEN_PATHS:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        bearer_ok = scheme.lower() == "bearer" and hmac.compare_digest(supplied.encode(), expected)
+        gate = request.app.get(BROWSER_GATE)
+        if gate is not None:
+            return await gate(request, handler, bearer_ok)
+        if not bearer_ok:
+            return unauthorized()
+        return await handler(request)
+
+    return middleware
+
+
+def require_token_off_loopback(host: str, token: SecretStr | None, setting: str) -> None:
+    if token is None and not is_loopback(host):
+        raise ConfigurationError(
+            f"{setting}={host!r} listens beyond loopback; "
+            "set ADXFLOW_API_TOKEN so the API requires a bearer token"
+        )
+
+
+def health_routes(app: web.Application, checks: dict[str, Check]) -> None:
+    """``/healthz`` (the process answers), ``/readyz`` (every check passes) and ``/metrics``."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        results = {name: await check() for name, check in checks.items()}
+        ready = all(results.values())
+        return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+def health_app(checks: dict[str, Check], token: SecretStr | None) -> web.Application:
+    """The health server of a service without an API: health, readiness and metrics only."""
+    app = web.Application(middlewares=[bearer_auth(token)])
+    health_routes(app, checks)
+    return app
+
+
+class HttpServer:
+    """An aiohttp application on a socket, as an async context manager."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self._host = host
+        self._port = port
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        # Port 0 asks for any free port; report the one the socket got.
+        self.port = int(self._runner.addresses[0][1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> HttpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,244 @@
+"""The ``adxflow`` command: run services, run the demo, talk to the APIs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.contracts.errors import AdxflowError
+from common.platform.config import Settings, load_settings
+from common.platform.logs import configure_logging
+
+if TYPE_CHECKING:
+    from common.platform.serving import Running
+
+# The services, the HTTP client and the Kusto client are imported where they are used, so
+# a container's `adxflow healthcheck` probe starts in a fraction of the time.
+
+SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
+
+#: The sample jobs of ``adxflow demo``: a pie of the states with the most
+#: storm events, and a time chart of events per day.
+DEMO_JOBS: list[dict[str, Any]] = [
+    {
+        "connection": "local",
+        "database": "Samples",
+        "query": "StormEvents | summarize Events = count() by State | top 10 by Events",
+        "chart": "piechart",
+        "title": "Storm events by state (top 10)",
+        "email": {"to": ["team@example.com"], "subject": "Storm events by state", "importance": "normal"},
+    },
+    {
+        "connection": "local",
+        "database": "Samples",
+        "query": (
+            "StormEvents | where DamageProperty >= min_damage"
+            " | summarize Events = count() by bin(StartTime, 1d) | order by StartTime asc"
+        ),
+        "parameters": {"min_damage": 0},
+        "chart": "timechart",
+        "title": "Storm events per day",
+        "email": {"to": ["team@example.com"], "subject": "Storm events per day", "importance": "high"},
+    },
+]
+
+
+def _running(name: str) -> Running:
+    # Only the named service is imported: a worker alone never loads the others' libraries.
+    module = importlib.import_module(f"services.{name}.service")
+    running: Running = module.running
+    return running
+
+
+def healthcheck(settings: Settings, service: str | None) -> None:
+    """Return if *service* in this container answers /healthz; raise otherwise (a container's probe).
+
+    Without a service, any of the ports a service may serve on will do: a container runs one.
+    """
+    ports = {"trigger": settings.trigger_port, "history": settings.history_port}
+    candidates = (
+        [ports.get(service, settings.health_port)] if service else [*ports.values(), settings.health_port]
+    )
+    # Straight to loopback, whatever proxy the environment names.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    problems = []
+    for port in candidates:
+        url = f"http://127.0.0.1:{port}/healthz"
+        try:
+            with opener.open(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+                problems.append(f"{url}: {response.status}")
+        except OSError as exc:
+            problems.append(f"{url}: {exc}")
+    raise AdxflowError("not healthy: " + "; ".join(problems))
+
+
+async def up(settings: Settings) -> None:
+    from common.platform.serving import until_stopped
+    from services.launcher.system import embedded_system
+
+    async with embedded_system(settings) as system:
+        broker = "RabbitMQ" if settings.amqp_url else "in-process broker"
+        print(f"adxflow up ({broker})")
+        print(f"  trigger API   {system.trigger_url}/v1/jobs")
+        print(f"  run history   {system.history_url}/  (API {system.history_url}/v1/runs)")
+        print(f"  Kusto (local) {system.kusto.url}  connection 'local', database '{system.kusto.database}'")
+        if system.outbox is not None:
+            print(f"  outbox        {system.outbox.directory}  (SMTP on 127.0.0.1:{system.outbox.port})")
+        else:
+            print(f"  SMTP relay    {settings.smtp_host}:{settings.smtp_port}")
+        print("Ctrl-C to stop.", flush=True)
+        await until_stopped()
+
+
+async def demo(settings: Settings, timeout: float = 120.0) -> Path:
+    """Start embedded mode, run the sample jobs, print their runs; return the last email."""
+    import aiohttp
+
+    from services.launcher.client import format_run, wait_for_run
+    from services.launcher.system import embedded_system
+
+    async with embedded_system(settings) as system, aiohttp.ClientSession() as session:
+        broker = "RabbitMQ" if settings.amqp_url else "the in-process broker"
+        print(f"adxflow demo: embedded mode through {broker}; Kusto at {system.kusto.url}", flush=True)
+        locations = []
+        for job in DEMO_JOBS:
+            async with session.post(f"{system.trigger_url}/v1/jobs", json=job) as response:
+                body = await response.json()
+                if response.status != 202:
+                    raise AdxflowError(f"job refused: {body}")
+                locations.append(response.headers["Location"])
+        failed = False
+        for location in locations:
+            run = await wait_for_run(session, location, timeout)
+            print(format_run(run), flush=True)
+            failed = failed or run["status"] != "succeeded"
+        if failed:
+            raise AdxflowError("a demo run failed; see the steps above")
+        if system.outbox is None:
+            raise AdxflowError(
+                "the demo reads its email from the embedded outbox; unset ADXFLOW_EMBEDDED_SMTP"
+            )
+        messages = system.outbox.messages()
+        if not messages:
+            raise AdxflowError("no email arrived in the outbox")
+        return messages[-1].resolve()
+
+
+def _parser() -> argparse.ArgumentParser:
+    trigger_url = os.environ.get("ADXFLOW_TRIGGER_URL", "http://127.0.0.1:8080")
+    history_url = os.environ.get("ADXFLOW_HISTORY_URL", "http://127.0.0.1:8081")
+    parser = argparse.ArgumentParser(prog="adxflow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run all five services in one process on embedded defaults")
+    serve_cmd = commands.add_parser("serve", help="run one service (for containers; needs ADXFLOW_AMQP_URL)")
+    serve_cmd.add_argument("service", choices=SERVICES)
+    commands.add_parser("demo", help="run two sample report jobs end to end and print the last email's path")
+    health_cmd = commands.add_parser("healthcheck", help="exit 0 if the service in this container is alive")
+    health_cmd.add_argument("service", nargs="?", choices=SERVICES)
+
+    gallery_cmd = commands.add_parser(
+        "render-gallery",
+        help="draw every chart kind from the sample data, with an email preview, into a folder",
+    )
+    gallery_cmd.add_argument("out_dir", type=Path, help="where the pictures and index.html go")
+
+    flows_cmd = commands.add_parser("flows", help="apply, list and validate flows")
+    flows = flows_cmd.add_subparsers(dest="flows_command", required=True)
+    apply_cmd = flows.add_parser("apply", help="create or replace flows from a file or a folder of files")
+    apply_cmd.add_argument(
+        "-f", "--file", required=True, help="a flow file (YAML or JSON) or a folder of them"
+    )
+    apply_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    list_cmd = flows.add_parser("list", help="the saved flows, their schedules and next fire times")
+    list_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    validate_cmd = flows.add_parser("validate", help="check flow files without saving them")
+    validate_cmd.add_argument("file", help="a flow file or a folder of them")
+
+    run_cmd = commands.add_parser("run", help="run a saved flow now")
+    run_cmd.add_argument("name")
+    run_cmd.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    run_cmd.add_argument(
+        "--wait", action="store_true", help="show each step as it ends; exit 1 if the run fails"
+    )
+    run_cmd.add_argument("--idempotency-key", help="repeat-safe: the same key starts the run only once")
+    run_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    run_cmd.add_argument("--history-url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
+
+    runs_cmd = commands.add_parser("runs", help="the run history")
+    runs = runs_cmd.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs.add_parser("list", help="recent runs, newest first")
+    runs_list.add_argument("--flow")
+    runs_list.add_argument("--status", choices=["queued", "running", "succeeded", "failed"])
+    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
+    runs_show = runs.add_parser("show", help="one run with every step")
+    runs_show.add_argument("run_id")
+    runs_show.add_argument("--url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
+
+    submit_cmd = commands.add_parser("submit", help="submit an ad-hoc job (JSON or YAML file, '-' for stdin)")
+    submit_cmd.add_argument("file")
+    submit_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    return parser
+
+
+def _client(args: argparse.Namespace) -> None:
+    from services.launcher import client
+
+    if args.command == "flows" and args.flows_command == "validate":
+        client.validate(args.file)
+    elif args.command == "flows" and args.flows_command == "apply":
+        asyncio.run(client.apply(args.url.rstrip("/"), args.file))
+    elif args.command == "flows":
+        asyncio.run(client.list_flows(args.url.rstrip("/")))
+    elif args.command == "run":
+        url, history = args.url.rstrip("/"), args.history_url.rstrip("/")
+        asyncio.run(
+            client.start(url, history, args.name, args.param, wait=args.wait, key=args.idempotency_key)
+        )
+    elif args.command == "runs" and args.runs_command == "list":
+        asyncio.run(client.list_runs(args.url.rstrip("/"), args.flow, args.status, args.limit))
+    elif args.command == "runs":
+        asyncio.run(client.show_run(args.url.rstrip("/"), args.run_id))
+    elif args.command == "submit":
+        asyncio.run(client.submit(args.url.rstrip("/"), args.file))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "demo":
+            # The demo's own output is the report; keep logs to warnings unless asked.
+            level = os.environ.get("ADXFLOW_LOG_LEVEL", "WARNING")
+            configure_logging("embedded", level=level, fmt=settings.log_format)
+            settings = settings.model_copy(update={"trigger_port": 0, "history_port": 0, "smtp_port": 0})
+            print(asyncio.run(demo(settings)))
+        elif args.command == "render-gallery":
+            from services.launcher.gallery import render_gallery
+
+            level = os.environ.get("ADXFLOW_LOG_LEVEL", "WARNING")
+            configure_logging("embedded", level=level, fmt=settings.log_format)
+            print(asyncio.run(render_gallery(args.out_dir, settings)))
+        elif args.command == "up":
+            configure_logging("embedded", level=settings.log_level, fmt=settings.log_format)
+            asyncio.run(up(settings))
+        elif args.command == "healthcheck":
+            healthcheck(settings, args.service)
+        elif args.command == "serve":
+            configure_logging(args.service, level=settings.log_level, fmt=settings.log_format)
+            from common.platform.serving import serve
+
+            asyncio.run(serve(args.service, _running(args.service), settings))
+        else:
+            _client(args)
+    except AdxflowError as exc:
+        print(f"adxflow: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None

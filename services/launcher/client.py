@@ -1,0 +1,252 @@
+"""The command line's side of the HTTP APIs: flows, runs and jobs.
+
+Each function prints what a person at a terminal wants to see and raises
+``SystemExit`` with a non-zero code when the server refused or a run failed.
+The token for the APIs comes from ``ADXFLOW_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from pydantic import ValidationError
+
+from common.contracts.errors import AdxflowError
+from common.contracts.flows import Flow
+from services.trigger.schedule import Schedule, ScheduleError
+
+#: How long `run --wait` waits for a run to end.
+WAIT_SECONDS = 3600.0
+
+
+def _headers() -> dict[str, str]:
+    token = os.environ.get("ADXFLOW_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def load_document(path: str) -> Any:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def flow_files(target: str) -> Iterator[Path]:
+    path = Path(target)
+    if path.is_dir():
+        yield from sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+    else:
+        yield path
+
+
+def validate_file(path: Path) -> list[str]:
+    """Problems with one flow file, each naming its field; empty when it is valid here."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"cannot read: {exc}"]
+    try:
+        flow = Flow.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}")
+        return problems
+    trigger = flow.trigger
+    if trigger.cron is not None or trigger.every is not None:
+        try:
+            Schedule.build(cron=trigger.cron, every=trigger.every, timezone=trigger.timezone)
+        except ScheduleError as exc:
+            return [str(exc)]
+    return []
+
+
+def validate(target: str) -> None:
+    failed = False
+    for path in flow_files(target):
+        problems = validate_file(path)
+        if problems:
+            failed = True
+            for problem in problems:
+                print(f"{path}: {problem}")
+        else:
+            print(f"{path}: ok")
+    if failed:
+        raise SystemExit(1)
+
+
+async def _call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with session.request(method, url, **kwargs) as response:
+        try:
+            body = await response.json()
+        except (aiohttp.ContentTypeError, json.JSONDecodeError):
+            body = {"error": {"message": await response.text()}}
+        return response.status, body
+
+
+def _refusal(status: int, body: Any) -> str:
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    fields = error.get("fields") or []
+    if fields:
+        return "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return str(error.get("message") or f"HTTP {status}")
+
+
+async def apply(trigger_url: str, target: str) -> None:
+    failed = False
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        for path in flow_files(target):
+            document = load_document(str(path))
+            name = document.get("name") if isinstance(document, dict) else None
+            if not name:
+                print(f"{path}: the document has no name")
+                failed = True
+                continue
+            status, body = await _call(session, "PUT", f"{trigger_url}/v1/flows/{name}", json=document)
+            if status in (200, 201):
+                verb = "created" if status == 201 else f"updated (version {body['version']})"
+                print(f"{path}: {name} {verb}; {body.get('schedule')}")
+            else:
+                print(f"{path}: refused: {_refusal(status, body)}")
+                failed = True
+    if failed:
+        raise SystemExit(1)
+
+
+async def list_flows(trigger_url: str) -> None:
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "GET", f"{trigger_url}/v1/flows")
+    if status != 200:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    for flow in body["flows"]:
+        state = "enabled" if flow["enabled"] else "disabled"
+        following = f"  next {flow['next_fire']}" if flow.get("next_fire") else ""
+        print(f"{flow['name']:<28} {state:<9} {flow['schedule']}{following}")
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    parameters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"adxflow: --param takes NAME=VALUE, got {pair!r}")
+        parameters[name] = value
+    return parameters
+
+
+def format_step(step: dict[str, Any]) -> str:
+    took = step.get("duration_ms")
+    line = f"  {step['step_id']:<20} {step['service']:<13} {step['status']:<10}"
+    line += f" {took:>9.1f} ms" if took is not None else f" {'-':>9}   "
+    if step.get("row_count") is not None:
+        line += f"  {step['row_count']} rows"
+    if step.get("error"):
+        line += f"  {step['error']['code']}: {step['error']['message']}"
+    elif step.get("status") == "skipped" and step.get("detail", {}).get("reason"):
+        line += f"  ({step['detail']['reason']})"
+    return line
+
+
+def format_run(run: dict[str, Any]) -> str:
+    duration = run.get("duration_ms")
+    lines = [
+        f"run {run['run_id']}  {run['status']}"
+        + (f"  {duration:.0f} ms" if duration is not None else "")
+        + f"  {run.get('flow') or ''}"
+        + (f" — {run['description']}" if run.get("description") else "")
+    ]
+    lines.extend(format_step(step) for step in run.get("steps", []))
+    return "\n".join(lines)
+
+
+async def wait_for_run(session: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:
+    """The run at *url* (the history API) once it has ended; AdxflowError after *timeout* seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        async with session.get(url) as response:
+            if response.status == 200:
+                run: dict[str, Any] = await response.json()
+                if run["status"] in ("succeeded", "failed"):
+                    return run
+        if loop.time() > deadline:
+            raise AdxflowError(f"run at {url} did not finish within {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def start(
+    trigger_url: str, history_url: str, name: str, params: list[str], *, wait: bool, key: str | None
+) -> None:
+    headers = {**_headers(), **({"Idempotency-Key": key} if key else {})}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        body_in = {"parameters": parse_params(params)}
+        status, body = await _call(session, "POST", f"{trigger_url}/v1/flows/{name}/runs", json=body_in)
+        if status != 202:
+            raise SystemExit(f"adxflow: {_refusal(status, body)}")
+        print(f"run {body['run_id']} started{' (repeated request)' if body.get('repeated') else ''}")
+        if wait:
+            await _follow(session, f"{history_url}/v1/runs/{body['run_id']}")
+
+
+async def _follow(session: aiohttp.ClientSession, url: str) -> None:
+    """Print each step as it ends; exit non-zero when the run fails."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_SECONDS
+    shown: set[tuple[str, int]] = set()
+    while loop.time() < deadline:
+        status, run = await _call(session, "GET", url)
+        if status == 200:
+            for step in run["steps"]:
+                key = (step["step_id"], step["attempt"])
+                if step["status"] in ("succeeded", "failed", "skipped") and key not in shown:
+                    shown.add(key)
+                    print(format_step(step), flush=True)
+            if run["status"] in ("succeeded", "failed"):
+                print(f"run {run['status']} in {run['duration_ms']:.0f} ms")
+                if run["status"] == "failed":
+                    raise SystemExit(1)
+                return
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"adxflow: the run did not end within {WAIT_SECONDS:g} s")
+
+
+async def list_runs(history_url: str, flow: str | None, status: str | None, limit: int) -> None:
+    query = {
+        "limit": str(limit),
+        **({"flow": flow} if flow else {}),
+        **({"status": status} if status else {}),
+    }
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        code, body = await _call(session, "GET", f"{history_url}/v1/runs", params=query)
+    if code != 200:
+        raise SystemExit(f"adxflow: {_refusal(code, body)}")
+    for run in body["runs"]:
+        submitted = dt.datetime.fromisoformat(run["submitted_at"].replace("Z", "+00:00"))
+        when = submitted.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        took = f"{run['duration_ms']:.0f} ms" if run.get("duration_ms") is not None else "-"
+        flow_name = run.get("flow") or ""
+        print(f"{run['run_id']}  {when}  {run['status']:<9} {took:>9}  {flow_name} ({run['trigger']})")
+
+
+async def show_run(history_url: str, run_id: str) -> None:
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "GET", f"{history_url}/v1/runs/{run_id}")
+    if status != 200:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    print(format_run(body))
+
+
+async def submit(trigger_url: str, path: str) -> None:
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "POST", f"{trigger_url}/v1/jobs", json=load_document(path))
+    print(json.dumps(body, indent=2))
+    if status != 202:
+        raise SystemExit(1)

@@ -1,0 +1,122 @@
+"""Broker behaviour, run against the in-process broker and real RabbitMQ alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from common.contracts.errors import DeadLetter, Requeue
+from common.contracts.messages import StepKind
+from common.contracts.topology import DELIVERY_LIMIT
+from common.platform.broker.interface import Broker, BrokerError, Delivery
+
+
+class Inbox:
+    """Collects deliveries; lets a test wait for the n-th one."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self._changed = asyncio.Condition()
+
+    async def add(self, delivery: Delivery) -> None:
+        async with self._changed:
+            self.deliveries.append(delivery)
+            self._changed.notify_all()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.deliveries) >= count), timeout)
+        return self.deliveries
+
+
+async def test_published_message_reaches_the_bound_queue(broker: Broker) -> None:
+    inbox = Inbox()
+    topology = broker.topology
+    await broker.consume(topology.step_queue(StepKind.QUERY), inbox.add)
+    await broker.publish(topology.step_key(StepKind.QUERY), b'{"n": 1}', message_id="m-1")
+
+    [delivery] = await inbox.wait_for(1)
+    assert delivery.body == b'{"n": 1}'
+    assert delivery.message_id == "m-1"
+    assert delivery.redelivered is False
+
+
+async def test_requeue_redelivers_the_same_message(broker: Broker) -> None:
+    inbox = Inbox()
+
+    async def fail_first(delivery: Delivery) -> None:
+        await inbox.add(delivery)
+        if len(inbox.deliveries) == 1:
+            raise Requeue
+
+    topology = broker.topology
+    await broker.consume(topology.step_queue(StepKind.RENDER), fail_first)
+    await broker.publish(topology.step_key(StepKind.RENDER), b"again", message_id="m-2")
+
+    first, second = await inbox.wait_for(2)
+    assert second.body == first.body == b"again"
+    assert second.redelivered is True
+    assert second.delivery_count == 2
+
+
+async def test_dead_letter_goes_to_the_dead_letter_queue(broker: Broker) -> None:
+    dead = Inbox()
+    topology = broker.topology
+
+    async def refuse(delivery: Delivery) -> None:
+        raise DeadLetter
+
+    await broker.consume(topology.step_queue(StepKind.NOTIFY), refuse)
+    await broker.consume(topology.dead_letter_queue, dead.add)
+    await broker.publish(topology.step_key(StepKind.NOTIFY), b"poison", message_id="m-3")
+
+    [delivery] = await dead.wait_for(1)
+    assert delivery.body == b"poison"
+
+
+async def test_a_message_that_always_fails_is_dead_lettered_after_the_delivery_limit(broker: Broker) -> None:
+    attempts = Inbox()
+    dead = Inbox()
+    topology = broker.topology
+
+    async def always_fail(delivery: Delivery) -> None:
+        await attempts.add(delivery)
+        raise RuntimeError("boom")
+
+    await broker.consume(topology.step_queue(StepKind.RECORD), always_fail)
+    await broker.consume(topology.dead_letter_queue, dead.add)
+    await broker.publish(topology.step_key(StepKind.RECORD), b"never", message_id="m-4")
+
+    [delivery] = await dead.wait_for(1, timeout=30)
+    assert delivery.body == b"never"
+    assert DELIVERY_LIMIT <= len(attempts.deliveries) <= DELIVERY_LIMIT + 1
+
+
+async def test_unroutable_publish_is_an_error(broker: Broker) -> None:
+    with pytest.raises(BrokerError, match="no-such-key"):
+        await broker.publish("no-such-key", b"lost?")
+
+
+async def test_close_waits_for_the_handler_in_flight(broker: Broker) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[bytes] = []
+
+    async def slow(delivery: Delivery) -> None:
+        started.set()
+        await release.wait()
+        finished.append(delivery.body)
+
+    topology = broker.topology
+    await broker.consume(topology.status_queue, slow)
+    await broker.publish(topology.status_key, b"in-flight")
+    await asyncio.wait_for(started.wait(), 10)
+
+    closing = asyncio.create_task(broker.close())
+    # Close is under way but must not finish while the handler holds its message.
+    done, _ = await asyncio.wait({closing}, timeout=0.2)
+    assert not done
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert finished == [b"in-flight"]

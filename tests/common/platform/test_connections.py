@@ -1,0 +1,119 @@
+"""Connections: only what the operator configured, secrets only by reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from azure.kusto.data import KustoConnectionStringBuilder
+
+from common.contracts.errors import ConfigurationError, UnknownConnection
+from common.platform.connections import AppKey, Connections, NoAuth, connection_string
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "connections.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_auth_method_parses(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+connections:
+  local: {cluster: "http://127.0.0.1:31415", auth: none}
+  sp:
+    cluster: https://c1.westeurope.kusto.windows.net
+    auth: app_key
+    client_id: app
+    tenant_id: tenant
+    client_secret: {env: ADX_SP_SECRET}
+  cert:
+    cluster: https://c2.kusto.windows.net
+    auth: app_certificate
+    client_id: app
+    tenant_id: tenant
+    certificate_path: /run/secrets/adx.pem
+  mi: {cluster: "https://c3.kusto.windows.net", auth: managed_identity, client_id: abc}
+  wi: {cluster: "https://c4.kusto.windows.net", auth: workload_identity}
+  cli: {cluster: "https://c5.kusto.windows.net", auth: az_cli}
+  device: {cluster: "https://c6.kusto.windows.net", auth: device_code}
+""",
+    )
+    connections = Connections.from_file(path)
+    assert connections.names() == ["cert", "cli", "device", "local", "mi", "sp", "wi"]
+    assert isinstance(connections.get("local"), NoAuth)
+    sp = connections.get("sp")
+    assert isinstance(sp, AppKey)
+    assert sp.client_secret.env == "ADX_SP_SECRET"
+
+
+def test_an_unknown_connection_names_the_known_ones() -> None:
+    connections = Connections()
+    connections.add_local("local", "http://127.0.0.1:31415")
+    with pytest.raises(UnknownConnection, match=r"'prod' is not configured \(known: local\)"):
+        connections.get("prod")
+
+
+def test_an_inline_secret_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+connections:
+  sp:
+    cluster: https://c1.kusto.windows.net
+    auth: app_key
+    client_id: app
+    tenant_id: tenant
+    client_secret: hunter2
+""",
+    )
+    with pytest.raises(ConfigurationError, match=r"sp\.app_key\.client_secret") as raised:
+        Connections.from_file(path)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_tokens_are_never_sent_over_plain_http(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "connections:\n  mi: {cluster: 'http://c.kusto.windows.net', auth: managed_identity}\n"
+    )
+    with pytest.raises(ConfigurationError, match="must use https"):
+        Connections.from_file(path)
+
+
+def test_a_cluster_url_with_a_path_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "connections:\n  x: {cluster: 'https://c.kusto.windows.net/evil?x=1', auth: az_cli}\n"
+    )
+    with pytest.raises(ConfigurationError, match="bare cluster URL"):
+        Connections.from_file(path)
+
+
+def test_the_local_endpoint_must_be_loopback() -> None:
+    with pytest.raises(ConfigurationError, match="loopback"):
+        Connections().add_local("local", "http://10.1.2.3:31415")
+
+
+def test_the_secret_is_read_from_the_environment_only_when_a_client_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = AppKey(
+        cluster="https://c1.kusto.windows.net",
+        auth="app_key",
+        client_id="app",
+        tenant_id="tenant",
+        client_secret={"env": "ADX_TEST_SECRET"},  # type: ignore[arg-type]
+    )
+    monkeypatch.delenv("ADX_TEST_SECRET", raising=False)
+    with pytest.raises(ConfigurationError, match="ADX_TEST_SECRET is not set"):
+        connection_string(config)
+    monkeypatch.setenv("ADX_TEST_SECRET", "s3cr3t-value")
+    kcsb = connection_string(config)
+    assert isinstance(kcsb, KustoConnectionStringBuilder)
+    assert "s3cr3t-value" not in repr(config)
+
+
+def test_a_missing_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="ADXFLOW_CONNECTIONS_FILE"):
+        Connections.from_file(tmp_path / "absent.yaml")

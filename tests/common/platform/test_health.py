@@ -1,0 +1,70 @@
+"""Health, readiness and metrics on a service's health server; consumers count towards readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from common.platform.broker.interface import Broker, Delivery
+from common.platform.http import HttpServer, health_app
+
+
+async def get(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, Any]:
+    async with session.get(url, headers=headers) as response:
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def test_readiness_is_every_check_and_health_is_only_being_alive() -> None:
+    database_up = True
+
+    async def database() -> bool:
+        return database_up
+
+    async def always() -> bool:
+        return True
+
+    app = health_app({"broker": always, "database": database}, None)
+    async with HttpServer(app, "127.0.0.1", 0) as server, aiohttp.ClientSession() as session:
+        assert await get(session, f"{server.url}/healthz") == (200, {"status": "ok"})
+        assert await get(session, f"{server.url}/readyz") == (
+            200,
+            {"ready": True, "checks": {"broker": True, "database": True}},
+        )
+        database_up = False
+        assert await get(session, f"{server.url}/readyz") == (
+            503,
+            {"ready": False, "checks": {"broker": True, "database": False}},
+        )
+        assert await get(session, f"{server.url}/healthz") == (200, {"status": "ok"})
+
+
+async def test_with_a_token_metrics_need_it_and_probes_do_not() -> None:
+    async def always() -> bool:
+        return True
+
+    app = health_app({"broker": always}, SecretStr("s3cret-token"))
+    async with HttpServer(app, "127.0.0.1", 0) as server, aiohttp.ClientSession() as session:
+        assert (await get(session, f"{server.url}/healthz"))[0] == 200
+        assert (await get(session, f"{server.url}/readyz"))[0] == 200
+        assert (await get(session, f"{server.url}/metrics"))[0] == 401
+        status, text = await get(session, f"{server.url}/metrics", Authorization="Bearer s3cret-token")
+        assert status == 200
+        assert "adxflow_runs_total" in text or "# TYPE adxflow_runs counter" in text
+
+
+async def test_a_broker_is_consuming_only_while_its_consumers_are_attached(broker: Broker) -> None:
+    async def ignore(delivery: Delivery) -> None:
+        return None
+
+    # Connected but consuming nothing: a service in this state does no work.
+    assert await broker.ping() is True
+    assert await broker.consuming() is False
+    await broker.consume(broker.topology.status_queue, ignore)
+    assert await broker.consuming() is True
+    await broker.close()
+    assert await broker.ping() is False
+    assert await broker.consuming() is False
