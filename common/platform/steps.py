@@ -29,8 +29,9 @@ from typing import Any, TypeVar, cast
 import structlog
 from pydantic import ValidationError
 
+from common.contracts.actions import PostWebhook, SendEmail
 from common.contracts.errors import AdxflowError, DeadLetter
-from common.contracts.flows import PostWebhook, SendEmail, flow_of
+from common.contracts.flows import flow_of
 from common.contracts.messages import (
     SERVICE_OF,
     DeadLetterRecord,

@@ -17,8 +17,9 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from common.contracts.actions import SendEmail
 from common.contracts.errors import ArtifactMissing
-from common.contracts.flows import SendEmail, flow_of
+from common.contracts.flows import flow_of
 from common.contracts.messages import ErrorCode, ErrorInfo, RunMessage, RunStatus, StepKind
 from common.platform.broker.interface import BrokerError
 from common.platform.runtime import Runtime

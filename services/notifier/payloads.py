@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.contracts.flows import RENDERING_STEPS, Flow, StepSpec
+from common.contracts.actions import RENDERING_STEPS, StepSpec
+from common.contracts.flows import Flow
 from common.contracts.messages import BlobRef, RunMessage, StepStatus
 
 Format = Literal["json", "slack", "teams"]

@@ -34,8 +34,9 @@ import aiohttp
 import structlog
 from markupsafe import Markup, escape
 
+from common.contracts.actions import RENDERING_STEPS, PostWebhook, SendEmail
 from common.contracts.errors import ConfigurationError, DeliveryError
-from common.contracts.flows import RENDERING_STEPS, Flow, PostWebhook, SendEmail, flow_of, step_spec
+from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import (
     BlobRef,
     ErrorCode,

@@ -17,16 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, RunAsyncControlCommand, RunShowCommand
 from common.contracts.errors import AdxflowError, KustoError
-from common.contracts.flows import (
-    COMMAND_STEPS,
-    KUSTO_STEPS,
-    Flow,
-    RunAsyncControlCommand,
-    RunShowCommand,
-    flow_of,
-    step_spec,
-)
+from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
 from common.contracts.operators import describe, refused_operators
 from common.platform.blobs.interface import BlobWriter, artifact_key

@@ -16,8 +16,9 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 
+from common.contracts.actions import RENDERING_STEPS, Chart
 from common.contracts.errors import RenderError
-from common.contracts.flows import RENDERING_STEPS, Chart, flow_of, step_spec
+from common.contracts.flows import flow_of, step_spec
 from common.contracts.messages import BlobRef, RunMessage, StepKind, StepOutput, chart_content_id
 from common.contracts.results import ResultSet
 from common.platform.blobs.interface import artifact_key

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Sequence
 
-from common.contracts.flows import COMMAND_STEPS, KUSTO_STEPS, Flow, PostWebhook, SendEmail
+from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, PostWebhook, SendEmail
+from common.contracts.flows import Flow
 from common.contracts.operators import describe, refused_operators
 from common.platform.connections import Connections
 from common.platform.webhooks import WebhookPolicy, WebhookRefused

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from common.contracts.flows import RENDERING_STEPS, Flow, new_run
+from common.contracts.actions import RENDERING_STEPS
+from common.contracts.flows import Flow, new_run
 from common.contracts.messages import (
     BlobRef,
     RunContext,
