@@ -5,10 +5,10 @@ and, for a per-row step, ``row``), then sends. With ``for_each`` it sends one
 delivery per row of an earlier query step, up to a cap, and its ``when`` is
 evaluated for each row.
 
-An email is kept within the operator's size budget (see
-:mod:`services.notifier.budget`) and goes only to the domains the operator
-allows, checked again here because a flow saved before the allowlist changed
-may still name another. A webhook without a body template gets the payload
+An email is composed by :mod:`services.notifier.composer`, within the
+operator's size budget (see :mod:`services.notifier.budget`), and goes only
+to the domains the operator allows, checked again here because a flow saved
+before the allowlist changed may still name another. A webhook without a body template gets the payload
 of its ``format`` (see :mod:`services.notifier.payloads`).
 
 A redelivered message must not deliver twice: every delivery is claimed in
@@ -25,42 +25,25 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from email.headerregistry import Address
-from functools import partial
-from html.parser import HTMLParser
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import structlog
-from markupsafe import Markup, escape
 
-from common.contracts.actions import RENDERING_STEPS, PostWebhook, SendEmail
+from common.contracts.actions import PostWebhook, SendEmail
 from common.contracts.errors import ConfigurationError, DeliveryError
 from common.contracts.flows import Flow, flow_of, step_spec
-from common.contracts.messages import (
-    BlobRef,
-    ErrorCode,
-    RunMessage,
-    StepKind,
-    StepOutput,
-    StepStatus,
-    chart_content_id,
-)
+from common.contracts.messages import BlobRef, ErrorCode, RunMessage, StepKind, StepOutput, StepStatus
 from common.contracts.results import ResultSet
-from common.contracts.templates import (
-    TemplateError,
-    evaluate_condition,
-    render_html,
-    render_text,
-    template_context,
-)
+from common.contracts.templates import TemplateError, evaluate_condition, render_text, template_context
 from common.platform import metrics
 from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from common.platform.webhooks import WebhookPolicy, WebhookRefused, policy_for
-from services.notifier.budget import Chart, File, Packed, Packer
-from services.notifier.email import Email, build_email, sender_address
+from services.notifier.budget import Packed
+from services.notifier.composer import Composer
 from services.notifier.ledger import Claim, Ledger
 from services.notifier.payloads import payload, summarize
 from services.notifier.smtp import SmtpConnections, send_email
@@ -84,28 +67,34 @@ def _item(row: int | None, resend: str | None) -> str:
     return item if resend is None else f"{item}.{resend}"
 
 
-class _Text(HTMLParser):
-    """The text of an HTML body, for the text/plain alternative."""
+@dataclass
+class _Tally:
+    """What a step's deliveries came to, row by row: its output."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
+    delivered: int = 0
+    skipped: int = 0
+    artifacts: dict[str, BlobRef] = field(default_factory=dict)
+    packings: list[dict[str, Any]] = field(default_factory=list)
 
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+    def add(self, index: int | None, recorded: dict[str, Any]) -> None:
+        """One delivery made now or earlier, as the ledger recorded it."""
+        if "email" in recorded:
+            self.artifacts[f"email_{index}" if index is not None else "email"] = BlobRef(**recorded["email"])
+        if "packing" in recorded:
+            self.packings.append(recorded["packing"])
+        self.delivered += 1
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("br", "p", "tr", "h1", "h2", "h3", "div", "table"):
-            self.parts.append("\n")
-        elif tag in ("td", "th"):
-            self.parts.append("\t")
-
-
-def html_to_text(html: str) -> str:
-    parser = _Text()
-    parser.feed(html)
-    lines = (line.strip() for line in "".join(parser.parts).splitlines())
-    return "\n".join(line for line in lines if line) + "\n"
+    def output(self, spec: SendEmail | PostWebhook, *, rows: int, total: int) -> StepOutput:
+        """The step's output after *rows* of the *total* rows its source had."""
+        detail: dict[str, Any] = {"deliveries": self.delivered}
+        if spec.for_each:
+            detail.update(rows=total, skipped_rows=self.skipped, capped=total > rows)
+        if isinstance(spec, SendEmail):
+            detail["recipients"] = [*spec.to, *spec.cc, *spec.bcc]
+            detail.update(_furthest_packing(self.packings))
+        # Keep the step's output small: the history shows up to ten sent emails.
+        shown = dict(list(self.artifacts.items())[:10])
+        return StepOutput(artifacts=shown, detail=detail)
 
 
 class NotifyStep:
@@ -124,6 +113,7 @@ class NotifyStep:
         #: Connections to the relay kept between emails; without, one connection an email.
         self.smtp = smtp
         self.lease = dt.timedelta(seconds=runtime.settings.delivery_lease_seconds)
+        self.composer = Composer(runtime, self._run_url, self._artifact_url)
 
     async def perform(self, message: RunMessage) -> StepOutput:
         flow = flow_of(message)
@@ -134,64 +124,65 @@ class NotifyStep:
             self._check_recipients(spec)
         bodies = await self._bodies(message, flow)
         rows, total = await self._rows(message, spec)
-        delivered, skipped = 0, 0
-        artifacts: dict[str, BlobRef] = {}
-        packings: list[dict[str, Any]] = []
+        tally = _Tally()
         for index, row in rows:
             context = template_context(message, bodies=bodies, row=row)
-            if spec.for_each and spec.when:
-                field = f"steps.{spec.id}.when"
-                if not evaluate_condition(spec.when, context, field=field):
-                    skipped += 1
-                    continue
-            item = _item(index, message.resend)
-            # The email is composed while the ledger is asked: it is sent only if the claim is ours.
-            packing = (
-                asyncio.ensure_future(self._pack(message, flow, spec, context, index))
-                if isinstance(spec, SendEmail)
-                else None
-            )
-            try:
-                claim, recorded = await self.ledger.claim(
-                    message.run_id, message.step_id, item, lease=self.lease
-                )
-                if claim is not Claim.SENT and isinstance(spec, SendEmail):
-                    # Sent, but the ledger could not be told (its database was away): the
-                    # kept copy of the email is the proof.
-                    kept = await self._kept_email(message, index)
-                    if kept is not None:
-                        recorded = {"email": kept.model_dump()}
-                        await self.ledger.sent(message.run_id, message.step_id, item, recorded)
-                        claim = Claim.SENT
-                if claim is Claim.BUSY:
-                    # Another delivery of this message is sending it right now: look again later.
-                    raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
-                if claim is Claim.MINE:
-                    # Shielded: a delivery whose message is taken away mid-send (a dropped
-                    # broker connection cancels its handler) still finishes and is recorded,
-                    # so the redelivered copy finds it sent instead of sending it again.
-                    delivery = self._deliver(message, flow, spec, context, index, item, packing)
-                    packing = None  # the delivery owns it now
-                    recorded = await asyncio.shield(delivery)
-                else:
-                    log.info("already delivered on an earlier delivery", item=item)
-            finally:
-                if packing is not None:
-                    _abandon(packing)
-            if "email" in recorded:
-                artifacts[f"email_{index}" if index is not None else "email"] = BlobRef(**recorded["email"])
-            if "packing" in recorded:
-                packings.append(recorded["packing"])
-            delivered += 1
-        detail: dict[str, Any] = {"deliveries": delivered}
-        if spec.for_each:
-            detail.update(rows=total, skipped_rows=skipped, capped=total > len(rows))
-        if isinstance(spec, SendEmail):
-            detail["recipients"] = [*spec.to, *spec.cc, *spec.bcc]
-            detail.update(_furthest_packing(packings))
-        # Keep the step's output small: the history shows up to ten sent emails.
-        shown = dict(list(artifacts.items())[:10])
-        return StepOutput(artifacts=shown, detail=detail)
+            when = spec.when if spec.for_each else None
+            if when and not evaluate_condition(when, context, field=f"steps.{spec.id}.when"):
+                tally.skipped += 1
+                continue
+            tally.add(index, await self._deliver_once(message, flow, spec, context, index))
+        return tally.output(spec, rows=len(rows), total=total)
+
+    async def _deliver_once(
+        self,
+        message: RunMessage,
+        flow: Flow,
+        spec: SendEmail | PostWebhook,
+        context: dict[str, Any],
+        index: int | None,
+    ) -> dict[str, Any]:
+        """Deliver one item unless an earlier delivery of this message did; what the ledger keeps of it."""
+        item = _item(index, message.resend)
+        # The email is composed while the ledger is asked: it is sent only if the claim is ours.
+        packing = (
+            asyncio.ensure_future(self.composer.pack(message, flow, spec, context, index))
+            if isinstance(spec, SendEmail)
+            else None
+        )
+        try:
+            claim, recorded = await self._claim(message, spec, index, item)
+            if claim is Claim.BUSY:
+                # Another delivery of this message is sending it right now: look again later.
+                raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
+            if claim is Claim.MINE:
+                # Shielded: a delivery whose message is taken away mid-send (a dropped
+                # broker connection cancels its handler) still finishes and is recorded,
+                # so the redelivered copy finds it sent instead of sending it again.
+                delivery = self._deliver(message, flow, spec, context, index, item, packing)
+                packing = None  # the delivery owns it now
+                recorded = await asyncio.shield(delivery)
+            else:
+                log.info("already delivered on an earlier delivery", item=item)
+        finally:
+            if packing is not None:
+                _abandon(packing)
+        return recorded
+
+    async def _claim(
+        self, message: RunMessage, spec: SendEmail | PostWebhook, index: int | None, item: str
+    ) -> tuple[Claim, dict[str, Any]]:
+        """Claim *item* in the ledger; an email whose kept copy exists counts as sent."""
+        claim, recorded = await self.ledger.claim(message.run_id, message.step_id, item, lease=self.lease)
+        if claim is not Claim.SENT and isinstance(spec, SendEmail):
+            # Sent, but the ledger could not be told (its database was away): the
+            # kept copy of the email is the proof.
+            kept = await self._kept_email(message, index)
+            if kept is not None:
+                recorded = {"email": kept.model_dump()}
+                await self.ledger.sent(message.run_id, message.step_id, item, recorded)
+                claim = Claim.SENT
+        return claim, recorded
 
     async def _deliver(
         self,
@@ -223,17 +214,11 @@ class NotifyStep:
         outside = spec.recipients_outside(domains)
         if outside:
             problems = "; ".join(
-                f"steps.{spec.id}.{field}: {address!r} is outside the domains this server sends to "
+                f"steps.{spec.id}.{name}: {address!r} is outside the domains this server sends to "
                 f"({', '.join(domains)})"
-                for field, address in outside
+                for name, address in outside
             )
             raise DeliveryError(problems, code=ErrorCode.RECIPIENT_NOT_ALLOWED, retryable=False)
-
-    def _sender(self, spec: SendEmail) -> Address:
-        try:
-            return sender_address(self.runtime.settings.mail_from, spec.from_name)
-        except ValueError as exc:
-            raise ConfigurationError(f"ADXFLOW_MAIL_FROM: {exc}") from None
 
     def _run_url(self, message: RunMessage) -> str:
         return f"{self.runtime.history_url}/v1/runs/{message.run_id}"
@@ -272,83 +257,6 @@ class NotifyStep:
         rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]
         return list(rows), result.row_count
 
-    def _default_body(self, message: RunMessage, flow: Flow, bodies: dict[str, str]) -> str:
-        sections = []
-        for spec in flow.steps:
-            if isinstance(spec, RENDERING_STEPS) and spec.id in bodies:
-                output = message.outputs[spec.id]
-                rows = output.row_count or 0
-                sections.append(
-                    Markup(
-                        '<h2 style="font-size:16px;margin:16px 0 4px 0">{}</h2>'
-                        '<p style="font-size:13px;color:#57606a;margin:0 0 8px 0">{}</p>{}'
-                    ).format(
-                        spec.title or flow.description or spec.id,
-                        "1 row" if rows == 1 else f"{rows:,} rows",
-                        Markup(bodies[spec.id]),
-                    )
-                )
-        return str(Markup("\n").join(sections)) or str(escape(flow.description or flow.name))
-
-    async def _pack(
-        self, message: RunMessage, flow: Flow, spec: SendEmail, context: dict[str, Any], index: int | None
-    ) -> Packed:
-        """Compose one email and fit it within the budget; nothing is sent yet."""
-        blobs = self.runtime.blobs
-        settings = self.runtime.settings
-        subject = render_text(spec.subject, context, field=f"steps.{spec.id}.subject").strip()
-        if "\r" in subject or "\n" in subject:
-            raise TemplateError(f"steps.{spec.id}.subject: renders to more than one line")
-        if spec.body_html is not None:
-            body = render_html(spec.body_html, context, field=f"steps.{spec.id}.body_html")
-        else:
-            bodies = {name: str(view["body_html"]) for name, view in context["steps"].items()}
-            body = self._default_body(message, flow, bodies)
-        charts, files = [], []
-        for step in flow.steps:
-            if not isinstance(step, RENDERING_STEPS):
-                continue
-            render = message.outputs.get(f"{step.id}.render")
-            if render is None:
-                continue
-            png = render.artifacts.get("chart_png")
-            content_id = chart_content_id(message.run_id, step.id)
-            if png is not None and f"cid:{content_id}" in body:
-                charts.append(Chart(content_id, f"{step.id}.png", png))
-            csv = render.artifacts.get("csv")
-            if step.id in spec.attachments and csv is not None:
-                files.append(File(f"{step.id}.csv", "text", "csv", csv))
-                if png is not None:
-                    files.append(File(f"{step.id}.png", "image", "png", png))
-        mail = Email(
-            to=list(spec.to),
-            cc=list(spec.cc),
-            subject=subject,
-            body_html=body,
-            text=html_to_text(body),
-            importance=spec.importance,
-            run_url=self._run_url(message) if self.runtime.history_url else None,
-        )
-        suffix = "" if index is None else f".{index}"
-        if message.resend is not None:
-            suffix += f".{message.resend}"
-        packer = Packer(
-            max_bytes=settings.email_max_bytes,
-            load=lambda ref: blobs.get(ref.key),
-            compose=partial(
-                build_email,
-                sender=self._sender(spec),
-                message_id=f"<{message.run_id}.{message.step_id}{suffix}@adxflow>",
-            ),
-            artifact_url=self._artifact_url,
-            archive_name=f"{flow.name}-{message.run_id}.zip",
-            archived_at=message.submitted_at,
-        )
-        packed = await packer.pack(mail, files, charts, zip_attachments=spec.zip_attachments)
-        if packed.detail.get("attachments") not in (None, "attached"):
-            log.info("email packed to fit its budget", **packed.detail)
-        return packed
-
     async def _email(
         self, message: RunMessage, spec: SendEmail, index: int | None, packed: Packed
     ) -> tuple[BlobRef, dict[str, Any]]:
@@ -373,29 +281,34 @@ class NotifyStep:
             target = self.policy.resolve(webhook=spec.webhook, url=spec.url, field=f"steps.{spec.id}")
         except WebhookRefused as exc:
             raise DeliveryError(str(exc), code=ErrorCode.WEBHOOK_REJECTED) from None
-        if spec.body is not None:
-            text = render_text(spec.body, context, field=f"steps.{spec.id}.body")
-            body = render_json_body(text, field=f"steps.{spec.id}.body")
-        else:
-            title = flow.description or flow.name
-            if spec.title is not None:
-                title = render_text(spec.title, context, field=f"steps.{spec.id}.title").strip() or title
-            summary = summarize(
-                message,
-                flow,
-                spec,
-                title=title,
-                row=context.get("row"),
-                run_url=self._run_url(message),
-                artifact_url=self._artifact_url,
-            )
-            body = encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
+        body = self._webhook_body(message, flow, spec, context)
         suffix = "" if index is None else f".{index}"
         status = await post_json(
             self.session, target, body, idempotency_key=f"{message.run_id}.{message.step_id}{suffix}"
         )
         metrics.WEBHOOKS_POSTED.inc()
         return status
+
+    def _webhook_body(
+        self, message: RunMessage, flow: Flow, spec: PostWebhook, context: dict[str, Any]
+    ) -> bytes:
+        """The post's JSON: the step's body template, or else the payload of its format."""
+        if spec.body is not None:
+            text = render_text(spec.body, context, field=f"steps.{spec.id}.body")
+            return render_json_body(text, field=f"steps.{spec.id}.body")
+        title = flow.description or flow.name
+        if spec.title is not None:
+            title = render_text(spec.title, context, field=f"steps.{spec.id}.title").strip() or title
+        summary = summarize(
+            message,
+            flow,
+            spec,
+            title=title,
+            row=context.get("row"),
+            run_url=self._run_url(message),
+            artifact_url=self._artifact_url,
+        )
+        return encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
 
 
 def _abandon(packing: asyncio.Future[Packed]) -> None:
