@@ -156,6 +156,27 @@ def build_email(mail: Email, *, sender: Address, message_id: str) -> EmailMessag
               image/png ...          inline, referenced as cid:
           attachments ...
     """
+    _check_parts(mail, message_id)
+    message = _headers(mail, sender=sender, message_id=message_id)
+    _add_bodies(message, mail)
+    for attachment in mail.attachments:
+        params = {"charset": "utf-8"} if attachment.maintype == "text" else {}
+        message.add_attachment(
+            attachment.data,
+            maintype=attachment.maintype,
+            subtype=attachment.subtype,
+            filename=attachment.filename,
+            params=params,
+        )
+    # The stdlib stamps every part it creates with MIME-Version; only the top level needs it.
+    for part in message.walk():
+        if part is not message:
+            del part["MIME-Version"]
+    return message
+
+
+def _check_parts(mail: Email, message_id: str) -> None:
+    """A ValueError for a header, file name or inline image that must not go into a message."""
     _single_line(mail.subject, "subject")
     if not _MESSAGE_ID.fullmatch(message_id):
         raise ValueError(f"message_id must look like <local@domain>, got {message_id!r}")
@@ -168,6 +189,8 @@ def build_email(mail: Email, *, sender: Address, message_id: str) -> EmailMessag
         if not _MESSAGE_ID.fullmatch(f"<{image.content_id}>"):
             raise ValueError(f"inline image content id {image.content_id!r} must look like local@domain")
 
+
+def _headers(mail: Email, *, sender: Address, message_id: str) -> EmailMessage:
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
     message["To"] = ", ".join(mail.to)
@@ -179,7 +202,11 @@ def build_email(mail: Email, *, sender: Address, message_id: str) -> EmailMessag
     importance, priority = _PRIORITY[mail.importance]
     message["Importance"] = importance
     message["X-Priority"] = priority
+    return message
 
+
+def _add_bodies(message: EmailMessage, mail: Email) -> None:
+    """The text and HTML alternatives, the HTML's inline images related to it."""
     html = _html_template.render(
         font=_FONT,
         body=Markup(mail.body_html),
@@ -197,20 +224,6 @@ def build_email(mail: Email, *, sender: Address, message_id: str) -> EmailMessag
             html_part.add_related(
                 image.png, maintype="image", subtype="png", cid=f"<{image.content_id}>", disposition="inline"
             )
-    for attachment in mail.attachments:
-        params = {"charset": "utf-8"} if attachment.maintype == "text" else {}
-        message.add_attachment(
-            attachment.data,
-            maintype=attachment.maintype,
-            subtype=attachment.subtype,
-            filename=attachment.filename,
-            params=params,
-        )
-    # The stdlib stamps every part it creates with MIME-Version; only the top level needs it.
-    for part in message.walk():
-        if part is not message:
-            del part["MIME-Version"]
-    return message
 
 
 def _text_with_links(mail: Email) -> str:

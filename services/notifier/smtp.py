@@ -26,6 +26,13 @@ log = structlog.get_logger(__name__)
 
 #: The only reply a relay gives when it accepts the message data (RFC 5321).
 _ACCEPTED = 250
+#: Failures to reach the relay at all, or to keep talking to it: another attempt may get through.
+_UNREACHABLE = (
+    aiosmtplib.SMTPConnectError,
+    aiosmtplib.SMTPServerDisconnected,
+    aiosmtplib.SMTPTimeoutError,
+    OSError,
+)
 #: A connection idle this long is asked whether it still stands (NOOP) before it is used again.
 _CHECK_AFTER_SECONDS = 1.0
 
@@ -137,62 +144,14 @@ async def send_email(
     addresses = [address for _, address in getaddresses(headers) if address]
     # An address in both To and Cc is one recipient, not two deliveries.
     recipients = list(dict.fromkeys([*addresses, *extra_recipients]))
-    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
     relay = f"{settings.smtp_host}:{settings.smtp_port}"
     try:
         async with (connections or SmtpConnections(settings, keep=0)).connection() as client:
             refused, reply = await _hand_over(client, message, data, recipients)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-        raise _redacted(
-            f"the SMTP server {relay} refused every recipient: {replies}",
-            ErrorCode.SMTP_REJECTED,
-            retryable=all(_is_transient(r.code) for r in exc.recipients),
-            password=password,
-        ) from None
-    except aiosmtplib.SMTPConnectResponseError as exc:
-        raise _redacted(
-            f"the SMTP server {relay} refused the connection: {exc.code} {exc.message}",
-            ErrorCode.SMTP_UNAVAILABLE,
-            retryable=_is_transient(exc.code),
-            password=password,
-        ) from None
-    except aiosmtplib.SMTPAuthenticationError as exc:
-        raise _redacted(
-            f"the SMTP server {relay} refused the login of {settings.smtp_username!r}: {exc.code} "
-            f"{exc.message}; check ADXFLOW_SMTP_USERNAME and ADXFLOW_SMTP_PASSWORD",
-            ErrorCode.SMTP_REJECTED,
-            retryable=_is_transient(exc.code),
-            password=password,
-        ) from None
-    except aiosmtplib.SMTPResponseException as exc:
-        raise _redacted(
-            f"the SMTP server {relay} refused the message: {exc.code} {exc.message}",
-            ErrorCode.SMTP_REJECTED,
-            retryable=_is_transient(exc.code),
-            password=password,
-        ) from None
-    except (
-        aiosmtplib.SMTPConnectError,
-        aiosmtplib.SMTPServerDisconnected,
-        aiosmtplib.SMTPTimeoutError,
-        OSError,
-    ) as exc:
-        raise _redacted(
-            f"cannot reach the SMTP server {relay}: {exc}",
-            ErrorCode.SMTP_UNAVAILABLE,
-            retryable=True,
-            password=password,
-        ) from None
-    except aiosmtplib.SMTPException as exc:
-        # The session could not be set up as configured: no AUTH or STARTTLS offered, no SMTPUTF8.
-        raise _redacted(
-            f"the SMTP server {relay} cannot take this message as configured: {exc.message.rstrip('.')}; "
-            "check ADXFLOW_SMTP_STARTTLS and ADXFLOW_SMTP_USERNAME",
-            ErrorCode.SMTP_REJECTED,
-            retryable=False,
-            password=password,
-        ) from None
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        text, code, retryable = _explained(exc, relay, settings.smtp_username)
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        raise _redacted(text, code, retryable=retryable, password=password) from None
     if refused:
         # The relay took the message for the others; sending again would duplicate it for them.
         log.warning(
@@ -201,6 +160,47 @@ async def send_email(
             refused={address: f"{response.code} {response.message}" for address, response in refused.items()},
         )
     return f"{_ACCEPTED} {reply}"
+
+
+def _explained(
+    exc: aiosmtplib.SMTPException | OSError, relay: str, username: str | None
+) -> tuple[str, ErrorCode, bool]:
+    """What went wrong with the relay, for a user: the message, its code, whether a retry can help."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        return (
+            f"the SMTP server {relay} refused every recipient: {replies}",
+            ErrorCode.SMTP_REJECTED,
+            all(_is_transient(r.code) for r in exc.recipients),
+        )
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+        return (
+            f"the SMTP server {relay} refused the connection: {exc.code} {exc.message}",
+            ErrorCode.SMTP_UNAVAILABLE,
+            _is_transient(exc.code),
+        )
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return (
+            f"the SMTP server {relay} refused the login of {username!r}: {exc.code} "
+            f"{exc.message}; check ADXFLOW_SMTP_USERNAME and ADXFLOW_SMTP_PASSWORD",
+            ErrorCode.SMTP_REJECTED,
+            _is_transient(exc.code),
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return (
+            f"the SMTP server {relay} refused the message: {exc.code} {exc.message}",
+            ErrorCode.SMTP_REJECTED,
+            _is_transient(exc.code),
+        )
+    if isinstance(exc, _UNREACHABLE):
+        return f"cannot reach the SMTP server {relay}: {exc}", ErrorCode.SMTP_UNAVAILABLE, True
+    # The session could not be set up as configured: no AUTH or STARTTLS offered, no SMTPUTF8.
+    return (
+        f"the SMTP server {relay} cannot take this message as configured: {exc.message.rstrip('.')}; "
+        "check ADXFLOW_SMTP_STARTTLS and ADXFLOW_SMTP_USERNAME",
+        ErrorCode.SMTP_REJECTED,
+        False,
+    )
 
 
 async def _hand_over(

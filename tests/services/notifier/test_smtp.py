@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from pydantic import SecretStr
 
 from common.contracts.errors import DeliveryError
@@ -203,6 +203,63 @@ async def test_server_that_never_answers_is_unavailable() -> None:
     assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
     assert caught.value.retryable is True
     assert f"127.0.0.1:{port}" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("greeting", "retryable"), [("554 5.3.2 No service", False), ("421 4.3.2 Busy", True)]
+)
+async def test_a_refused_greeting_is_unavailable(greeting: str, retryable: bool) -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"{greeting}\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings_for(server.sockets[0].getsockname()[1]))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
+    assert caught.value.retryable is retryable
+    assert f"refused the connection: {greeting}" in caught.value.message
+
+
+def refuse_every_login(*args: object) -> AuthResult:
+    return AuthResult(success=False, handled=False)
+
+
+async def test_a_refused_login_names_the_user_and_the_settings_but_not_the_password() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(
+            Capture(),
+            hostname="localhost",
+            loop=loop,
+            authenticator=refuse_every_login,
+            auth_require_tls=False,
+        ),
+        "127.0.0.1",
+        0,
+    )
+    settings = settings_for(
+        server.sockets[0].getsockname()[1], smtp_username="reports", smtp_password=SecretStr(PASSWORD)
+    )
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.code is ErrorCode.SMTP_REJECTED
+    assert caught.value.retryable is False
+    assert "refused the login of 'reports': 535" in caught.value.message
+    assert "ADXFLOW_SMTP_USERNAME and ADXFLOW_SMTP_PASSWORD" in caught.value.message
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD not in repr(caught.value.info())
 
 
 class Capture:
