@@ -198,6 +198,14 @@ StepSpec = Annotated[
     Field(discriminator="action"),
 ]
 
+#: A step that runs on a Kusto connection: one of KUSTO_STEPS, as a type.
+KustoStep = (
+    RunQuery
+    | RunQueryAndRenderChart
+    | RunControlCommandAndRenderChart
+    | RunShowCommand
+    | RunAsyncControlCommand
+)
 KUSTO_STEPS = (
     RunQuery,
     RunQueryAndRenderChart,

@@ -9,20 +9,23 @@ webhook targets the policy allows and email recipients in the allowed domains.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
-from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, PostWebhook, SendEmail
+from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, KustoStep, PostWebhook, SendEmail
 from common.contracts.flows import Flow
 from common.contracts.operators import describe, refused_operators
 from common.platform.connections import Connections
 from common.platform.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
 
+#: A field of the flow and what is wrong with it here.
+Problem = tuple[str, str]
+
 
 class FlowInvalid(ValueError):
     """Problems that keep a flow from being saved, each naming its field."""
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(f"{field}: {problem}" for field, problem in problems))
         self.problems = problems
 
@@ -45,42 +48,67 @@ def check_flow(
     *allowed_domains* are those email may go to (none: any). *followed_by* maps
     each saved flow to the flow it runs after, to refuse a chain that would loop.
     """
-    problems: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     if flow.connection not in connections:
         problems.append(("connection", f"{flow.connection!r} is not a configured connection"))
     for index, step in enumerate(flow.steps):
-        if isinstance(step, KUSTO_STEPS) and step.connection and step.connection not in connections:
-            problems.append(
-                (f"steps[{index}].connection", f"{step.connection!r} is not a configured connection")
-            )
-        if isinstance(step, KUSTO_STEPS) and step.timeout_seconds and step.timeout_seconds > maximum_timeout:
-            problems.append(
-                (f"steps[{index}].timeout_seconds", f"at most {maximum_timeout:g} s on this server")
-            )
+        where = f"steps[{index}]"
         if isinstance(step, KUSTO_STEPS):
-            caps = [("max_rows", step.max_rows, maximum_rows), ("max_bytes", step.max_bytes, maximum_bytes)]
-            for name, asked, ceiling in caps:
-                if asked is not None and ceiling is not None and asked > ceiling:
-                    problems.append((f"steps[{index}].{name}", f"at most {ceiling:,} on this server"))
-            text_field = "command" if isinstance(step, COMMAND_STEPS) else "query"
-            uses = refused_operators(getattr(step, text_field), allowed=allowed_operators)
-            if uses:
-                problems.append((f"steps[{index}].{text_field}", describe(uses)))
+            problems.extend(_connection_problems(step, where, connections))
+            problems.extend(_limit_problems(step, where, maximum_timeout, maximum_rows, maximum_bytes))
+            problems.extend(_operator_problems(step, where, allowed_operators))
         if isinstance(step, PostWebhook):
-            try:
-                policy.resolve(webhook=step.webhook, url=step.url, field=f"steps[{index}]")
-            except WebhookRefused as exc:
-                field, _, problem = str(exc).partition(": ")
-                problems.append((field, problem))
+            problems.extend(_webhook_problems(step, where, policy))
         if isinstance(step, SendEmail):
-            for field, address in step.recipients_outside(allowed_domains):
-                problems.append(
-                    (
-                        f"steps[{index}].{field}",
-                        f"{address!r} is outside the domains this server sends to "
-                        f"({', '.join(allowed_domains)})",
-                    )
-                )
+            problems.extend(_recipient_problems(step, where, allowed_domains))
+    problems.extend(_schedule_problems(flow, minimum_interval))
+    problems.extend(_parameter_problems(flow))
+    problems.extend(_chain_problems(flow, followed_by or {}))
+    if problems:
+        raise FlowInvalid(problems)
+
+
+def _connection_problems(step: KustoStep, where: str, connections: Connections) -> Iterator[Problem]:
+    if step.connection and step.connection not in connections:
+        yield f"{where}.connection", f"{step.connection!r} is not a configured connection"
+
+
+def _limit_problems(
+    step: KustoStep, where: str, maximum_timeout: float, maximum_rows: int | None, maximum_bytes: int | None
+) -> Iterator[Problem]:
+    """A timeout or a result cap above what this server allows."""
+    if step.timeout_seconds and step.timeout_seconds > maximum_timeout:
+        yield f"{where}.timeout_seconds", f"at most {maximum_timeout:g} s on this server"
+    caps = [("max_rows", step.max_rows, maximum_rows), ("max_bytes", step.max_bytes, maximum_bytes)]
+    for name, asked, ceiling in caps:
+        if asked is not None and ceiling is not None and asked > ceiling:
+            yield f"{where}.{name}", f"at most {ceiling:,} on this server"
+
+
+def _operator_problems(step: KustoStep, where: str, allowed_operators: Collection[str]) -> Iterator[Problem]:
+    text_field = "command" if isinstance(step, COMMAND_STEPS) else "query"
+    uses = refused_operators(getattr(step, text_field), allowed=allowed_operators)
+    if uses:
+        yield f"{where}.{text_field}", describe(uses)
+
+
+def _webhook_problems(step: PostWebhook, where: str, policy: WebhookPolicy) -> Iterator[Problem]:
+    try:
+        policy.resolve(webhook=step.webhook, url=step.url, field=where)
+    except WebhookRefused as exc:
+        field, _, problem = str(exc).partition(": ")
+        yield field, problem
+
+
+def _recipient_problems(step: SendEmail, where: str, allowed_domains: Sequence[str]) -> Iterator[Problem]:
+    for field, address in step.recipients_outside(allowed_domains):
+        yield (
+            f"{where}.{field}",
+            f"{address!r} is outside the domains this server sends to ({', '.join(allowed_domains)})",
+        )
+
+
+def _schedule_problems(flow: Flow, minimum_interval: dt.timedelta) -> Iterator[Problem]:
     trigger = flow.trigger
     if trigger.cron is not None or trigger.every is not None:
         try:
@@ -91,23 +119,28 @@ def check_flow(
                 minimum_interval=minimum_interval,
             )
         except ScheduleError as exc:
-            problems.append((exc.field, exc.problem))
-    if trigger.kind in ("cron", "every", "after"):
+            yield exc.field, exc.problem
+
+
+def _parameter_problems(flow: Flow) -> Iterator[Problem]:
+    """Parameters without a default, which only a person starting the run can supply."""
+    kind = flow.trigger.kind
+    if kind in ("cron", "every", "after"):
         for name, spec in flow.parameters.items():
             if spec.default is None:
-                problems.append(
-                    (f"parameters.{name}", f"a {trigger.kind} trigger cannot supply it; give it a default")
-                )
-    if trigger.after is not None:
-        chain: list[str] = [flow.name]
-        parent: str | None = trigger.after.flow
-        links = followed_by or {}
-        while parent is not None:
-            if parent in chain:
-                loop = " → ".join([*chain, parent])
-                problems.append(("trigger.after.flow", f"the chain would loop: {loop}"))
-                break
-            chain.append(parent)
-            parent = links.get(parent)
-    if problems:
-        raise FlowInvalid(problems)
+                yield f"parameters.{name}", f"a {kind} trigger cannot supply it; give it a default"
+
+
+def _chain_problems(flow: Flow, followed_by: dict[str, str | None]) -> Iterator[Problem]:
+    """A flow that would, through the flows it runs after, end up running after itself."""
+    if flow.trigger.after is None:
+        return
+    chain: list[str] = [flow.name]
+    parent: str | None = flow.trigger.after.flow
+    while parent is not None:
+        if parent in chain:
+            loop = " → ".join([*chain, parent])
+            yield "trigger.after.flow", f"the chain would loop: {loop}"
+            return
+        chain.append(parent)
+        parent = followed_by.get(parent)

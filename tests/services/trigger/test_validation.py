@@ -129,3 +129,50 @@ def test_an_international_domain_matches_its_punycode_spelling() -> None:
 
 def test_without_allowed_domains_every_recipient_is_accepted() -> None:
     assert check_recipients([], to=["a@anywhere.example"], cc=["b@elsewhere.example"]) == []
+
+
+def test_every_problem_is_listed_in_the_order_of_the_flow() -> None:
+    flow = Flow.model_validate(
+        {
+            "name": "many",
+            "connection": "elsewhere",
+            "database": "Samples",
+            "parameters": {"state": {"type": "string"}},
+            "trigger": {"after": {"flow": "parent"}},
+            "steps": [
+                {
+                    "id": "q",
+                    "action": "run_query",
+                    "query": "StormEvents",
+                    "connection": "gone",
+                    "max_rows": 11,
+                },
+                {"id": "hook", "action": "post_webhook", "url": "https://evil.example.net/in"},
+                {"id": "mail", "action": "send_email", "subject": "Storms", "to": ["x@evil.com"]},
+            ],
+        }
+    )
+    connections = Connections()
+    connections.add_local("local", "http://127.0.0.1:31415")
+    with pytest.raises(FlowInvalid) as caught:
+        check_flow(
+            flow,
+            connections=connections,
+            policy=WebhookPolicy(named={}, allowed_hosts=["hooks.example.com"]),
+            minimum_interval=dt.timedelta(minutes=1),
+            maximum_timeout=600,
+            maximum_rows=10,
+            allowed_domains=["example.com"],
+            followed_by={"parent": "grandparent", "grandparent": "many"},
+        )
+
+    assert [field for field, _ in caught.value.problems] == [
+        "connection",
+        "steps[0].connection",
+        "steps[0].max_rows",
+        "steps[1].url",
+        "steps[2].to[0]",
+        "parameters.state",
+        "trigger.after.flow",
+    ]
+    assert caught.value.problems[-1][1] == "the chain would loop: many → parent → grandparent → many"
