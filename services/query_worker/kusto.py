@@ -162,6 +162,30 @@ def _is_syntax(exc: KustoServiceError, message: str) -> bool:
     )
 
 
+def _timeout_error(limit: float, elapsed: float) -> StepKustoError:
+    return StepKustoError(
+        f"the query did not finish within its {limit:g} s timeout (gave up after {elapsed:.1f} s); "
+        "it was cancelled on the cluster",
+        code=ErrorCode.REQUEST_TIMEOUT,
+    )
+
+
+def _read_failure(
+    exc: KustoError | ClientError, connection: str, limit: float, elapsed: float
+) -> StepKustoError:
+    """A failure while a request was sent or its result read, as the step's error."""
+    if isinstance(exc, ClientError):
+        return StepKustoError(
+            f"the connection to the cluster of connection {connection!r} broke while reading: {exc}",
+            code=ErrorCode.KUSTO_UNAVAILABLE,
+            retryable=True,
+        )
+    error = classify(exc, connection)
+    if error.code is ErrorCode.REQUEST_TIMEOUT:
+        error.message = f"{error.message} (timeout {limit:g} s, after {elapsed:.1f} s)"
+    return error
+
+
 class _Client(KustoClient):
     """azure-kusto-data's async client over a `Session`."""
 
@@ -220,9 +244,8 @@ class KustoRunner:
         parameters = parameters or {}
         limit = timeout or self._timeout
         properties = request_properties(parameters if not command else {}, client_request_id, limit)
-        reader = ResultReader(
-            max_rows, max_bytes, head=head, into=ResultWriter(into.write) if into is not None else None
-        )
+        writer = ResultWriter(into.write) if into is not None else None
+        reader = ResultReader(max_rows, max_bytes, head=head, into=writer)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -235,23 +258,9 @@ class KustoRunner:
         except TimeoutError:
             elapsed = loop.time() - started
             await self._cancel(client, database, client_request_id)
-            raise StepKustoError(
-                f"the query did not finish within its {limit:g} s timeout (gave up after {elapsed:.1f} s); "
-                "it was cancelled on the cluster",
-                code=ErrorCode.REQUEST_TIMEOUT,
-            ) from None
-        except KustoError as exc:
-            error = classify(exc, connection)
-            if error.code is ErrorCode.REQUEST_TIMEOUT:
-                elapsed = loop.time() - started
-                error.message = f"{error.message} (timeout {limit:g} s, after {elapsed:.1f} s)"
-            raise error from exc
-        except ClientError as exc:
-            raise StepKustoError(
-                f"the connection to the cluster of connection {connection!r} broke while reading: {exc}",
-                code=ErrorCode.KUSTO_UNAVAILABLE,
-                retryable=True,
-            ) from exc
+            raise _timeout_error(limit, elapsed) from None
+        except (KustoError, ClientError) as exc:
+            raise _read_failure(exc, connection, limit, loop.time() - started) from exc
         finally:
             metrics.KUSTO_LATENCY.labels(connection).observe(loop.time() - started)
             metrics.KUSTO_ROWS.labels(connection).inc(reader.count)
