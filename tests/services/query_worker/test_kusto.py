@@ -5,12 +5,14 @@ Runs the real azure-kusto-data async client against the local Kusto endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
+from aiohttp import web
 from azure.kusto.data.response import KustoResponseDataSetV2
 
 from common.contracts.errors import KustoError
@@ -150,6 +152,7 @@ async def test_servertimeout_is_honoured_by_the_endpoint(sample: tuple[Path, Loc
     assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
     # The server's own answer, not the client's deadline (which is 10 s later).
     assert "servertimeout" in raised.value.message
+    assert "(timeout 0.5 s, after " in raised.value.message
 
 
 async def test_an_unreachable_cluster_is_retryable() -> None:
@@ -163,6 +166,55 @@ async def test_an_unreachable_cluster_is_retryable() -> None:
         await kusto.close()
     assert raised.value.code is ErrorCode.KUSTO_UNAVAILABLE
     assert raised.value.retryable is True
+
+
+class SilentCluster:
+    """A cluster that takes a query and never answers it, and records the control commands it is sent."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        #: Set when the test is over: a query still waiting then gets its (late) answer.
+        self.release = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_post("/v2/rest/query", self.query)
+        self.app.router.add_post("/v1/rest/mgmt", self.mgmt)
+
+    async def query(self, request: web.Request) -> web.Response:
+        await self.release.wait()
+        return web.Response(status=500)
+
+    async def mgmt(self, request: web.Request) -> web.Response:
+        self.commands.append((await request.json())["csl"])
+        empty = {"TableName": "Table_0", "Columns": [{"ColumnName": "x", "DataType": "Int32"}], "Rows": []}
+        return web.json_response({"Tables": [empty]})
+
+
+async def test_a_query_the_cluster_does_not_answer_in_time_is_cancelled_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The client's grace past the server's timeout, shortened so the test waits a second, not ten.
+    monkeypatch.setattr("services.query_worker.kusto._CLIENT_GRACE", 0.5)
+    cluster = SilentCluster()
+    app = web.AppRunner(cluster.app)
+    await app.setup()
+    kusto = None
+    try:
+        await web.TCPSite(app, "127.0.0.1", 0).start()
+        connections = Connections()
+        connections.add_local("local", f"http://127.0.0.1:{app.addresses[0][1]}")
+        kusto = KustoRunner(connections, timeout=0.5)
+        with pytest.raises(KustoError) as raised:
+            await run(kusto, "StormEvents | count")
+    finally:
+        if kusto is not None:
+            await kusto.close()
+        cluster.release.set()
+        await app.cleanup()
+
+    assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
+    assert raised.value.retryable is False
+    assert "did not finish within its 0.5 s timeout (gave up after" in raised.value.message
+    assert cluster.commands == ['.cancel query "adxflow;test"']
 
 
 def test_a_render_operator_is_read_from_a_real_v2_response() -> None:
