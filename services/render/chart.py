@@ -2,9 +2,10 @@
 
 `render_chart` picks the columns like Kusto picks them (`chart_columns`),
 turns rows into series (`chart_series`), draws them with pygal as a static
-SVG (`chart_drawing`, `chart_axes`, `chart_style`) and rasterises it to PNG
-with cairosvg, because most email clients do not display SVG. `from_query`
-(`chart_kinds`) says which kind a query's own `render` operator asks for.
+SVG (`chart_drawing`, `chart_canvas`, `chart_axes`, `chart_style`) and
+rasterises it to PNG with cairosvg, because most email clients do not display
+SVG. `from_query` (`chart_kinds`) says which kind a query's own `render`
+operator asks for.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 import cairosvg
 
 from common.contracts.results import ResultSet, Visualization
+from services.render.chart_canvas import Canvas
 from services.render.chart_columns import ChartColumns, ChartError, choose_columns
-from services.render.chart_drawing import Canvas, Plan, draw
+from services.render.chart_drawing import Plan, draw
 from services.render.chart_kinds import CHART_KINDS, from_query, stacking
 from services.render.chart_series import OTHER, pie_slices
 from services.render.chart_style import ChartOptions
