@@ -18,20 +18,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
-    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
 )
 from azure.storage.blob import BlobBlock, ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
@@ -39,12 +36,12 @@ from pydantic import SecretStr
 
 from common.contracts.errors import BlobStoreError, ConfigurationError
 from common.contracts.messages import BlobRef
+from common.platform.blobs.azure_errors import blob_error, error_code, translated
 from common.platform.blobs.interface import (
     CHUNK_SIZE,
     BlobReader,
     BlobStore,
     BlobWriter,
-    artifact_missing,
     check_cutoff,
     check_key,
 )
@@ -161,7 +158,7 @@ class AzureBlobStore(BlobStore):
             await service.__aenter__()
             # Looked up first, so that an identity allowed to write blobs but not to create
             # containers can start once an operator has made the container.
-            with _translated("open container", self.container):
+            with translated("open container", self.container):
                 if not await self._client.exists():
                     with contextlib.suppress(ResourceExistsError):
                         await self._client.create_container()
@@ -184,7 +181,7 @@ class AzureBlobStore(BlobStore):
 
     async def put(self, key: str, data: bytes, content_type: str) -> BlobRef:
         blob = self._blob(key)
-        with _translated("write", key):
+        with translated("write", key):
             await blob.upload_blob(
                 data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
             )
@@ -192,7 +189,7 @@ class AzureBlobStore(BlobStore):
 
     async def get(self, key: str) -> bytes:
         blob = self._blob(key)
-        with _translated("read", key):
+        with translated("read", key):
             download = await blob.download_blob()
             return await download.readall()
 
@@ -204,18 +201,18 @@ class AzureBlobStore(BlobStore):
 
     async def exists(self, key: str) -> bool:
         blob = self._blob(key)
-        with _translated("look up", key):
+        with translated("look up", key):
             return await blob.exists()
 
     async def delete_prefix(self, prefix: str) -> int:
         folder = check_key(prefix) + "/"
-        with _translated("list", folder):
+        with translated("list", folder):
             names = [item.name async for item in self.client.list_blobs(name_starts_with=folder)]
         return await self._delete((name, None) for name in names)
 
     async def expire(self, older_than: dt.datetime) -> int:
         cutoff = check_cutoff(older_than)
-        with _translated("list", self.container):
+        with translated("list", self.container):
             old = [
                 (item.name, item.etag)
                 async for item in self.client.list_blobs()
@@ -229,7 +226,7 @@ class AzureBlobStore(BlobStore):
 
         async def delete(name: str, etag: str | None) -> bool:
             async with limit:
-                with _translated("delete", name):
+                with translated("delete", name):
                     try:
                         if etag is None:
                             await self.client.delete_blob(name)
@@ -274,52 +271,6 @@ def _credential(kind: Credential) -> AsyncTokenCredential:
             )
 
 
-def _retryable(exc: AzureError) -> bool:
-    if isinstance(exc, ServiceRequestError | ServiceResponseError | ResourceModifiedError):
-        return True
-    status = exc.status_code if isinstance(exc, HttpResponseError) else None
-    return status is not None and (status in (408, 429) or status >= 500)
-
-
-@contextlib.contextmanager
-def _translated(action: str, key: str) -> Iterator[None]:
-    """Azure's errors as adxflow's: a missing blob is ArtifactMissing, the rest a BlobStoreError.
-
-    The message names the status and Azure's error code, never a URL (a connection string's
-    SAS token would ride along in one).
-    """
-    try:
-        yield
-    except ResourceNotFoundError as exc:
-        if _code(exc) in ("BlobNotFound", "") and action in ("read", "look up"):
-            raise artifact_missing(key) from None
-        raise _error(action, key, exc) from None
-    except AzureError as exc:
-        raise _error(action, key, exc) from None
-
-
-def _code(exc: AzureError) -> str:
-    """Azure Storage's error code (``BlobNotFound``), which azure-storage-blob sets on its errors."""
-    code = getattr(exc, "error_code", None)
-    return str(getattr(code, "value", code) or "")
-
-
-def _error(action: str, key: str, exc: AzureError) -> BlobStoreError:
-    if isinstance(exc, ClientAuthenticationError) and not _code(exc):
-        # Storage never answered: the credential got no token. Its first line says why.
-        reason = "no token from the Azure identity: " + (exc.message or "").strip().split("\n")[0]
-    elif isinstance(exc, HttpResponseError) and exc.status_code is not None:
-        reason = f"HTTP {exc.status_code} {_code(exc) or exc.reason or ''}".rstrip()
-        if isinstance(exc, ClientAuthenticationError):
-            reason += " (the storage account refused adxflow's credentials)"
-    else:
-        reason = type(exc).__name__
-        if isinstance(exc.inner_exception, OSError):
-            # A refused or failed connection names the host and port, nothing more.
-            reason += f" ({exc.inner_exception})"
-    return BlobStoreError(f"blob store: could not {action} {key!r}: {reason}", retryable=_retryable(exc))
-
-
 class _AzureBlobWriter(BlobWriter):
     """Stages what it was given as one block once that reaches ``block_size``; commits on a clean exit.
 
@@ -354,14 +305,14 @@ class _AzureBlobWriter(BlobWriter):
 
     async def _stage(self, data: bytes) -> None:
         block_id = f"{self._prefix}-{len(self._blocks):06d}"
-        with _translated("write", self.key):
+        with translated("write", self.key):
             await self._blob.stage_block(block_id, data, length=len(data))
         self._blocks.append(BlobBlock(block_id))
 
     async def _commit(self) -> None:
         settings = ContentSettings(content_type=self.content_type)
         if not self._blocks:
-            with _translated("write", self.key):
+            with translated("write", self.key):
                 await self._blob.upload_blob(self._take_pending(), overwrite=True, content_settings=settings)
             return
         if self._pending:
@@ -369,14 +320,14 @@ class _AzureBlobWriter(BlobWriter):
         try:
             await self._blob.commit_block_list(self._blocks, content_settings=settings)
         except HttpResponseError as exc:
-            if _code(exc) == "InvalidBlockList":
+            if error_code(exc) == "InvalidBlockList":
                 raise BlobStoreError(
                     f"blob store: {self.key!r} was committed by another writer while this one wrote it",
                     retryable=True,
                 ) from None
-            raise _error("write", self.key, exc) from None
+            raise blob_error("write", self.key, exc) from None
         except AzureError as exc:
-            raise _error("write", self.key, exc) from None
+            raise blob_error("write", self.key, exc) from None
 
     async def _discard(self) -> None:
         # Staged blocks cannot be deleted on their own; uncommitted, nobody reads them.
@@ -394,7 +345,7 @@ class _AzureBlobReader(BlobReader):
         self._buffer = bytearray()
 
     async def _open(self) -> None:
-        with _translated("read", self.key):
+        with translated("read", self.key):
             download = await self._blob.download_blob()
         self._chunks = download.chunks()
 
@@ -402,7 +353,7 @@ class _AzureBlobReader(BlobReader):
         if self._chunks is None:
             raise RuntimeError(f"blob {self.key!r} is not open for reading")
         while len(self._buffer) < self.chunk_size:
-            with _translated("read", self.key):
+            with translated("read", self.key):
                 piece = await anext(self._chunks, b"")
             if not piece:
                 break
