@@ -30,8 +30,8 @@ from common.platform.connections import Connections
 from common.platform.runtime import Runtime
 from common.platform.webhooks import WebhookPolicy
 from services.trigger import service as trigger
-from services.trigger.api import create_app
-from services.trigger.openapi import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN, document
+from services.trigger.api import API, create_app
+from services.trigger.bodies import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN
 from services.trigger.store import FlowStore
 from tests.conftest import random_name
 from tests.fuzzing import FUZZ_SETTINGS, Live, live_service
@@ -51,6 +51,7 @@ FUZZING = schemathesis.Config.from_dict(
         ]
     }
 )
+document = API.document
 schema = schemathesis.openapi.from_dict(document(), config=FUZZING)
 
 
