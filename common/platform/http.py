@@ -1,4 +1,4 @@
-"""What the HTTP servers share: auth, errors, health, metrics, serving.
+"""What the HTTP servers share: auth, reading request bodies, the probes, serving.
 
 The APIs require a bearer token unless they are bound to loopback; a service
 asked to listen beyond loopback without a token refuses to start. ``/healthz``

@@ -114,9 +114,10 @@ async def runs_page(request: web.Request) -> web.Response:
     chosen = {name: value for name, value in filters.items() if value}
     try:
         asked = RunFilters.parse({**chosen, **_cursor_of(query), "limit": str(PAGE_SIZE)})
-        listed, problems, status = await list_runs(request.app[STORE], asked), [], 200
     except InvalidParameter as exc:
-        listed, problems, status = RunPage(runs=[], next_cursor=None), [exc.message], 400
+        listed, problems = RunPage(runs=[], next_cursor=None), [exc.message]
+    else:
+        listed, problems = await list_runs(request.app[STORE], asked), []
     next_cursor = listed.next_cursor
     older = f"?{urlencode({**chosen, 'cursor': next_cursor})}" if next_cursor else None
     newest = f"?{urlencode(chosen)}" if query.get("cursor") else None
@@ -127,7 +128,7 @@ async def runs_page(request: web.Request) -> web.Response:
     return page(
         request,
         "runs.html",
-        status=status,
+        status=400 if problems else 200,
         runs=listed.runs,
         filters=filters,
         problems=problems,
