@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from hypothesis import HealthCheck, settings
@@ -85,3 +86,41 @@ class Live:
 def live_service(serving: Serving, name: str) -> Iterator[Live]:
     with ServiceThread(serving, name) as service, requests.Session() as session:
         yield Live(service.url, session)
+
+
+def loose_answers(document: dict[str, Any]) -> list[str]:
+    """Where a JSON answer of *document* is an object that may hold keys its schema does not name.
+
+    Schemathesis checks each answer against its schema; only a closed schema
+    also catches a key the handler added without its model saying so.
+    """
+    schemas = document["components"]["schemas"]
+    loose: set[str] = set()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, answer in operation["responses"].items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                for name in _open_objects(schema, schemas, set()):
+                    loose.add(f"{method.upper()} {path} {status}: {name}")
+    return sorted(loose)
+
+
+def _open_objects(schema: Any, schemas: dict[str, Any], seen: set[str]) -> Iterator[str]:
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _open_objects(item, schemas, seen)
+        return
+    if not isinstance(schema, dict):
+        return
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name not in seen:
+            seen.add(name)
+            target = schemas[name]
+            if "properties" in target and target.get("additionalProperties") is not False:
+                yield name
+            yield from _open_objects(target, schemas, seen)
+        return
+    for value in schema.values():
+        yield from _open_objects(value, schemas, seen)

@@ -1,4 +1,4 @@
-"""What the HTTP servers share: auth, errors, health, metrics, serving.
+"""What the HTTP servers share: auth, reading request bodies, the probes, serving.
 
 The APIs require a bearer token unless they are bound to loopback; a service
 asked to listen beyond loopback without a token refuses to start. ``/healthz``
@@ -15,34 +15,27 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, Protocol
 
 import yaml
 from aiohttp import web
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from common.contracts.errors import ConfigurationError
 from common.platform.config import is_loopback
 from common.platform.metrics import metrics
+from common.platform.routes import Answer, FieldProblem, Refusal, Reply, Route, add_routes, error_body
 
 Check = Callable[[], Awaitable[bool]]
 #: Paths served without a token: health checks and the OpenAPI document, which hold no data.
 _OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json")
 
 
-def error_body(
-    status: int, message: str, *, code: str, fields: list[dict[str, str]] | None = None
-) -> web.Response:
-    payload: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if fields:
-        payload["error"]["fields"] = fields
-    return web.json_response(payload, status=status)
-
-
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
 
 
-def validation_error(exc: ValidationError) -> web.Response:
+def invalid_request(exc: ValidationError) -> Refusal:
     """A 400 that names every bad field and what is wrong with it.
 
     Rules that span several fields are checked on the whole document and say
@@ -56,19 +49,16 @@ def validation_error(exc: ValidationError) -> web.Response:
         named = _LEADING_FIELD.match(message)
         if named is not None and not location:
             location, message = named.group(1), named.group(2)
-        fields.append({"field": location or "body", "message": message})
-    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-    return error_body(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
+        fields.append(FieldProblem(field=location or "body", message=message))
+    summary = "; ".join(f"{f.field}: {f.message}" for f in fields)
+    return Refusal(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
 
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": {"code": "InvalidRequest", "message": message}}),
-        content_type="application/json",
-    )
+def _bad_request(message: str) -> Refusal:
+    return Refusal(400, message, code="InvalidRequest")
 
 
 #: Deeper than any document the APIs take; refused before the parser spends seconds on it.
@@ -143,12 +133,7 @@ async def read_document(request: web.Request) -> Any:
         except ValueError as exc:  # an integer longer than Python converts
             raise _bad_request(f"body holds a value that cannot be read: {exc}") from None
     if request.content_type != "application/json" and body.strip():
-        raise web.HTTPUnsupportedMediaType(
-            text=json.dumps(
-                {"error": {"code": "InvalidRequest", "message": "send the body as application/json or YAML"}}
-            ),
-            content_type="application/json",
-        )
+        raise Refusal(415, "send the body as application/json or YAML", code="InvalidRequest")
     text = _decoded(body, request.charset)
     try:
         return _checked(json.loads(text)) if text.strip() else {}
@@ -177,9 +162,10 @@ BROWSER_GATE = web.AppKey("browser_gate", BrowserGate)
 
 
 def unauthorized() -> web.Response:
-    return web.json_response(
-        {"error": {"code": "Unauthorized", "message": "a valid bearer token is required"}},
-        status=401,
+    return error_body(
+        401,
+        "a valid bearer token is required",
+        code="Unauthorized",
         headers={"WWW-Authenticate": 'Bearer realm="adxflow"'},
     )
 
@@ -212,26 +198,72 @@ def require_token_off_loopback(host: str, token: SecretStr | None, setting: str)
         )
 
 
-def health_routes(app: web.Application, checks: dict[str, Check]) -> None:
+class Health(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ready: bool
+    checks: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class Probes:
     """``/healthz`` (the process answers), ``/readyz`` (every check passes) and ``/metrics``."""
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    checks: dict[str, Check]
 
-    async def readyz(_: web.Request) -> web.Response:
-        results = {name: await check() for name, check in checks.items()}
+    async def healthz(self, _: web.Request) -> Health:
+        return Health(status="ok")
+
+    async def readyz(self, _: web.Request) -> Reply:
+        results = {name: await check() for name, check in self.checks.items()}
         ready = all(results.values())
-        return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
+        return Reply(Readiness(ready=ready, checks=results), status=200 if ready else 503)
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    async def metrics(self, request: web.Request) -> web.Response:
+        return await metrics(request)
+
+
+#: Every service serves these, the APIs among their own routes.
+PROBES: list[Route[Probes]] = [
+    Route(
+        "GET",
+        "/healthz",
+        "health",
+        Probes.healthz,
+        "Whether the process answers",
+        {200: Answer("Alive.", Health)},
+        open=True,
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        "readiness",
+        Probes.readyz,
+        "Whether the broker, the database and the blob store answer",
+        {200: Answer("Ready.", Readiness), 503: Answer("Not ready; the checks say what is away.", Readiness)},
+        open=True,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        "metrics",
+        Probes.metrics,
+        "Counters and histograms in Prometheus' text format",
+        {200: Answer("The metrics.", media={"text/plain": {"schema": {"type": "string"}}})},
+    ),
+]
 
 
 def health_app(checks: dict[str, Check], token: SecretStr | None) -> web.Application:
     """The health server of a service without an API: health, readiness and metrics only."""
     app = web.Application(middlewares=[bearer_auth(token)])
-    health_routes(app, checks)
+    add_routes(app, PROBES, Probes(checks))
     return app
 
 

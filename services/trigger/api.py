@@ -1,10 +1,14 @@
-"""The trigger's HTTP API: flows, their runs on demand, and ad-hoc jobs."""
+"""The trigger's HTTP API: flows, their runs on demand, and ad-hoc jobs.
+
+:data:`API` is the one table of its routes: what :func:`create_app` serves and
+what ``/openapi.json`` describes.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -13,17 +17,43 @@ from pydantic import ValidationError
 from common.contracts.flows import Flow, RunTemplate
 from common.contracts.messages import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
 from common.platform.broker.interface import BrokerError
-from common.platform.http import bearer_auth, error_body, health_routes, read_document, validation_error
+from common.platform.http import bearer_auth, invalid_request, read_document
 from common.platform.logs import run_context
+from common.platform.openapi import HttpApi
+from common.platform.routes import (
+    Answer,
+    Body,
+    ErrorBody,
+    FieldProblem,
+    InvalidParameter,
+    Parameter,
+    Refusal,
+    Reply,
+    Route,
+)
 from common.platform.runtime import Runtime
 from common.platform.webhooks import WebhookPolicy
-from services.trigger import openapi
+from services.trigger.bodies import (
+    EXAMPLE_FLOW,
+    EXAMPLE_JOB,
+    EXAMPLE_RUN,
+    ConnectionList,
+    FlowList,
+    FlowReplacement,
+    FlowView,
+    RunAccepted,
+    RunRequest,
+)
 from services.trigger.launcher import launch
 from services.trigger.store import FlowExists, FlowStore, StoredFlow
 from services.trigger.timetable import schedule_of
 from services.trigger.validation import FlowInvalid, check_flow
 
 log = structlog.get_logger(__name__)
+
+
+def _not_found(name: str) -> Refusal:
+    return Refusal(404, f"flow {name!r} not found", code="NotFound")
 
 
 @dataclass
@@ -34,137 +64,145 @@ class TriggerApi:
 
     # -- helpers -----------------------------------------------------------
 
-    def _location(self, run_id: str) -> str:
-        return f"{self.runtime.history_url}/v1/runs/{run_id}"
+    def _accepted(self, run_id: str, *, repeated: bool = False) -> Reply:
+        location = f"{self.runtime.history_url}/v1/runs/{run_id}"
+        body = RunAccepted(run_id=run_id, status="queued", location=location, repeated=repeated)
+        return Reply(body, status=202, headers={"Location": location})
 
-    def _accepted(self, run_id: str, *, repeated: bool = False) -> web.Response:
-        location = self._location(run_id)
-        body = {"run_id": run_id, "status": "queued", "location": location, "repeated": repeated}
-        return web.json_response(body, status=202, headers={"Location": location})
-
-    async def _start(self, flow: Flow, context: RunContext, run_id: str) -> web.Response | None:
+    async def _start(self, flow: Flow, context: RunContext, run_id: str) -> None:
         with run_context(run_id, "trigger", 1, flow=flow.name, service="trigger"):
             try:
                 await launch(self.runtime.broker, RunTemplate.of(flow), context, run_id)
             except BrokerError as exc:
                 log.error("could not start run", error=str(exc))
-                return error_body(503, "the broker did not accept the run; try again", code="Unavailable")
-        return None
+                raise Refusal(
+                    503, "the broker did not accept the run; try again", code="Unavailable"
+                ) from exc
 
-    async def _start_once(self, request: web.Request, flow: Flow, context: RunContext) -> web.Response:
+    async def _start_once(self, request: web.Request, flow: Flow, context: RunContext) -> Reply:
         """Start a run; with an Idempotency-Key, a repeated request answers with the first run."""
         key = request.headers.get("Idempotency-Key")
         if key is None:
             run_id = new_id()
-            return await self._start(flow, context, run_id) or self._accepted(run_id)
+            await self._start(flow, context, run_id)
+            return self._accepted(run_id)
         if not 0 < len(key) <= 255:
-            return error_body(400, "Idempotency-Key: 1 to 255 characters", code="InvalidRequest")
+            raise InvalidParameter("Idempotency-Key", "1 to 255 characters")
+        # A refusal raised in the block leaves the key unrecorded: the client's retry can start the run.
         async with self.store.request(flow.name, key, new_id()) as (run_id, new):
             if not new:
                 return self._accepted(run_id, repeated=True)
-            refused = await self._start(flow, context, run_id)
-            if refused is not None:
-                # Leave the key unrecorded, so the client's retry can start the run.
-                raise _Refused(refused)
+            await self._start(flow, context, run_id)
         return self._accepted(run_id)
 
-    def _view(self, stored: StoredFlow) -> dict[str, Any]:
-        view = stored.view()
-        trigger = stored.flow.trigger
-        view["trigger"] = trigger.kind
+    def _view(self, stored: StoredFlow) -> FlowView:
+        flow = stored.flow
+        trigger = flow.trigger
+        next_fire = None
         if trigger.kind in ("cron", "every"):
-            schedule = schedule_of(stored.flow)
-            view["schedule"] = schedule.describe()
-            view["next_fire"] = schedule.next_after(dt.datetime.now(dt.UTC)).isoformat()
+            schedule = schedule_of(flow)
+            described = schedule.describe()
+            next_fire = schedule.next_after(dt.datetime.now(dt.UTC)).isoformat()
         elif trigger.after is not None:
             statuses = ", ".join(status.value for status in trigger.after.status)
-            view["schedule"] = f"after {trigger.after.flow} ({statuses})"
+            described = f"after {trigger.after.flow} ({statuses})"
         else:
-            view["schedule"] = "on demand"
-        return view
+            described = "on demand"
+        return FlowView(
+            name=flow.name,
+            version=stored.version,
+            enabled=flow.enabled,
+            created_at=stored.created_at.isoformat(),
+            updated_at=stored.updated_at.isoformat(),
+            document=flow,
+            trigger=trigger.kind,
+            schedule=described,
+            next_fire=next_fire,
+        )
 
-    async def _check(self, flow: Flow) -> web.Response | None:
+    async def _check(self, flow: Flow) -> None:
         followed_by = {
             stored.flow.name: stored.flow.trigger.after.flow if stored.flow.trigger.after else None
             for stored in await self.store.all()
         }
+        settings = self.runtime.settings
         try:
             check_flow(
                 flow,
                 connections=self.runtime.connections,
                 policy=self.policy,
-                minimum_interval=dt.timedelta(seconds=self.runtime.settings.minimum_schedule_seconds),
-                maximum_timeout=self.runtime.settings.query_timeout_max_seconds,
-                maximum_rows=self.runtime.settings.max_result_rows_limit,
-                maximum_bytes=self.runtime.settings.max_result_bytes_limit,
-                allowed_operators=self.runtime.settings.allowed_operators,
-                allowed_domains=self.runtime.settings.email_allowed_domains,
+                minimum_interval=dt.timedelta(seconds=settings.minimum_schedule_seconds),
+                maximum_timeout=settings.query_timeout_max_seconds,
+                maximum_rows=settings.max_result_rows_limit,
+                maximum_bytes=settings.max_result_bytes_limit,
+                allowed_operators=settings.allowed_operators,
+                allowed_domains=settings.email_allowed_domains,
                 followed_by=followed_by,
             )
         except FlowInvalid as exc:
-            fields = [{"field": field, "message": problem} for field, problem in exc.problems]
-            return error_body(400, f"invalid flow: {exc}", code="InvalidFlow", fields=fields)
-        return None
+            fields = [FieldProblem(field=field, message=problem) for field, problem in exc.problems]
+            raise Refusal(400, f"invalid flow: {exc}", code="InvalidFlow", fields=fields) from exc
 
     # -- flows -------------------------------------------------------------
 
-    async def list_flows(self, request: web.Request) -> web.Response:
-        return web.json_response({"flows": [self._view(stored) for stored in await self.store.all()]})
+    async def list_flows(self, request: web.Request) -> FlowList:
+        return FlowList(flows=[self._view(stored) for stored in await self.store.all()])
 
-    async def get_flow(self, request: web.Request) -> web.Response:
+    async def get_flow(self, request: web.Request) -> FlowView:
         stored = await self.store.get(request.match_info["name"])
         if stored is None:
-            return error_body(404, f"flow {request.match_info['name']!r} not found", code="NotFound")
-        return web.json_response(self._view(stored))
+            raise _not_found(request.match_info["name"])
+        return self._view(stored)
 
-    async def create_flow(self, request: web.Request) -> web.Response:
+    async def create_flow(self, request: web.Request) -> Reply:
         return await self._save(request, name=None)
 
-    async def put_flow(self, request: web.Request) -> web.Response:
+    async def put_flow(self, request: web.Request) -> Reply:
         return await self._save(request, name=request.match_info["name"])
 
-    async def _save(self, request: web.Request, *, name: str | None) -> web.Response:
+    async def _save(self, request: web.Request, *, name: str | None) -> Reply:
         document = await read_document(request)
         if name is not None and isinstance(document, dict):
             document.setdefault("name", name)
         try:
             flow = Flow.model_validate(document)
         except ValidationError as exc:
-            return validation_error(exc)
+            raise invalid_request(exc) from exc
         if name is not None and flow.name != name:
-            return error_body(
+            raise Refusal(
                 400, f"name: the document names {flow.name!r}, the URL {name!r}", code="InvalidFlow"
             )
-        refused = await self._check(flow)
-        if refused is not None:
-            return refused
+        await self._check(flow)
         try:
             stored, created = await self.store.save(flow, create_only=name is None)
         except FlowExists as exc:
-            return error_body(409, f"{exc}; PUT /v1/flows/{exc.name} replaces it", code="Conflict")
+            raise Refusal(409, f"{exc}; PUT /v1/flows/{exc.name} replaces it", code="Conflict") from exc
         log.info("flow saved", flow=flow.name, version=stored.version, created=created)
-        return web.json_response(self._view(stored), status=201 if created else 200)
+        return Reply(self._view(stored), status=201 if created else 200)
 
-    async def delete_flow(self, request: web.Request) -> web.Response:
+    async def delete_flow(self, request: web.Request) -> Reply:
         if not await self.store.delete(request.match_info["name"]):
-            return error_body(404, f"flow {request.match_info['name']!r} not found", code="NotFound")
-        return web.Response(status=204)
+            raise _not_found(request.match_info["name"])
+        return Reply(None, status=204)
 
-    async def run_flow(self, request: web.Request) -> web.Response:
+    async def run_flow(self, request: web.Request) -> Reply:
         stored = await self.store.get(request.match_info["name"])
         if stored is None:
-            return error_body(404, f"flow {request.match_info['name']!r} not found", code="NotFound")
+            raise _not_found(request.match_info["name"])
         body = await read_document(request) if request.can_read_body else {}
-        supplied = body.get("parameters", {}) if isinstance(body, dict) else None
-        if not isinstance(supplied, dict):
-            return error_body(400, "parameters: must be an object of name → value", code="InvalidRequest")
+        try:
+            supplied = RunRequest.model_validate(body).parameters
+        except ValidationError:
+            raise Refusal(
+                400, "parameters: must be an object of name → value", code="InvalidRequest"
+            ) from None
         flow = stored.flow
         try:
             parameters = flow.bind_parameters(supplied)
         except ValueError as exc:
             field, _, problem = str(exc).partition(": ")
-            fields = [{"field": field, "message": problem}]
-            return error_body(400, str(exc), code=ErrorCode.INVALID_PARAMETERS.value, fields=fields)
+            fields = [FieldProblem(field=field, message=problem)]
+            raise Refusal(400, str(exc), code=ErrorCode.INVALID_PARAMETERS.value, fields=fields) from exc
         context = RunContext(
             flow=flow.name, trigger=TriggerKind.MANUAL, parameters=parameters, timezone=flow.trigger.timezone
         )
@@ -172,56 +210,166 @@ class TriggerApi:
 
     # -- ad-hoc jobs -------------------------------------------------------
 
-    async def submit_job(self, request: web.Request) -> web.Response:
+    async def submit_job(self, request: web.Request) -> Reply:
         body = await read_document(request)
         try:
             job = JobRequest.model_validate(body)
             flow = Flow.model_validate(job.flow_document())
         except ValidationError as exc:
-            return validation_error(exc)
+            raise invalid_request(exc) from exc
         if job.connection not in self.runtime.connections:
             known = ", ".join(self.runtime.connections.names()) or "none are configured"
-            return error_body(
+            raise Refusal(
                 400,
                 f"connection: {job.connection!r} is not a configured connection (known: {known})",
                 code=ErrorCode.UNKNOWN_CONNECTION.value,
-                fields=[{"field": "connection", "message": f"{job.connection!r} is not configured"}],
+                fields=[FieldProblem(field="connection", message=f"{job.connection!r} is not configured")],
             )
         context = RunContext(flow=flow.name, trigger=TriggerKind.JOB, parameters=job.parameters)
         return await self._start_once(request, flow, context)
 
-    async def list_connections(self, request: web.Request) -> web.Response:
-        return web.json_response({"connections": self.runtime.connections.names()})
+    async def list_connections(self, request: web.Request) -> ConnectionList:
+        return ConnectionList(connections=self.runtime.connections.names())
 
 
-class _Refused(Exception):
-    def __init__(self, response: web.Response) -> None:
-        super().__init__("refused")
-        self.response = response
+# -- the table ---------------------------------------------------------------
+
+_NAME = Parameter(
+    "name",
+    "path",
+    "The flow's name.",
+    {"type": "string", "pattern": Flow.model_json_schema()["properties"]["name"]["pattern"]},
+    example=EXAMPLE_FLOW["name"],
+)
+_IDEMPOTENCY_KEY = Parameter(
+    "Idempotency-Key",
+    "header",
+    "A repeated request with the same key answers with the run the first one started.",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+)
+_ACCEPTED = Answer(
+    "The run is queued; Location is where its history will be.",
+    RunAccepted,
+    headers={"Location": "Where the history API reports on the run."},
+)
+#: What a route that reads a body may refuse besides its own refusals.
+_BODY = (400, 413, 415)
 
 
-@web.middleware
-async def _refusals(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-    except _Refused as refused:
-        return refused.response
-    return response
+ROUTES: list[Route[TriggerApi]] = [
+    Route(
+        "POST",
+        "/v1/jobs",
+        "submitJob",
+        TriggerApi.submit_job,
+        "Run one query (or control command) once, render it and email it",
+        {202: _ACCEPTED},
+        parameters=[_IDEMPOTENCY_KEY],
+        body=Body(JobRequest, EXAMPLE_JOB, yaml=True),
+        refusals=(*_BODY, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/flows",
+        "listFlows",
+        TriggerApi.list_flows,
+        "Every saved flow, by name",
+        {200: Answer("The flows.", FlowList)},
+    ),
+    Route(
+        "POST",
+        "/v1/flows",
+        "createFlow",
+        TriggerApi.create_flow,
+        "Save a new flow",
+        {201: Answer("The flow, saved.", FlowView)},
+        body=Body(Flow, EXAMPLE_FLOW, yaml=True),
+        refusals=(*_BODY, 409),
+    ),
+    Route(
+        "GET",
+        "/v1/flows/{name}",
+        "getFlow",
+        TriggerApi.get_flow,
+        "One flow",
+        {200: Answer("The flow.", FlowView)},
+        parameters=[_NAME],
+        refusals=(404,),
+    ),
+    Route(
+        "PUT",
+        "/v1/flows/{name}",
+        "putFlow",
+        TriggerApi.put_flow,
+        "Create or replace a flow",
+        {200: Answer("The flow, replaced.", FlowView), 201: Answer("The flow, created.", FlowView)},
+        parameters=[_NAME],
+        body=Body(FlowReplacement, EXAMPLE_FLOW, yaml=True),
+        refusals=_BODY,
+    ),
+    Route(
+        "DELETE",
+        "/v1/flows/{name}",
+        "deleteFlow",
+        TriggerApi.delete_flow,
+        "Delete a flow, its fired slots and its idempotency keys",
+        {204: Answer("Deleted.")},
+        parameters=[_NAME],
+        refusals=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/flows/{name}/runs",
+        "runFlow",
+        TriggerApi.run_flow,
+        "Start a run of a flow now",
+        {202: _ACCEPTED},
+        parameters=[_NAME, _IDEMPOTENCY_KEY],
+        body=Body(
+            RunRequest,
+            EXAMPLE_RUN,
+            yaml=True,
+            required=False,
+            description="Without a body the defaults apply.",
+        ),
+        refusals=(*_BODY, 404, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/connections",
+        "listConnections",
+        TriggerApi.list_connections,
+        "The names of the connections the operator configured",
+        {200: Answer("Connection names.", ConnectionList)},
+    ),
+]
+
+API = HttpApi(
+    title="adxflow trigger API",
+    version=importlib.metadata.version("adxflow"),
+    description=(
+        "Flows that run Kusto queries and control commands on a schedule or on demand, "
+        "and ad-hoc report jobs. Bodies are JSON, or YAML with Content-Type application/yaml. "
+        "A bearer token is required unless the service listens on loopback without one."
+    ),
+    routes=ROUTES,
+    refusals={
+        400: Answer("The request is malformed or invalid; `fields` names what is wrong.", ErrorBody),
+        401: Answer(
+            "A valid bearer token is required.",
+            ErrorBody,
+            headers={"WWW-Authenticate": "The scheme to authenticate with."},
+        ),
+        404: Answer("No flow has this name.", ErrorBody),
+        409: Answer("A flow with this name exists; PUT replaces it.", ErrorBody),
+        413: Answer("The body is over 1 MiB.", media={"text/plain": {"schema": {"type": "string"}}}),
+        415: Answer("The body is neither JSON nor YAML.", ErrorBody),
+        503: Answer("The broker did not accept the run; retrying can help.", ErrorBody),
+    },
+)
 
 
 def create_app(runtime: Runtime, store: FlowStore, policy: WebhookPolicy) -> web.Application:
-    api = TriggerApi(runtime, store, policy)
-    app = web.Application(
-        middlewares=[bearer_auth(runtime.settings.api_token), _refusals], client_max_size=1024**2
-    )
-    app.router.add_post("/v1/jobs", api.submit_job)
-    app.router.add_get("/v1/flows", api.list_flows)
-    app.router.add_post("/v1/flows", api.create_flow)
-    app.router.add_get("/v1/flows/{name}", api.get_flow)
-    app.router.add_put("/v1/flows/{name}", api.put_flow)
-    app.router.add_delete("/v1/flows/{name}", api.delete_flow)
-    app.router.add_post("/v1/flows/{name}/runs", api.run_flow)
-    app.router.add_get("/v1/connections", api.list_connections)
-    openapi.add_route(app)
-    health_routes(app, {**runtime.checks(), "database": store.ping})
+    app = web.Application(middlewares=[bearer_auth(runtime.settings.api_token)], client_max_size=1024**2)
+    API.serve(app, TriggerApi(runtime, store, policy), {**runtime.checks(), "database": store.ping})
     return app

@@ -97,16 +97,6 @@ class StoredFlow:
     #: The latest slot fired (or claimed) for this flow, if any.
     last_slot: dt.datetime | None = None
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "name": self.flow.name,
-            "version": self.version,
-            "enabled": self.flow.enabled,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "document": self.flow.model_dump(mode="json", exclude_none=True),
-        }
-
 
 def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     return StoredFlow(

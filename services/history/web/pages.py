@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import structlog
 from aiohttp import web
 from jinja2 import PackageLoader
 from jinja2.sandbox import SandboxedEnvironment
-from yarl import URL
 
 from common.contracts.errors import ArtifactMissing
 from common.contracts.messages import RunStatus, TriggerKind
-from common.platform.http import BROWSER_GATE, error_body
+from common.platform.http import BROWSER_GATE
+from common.platform.routes import InvalidParameter, error_body
 from common.platform.runtime import Runtime
+from services.history.bodies import RunDetail, RunPage
+from services.history.runs import RunFilters, find_run, list_runs
 from services.history.store import HistoryStore
 from services.history.web.session import (
     COOKIE,
@@ -35,10 +38,9 @@ from services.history.web.session import (
     csrf_refusal,
     safe_next,
 )
-from services.history.web.trigger import TriggerClient, TriggerUnavailable
+from services.history.web.trigger import TIMEOUT, TriggerClient, TriggerUnavailable
 from services.history.web.views import (
     UNFINISHED,
-    artifact_href,
     badge,
     duration_words,
     email_summary,
@@ -64,6 +66,7 @@ EMAIL_POLICY = (
 STORE = web.AppKey("pages_store", HistoryStore)
 RUNTIME = web.AppKey("pages_runtime", Runtime)
 SESSIONS = web.AppKey("pages_sessions", Sessions)
+TRIGGER_SESSION = web.AppKey("pages_trigger_session", aiohttp.ClientSession)
 
 _templates = SandboxedEnvironment(loader=PackageLoader("services.history.web", "templates"), autoescape=True)
 _templates.filters["duration"] = duration_words
@@ -87,8 +90,15 @@ def page(request: web.Request, template: str, *, status: int = 200, **context: A
 
 
 def _trigger(request: web.Request) -> TriggerClient:
+    # The trigger's address is known only once it runs, which may be after this app starts.
     runtime = request.app[RUNTIME]
-    return TriggerClient(runtime.trigger_url, runtime.settings.api_token)
+    return TriggerClient(runtime.trigger_url, runtime.settings.api_token, request.app[TRIGGER_SESSION])
+
+
+async def _trigger_session(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        app[TRIGGER_SESSION] = session
+        yield
 
 
 # -- runs ------------------------------------------------------------------
@@ -102,9 +112,13 @@ async def runs_page(request: web.Request) -> web.Response:
     query = request.query
     filters = {name: query.get(name, "").strip() for name in ("flow", "status", "trigger")}
     chosen = {name: value for name, value in filters.items() if value}
-    status, answer = await _list_runs(request, {**chosen, **_cursor_of(query), "limit": str(PAGE_SIZE)})
-    problems = [] if status == 200 else [answer.get("error", {}).get("message", f"HTTP {status}")]
-    next_cursor = answer.get("next_cursor") if status == 200 else None
+    try:
+        asked = RunFilters.parse({**chosen, **_cursor_of(query), "limit": str(PAGE_SIZE)})
+    except InvalidParameter as exc:
+        listed, problems = RunPage(runs=[], next_cursor=None), [exc.message]
+    else:
+        listed, problems = await list_runs(request.app[STORE], asked), []
+    next_cursor = listed.next_cursor
     older = f"?{urlencode({**chosen, 'cursor': next_cursor})}" if next_cursor else None
     newest = f"?{urlencode(chosen)}" if query.get("cursor") else None
     try:
@@ -114,8 +128,8 @@ async def runs_page(request: web.Request) -> web.Response:
     return page(
         request,
         "runs.html",
-        status=status,
-        runs=answer.get("runs", []),
+        status=400 if problems else 200,
+        runs=listed.runs,
         filters=filters,
         problems=problems,
         statuses=list(RunStatus),
@@ -130,52 +144,37 @@ def _cursor_of(query: Mapping[str, str]) -> dict[str, str]:
     return {"cursor": query["cursor"]} if query.get("cursor") else {}
 
 
-async def _list_runs(request: web.Request, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """What ``GET /v1/runs`` answers for *query*: the list page pages with the API's own cursor."""
-    # The API module registers these pages, so it is looked up when first needed.
-    from services.history import api
-
-    answer = await api.list_runs(request.clone(rel_url=URL("/v1/runs").with_query(query)))
-    assert isinstance(answer, web.Response)
-    return answer.status, json.loads(answer.text or "{}")
-
-
 async def run_page(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
-    run = await request.app[STORE].get_run(run_id)
+    run = await find_run(request.app[STORE], run_id)
     if run is None:
         return page(request, "missing.html", status=404, what=f"run {run_id}")
     steps = step_views(run, dt.datetime.now(dt.UTC))
     await _fill_from_flow(request, run, steps)
     blobs = request.app[RUNTIME].blobs
     for step in steps:
-        for name, ref in step.latest["artifacts"].items():
-            if not name.startswith("email") or not ref["key"].endswith(".eml"):
+        for name, link in step.latest.artifacts.items():
+            if not name.startswith("email") or not link.key.endswith(".eml"):
                 continue
             try:
-                headers = email_summary(await blobs.get(ref["key"]))
+                headers = email_summary(await blobs.get(link.key))
             except (ArtifactMissing, ValueError):
                 headers = {}
             step.emails.append(
-                {
-                    "name": name,
-                    "headers": headers,
-                    "preview": f"/ui/emails/{ref['key']}",
-                    "href": artifact_href(ref),
-                }
+                {"name": name, "headers": headers, "preview": f"/ui/emails/{link.key}", "href": link.href}
             )
     failed = next((step for step in steps if step.failed), None)
     sent = any(step.emails for step in steps)
     return page(request, "run.html", run=run, steps=steps, failed=failed, sent=sent)
 
 
-async def _fill_from_flow(request: web.Request, run: dict[str, Any], steps: list[Any]) -> None:
+async def _fill_from_flow(request: web.Request, run: RunDetail, steps: list[Any]) -> None:
     """Query text for query steps that did not report it (a step that failed): the flow's current text."""
     missing = [step for step in steps if step.kind == "query" and step.query_text is None]
-    if not missing or not run.get("flow"):
+    if not missing or not run.flow:
         return
     try:
-        flow = await _trigger(request).flow(run["flow"])
+        flow = await _trigger(request).flow(run.flow)
     except TriggerUnavailable:
         return
     by_id = {step.get("id"): step for step in flow["document"].get("steps", [])}
@@ -185,7 +184,7 @@ async def _fill_from_flow(request: web.Request, run: dict[str, Any], steps: list
         if text:
             step.query_text = text
             step.query_source = f"from the flow's current version {flow.get('version')}"
-            step.parameters = dict(run.get("parameters") or {})
+            step.parameters = dict(run.parameters)
 
 
 async def email_page(request: web.Request) -> web.Response:
@@ -212,8 +211,8 @@ async def flows_page(request: web.Request) -> web.Response:
     except TriggerUnavailable as exc:
         flows, problem = [], exc.message
     for flow in flows:
-        latest = await store.list_runs(flow=flow["name"], limit=1)
-        flow["last_run"] = latest[0] if latest else None
+        latest = await list_runs(store, RunFilters(flow=flow["name"], limit=1))
+        flow["last_run"] = latest.runs[0] if latest.runs else None
     return page(request, "flows.html", status=502 if problem else 200, flows=flows, problem=problem)
 
 
@@ -275,6 +274,7 @@ def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> No
     app[RUNTIME] = runtime
     app[SESSIONS] = sessions
     app[BROWSER_GATE] = sessions
+    app.cleanup_ctx.append(_trigger_session)
     app.router.add_get("/", home)
     app.router.add_get("/ui/runs", runs_page)
     app.router.add_get("/ui/runs/{run_id}", run_page)

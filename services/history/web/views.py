@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.history.bodies import RunDetail, StepAttempt, StepError
 from services.history.web.advice import advice_for
 
 
@@ -68,21 +69,17 @@ def utc_text(value: str | None) -> str:
     return instant.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if instant else "—"
 
 
-def artifact_href(ref: dict[str, Any]) -> str:
-    return f"/v1/artifacts/{ref['key']}"
-
-
 @dataclass
 class Attempt:
     """One attempt of a step: a row of the timeline."""
 
-    view: dict[str, Any]
+    view: StepAttempt
     offset: float = 0.0
     width: float = 0.0
 
     @property
     def badge(self) -> Badge:
-        return badge(self.view["status"])
+        return badge(self.view.status)
 
 
 @dataclass
@@ -99,47 +96,46 @@ class StepView:
     emails: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def latest(self) -> dict[str, Any]:
+    def latest(self) -> StepAttempt:
         return self.attempts[-1].view
 
     @property
     def badge(self) -> Badge:
-        return badge(self.latest["status"])
+        return badge(self.latest.status)
 
     @property
     def unfinished(self) -> bool:
-        return self.latest["status"] in UNFINISHED
+        return self.latest.status in UNFINISHED
 
     @property
-    def error(self) -> dict[str, Any] | None:
-        error: dict[str, Any] | None = self.latest.get("error")
-        return error
+    def error(self) -> StepError | None:
+        return self.latest.error
 
     @property
     def advice(self) -> str | None:
-        return advice_for(self.error["code"]) if self.error else None
+        return advice_for(self.error.code) if self.error else None
 
     @property
     def chart(self) -> dict[str, Any] | None:
-        artifacts = self.latest["artifacts"]
+        artifacts = self.latest.artifacts
         for name in CHART_ARTIFACTS:
             if name in artifacts:
-                return {"href": artifact_href(artifacts[name]), "kind": name}
+                return {"href": artifacts[name].href, "kind": name}
         return None
 
     @property
     def table_href(self) -> str | None:
-        ref = self.latest["artifacts"].get("table_html")
-        return artifact_href(ref) if ref else None
+        link = self.latest.artifacts.get("table_html")
+        return link.href if link else None
 
     @property
     def downloads(self) -> list[tuple[str, str]]:
-        return [(name, artifact_href(ref)) for name, ref in self.latest["artifacts"].items()]
+        return [(name, link.href) for name, link in self.latest.artifacts.items()]
 
     @property
     def other_detail(self) -> list[tuple[str, str]]:
         shown = []
-        for name, value in self.latest["detail"].items():
+        for name, value in self.latest.detail.items():
             if name in _SHOWN_DETAIL or value in (None, "", [], {}):
                 continue
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -147,19 +143,17 @@ class StepView:
         return shown
 
 
-def step_views(run: dict[str, Any], now: dt.datetime) -> list[StepView]:
+def step_views(run: RunDetail, now: dt.datetime) -> list[StepView]:
     """The run's steps in itinerary order, each with its attempts placed on one time axis."""
     grouped: dict[str, StepView] = {}
-    for view in run["steps"]:
-        step = grouped.get(view["step_id"])
+    for view in run.steps:
+        step = grouped.get(view.step_id)
         if step is None:
-            step = grouped[view["step_id"]] = StepView(
-                view["step_id"], view["kind"], view["service"], view["flow_step"]
-            )
+            step = grouped[view.step_id] = StepView(view.step_id, view.kind, view.service, view.flow_step)
         step.attempts.append(Attempt(view))
     for step in grouped.values():
-        step.failed = step.step_id == run.get("failed_step") or step.latest["status"] == "failed"
-        detail = step.latest["detail"]
+        step.failed = step.step_id == run.failed_step or step.latest.status == "failed"
+        detail = step.latest.detail
         if step.kind == "query" and detail.get("text"):
             step.query_text = detail["text"]
             step.query_source = "as run"
@@ -168,16 +162,16 @@ def step_views(run: dict[str, Any], now: dt.datetime) -> list[StepView]:
     return list(grouped.values())
 
 
-def _place(steps: list[StepView], run: dict[str, Any], now: dt.datetime) -> None:
+def _place(steps: list[StepView], run: RunDetail, now: dt.datetime) -> None:
     spans = []
     for step in steps:
         for attempt in step.attempts:
-            start = parse_instant(attempt.view["started_at"])
-            end = parse_instant(attempt.view["finished_at"]) or (now if start else None)
+            start = parse_instant(attempt.view.started_at)
+            end = parse_instant(attempt.view.finished_at) or (now if start else None)
             spans.append((attempt, start, end))
     starts = [start for _, start, _ in spans if start is not None]
     ends = [end for _, _, end in spans if end is not None]
-    origin = parse_instant(run.get("started_at")) or (min(starts) if starts else None)
+    origin = parse_instant(run.started_at) or (min(starts) if starts else None)
     if origin is None or not ends:
         return
     origin = min([origin, *starts])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import html
 import re
@@ -35,8 +36,12 @@ from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 from services.history.web.advice import ADVICE
+from services.history.web.pages import TRIGGER_SESSION
 from services.history.web.session import COOKIE, SESSION_SECONDS, Sessions, safe_next
 from services.history.web.views import duration_words
+from services.trigger import service as trigger
+from services.trigger.bodies import EXAMPLE_FLOW
+from tests.conftest import random_name
 
 HOSTILE = '<script>alert("x")</script>'
 T0 = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)
@@ -223,3 +228,115 @@ async def test_the_runs_list_pages_with_the_api_cursor(server: Server) -> None:
         async with session.get(url + "/ui/runs?cursor=garbage") as response:
             assert response.status == 400
             assert "cursor" in await response.text()
+
+
+async def test_a_bad_filter_on_the_runs_page_says_what_the_api_says(server: Server) -> None:
+    async with server() as (url, _), aiohttp.ClientSession() as session:
+        for query, parameter in [("status=lost", "status"), ("trigger=psychic", "trigger")]:
+            async with session.get(f"{url}/v1/runs?{query}") as response:
+                message = (await response.json())["error"]["message"]
+            async with session.get(f"{url}/ui/runs?{query}") as response:
+                assert response.status == 400
+                assert html.escape(message) in await response.text()
+            assert message.startswith(f"{parameter}: must be one of ")
+
+
+class CountingProxy:
+    """A TCP forwarder in front of a server: how many connections it was asked for, and how many ended."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self.accepted = 0
+        self.ended = 0
+        self.all_ended = asyncio.Event()
+        self.url = ""
+
+    async def __aenter__(self) -> CountingProxy:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.all_ended.clear()
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        self.ended += 1
+        if self.ended == self.accepted:
+            self.all_ended.set()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@asynccontextmanager
+async def _trigger_with_a_flow(data_dir: Path) -> AsyncIterator[int]:
+    connections = Connections()
+    connections.add_local("local", "http://127.0.0.1:31415")
+    runtime = Runtime(
+        settings=Settings(data_dir=data_dir, trigger_port=0),
+        broker=InProcessBroker(Topology(random_name("history-web-trigger-"))),
+        blobs=FolderBlobStore(data_dir / "blobs"),
+        connections=connections,
+    )
+    async with runtime, trigger.running(runtime) as served, aiohttp.ClientSession() as session:
+        async with session.put(
+            f"{served.url}/v1/flows/storms", json={**EXAMPLE_FLOW, "name": "storms"}
+        ) as saved:
+            assert saved.status == 201, await saved.text()
+        yield served.port
+
+
+@pytest.fixture
+def data_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """The history's and the trigger's."""
+    for name in ("history", "trigger"):
+        (tmp_path / name).mkdir()
+    return tmp_path / "history", tmp_path / "trigger"
+
+
+async def test_page_loads_share_one_session_to_the_trigger_closed_with_the_app(
+    data_dirs: tuple[Path, Path],
+) -> None:
+    history_dir, trigger_dir = data_dirs
+    settings = Settings(data_dir=history_dir)
+    store = HistoryStore(settings.resolved_database_url)
+    letters = DeadLetterStore(settings.resolved_database_url)
+    await store.create_schema()
+    await letters.create_schema()
+    try:
+        async with _trigger_with_a_flow(trigger_dir) as port, CountingProxy(port) as proxy:
+            runtime = Runtime(
+                settings=settings,
+                broker=InProcessBroker(Topology(random_name("history-web-"))),
+                blobs=FolderBlobStore(history_dir / "blobs"),
+                connections=Connections(),
+                trigger_url=proxy.url,
+            )
+            app = create_app(runtime, store, letters)
+            async with runtime, HttpServer(app, "127.0.0.1", 0) as http, aiohttp.ClientSession() as browser:
+                for _ in range(2):
+                    async with browser.get(f"{http.url}/ui/flows") as response:
+                        assert response.status == 200
+                        assert 'data-flow="storms"' in await response.text()
+                assert proxy.accepted == 1
+                session = app[TRIGGER_SESSION]
+                assert not session.closed
+            assert session.closed
+            await asyncio.wait_for(proxy.all_ended.wait(), 5)
+            assert (proxy.accepted, proxy.ended) == (1, 1)
+    finally:
+        await letters.close()
+        await store.close()

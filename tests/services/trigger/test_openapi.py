@@ -2,7 +2,8 @@
 
 The trigger runs once for the module, in a thread of its own (see
 ``tests.fuzzing``), with its SQLite store under the module's directory, an
-in-process broker and an API token.
+in-process broker and an API token. Every answer is checked against the
+schema the document gives it, and those schemas name every key.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from common.platform.connections import Connections
 from common.platform.runtime import Runtime
 from common.platform.webhooks import WebhookPolicy
 from services.trigger import service as trigger
-from services.trigger.api import create_app
-from services.trigger.openapi import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN, document
+from services.trigger.api import API, create_app
+from services.trigger.bodies import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN
 from services.trigger.store import FlowStore
 from tests.conftest import random_name
-from tests.fuzzing import FUZZ_SETTINGS, Live, live_service
+from tests.fuzzing import FUZZ_SETTINGS, Live, live_service, loose_answers
 
 TOKEN = "fuzz-token"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
@@ -51,6 +52,7 @@ FUZZING = schemathesis.Config.from_dict(
         ]
     }
 )
+document = API.document
 schema = schemathesis.openapi.from_dict(document(), config=FUZZING)
 
 
@@ -157,6 +159,10 @@ async def test_every_route_of_the_app_is_documented(tmp_path: Path) -> None:
     }
 
     assert served == documented
+
+
+def test_every_json_answer_names_all_its_keys() -> None:
+    assert loose_answers(document()) == []
 
 
 def test_the_service_serves_the_document_without_a_token(live: Live) -> None:
@@ -305,4 +311,5 @@ NOT_PROMISED = [checks.positive_data_acceptance, checks.negative_data_rejection]
 def test_the_api_answers_every_generated_request_as_documented(case: schemathesis.Case, live: Live) -> None:
     response = case.call(base_url=live.url, session=live.session, headers=AUTHORIZED, timeout=10)
 
+    # Every other check, the body against its documented schema among them.
     case.validate_response(response, headers=AUTHORIZED, excluded_checks=NOT_PROMISED)

@@ -1,0 +1,176 @@
+"""Runs as the API and the pages read them: a filtered page with its cursor, one run, a flow's numbers.
+
+Both read through these functions, so a page shows what the API answers; a
+bad filter raises :class:`~common.platform.routes.InvalidParameter` naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common.contracts.messages import RunStatus, TriggerKind, utcnow
+from common.platform.routes import InvalidParameter
+from services.history.bodies import ARTIFACTS_PATH, Durations, FlowStats, RunDetail, RunPage, RunSummary
+from services.history.store import HistoryStore
+
+Order = Literal["desc", "asc"]
+#: The most runs one page holds.
+MAX_LIMIT = 500
+
+
+def _cursor(run: RunSummary, order: Order) -> str:
+    raw = json.dumps([run.submitted_at, run.run_id, order]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(value: str, order: Order) -> tuple[dt.datetime, str]:
+    try:
+        padded = value + "=" * (-len(value) % 4)
+        at, run_id, issued_for = json.loads(base64.urlsafe_b64decode(padded))
+        moment = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidParameter("cursor", "cursor is not one this API returned") from None
+    if issued_for != order or moment.tzinfo is None:
+        raise InvalidParameter("cursor", f"cursor was returned for order={issued_for}, not order={order}")
+    return moment, str(run_id)
+
+
+def _instant(query: Mapping[str, str], name: str) -> dt.datetime | None:
+    """An ISO 8601 time from the query string; without a zone it is UTC."""
+    if name not in query:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(query[name].replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise InvalidParameter(name, "must be an ISO 8601 time, such as 2026-03-01T06:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    """Which runs a page lists, in which order, from where."""
+
+    status: RunStatus | None = None
+    flow: str | None = None
+    trigger: TriggerKind | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    limit: int = 50
+    order: Order = "desc"
+    after: tuple[dt.datetime, str] | None = None
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str], *, flow: str | None = None) -> RunFilters:
+        """The filters a query string asks for; *flow*, from the path, overrides its ``flow``."""
+        try:
+            status = RunStatus(query["status"]) if "status" in query else None
+        except ValueError:
+            raise InvalidParameter("status", f"must be one of {', '.join(RunStatus)}") from None
+        try:
+            limit = int(query.get("limit", "50"))
+            if not 1 <= limit <= MAX_LIMIT:
+                raise ValueError
+        except ValueError:
+            raise InvalidParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}") from None
+        asked = query.get("order", "desc")
+        if asked not in ("desc", "asc"):
+            raise InvalidParameter("order", "must be desc or asc")
+        order: Order = "asc" if asked == "asc" else "desc"
+        after = _parse_cursor(query["cursor"], order) if "cursor" in query else None
+        since, until = _instant(query, "since"), _instant(query, "until")
+        try:
+            trigger = TriggerKind(query["trigger"]) if "trigger" in query else None
+        except ValueError:
+            raise InvalidParameter("trigger", f"must be one of {', '.join(TriggerKind)}") from None
+        return cls(status, flow or query.get("flow"), trigger, since, until, limit, order, after)
+
+
+async def list_runs(store: HistoryStore, filters: RunFilters) -> RunPage:
+    """One page of the runs *filters* ask for, with the cursor of the next page if there is one."""
+    views = await store.list_runs(
+        status=filters.status,
+        flow=filters.flow,
+        trigger=filters.trigger.value if filters.trigger else None,
+        since=filters.since,
+        until=filters.until,
+        limit=filters.limit + 1,
+        ascending=filters.order == "asc",
+        after=filters.after,
+    )
+    runs = [RunSummary.model_validate(view) for view in views[: filters.limit]]
+    more = len(views) > filters.limit
+    return RunPage(runs=runs, next_cursor=_cursor(runs[-1], filters.order) if more and runs else None)
+
+
+async def find_run(store: HistoryStore, run_id: str) -> RunDetail | None:
+    """The run with every attempt of every step, its artifacts as links to the API; None if unknown."""
+    view = await store.get_run(run_id)
+    if view is None:
+        return None
+    steps = [{**step, "artifacts": _links(step["artifacts"])} for step in view["steps"]]
+    return RunDetail.model_validate({**view, "steps": steps})
+
+
+def _links(artifacts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "href": f"{ARTIFACTS_PATH}{ref['key']}",
+            "content_type": ref["content_type"],
+            "size": ref["size"],
+        }
+        for name, ref in artifacts.items()
+    }
+
+
+_WINDOW = re.compile(r"^([1-9][0-9]{0,4})([mhd])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+#: The longest window a stats request may ask for.
+MAX_WINDOW = dt.timedelta(days=366)
+
+
+def parse_window(value: str) -> dt.timedelta:
+    match = _WINDOW.match(value)
+    window = dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))}) if match else None
+    if window is None or window > MAX_WINDOW:
+        raise InvalidParameter(
+            "window", "must be a number and a unit m, h or d (such as 1h, 24h, 7d), at most 366d"
+        )
+    return window
+
+
+def percentile(ordered: list[float], fraction: float) -> float | None:
+    """The *fraction* percentile of sorted values, interpolating between the nearest two."""
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (position - low), 1)
+
+
+async def flow_stats(store: HistoryStore, flow: str, window: str) -> FlowStats:
+    """How the runs of *flow* submitted in the last *window* (``7d``, ``24h``) went."""
+    until = utcnow()
+    since = until - parse_window(window)
+    runs = await store.flow_runs(flow, since, until)
+    succeeded = sum(status == RunStatus.SUCCEEDED.value for status, _ in runs)
+    failed = sum(status == RunStatus.FAILED.value for status, _ in runs)
+    durations = sorted(ms for status, ms in runs if ms is not None and RunStatus(status).terminal)
+    return FlowStats(
+        flow=flow,
+        window=window,
+        since=since.isoformat().replace("+00:00", "Z"),
+        until=until.isoformat().replace("+00:00", "Z"),
+        runs=len(runs),
+        succeeded=succeeded,
+        failed=failed,
+        unfinished=len(runs) - succeeded - failed,
+        success_rate=round(succeeded / (succeeded + failed), 4) if succeeded + failed else None,
+        duration_ms=Durations(p50=percentile(durations, 0.5), p95=percentile(durations, 0.95)),
+    )
