@@ -46,6 +46,7 @@ class StepState:
     kind: str
     service: str
     flow_step: str | None = None
+    finished_at: dt.datetime | None = None
     error_code: str | None = None
     error_message: str | None = None
     #: Whether the attempt has a detail: a step a condition skipped says why, one skipped
@@ -73,7 +74,7 @@ class Changes:
     step_fields: tuple[tuple[Mapping[str, Any], tuple[StepKey, ...]], ...]
     #: How the run ended, when the event ends it or meets it ended (said again on a redelivery).
     completed: RunCompleted | None
-    #: Whether the run was unfinished before, and so ended here.
+    #: Whether this is the first time the run's end is told: it had not ended, as far as anyone heard.
     ends_run: bool
 
 
@@ -151,8 +152,11 @@ def _run_with(run: RunState, values: Mapping[str, Any]) -> RunState:
     return replace(run, **changed)
 
 
+_STEP_STATE = ("position", "flow_step", "finished_at", "error_code", "error_message")
+
+
 def _step_with(step: StepState, values: Mapping[str, Any]) -> StepState:
-    changed = {name: values[name] for name in ("position", "error_code", "error_message") if name in values}
+    changed = {name: values[name] for name in _STEP_STATE if name in values}
     if "status" in values:
         changed["status"] = StepStatus(values["status"])
     if "detail" in values:

@@ -85,13 +85,17 @@ def merge(run: RunState | None, steps: Sequence[StepState], event: StatusEvent, 
     crash between the commit and the announcement cannot lose it.
     """
     draft = Draft(run, event.run_id, steps, now)
-    ended_before = run is not None and run.status.terminal
+    # A run that failed before its own event came had no flow to announce its end by.
+    told_before = run is not None and run.status.terminal and run.flow is not None
+    describes = event.run is not None and (run is None or run.step_count is None)
     if event.run is not None:
-        if run is None or run.step_count is None:
+        if describes:
             draft.set_run(**_run_fields(event.run))
         _lay_out(draft, event.run)
+    # Decided before the event's own attempt is merged: a failure told again does not reopen.
+    reopens = _reopens(draft, event)
     position = _take(draft, event)
-    _settle(draft, event, position, now)
+    _settle(draft, event, position, now, reopens=reopens, revisits=reopens or describes)
     goes_on = event.continues or event.retrying
     if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
         return draft.changes()
@@ -101,12 +105,14 @@ def merge(run: RunState | None, steps: Sequence[StepState], event: StatusEvent, 
     completed = RunCompleted(
         run_id=ended.run_id, flow=ended.flow, status=ended.status, finished_at=ended.finished_at or now
     )
-    return draft.changes(completed, ends_run=not ended_before)
+    return draft.changes(completed, ends_run=not told_before)
 
 
 def _lay_out(draft: Draft, info: RunInfo) -> None:
     """Give the run every step of its itinerary, each where the itinerary has it."""
-    known = {step.step_id: step.position for step in draft.steps.values()}
+    known = {step.step_id: step for step in draft.steps.values()}
+    # Steps a failure heard of first would have skipped, had they been there.
+    status = StepStatus.SKIPPED if draft.run.status is RunStatus.FAILED else StepStatus.PENDING
     for position, step in enumerate(info.itinerary):
         if step.id not in known:
             draft.add_step(
@@ -116,11 +122,12 @@ def _lay_out(draft: Draft, info: RunInfo) -> None:
                 kind=step.kind.value,
                 service=step.service.value,
                 flow_step=step.flow_step,
+                status=status.value,
             )
-        elif known[step.id] != position:
-            # A step that reported before the run's own event got a guessed position.
+        elif (known[step.id].position, known[step.id].flow_step) != (position, step.flow_step):
+            # A step that reported before the run's own event got a guessed position, and no flow step.
             attempts = [key for key in draft.steps if key[0] == step.id]
-            draft.set_steps(attempts, position=position)
+            draft.set_steps(attempts, position=position, flow_step=step.flow_step)
 
 
 def _take(draft: Draft, event: StatusEvent) -> int:
@@ -128,14 +135,16 @@ def _take(draft: Draft, event: StatusEvent) -> int:
     values = _event_fields(event)
     current = draft.steps.get((event.step_id, event.attempt))
     if current is None:
-        others = [step.position for step in draft.steps.values() if step.step_id == event.step_id]
-        position = others[0] if others else len(draft.steps)
+        # A new attempt goes where the step's others are; a step not heard of yet, last.
+        other = next((step for step in draft.steps.values() if step.step_id == event.step_id), None)
+        position = other.position if other else len(draft.steps)
         draft.add_step(
             event.step_id,
             event.attempt,
             position,
             kind=event.kind.value,
             service=event.service.value,
+            flow_step=other.flow_step if other else None,
             **values,
         )
         return position
@@ -147,36 +156,64 @@ def _take(draft: Draft, event: StatusEvent) -> int:
     return current.position
 
 
-def _settle(draft: Draft, event: StatusEvent, position: int, now: dt.datetime) -> None:
-    """Derive the run's status from the step event just merged."""
-    if draft.run.status.terminal:
-        if not _reopens(draft, event):
-            return
-        _reopen(draft, now)
+def _settle(
+    draft: Draft, event: StatusEvent, position: int, now: dt.datetime, *, reopens: bool, revisits: bool
+) -> None:
+    """Derive the run's status from the step event just merged.
+
+    With *revisits* the run has just been described or reopened, and its last
+    step may have reported its success before: the run ends now, as its steps say.
+    """
     run = draft.run
-    last = run.step_count is not None and position == run.step_count - 1
-    values: dict[str, Any] = {"updated_at": now}
+    values: dict[str, Any] = {}
     if event.started_at is not None and (run.started_at is None or event.started_at < run.started_at):
         values["started_at"] = event.started_at
-    if event.status is StepStatus.FAILED and not (event.continues or event.retrying):
+    if run.status.terminal and not reopens:
+        # An ended run takes the start of a step that started before it ended, heard of late.
+        if values and (run.finished_at is None or values["started_at"] <= run.finished_at):
+            draft.set_run(**values)
+        return
+    if reopens:
+        _reopen(draft, now)
+    values["updated_at"] = now
+    # A failure an attempt after it has superseded was tried again: it does not end the run.
+    newer = any(
+        step.step_id == event.step_id and step.attempt > event.attempt for step in draft.steps.values()
+    )
+    last = _last_attempt(draft)
+    if event.status is StepStatus.FAILED and not (event.continues or event.retrying or newer):
         values.update(_failure(event.step_id, event.error, event.finished_at or now))
         draft.set_steps(_with_status(draft, StepStatus.PENDING), status=StepStatus.SKIPPED.value)
-    elif event.status is StepStatus.SUCCEEDED and last:
-        # A step that failed and let the flow go on fails the run once its last step is done.
-        failed = _first_failed(draft)
-        if failed is None:
-            values.update(status=RunStatus.SUCCEEDED.value, finished_at=event.finished_at or now)
-        else:
-            values.update(
-                status=RunStatus.FAILED.value,
-                finished_at=event.finished_at or now,
-                failed_step=failed.step_id,
-                error_code=failed.error_code,
-                error_message=failed.error_message,
-            )
+    elif last is not None and (
+        (event.status is StepStatus.SUCCEEDED and position == last.position)
+        or (revisits and last.status is StepStatus.SUCCEEDED)
+    ):
+        values.update(_end(draft, last.finished_at or now))
     elif event.status is not StepStatus.PENDING:
         values["status"] = RunStatus.RUNNING.value
     draft.set_run(**values)
+
+
+def _last_attempt(draft: Draft) -> StepState | None:
+    """The latest attempt of the itinerary's last step; None until the run's own event came."""
+    if draft.run.step_count is None:
+        return None
+    last = [step for step in draft.ordered() if step.position == draft.run.step_count - 1]
+    return last[-1] if last else None
+
+
+def _end(draft: Draft, at: dt.datetime) -> dict[str, Any]:
+    """The run's end once its last step succeeded: failed if a step failed and let the flow go on."""
+    failed = _first_failed(draft)
+    if failed is None:
+        return {"status": RunStatus.SUCCEEDED.value, "finished_at": at}
+    return {
+        "status": RunStatus.FAILED.value,
+        "finished_at": at,
+        "failed_step": failed.step_id,
+        "error_code": failed.error_code,
+        "error_message": failed.error_message,
+    }
 
 
 def _failure(step_id: str | None, error: ErrorInfo | None, at: dt.datetime) -> dict[str, Any]:
@@ -209,10 +246,12 @@ def _reopens(draft: Draft, event: StatusEvent) -> bool:
         return False
     if event.status is StepStatus.PENDING:
         return False
-    return any(
-        step.step_id == event.step_id and step.status is StepStatus.FAILED and step.attempt < event.attempt
+    failed = [
+        step.attempt
         for step in draft.steps.values()
-    )
+        if step.step_id == event.step_id and step.status is StepStatus.FAILED
+    ]
+    return bool(failed) and max(failed) < event.attempt
 
 
 def _reopen(draft: Draft, now: dt.datetime) -> None:
