@@ -100,8 +100,8 @@ class RunWrites(SqlStore):
             if queued is None:
                 return None
             attempt, changes = queued
-            # Where the row is not locked (SQLite), a racing caller finds the run reopened already.
-            if not await _write(conn, run_id, changes, if_status=loaded[0].status):
+            # Where the row is not locked (SQLite), of two re-runs racing only one finds the run failed.
+            if not await _write(conn, run_id, changes, if_status=RunStatus.FAILED if reopen else None):
                 return None
         return attempt
 
