@@ -309,3 +309,48 @@ async def test_the_last_step_reported_before_the_one_before_it_ends_the_run_as_i
         "notify": "succeeded",
         "record": "succeeded",
     }
+
+
+async def test_a_run_heard_of_last_ends_as_its_steps_said_before(store: HistoryStore) -> None:
+    # The trigger's event, held back (a redelivery), comes after every other step's.
+    for second, kind in enumerate([StepKind.RECORD, StepKind.QUERY, StepKind.RENDER, StepKind.NOTIFY], 1):
+        assert await store.apply(event("run-late", kind, StepStatus.SUCCEEDED, second)) is None
+    assert await store.list_runs() == []
+
+    completed = await store.apply(
+        event("run-late", StepKind.TRIGGER, StepStatus.SUCCEEDED, 0, run=run_info())
+    )
+
+    assert completed is not None
+    assert completed.status is RunStatus.SUCCEEDED
+    run = await store.get_run("run-late")
+    assert run is not None
+    assert (run["status"], run["finished_at"], run["connection"]) == (
+        "succeeded",
+        "2026-01-05T08:00:01Z",
+        "local",
+    )
+    assert [(s["step_id"], s["status"]) for s in run["steps"]] == [(k.value, "succeeded") for k in StepKind]
+
+
+async def test_a_failure_heard_of_before_its_run_skips_the_steps_the_run_brings(store: HistoryStore) -> None:
+    error = ErrorInfo(code=ErrorCode.KUSTO_SYNTAX_ERROR, message="Syntax error at 1:5")
+    await store.apply(event("run-early", StepKind.QUERY, StepStatus.FAILED, 2, started=T0, error=error))
+    await store.apply(
+        event("run-early", StepKind.TRIGGER, StepStatus.SUCCEEDED, 1, started=T0, run=run_info())
+    )
+
+    run = await store.get_run("run-early")
+    assert run is not None
+    assert (run["status"], run["failed_step"], run["started_at"]) == (
+        "failed",
+        "query",
+        "2026-01-05T08:00:00Z",
+    )
+    assert {s["step_id"]: s["status"] for s in run["steps"]} == {
+        "trigger": "succeeded",
+        "query": "failed",
+        "render": "skipped",
+        "notify": "skipped",
+        "record": "skipped",
+    }
