@@ -26,6 +26,7 @@ from common.contracts.messages import RunStatus, TriggerKind
 from common.platform.http import BROWSER_GATE, error_body
 from common.platform.runtime import Runtime
 from services.history.store import HistoryStore
+from services.history.web.email_preview import email_preview
 from services.history.web.session import (
     COOKIE,
     CSRF_HEADER,
@@ -45,7 +46,6 @@ from services.history.web.views import (
     step_views,
     utc_text,
 )
-from services.launcher.gallery import email_preview
 
 log = structlog.get_logger(__name__)
 
