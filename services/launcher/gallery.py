@@ -12,13 +12,8 @@ It writes an ``index.html`` linking everything.
 from __future__ import annotations
 
 import asyncio
-import base64
-import email
-import email.policy
-import re
 import tempfile
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +23,7 @@ from markupsafe import Markup
 
 from common.contracts.errors import AdxflowError
 from common.platform.config import Settings
+from services.history.web.email_preview import email_preview
 from services.launcher.client import wait_for_run
 
 GALLERY_FLOW = "render-gallery"
@@ -279,63 +275,7 @@ async def _write(out_dir: Path, run: dict[str, Any], fetch: Any) -> Path:
     return index
 
 
-def email_preview(raw: bytes) -> str:
-    """A sent email as one HTML page: its headers, then its HTML body with inline images embedded."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    body = message.get_body(preferencelist=("html",))
-    html = body.get_content() if body is not None else "<p>(no HTML part)</p>"
-    images = {}
-    attachments = []
-    for part in message.walk():
-        content_id = part["Content-ID"]
-        if content_id and part.get_content_maintype() == "image":
-            payload = part.get_payload(decode=True)
-            assert isinstance(payload, bytes)
-            data = base64.b64encode(payload).decode("ascii")
-            images[content_id.strip("<>")] = f"data:{part.get_content_type()};base64,{data}"
-        elif part.get_filename():
-            attachments.append({"name": part.get_filename(), "size": len(part.get_payload(decode=True))})
-    html = re.sub(
-        r'src="cid:([^"]+)"', lambda match: f'src="{images.get(match.group(1), "")}"', html
-    )  # the sent HTML escaped its attributes; the data URIs are base64
-    headers = {name: str(message[name]) for name in ("From", "To", "Cc", "Subject", "Date", "Importance")}
-    return _preview_template.render(
-        headers={name: value for name, value in headers.items() if value != "None"},
-        attachments=attachments,
-        body=Markup(html),
-        size=len(raw),
-    )
-
-
 _environment = SandboxedEnvironment(autoescape=True)
-
-_preview_template = _environment.from_string("""\
-<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ headers.Subject }}</title>
-<style>
-body { margin: 0; font-family: Segoe UI, Helvetica, Arial, sans-serif; background: #f6f8fa; }
-.mail { max-width: 900px; margin: 16px auto; background: #fff; border: 1px solid #d0d7de; }
-.headers { font-size: 13px; padding: 12px; border-bottom: 1px solid #d0d7de; width: 100%; }
-.headers th { text-align: right; color: #57606a; padding-right: 8px; width: 90px; }
-</style></head>
-<body><div class="mail">
-<table class="headers">
-{%- for name, value in headers.items() %}
-<tr><th>{{ name }}</th><td>{{ value }}</td></tr>
-{%- endfor %}
-<tr><th>Size</th><td>{{ "{:,}".format(size) }} bytes</td></tr>
-{%- if attachments %}
-<tr><th>Attached</th><td>
-{%- for file in attachments %}
-{{ file.name }} ({{ "{:,}".format(file.size) }} bytes){% if not loop.last %}, {% endif %}
-{%- endfor -%}
-</td></tr>
-{%- endif %}
-</table>
-{{ body }}
-</div></body></html>
-""")
 
 _index_template = _environment.from_string("""\
 <!DOCTYPE html>

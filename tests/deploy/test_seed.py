@@ -20,8 +20,11 @@ from services.embedded.kusto.endpoint import LocalKusto
 from services.embedded.kusto.seed import DEFAULT_DATABASE, SEED_ROWS, storm_events_script
 from services.embedded.sample_data import STORM_EVENTS_COLUMNS, storm_events_rows
 from tests.deploy.compose import ROOT, host_path, services
+from tests.hidden_packages import hiding
 
 SEED_SERVICE = "kusto-seed"
+#: What the image lacks or the seed must not need: the engine and outbox of embedded mode, and duckdb-kql.
+HIDDEN = ("duckdb", "duckdb_kql", "aiosmtpd")
 
 
 def seed_command(cluster: str) -> list[str]:
@@ -35,10 +38,11 @@ def seed_command(cluster: str) -> list[str]:
     return [sys.executable, *entrypoint[1:], *command]
 
 
-async def run_seed(cluster: str) -> str:
+async def run_seed(cluster: str, env: dict[str, str] | None = None) -> str:
     process = await asyncio.create_subprocess_exec(
         *seed_command(cluster),
         cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -110,3 +114,50 @@ async def test_the_seed_container_builds_the_sample_table_once_however_often_it_
         )
         assert event[0].startswith(first[0].isoformat())
         assert event[1:] == [first[4], first[20]]
+
+
+async def seed_module(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.embedded.kusto.seed",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.mark.timeout(180)
+async def test_the_seed_writes_and_applies_its_script_with_duckdb_duckdb_kql_and_aiosmtpd_hidden(
+    kusto: LocalKusto, tmp_path: Path
+) -> None:
+    env = hiding(tmp_path / "hidden", *HIDDEN)
+    for package in HIDDEN:
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", f"import {package}", env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert await asyncio.wait_for(probe.wait(), 60) == 1, f"{package} is not hidden"
+
+    code, stdout, stderr = await seed_module("--help", env=env)
+    assert (code, stderr) == (0, "")
+    assert "apply" in stdout
+    assert "write" in stdout
+
+    written = tmp_path / "storm-events.kql"
+    code, _, stderr = await seed_module("write", str(written), env=env)
+    assert (code, stderr) == (0, "")
+    assert written.read_text(encoding="utf-8") == storm_events_script(SEED_ROWS)
+
+    # The seed container's own command, against the local endpoint (which this process runs).
+    output = await run_seed(kusto.url, env)
+    assert ".set-or-replace StormEvents" in output
+    command = services()[SEED_SERVICE]["command"]
+    database = command[command.index("--database") + 1]
+    kcsb = KustoConnectionStringBuilder.with_no_authentication(kusto.url)
+    async with KustoClient(kcsb) as client:
+        assert await query(client, database, "StormEvents | count") == [[SEED_ROWS]]

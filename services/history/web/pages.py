@@ -29,6 +29,7 @@ from common.platform.runtime import Runtime
 from services.history.bodies import RunDetail, RunPage
 from services.history.runs import RunFilters, find_run, list_runs
 from services.history.store import HistoryStore
+from services.history.web.email_preview import email_preview
 from services.history.web.session import (
     COOKIE,
     CSRF_HEADER,
@@ -47,7 +48,6 @@ from services.history.web.views import (
     step_views,
     utc_text,
 )
-from services.launcher.gallery import email_preview
 
 log = structlog.get_logger(__name__)
 
