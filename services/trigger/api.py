@@ -44,7 +44,7 @@ from services.trigger.bodies import (
     RunAccepted,
     RunRequest,
 )
-from services.trigger.launcher import launch
+from services.trigger.starter import launch
 from services.trigger.store import FlowExists, FlowStore, StoredFlow
 from services.trigger.timetable import schedule_of
 from services.trigger.validation import FlowInvalid, check_flow

@@ -35,7 +35,7 @@ from common.contracts.messages import RunCompleted, RunContext, TriggerKind, utc
 from common.platform import metrics
 from common.platform.broker.interface import Broker, BrokerError, Delivery
 from common.platform.logs import run_context
-from services.trigger.launcher import launch, slot_run_id
+from services.trigger.starter import launch, slot_run_id
 from services.trigger.store import CHAINED, FlowStore, SlotClaim
 from services.trigger.timetable import Entry, Timetable
 

@@ -16,7 +16,7 @@ from common.platform.broker.interface import Delivery
 from common.platform.broker.memory import InProcessBroker
 from common.platform.steps import emit
 from services.history.store import HistoryStore
-from services.trigger.launcher import launch
+from services.trigger.starter import launch
 
 SLOT = dt.datetime(2026, 3, 26, 12, 0, tzinfo=dt.UTC)
 NOW = SLOT + dt.timedelta(milliseconds=20)
@@ -65,8 +65,8 @@ async def test_history_sees_the_run_the_trigger_step_reports_once_as_if_it_had_r
     await history.create_schema()
     try:
         async with (
-            InProcessBroker(Topology("launcher-test")) as broker,
-            InProcessBroker(Topology("launcher-test-twice")) as other,
+            InProcessBroker(Topology("starter-test")) as broker,
+            InProcessBroker(Topology("starter-test-twice")) as other,
         ):
             message = await launch(broker, RunTemplate.of(FLOW), context, "once")
             assert broker.depth(broker.topology.status_queue) == 1
