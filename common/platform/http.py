@@ -25,11 +25,18 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from common.contracts.errors import ConfigurationError
 from common.platform.config import is_loopback
 from common.platform.metrics import metrics
-from common.platform.routes import Answer, FieldProblem, Refusal, Reply, Route, add_routes, error_body
+from common.platform.routes import (
+    OPEN_PATHS,
+    Answer,
+    FieldProblem,
+    Refusal,
+    Reply,
+    Route,
+    add_routes,
+    error_body,
+)
 
 Check = Callable[[], Awaitable[bool]]
-#: Paths served without a token: health checks and the OpenAPI document, which hold no data.
-_OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json")
 
 
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
@@ -175,7 +182,8 @@ def bearer_auth(token: SecretStr | None) -> Any:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or request.path in _OPEN_PATHS:
+        # The routes marked open (the probes, the document) hold no data.
+        if expected is None or request.path in request.app.get(OPEN_PATHS, ()):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, supplied = header.partition(" ")

@@ -192,9 +192,16 @@ class Route(Generic[Owner]):
         return TypeError(f"{self.operation_id} answered {status} with {what}, which it does not document")
 
 
+#: The paths of an app's routes that are served without a token, gathered as they are added.
+OPEN_PATHS = web.AppKey("open_paths", set[str])
+
+
 def add_routes(app: web.Application, routes: Sequence[Route[Owner]], owner: Owner) -> None:
     """Serve *routes* from *app*, each handler called with *owner*."""
+    open_paths = app.setdefault(OPEN_PATHS, set())
     for route in routes:
+        if route.open:
+            open_paths.add(route.path)
         handler = _handler(route, owner)
         if route.method == "GET":
             app.router.add_get(route.path, handler)
