@@ -48,6 +48,17 @@ def report_email(message_id: str = "<run7.notify.1@adxflow>") -> EmailMessage:
     return build_email(mail, sender=sender_address("adxflow <adxflow@localhost>"), message_id=message_id)
 
 
+async def refusal_from(server: asyncio.Server, **settings: object) -> DeliveryError:
+    """What sending the report to *server* fails with; the server is closed after."""
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await send_email(report_email(), settings_for(server.sockets[0].getsockname()[1], **settings))
+    finally:
+        server.close()
+        await server.wait_closed()
+    return caught.value
+
+
 @pytest.fixture
 async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
     async with Outbox(tmp_path / "outbox") as running:
@@ -167,17 +178,13 @@ async def test_refused_recipients(reply: str, retryable: bool) -> None:
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="localhost", loop=loop, auth_require_tls=True), "127.0.0.1", 0
     )
-    try:
-        with pytest.raises(DeliveryError) as caught:
-            await send_email(report_email(), settings_for(server.sockets[0].getsockname()[1]))
-    finally:
-        server.close()
-        await server.wait_closed()
 
-    assert caught.value.code is ErrorCode.SMTP_REJECTED
-    assert caught.value.retryable is retryable
-    assert f"ana@example.com: {reply}" in caught.value.message
-    assert f"bo@example.com: {reply}" in caught.value.message
+    refusal = await refusal_from(server)
+
+    assert refusal.code is ErrorCode.SMTP_REJECTED
+    assert refusal.retryable is retryable
+    assert f"ana@example.com: {reply}" in refusal.message
+    assert f"bo@example.com: {reply}" in refusal.message
 
 
 async def test_server_that_never_answers_is_unavailable() -> None:
@@ -215,16 +222,12 @@ async def test_a_refused_greeting_is_unavailable(greeting: str, retryable: bool)
         writer.close()
 
     server = await asyncio.start_server(refuse, "127.0.0.1", 0)
-    try:
-        with pytest.raises(DeliveryError) as caught:
-            await send_email(report_email(), settings_for(server.sockets[0].getsockname()[1]))
-    finally:
-        server.close()
-        await server.wait_closed()
 
-    assert caught.value.code is ErrorCode.SMTP_UNAVAILABLE
-    assert caught.value.retryable is retryable
-    assert f"refused the connection: {greeting}" in caught.value.message
+    refusal = await refusal_from(server)
+
+    assert refusal.code is ErrorCode.SMTP_UNAVAILABLE
+    assert refusal.retryable is retryable
+    assert f"refused the connection: {greeting}" in refusal.message
 
 
 def refuse_every_login(*args: object) -> AuthResult:
@@ -244,22 +247,15 @@ async def test_a_refused_login_names_the_user_and_the_settings_but_not_the_passw
         "127.0.0.1",
         0,
     )
-    settings = settings_for(
-        server.sockets[0].getsockname()[1], smtp_username="reports", smtp_password=SecretStr(PASSWORD)
-    )
-    try:
-        with pytest.raises(DeliveryError) as caught:
-            await send_email(report_email(), settings)
-    finally:
-        server.close()
-        await server.wait_closed()
 
-    assert caught.value.code is ErrorCode.SMTP_REJECTED
-    assert caught.value.retryable is False
-    assert "refused the login of 'reports': 535" in caught.value.message
-    assert "ADXFLOW_SMTP_USERNAME and ADXFLOW_SMTP_PASSWORD" in caught.value.message
-    assert PASSWORD not in str(caught.value)
-    assert PASSWORD not in repr(caught.value.info())
+    refusal = await refusal_from(server, smtp_username="reports", smtp_password=SecretStr(PASSWORD))
+
+    assert refusal.code is ErrorCode.SMTP_REJECTED
+    assert refusal.retryable is False
+    assert "refused the login of 'reports': 535" in refusal.message
+    assert "ADXFLOW_SMTP_USERNAME and ADXFLOW_SMTP_PASSWORD" in refusal.message
+    assert PASSWORD not in str(refusal)
+    assert PASSWORD not in repr(refusal.info())
 
 
 class Capture:
