@@ -228,6 +228,12 @@ def _client(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        # Exactly what `python -m services.NAME` does.
+        from common.platform.serving import main as serve
+
+        serve(args.service, _running(args.service))
+        return
     try:
         if args.command in EMBEDDED_COMMANDS:
             _require_embedded_extra()
@@ -249,11 +255,6 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(up(settings))
         elif args.command == "healthcheck":
             healthcheck(settings, args.service)
-        elif args.command == "serve":
-            configure_logging(args.service, level=settings.log_level, fmt=settings.log_format)
-            from common.platform.serving import serve
-
-            asyncio.run(serve(args.service, _running(args.service), settings))
         else:
             _client(args)
     except AdxflowError as exc:
