@@ -20,7 +20,7 @@ from typing import Any, Literal, NoReturn, Protocol
 
 import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from common.contracts.errors import ConfigurationError
 from common.platform.config import is_loopback
@@ -36,7 +36,12 @@ from common.platform.routes import (
     error_body,
 )
 
+#: A readiness check: whether it passes. One that can say why it fails raises :class:`NotReady`.
 Check = Callable[[], Awaitable[bool]]
+
+
+class NotReady(Exception):
+    """Raised by a readiness check that fails, with why (shown under ``reasons`` in ``/readyz``)."""
 
 
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
@@ -217,6 +222,8 @@ class Readiness(BaseModel):
 
     ready: bool
     checks: dict[str, bool]
+    #: Why a failing check fails, where it says.
+    reasons: dict[str, str] = Field(default_factory=dict, exclude_if=lambda reasons: not reasons)
 
 
 @dataclass(frozen=True)
@@ -229,9 +236,15 @@ class Probes:
         return Health(status="ok")
 
     async def readyz(self, _: web.Request) -> Reply:
-        results = {name: await check() for name, check in self.checks.items()}
+        results: dict[str, bool] = {}
+        reasons: dict[str, str] = {}
+        for name, check in self.checks.items():
+            try:
+                results[name] = await check()
+            except NotReady as exc:
+                results[name], reasons[name] = False, str(exc)
         ready = all(results.values())
-        return Reply(Readiness(ready=ready, checks=results), status=200 if ready else 503)
+        return Reply(Readiness(ready=ready, checks=results, reasons=reasons), status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return await metrics(request)
@@ -253,7 +266,7 @@ PROBES: list[Route[Probes]] = [
         "/readyz",
         "readiness",
         Probes.readyz,
-        "Whether the broker, the database and the blob store answer",
+        "Whether the broker, the database and the blob store answer, and the service's loops keep ticking",
         {200: Answer("Ready.", Readiness), 503: Answer("Not ready; the checks say what is away.", Readiness)},
         open=True,
     ),

@@ -102,6 +102,18 @@ SCHEDULER_LATENESS = Histogram(
     buckets=_LATENESS_BUCKETS,
     registry=REGISTRY,
 )
+LOOP_TICKS = Counter(
+    "adxflow_loop_ticks",
+    "Rounds of work a supervised loop (scheduler, chainer, stall watcher, retention) did well, by loop.",
+    ["loop"],
+    registry=REGISTRY,
+)
+LOOP_FAILURES = Counter(
+    "adxflow_loop_failures",
+    "Unexpected exceptions a supervised loop recovered from, by loop.",
+    ["loop"],
+    registry=REGISTRY,
+)
 
 
 async def metrics(_: web.Request) -> web.Response:

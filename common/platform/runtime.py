@@ -20,6 +20,7 @@ from common.platform.broker.memory import InProcessBroker
 from common.platform.config import Settings
 from common.platform.connections import Connections
 from common.platform.http import Check
+from common.platform.supervision import Loops
 
 
 def make_broker(settings: Settings, *, connection_name: str) -> Broker:
@@ -60,6 +61,8 @@ class Runtime:
     history_url: str = ""
     #: Where the trigger API can be reached (the history's flows page reads and toggles flows there).
     trigger_url: str = ""
+    #: The supervised loops of the services in this process, for their readiness.
+    loops: Loops = field(default_factory=Loops)
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @classmethod
@@ -74,8 +77,18 @@ class Runtime:
         )
 
     def checks(self) -> dict[str, Check]:
-        """What every service needs to be ready: the broker, its consumers attached, the blob store."""
-        return {"broker": self.broker.ping, "consumers": self.broker.consuming, "blob_store": self.blobs.ping}
+        """What every service needs to be ready: the broker, its consumers attached, the blob store.
+
+        A process that runs supervised loops also needs them ticking (``loops``).
+        """
+        checks: dict[str, Check] = {
+            "broker": self.broker.ping,
+            "consumers": self.broker.consuming,
+            "blob_store": self.blobs.ping,
+        }
+        if self.loops:
+            checks["loops"] = self.loops.check
+        return checks
 
     async def __aenter__(self) -> Self:
         try:

@@ -10,8 +10,6 @@ several history replicas may sweep at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 
 import sqlalchemy as sa
@@ -59,11 +57,11 @@ class Retention:
             log.info("expired blobs deleted", blobs=blobs, cutoff=cutoff.isoformat())
         return deleted
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sweep()
-            except (sa.exc.SQLAlchemyError, OSError, BlobStoreError):
-                log.exception("retention sweep failed; retrying at the next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.every)
+    async def tick(self) -> bool:
+        """One sweep, as the supervised loop runs it every interval; False if it could not finish."""
+        try:
+            await self.sweep()
+        except (sa.exc.SQLAlchemyError, OSError, BlobStoreError):
+            log.exception("retention sweep failed; retrying at the next interval")
+            return False
+        return True

@@ -13,7 +13,6 @@ transaction commits are merged together in the next.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -131,20 +130,31 @@ class Recorder:
             broker.topology.run_completed_key, completed, message_id=f"{completed.run_id}:completed"
         )
 
-    async def watch_stalled(self, stop: asyncio.Event) -> None:
-        """Fail runs that stopped making progress; every replica may do it, the update is idempotent."""
+    @property
+    def quiet_for(self) -> dt.timedelta:
+        """How long a run may go without news before it counts as stalled."""
         settings = self.runtime.settings
-        quiet_for = dt.timedelta(seconds=settings.query_timeout_seconds + settings.stall_grace_seconds)
-        every = min(60.0, quiet_for.total_seconds() / 4)
-        while not stop.is_set():
-            try:
-                for completed in await self.store.fail_stalled(utcnow(), quiet_for):
-                    log.warning("run stalled", run_id=completed.run_id, flow=completed.flow)
-                    await self.announce(completed)
-            except (BrokerError, sa.exc.SQLAlchemyError, OSError):
-                log.exception("stalled-run check failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
+        return dt.timedelta(seconds=settings.query_timeout_seconds + settings.stall_grace_seconds)
+
+    @property
+    def stall_check_seconds(self) -> float:
+        """How often the stall sweep runs."""
+        return min(60.0, self.quiet_for.total_seconds() / 4)
+
+    async def sweep_stalled(self) -> bool:
+        """Fail runs that stopped making progress; False if the sweep could not finish.
+
+        Every replica may sweep: a run is failed only if it is still unfinished and quiet when
+        the sweep writes it (see HistoryStore.fail_stalled).
+        """
+        try:
+            for completed in await self.store.fail_stalled(utcnow(), self.quiet_for):
+                log.warning("run stalled", run_id=completed.run_id, flow=completed.flow)
+                await self.announce(completed)
+        except (BrokerError, sa.exc.SQLAlchemyError, OSError):
+            log.exception("stalled-run check failed; retrying")
+            return False
+        return True
 
     async def record(self, message: RunMessage) -> StepOutput:
         """Close the run's archive: every artifact an earlier step produced must be there."""
@@ -188,7 +198,12 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=STATUS_PREFETCH)
         await runtime.broker.consume(topology.dead_letter_queue, letters.keep, prefetch=1)
         retention = Retention(store, letters, runtime.blobs, settings)
-        tasks += [asyncio.create_task(recorder.watch_stalled(stop)), asyncio.create_task(retention.run(stop))]
+        stall_watch = runtime.loops.loop("stall_watcher", recorder.stall_check_seconds)
+        retaining = runtime.loops.loop("retention", retention.every)
+        tasks += [
+            asyncio.create_task(stall_watch.every(recorder.sweep_stalled, stop)),
+            asyncio.create_task(retaining.every(retention.tick, stop)),
+        ]
         await StepWorker(
             runtime.broker, StepKind.RECORD, recorder.record, RetryPolicy.of(runtime.settings)
         ).start(settings.prefetch)

@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import gc
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -251,8 +252,12 @@ class Scheduler:
         if forgotten:
             log.info("fired slots forgotten", slots=forgotten)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Fire slots as they fall due and look for changed flows every poll, until *stop* is set."""
+    async def run(self, stop: asyncio.Event, ticked: Callable[[], None] = lambda: None) -> None:
+        """Fire slots as they fall due and look for changed flows every poll, until *stop* is set.
+
+        *ticked* is called after every round that went well (the service's supervision counts them);
+        an exception the scheduler does not expect ends the run, for its supervisor to start again.
+        """
         look_at = forget_at = self.clock.now()
         forgetting: asyncio.Task[None] | None = None
         try:
@@ -265,6 +270,8 @@ class Scheduler:
                         await self.fire_due(self.clock.now())
                 except (BrokerError, sa.exc.SQLAlchemyError, OSError):
                     log.exception("scheduler failed; retrying")
+                else:
+                    ticked()
                 if self.clock.now() >= forget_at and (forgetting is None or forgetting.done()):
                     # In the background: a large delete must not hold up the slots falling due meanwhile.
                     forget_at = self.clock.now() + FORGET_EVERY

@@ -14,6 +14,10 @@ from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.store import FlowStore
 
+#: The scheduler's interval as its supervision sees it, at least: a round firing a burst of slots
+#: may take seconds, and must not make the trigger look stuck.
+SCHEDULER_TICK_SECONDS = 10.0
+
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
@@ -25,8 +29,9 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     try:
         await store.create_schema()
         chainer = Chainer(store, runtime.broker)
+        chaining = runtime.loops.consumer("chainer")
         await runtime.broker.consume(
-            runtime.broker.topology.run_completed_queue, chainer.on_completed, prefetch=1
+            runtime.broker.topology.run_completed_queue, chaining.handler(chainer.on_completed), prefetch=1
         )
         scheduler = Scheduler(
             store,
@@ -34,7 +39,12 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
             poll_seconds=settings.scheduler_poll_seconds,
             keep_chained=dt.timedelta(days=settings.retention_days),
         )
-        scheduler_task = asyncio.create_task(scheduler.run(stop))
+        # A burst of thousands of slots is one round: it counts as stale only well past a poll.
+        every = max(settings.scheduler_poll_seconds, SCHEDULER_TICK_SECONDS)
+        scheduling = runtime.loops.loop("scheduler", every)
+        scheduler_task = asyncio.create_task(
+            scheduling.run(lambda: scheduler.run(stop, scheduling.ticked), stop)
+        )
         app = create_app(runtime, store, policy_for(runtime.connections, runtime.settings))
         async with HttpServer(app, settings.trigger_host, settings.trigger_port) as server:
             yield server

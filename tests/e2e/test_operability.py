@@ -146,7 +146,14 @@ async def test_embedded_readiness_includes_every_services_consumers(system: Syst
         async with system.session.get(f"{url}/readyz") as response:
             assert response.status == 200
             body = await response.json()
-        assert body["checks"] == {"broker": True, "consumers": True, "blob_store": True, "database": True}
+        # The scheduler, chainer, stall watcher and retention of the process, supervised, too.
+        assert body["checks"] == {
+            "broker": True,
+            "consumers": True,
+            "blob_store": True,
+            "database": True,
+            "loops": True,
+        }
 
 
 # -- secrets ----------------------------------------------------------------
