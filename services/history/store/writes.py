@@ -101,7 +101,8 @@ class RunWrites(SqlStore):
                 return None
             attempt, changes = queued
             # Where the row is not locked (SQLite), of two re-runs racing only one finds the run failed.
-            if not await _write(conn, run_id, changes, if_status=RunStatus.FAILED if reopen else None):
+            failed = runs.c.status == RunStatus.FAILED.value
+            if not await _write(conn, run_id, changes, guard=failed if reopen else None):
                 return None
         return attempt
 
@@ -124,20 +125,25 @@ class RunWrites(SqlStore):
                 await _write(conn, run_id, merge(*loaded, event, now))
 
     async def fail_stalled(self, now: dt.datetime, quiet_for: dt.timedelta) -> list[RunCompleted]:
-        """Fail every unfinished run that has had no news for *quiet_for*, as Stalled."""
-        quiet = sa.select(runs.c.run_id).where(
-            runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value))
-            & (runs.c.updated_at < now - quiet_for)
+        """Fail every unfinished run that has had no news for *quiet_for*, as Stalled.
+
+        A compare-and-set: a run is changed only if it is still unfinished and quiet when the
+        sweep writes it, so a run that ends (or has news) at the same moment keeps what that
+        said. PostgreSQL's row lock makes the sweep wait for such a write and read its outcome;
+        SQLite has no row locks, and the condition on the update is what keeps it.
+        """
+        still_stalled = runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value)) & (
+            runs.c.updated_at < now - quiet_for
         )
+        quiet = sa.select(runs.c.run_id).where(still_stalled)
         ended: list[RunCompleted] = []
         async with self.engine.begin() as conn:
             for run_id in (await conn.execute(quiet.order_by(runs.c.run_id))).scalars().all():
                 loaded = await _load(conn, run_id)
                 # A run that had news since the select is left alone.
                 changes = None if loaded is None else stall(*loaded, now, quiet_for)
-                if changes is None:
+                if changes is None or not await _write(conn, run_id, changes, guard=still_stalled):
                     continue
-                await _write(conn, run_id, changes)
                 if changes.completed is not None:
                     ended.append(changes.completed)
         for completed in ended:
@@ -215,16 +221,16 @@ async def _merge_run(
 
 
 async def _write(
-    conn: AsyncConnection, run_id: str, changes: Changes, *, if_status: RunStatus | None = None
+    conn: AsyncConnection, run_id: str, changes: Changes, *, guard: sa.ColumnElement[bool] | None = None
 ) -> bool:
-    """Write *changes*; False, and the steps left alone, if the run's row no longer has *if_status*.
+    """Write *changes*; False, and the steps left alone, if the run's row no longer meets *guard*.
 
     Also False when a new step row was there already.
     """
     if changes.creates_run:
         if not await _insert_run(conn, run_id, changes.run_fields):
             return False
-    elif changes.run_fields and not await _update_run(conn, run_id, changes.run_fields, if_status):
+    elif changes.run_fields and not await _update_run(conn, run_id, changes.run_fields, guard):
         return False
     return await _write_steps(conn, run_id, changes) == len(changes.new_steps)
 
@@ -235,11 +241,11 @@ async def _insert_run(conn: AsyncConnection, run_id: str, values: Mapping[str, A
 
 
 async def _update_run(
-    conn: AsyncConnection, run_id: str, values: Mapping[str, Any], if_status: RunStatus | None = None
+    conn: AsyncConnection, run_id: str, values: Mapping[str, Any], guard: sa.ColumnElement[bool] | None = None
 ) -> bool:
     where = runs.c.run_id == run_id
-    if if_status is not None:
-        where &= runs.c.status == if_status.value
+    if guard is not None:
+        where &= guard
     result = await conn.execute(runs.update().where(where).values(**values))
     return bool(result.rowcount)
 
