@@ -133,6 +133,7 @@ class ErrorCode(StrEnum):
     ASYNC_OPERATION_FAILED = "AsyncOperationFailed"
     INVALID_PARAMETERS = "InvalidParameters"
     STALLED = "Stalled"
+    DELIVERY_LIMIT = "DeliveryLimit"
     ARTIFACT_MISSING = "ArtifactMissing"
     INTERNAL = "Internal"
 

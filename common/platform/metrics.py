@@ -1,7 +1,7 @@
 """Prometheus metrics: every series adxflow exports, in one registry per process.
 
 Label values are bounded: flow names (saved flows, and ``adhoc`` for jobs),
-step kinds, services, statuses, error codes and connection names. Run ids,
+step kinds, services, statuses, error codes, connection names and loop names. Run ids,
 step ids and error messages are never labels; they belong in logs and the
 run history.
 

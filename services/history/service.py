@@ -23,11 +23,13 @@ from pydantic import ValidationError
 
 from common.contracts.errors import ArtifactMissing, DeadLetter, Requeue
 from common.contracts.messages import (
+    SERVICE_OF,
     RunCompleted,
     RunMessage,
     StatusEvent,
     StepKind,
     StepOutput,
+    StepStatus,
     utcnow,
 )
 from common.platform.broker.interface import BrokerError, Delivery
@@ -67,6 +69,38 @@ class Recorder:
             if event.message is not None:
                 # A failure that ends the run: keep the run as it stood, to re-run it from here.
                 await self.redo.keep(event.message)
+            completed = await self._apply(event)
+            if completed is not None:
+                await self.announce(completed)
+
+    async def on_dead_letter(self, delivery: Delivery) -> None:
+        """Keep a dead letter; a run message the broker gave up on fails its run at once.
+
+        Nothing else would report that run: the step's service never settled the message, so
+        only the stall sweep would end it, much later. The failure goes through the same merge
+        as any status event, so a redelivered dead letter fails the run no further.
+        """
+        undelivered = await self.redo.letters.keep(delivery)
+        if undelivered is None:
+            return
+        message, error = undelivered.message, undelivered.error
+        step = message.step
+        event = StatusEvent(
+            event_id=f"{message.run_id}:{message.step_id}:{message.attempt}:dead",
+            run_id=message.run_id,
+            step_id=message.step_id,
+            attempt=message.attempt,
+            flow=message.context.flow,
+            kind=step.kind,
+            service=SERVICE_OF[step.kind],
+            status=StepStatus.FAILED,
+            finished_at=undelivered.dead_at,
+            error=error,
+            message=message,
+        )
+        with run_context(event.run_id, event.step_id, event.attempt, flow=event.flow, service="history"):
+            log.error("run message dead-lettered by the broker; its run fails", code=error.code.value)
+            await self.redo.keep(message)
             completed = await self._apply(event)
             if completed is not None:
                 await self.announce(completed)
@@ -196,7 +230,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         recorder = Recorder(store, runtime, redo)
         topology = runtime.broker.topology
         await runtime.broker.consume(topology.status_queue, recorder.on_status, prefetch=STATUS_PREFETCH)
-        await runtime.broker.consume(topology.dead_letter_queue, letters.keep, prefetch=1)
+        await runtime.broker.consume(topology.dead_letter_queue, recorder.on_dead_letter, prefetch=1)
         retention = Retention(store, letters, runtime.blobs, settings)
         stall_watch = runtime.loops.loop("stall_watcher", recorder.stall_check_seconds)
         retaining = runtime.loops.loop("retention", retention.every)

@@ -44,6 +44,21 @@ class Delivery:
 
 Handler = Callable[[Delivery], Awaitable[None]]
 
+#: Why the broker dead-lettered a message, in RabbitMQ's words (``x-first-death-reason``), which
+#: the in-process broker uses too: delivered past the queue's delivery limit, or rejected by a handler.
+DELIVERY_LIMIT_REACHED = "delivery_limit"
+REJECTED = "rejected"
+
+
+def death_reason(delivery: Delivery) -> str | None:
+    """Why the broker dead-lettered *delivery*; None for a message put in the dead-letter queue directly."""
+    reason = delivery.headers.get("x-first-death-reason")
+    if reason is None:
+        deaths = delivery.headers.get("x-death")
+        if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+            reason = deaths[0].get("reason")
+    return str(reason) if reason else None
+
 
 class Outcome:
     ACK = "ack"

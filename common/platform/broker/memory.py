@@ -9,7 +9,16 @@ from dataclasses import dataclass, replace
 import structlog
 
 from common.contracts.topology import DELIVERY_LIMIT, QueueSpec, Topology
-from common.platform.broker.interface import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
+from common.platform.broker.interface import (
+    DELIVERY_LIMIT_REACHED,
+    REJECTED,
+    Broker,
+    BrokerError,
+    Delivery,
+    Handler,
+    Outcome,
+    run_handler,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +122,8 @@ class InProcessBroker(Broker):
             source.put_nowait(replace(delivery, redelivered=True, delivery_count=delivery.delivery_count + 1))
             return
         dead = self._queues[self.topology.dead_letter_queue.name]
-        dead.put_nowait(replace(delivery, headers={**delivery.headers, "x-death-reason": outcome}))
+        reason = DELIVERY_LIMIT_REACHED if outcome == Outcome.REQUEUE else REJECTED
+        dead.put_nowait(replace(delivery, headers={**delivery.headers, "x-first-death-reason": reason}))
 
     async def ping(self) -> bool:
         return self._open

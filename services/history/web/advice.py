@@ -93,6 +93,11 @@ ADVICE: dict[ErrorCode, str] = {
     ErrorCode.ARTIFACT_MISSING: (
         "A stored result is gone from the blob store: check the blob store's retention, then re-run the flow."
     ),
+    ErrorCode.DELIVERY_LIMIT: (
+        "The step's service took its message again and again without finishing it (it crashed, hung "
+        "or was killed each time): look at that service's log for this run id, fix it, then replay "
+        "the dead letter or re-run from the failed step."
+    ),
     ErrorCode.INTERNAL: (
         "An unexpected error: look at the service's log for this run id, then re-run from the failed step."
     ),

@@ -9,7 +9,14 @@ import pytest
 from common.contracts.errors import DeadLetter, Requeue
 from common.contracts.messages import StepKind
 from common.contracts.topology import DELIVERY_LIMIT
-from common.platform.broker.interface import Broker, BrokerError, Delivery
+from common.platform.broker.interface import (
+    DELIVERY_LIMIT_REACHED,
+    REJECTED,
+    Broker,
+    BrokerError,
+    Delivery,
+    death_reason,
+)
 
 
 class Inbox:
@@ -73,6 +80,7 @@ async def test_dead_letter_goes_to_the_dead_letter_queue(broker: Broker) -> None
 
     [delivery] = await dead.wait_for(1)
     assert delivery.body == b"poison"
+    assert death_reason(delivery) == REJECTED
 
 
 async def test_a_message_that_always_fails_is_dead_lettered_after_the_delivery_limit(broker: Broker) -> None:
@@ -91,6 +99,8 @@ async def test_a_message_that_always_fails_is_dead_lettered_after_the_delivery_l
     [delivery] = await dead.wait_for(1, timeout=30)
     assert delivery.body == b"never"
     assert DELIVERY_LIMIT <= len(attempts.deliveries) <= DELIVERY_LIMIT + 1
+    # Both brokers say why in RabbitMQ's words: history fails the run of a run message so dead-lettered.
+    assert death_reason(delivery) == DELIVERY_LIMIT_REACHED
 
 
 async def test_unroutable_publish_is_an_error(broker: Broker) -> None:
