@@ -11,9 +11,13 @@ fires its latest missed slot once (``missed: latest``) or skips what it missed
 
 Due slots are claimed in batches, several batches at a time, with every run
 of a batch started at once; the store's claim makes each slot fire once
-across replicas, and keeps only the slots whose run the broker took. The
-clock is injected: tests drive :meth:`Scheduler.tick` with the times they
-want, or :meth:`Scheduler.run` with a clock whose waiting they control.
+across replicas. A claim is committed, with a lease, before its run is handed
+to the broker, and settled after: kept for the runs the broker took, released
+for those it refused. No transaction is open meanwhile. Claims whose lease ran
+out unsettled (a replica died in between) are taken over and their runs
+started again, under the same run ids. The clock is injected: tests drive
+:meth:`Scheduler.tick` with the times they want, or :meth:`Scheduler.run` with
+a clock whose waiting they control.
 """
 
 from __future__ import annotations
@@ -54,12 +58,16 @@ FREEZE_AFTER_LOADING = 1000
 #: How often fired slots no replica needs any more are deleted, and how long a scheduled one is kept.
 FORGET_EVERY = dt.timedelta(hours=1)
 KEEP_SCHEDULED = dt.timedelta(days=1)
+#: How long a claimed slot waits for its run to be started before another replica takes it over:
+#: well past two publishes that each ride out a broker reconnection (ADXFLOW_BROKER_RECONNECT_SECONDS).
+SLOT_LEASE = dt.timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
 class Fired:
     flow: str
-    slot: dt.datetime
+    #: The scheduled instant; None for a chained run (started again after a takeover).
+    slot: dt.datetime | None
     run_id: str
 
 
@@ -111,8 +119,11 @@ class Scheduler:
         batch_size: int = BATCH_SIZE,
         batches_in_flight: int = BATCHES_IN_FLIGHT,
         keep_chained: dt.timedelta = dt.timedelta(days=28),
+        lease: dt.timedelta = SLOT_LEASE,
     ) -> None:
         self.store = store
+        #: How long a claimed slot waits for its run to be started before another replica takes it over.
+        self.lease = lease
         self.broker = broker
         self.clock = clock or Clock()
         self.poll_seconds = poll_seconds
@@ -124,9 +135,13 @@ class Scheduler:
         self._batches = asyncio.Semaphore(batches_in_flight)
 
     async def tick(self, now: dt.datetime) -> list[Fired]:
-        """Look for changed flows, then fire every slot due at *now*; returns the runs started here."""
+        """Look for changed flows and claims left unsettled, then fire every slot due at *now*.
+
+        Returns the runs started here.
+        """
         await self.refresh(now)
-        return await self.fire_due(now)
+        recovered = await self.recover()
+        return recovered + await self.fire_due(now)
 
     async def refresh(self, now: dt.datetime) -> None:
         """Load again the flows created, changed, disabled or deleted since the last look."""
@@ -178,7 +193,7 @@ class Scheduler:
         return started
 
     async def _fire(self, batch: list[_Due], retry_at: dt.datetime) -> list[Fired]:
-        """Claim *batch*, start the runs it won, and keep the claim of those the broker took.
+        """Claim *batch*, start the runs it won, then settle the claims: kept where the broker took the run.
 
         A slot whose run could not be started is looked at again at *retry_at*.
         """
@@ -186,33 +201,98 @@ class Scheduler:
         settled: set[_Due] = set()
         async with self._batches:
             try:
-                async with self.store.claim([due.claim for due in batch]) as claimed:
-                    launching: list[_Due] = []
-                    for due in batch:
-                        if (due.entry.name, due.key) not in claimed:
-                            # Another replica fired it.
-                            self._done(due, settled)
-                        elif due.skip:
-                            log.warning("missed slot skipped", flow=due.entry.name, slot=due.key)
-                            self._done(due, settled)
-                        else:
-                            launching.append(due)
-                    outcomes = await asyncio.gather(*map(self._launch, launching), return_exceptions=True)
-                    for due, outcome in zip(launching, outcomes, strict=True):
-                        if isinstance(outcome, BaseException):
-                            if not isinstance(outcome, BrokerError):
-                                log.error("run failed to start", flow=due.entry.name, exc_info=outcome)
-                            claimed.release(due.entry.name, due.key)
-                            continue
+                claims = [due.claim for due in batch]
+                claimed = await self.store.claim(claims, lease=self.lease, now=self.clock.now())
+                launching: list[_Due] = []
+                kept: list[tuple[str, str]] = []
+                released: list[tuple[str, str]] = []
+                for due in batch:
+                    if (due.entry.name, due.key) not in claimed:
+                        # Another replica fired it.
                         self._done(due, settled)
-                        started.append(Fired(due.entry.name, due.slot, outcome))
+                    elif due.skip:
+                        log.warning("missed slot skipped", flow=due.entry.name, slot=due.key)
+                        kept.append(due.claim.key)
+                        self._done(due, settled)
+                    else:
+                        launching.append(due)
+                outcomes = await asyncio.gather(*map(self._launch, launching), return_exceptions=True)
+                for due, outcome in zip(launching, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        if not isinstance(outcome, BrokerError):
+                            log.error("run failed to start", flow=due.entry.name, exc_info=outcome)
+                        released.append(due.claim.key)
+                        continue
+                    kept.append(due.claim.key)
+                    self._done(due, settled)
+                    started.append(Fired(due.entry.name, due.slot, outcome))
+                # Unsettled (the database away now), the claims stay leased and are taken over later:
+                # the runs started are started again under the same ids, the others for the first time.
+                await self.store.settle(kept, released)
             except (sa.exc.SQLAlchemyError, OSError):
-                log.exception("claiming slots failed; they are tried again", slots=len(batch))
+                log.exception("claiming or settling slots failed; they are tried again", slots=len(batch))
             finally:
                 for due in batch:
                     if due not in settled:
                         self.timetable.retry(due.entry, retry_at)
         return started
+
+    async def recover(self) -> list[Fired]:
+        """Start again the runs of claims whose lease ran out unsettled; returns those started.
+
+        Leases are reckoned on the scheduler's clock, the one that stamped them.
+        """
+        started: list[Fired] = []
+        while claims := await self.store.take_over(self.clock.now(), lease=self.lease):
+            kept: list[tuple[str, str]] = []
+            released: list[tuple[str, str]] = []
+            for claim in claims:
+                log.warning(
+                    "slot claim taken over; its run is started again", flow=claim.flow, slot=claim.slot
+                )
+                try:
+                    fired = await self._start_again(claim)
+                except BrokerError:
+                    released.append(claim.key)
+                    continue
+                kept.append(claim.key)
+                if fired is not None:
+                    started.append(fired)
+            await self.store.settle(kept, released)
+            if released:
+                # The broker is away: what is left waits for the next look.
+                break
+        return started
+
+    async def _start_again(self, claim: SlotClaim) -> Fired | None:
+        """Start the run of a claim taken over; None when there is nothing to start any more."""
+        stored = await self.store.get(claim.flow)
+        if stored is None or not stored.flow.enabled or claim.run_id == "missed":
+            return None
+        flow = stored.flow
+        with run_context(claim.run_id, "trigger", 1, flow=flow.name, service="trigger"):
+            if claim.slot.startswith(CHAINED):
+                parent = claim.slot.removeprefix(CHAINED)
+                context = chained_context(flow, parent)
+                if context is None:
+                    return None
+                await launch(self.broker, RunTemplate.of(flow), context, claim.run_id)
+                return Fired(flow.name, None, claim.run_id)
+            try:
+                parameters = flow.bind_parameters({})
+            except ValueError as exc:
+                log.error("flow cannot run without parameters", error=str(exc))
+                return None
+            slot = dt.datetime.strptime(claim.slot, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+            context = RunContext(
+                flow=flow.name,
+                trigger=TriggerKind.SCHEDULE,
+                scheduled_for=slot,
+                parameters=parameters,
+                timezone=flow.trigger.timezone,
+            )
+            await launch(self.broker, RunTemplate.of(flow), context, claim.run_id)
+            return Fired(flow.name, slot, claim.run_id)
 
     def _done(self, due: _Due, settled: set[_Due]) -> None:
         self.timetable.done(due.entry, due.slot)
@@ -258,7 +338,7 @@ class Scheduler:
         *ticked* is called after every round that went well (the service's supervision counts them);
         an exception the scheduler does not expect ends the run, for its supervisor to start again.
         """
-        look_at = forget_at = self.clock.now()
+        look_at = forget_at = recover_at = self.clock.now()
         forgetting: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
@@ -268,6 +348,9 @@ class Scheduler:
                         look_at = self.clock.now() + dt.timedelta(seconds=self.poll_seconds)
                         await self.refresh(self.clock.now())
                         await self.fire_due(self.clock.now())
+                    if self.clock.now() >= recover_at:
+                        recover_at = self.clock.now() + self.lease / 4
+                        await self.recover()
                 except (BrokerError, sa.exc.SQLAlchemyError, OSError):
                     log.exception("scheduler failed; retrying")
                 else:
@@ -294,9 +377,10 @@ class Scheduler:
 class Chainer:
     """Starts the flows that follow a flow whose run just ended."""
 
-    def __init__(self, store: FlowStore, broker: Broker) -> None:
+    def __init__(self, store: FlowStore, broker: Broker, *, lease: dt.timedelta = SLOT_LEASE) -> None:
         self.store = store
         self.broker = broker
+        self.lease = lease
 
     async def on_completed(self, delivery: Delivery) -> None:
         try:
@@ -311,23 +395,41 @@ class Chainer:
             await self._start(flow, completed.run_id)
 
     async def _start(self, flow: Flow, parent_run_id: str) -> None:
-        """Start *flow* after its parent's run, unless a replica (or a redelivery) already did."""
+        """Start *flow* after its parent's run, unless a replica (or a redelivery) already did.
+
+        The claim is committed before the run is handed to the broker and settled after, with
+        no transaction open meanwhile. A claim left unsettled (a crash in between) is taken
+        over by a scheduler once its lease runs out, and the run started then.
+        """
         with structlog.contextvars.bound_contextvars(flow=flow.name, service="trigger"):
-            try:
-                parameters = flow.bind_parameters({})
-            except ValueError as exc:
-                log.error("flow cannot run without parameters", error=str(exc))
+            context = chained_context(flow, parent_run_id)
+            if context is None:
                 return
-            context = RunContext(
-                flow=flow.name,
-                trigger=TriggerKind.AFTER,
-                parameters=parameters,
-                parent_run_id=parent_run_id,
-                timezone=flow.trigger.timezone,
-            )
             key = f"{CHAINED}{parent_run_id}"
-            run_id = slot_run_id(flow.name, key)
-            async with self.store.claim([SlotClaim(flow.name, key, run_id)]) as claimed:
-                if (flow.name, key) in claimed:
-                    with run_context(run_id, "trigger", 1, flow=flow.name, service="trigger"):
-                        await launch(self.broker, RunTemplate.of(flow), context, run_id)
+            claim = SlotClaim(flow.name, key, slot_run_id(flow.name, key))
+            if claim.key not in await self.store.claim([claim], lease=self.lease):
+                return
+            with run_context(claim.run_id, "trigger", 1, flow=flow.name, service="trigger"):
+                try:
+                    await launch(self.broker, RunTemplate.of(flow), context, claim.run_id)
+                except Exception:
+                    # Free again for the redelivery of the parent's end.
+                    await self.store.settle((), [claim.key])
+                    raise
+            await self.store.settle([claim.key])
+
+
+def chained_context(flow: Flow, parent_run_id: str) -> RunContext | None:
+    """What starts *flow*'s run after its parent's; None when the flow cannot run without parameters."""
+    try:
+        parameters = flow.bind_parameters({})
+    except ValueError as exc:
+        log.error("flow cannot run without parameters", flow=flow.name, error=str(exc))
+        return None
+    return RunContext(
+        flow=flow.name,
+        trigger=TriggerKind.AFTER,
+        parameters=parameters,
+        parent_run_id=parent_run_id,
+        timezone=flow.trigger.timezone,
+    )

@@ -2,10 +2,14 @@
 
 Several trigger replicas share this store. Firing a slot is claiming a row
 whose primary key is ``(flow, slot)``: the first replica's insert wins, the
-other's conflicts and fires nothing. Slots are claimed in batches, and a
-batch's claim is committed only after its runs were handed to the broker,
-without the slots whose run the broker refused; a replica that dies in
-between leaves the whole batch free for the next replica that looks.
+other's conflicts and fires nothing. Slots are claimed in batches, each claim
+committed at once with a lease (``claimed_until``), so no transaction stays
+open while the runs are handed to the broker; then the claims of the runs the
+broker took are settled (the lease cleared) and those it refused released
+(deleted), in one more transaction. A replica that dies, or loses its
+database, between the two leaves its claims leased: once the lease runs out,
+any replica takes them over (:meth:`FlowStore.take_over`) and starts their runs
+again under the same run ids, which every service downstream is idempotent on.
 
 A fired slot's row is what keeps a second replica from firing it again, and
 the latest one per flow is what a scheduler starting up resumes from; the
@@ -20,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,7 +60,10 @@ fired = sa.Table(
     sa.Column("slot", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("fired_at", UtcDateTime, nullable=False),
+    #: Set while the slot's run is being started, until then; null once the broker took it.
+    sa.Column("claimed_until", UtcDateTime),
     sa.Index("ix_flow_slots_fired_at", "fired_at"),
+    sa.Index("ix_flow_slots_claimed_until", "claimed_until"),
 )
 
 #: One row whose revision goes up with every change to ``flows``, in the same transaction: a
@@ -124,22 +131,9 @@ class SlotClaim:
     slot: str
     run_id: str
 
-
-@dataclass
-class Claimed:
-    """The slots of a batch this caller won; those it releases before the batch ends stay free."""
-
-    won: frozenset[tuple[str, str]]
-    released: set[tuple[str, str]] = field(default_factory=set)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.won
-
-    def release(self, flow: str, slot: str) -> None:
-        """Give back a slot this batch won (its run could not be started)."""
-        if (flow, slot) not in self.won:
-            raise KeyError(f"slot {slot!r} of flow {flow!r} was not won by this batch")
-        self.released.add((flow, slot))
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.flow, self.slot
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -275,35 +269,82 @@ class FlowStore(SqlStore):
 
     # -- firing ------------------------------------------------------------
 
-    @asynccontextmanager
-    async def claim(self, claims: Collection[SlotClaim]) -> AsyncIterator[Claimed]:
-        """Claim a batch of slots at once: yields the ones this caller won.
+    async def claim(
+        self, claims: Collection[SlotClaim], *, lease: dt.timedelta, now: dt.datetime | None = None
+    ) -> frozenset[tuple[str, str]]:
+        """Claim a batch of slots at once: the ``(flow, slot)`` pairs this caller won.
 
-        ``INSERT ... ON CONFLICT DO NOTHING ... RETURNING``, a few hundred rows
-        a statement, in one transaction that commits when the block exits normally,
-        less the slots the block released, and rolls back entirely when it
-        raises. A replica claiming the same slots meanwhile waits for that
-        outcome, then wins exactly the slots left free. Every batch inserts in
-        the same (flow, slot) order, so two replicas' batches never deadlock.
+        ``INSERT ... ON CONFLICT DO NOTHING ... RETURNING``, a few hundred rows a
+        statement, committed before this returns. The won claims are leased for
+        *lease*: :meth:`settle` them once their runs were handed to the broker.
+        Every batch inserts in the same (flow, slot) order, so two replicas'
+        batches never deadlock.
         """
         if not claims:
-            yield Claimed(frozenset())
-            return
-        fired_at = utcnow()
+            return frozenset()
+        fired_at = now or utcnow()
         rows = [
-            {"flow": claim.flow, "slot": claim.slot, "run_id": claim.run_id, "fired_at": fired_at}
+            {
+                "flow": claim.flow,
+                "slot": claim.slot,
+                "run_id": claim.run_id,
+                "fired_at": fired_at,
+                "claimed_until": fired_at + lease,
+            }
             for claim in sorted(claims, key=lambda claim: (claim.flow, claim.slot))
         ]
         async with self.engine.begin() as conn:
             # Executed for many rows, SQLAlchemy sends them as multi-row statements in this order.
             claiming = insert_ignore(conn, fired).returning(fired.c.flow, fired.c.slot)
             inserted = await conn.execute(claiming, rows)
-            claimed = Claimed(frozenset((row.flow, row.slot) for row in inserted))
-            yield claimed
-            for released in _chunks(sorted(claimed.released)):
+            return frozenset((row.flow, row.slot) for row in inserted)
+
+    async def settle(
+        self, started: Collection[tuple[str, str]], released: Collection[tuple[str, str]] = ()
+    ) -> None:
+        """End the leases of claimed slots: *started* ones stay fired, *released* ones are free again."""
+        if not started and not released:
+            return
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(sorted(started)):
                 await conn.execute(
-                    fired.delete().where(sa.tuple_(fired.c.flow, fired.c.slot).in_(list(released)))
+                    fired.update()
+                    .where(sa.tuple_(fired.c.flow, fired.c.slot).in_(list(chunk)))
+                    .values(claimed_until=None)
                 )
+            for chunk in _chunks(sorted(released)):
+                # Only a claim still leased: one settled meanwhile (taken over and started) stays.
+                await conn.execute(
+                    fired.delete().where(
+                        sa.tuple_(fired.c.flow, fired.c.slot).in_(list(chunk))
+                        & fired.c.claimed_until.is_not(None)
+                    )
+                )
+
+    async def take_over(
+        self, now: dt.datetime, *, lease: dt.timedelta, limit: int = _CHUNK
+    ) -> list[SlotClaim]:
+        """Claim anew up to *limit* claims whose lease ran out before they were settled.
+
+        Their replica died, or lost its database, between claiming and settling:
+        whether their runs started is unknown, so the caller starts them again
+        and settles them. Of replicas taking over at once, each claim goes to one.
+        """
+        expired = (
+            sa.select(fired.c.flow, fired.c.slot)
+            .where(fired.c.claimed_until < now)
+            .order_by(fired.c.flow, fired.c.slot)
+            .limit(limit)
+        )
+        taking = (
+            fired.update()
+            .where(sa.tuple_(fired.c.flow, fired.c.slot).in_(expired) & (fired.c.claimed_until < now))
+            .values(claimed_until=now + lease)
+            .returning(fired.c.flow, fired.c.slot, fired.c.run_id)
+        )
+        async with self.engine.begin() as conn:
+            taken = (await conn.execute(taking)).all()
+        return [SlotClaim(row.flow, row.slot, row.run_id) for row in taken]
 
     async def forget_slots(self, *, scheduled_before: dt.datetime, chained_before: dt.datetime) -> int:
         """Delete fired slots no replica will claim again; returns how many went.

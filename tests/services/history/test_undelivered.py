@@ -26,6 +26,7 @@ from services.history.reruns import Redo
 from services.history.service import Recorder
 from services.history.store import HistoryStore
 from tests.conftest import poll_until
+from tests.transactions import TransactionWatchingBroker
 
 FLOW = {
     "name": "storms",
@@ -181,3 +182,31 @@ async def _drain(broker: InProcessBroker, queue: Any) -> list[Delivery]:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.postgres
+async def test_a_dead_letter_is_replayed_with_no_transaction_open_and_forgotten_after(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    letters = DeadLetterStore(postgres_url)
+    await letters.create_schema()
+    try:
+        async with TransactionWatchingBroker(Topology("history-replay"), postgres_url) as broker:
+            message = query_message("run-replayed")
+            await letters.keep(
+                Delivery(
+                    body=message.model_dump_json().encode(),
+                    routing_key=broker.topology.step_key(message.step.kind),
+                    headers={"x-first-death-reason": DELIVERY_LIMIT_REACHED},
+                )
+            )
+            [letter] = await letters.all()
+            replayed = await letters.replay(letter["id"], broker)
+
+            assert replayed == {"run_id": "run-replayed", "step_id": "query", "attempt": 2}
+            assert broker.open_at_publish == [(broker.topology.step_key(message.step.kind), 0)]
+            [again] = await _drain(broker, broker.topology.step_queue(message.step.kind))
+            assert RunMessage.model_validate_json(again.body).attempt == 2
+            assert await letters.all() == []
+    finally:
+        await letters.close()

@@ -19,7 +19,8 @@ from common.contracts.messages import RunCompleted, RunMessage, RunStatus, StepK
 from common.contracts.topology import Topology
 from common.platform.broker.interface import BrokerError, Delivery
 from common.platform.broker.memory import InProcessBroker
-from services.trigger.scheduler import Chainer, Clock, Scheduler
+from services.trigger.scheduler import SLOT_LEASE, Chainer, Clock, Scheduler
+from services.trigger.starter import slot_run_id
 from services.trigger.store import CHAINED, FlowStore, fired
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -437,7 +438,17 @@ async def test_a_refused_run_is_tried_again_a_poll_later(store: FlowStore) -> No
     assert [(f.flow, f.slot) for f in retried] == [("flaky", SAVED + dt.timedelta(minutes=1))]
 
 
-async def test_a_replica_stopped_mid_batch_leaves_the_whole_batch_to_the_others(
+class LaterClock(Clock):
+    """The wall clock, *ahead* later: a replica looking once a lease has run out."""
+
+    def __init__(self, ahead: dt.timedelta) -> None:
+        self.ahead = ahead
+
+    def now(self) -> dt.datetime:
+        return super().now() + self.ahead
+
+
+async def test_a_replica_stopped_mid_batch_leaves_the_whole_batch_to_the_others_once_its_lease_ran_out(
     store: FlowStore, broker: InProcessBroker
 ) -> None:
     for index in range(5):
@@ -453,10 +464,19 @@ async def test_a_replica_stopped_mid_batch_leaves_the_whole_batch_to_the_others(
             await ticking
     finally:
         await stalling.close()
-    # The runs it had started already are started again under the same run ids.
-    other = await Scheduler(store, broker).tick(now)
+    # Its claims were committed with a lease: while it lasts, no other replica fires them ...
+    assert await Scheduler(store, broker).tick(now) == []
+    # ... and once it ran out, the runs it had started already are started again under the same run
+    # ids, the others for the first time.
+    after_lease = LaterClock(SLOT_LEASE + dt.timedelta(seconds=1))
+    other = await Scheduler(store, broker, clock=after_lease).tick(now)
 
     assert sorted(f.flow for f in other) == [f"flow-{index}" for index in range(5)]
+    assert {f.run_id for f in other} == {
+        slot_run_id(f"flow-{index}", "2026-03-26T12:01:00Z") for index in range(5)
+    }
+    # Settled: a third replica finds nothing left to take over.
+    assert await Scheduler(store, broker, clock=LaterClock(2 * SLOT_LEASE)).tick(now) == []
 
 
 async def test_fired_slots_are_forgotten_except_each_flows_latest(
