@@ -6,6 +6,7 @@ what ``/openapi.json`` describes.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import importlib.metadata
 from dataclasses import dataclass
@@ -45,11 +46,17 @@ from services.trigger.bodies import (
     RunRequest,
 )
 from services.trigger.starter import launch
-from services.trigger.store import FlowExists, FlowStore, StoredFlow
+from services.trigger.store import FlowExists, FlowStore, RequestState, StoredFlow
 from services.trigger.timetable import schedule_of
 from services.trigger.validation import FlowInvalid, check_flow
 
 log = structlog.get_logger(__name__)
+
+#: How long a request's Idempotency-Key waits for its run to be started before another request
+#: with the same key takes it over (two publishes, each riding out a broker reconnection), and how
+#: often such a request looks again at first.
+REQUEST_LEASE = dt.timedelta(minutes=2)
+_REQUEST_PAUSE = 0.02
 
 
 def _not_found(name: str) -> Refusal:
@@ -88,12 +95,28 @@ class TriggerApi:
             return self._accepted(run_id)
         if not 0 < len(key) <= 255:
             raise InvalidParameter("Idempotency-Key", "1 to 255 characters")
-        # A refusal raised in the block leaves the key unrecorded: the client's retry can start the run.
-        async with self.store.request(flow.name, key, new_id()) as (run_id, new):
-            if not new:
+        # The key is recorded (leased) before the run is handed to the broker and settled after, with
+        # no transaction open meanwhile. A request finding it being started waits for the outcome.
+        candidate = new_id()
+        pause = _REQUEST_PAUSE
+        while True:
+            run_id, state = await self.store.request(flow.name, key, candidate, lease=REQUEST_LEASE)
+            if state is RequestState.STARTED:
                 return self._accepted(run_id, repeated=True)
-            await self._start(flow, context, run_id)
-        return self._accepted(run_id)
+            if state is RequestState.STARTING:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            try:
+                await self._start(flow, context, run_id)
+            except Exception:
+                # The key stays unspent: the client's retry can start the run. (Cancelled, the request
+                # leaves it leased: whether the broker took the run is unknown, and a retry once the
+                # lease ran out starts it again under the same run id.)
+                await self.store.release_request(flow.name, key)
+                raise
+            await self.store.settle_request(flow.name, key)
+            return self._accepted(run_id, repeated=state is RequestState.TAKEN_OVER)
 
     def _view(self, stored: StoredFlow) -> FlowView:
         flow = stored.flow

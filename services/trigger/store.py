@@ -22,8 +22,8 @@ with one small read that it has nothing to load again.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
-from contextlib import asynccontextmanager
+import enum
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,8 @@ idempotency = sa.Table(
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    #: Set while the key's run is being started, until then; null once the broker took it.
+    sa.Column("claimed_until", UtcDateTime),
 )
 
 #: Chained runs' slots start with this; every other slot is a scheduled instant.
@@ -371,31 +373,71 @@ class FlowStore(SqlStore):
             )
         return int(scheduled.rowcount or 0) + int(chained.rowcount or 0)
 
-    @asynccontextmanager
-    async def request(self, flow: str, key: str, run_id: str) -> AsyncIterator[tuple[str, bool]]:
-        """Record an Idempotency-Key for *run_id*.
+    async def request(
+        self, flow: str, key: str, run_id: str, *, lease: dt.timedelta, now: dt.datetime | None = None
+    ) -> tuple[str, RequestState]:
+        """Record an Idempotency-Key for *run_id*, or find the run it stands for already.
 
-        Yields the run id the key stands for and whether it is new; a repeated
-        key yields the earlier run. Like :meth:`claim`, the record commits only
-        if the block succeeds.
+        Returns the run id the key stands for and what its caller is to do (see
+        :class:`RequestState`). A key recorded here, or taken over, is leased like
+        a slot's claim: :meth:`settle_request` it once the broker took the run, or
+        :meth:`release_request` it if the run could not be started.
         """
+        now = now or utcnow()
+        where = (idempotency.c.flow == flow) & (idempotency.c.key == key)
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 insert_ignore(conn, idempotency).values(
-                    flow=flow, key=key, run_id=run_id, created_at=utcnow()
+                    flow=flow, key=key, run_id=run_id, created_at=now, claimed_until=now + lease
                 )
             )
             if result.rowcount:
-                yield run_id, True
-                return
-            existing = (
-                await conn.execute(
-                    sa.select(idempotency.c.run_id).where(
-                        (idempotency.c.flow == flow) & (idempotency.c.key == key)
-                    )
-                )
-            ).scalar_one()
-            yield str(existing), False
+                return run_id, RequestState.NEW
+            row = (
+                await conn.execute(sa.select(idempotency.c.run_id, idempotency.c.claimed_until).where(where))
+            ).first()
+            if row is None:
+                # Released between the insert and the read: the caller tries again.
+                return run_id, RequestState.STARTING
+            if row.claimed_until is None:
+                return str(row.run_id), RequestState.STARTED
+            taking = (
+                idempotency.update()
+                .where(where & (idempotency.c.claimed_until < now))
+                .values(claimed_until=now + lease)
+            )
+            if (await conn.execute(taking)).rowcount:
+                return str(row.run_id), RequestState.TAKEN_OVER
+            return str(row.run_id), RequestState.STARTING
+
+    async def settle_request(self, flow: str, key: str) -> None:
+        """The key's run was handed to the broker: the key stands for it from now on."""
+        where = (idempotency.c.flow == flow) & (idempotency.c.key == key)
+        async with self.engine.begin() as conn:
+            await conn.execute(idempotency.update().where(where).values(claimed_until=None))
+
+    async def release_request(self, flow: str, key: str) -> None:
+        """The key's run could not be started: the key is free for the client's retry."""
+        where = (
+            (idempotency.c.flow == flow)
+            & (idempotency.c.key == key)
+            & idempotency.c.claimed_until.is_not(None)
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(idempotency.delete().where(where))
+
+
+class RequestState(enum.Enum):
+    """Where a run request's Idempotency-Key stands."""
+
+    #: Recorded now: start the run.
+    NEW = "new"
+    #: Its run was started: answer with it.
+    STARTED = "started"
+    #: Another request is starting its run now: ask again in a moment.
+    STARTING = "starting"
+    #: A request that was starting its run stopped without saying how it went: start it again.
+    TAKEN_OVER = "taken_over"
 
 
 class FlowExists(Exception):
