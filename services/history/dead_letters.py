@@ -113,7 +113,7 @@ class DeadLetterStore(SqlStore):
         except ValidationError:
             message = _run_message(delivery.body)
             reason = death_reason(delivery)
-            if message is not None and reason == DELIVERY_LIMIT_REACHED:
+            if message is not None and reason == DELIVERY_LIMIT_REACHED and _has_step(message):
                 error = delivery_limit_error(message)
                 undelivered = Undelivered(message, error, values["dead_at"])
                 values.update(error_code=error.code.value, error_message=error.message)
@@ -207,6 +207,11 @@ class DeadLetterStore(SqlStore):
         async with self.engine.begin() as conn:
             result = await conn.execute(dead_letters.delete().where(where))
         return int(result.rowcount or 0)
+
+
+def _has_step(message: RunMessage) -> bool:
+    """Whether *message* names a step of its own itinerary (a run to fail at that step)."""
+    return any(step.id == message.step_id for step in message.itinerary)
 
 
 def _run_message(body: bytes) -> RunMessage | None:

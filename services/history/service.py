@@ -58,6 +58,8 @@ class Recorder:
         #: Events waiting for the next transaction, each with whoever awaits its outcome.
         self._waiting: list[tuple[StatusEvent, asyncio.Future[RunCompleted | None]]] = []
         self._merging: asyncio.Task[None] | None = None
+        #: Stalled runs failed by the sweep whose end the broker has not taken yet.
+        self._unannounced: list[RunCompleted] = []
 
     async def on_status(self, delivery: Delivery) -> None:
         try:
@@ -184,7 +186,11 @@ class Recorder:
         try:
             for completed in await self.store.fail_stalled(utcnow(), self.quiet_for):
                 log.warning("run stalled", run_id=completed.run_id, flow=completed.flow)
-                await self.announce(completed)
+                self._unannounced.append(completed)
+            # Failed already, a run is not swept again: its end waits here until the broker takes it.
+            while self._unannounced:
+                await self.announce(self._unannounced[0])
+                self._unannounced.pop(0)
         except (BrokerError, sa.exc.SQLAlchemyError, OSError):
             log.exception("stalled-run check failed; retrying")
             return False

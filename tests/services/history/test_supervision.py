@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from common.contracts.messages import RunCompleted, RunStatus, StepKind, StepStatus
 from common.contracts.topology import Topology
 from common.platform.blobs.folder import FolderBlobStore
-from common.platform.broker.interface import Delivery
+from common.platform.broker.interface import BrokerError, Delivery
 from common.platform.broker.memory import InProcessBroker
 from common.platform.config import Settings
 from common.platform.connections import Connections
@@ -146,3 +146,47 @@ async def test_retention_starts_again_after_an_unexpected_exception_and_deletes_
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class RefusingOnceBroker(InProcessBroker):
+    """Refuses the first announcement of a run's end, as RabbitMQ does a publish it does not confirm."""
+
+    refused = False
+
+    async def publish(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, delay: float | None = None
+    ) -> None:
+        if routing_key == self.topology.run_completed_key and not self.refused:
+            self.refused = True
+            raise BrokerError("not confirmed")
+        await super().publish(routing_key, body, message_id=message_id, delay=delay)
+
+
+async def test_a_stalled_runs_end_refused_by_a_refusing_once_broker_is_announced_at_the_next_sweep(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"
+    store, letters = HistoryStore(url), DeadLetterStore(url)
+    await store.create_schema()
+    await letters.create_schema()
+    broker = RefusingOnceBroker(Topology("history-refusing"))
+    runtime = Runtime(
+        settings=Settings(data_dir=tmp_path),
+        broker=broker,
+        blobs=FolderBlobStore(tmp_path / "blobs"),
+        connections=Connections(),
+    )
+    try:
+        async with runtime:
+            await store.apply(event("run-stuck", StepKind.TRIGGER, StepStatus.SUCCEEDED, 0, run=run_info()))
+            recorder = ImpatientRecorder(store, runtime, Redo(store, letters, runtime))
+
+            assert await recorder.sweep_stalled() is False
+            assert broker.depth(broker.topology.run_completed_queue) == 0
+            assert await recorder.sweep_stalled() is True
+            assert broker.depth(broker.topology.run_completed_queue) == 1
+            assert await recorder.sweep_stalled() is True
+            assert broker.depth(broker.topology.run_completed_queue) == 1
+    finally:
+        await letters.close()
+        await store.close()
