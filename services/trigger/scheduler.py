@@ -363,9 +363,9 @@ class Scheduler:
                 await self.clock.sleep_until(look_at if due is None else min(due, look_at), stop)
         finally:
             if forgetting is not None:
-                forgetting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await forgetting
+                # A delete under way finishes (it is a bounded one): cancelled mid-statement, its
+                # database connection would be left behind, still busy, after the store closes.
+                await asyncio.shield(forgetting)
 
     async def _forget(self, now: dt.datetime) -> None:
         try:
