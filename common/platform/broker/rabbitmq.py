@@ -97,7 +97,9 @@ class RabbitBroker(Broker):
             queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
             await queue.bind(below, spec.routing_key)
         for tier in reversed(self.topology.delay_tiers):
-            exchange = await channel.declare_exchange(tier.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            exchange = await channel.declare_exchange(
+                tier.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
             queue = await channel.declare_queue(tier.queue.name, durable=True, arguments=tier.queue.arguments)
             await queue.bind(exchange, tier.queue.routing_key)
             await below.bind(exchange, tier.skip_key)
