@@ -22,6 +22,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
@@ -85,7 +86,7 @@ class RabbitBroker(Broker):
         queue = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
         await queue.bind(dead_letters, dead.routing_key)
 
-    async def _declare_delays(self, channel: AbstractChannel) -> AbstractExchange:
+    async def _declare_delays(self, channel: AbstractRobustChannel) -> AbstractExchange:
         """Declare the release queues and the tiers, from the bottom up; return the top tier's exchange.
 
         The ``<queue>.delay`` queues of earlier versions are left alone: see the topology's docstring.
