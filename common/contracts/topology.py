@@ -15,17 +15,20 @@ NServiceBus's RabbitMQ transport:
   then dead-letters to the exchange of tier *n* - 1.
 - A delayed message's routing key is its delay in units of the smallest tier,
   as binary digits from the longest tier down, then the target's routing key:
-  ``0.….1.0.1.0.step.query`` waits 1 s (8 + 2 units) before going to the query
-  step. Tier *n*'s exchange sends a message whose digit *n* is 1 into its
+  ``0.….1.0.1.0.step.query`` waits 1 s (in the tiers of 0.8 s and 0.2 s)
+  before going to the query step. Tier *n*'s exchange sends a message whose digit *n* is 1 into its
   queue and any other straight on to tier *n* - 1's exchange (an
   exchange-to-exchange binding), so each message waits only in the tiers of
   its own digits, and the broker alone moves it down: no consumer in between
-  to run, scale or lose.
+  to run, scale or lose (a router service republishing from tier to tier
+  would be one more thing that must be up for a delay to end).
 - Below tier 0, the release exchange routes on the target's key to that
   target's release queue, whose zero TTL dead-letters the message at once to
   the main exchange under the target's own routing key: it arrives with its
-  message id, body, headers and persistence, as if just published there, and
-  the target quorum queue's delivery limit and dead-lettering apply unchanged.
+  message id, body, headers (plus an ``x-death`` entry per queue it passed)
+  and persistence, as if just published there, and the target quorum queue's
+  delivery limit and dead-lettering apply unchanged; a dead letter from there
+  carries the step's key, so replaying it works as for any other.
 
 A message therefore waits its delay rounded up to 0.1 s, plus a few
 milliseconds of dead-lettering per tier it passes, and never behind a message
@@ -36,10 +39,15 @@ flight between two tiers when a broker node crashes can be lost, the same
 guarantee as before (quorum tiers with at-least-once dead-lettering would close
 that gap at the price of twenty Raft groups per installation).
 
-Delays longer than :data:`LONGEST_DELAY` (29 hours) wait that long. Nothing
-in the project asks for more: retry backoff stops at
+The smallest tier is 0.1 s because an async command may poll every 0.05 s
+and retries may start at a fraction of a second (the end-to-end tests use
+0.2 s): a 1 s unit would stretch those tenfold. Twenty tiers reach past the
+longest delay the project asks for: retry backoff stops at
 ``ADXFLOW_RETRY_MAX_SECONDS`` (at most a day), an async command polls at
-least every 600 s and the notifier rechecks a delivery within 5 s.
+least every 600 s and the notifier rechecks a delivery within 5 s. A delay
+longer than :data:`LONGEST_DELAY` (29 hours) waits that long, with a warning
+in the log; every step is idempotent, so early is harmless. The in-process
+broker has no tiers: it delivers each message after exactly its own delay.
 
 Upgrading from a version with one ``<queue>.delay`` queue per target
 (per-message expiry, dead-lettering to the main exchange under the target's
