@@ -148,3 +148,16 @@ async def test_an_old_delay_queue_is_left_alone_and_what_waits_there_still_arriv
         assert {d.routing_key for d in deliveries} == {target.routing_key}
         # Left alone: still there, empty now, for an operator to delete.
         assert await depth(channel, legacy.name) == 0
+
+
+async def test_a_delay_beyond_the_longest_tier_waits_in_every_tier_from_the_top(
+    amqp_url: str, topology: Topology, channel: AbstractChannel
+) -> None:
+    async with RabbitBroker(amqp_url, topology, connection_name=topology.namespace) as broker:
+        await broker.publish(topology.step_key(StepKind.RENDER), b"next week", delay=7 * 86_400)
+
+        # Cut to every tier once: it starts in the longest (14.6 hours), not lost, not early.
+        depths = {tier.level: await depth(channel, tier.queue.name) for tier in topology.delay_tiers}
+        top = topology.delay_tiers[0].level
+        assert depths == {tier.level: int(tier.level == top) for tier in topology.delay_tiers}
+        assert await depth(channel, topology.step_queue(StepKind.RENDER).name) == 0
