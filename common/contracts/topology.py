@@ -153,6 +153,10 @@ class Topology:
         """The queues a message can be published to with a delay: every step queue."""
         return [self.step_queue(kind) for kind in StepKind if kind is not StepKind.TRIGGER]
 
+    def delays_to(self, routing_key: str) -> bool:
+        """Whether a message for *routing_key* can be delayed (its key leads to a delay target)."""
+        return any(target.routing_key == routing_key for target in self.delay_targets)
+
     @property
     def delay_tiers(self) -> list[DelayTier]:
         """Every tier, the longest first: the first is where delayed messages are published."""

@@ -122,7 +122,7 @@ class RabbitBroker(Broker):
         if delay and delay > 0:
             # The tiers route every key, known target or not, and would drop a message for
             # an unknown one only once it is due: refuse it now, as an unroutable publish.
-            if routing_key not in {target.routing_key for target in self.topology.delay_targets}:
+            if not self.topology.delays_to(routing_key):
                 raise BrokerError(f"no delayed delivery to routing key {routing_key!r}")
             if delay > LONGEST_DELAY:
                 log.warning("delay cut to the longest tier", routing_key=routing_key, delay_seconds=delay)
