@@ -72,14 +72,11 @@ class SchemaState:
 
 @dataclass(frozen=True)
 class Migration:
-    """What an upgrade did: from which revision (None: none) to which."""
+    """What an upgrade did: from which revision (None: none) to which, through which."""
 
     before: str | None
     after: str
-
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
+    applied: tuple[str, ...] = ()
 
 
 @functools.cache
@@ -106,9 +103,7 @@ def _state(connection: sa.Connection) -> SchemaState:
                 f"does not know (its newest is {head()!r}): a newer release migrated it. Run that "
                 "release or a later one; adxflow never downgrades a database by itself"
             ) from None
-    pending = tuple(
-        reversed([script.revision for script in scripts.iterate_revisions(head(), current)])
-    )
+    pending = tuple(reversed([script.revision for script in scripts.iterate_revisions(head(), current)]))
     tables = [name for name in sa.inspect(connection).get_table_names() if name != "alembic_version"]
     return SchemaState(current, head(), pending, unversioned_tables=current is None and bool(tables))
 
@@ -155,7 +150,7 @@ def _upgrade(connection: sa.Connection) -> Migration:
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-    return Migration(before.current, before.head)
+    return Migration(before.current, before.head, before.pending)
 
 
 async def migrate(engine: AsyncEngine) -> Migration:
@@ -165,8 +160,13 @@ async def migrate(engine: AsyncEngine) -> Migration:
         return Migration(found.current, found.head)
     async with _locked(engine) as conn:
         migration = await conn.run_sync(_upgrade)
-    if migration.changed:
-        log.info("schema migrated", from_revision=migration.before, to_revision=migration.after)
+    if migration.applied:
+        log.info(
+            "schema migrated",
+            from_revision=migration.before,
+            to_revision=migration.after,
+            applied=list(migration.applied),
+        )
     return migration
 
 

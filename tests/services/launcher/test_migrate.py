@@ -1,0 +1,91 @@
+"""`adxflow migrate`, as installed: by hand, on the configured database, with --check."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from common.platform.database import connect
+from common.platform.schema import head
+
+#: The console command, as installed here.
+ADXFLOW = str(Path(sys.executable).with_name("adxflow"))
+
+
+async def adxflow(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        ADXFLOW,
+        *argv,
+        # Only the test's own settings: none of the environment's ADXFLOW_* variables.
+        env={
+            **{name: value for name, value in os.environ.items() if not name.startswith("ADXFLOW_")},
+            "ADXFLOW_LOG_LEVEL": "WARNING",
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def _version(url: str) -> list[str]:
+    engine = connect(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars())
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_upgrades_the_sqlite_file_of_the_data_dir_and_check_says_so(tmp_path: Path) -> None:
+    env = {"ADXFLOW_DATA_DIR": str(tmp_path / "data")}
+    database = tmp_path / "data" / "history.db"
+
+    code, out, err = await adxflow("migrate", "--check", env=env)
+    assert (code, err) == (1, "")
+    assert "schema empty" in out
+    assert "pending 0001_baseline" in out
+    assert f"pending {head()}" in out
+
+    code, out, err = await adxflow("migrate", env=env)
+    assert (code, err) == (0, "")
+    assert str(database) in out
+    assert f"migrated to {head()}" in out
+    assert "applied 0001_baseline" in out
+    assert await _version(f"sqlite+aiosqlite:///{database}") == [head()]
+
+    code, out, _ = await adxflow("migrate", env=env)
+    assert code == 0
+    assert f"already at {head()}" in out
+    code, out, _ = await adxflow("migrate", "--check", env=env)
+    assert code == 0
+    assert "pending" not in out
+
+
+@pytest.mark.postgres
+async def test_migrate_honours_the_database_url_and_masks_its_password(postgres_url: str) -> None:
+    # The server trusts local connections, so any password does; it must not be printed.
+    url = postgres_url.replace("postgres@", "postgres:not-to-be-printed@", 1)
+    code, out, err = await adxflow("migrate", env={"ADXFLOW_DATABASE_URL": url})
+    assert (code, err) == (0, "")
+    assert "applied 0002_sweep_indexes" in out
+    assert "not-to-be-printed" not in out
+    assert "***" in out
+    assert await _version(postgres_url) == [head()]
+
+
+async def test_migrate_refuses_an_unreachable_database_in_one_line() -> None:
+    url = "postgresql+asyncpg://postgres:not-to-be-printed@127.0.0.1:1/adxflow"
+    code, out, err = await adxflow("migrate", env={"ADXFLOW_DATABASE_URL": url})
+    assert code == 2
+    assert out == ""
+    assert err.startswith("adxflow: migrate postgresql+asyncpg://postgres:***@127.0.0.1:1/adxflow: ")
+    assert "not-to-be-printed" not in err
+    assert len(err.splitlines()) == 1
