@@ -6,6 +6,7 @@ One code path over SQLAlchemy's async Core; the few dialect differences
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] == "wal":
+            return
         # Write-ahead log: readers neither wait for the writer nor hold it up, so the history
         # pages and the scheduler read while events are merged. It persists in the file.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            # Connections opening a new file together: SQLite refuses all but one the switch at
+            # once (not waiting, which could deadlock). The mode is the file's, and this
+            # connection follows the one that switched it.
+            if "locked" not in str(exc):
+                raise
     finally:
         cursor.close()
 

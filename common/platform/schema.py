@@ -14,7 +14,9 @@ own. A schema newer than the code (a release rolled back) is refused either way.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -153,12 +155,18 @@ def _upgrade(connection: sa.Connection) -> Migration:
     return Migration(before.current, before.head, before.pending)
 
 
+#: Alembic keeps the migration under way in module globals (``alembic.op``, ``alembic.context``):
+#: one migration at a time in a process, whatever the databases (one lock per event loop).
+_IN_PROCESS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def migrate(engine: AsyncEngine) -> Migration:
     """Upgrade the database to the newest revision; cheap when it is there already."""
     found = await state(engine)
     if found.at_head:
         return Migration(found.current, found.head)
-    async with _locked(engine) as conn:
+    one_at_a_time = _IN_PROCESS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with one_at_a_time, _locked(engine) as conn:
         migration = await conn.run_sync(_upgrade)
     if migration.applied:
         log.info(

@@ -21,8 +21,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.contracts.errors import ConfigurationError
 from common.contracts.flows import Flow
 from common.platform import schema
+from common.platform.config import load_settings
 from common.platform.database import SQLITE_BUSY_TIMEOUT_MS, SqlStore, connect
 from common.platform.schema import SchemaError, ensure_schema, migrate, state
 from services.history.dead_letters import DeadLetterStore
@@ -452,3 +454,12 @@ def test_a_built_package_ships_the_migrations() -> None:
         if not any(fnmatch.fnmatch(name, glob) for glob in package_data["common.platform"])
     ]
     assert missing == []
+
+
+def test_the_mode_is_read_from_adxflow_migrate(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().migrate == "auto"
+    monkeypatch.setenv("ADXFLOW_MIGRATE", "check")
+    assert load_settings().migrate == "check"
+    monkeypatch.setenv("ADXFLOW_MIGRATE", "sometimes")
+    with pytest.raises(ConfigurationError, match=r"ADXFLOW_MIGRATE='sometimes'"):
+        load_settings()

@@ -69,6 +69,17 @@ async def test_migrate_upgrades_the_sqlite_file_of_the_data_dir_and_check_says_s
     assert "pending" not in out
 
 
+async def test_processes_migrating_one_new_sqlite_file_together_wait_for_one_another(tmp_path: Path) -> None:
+    # Separate processes: only SQLite's own write lock (BEGIN IMMEDIATE) keeps them apart.
+    env = {"ADXFLOW_DATA_DIR": str(tmp_path / "data")}
+    results = await asyncio.gather(*(adxflow("migrate", env=env) for _ in range(3)))
+    assert [(code, err) for code, _, err in results] == [(0, "")] * 3
+    outs = [out for _, out, _ in results]
+    assert sum("applied 0001_baseline" in out for out in outs) == 1
+    assert sum(f"schema already at {head()}" in out for out in outs) == 2
+    assert await _version(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'history.db'}") == [head()]
+
+
 @pytest.mark.postgres
 async def test_migrate_honours_the_database_url_and_masks_its_password(postgres_url: str) -> None:
     # The server trusts local connections, so any password does; it must not be printed.
