@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 
+from common.contracts.topology import Topology
+from common.platform.broker.rabbitmq import RabbitBroker
 from common.platform.database import connect
 from common.platform.schema import head
+from tests.e2e.test_processes import free_port
 
 #: The console command, as installed here.
 ADXFLOW = str(Path(sys.executable).with_name("adxflow"))
+
+
+def environment(env: dict[str, str]) -> dict[str, str]:
+    """Only the test's own settings: none of the environment's ADXFLOW_* variables."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("ADXFLOW_")}
+    return {**inherited, "ADXFLOW_LOG_LEVEL": "WARNING", **env}
 
 
 async def adxflow(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         ADXFLOW,
         *argv,
-        # Only the test's own settings: none of the environment's ADXFLOW_* variables.
-        env={
-            **{name: value for name, value in os.environ.items() if not name.startswith("ADXFLOW_")},
-            "ADXFLOW_LOG_LEVEL": "WARNING",
-            **env,
-        },
+        env=environment(env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -100,3 +107,55 @@ async def test_migrate_refuses_an_unreachable_database_in_one_line() -> None:
     assert err.startswith("adxflow: migrate postgresql+asyncpg://postgres:***@127.0.0.1:1/adxflow: ")
     assert "not-to-be-printed" not in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.rabbitmq
+async def test_a_service_in_check_mode_starts_only_once_adxflow_migrate_has_run(
+    tmp_path: Path, amqp_url: str, namespace: str, wait_until: Any
+) -> None:
+    port = free_port()
+    env = {
+        "ADXFLOW_DATA_DIR": str(tmp_path / "data"),
+        "ADXFLOW_MIGRATE": "check",
+        "ADXFLOW_AMQP_URL": amqp_url,
+        "ADXFLOW_NAMESPACE": namespace,
+        "ADXFLOW_HEALTH_PORT": str(port),
+    }
+    try:
+        code, _, err = await adxflow("serve", "notifier", env=env)
+        assert code == 2
+        assert err.startswith("adxflow: the database's schema is empty")
+        assert "Run `adxflow migrate`" in err
+        assert "Traceback" not in err
+
+        code, _, _ = await adxflow("migrate", env=env)
+        assert code == 0
+        process = await asyncio.create_subprocess_exec(
+            ADXFLOW,
+            "serve",
+            "notifier",
+            env=environment(env),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def ready() -> bool:
+                    assert process.returncode is None, "the notifier exited"
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                            return response.status == 200
+                    except aiohttp.ClientError:
+                        return False
+
+                await wait_until(ready, timeout=60, what="the notifier to be ready")
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 0, stderr.decode()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    finally:
+        async with RabbitBroker(amqp_url, Topology(namespace), connection_name="migrate-cleanup") as broker:
+            await broker.delete_topology()
