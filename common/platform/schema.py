@@ -21,18 +21,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 import structlog
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.contracts.errors import AdxflowError
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
+
+# Alembic is imported where it is used: workers without a database never load it.
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +84,8 @@ class Migration:
 @functools.cache
 def _scripts() -> ScriptDirectory:
     # Read once per process: every store of every test asks.
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(str(MIGRATIONS))
 
 
@@ -94,6 +96,9 @@ def head() -> str:
 
 
 def _state(connection: sa.Connection) -> SchemaState:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util import CommandError
+
     current = MigrationContext.configure(connection).get_current_revision()
     scripts = _scripts()
     if current is not None:
@@ -145,6 +150,9 @@ async def _locked(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 def _upgrade(connection: sa.Connection) -> Migration:
+    from alembic import command
+    from alembic.config import Config
+
     # Read again under the lock: a replica that held it before may have done everything.
     before = _state(connection)
     if before.pending:
