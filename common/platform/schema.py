@@ -9,7 +9,14 @@ A service makes sure of the schema as it starts (:func:`ensure_schema`): by defa
 migrates, under a lock so that replicas starting together wait for the first and then find
 the schema done (``ADXFLOW_MIGRATE=auto``); with ``ADXFLOW_MIGRATE=check`` it only refuses a
 schema older than its own, for deployments that run ``adxflow migrate`` as a job of their
-own. A schema newer than the code (a release rolled back) is refused either way.
+own.
+
+A schema newer than the code is what a rolling upgrade makes: the first replica of the new
+release migrates while replicas of the previous one still run, and may restart. It is
+accepted with a warning, because of the rule every revision keeps: it only adds (tables,
+nullable or defaulted columns, indexes) and never drops, renames or narrows what the
+previous release reads or writes; a removal waits for a later release, once no replica
+reads the thing any more. adxflow never downgrades a database by itself.
 """
 
 from __future__ import annotations
@@ -59,12 +66,16 @@ class SchemaState:
     pending: tuple[str, ...]
     #: Whether the database has tables but no revision: made before migrations (or not adxflow's).
     unversioned_tables: bool
+    #: Whether the database's revision is one this code does not know: a newer release migrated it.
+    newer: bool = False
 
     @property
     def at_head(self) -> bool:
         return not self.pending
 
     def describe(self) -> str:
+        if self.newer:
+            return f"at revision {self.current}, newer than this release's {self.head}"
         if self.current is not None:
             return f"at revision {self.current}"
         if self.unversioned_tables:
@@ -105,18 +116,14 @@ def _state(connection: sa.Connection) -> SchemaState:
         try:
             scripts.get_revision(current)
         except CommandError:
-            raise SchemaError(
-                f"the database's schema is at revision {current!r}, which this release of adxflow "
-                f"does not know (its newest is {head()!r}): a newer release migrated it. Run that "
-                "release or a later one; adxflow never downgrades a database by itself"
-            ) from None
+            return SchemaState(current, head(), (), unversioned_tables=False, newer=True)
     pending = tuple(reversed([script.revision for script in scripts.iterate_revisions(head(), current)]))
     tables = [name for name in sa.inspect(connection).get_table_names() if name != "alembic_version"]
     return SchemaState(current, head(), pending, unversioned_tables=current is None and bool(tables))
 
 
 async def state(engine: AsyncEngine) -> SchemaState:
-    """Where the database's schema is; a :class:`SchemaError` if it is newer than this code."""
+    """Where the database's schema is, against the revisions this code knows."""
     async with engine.connect() as conn:
         return await conn.run_sync(_state)
 
@@ -153,7 +160,8 @@ def _upgrade(connection: sa.Connection) -> Migration:
     from alembic import command
     from alembic.config import Config
 
-    # Read again under the lock: a replica that held it before may have done everything.
+    # Read again under the lock: a replica that held it before may have done everything,
+    # or a newer release may have migrated meanwhile (then nothing is pending here).
     before = _state(connection)
     if before.pending:
         config = Config()
@@ -168,9 +176,24 @@ def _upgrade(connection: sa.Connection) -> Migration:
 _IN_PROCESS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+def _newer(found: SchemaState) -> Migration:
+    log.warning(
+        "the database's schema is newer than this release; running on it, since revisions only add",
+        revision=found.current,
+        release_head=found.head,
+    )
+    assert found.current is not None
+    return Migration(found.current, found.current)
+
+
 async def migrate(engine: AsyncEngine) -> Migration:
-    """Upgrade the database to the newest revision; cheap when it is there already."""
+    """Upgrade the database to the newest revision; cheap when it is there already.
+
+    A schema newer than this code is left as it is (the module's docstring says why).
+    """
     found = await state(engine)
+    if found.newer:
+        return _newer(found)
     if found.at_head:
         return Migration(found.current, found.head)
     one_at_a_time = _IN_PROCESS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
@@ -192,7 +215,9 @@ async def ensure_schema(engine: AsyncEngine, mode: MigrateMode = "auto") -> None
         await migrate(engine)
         return
     found = await state(engine)
-    if not found.at_head:
+    if found.newer:
+        _newer(found)
+    elif not found.at_head:
         raise SchemaError(
             f"the database's schema is {found.describe()}; this release of adxflow needs revision "
             f"{found.head!r}. Run `adxflow migrate` (with ADXFLOW_MIGRATE=check, services do not "

@@ -122,7 +122,9 @@ async def migrate(settings: Settings, *, check: bool = False) -> bool:
         raise AdxflowError(f"migrate {where}: {reason}") from None
     finally:
         await engine.dispose()
-    if migration.applied:
+    if found.newer:
+        print(f"{where}: schema {found.describe()}; left as it is (adxflow never downgrades)")
+    elif migration.applied:
         print(f"{where}: schema {found.describe()}; migrated to {migration.after}")
         for revision in migration.applied:
             print(f"  applied {revision}")

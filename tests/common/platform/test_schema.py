@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
+import structlog.testing
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -397,12 +399,21 @@ async def test_check_mode_refuses_tables_from_before_migrations(engine: AsyncEng
 
 
 @pytest.mark.parametrize("mode", ["auto", "check"])
-async def test_a_schema_newer_than_the_code_is_refused(engine: AsyncEngine, mode: schema.MigrateMode) -> None:
+async def test_a_schema_newer_than_the_code_is_run_on_as_it_is_with_a_warning(
+    engine: AsyncEngine, mode: schema.MigrateMode
+) -> None:
+    # A rolling upgrade: a newer release migrated, and a replica of this one (re)starts.
     await migrate(engine)
     async with engine.begin() as conn:
         await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
-    with pytest.raises(SchemaError, match=r"'0099_from_the_future', which this release of adxflow does not"):
+    with structlog.testing.capture_logs() as logs:
         await ensure_schema(engine, mode)
+    found = await state(engine)
+    assert (found.current, found.newer, found.pending) == ("0099_from_the_future", True, ())
+    assert "newer than this release" in found.describe()
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["revision"] == "0099_from_the_future"
+    assert warning["release_head"] == schema.head()
 
 
 async def test_a_store_migrates_through_its_own_name() -> None:
