@@ -474,3 +474,26 @@ def test_the_mode_is_read_from_adxflow_migrate(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ADXFLOW_MIGRATE", "sometimes")
     with pytest.raises(ConfigurationError, match=r"ADXFLOW_MIGRATE='sometimes'"):
         load_settings()
+
+
+#: What a revision's upgrade may not do, so that the previous release runs on the schema it leaves.
+_REMOVING = ("drop_", "rename_", "alter_column")
+
+
+def test_every_revision_only_adds_so_the_previous_release_runs_on_its_schema() -> None:
+    import ast
+
+    for path in sorted((schema.MIGRATIONS / "versions").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        [upgrade] = [
+            node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "upgrade"
+        ]
+        calls = [
+            node.func.attr
+            for node in ast.walk(upgrade)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        ]
+        removing = [name for name in calls if name.startswith(_REMOVING)]
+        assert not removing, f"{path.name}'s upgrade removes or renames: {removing}"
+        text = ast.get_source_segment(path.read_text(encoding="utf-8"), upgrade) or ""
+        assert " DROP " not in text.upper(), f"{path.name}'s upgrade runs a DROP statement"
