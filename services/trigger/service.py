@@ -27,7 +27,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
     try:
-        await store.create_schema()
+        await store.ensure_schema(settings.migrate)
         chainer = Chainer(store, runtime.broker)
         chaining = runtime.loops.consumer("chainer")
         await runtime.broker.consume(
