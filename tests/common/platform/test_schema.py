@@ -245,7 +245,8 @@ async def _read(engine: AsyncEngine, tables: Iterator[sa.Table] | list[sa.Table]
 def _indexes(connection: sa.Connection) -> dict[str, set[str]]:
     inspector = sa.inspect(connection)
     return {
-        name: {index["name"] for index in inspector.get_indexes(name)} for name in ("runs", "dead_letters")
+        name: {index["name"] for index in inspector.get_indexes(name)}
+        for name in ("runs", "dead_letters", "flow_slots")
     }
 
 
@@ -263,7 +264,7 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
     migration = await migrate(engine)
 
     assert migration.before is None
-    assert migration.applied == ("0001_baseline", "0002_sweep_indexes")
+    assert migration.applied == ("0001_baseline", "0002_sweep_indexes", "0003_claim_leases")
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
@@ -346,7 +347,7 @@ def test_the_models_compared_are_every_stores_tables() -> None:
 async def test_an_empty_database_at_head_and_migrating_again_does_nothing(engine: AsyncEngine) -> None:
     first = await migrate(engine)
     again = await migrate(engine)
-    assert first.applied == ("0001_baseline", "0002_sweep_indexes")
+    assert first.applied == ("0001_baseline", "0002_sweep_indexes", "0003_claim_leases")
     assert (again.before, again.applied) == (HEAD, ())
     async with engine.connect() as conn:
         changes = (await conn.execute(sa.select(legacy.flow_changes))).all()
@@ -361,7 +362,7 @@ async def test_replicas_migrating_one_fresh_database_together_both_succeed(datab
     finally:
         await asyncio.gather(*(engine.dispose() for engine in engines))
     # One of them did the work; the others waited for its lock and found the schema done.
-    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 2]
+    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 3]
     assert after.at_head
 
 
@@ -382,7 +383,7 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
         await conn.run_sync(_upgrade_to("0001_baseline"))
     with pytest.raises(SchemaError, match=r"at revision '?0001_baseline'?.*Run `adxflow migrate`"):
         await ensure_schema(engine, "check")
-    assert (await state(engine)).pending == ("0002_sweep_indexes",)
+    assert (await state(engine)).pending == ("0002_sweep_indexes", "0003_claim_leases")
 
     await ensure_schema(engine, "auto")
 
@@ -390,6 +391,38 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
     assert "ix_runs_status_updated_at" in indexes["runs"]
+
+
+async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_them_as_settled(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0002_sweep_indexes"))
+        await conn.execute(
+            sa.text("INSERT INTO flow_slots (flow, slot, run_id, fired_at) VALUES ('f', 's', 'r', :at)"),
+            {"at": T0},
+        )
+        await conn.execute(
+            sa.text("INSERT INTO run_requests (flow, key, run_id, created_at) VALUES ('f', 'k', 'r', :at)"),
+            {"at": T0},
+        )
+
+    migration = await migrate(engine)
+
+    assert migration.applied == ("0003_claim_leases",)
+    async with engine.connect() as conn:
+        indexes = await conn.run_sync(_indexes)
+        slots = (await conn.execute(sa.text("SELECT run_id, claimed_until FROM flow_slots"))).all()
+        keys = (await conn.execute(sa.text("SELECT run_id, claimed_until FROM run_requests"))).all()
+    assert "ix_flow_slots_claimed_until" in indexes["flow_slots"]
+    # Null: settled, as every claim before leases was once its transaction committed.
+    assert [tuple(row) for row in slots] == [("r", None)]
+    assert [tuple(row) for row in keys] == [("r", None)]
+    store = FlowStore(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        assert await store.take_over(T0 + dt.timedelta(days=1), lease=dt.timedelta(minutes=2)) == []
+    finally:
+        await store.close()
 
 
 async def test_check_mode_refuses_tables_from_before_migrations(engine: AsyncEngine) -> None:
@@ -442,7 +475,11 @@ async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> No
 
 def test_revisions_are_one_line_with_ids_that_fit_alembic_version() -> None:
     scripts = list(schema._scripts().walk_revisions())
-    assert [script.revision for script in reversed(scripts)] == ["0001_baseline", "0002_sweep_indexes"]
+    assert [script.revision for script in reversed(scripts)] == [
+        "0001_baseline",
+        "0002_sweep_indexes",
+        "0003_claim_leases",
+    ]
     assert len(schema._scripts().get_heads()) == 1
     # alembic_version.version_num is VARCHAR(32) on PostgreSQL.
     assert all(len(script.revision) <= 32 for script in scripts)
