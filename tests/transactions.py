@@ -3,7 +3,8 @@
 The rule it checks: no database transaction stays open across a broker
 publish. Every publish asks PostgreSQL for the sessions of the database that
 are inside a transaction; a store that publishes with its transaction open
-shows up as ``idle in transaction`` at that moment.
+shows up as ``idle in transaction`` at that moment. (So would another task's
+transaction under way meanwhile: the tests that use it do one thing at a time.)
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ async def _assert_succeeded(store: HistoryStore, run_id: str) -> None:
 @pytest.fixture
 async def postgres_store(postgres_url: str) -> AsyncIterator[tuple[HistoryStore, str]]:
     store = HistoryStore(postgres_url)
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         yield store, postgres_url
     finally:
@@ -102,7 +102,7 @@ async def test_on_sqlite_a_run_succeeding_after_the_sweep_decided_stays_succeede
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         success = await _almost_done(store, "run-race")
         load = writes._load

@@ -55,8 +55,8 @@ async def history(tmp_path: Path) -> AsyncIterator[History]:
         store, letters = HistoryStore(url), DeadLetterStore(url)
         stack.push_async_callback(store.close)
         stack.push_async_callback(letters.close)
-        await store.create_schema()
-        await letters.create_schema()
+        await store.ensure_schema()
+        await letters.ensure_schema()
         runtime = Runtime(
             settings=Settings(data_dir=tmp_path, retention_days=28),
             broker=InProcessBroker(Topology("history-supervision")),
@@ -167,8 +167,8 @@ async def test_a_stalled_runs_end_refused_by_a_refusing_once_broker_is_announced
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"
     store, letters = HistoryStore(url), DeadLetterStore(url)
-    await store.create_schema()
-    await letters.create_schema()
+    await store.ensure_schema()
+    await letters.ensure_schema()
     broker = RefusingOnceBroker(Topology("history-refusing"))
     runtime = Runtime(
         settings=Settings(data_dir=tmp_path),

@@ -111,8 +111,8 @@ async def recorder(tmp_path: Path) -> AsyncIterator[tuple[Recorder, InProcessBro
         store, letters = HistoryStore(url), DeadLetterStore(url)
         stack.push_async_callback(store.close)
         stack.push_async_callback(letters.close)
-        await store.create_schema()
-        await letters.create_schema()
+        await store.ensure_schema()
+        await letters.ensure_schema()
         broker = InProcessBroker(Topology("history-undelivered"))
         runtime = Runtime(
             settings=Settings(data_dir=tmp_path),
@@ -189,7 +189,7 @@ async def test_a_dead_letter_is_replayed_with_no_transaction_open_and_forgotten_
     postgres_url: str, tmp_path: Path
 ) -> None:
     letters = DeadLetterStore(postgres_url)
-    await letters.create_schema()
+    await letters.ensure_schema()
     try:
         async with TransactionWatchingBroker(Topology("history-replay"), postgres_url) as broker:
             message = query_message("run-replayed")

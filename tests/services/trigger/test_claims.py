@@ -29,7 +29,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 async def store(postgres_url: str) -> AsyncIterator[FlowStore]:
     flows = FlowStore(postgres_url)
-    await flows.create_schema()
+    await flows.ensure_schema()
     try:
         yield flows
     finally:
@@ -49,7 +49,9 @@ async def test_scheduled_and_chained_runs_are_started_with_no_transaction_open(
         await store.save(flow(f"flow-{index}", every="1m"), now=SAVED)
     await store.save(flow("follower", after={"flow": "flow-0"}), now=SAVED)
 
-    fired = await Scheduler(store, broker, batch_size=2).tick(SAVED + dt.timedelta(minutes=1, seconds=1))
+    # Two batches, one after the other: no transaction of one batch is open while the other publishes.
+    scheduler = Scheduler(store, broker, batch_size=2, batches_in_flight=1)
+    fired = await scheduler.tick(SAVED + dt.timedelta(minutes=1, seconds=1))
     done = RunCompleted(run_id="p1", flow="flow-0", status=RunStatus.SUCCEEDED, finished_at=SAVED)
     await Chainer(store, broker).on_completed(Delivery(done.model_dump_json().encode(), "run.completed"))
 
@@ -63,7 +65,11 @@ async def test_scheduled_and_chained_runs_are_started_with_no_transaction_open(
 async def test_a_keyed_run_request_starts_its_run_with_no_transaction_open(
     tmp_path: Path, postgres_url: str, namespace: str
 ) -> None:
-    settings = Settings(data_dir=tmp_path, trigger_port=0, database_url=postgres_url)
+    # The scheduler looks once as the service starts, then not again during the test: its reads
+    # are not under way while the runs are published.
+    settings = Settings(
+        data_dir=tmp_path, trigger_port=0, database_url=postgres_url, scheduler_poll_seconds=60
+    )
     connections = Connections()
     connections.add_local("local", "http://127.0.0.1:31415")
     broker = TransactionWatchingBroker(Topology(namespace), postgres_url)

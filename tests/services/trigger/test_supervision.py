@@ -40,7 +40,7 @@ async def _ready(loops: Loops) -> bool:
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[FlowStore]:
     flows = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
-    await flows.create_schema()
+    await flows.ensure_schema()
     try:
         yield flows
     finally:
