@@ -25,7 +25,15 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 from common.contracts.topology import QueueSpec, Topology
-from common.platform.broker.interface import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
+from common.platform.broker.interface import (
+    REASON_HEADER,
+    Broker,
+    BrokerError,
+    Delivery,
+    Handler,
+    Outcome,
+    run_handler,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +107,9 @@ class RabbitBroker(Broker):
         key = self.topology.delay_key(routing_key) if delay else routing_key
         await self._confirmed(lambda: exchange.publish(message, routing_key=key, mandatory=True), key)
 
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
         if self._dead_letters is None:
             raise BrokerError("broker is not started")
         exchange = self._dead_letters
@@ -108,6 +118,7 @@ class RabbitBroker(Broker):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
+            headers={REASON_HEADER: reason} if reason else None,
         )
         await self._confirmed(
             lambda: exchange.publish(message, routing_key=routing_key, mandatory=True), routing_key
