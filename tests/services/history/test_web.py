@@ -35,7 +35,7 @@ from common.platform.runtime import Runtime
 from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
-from services.history.web.advice import ADVICE
+from services.history.web.advice import ADVICE, advice_for
 from services.history.web.pages import TRIGGER_SESSION
 from services.history.web.session import COOKIE, SESSION_SECONDS, Sessions, safe_next
 from services.history.web.views import duration_words
@@ -106,6 +106,12 @@ async def seed_failed_run(store: HistoryStore, run_id: str, at: dt.datetime = T0
 
 def test_every_error_code_has_advice() -> None:
     assert set(ADVICE) == set(ErrorCode)
+
+
+def test_a_code_of_a_newer_release_or_none_has_no_advice_and_breaks_nothing() -> None:
+    assert advice_for("KustoQuotaExceeded") is None
+    assert advice_for("") is None
+    assert advice_for(ErrorCode.STALLED.value) == ADVICE[ErrorCode.STALLED]
 
 
 def test_a_session_expires_and_cannot_be_forged() -> None:
