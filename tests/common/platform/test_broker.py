@@ -9,7 +9,7 @@ import pytest
 from common.contracts.errors import DeadLetter, Requeue
 from common.contracts.messages import StepKind
 from common.contracts.topology import DELIVERY_LIMIT
-from common.platform.broker.interface import Broker, BrokerError, Delivery
+from common.platform.broker.interface import REASON_HEADER, Broker, BrokerError, Delivery
 
 
 class Inbox:
@@ -120,3 +120,23 @@ async def test_close_waits_for_the_handler_in_flight(broker: Broker) -> None:
     release.set()
     await asyncio.wait_for(closing, 10)
     assert finished == [b"in-flight"]
+
+
+async def test_a_refused_message_reaches_the_dead_letters_whole_with_its_reason(broker: Broker) -> None:
+    dead = Inbox()
+    topology = broker.topology
+
+    async def refuse(delivery: Delivery) -> None:
+        await broker.refuse(delivery, "unreadable RunMessage: schema_version 2 is newer than this reader's 1")
+
+    await broker.consume(topology.dead_letter_queue, dead.add)
+    await broker.consume(topology.step_queue(StepKind.NOTIFY), refuse)
+    await broker.publish(topology.step_key(StepKind.NOTIFY), b'{"schema_version": 2}', message_id="m-9")
+
+    [letter] = await dead.wait_for(1)
+    assert letter.body == b'{"schema_version": 2}'
+    assert letter.message_id == "m-9"
+    assert letter.routing_key == topology.step_key(StepKind.NOTIFY)
+    assert letter.headers[REASON_HEADER] == (
+        "unreadable RunMessage: schema_version 2 is newer than this reader's 1"
+    )
