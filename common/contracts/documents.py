@@ -6,9 +6,13 @@ from the database and from every run message, and during a rolling upgrade a
 newer replica may have saved it with a key this release does not know (a new
 optional setting of a step, say). Read back with :data:`READ_BACK` as the
 validation context, a document's unknown keys are left out rather than
-refused: this release runs the flow as it understands it. The run message
-carries the document as it was written, so the newer services after this one
-still see the key.
+refused: this release runs the flow as it understands it. Where the key
+lives on is the run message: a run a newer trigger started carries the
+document as it was written, and a service of this release forwards it
+unchanged, so the newer services after it still see the key. A run this
+release's trigger starts carries the flow as this release understands it,
+without the key; and a flow read from this release's API and saved back
+through it loses the key too (GET it from, and PUT it to, a newer replica).
 """
 
 from __future__ import annotations

@@ -390,3 +390,28 @@ def test_backoff_grows_exponentially_with_jitter_and_a_ceiling() -> None:
         delays = [policy.delay(attempt) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+async def test_a_message_an_older_release_wrote_is_performed_with_the_defaults_of_what_it_lacks(
+    broker: InProcessBroker,
+) -> None:
+    """This release as the newer worker: the run was written before schema_minor, resend and pending."""
+    body = json.loads(query_message().model_dump_json())
+    for added in ("schema_minor", "resend", "pending"):
+        del body[added]
+    seen: list[RunMessage] = []
+    rendered: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def perform(message: RunMessage) -> StepOutput:
+        seen.append(message)
+        return StepOutput(row_count=1)
+
+    await broker.consume(broker.topology.step_queue(StepKind.RENDER), rendered.put)
+    await StepWorker(broker, StepKind.QUERY, perform).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), json.dumps(body).encode())
+    forwarded = json.loads((await asyncio.wait_for(rendered.get(), 5)).body)
+
+    assert [(message.step_id, message.resend, message.pending) for message in seen] == [("query", None, None)]
+    assert forwarded["step_id"] == "query.render"
+    assert forwarded["outputs"]["query"]["row_count"] == 1
+    assert forwarded["schema_minor"] == SCHEMA_MINOR
