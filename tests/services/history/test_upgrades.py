@@ -73,8 +73,8 @@ class History:
 async def history(tmp_path: Path, namespace: str) -> AsyncIterator[History]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'h.db'}"
     store, letters = HistoryStore(url), DeadLetterStore(url)
-    await store.create_schema()
-    await letters.create_schema()
+    await store.ensure_schema()
+    await letters.ensure_schema()
     broker = InProcessBroker(Topology(namespace))
     runtime = Runtime(
         settings=Settings(data_dir=tmp_path),

@@ -144,7 +144,7 @@ async def test_on_postgresql_of_two_writers_with_one_version_exactly_one_wins_ev
     postgres_url: str,
 ) -> None:
     store = FlowStore(postgres_url)
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         stored, _ = await store.save(Flow.model_validate(STORMS))
         for round_ in range(10):
