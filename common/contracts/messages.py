@@ -9,11 +9,14 @@ payloads never ride along: they are :class:`BlobRef` claim checks.
 Rolling upgrades: for a while, old and new replicas of every service read
 each other's messages. The rules of ``schema_version``:
 
-* Every message read from the broker or the blob store (a :class:`WireModel`)
-  carries ``schema_version``, the *major*, and ``schema_minor``. A change a
-  reader that does not know it can safely ignore -- a new optional field with
-  a default, a new error code -- is *additive*: it bumps :data:`SCHEMA_MINOR`
-  and keeps the major.
+* Every message read from the broker or the blob store (an :class:`Envelope`,
+  made of :class:`WireModel` parts) carries ``schema_version``, the *major*,
+  and ``schema_minor``. A change a reader that does not know it can safely
+  ignore -- a new optional field with a default, a new error code, a new
+  optional key of a flow document -- is *additive*: it bumps
+  :data:`SCHEMA_MINOR` and keeps the major. (The minor has a field of its own
+  because releases before it read ``schema_version`` as exactly 1 and ignore
+  unknown fields: they read this release's messages too.)
 * A reader ignores the fields it does not know, and keeps them: a message an
   older service forwards (the routing slip, the run kept for a re-run, a dead
   letter replayed) still carries the newer writer's fields for the newer
