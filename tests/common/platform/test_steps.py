@@ -24,7 +24,7 @@ from common.contracts.messages import (
 from common.contracts.topology import Topology
 from common.platform.broker.interface import Delivery
 from common.platform.broker.memory import InProcessBroker
-from common.platform.steps import Perform, RetryPolicy, StepPending, StepWorker, forward
+from common.platform.steps import Perform, RetryPolicy, StepPending, StepWorker, forward, to_the_end
 
 
 class Collected:
@@ -324,3 +324,28 @@ def test_backoff_grows_exponentially_with_jitter_and_a_ceiling() -> None:
         delays = [policy.delay(attempt) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+async def test_work_awaited_to_the_end_finishes_before_its_cancelled_caller_ends() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def delivery() -> str:
+        started.set()
+        await release.wait()
+        done.append("recorded")
+        return "sent"
+
+    async def step() -> str:
+        return await to_the_end(delivery())
+
+    task = asyncio.create_task(step())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    # The cancel is taken, but the step does not end while its delivery runs.
+    finished, _ = await asyncio.wait({task}, timeout=0.1)
+    assert not finished
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert done == ["recorded"]
