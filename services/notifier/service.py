@@ -252,9 +252,9 @@ class NotifyStep:
         source = message.outputs.get(spec.for_each)
         if source is None or source.status is not StepStatus.SUCCEEDED or "result" not in source.artifacts:
             return [], 0
-        stored = await self.runtime.blobs.get(source.artifacts["result"].key)
+        document = await self.runtime.blobs.get(source.artifacts["result"].key)
         # Off the event loop, which keeps beating for this step and serving the others.
-        result = await asyncio.to_thread(ResultSet.from_json_bytes, stored)
+        result = await asyncio.to_thread(ResultSet.from_json_bytes, document)
         cap = min(spec.max_deliveries, self.runtime.settings.max_deliveries)
         names = [column.name for column in result.columns]
         rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]

@@ -82,6 +82,8 @@ async def settle(in_flight: set[asyncio.Task[Any]], grace: float) -> int:
     def running() -> set[asyncio.Task[Any]]:
         return {task for task in in_flight if not task.done()}
 
+    if running():
+        log.info("letting handlers in flight finish", count=len(running()), grace=grace)
     # A handler may be added while others finish: wait on what runs each time.
     while (left := running()) and (remaining := deadline - loop.time()) > 0:
         await asyncio.wait(left, timeout=remaining)
