@@ -172,8 +172,10 @@ async def test_an_unreachable_cluster_is_retryable() -> None:
 class SilentCluster:
     """A cluster that takes a query and never answers it, and records the control commands it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse: bool = False) -> None:
         self.commands: list[str] = []
+        #: Whether control commands are refused (as a cluster refuses a cancel it may not make).
+        self.refuse = refuse
         #: Set when the test is over: a query still waiting then gets its (late) answer.
         self.release = asyncio.Event()
         self.app = web.Application()
@@ -186,16 +188,35 @@ class SilentCluster:
 
     async def mgmt(self, request: web.Request) -> web.Response:
         self.commands.append((await request.json())["csl"])
+        if self.refuse:
+            error = {
+                "code": "Forbidden",
+                "message": "Caller is not authorized",
+                "@message": "not yours to cancel",
+            }
+            return web.json_response({"error": error}, status=403)
         empty = {"TableName": "Table_0", "Columns": [{"ColumnName": "x", "DataType": "Int32"}], "Rows": []}
         return web.json_response({"Tables": [empty]})
 
 
+@pytest.mark.parametrize(
+    ("refuse", "said"),
+    [
+        (False, "; cancel sent and acknowledged"),
+        (
+            True,
+            "; cancel refused by the cluster (not yours to cancel); "
+            "the query may still be running on the cluster",
+        ),
+    ],
+    ids=["acknowledged", "refused"],
+)
 async def test_a_query_the_cluster_does_not_answer_in_time_is_cancelled_there(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refuse: bool, said: str
 ) -> None:
-    # The client's grace past the server's timeout, shortened so the test waits a second, not ten.
+    # The client's grace past the server's timeout, shortened so the test waits half a second, not two.
     monkeypatch.setattr("services.query_worker.kusto._CLIENT_GRACE", 0.5)
-    cluster = SilentCluster()
+    cluster = SilentCluster(refuse=refuse)
     app = web.AppRunner(cluster.app)
     await app.setup()
     kusto = None
@@ -215,8 +236,8 @@ async def test_a_query_the_cluster_does_not_answer_in_time_is_cancelled_there(
     assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
     assert raised.value.retryable is False
     assert "did not finish within its 0.5 s timeout (gave up after" in raised.value.message
-    assert raised.value.message.endswith("; cancel sent and acknowledged")
-    assert raised.value.detail["cancel"] == "acknowledged"
+    assert raised.value.message.endswith(said)
+    assert raised.value.detail["cancel"] == ("refused" if refuse else "acknowledged")
     assert cluster.commands == ['.cancel query "adxflow;test"']
 
 
