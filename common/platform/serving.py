@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
@@ -62,8 +63,9 @@ async def serve(name: str, running: Running, settings: Settings) -> None:
         # the stack close what they used, in reverse order of opening: the service's own
         # resources (its database, ledger, SMTP pool, Kusto clients), then the broker.
         log.info("stopping", grace_seconds=settings.shutdown_grace_seconds)
+        stopping = time.monotonic()
         await runtime.broker.stop_consuming(grace=settings.shutdown_grace_seconds)
-    log.info("stopped")
+    log.info("stopped", seconds=round(time.monotonic() - stopping, 3))
 
 
 def main(name: str, running: Running) -> None:
