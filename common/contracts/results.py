@@ -162,6 +162,7 @@ class ResultWriter:
 
 _scan: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
 _space = re.compile(r"[ \t\n\r]*")
+_WHITESPACE = frozenset(" \t\n\r")
 
 
 def _skip(text: str, pos: int) -> int:
@@ -206,21 +207,36 @@ def _read_document(text: str) -> dict[str, Any]:
 
 
 def _read_rows(text: str, pos: int) -> tuple[list[list[Any]], int]:
-    """The rows array at *pos*, one C scanner call a row; and where it ends."""
+    """The rows array at *pos*, one C scanner call a row; and where it ends.
+
+    The loop is this module's hot path (a stored result has no whitespace between
+    rows, so it is only looked for where a row is not followed by ',' or ']').
+    """
     rows: list[list[Any]] = []
-    append = rows.append
-    pos = _expect(text, pos, "[")
-    if text[_skip(text, pos) : _skip(text, pos) + 1] == "]":
-        return rows, _skip(text, pos) + 1
+    append, scan = rows.append, _scan
+    pos = _skip(text, _expect(text, pos, "["))
+    if text.startswith("]", pos):
+        return rows, pos + 1
     while True:
-        row, pos = _value(text, pos)
+        try:
+            row, pos = scan(text, pos)
+        except StopIteration:
+            raise json.JSONDecodeError("expected a row", text, pos) from None
         if type(row) is not list:
             raise json.JSONDecodeError("a row is not an array", text, pos)
         append(row)
-        pos = _skip(text, pos)
-        if text[pos : pos + 1] == "]":
+        after = text[pos : pos + 1]
+        if after in _WHITESPACE:
+            pos = _skip(text, pos)
+            after = text[pos : pos + 1]
+        if after == ",":
+            pos += 1
+            if text[pos : pos + 1] in _WHITESPACE:
+                pos = _skip(text, pos)
+        elif after == "]":
             return rows, pos + 1
-        pos = _expect(text, pos, ",")
+        else:
+            raise json.JSONDecodeError("expected ',' or ']' after a row", text, pos)
 
 
 def parse_datetime(value: Any) -> dt.datetime | None:

@@ -72,7 +72,7 @@ def test_a_damaged_result_is_refused(data: bytes) -> None:
 
 
 async def test_reading_a_big_result_in_a_thread_leaves_the_event_loop_running() -> None:
-    rows = [[i, f"state-{i % 50}", {"k": i}] for i in range(200_000)]
+    rows = [[i, f"state-{i % 50}", {"k": i}] for i in range(300_000)]
     data = ResultSet(columns=COLUMNS, rows=rows).to_json_bytes()
     ticks = 0
     reading = True
@@ -93,5 +93,6 @@ async def test_reading_a_big_result_in_a_thread_leaves_the_event_loop_running() 
     assert result.row_count == len(rows)
     # Read in one call (pydantic's model_validate_json), the thread would hold the GIL
     # throughout and the ticker would tick once or twice; row by row, the loop gets the
-    # GIL back every switch interval (5 ms) and ticks on through the whole read.
-    assert ticks >= 20
+    # GIL back every switch interval (5 ms) and ticks on through the whole read
+    # (~0.4 s here: some 40 ticks, fewer where garbage collection pauses both threads).
+    assert ticks >= 10
