@@ -339,7 +339,7 @@ def _furthest_packing(packings: list[dict[str, Any]]) -> dict[str, Any]:
 async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
     """Consume delivery steps; yields what the worker's readiness depends on."""
     ledger = Ledger(runtime.settings.resolved_database_url)
-    await ledger.create_schema()
+    await ledger.ensure_schema(runtime.settings.migrate)
     smtp = SmtpConnections(runtime.settings, keep=runtime.settings.prefetch)
     # Closed in reverse order of opening, once the broker's handlers have ended
     # (serving stops consuming and awaits them before this lifespan exits).
