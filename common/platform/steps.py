@@ -69,6 +69,26 @@ async def all_of(*awaitables: Awaitable[T]) -> list[T]:
     return cast(list[T], outcomes)
 
 
+async def to_the_end(work: Awaitable[T]) -> T:
+    """Await *work*; if the caller is cancelled meanwhile, let *work* finish first, then be cancelled.
+
+    For what must not be left half done, such as an email the relay took that the
+    ledger has yet to record. Shutdown (and a lost broker channel) cancels a step
+    and awaits it; the step's end then includes this work's, so the connections
+    and stores it uses are closed only after it. A second cancel abandons it.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            log.info("finishing work the step started before it is cancelled")
+            await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancel is what the caller sees
+        raise
+
+
 class StepPending(Exception):
     """Raised by a step that must wait: come back to the same step after *delay* seconds."""
 

@@ -269,7 +269,7 @@ _IF_MATCH = Parameter(
     "If-Match",
     "header",
     "Change the flow only if it is still at this version: the ETag GET /v1/flows/{name} answered "
-    "(`\"3\"`), or `*` for any version of an existing flow. Otherwise 412 names the version it is at.",
+    '(`"3"`), or `*` for any version of an existing flow. Otherwise 412 names the version it is at.',
     {"type": "string", "minLength": 1},
     example='"3"',
 )

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 from pydantic import BaseModel
@@ -73,6 +73,33 @@ async def run_handler(handler: Handler, delivery: Delivery) -> str:
     return Outcome.ACK
 
 
+async def settle(in_flight: set[asyncio.Task[Any]], grace: float) -> int:
+    """Let the handlers *in_flight* finish for up to *grace* seconds, then cancel the rest and await them.
+
+    Returns how many were cancelled. A cancelled handler settles nothing, so its
+    message goes back to its queue; whatever the handler holds is let go before
+    this returns, so the connections and stores it uses can be closed after.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+
+    def running() -> set[asyncio.Task[Any]]:
+        return {task for task in in_flight if not task.done()}
+
+    if running():
+        log.info("letting handlers in flight finish", count=len(running()), grace=grace)
+    # A handler may be added while others finish: wait on what runs each time.
+    while (left := running()) and (remaining := deadline - loop.time()) > 0:
+        await asyncio.wait(left, timeout=remaining)
+    left = running()
+    for task in left:
+        task.cancel()
+    if left:
+        log.warning("cancelling handlers still running after the grace", count=len(left), grace=grace)
+        await asyncio.gather(*left, return_exceptions=True)
+    return len(left)
+
+
 class Broker(abc.ABC):
     """Publish with confirmation, consume with ack/requeue/dead-letter."""
 
@@ -84,12 +111,17 @@ class Broker(abc.ABC):
         """Connect and declare the topology."""
 
     @abc.abstractmethod
-    async def close(self, grace: float = 10.0) -> None:
-        """Stop consuming, let in-flight handlers finish for up to *grace* seconds, disconnect.
+    async def stop_consuming(self, grace: float = 10.0) -> None:
+        """Take no more deliveries; let in-flight handlers finish for up to *grace* seconds.
 
-        What is still unfinished then goes back to its queue (it was never
-        acknowledged). Idempotent.
+        What is still running then is cancelled and awaited (see `settle`): its
+        message was never acknowledged, so it goes back to its queue for another
+        consumer. Publishing still works afterwards, until `close`. Idempotent.
         """
+
+    @abc.abstractmethod
+    async def close(self, grace: float = 10.0) -> None:
+        """`stop_consuming` (with *grace*) unless done already, then disconnect. Idempotent."""
 
     @abc.abstractmethod
     async def publish(

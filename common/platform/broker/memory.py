@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -17,6 +18,7 @@ from common.platform.broker.interface import (
     Handler,
     Outcome,
     run_handler,
+    settle,
 )
 
 log = structlog.get_logger(__name__)
@@ -135,16 +137,21 @@ class InProcessBroker(Broker):
     async def consuming(self) -> bool:
         return self._open and bool(self._consumers) and not any(c.dispatcher.done() for c in self._consumers)
 
+    async def stop_consuming(self, grace: float = 10.0) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            consumer.dispatcher.cancel()
+        in_flight: set[asyncio.Task[Any]] = set()
+        for consumer in consumers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer.dispatcher
+            in_flight |= consumer.in_flight
+        # One grace for all the queues, as a process stopping has one.
+        await settle(in_flight, grace)
+
     async def close(self, grace: float = 10.0) -> None:
+        await self.stop_consuming(grace)
         self._open = False
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        consumers, self._consumers = self._consumers, []
-        for consumer in consumers:
-            consumer.dispatcher.cancel()
-        for consumer in consumers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer.dispatcher
-            if consumer.in_flight:
-                await asyncio.wait(consumer.in_flight, timeout=grace)

@@ -8,6 +8,7 @@ scripts, styles and frames from this service only.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -157,7 +158,8 @@ async def run_page(request: web.Request) -> web.Response:
             if not name.startswith("email") or not link.key.endswith(".eml"):
                 continue
             try:
-                headers = email_summary(await blobs.get(link.key))
+                # Parsed off the event loop: an email with its attachments can be megabytes.
+                headers = await asyncio.to_thread(email_summary, await blobs.get(link.key))
             except (ArtifactMissing, ValueError):
                 headers = {}
             step.emails.append(
@@ -197,7 +199,8 @@ async def email_page(request: web.Request) -> web.Response:
     except (ArtifactMissing, ValueError):
         return error_body(404, f"email {key!r} not found", code="NotFound")
     headers = {"Content-Security-Policy": EMAIL_POLICY, "X-Content-Type-Options": "nosniff"}
-    return web.Response(text=email_preview(raw), content_type="text/html", headers=headers)
+    preview = await asyncio.to_thread(email_preview, raw)
+    return web.Response(text=preview, content_type="text/html", headers=headers)
 
 
 # -- flows -----------------------------------------------------------------
