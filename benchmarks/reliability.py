@@ -30,6 +30,9 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
 from benchmarks import direct
 from benchmarks.servers import (
@@ -40,7 +43,10 @@ from benchmarks.servers import (
     sample_database,
     unique,
 )
+from common.platform.database import connect
+from common.platform.schema import MIGRATIONS
 from services.embedded.outbox import Outbox
+from services.history.store.schema import runs, steps
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 #: How long a scenario waits for its batch to drain after the fault before calling what is left stuck.
@@ -59,11 +65,13 @@ class Outcome:
     duplicates: int = 0
     drain_seconds: float = 0.0
     note: str = ""
+    #: Rows recorded before the scenario (by an older release) that no longer read back.
+    lost_before: int = 0
 
     @property
     def lost(self) -> int:
-        """Accepted runs the history never recorded."""
-        return self.accepted - sum(self.statuses.values())
+        """Accepted runs the history never recorded, and runs from before that are gone."""
+        return self.accepted - sum(self.statuses.values()) + self.lost_before
 
     @property
     def stuck(self) -> int:
@@ -124,6 +132,10 @@ class Scenario:
     inject: Callable[[Services, Mailbox, str], Awaitable[str]]
     #: Settings for the services of this scenario.
     settings: dict[str, str] = field(default_factory=dict)
+    #: Given the database's URL, runs before the services start.
+    prepare: Callable[[str], Awaitable[None]] | None = None
+    #: After the batch: how many rows from before the scenario read back, of how many.
+    kept: Callable[[aiohttp.ClientSession, Services], Awaitable[tuple[int, int]]] | None = None
 
 
 async def _kill_and_restart(services: Services, service: str) -> str:
@@ -189,6 +201,75 @@ async def _smtp_down(services: Services, mailbox: Mailbox, database_url: str) ->
     return "relay refused connections for 30 s"
 
 
+#: Runs of the previous release left in the database of the upgrade scenario.
+OLD_RUNS = 200
+
+
+async def _previous_release(database_url: str) -> None:
+    """The schema the release before migrations made, holding its runs and their steps.
+
+    ``0001_baseline`` creates exactly those tables; without its ``alembic_version`` row the
+    database is what that release's ``create_all`` left.
+    """
+
+    def baseline_then_forget(connection: sa.Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001_baseline")
+        connection.execute(sa.text("DROP TABLE alembic_version"))
+
+    engine = connect(database_url)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(baseline_then_forget)
+            await conn.execute(
+                runs.insert(),
+                [
+                    {"run_id": f"old-{index}", "status": "succeeded", "flow": "old", "updated_at": now}
+                    for index in range(OLD_RUNS)
+                ],
+            )
+            await conn.execute(
+                steps.insert(),
+                [
+                    {
+                        "run_id": f"old-{index}",
+                        "step_id": "query",
+                        "attempt": 1,
+                        "position": 0,
+                        "kind": "query",
+                        "service": "query_worker",
+                        "status": "succeeded",
+                        "row_count": index,
+                    }
+                    for index in range(OLD_RUNS)
+                ],
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _rolling_restart(services: Services, mailbox: Mailbox, database_url: str) -> str:
+    """Every service restarted one after the other, as a rollout replaces them, then the old runs counted."""
+    for service in ("trigger", "history", "query_worker", "render", "notifier"):
+        services.processes[service].send_signal(signal.SIGTERM)
+        await services.processes[service].wait()
+        await services.start((service,))
+    return "the database upgraded from the previous release's schema as the services started"
+
+
+async def _old_runs_kept(session: aiohttp.ClientSession, services: Services) -> tuple[int, int]:
+    """How many of the previous release's runs read back with their steps, of how many."""
+    kept = 0
+    for index in range(OLD_RUNS):
+        async with session.get(f"{services.history_url}/v1/runs/old-{index}") as response:
+            if response.status == 200 and (await response.json())["steps"][0]["row_count"] == index:
+                kept += 1
+    return kept, OLD_RUNS
+
+
 def _killing(service: str) -> Callable[[Services, Mailbox, str], Awaitable[str]]:
     async def inject(services: Services, mailbox: Mailbox, database_url: str) -> str:
         return await _kill_and_restart(services, service)
@@ -219,6 +300,13 @@ SCENARIOS = [
         _terminating("query_worker"),
     ),
     Scenario("sigterm-notifier", "SIGTERM of the notifier mid-batch, restarted", _terminating("notifier")),
+    Scenario(
+        "upgrade",
+        "started on the previous release's schema holding its runs; every service restarted mid-batch",
+        _rolling_restart,
+        prepare=_previous_release,
+        kept=_old_runs_kept,
+    ),
 ]
 
 
@@ -255,7 +343,7 @@ async def run_scenario(scenario: Scenario, kusto: KustoEndpoint, workdir: Path, 
     await mailbox.outbox.start()
     try:
         async with (
-            deployment(workdir, kusto, mailbox.port, **scenario.settings) as services,
+            deployment(workdir, kusto, mailbox.port, scenario.prepare, **scenario.settings) as services,
             aiohttp.ClientSession() as session,
         ):
             tag = unique("R")
@@ -282,6 +370,10 @@ async def run_scenario(scenario: Scenario, kusto: KustoEndpoint, workdir: Path, 
             received = mailbox.subjects()
             outcome.emails = sum(received[subject] for subject in subjects)
             outcome.duplicates = sum(received[subject] - 1 for subject in subjects if received[subject] > 1)
+            if scenario.kept is not None:
+                kept, before = await scenario.kept(session, services)
+                outcome.lost_before = before - kept
+                outcome.note += f"; {kept} of the {before} runs from before read back with their steps"
     finally:
         await mailbox.outbox.close()
     return outcome

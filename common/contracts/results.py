@@ -13,8 +13,11 @@ memory; `ResultSet.from_json_bytes` reads either the same.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from json.scanner import make_scanner
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -73,7 +76,26 @@ class ResultSet(BaseModel):
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> ResultSet:
-        return cls.model_validate_json(data)
+        """The result stored as *data*, read a row at a time (see `_read_rows`).
+
+        A result can be hundreds of thousands of rows. Parsed in one call (as
+        pydantic's ``model_validate_json`` would), it holds the GIL for the whole
+        parse, and a service calling it in a worker thread still stalls its event
+        loop (heartbeats, other steps, the broker connection). Row by row, the
+        thread gives the GIL up between rows, so ``asyncio.to_thread`` keeps the
+        loop running while a big result is read.
+        """
+        try:
+            fields = _read_document(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a stored result: {exc}") from None
+        rows = fields.pop("rows", None)
+        if rows is None:
+            return cls.model_validate(fields)  # says what is missing
+        # The rows were checked while read; the rest is small.
+        result = cls.model_validate({**fields, "rows": []})
+        result.rows = rows
+        return result
 
     def column_index(self, name: str) -> int:
         for index, column in enumerate(self.columns):
@@ -136,6 +158,85 @@ class ResultWriter:
         self._ended = True
         shown = visualization.model_dump_json().encode("utf-8") if visualization is not None else b"null"
         await self._write(b'],"visualization":' + shown + b"}")
+
+
+_scan: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
+_space = re.compile(r"[ \t\n\r]*")
+_WHITESPACE = frozenset(" \t\n\r")
+
+
+def _skip(text: str, pos: int) -> int:
+    return _space.match(text, pos).end()  # type: ignore[union-attr]
+
+
+def _expect(text: str, pos: int, character: str) -> int:
+    """The position past *character*, the next that is not whitespace."""
+    pos = _skip(text, pos)
+    if text[pos : pos + 1] != character:
+        raise json.JSONDecodeError(f"expected {character!r}", text, pos)
+    return pos + 1
+
+
+def _value(text: str, pos: int) -> tuple[Any, int]:
+    pos = _skip(text, pos)
+    try:
+        return _scan(text, pos)
+    except StopIteration:
+        raise json.JSONDecodeError("expected a value", text, pos) from None
+
+
+def _read_document(text: str) -> dict[str, Any]:
+    """The stored result's top-level object, its ``rows`` read by `_read_rows`, the rest whole."""
+    fields: dict[str, Any] = {}
+    pos = _expect(text, 0, "{")
+    if text[_skip(text, pos) : _skip(text, pos) + 1] == "}":
+        return fields
+    while True:
+        key, pos = _value(text, pos)
+        pos = _expect(text, pos, ":")
+        if key == "rows":
+            fields[key], pos = _read_rows(text, pos)
+        else:
+            fields[key], pos = _value(text, pos)
+        pos = _skip(text, pos)
+        if text[pos : pos + 1] == "}":
+            if _skip(text, pos + 1) != len(text):
+                raise json.JSONDecodeError("extra data", text, pos + 1)
+            return fields
+        pos = _expect(text, pos, ",")
+
+
+def _read_rows(text: str, pos: int) -> tuple[list[list[Any]], int]:
+    """The rows array at *pos*, one C scanner call a row; and where it ends.
+
+    The loop is this module's hot path (a stored result has no whitespace between
+    rows, so it is only looked for where a row is not followed by ',' or ']').
+    """
+    rows: list[list[Any]] = []
+    append, scan = rows.append, _scan
+    pos = _skip(text, _expect(text, pos, "["))
+    if text.startswith("]", pos):
+        return rows, pos + 1
+    while True:
+        try:
+            row, pos = scan(text, pos)
+        except StopIteration:
+            raise json.JSONDecodeError("expected a row", text, pos) from None
+        if type(row) is not list:
+            raise json.JSONDecodeError("a row is not an array", text, pos)
+        append(row)
+        after = text[pos : pos + 1]
+        if after in _WHITESPACE:
+            pos = _skip(text, pos)
+            after = text[pos : pos + 1]
+        if after == ",":
+            pos += 1
+            if text[pos : pos + 1] in _WHITESPACE:
+                pos = _skip(text, pos)
+        elif after == "]":
+            return rows, pos + 1
+        else:
+            raise json.JSONDecodeError("expected ',' or ']' after a row", text, pos)
 
 
 def parse_datetime(value: Any) -> dt.datetime | None:

@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
+
+import structlog
 
 from common.contracts.errors import AdxflowError
 from common.platform.config import Settings, load_settings
 from common.platform.http import HttpServer, health_app
 from common.platform.logs import configure_logging
 from common.platform.runtime import Runtime
+
+log = structlog.get_logger(__name__)
 
 #: What a service package exports as ``running``: its lifespan over a runtime.
 Running = Callable[[Runtime], AbstractAsyncContextManager[Any]]
@@ -54,7 +59,13 @@ async def serve(name: str, running: Running, settings: Settings) -> None:
             )
             print(f"adxflow {name} running; health on {health.url}", file=sys.stderr)
         await until_stopped()
-        await runtime.broker.close(grace=settings.shutdown_grace_seconds)
+        # In-flight steps get the grace, then are cancelled and awaited; only then does
+        # the stack close what they used, in reverse order of opening: the service's own
+        # resources (its database, ledger, SMTP pool, Kusto clients), then the broker.
+        log.info("stopping", grace_seconds=settings.shutdown_grace_seconds)
+        stopping = time.monotonic()
+        await runtime.broker.stop_consuming(grace=settings.shutdown_grace_seconds)
+    log.info("stopped", seconds=round(time.monotonic() - stopping, 3))
 
 
 def main(name: str, running: Running) -> None:

@@ -6,6 +6,7 @@ what ``/openapi.json`` describes. The run-history pages are served beside it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,21 +101,28 @@ class HistoryApi:
         run_id = request.match_info["run_id"]
         return await self._redo(lambda: self.redo.rerun(run_id))
 
-    async def get_artifact(self, request: web.Request) -> web.Response:
+    async def get_artifact(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
         if not key.startswith("runs/"):
             raise Refusal(404, "no such artifact", code="NotFound")
-        try:
-            data = await self.runtime.blobs.get(key)
-        except (ArtifactMissing, ValueError):
-            raise Refusal(404, f"artifact {key!r} not found", code="NotFound") from None
-        content_type = _CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
         # Artifacts are user data: never let a browser run them as active content here.
         headers = {
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
         }
-        return web.Response(body=data, content_type=content_type, headers=headers)
+        # Streamed from the blob store: a result or CSV of many megabytes is never whole in memory.
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                blob = await stack.enter_async_context(self.runtime.blobs.open(key))
+            except (ArtifactMissing, ValueError):
+                raise Refusal(404, f"artifact {key!r} not found", code="NotFound") from None
+            response = web.StreamResponse(headers=headers)
+            response.content_type = _CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
+            await response.prepare(request)
+            async for chunk in blob:
+                await response.write(chunk)
+            await response.write_eof()
+        return response
 
     async def list_dead_letters(self, request: web.Request) -> DeadLetterList:
         return DeadLetterList.model_validate({"dead_letters": await self.letters.all()})

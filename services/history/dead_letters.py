@@ -24,7 +24,13 @@ from pydantic import ValidationError
 
 from common.contracts.messages import DeadLetterRecord, ErrorCode, ErrorInfo, RunMessage, new_id, utcnow
 from common.contracts.topology import DELIVERY_LIMIT
-from common.platform.broker.interface import DELIVERY_LIMIT_REACHED, Broker, Delivery, death_reason
+from common.platform.broker.interface import (
+    DELIVERY_LIMIT_REACHED,
+    REASON_HEADER,
+    Broker,
+    Delivery,
+    death_reason,
+)
 from common.platform.database import SqlStore, insert_ignore
 
 metadata = sa.MetaData()
@@ -115,10 +121,14 @@ class DeadLetterStore(SqlStore):
         except ValidationError:
             message = _run_message(delivery.body)
             reason = death_reason(delivery)
+            refused = delivery.headers.get(REASON_HEADER)
             if message is not None and reason == DELIVERY_LIMIT_REACHED and _has_step(message):
                 error = delivery_limit_error(message)
                 undelivered = Undelivered(message, error, values["dead_at"])
                 values.update(error_code=error.code.value, error_message=error.message)
+            elif refused:
+                # A message a service could not read (a newer major, say), kept whole for a replay.
+                values.update(error_code="UnreadableMessage", error_message=str(refused))
             else:
                 values.update(
                     error_code="DeadLettered",
@@ -127,7 +137,11 @@ class DeadLetterStore(SqlStore):
             if message is not None:
                 values.update(
                     id=_letter_id(
-                        delivery.routing_key, message.run_id, message.step_id, message.attempt, reason
+                        delivery.routing_key,
+                        message.run_id,
+                        message.step_id,
+                        message.attempt,
+                        reason or refused,
                     ),
                     run_id=message.run_id,
                     step_id=message.step_id,

@@ -68,6 +68,6 @@ async def embedded_system(settings: Settings) -> AsyncIterator[EmbeddedSystem]:
                 history_url=runtime.history_url,
             )
         finally:
-            # Stop consuming and let in-flight steps finish before the
-            # services they need are torn down.
-            await runtime.broker.close(grace=settings.shutdown_grace_seconds)
+            # Stop consuming and let in-flight steps finish (or cancel them) before
+            # the services they need are torn down; the broker closes last.
+            await runtime.broker.stop_consuming(grace=settings.shutdown_grace_seconds)

@@ -40,7 +40,7 @@ from common.contracts.templates import TemplateError, evaluate_condition, render
 from common.platform import metrics
 from common.platform.http import Check
 from common.platform.runtime import Runtime
-from common.platform.steps import RetryPolicy, StepPending, StepWorker
+from common.platform.steps import RetryPolicy, StepPending, StepWorker, to_the_end
 from common.platform.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.budget import Packed
 from services.notifier.composer import Composer
@@ -156,12 +156,13 @@ class NotifyStep:
                 # Another delivery of this message is sending it right now: look again later.
                 raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
             if claim is Claim.MINE:
-                # Shielded: a delivery whose message is taken away mid-send (a dropped
-                # broker connection cancels its handler) still finishes and is recorded,
-                # so the redelivered copy finds it sent instead of sending it again.
+                # A delivery whose message is taken away mid-send (a dropped broker
+                # connection or shutdown cancels its handler) still finishes and is
+                # recorded before the handler ends, so the redelivered copy finds it
+                # sent instead of sending it again, and the SMTP pool and ledger close after it.
                 delivery = self._deliver(message, flow, spec, context, index, item, packing)
                 packing = None  # the delivery owns it now
-                recorded = await asyncio.shield(delivery)
+                recorded = await to_the_end(delivery)
             else:
                 log.info("already delivered on an earlier delivery", item=item)
         finally:
@@ -251,7 +252,9 @@ class NotifyStep:
         source = message.outputs.get(spec.for_each)
         if source is None or source.status is not StepStatus.SUCCEEDED or "result" not in source.artifacts:
             return [], 0
-        result = ResultSet.from_json_bytes(await self.runtime.blobs.get(source.artifacts["result"].key))
+        document = await self.runtime.blobs.get(source.artifacts["result"].key)
+        # Off the event loop, which keeps beating for this step and serving the others.
+        result = await asyncio.to_thread(ResultSet.from_json_bytes, document)
         cap = min(spec.max_deliveries, self.runtime.settings.max_deliveries)
         names = [column.name for column in result.columns]
         rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]
@@ -338,14 +341,16 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
     ledger = Ledger(runtime.settings.resolved_database_url)
     await ledger.ensure_schema(runtime.settings.migrate)
     smtp = SmtpConnections(runtime.settings, keep=runtime.settings.prefetch)
-    async with aiohttp.ClientSession() as session:
-        policy = policy_for(runtime.connections, runtime.settings)
-        step = NotifyStep(runtime, session, policy, ledger, smtp)
-        await StepWorker(
-            runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
-        ).start(runtime.settings.prefetch)
-        try:
+    # Closed in reverse order of opening, once the broker's handlers have ended
+    # (serving stops consuming and awaits them before this lifespan exits).
+    try:
+        async with aiohttp.ClientSession() as session:
+            policy = policy_for(runtime.connections, runtime.settings)
+            step = NotifyStep(runtime, session, policy, ledger, smtp)
+            await StepWorker(
+                runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
+            ).start(runtime.settings.prefetch)
             yield {**runtime.checks(), "database": ledger.ping}
-        finally:
-            await smtp.close()
-            await ledger.close()
+    finally:
+        await smtp.close()
+        await ledger.close()

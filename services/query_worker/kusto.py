@@ -17,11 +17,12 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, cast
+from enum import StrEnum
+from typing import Any
 
 import structlog
-from aiohttp import ClientError, ClientResponse, ClientSession
-from azure.kusto.data import ClientRequestProperties, KustoConnectionStringBuilder
+from aiohttp import ClientError, ClientResponse
+from azure.kusto.data import ClientRequestProperties
 from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import (
     KustoApiError,
@@ -41,14 +42,20 @@ from common.contracts.results import ResultWriter
 from common.platform import metrics
 from common.platform.blobs.interface import BlobWriter
 from common.platform.connections import Connections, connection_string
-from services.query_worker.reading import QueryResult, ResultReader, Session, streamed
+from services.query_worker.kusto_internals import RecordingClient
+from services.query_worker.reading import QueryResult, ResultReader, streamed
 from services.query_worker.wire import ResponseStream
 
 log = structlog.get_logger(__name__)
 
 _DECLARES = re.compile(r"^\s*declare\s+query_parameters\s*\(", re.IGNORECASE | re.MULTILINE)
-#: Extra time the client waits past ``servertimeout`` for the server's own answer.
-_CLIENT_GRACE = 10.0
+#: Extra time the client waits past ``servertimeout`` for the server's own answer
+#: (a cluster that honours it answers at the limit, give or take its latency).
+_CLIENT_GRACE = 2.0
+#: How long a step that gave up waits for the cluster to answer its ``.cancel query``.
+#: A cluster may queue the cancel behind the query itself (the local endpoint does);
+#: the step does not wait for that, and says so.
+_CANCEL_WAIT = 3.0
 
 
 #: A query parameter: its KQL type and its value (already checked against the type).
@@ -162,11 +169,30 @@ def _is_syntax(exc: KustoServiceError, message: str) -> bool:
     )
 
 
-def _timeout_error(limit: float, elapsed: float) -> StepKustoError:
+def timeout_margin() -> float:
+    """How long past its timeout a Kusto step may take to end: the client's grace, then the cancel's wait."""
+    return _CLIENT_GRACE + _CANCEL_WAIT
+
+
+class Cancel(StrEnum):
+    """What came of the ``.cancel query`` a step sent when it gave up."""
+
+    ACKNOWLEDGED = "acknowledged"
+    REFUSED = "refused"
+    NOT_ACKNOWLEDGED = "not_acknowledged"
+
+
+def _timeout_error(limit: float, elapsed: float, cancel: Cancel, why: str = "") -> StepKustoError:
+    still = "the query may still be running on the cluster"
+    said = {
+        Cancel.ACKNOWLEDGED: "cancel sent and acknowledged",
+        Cancel.REFUSED: f"cancel refused by the cluster ({why}); {still}",
+        Cancel.NOT_ACKNOWLEDGED: f"cancel not acknowledged within {_CANCEL_WAIT:g} s; {still}",
+    }[cancel]
     return StepKustoError(
-        f"the query did not finish within its {limit:g} s timeout (gave up after {elapsed:.1f} s); "
-        "it was cancelled on the cluster",
+        f"the query did not finish within its {limit:g} s timeout (gave up after {elapsed:.1f} s); {said}",
         code=ErrorCode.REQUEST_TIMEOUT,
+        detail={"cancel": cancel.value},
     )
 
 
@@ -186,14 +212,6 @@ def _read_failure(
     return error
 
 
-class _Client(KustoClient):
-    """azure-kusto-data's async client over a `Session`."""
-
-    def __init__(self, kcsb: KustoConnectionStringBuilder) -> None:
-        super().__init__(kcsb)
-        self._session = Session(cast(ClientSession, self._session))  # type: ignore[assignment]
-
-
 class KustoRunner:
     """One async client per configured connection, created on first use."""
 
@@ -205,7 +223,7 @@ class KustoRunner:
     def _client(self, name: str) -> KustoClient:
         client = self._clients.get(name)
         if client is None:
-            client = _Client(connection_string(self._connections.get(name)))
+            client = RecordingClient(connection_string(self._connections.get(name)))
             self._clients[name] = client
         return client
 
@@ -233,8 +251,11 @@ class KustoRunner:
         left by an exception does).
 
         The server is told the timeout (``servertimeout``) and cancels the query
-        itself; should it not answer in time, the client gives up a little
-        later and asks the cluster to cancel the request by its ClientRequestId.
+        itself; should it not answer in time, the client gives up `_CLIENT_GRACE`
+        seconds later (closing the request's connection), asks the cluster to
+        cancel the request by its ClientRequestId and waits `_CANCEL_WAIT` seconds
+        at most for the answer: the step ends within its timeout plus
+        `timeout_margin`, and its error says whether the cluster took the cancel.
 
         Past *max_rows* rows or *max_bytes* bytes of row JSON, or where Kusto
         reports that it cut the result short, reading stops: with *truncate* the
@@ -256,9 +277,11 @@ class KustoRunner:
                     query = with_declarations(text, parameters)
                     await self._stream(client, database, query, properties, reader)
         except TimeoutError:
+            # The request was abandoned as the timeout cancelled it: its connection is
+            # closed, so nothing waits for the cluster's answer.
             elapsed = loop.time() - started
-            await self._cancel(client, database, client_request_id)
-            raise _timeout_error(limit, elapsed) from None
+            cancel, why = await self._cancel(client, database, client_request_id)
+            raise _timeout_error(limit, elapsed, cancel, why) from None
         except (KustoError, ClientError) as exc:
             raise _read_failure(exc, connection, limit, loop.time() - started) from exc
         finally:
@@ -295,14 +318,24 @@ class KustoRunner:
                 response.close()
 
     @staticmethod
-    async def _cancel(client: KustoClient, database: str, client_request_id: str) -> None:
-        """Best effort: ask the cluster to stop a request the client gave up on."""
+    async def _cancel(client: KustoClient, database: str, client_request_id: str) -> tuple[Cancel, str]:
+        """Ask the cluster to stop a request the client gave up on, waiting for its answer only briefly.
+
+        Unanswered in `_CANCEL_WAIT` seconds, the cancel is abandoned like the
+        query was; what came of it goes into the step's error, truthfully.
+        """
         command = f".cancel query {json.dumps(client_request_id)}"
         try:
-            async with asyncio.timeout(_CLIENT_GRACE):
+            async with asyncio.timeout(_CANCEL_WAIT):
                 await client.execute_mgmt(database, command)
-        except (KustoError, TimeoutError) as exc:
-            log.warning("could not cancel the query on the cluster", error=str(exc)[:200])
+        except TimeoutError:
+            log.warning("the cluster did not answer the cancel", wait_seconds=_CANCEL_WAIT)
+            return Cancel.NOT_ACKNOWLEDGED, ""
+        except (KustoError, ClientError) as exc:
+            why = _service_message(exc) if isinstance(exc, KustoServiceError) else str(exc)
+            log.warning("the cluster refused the cancel", error=why[:200])
+            return Cancel.REFUSED, why[:300]
+        return Cancel.ACKNOWLEDGED, ""
 
     async def close(self) -> None:
         clients, self._clients = self._clients, {}

@@ -349,6 +349,21 @@ def test_config_map_holds_valid_settings_and_no_secrets(
     assert parsed.embedded_smtp is False
 
 
+#: What a stopping service needs past its grace: cancelling and awaiting the steps
+#: still running, then closing its database, ledger, SMTP pool and broker connection.
+SHUTDOWN_TEARDOWN_SECONDS = 10
+
+
+def test_every_pod_is_given_longer_than_its_shutdown_grace(docs: tuple[Doc, ...]) -> None:
+    grace = float(config(docs)["ADXFLOW_SHUTDOWN_GRACE_SECONDS"])
+    for name, deployment in deployments(docs).items():
+        own = env_of(deployment).get("ADXFLOW_SHUTDOWN_GRACE_SECONDS", {}).get("value")
+        needed = (float(own) if own is not None else grace) + SHUTDOWN_TEARDOWN_SECONDS
+        given = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        # Killed sooner, a pod would drop the steps it was finishing and leave them to the broker.
+        assert given >= needed, f"{name}: terminationGracePeriodSeconds {given} < {needed}"
+
+
 def test_no_secret_carries_values(docs: tuple[Doc, ...]) -> None:
     for secret in of_kind(docs, "Secret"):
         assert not secret.get("data"), secret["metadata"]["name"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import os
 import signal
 import socket
@@ -57,9 +58,10 @@ class Deployment:
         #: The health server of each worker process, by label.
         self.health_urls: dict[str, str] = {}
 
-    async def start(self, service: str, label: str | None = None) -> None:
+    async def start(self, service: str, label: str | None = None, **settings: str) -> None:
+        """Start *service* as process *label*, with *settings* (``ADXFLOW_*`` variables) of its own."""
         label = label or service
-        env = self.env
+        env = {**self.env, **settings}
         if service in WORKERS:
             port = free_port()
             env = {**env, "ADXFLOW_HEALTH_PORT": str(port)}
@@ -186,6 +188,112 @@ async def test_a_worker_gone_mid_flight_loses_no_run_and_another_finishes_them(
             assert code == 0
         # Gone with work left: runs were still waiting for it.
         assert len(deployment.smtp.messages()) < len(accepted)
+        await deployment.start(service, f"{service}-2")
+
+        async def all_succeeded() -> bool:
+            for run_id in accepted:
+                async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
+                    if response.status != 200 or (await response.json())["status"] != "succeeded":
+                        return False
+            return True
+
+        await wait_until(all_succeeded, timeout=180, what="every run to succeed")
+
+    async def all_delivered() -> bool:
+        return len(deployment.smtp.messages()) >= len(accepted)
+
+    await wait_until(all_delivered, timeout=30, what="every email")
+    ids = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"]
+        for path in deployment.smtp.messages()
+    ]
+    assert len(ids) == len(set(ids)) == len(accepted)
+
+
+JOB = {
+    "connection": "local",
+    "database": "Samples",
+    "query": "StormEvents | extend Day = bin(StartTime, 1d) | summarize Events = count() by Day, State"
+    " | summarize Busiest = max(Events) by State | top 10 by Busiest",
+    "chart": "piechart",
+    "email": {"to": ["team@example.com"], "subject": "Storms"},
+}
+
+
+SLOW_JOB = {
+    **JOB,
+    "query": "range x from 1 to 20000000 step 1 | summarize Rows = count()",
+    "chart": "html_table",
+}
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("service", "grace"),
+    [("query_worker", 30.0), ("notifier", 30.0), ("query_worker", 0.5)],
+    ids=["query-worker-finishes", "notifier-finishes", "query-worker-cancels"],
+)
+async def test_sigterm_mid_batch_loses_no_run_sends_no_email_twice_and_exits_within_the_grace(
+    deployment: Deployment, wait_until: Any, tmp_path: Path, service: str, grace: float
+) -> None:
+    deployment.log_dir = tmp_path
+    async with aiohttp.ClientSession() as session:
+        # The worker under test runs with the grace of this case, its log kept.
+        await deployment.kill(service, signal.SIGTERM)
+        await deployment.start(service, ADXFLOW_SHUTDOWN_GRACE_SECONDS=str(grace), ADXFLOW_LOG_LEVEL="INFO")
+
+        async def ready() -> bool:
+            return await deployment.ready(session)
+
+        await wait_until(ready, timeout=60, what=f"{service} to be ready")
+        cancelling = grace < 30
+        # Where steps must outlive the grace, the batch starts with a query that runs for
+        # seconds (DuckDB runs a bare range to its end, ~0.25 s per million rows here).
+        jobs = [SLOW_JOB] if cancelling else []
+        accepted = []
+        for job in [*jobs, *[JOB] * 40]:
+            async with session.post(f"{deployment.trigger_url}/v1/jobs", json=job) as response:
+                assert response.status == 202
+                accepted.append((await response.json())["run_id"])
+        if cancelling:
+
+            async def slow_query_running() -> bool:
+                async with session.get(f"{deployment.history_url}/v1/runs/{accepted[0]}") as response:
+                    run = await response.json() if response.status == 200 else {"steps": []}
+                    return any(step["status"] == "running" for step in run["steps"])
+
+            await wait_until(slow_query_running, timeout=60, what="the slow query to report running")
+        else:
+            await deployment.smtp.wait_for_message(timeout=60)
+        loop = asyncio.get_running_loop()
+        stopped_at = loop.time()
+        code = await deployment.kill(service, signal.SIGTERM)
+        took = loop.time() - stopped_at
+        sent_then = len(deployment.smtp.messages())
+        events = {}
+        for line in (tmp_path / f"{service}.log").read_text().splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)
+                events[event["event"]] = event
+        in_flight = events.get("letting handlers in flight finish", {}).get("count", 0)
+        cancelled = events.get("cancelling handlers still running after the grace", {}).get("count", 0)
+        print(
+            f"\n{service} stopped {took:.2f} s after SIGTERM (grace {grace:g} s) with {sent_then} of "
+            f"{len(accepted)} emails sent; steps in flight {in_flight}, cancelled {cancelled}"
+        )
+        assert code == 0
+        # Mid-batch: runs were still waiting for it.
+        assert sent_then < len(accepted)
+        if not cancelling:
+            # What it had in hand finished within the grace; nothing was cut off.
+            assert took < grace
+            assert not cancelled
+        else:
+            # Steps outlived the grace: cancelled, awaited, their messages handed back;
+            # the exit follows within the grace and the teardown of its connections (10 s, generous).
+            assert cancelled
+            assert took < grace + 10
         await deployment.start(service, f"{service}-2")
 
         async def all_succeeded() -> bool:

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 from pydantic import BaseModel
@@ -26,6 +26,10 @@ from common.contracts.errors import DeadLetter, Requeue
 from common.contracts.topology import QueueSpec, Topology
 
 log = structlog.get_logger(__name__)
+
+
+#: The header of a dead letter that says why it was refused (a message no handler here can read).
+REASON_HEADER = "x-adxflow-reason"
 
 
 class BrokerError(Exception):
@@ -84,6 +88,33 @@ async def run_handler(handler: Handler, delivery: Delivery) -> str:
     return Outcome.ACK
 
 
+async def settle(in_flight: set[asyncio.Task[Any]], grace: float) -> int:
+    """Let the handlers *in_flight* finish for up to *grace* seconds, then cancel the rest and await them.
+
+    Returns how many were cancelled. A cancelled handler settles nothing, so its
+    message goes back to its queue; whatever the handler holds is let go before
+    this returns, so the connections and stores it uses can be closed after.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+
+    def running() -> set[asyncio.Task[Any]]:
+        return {task for task in in_flight if not task.done()}
+
+    if running():
+        log.info("letting handlers in flight finish", count=len(running()), grace=grace)
+    # A handler may be added while others finish: wait on what runs each time.
+    while (left := running()) and (remaining := deadline - loop.time()) > 0:
+        await asyncio.wait(left, timeout=remaining)
+    left = running()
+    for task in left:
+        task.cancel()
+    if left:
+        log.warning("cancelling handlers still running after the grace", count=len(left), grace=grace)
+        await asyncio.gather(*left, return_exceptions=True)
+    return len(left)
+
+
 class Broker(abc.ABC):
     """Publish with confirmation, consume with ack/requeue/dead-letter."""
 
@@ -95,12 +126,17 @@ class Broker(abc.ABC):
         """Connect and declare the topology."""
 
     @abc.abstractmethod
-    async def close(self, grace: float = 10.0) -> None:
-        """Stop consuming, let in-flight handlers finish for up to *grace* seconds, disconnect.
+    async def stop_consuming(self, grace: float = 10.0) -> None:
+        """Take no more deliveries; let in-flight handlers finish for up to *grace* seconds.
 
-        What is still unfinished then goes back to its queue (it was never
-        acknowledged). Idempotent.
+        What is still running then is cancelled and awaited (see `settle`): its
+        message was never acknowledged, so it goes back to its queue for another
+        consumer. Publishing still works afterwards, until `close`. Idempotent.
         """
+
+    @abc.abstractmethod
+    async def close(self, grace: float = 10.0) -> None:
+        """`stop_consuming` (with *grace*) unless done already, then disconnect. Idempotent."""
 
     @abc.abstractmethod
     async def publish(
@@ -115,8 +151,23 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
-        """Put a message straight into the dead-letter queue (a step that gave up on it)."""
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
+        """Put a message straight into the dead-letter queue (a step that gave up on it).
+
+        *reason* travels in the :data:`REASON_HEADER` header; history shows it with the letter.
+        """
+
+    async def refuse(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter *delivery* as it came, saying why: a message this release cannot read.
+
+        Kept whole, it can be replayed once the reader is upgraded. The handler
+        then returns normally, so the delivery itself is acknowledged.
+        """
+        await self.dead_letter(
+            delivery.routing_key, delivery.body, message_id=delivery.message_id, reason=reason[:1000]
+        )
 
     @abc.abstractmethod
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:

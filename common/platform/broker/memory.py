@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
 from common.contracts.topology import DELIVERY_LIMIT, QueueSpec, Topology
 from common.platform.broker.interface import (
     DELIVERY_LIMIT_REACHED,
+    REASON_HEADER,
     REJECTED,
     Broker,
     BrokerError,
@@ -18,6 +20,7 @@ from common.platform.broker.interface import (
     Handler,
     Outcome,
     run_handler,
+    settle,
 )
 
 log = structlog.get_logger(__name__)
@@ -74,10 +77,13 @@ class InProcessBroker(Broker):
             else:
                 self._queues[name].put_nowait(delivery)
 
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
         if not self._open:
             raise BrokerError("broker is closed")
-        delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id)
+        headers = {REASON_HEADER: reason} if reason else {}
+        delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id, headers=headers)
         self._queues[self.topology.dead_letter_queue.name].put_nowait(delivery)
 
     def _deliver_later(self, queue: str, delivery: Delivery, delay: float) -> None:
@@ -134,16 +140,21 @@ class InProcessBroker(Broker):
     async def consuming(self) -> bool:
         return self._open and bool(self._consumers) and not any(c.dispatcher.done() for c in self._consumers)
 
+    async def stop_consuming(self, grace: float = 10.0) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            consumer.dispatcher.cancel()
+        in_flight: set[asyncio.Task[Any]] = set()
+        for consumer in consumers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer.dispatcher
+            in_flight |= consumer.in_flight
+        # One grace for all the queues, as a process stopping has one.
+        await settle(in_flight, grace)
+
     async def close(self, grace: float = 10.0) -> None:
+        await self.stop_consuming(grace)
         self._open = False
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        consumers, self._consumers = self._consumers, []
-        for consumer in consumers:
-            consumer.dispatcher.cancel()
-        for consumer in consumers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer.dispatcher
-            if consumer.in_flight:
-                await asyncio.wait(consumer.in_flight, timeout=grace)

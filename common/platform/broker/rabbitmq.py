@@ -28,7 +28,16 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 from common.contracts.topology import LONGEST_DELAY, QueueSpec, Topology
-from common.platform.broker.interface import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
+from common.platform.broker.interface import (
+    REASON_HEADER,
+    Broker,
+    BrokerError,
+    Delivery,
+    Handler,
+    Outcome,
+    run_handler,
+    settle,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +69,8 @@ class RabbitBroker(Broker):
         self._delays: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractChannel, AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
+        #: Set once `stop_consuming` began: a delivery arriving after is left unacknowledged.
+        self._stopping = False
 
     def __repr__(self) -> str:
         # The URL may carry a password; never show it.
@@ -129,7 +140,9 @@ class RabbitBroker(Broker):
             exchange, key = self._delays, self.topology.delay_route(routing_key, delay)
         await self._confirmed(lambda: exchange.publish(message, routing_key=key, mandatory=True), key)
 
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
         if self._dead_letters is None:
             raise BrokerError("broker is not started")
         exchange = self._dead_letters
@@ -138,6 +151,7 @@ class RabbitBroker(Broker):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
+            headers={REASON_HEADER: reason} if reason else None,
         )
         await self._confirmed(
             lambda: exchange.publish(message, routing_key=routing_key, mandatory=True), routing_key
@@ -180,6 +194,10 @@ class RabbitBroker(Broker):
         source = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if self._stopping:
+                # Already on its way when the consumer was cancelled: it goes back
+                # to the queue when the channel closes.
+                return
             task = asyncio.current_task()
             if task is not None:
                 self._in_flight.add(task)
@@ -226,16 +244,21 @@ class RabbitBroker(Broker):
             return False
         return not any(channel.is_closed for channel, _queue, _tag in self._consumers)
 
-    async def close(self, grace: float = 10.0) -> None:
+    async def stop_consuming(self, grace: float = 10.0) -> None:
+        self._stopping = True
         consumers, self._consumers = self._consumers, []
         for _channel, queue, tag in consumers:
             with contextlib.suppress(*_DISCONNECTED, asyncio.CancelledError):
                 await queue.cancel(tag)
-        if self._in_flight:
-            await asyncio.wait(set(self._in_flight), timeout=grace)
+        await settle(self._in_flight, grace)
+        # Every handler has ended: closing the channels hands what they left
+        # unacknowledged back to the queues at once, not when the connection goes.
         for channel, _queue, _tag in consumers:
             with contextlib.suppress(*_DISCONNECTED):
                 await channel.close()
+
+    async def close(self, grace: float = 10.0) -> None:
+        await self.stop_consuming(grace)
         connection, self._connection = self._connection, None
         self._exchange = None
         self._dead_letters = None

@@ -8,6 +8,7 @@ scripts, styles and frames from this service only.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -157,7 +158,8 @@ async def run_page(request: web.Request) -> web.Response:
             if not name.startswith("email") or not link.key.endswith(".eml"):
                 continue
             try:
-                headers = email_summary(await blobs.get(link.key))
+                # Parsed off the event loop: an email with its attachments can be megabytes.
+                headers = await asyncio.to_thread(email_summary, await blobs.get(link.key))
             except (ArtifactMissing, ValueError):
                 headers = {}
             step.emails.append(
@@ -197,7 +199,8 @@ async def email_page(request: web.Request) -> web.Response:
     except (ArtifactMissing, ValueError):
         return error_body(404, f"email {key!r} not found", code="NotFound")
     headers = {"Content-Security-Policy": EMAIL_POLICY, "X-Content-Type-Options": "nosniff"}
-    return web.Response(text=email_preview(raw), content_type="text/html", headers=headers)
+    preview = await asyncio.to_thread(email_preview, raw)
+    return web.Response(text=preview, content_type="text/html", headers=headers)
 
 
 # -- flows -----------------------------------------------------------------
@@ -222,16 +225,24 @@ async def set_flow_enabled(request: web.Request) -> web.Response:
     try:
         body = json.loads(await request.text() or "{}")
         enabled = body["enabled"]
-        if not isinstance(enabled, bool):
+        version = body.get("version")
+        if not isinstance(enabled, bool) or not isinstance(body, dict):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+        unknown = sorted(set(body) - {"enabled", "version"})
+        if unknown:
+            return error_body(400, f"{unknown[0]}: not a field of this request", code="InvalidRequest")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            problem = "version: the flow's version the page shows, 1 or more"
+            return error_body(400, problem, code="InvalidRequest")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return error_body(400, 'send {"enabled": true} or {"enabled": false}', code="InvalidRequest")
     name = request.match_info["name"]
     try:
-        saved = await _trigger(request).set_enabled(name, enabled)
+        saved = await _trigger(request).set_enabled(name, enabled, version=version)
     except TriggerUnavailable as exc:
         status = exc.status if 400 <= exc.status < 500 else 502
-        return error_body(status, exc.message, code="NotFound" if status == 404 else "Unavailable")
+        codes = {404: "NotFound", 412: "PreconditionFailed"}
+        return error_body(status, exc.message, code=codes.get(status, "Unavailable"))
     log.info("flow switched from the history pages", flow=name, enabled=enabled)
     return web.json_response({"name": saved["name"], "enabled": saved["enabled"]})
 

@@ -8,15 +8,17 @@ import pytest
 
 from common.contracts.errors import DeadLetter, Requeue
 from common.contracts.messages import StepKind
-from common.contracts.topology import DELIVERY_LIMIT
+from common.contracts.topology import DELIVERY_LIMIT, Topology
 from common.platform.broker.interface import (
     DELIVERY_LIMIT_REACHED,
+    REASON_HEADER,
     REJECTED,
     Broker,
     BrokerError,
     Delivery,
     death_reason,
 )
+from common.platform.broker.rabbitmq import RabbitBroker
 
 
 class Inbox:
@@ -132,6 +134,87 @@ async def test_close_waits_for_the_handler_in_flight(broker: Broker) -> None:
     assert finished == [b"in-flight"]
 
 
+async def test_stop_consuming_cancels_a_handler_past_the_grace_and_awaits_it(broker: Broker) -> None:
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def stuck(delivery: Delivery) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            # What a step holds (a connection, a claim) is let go here.
+            await asyncio.sleep(0)
+            ended.append("cancelled")
+            raise
+
+    topology = broker.topology
+    await broker.consume(topology.step_queue(StepKind.QUERY), stuck)
+    await broker.publish(topology.step_key(StepKind.QUERY), b"stuck")
+    await asyncio.wait_for(started.wait(), 10)
+
+    await asyncio.wait_for(broker.stop_consuming(grace=0.1), 10)
+    # Cancelled and awaited before stop_consuming returned, not just asked to stop.
+    assert ended == ["cancelled"]
+    assert not await broker.consuming()
+    # Publishing still works until close: a step ending during the grace can forward its slip.
+    await broker.publish(topology.step_key(StepKind.QUERY), b"after")
+
+
+async def test_stop_consuming_lets_a_handler_within_the_grace_finish(broker: Broker) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[bytes] = []
+
+    async def slow(delivery: Delivery) -> None:
+        started.set()
+        await release.wait()
+        finished.append(delivery.body)
+
+    topology = broker.topology
+    await broker.consume(topology.step_queue(StepKind.RENDER), slow)
+    await broker.publish(topology.step_key(StepKind.RENDER), b"in-flight")
+    await asyncio.wait_for(started.wait(), 10)
+    stopping = asyncio.create_task(broker.stop_consuming(grace=60))
+    done, _ = await asyncio.wait({stopping}, timeout=0.2)
+    assert not done
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert finished == [b"in-flight"]
+
+
+@pytest.mark.rabbitmq
+async def test_a_message_whose_handler_was_cancelled_at_shutdown_goes_to_another_consumer(
+    namespace: str, amqp_url: str, request: pytest.FixtureRequest
+) -> None:
+    topology = Topology(namespace)
+    stopping = RabbitBroker(amqp_url, topology, connection_name=f"{request.node.name}-stopping")
+    other = RabbitBroker(amqp_url, topology, connection_name=f"{request.node.name}-other")
+    started = asyncio.Event()
+    inbox = Inbox()
+
+    async def stuck(delivery: Delivery) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    try:
+        await stopping.start()
+        await other.start()
+        await stopping.consume(topology.step_queue(StepKind.NOTIFY), stuck)
+        await stopping.publish(topology.step_key(StepKind.NOTIFY), b"handed-back", message_id="m-5")
+        await asyncio.wait_for(started.wait(), 10)
+        await other.consume(topology.step_queue(StepKind.NOTIFY), inbox.add)
+        await stopping.stop_consuming(grace=0.1)
+        # Handed back as soon as the stopping consumer's handlers ended, its connection still open.
+        [delivery] = await inbox.wait_for(1)
+        assert delivery.body == b"handed-back"
+        assert delivery.redelivered is True
+    finally:
+        await stopping.close()
+        await other.delete_topology()
+        await other.close()
+
+
 #: How late a delayed message may arrive. The tiers round a delay up to 0.1 s
 #: and each tier a message passes adds milliseconds of dead-lettering; the rest
 #: is room for a machine busy with other test runs. A correctness bound (a
@@ -220,3 +303,23 @@ async def test_a_delayed_publish_where_no_delay_leads_is_an_error(broker: Broker
     for routing_key in [broker.topology.status_key, "no-such-key"]:
         with pytest.raises(BrokerError, match=routing_key):
             await broker.publish(routing_key, b"lost?", delay=1)
+
+
+async def test_a_refused_message_reaches_the_dead_letters_whole_with_its_reason(broker: Broker) -> None:
+    dead = Inbox()
+    topology = broker.topology
+
+    async def refuse(delivery: Delivery) -> None:
+        await broker.refuse(delivery, "unreadable RunMessage: schema_version 2 is newer than this reader's 1")
+
+    await broker.consume(topology.dead_letter_queue, dead.add)
+    await broker.consume(topology.step_queue(StepKind.NOTIFY), refuse)
+    await broker.publish(topology.step_key(StepKind.NOTIFY), b'{"schema_version": 2}', message_id="m-9")
+
+    [letter] = await dead.wait_for(1)
+    assert letter.body == b'{"schema_version": 2}'
+    assert letter.message_id == "m-9"
+    assert letter.routing_key == topology.step_key(StepKind.NOTIFY)
+    assert letter.headers[REASON_HEADER] == (
+        "unreadable RunMessage: schema_version 2 is newer than this reader's 1"
+    )

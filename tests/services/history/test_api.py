@@ -134,6 +134,20 @@ async def test_a_run_has_its_steps_and_artifact_links(client: Client) -> None:
     assert body == b"\x89PNG..."
 
 
+async def test_a_big_artifact_is_streamed_from_the_blob_store_whole(client: Client) -> None:
+    # Three and a half of the store's chunks, so the answer is several writes.
+    data = bytes(range(256)) * (14 * 1024 * 1024 // 256)
+    await client.blobs.put("runs/big/query/1/result.csv", data, "text/csv")
+    async with client.session.get(f"{client.url}/v1/artifacts/runs/big/query/1/result.csv") as response:
+        body = await response.read()
+        assert response.status == 200
+        assert response.content_type == "text/csv"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        # Streamed as the store hands it over, not loaded and then sent with its length.
+        assert response.headers.get("Transfer-Encoding") == "chunked"
+    assert body == data
+
+
 async def test_runs_are_filtered_and_paged(client: Client) -> None:
     for minute in range(3):
         await seed_run(client, f"ok{minute}", minute)

@@ -25,6 +25,7 @@ from services.query_worker.kusto import (
     KustoRunner,
     Parameters,
     kql_literal,
+    timeout_margin,
     with_declarations,
 )
 from services.query_worker.reading import _visualization
@@ -150,7 +151,7 @@ async def test_servertimeout_is_honoured_by_the_endpoint(sample: tuple[Path, Loc
     finally:
         await kusto.close()
     assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
-    # The server's own answer, not the client's deadline (which is 10 s later).
+    # The server's own answer, not the client's deadline (which is 2 s later).
     assert "servertimeout" in raised.value.message
     assert "(timeout 0.5 s, after " in raised.value.message
 
@@ -171,8 +172,10 @@ async def test_an_unreachable_cluster_is_retryable() -> None:
 class SilentCluster:
     """A cluster that takes a query and never answers it, and records the control commands it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse: bool = False) -> None:
         self.commands: list[str] = []
+        #: Whether control commands are refused (as a cluster refuses a cancel it may not make).
+        self.refuse = refuse
         #: Set when the test is over: a query still waiting then gets its (late) answer.
         self.release = asyncio.Event()
         self.app = web.Application()
@@ -185,16 +188,35 @@ class SilentCluster:
 
     async def mgmt(self, request: web.Request) -> web.Response:
         self.commands.append((await request.json())["csl"])
+        if self.refuse:
+            error = {
+                "code": "Forbidden",
+                "message": "Caller is not authorized",
+                "@message": "not yours to cancel",
+            }
+            return web.json_response({"error": error}, status=403)
         empty = {"TableName": "Table_0", "Columns": [{"ColumnName": "x", "DataType": "Int32"}], "Rows": []}
         return web.json_response({"Tables": [empty]})
 
 
+@pytest.mark.parametrize(
+    ("refuse", "said"),
+    [
+        (False, "; cancel sent and acknowledged"),
+        (
+            True,
+            "; cancel refused by the cluster (not yours to cancel); "
+            "the query may still be running on the cluster",
+        ),
+    ],
+    ids=["acknowledged", "refused"],
+)
 async def test_a_query_the_cluster_does_not_answer_in_time_is_cancelled_there(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refuse: bool, said: str
 ) -> None:
-    # The client's grace past the server's timeout, shortened so the test waits a second, not ten.
+    # The client's grace past the server's timeout, shortened so the test waits half a second, not two.
     monkeypatch.setattr("services.query_worker.kusto._CLIENT_GRACE", 0.5)
-    cluster = SilentCluster()
+    cluster = SilentCluster(refuse=refuse)
     app = web.AppRunner(cluster.app)
     await app.setup()
     kusto = None
@@ -214,7 +236,46 @@ async def test_a_query_the_cluster_does_not_answer_in_time_is_cancelled_there(
     assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
     assert raised.value.retryable is False
     assert "did not finish within its 0.5 s timeout (gave up after" in raised.value.message
+    assert raised.value.message.endswith(said)
+    assert raised.value.detail["cancel"] == ("refused" if refuse else "acknowledged")
     assert cluster.commands == ['.cancel query "adxflow;test"']
+
+
+#: Long and deaf to interrupts: DuckDB runs a bare `range | summarize` to its end
+#: whatever servertimeout says (~0.25 s per million rows on this machine), and the
+#: endpoint serializes every request behind it, the `.cancel query` included.
+DEAF_QUERY = "range x from 1 to 80000000 step 1 | summarize count()"
+#: What a loaded machine may add to the documented margin: the client's own work,
+#: opening a connection for the cancel, the event loop being late.
+SLACK_SECONDS = 3.0
+
+
+async def test_a_step_timeout_ends_on_time_when_the_endpoint_never_answers_the_cancel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    limit = 2.0
+    # An endpoint of its own: the query it is left running would hold up the module's.
+    with LocalKusto(ensure_database(tmp_path / "kusto")) as endpoint:
+        connections = Connections()
+        connections.add_local("local", endpoint.url)
+        kusto = KustoRunner(connections, timeout=limit)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with pytest.raises(KustoError) as raised:
+                await run(kusto, DEAF_QUERY)
+            elapsed = loop.time() - started
+        finally:
+            await kusto.close()
+    bound = limit + timeout_margin()
+    with capsys.disabled():
+        print(f"\n{limit:g} s step timeout ended after {elapsed:.2f} s (documented bound {bound:g} s)")
+    assert elapsed <= bound + SLACK_SECONDS
+    assert raised.value.code is ErrorCode.REQUEST_TIMEOUT
+    assert raised.value.message.endswith(
+        "cancel not acknowledged within 3 s; the query may still be running on the cluster"
+    )
+    assert raised.value.detail["cancel"] == "not_acknowledged"
 
 
 def test_a_render_operator_is_read_from_a_real_v2_response() -> None:
