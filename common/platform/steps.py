@@ -190,19 +190,23 @@ class RetryPolicy:
     report_after_seconds: float = 1.0
 
     @classmethod
-    def of(cls, settings: Settings) -> RetryPolicy:
+    def of(cls, settings: Settings, *, max_attempts: int | None = None) -> RetryPolicy:
+        """The settings' policy; *max_attempts* replaces theirs (a service whose steps need more)."""
         return cls(
-            max_attempts=settings.max_attempts,
+            max_attempts=settings.max_attempts if max_attempts is None else max_attempts,
             base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             report_after_seconds=settings.report_running_after_seconds,
         )
 
+    def ceiling(self, attempt: int) -> float:
+        """The longest wait after failed *attempt*; the jitter makes it between half of this and this."""
+        return min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter in its upper half, after failed *attempt*."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return self.ceiling(attempt) * random.uniform(0.5, 1.0)
 
 
 @dataclass
