@@ -201,7 +201,7 @@ class NotifyStep:
             data = await blobs.get(kept["email"]["key"])
             outgoing = email.message_from_bytes(data, _class=EmailMessage, policy=email.policy.SMTP)
             log.info(
-                "sending the kept copy of an email again: an earlier attempt may have reached the relay",
+                "sending the kept copy of the email, composed before an earlier attempt",
                 item=hold.key.item,
                 message_id=outgoing["Message-ID"],
                 handovers=kept["handovers"],
