@@ -13,10 +13,28 @@ of its ``format`` (see :mod:`services.notifier.payloads`).
 
 A redelivered message must not deliver twice: every delivery is claimed in
 the delivery ledger (keyed by run, step and row, not by attempt) before it is
-sent, and recorded there once the SMTP server or the webhook receiver took
-it; see :mod:`services.notifier.ledger`. The Message-ID and the webhook's
-Idempotency-Key are stable too, so a receiver can drop the one duplicate a
-worker dying between the send and the record can still cause.
+sent, and recorded there the moment the SMTP server or the webhook receiver
+took it; see :mod:`services.notifier.ledger`, and
+:mod:`services.notifier.settlement` for how the claim, the send and the record
+settle together whatever happens to the message meanwhile.
+
+What is guaranteed, and what is not:
+
+- At most one composition of an email reaches the relay. Its exact bytes are
+  kept in the blob store, and the claim marked as sending, before the send;
+  whoever sends it later (the next attempt, or a worker that took the claim
+  over) sends those bytes again with the same Message-ID. Only an email to an
+  address outside ASCII, which the SMTP client encodes again for SMTPUTF8 on
+  each send, may differ in its bytes, never in its Message-ID.
+- A send the relay accepted is recorded as soon as its reply arrives; if the
+  ledger cannot take the record, a receipt beside the kept copy tells whoever
+  takes the claim over, and the email is not sent again.
+- SMTP has no way to ask a relay whether it already holds a message, so a
+  worker dying (or cut off) after the relay took the data and before the record
+  leaves the email to be sent again: the relay then holds identical copies
+  with one Message-ID, which mailbox stores that drop a Message-ID they hold
+  already show once. A webhook post sent again carries the same
+  Idempotency-Key.
 """
 
 from __future__ import annotations
