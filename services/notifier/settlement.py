@@ -129,7 +129,9 @@ def _settled_late(settling: asyncio.Future[dict[str, Any]]) -> None:
     failure = settling.exception()
     if failure is None:
         log.info("delivery settled after its message was taken away")
-    elif isinstance(failure, Stopped | StepPending):
+    elif isinstance(failure, Stopped):
+        log.info("delivery stopped before sending, its message taken away; its claim was given back")
+    elif isinstance(failure, StepPending):
         pass
     else:
         log.warning("delivery failed after its message was taken away", error=str(failure)[:500])
