@@ -112,6 +112,8 @@ class Settlement:
         until = claimed.claimed_at + self.lease
         log.info(
             "delivery held by another worker; waiting out its lease",
+            run_id=key.run_id,
+            step_id=key.step_id,
             item=key.item,
             holder=claimed.detail.get("holder"),
             held_since=claimed.detail.get("since"),

@@ -217,7 +217,7 @@ async def test_a_claim_held_by_a_live_worker_is_waited_out_and_logged(notifier: 
             await step.perform(run)
 
     [line] = [entry for entry in logs if entry["event"].startswith("delivery held by another worker")]
-    assert line["item"] == "once"
+    assert (line["run_id"], line["step_id"], line["item"]) == (run.run_id, "mail", "once")
     assert line["holder"] == "elsewhere:4711"
     assert line["held_since"] == held.detail["since"]
     until = dt.datetime.fromisoformat(line["lease_until"])
