@@ -14,11 +14,11 @@ from common.contracts.messages import StepKind
 from common.contracts.topology import Topology
 from common.platform.broker.rabbitmq import RabbitBroker
 from common.platform.steps import RetryPolicy, StepWorker
+from services.notifier.ledger import Key
 from tests.conftest import Waiter
 from tests.proxy import Proxy
 from tests.relay import Relay
-from tests.services.notifier.conftest import NotifierFactory
-from tests.services.notifier.test_settlement import PausedAfterClaim, key_of, mail_run, step_for
+from tests.services.notifier.conftest import NotifierFactory, PausedAfterClaim
 
 
 @pytest.mark.rabbitmq
@@ -31,7 +31,7 @@ async def test_a_broker_connection_lost_mid_claim_gives_the_claim_back_and_the_r
     async with Proxy(server.hostname, server.port or 5672) as proxy, notifier() as n, Relay() as relay:
         paused = PausedAfterClaim(n.runtime.settings.resolved_database_url)
         # A lease far longer than the test's timeout: a claim left to it would hold the redelivery.
-        step = step_for(n, relay, paused, delivery_lease_seconds=600)
+        step = n.step_to(relay.port, paused, delivery_lease_seconds=600)
         through_proxy = server._replace(netloc=f"{server.username}:{server.password}@127.0.0.1:{proxy.port}")
         broker = RabbitBroker(
             through_proxy.geturl(), Topology(namespace), connection_name=f"outage-{namespace}"
@@ -39,7 +39,7 @@ async def test_a_broker_connection_lost_mid_claim_gives_the_claim_back_and_the_r
         try:
             with capture_logs() as logs:
                 async with broker:
-                    run = await mail_run(n)
+                    run = await n.mail_run()
                     await StepWorker(broker, StepKind.NOTIFY, step.perform, RetryPolicy()).start(prefetch=1)
                     await broker.publish_model(broker.topology.step_key(StepKind.NOTIFY), run)
                     await asyncio.wait_for(paused.claimed.wait(), 20)
@@ -52,11 +52,11 @@ async def test_a_broker_connection_lost_mid_claim_gives_the_claim_back_and_the_r
                     paused.resume.set()
 
                     async def recorded() -> bool:
-                        row = await paused.row(key_of(run))
+                        row = await paused.row(Key(run.run_id, run.step_id, "once"))
                         return row is not None and row["state"] == "sent"
 
                     await wait_until(recorded, timeout=40, what="the redelivered message to send the email")
-                    row = await paused.row(key_of(run))
+                    row = await paused.row(Key(run.run_id, run.step_id, "once"))
         finally:
             await paused.close()
             async with RabbitBroker(

@@ -18,7 +18,6 @@ from common.platform.config import Settings
 from common.platform.steps import RetryPolicy, StepWorker
 from tests.relay import Relay
 from tests.services.notifier.conftest import NotifierFactory
-from tests.services.notifier.test_settlement import mail_run, step_for
 
 #: The relay outage the defaults must ride out, in seconds.
 OUTAGE = 60.0
@@ -107,12 +106,12 @@ async def test_a_relay_away_for_the_attempts_a_minute_holds_gets_the_email_withi
     port = free_port()
     async with notifier(**faster) as n:
         relay = Relay(port)
-        step = step_for(n, relay)
+        step = n.step_to(relay.port)
         policy = delivery_policy(step.runtime.settings)
         assert policy.max_attempts == defaults.max_attempts
         await broker.consume(broker.topology.status_queue, keep)
         await StepWorker(broker, StepKind.NOTIFY, step.perform, policy).start(prefetch=1)
-        run = await mail_run(n)
+        run = await n.mail_run()
         await broker.publish_model(broker.topology.step_key(StepKind.NOTIFY), run)
         # Nothing listens on the relay's port until as many attempts as a minute can hold failed.
         await until(lambda: len(failed()) >= failing, "the attempts a minute's outage fails")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import sqlite3
 from pathlib import Path
@@ -19,33 +18,11 @@ from structlog.testing import capture_logs
 from common.contracts.errors import DeliveryError
 from common.contracts.messages import ErrorCode, RunMessage, StepOutput
 from common.platform.steps import StepPending
-from services.notifier.ledger import RELEASED, Claim, Key, Ledger
+from services.notifier.ledger import RELEASED, Claim, Key
 from services.notifier.service import NotifyStep, sent_key
 from tests.conftest import Waiter
 from tests.relay import Relay
-from tests.services.notifier.conftest import Notifier, NotifierFactory, Rendered
-
-ROWS = [["TEXAS", "12"]]
-FLOW: dict[str, Any] = {
-    "name": "storm-report",
-    "connection": "local",
-    "database": "Samples",
-    "steps": [
-        {"id": "q", "action": "run_query", "query": "StormEvents | take 1"},
-        {"id": "mail", "action": "send_email", "to": ["team@example.com"], "subject": "Storms"},
-    ],
-}
-
-
-def step_for(n: Notifier, relay: Relay, ledger: Ledger | None = None, **settings: Any) -> NotifyStep:
-    """A notifier sending to *relay*, on the fixture's blobs and ledger (or *ledger*)."""
-    changed = n.runtime.settings.model_copy(update={"smtp_port": relay.port, **settings})
-    runtime = dataclasses.replace(n.runtime, settings=changed)
-    return NotifyStep(runtime, n.step.session, n.step.policy, ledger or n.step.ledger)
-
-
-async def mail_run(n: Notifier) -> RunMessage:
-    return await n.run_until(FLOW, "mail", {"q": Rendered(ROWS, ["State", "n"])})
+from tests.services.notifier.conftest import NotifierFactory, PausedAfterClaim
 
 
 def key_of(run: RunMessage) -> Key:
@@ -56,27 +33,12 @@ async def row_of(step: NotifyStep, run: RunMessage) -> dict[str, Any] | None:
     return await step.ledger.row(key_of(run))
 
 
-class PausedAfterClaim(Ledger):
-    """The ledger, pausing after a claim has committed until the test lets it go on."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.claimed = asyncio.Event()
-        self.resume = asyncio.Event()
-
-    async def claim(self, key: Key, **kwargs: Any) -> Any:
-        claimed = await super().claim(key, **kwargs)
-        self.claimed.set()
-        await self.resume.wait()
-        return claimed
-
-
 async def test_a_reply_lost_after_the_data_is_followed_by_the_very_same_bytes(
     notifier: NotifierFactory,
 ) -> None:
     async with notifier() as n, Relay() as relay:
-        step = step_for(n, relay)
-        run = await mail_run(n)
+        step = n.step_to(relay.port)
+        run = await n.mail_run()
         relay.hang_ups = 1
         with pytest.raises(DeliveryError) as caught:
             await step.perform(run)
@@ -107,8 +69,8 @@ async def test_a_handler_cancelled_after_its_claim_gives_it_back_at_once_and_sen
         paused = PausedAfterClaim(n.runtime.settings.resolved_database_url)
         try:
             # A lease far longer than the test: a claim left to it would hold the next delivery.
-            cancelled = step_for(n, relay, paused, delivery_lease_seconds=600)
-            run = await mail_run(n)
+            cancelled = n.step_to(relay.port, paused, delivery_lease_seconds=600)
+            run = await n.mail_run()
             handler = asyncio.create_task(cancelled.perform(run))
             await asyncio.wait_for(paused.claimed.wait(), 10)
             assert (await row_of(cancelled, run)) is not None
@@ -123,7 +85,7 @@ async def test_a_handler_cancelled_after_its_claim_gives_it_back_at_once_and_sen
             await wait_until(given_back, timeout=10, what="the cancelled claim to be given back")
             await cancelled.settlement.settled(timeout=10)
             nothing_sent = list(relay.copies)
-            output = await step_for(n, relay, delivery_lease_seconds=600).perform(run)
+            output = await n.step_to(relay.port, delivery_lease_seconds=600).perform(run)
         finally:
             await paused.close()
 
@@ -142,8 +104,8 @@ async def test_a_handler_cancelled_mid_send_still_records_the_email(
         await answer.wait()
 
     async with notifier() as n, Relay() as relay:
-        step = step_for(n, relay)
-        run = await mail_run(n)
+        step = n.step_to(relay.port)
+        run = await n.mail_run()
         relay.before_reply = held
         handler = asyncio.create_task(step.perform(run))
 
@@ -177,9 +139,9 @@ async def test_a_slow_relay_keeps_the_claim_alive_past_its_lease(
 
     lease = 0.3
     async with notifier() as n, Relay() as relay:
-        slow = step_for(n, relay, delivery_lease_seconds=lease)
-        other = step_for(n, relay, delivery_lease_seconds=lease)
-        run = await mail_run(n)
+        slow = n.step_to(relay.port, delivery_lease_seconds=lease)
+        other = n.step_to(relay.port, delivery_lease_seconds=lease)
+        run = await n.mail_run()
         relay.before_reply = held
         handler = asyncio.create_task(slow.perform(run))
 
@@ -209,8 +171,8 @@ async def test_a_slow_relay_keeps_the_claim_alive_past_its_lease(
 
 async def test_a_claim_held_by_a_live_worker_is_waited_out_and_logged(notifier: NotifierFactory) -> None:
     async with notifier() as n, Relay() as relay:
-        step = step_for(n, relay)
-        run = await mail_run(n)
+        step = n.step_to(relay.port)
+        run = await n.mail_run()
         held = await step.ledger.claim(key_of(run), holder="elsewhere:4711", lease=step.settlement.lease)
         assert held.claim is Claim.MINE
         with capture_logs() as logs, pytest.raises(StepPending) as waiting:
@@ -242,8 +204,8 @@ async def test_an_email_the_ledger_could_not_record_is_not_sent_again(
         await asyncio.to_thread(rename, "deliveries", "deliveries_away")
 
     async with notifier() as n, Relay() as relay:
-        step = step_for(n, relay, delivery_lease_seconds=0.3)
-        run = await mail_run(n)
+        step = n.step_to(relay.port, delivery_lease_seconds=0.3)
+        run = await n.mail_run()
         relay.before_reply = ledger_away
         with pytest.raises(Exception, match="deliveries"):
             await step.perform(run)
