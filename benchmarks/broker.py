@@ -6,6 +6,11 @@ confirm, from 1 or 16 tasks at once; another ``RabbitBroker`` (its own connectio
 consumes that queue with the services' default prefetch of 8 and acknowledges each
 message. The publish rate counts until the last confirm; the publish-and-consume rate
 until the last message was handled. Both brokers run in this one process.
+
+Delay lateness: with a 5-minute delayed message waiting, 20 messages delayed 1 s
+are published at once to a consumed queue; the figure is how long after its
+delay the latest of them was handled (the tiers round up to 0.1 s, so 1 s is
+exact and the figure is the broker's dead-lettering from tier to tier).
 """
 
 from __future__ import annotations
@@ -59,6 +64,31 @@ async def ceiling(messages: int, publishers: int) -> tuple[float, float]:
     return messages / (published - started), messages / (finished - started)
 
 
+async def lateness(messages: int) -> float:
+    """Milliseconds past its 1 s delay that the last of *messages* delayed together was handled."""
+    loop = asyncio.get_running_loop()
+    arrived: list[float] = []
+    done = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        arrived.append(loop.time())
+        if len(arrived) == messages:
+            done.set()
+
+    async with fresh_namespace() as namespace:
+        topology = Topology(namespace)
+        async with RabbitBroker(AMQP_URL, topology, connection_name="bench-delays") as broker:
+            await broker.consume(topology.step_queue(StepKind.QUERY), handle, prefetch=PREFETCH)
+            key = topology.step_key(StepKind.QUERY)
+            await broker.publish(key, BODY, message_id="long", delay=300)
+            started = loop.time()
+            await asyncio.gather(
+                *(broker.publish(key, BODY, message_id=str(n), delay=1) for n in range(messages))
+            )
+            await asyncio.wait_for(done.wait(), 30)
+    return (max(arrived) - started - 1.0) * 1000
+
+
 async def run(section: Section, workdir: Path, *, quick: bool) -> None:
     rounds = 1 if quick else 3
     plan = {1: 50, 16: 50} if quick else {1: 1000, 16: 5000}
@@ -68,6 +98,8 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
         section.add(f"publish with confirms, {at}", "msg/s", [published for published, _ in figures])
         section.add(f"publish and consume, {at}", "msg/s", [both for _, both in figures])
         section.notes.append(f"{at}: {messages:,} messages a run, {rounds} run(s), a fresh namespace each.")
+    delays = [await lateness(20) for _ in range(rounds)]
+    section.add("1 s delay beside a 5-minute one, lateness of the last of 20", "ms", delays)
 
 
 METHOD = __doc__.split("\n\n", 1)[1].strip()

@@ -70,7 +70,7 @@ async def insert(database_url: str, count: int, every: str, anchor: dt.datetime 
             await store.save(flow(f"every-minute-{number:05d}", every), now=anchor)
 
     try:
-        await store.create_schema()
+        await store.ensure_schema()
         started = time.perf_counter()
         await asyncio.gather(*(save(number) for number in range(count)))
         return time.perf_counter() - started

@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -271,12 +271,21 @@ class Services:
 
 @asynccontextmanager
 async def deployment(
-    workdir: Path, kusto: KustoEndpoint, smtp_port: int, **settings: str
+    workdir: Path,
+    kusto: KustoEndpoint,
+    smtp_port: int,
+    prepare: Callable[[str], Awaitable[None]] | None = None,
+    **settings: str,
 ) -> AsyncIterator[Services]:
-    """The five services on a fresh namespace and database, querying *kusto*, mailing to *smtp_port*."""
+    """The five services on a fresh namespace and database, querying *kusto*, mailing to *smtp_port*.
+
+    *prepare*, given the database's URL, runs before the services start (to leave an older schema there).
+    """
     async with AsyncExitStack() as stack:
         namespace = await stack.enter_async_context(fresh_namespace())
         database_url = await stack.enter_async_context(fresh_database())
+        if prepare is not None:
+            await prepare(database_url)
         connections = workdir / "connections.yaml"
         connections.write_text(f'connections:\n  local: {{cluster: "{kusto.url}", auth: none}}\n')
         env = {

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     #: How long history waits for an unreachable database before it hands an event back.
     database_outage_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    #: ``auto``: a service migrates the database's schema as it starts (under a lock, so replicas
+    #: wait for one another); ``check``: it refuses to start unless ``adxflow migrate`` has run.
+    migrate: Literal["auto", "check"] = "auto"
     blob_dir: Path | None = None
     #: ``folder`` keeps blobs under ``blob_dir`` (one machine); ``azure`` in Azure Blob Storage.
     blob_backend: Literal["folder", "azure"] = "folder"

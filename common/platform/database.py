@@ -6,11 +6,15 @@ One code path over SQLAlchemy's async Core; the few dialect differences
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import asyncpg.exceptions
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from common.platform.schema import MigrateMode, ensure_schema
 
 #: What a database that is restarting or unreachable raises. SQLAlchemy wraps most
 #: of it; a connection refused while PostgreSQL shuts down can reach us as asyncpg's own.
@@ -39,31 +43,42 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
+#: How long a SQLite connection waits for another's write to finish before it fails: in embedded
+#: mode every service writes the one file.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] == "wal":
+            return
+        # Write-ahead log: readers neither wait for the writer nor hold it up, so the history
+        # pages and the scheduler read while events are merged. It persists in the file.
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            # Connections opening a new file together: SQLite refuses all but one the switch at
+            # once (not waiting, which could deadlock). The mode is the file's, and this
+            # connection follows the one that switched it.
+            if "locked" not in str(exc):
+                raise
+    finally:
+        cursor.close()
+
+
 def connect(url: str) -> AsyncEngine:
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # Several services write one SQLite file in embedded mode: wait for the lock.
-        kwargs["connect_args"] = {"timeout": 30}
-    else:
-        kwargs["pool_pre_ping"] = True
-    return create_async_engine(url, **kwargs)
-
-
-#: The PostgreSQL advisory lock that services hold while they create tables (any fixed number).
-_SCHEMA_LOCK = 0x616478666C6F77  # "adxflow"
-
-
-async def create_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
-    """Create the tables that are missing.
-
-    Replicas starting together (two triggers, say) would race to create the same table, and
-    PostgreSQL answers the loser with a unique violation in its catalog; a transaction-scoped
-    advisory lock lets one create while the others wait, then find the tables there.
-    """
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-        await conn.run_sync(metadata.create_all)
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, pool_pre_ping=True)
+    path = sa.make_url(url).database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    # On every connection the pool opens, before anything uses it.
+    sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 async def ping(engine: AsyncEngine) -> bool:
@@ -87,15 +102,17 @@ def insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
 
 
 class SqlStore:
-    """A store over its own tables in the shared database."""
+    """A store over its own tables in the shared database (:mod:`common.platform.schema` makes them)."""
 
+    #: The store's tables as its queries see them; the revisions must build exactly these.
     metadata: sa.MetaData
 
     def __init__(self, url: str) -> None:
         self.engine: AsyncEngine = connect(url)
 
-    async def create_schema(self) -> None:
-        await create_schema(self.engine, self.metadata)
+    async def ensure_schema(self, mode: MigrateMode = "auto") -> None:
+        """Migrate the shared database to this code's schema (every service's tables), or refuse it."""
+        await ensure_schema(self.engine, mode)
 
     async def close(self) -> None:
         await self.engine.dispose()

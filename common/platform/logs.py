@@ -42,6 +42,8 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
         logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
     )
+    # Alembic says at INFO how it set itself up, at every start; what it migrated, the schema logs.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

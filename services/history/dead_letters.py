@@ -35,6 +35,8 @@ dead_letters = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("dead_at", sa.DateTime(timezone=True), nullable=False),
+    #: Retention deletes the dead letters of expired runs; a re-run those of its step.
+    sa.Index("ix_dead_letters_run_id_step_id", "run_id", "step_id"),
 )
 
 

@@ -180,8 +180,8 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
-        await store.create_schema()
-        await letters.create_schema()
+        await store.ensure_schema(settings.migrate)
+        await letters.ensure_schema(settings.migrate)
         redo = Redo(store, letters, runtime)
         recorder = Recorder(store, runtime, redo)
         topology = runtime.broker.topology

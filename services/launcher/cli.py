@@ -95,6 +95,44 @@ def healthcheck(settings: Settings, service: str | None) -> None:
     raise AdxflowError("not healthy: " + "; ".join(problems))
 
 
+async def migrate(settings: Settings, *, check: bool = False) -> bool:
+    """Upgrade the configured database to this release's schema, or with *check* say what is pending.
+
+    Prints from which revision to which; returns whether the schema is (now) at head.
+    """
+    import sqlalchemy as sa
+
+    from common.platform.database import connect
+    from common.platform.schema import migrate as upgrade
+    from common.platform.schema import state
+
+    engine = connect(settings.resolved_database_url)
+    # The URL may carry a password: print it masked.
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        found = await state(engine)
+        if check:
+            print(f"{where}: schema {found.describe()}; this release's is {found.head}")
+            for revision in found.pending:
+                print(f"  pending {revision}")
+            return found.at_head
+        migration = await upgrade(engine)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise AdxflowError(f"migrate {where}: {reason}") from None
+    finally:
+        await engine.dispose()
+    if found.newer:
+        print(f"{where}: schema {found.describe()}; left as it is (adxflow never downgrades)")
+    elif migration.applied:
+        print(f"{where}: schema {found.describe()}; migrated to {migration.after}")
+        for revision in migration.applied:
+            print(f"  applied {revision}")
+    else:
+        print(f"{where}: schema already at {migration.after}")
+    return True
+
+
 async def up(settings: Settings) -> None:
     from common.platform.serving import until_stopped
     from services.launcher.system import embedded_system
@@ -156,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run one service (for containers; needs ADXFLOW_AMQP_URL)")
     serve_cmd.add_argument("service", choices=SERVICES)
     commands.add_parser("demo", help="run two sample report jobs end to end and print the last email's path")
+    migrate_cmd = commands.add_parser(
+        "migrate", help="upgrade the database (ADXFLOW_DATABASE_URL) to this release's schema"
+    )
+    migrate_cmd.add_argument(
+        "--check", action="store_true", help="only show the revision and what is pending; exit 1 if any"
+    )
     health_cmd = commands.add_parser("healthcheck", help="exit 0 if the service in this container is alive")
     health_cmd.add_argument("service", nargs="?", choices=SERVICES)
 
@@ -253,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "up":
             configure_logging("embedded", level=settings.log_level, fmt=settings.log_format)
             asyncio.run(up(settings))
+        elif args.command == "migrate":
+            configure_logging("migrate", level=settings.log_level, fmt=settings.log_format)
+            if not asyncio.run(migrate(settings, check=args.check)):
+                raise SystemExit(1)
         elif args.command == "healthcheck":
             healthcheck(settings, args.service)
         else:

@@ -380,7 +380,7 @@ def _furthest_packing(packings: list[dict[str, Any]]) -> dict[str, Any]:
 async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
     """Consume delivery steps; yields what the worker's readiness depends on."""
     ledger = Ledger(runtime.settings.resolved_database_url)
-    await ledger.create_schema()
+    await ledger.ensure_schema(runtime.settings.migrate)
     smtp = SmtpConnections(runtime.settings, keep=runtime.settings.prefetch)
     async with aiohttp.ClientSession() as session:
         policy = policy_for(runtime.connections, runtime.settings)

@@ -23,7 +23,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
     try:
-        await store.create_schema()
+        await store.ensure_schema(settings.migrate)
         chainer = Chainer(store, runtime.broker)
         await runtime.broker.consume(
             runtime.broker.topology.run_completed_queue, chainer.on_completed, prefetch=1

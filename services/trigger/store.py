@@ -60,7 +60,8 @@ fired = sa.Table(
 )
 
 #: One row whose revision goes up with every change to ``flows``, in the same transaction: a
-#: scheduler reads it to learn whether anything changed since it last looked.
+#: scheduler reads it to learn whether anything changed since it last looked. The baseline
+#: revision inserts it.
 changes = sa.Table(
     "flow_changes",
     metadata,
@@ -168,11 +169,6 @@ _SCHEDULED = flows.c.enabled.is_(True) & flows.c.trigger_kind.in_(("cron", "ever
 
 class FlowStore(SqlStore):
     metadata = metadata
-
-    async def create_schema(self) -> None:
-        await super().create_schema()
-        async with self.engine.begin() as conn:
-            await conn.execute(insert_ignore(conn, changes).values(id=1, revision=0))
 
     # -- flows -------------------------------------------------------------
 

@@ -93,7 +93,10 @@ class Broker(abc.ABC):
     ) -> None:
         """Return only once the broker has taken responsibility for the message.
 
-        With *delay* (seconds), the message reaches its queue only after that long.
+        With *delay* (seconds), the message reaches its queue only after that long;
+        only step queues take delayed messages. On RabbitMQ a delay is rounded up
+        to the smallest delay tier (0.1 s) and waits at most
+        :data:`~common.contracts.topology.LONGEST_DELAY`.
         """
 
     @abc.abstractmethod

@@ -55,6 +55,9 @@ class InProcessBroker(Broker):
         targets = self._bindings.get(routing_key)
         if not targets:
             raise BrokerError(f"no queue is bound to routing key {routing_key!r}")
+        if delay and delay > 0 and not self.topology.delays_to(routing_key):
+            # As on RabbitMQ, whose delay tiers lead only to the step queues.
+            raise BrokerError(f"no delayed delivery to routing key {routing_key!r}")
         for name in targets:
             delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id)
             if delay:

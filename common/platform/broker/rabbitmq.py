@@ -3,7 +3,9 @@
 A robust connection (reconnects and re-declares after a drop), durable quorum
 queues with a delivery limit and a dead-letter exchange, publisher confirms
 with mandatory routing (an unroutable message is an error, not a silent drop),
-and one channel per consumer with its own prefetch.
+and one channel per consumer with its own prefetch. Delayed messages wait in
+the delay tiers of :mod:`~common.contracts.topology`, which the broker alone
+moves them through.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
-from common.contracts.topology import QueueSpec, Topology
+from common.contracts.topology import LONGEST_DELAY, QueueSpec, Topology
 from common.platform.broker.interface import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
 
 log = structlog.get_logger(__name__)
@@ -53,6 +56,8 @@ class RabbitBroker(Broker):
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._dead_letters: AbstractExchange | None = None
+        #: The longest delay tier's exchange: where every delayed message starts.
+        self._delays: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractChannel, AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
 
@@ -76,27 +81,52 @@ class RabbitBroker(Broker):
         for spec in self.topology.work_queues:
             queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
             await queue.bind(self._exchange, spec.routing_key)
-        for spec in self.topology.delay_queues:
-            queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
-            await queue.bind(self._exchange, spec.routing_key)
+        self._delays = await self._declare_delays(channel)
         dead = self.topology.dead_letter_queue
         queue = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
         await queue.bind(dead_letters, dead.routing_key)
 
+    async def _declare_delays(self, channel: AbstractRobustChannel) -> AbstractExchange:
+        """Declare the release queues and the tiers, from the bottom up; return the top tier's exchange.
+
+        The ``<queue>.delay`` queues of earlier versions are left alone: see the topology's docstring.
+        """
+        below = await channel.declare_exchange(
+            self.topology.delay_release_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        for spec in self.topology.release_queues:
+            queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+            await queue.bind(below, spec.routing_key)
+        for tier in reversed(self.topology.delay_tiers):
+            exchange = await channel.declare_exchange(
+                tier.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue(tier.queue.name, durable=True, arguments=tier.queue.arguments)
+            await queue.bind(exchange, tier.queue.routing_key)
+            await below.bind(exchange, tier.skip_key)
+            below = exchange
+        return below
+
     async def publish(
         self, routing_key: str, body: bytes, *, message_id: str | None = None, delay: float | None = None
     ) -> None:
-        if self._exchange is None:
+        if self._exchange is None or self._delays is None:
             raise BrokerError("broker is not started")
-        exchange = self._exchange
         message = aio_pika.Message(
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
-            expiration=delay if delay else None,
         )
-        key = self.topology.delay_key(routing_key) if delay else routing_key
+        exchange, key = self._exchange, routing_key
+        if delay and delay > 0:
+            # The tiers route every key, known target or not, and would drop a message for
+            # an unknown one only once it is due: refuse it now, as an unroutable publish.
+            if not self.topology.delays_to(routing_key):
+                raise BrokerError(f"no delayed delivery to routing key {routing_key!r}")
+            if delay > LONGEST_DELAY:
+                log.warning("delay cut to the longest tier", routing_key=routing_key, delay_seconds=delay)
+            exchange, key = self._delays, self.topology.delay_route(routing_key, delay)
         await self._confirmed(lambda: exchange.publish(message, routing_key=key, mandatory=True), key)
 
     async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
@@ -209,6 +239,7 @@ class RabbitBroker(Broker):
         connection, self._connection = self._connection, None
         self._exchange = None
         self._dead_letters = None
+        self._delays = None
         self._publish_channel = None
         if connection is not None:
             await connection.close()
@@ -219,13 +250,21 @@ class RabbitBroker(Broker):
             raise BrokerError("broker is not started")
         channel = await self._connection.channel()
         try:
+            tiers = self.topology.delay_tiers
             for spec in [
                 *self.topology.work_queues,
-                *self.topology.delay_queues,
+                *(tier.queue for tier in tiers),
+                *self.topology.release_queues,
+                *self.topology.legacy_delay_queues,
                 self.topology.dead_letter_queue,
             ]:
                 await channel.queue_delete(spec.name)
-            await channel.exchange_delete(self.topology.exchange)
-            await channel.exchange_delete(self.topology.dead_letter_exchange)
+            for name in [
+                self.topology.exchange,
+                self.topology.dead_letter_exchange,
+                *(tier.exchange for tier in tiers),
+                self.topology.delay_release_exchange,
+            ]:
+                await channel.exchange_delete(name)
         finally:
             await channel.close()

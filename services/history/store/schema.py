@@ -36,6 +36,8 @@ runs = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_runs_submitted_at", "submitted_at"),
     sa.Index("ix_runs_flow_submitted_at", "flow", "submitted_at"),
+    #: The stall sweep: unfinished runs with no news since a cutoff.
+    sa.Index("ix_runs_status_updated_at", "status", "updated_at"),
 )
 
 steps = sa.Table(

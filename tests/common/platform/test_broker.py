@@ -120,3 +120,93 @@ async def test_close_waits_for_the_handler_in_flight(broker: Broker) -> None:
     release.set()
     await asyncio.wait_for(closing, 10)
     assert finished == [b"in-flight"]
+
+
+#: How late a delayed message may arrive. The tiers round a delay up to 0.1 s
+#: and each tier a message passes adds milliseconds of dead-lettering; the rest
+#: is room for a machine busy with other test runs. A correctness bound (a
+#: short delay is not held up by a long one), not a speed figure.
+LATE_MARGIN = 1.5
+
+
+class Arrivals:
+    """When each delayed message arrived, by body, on the loop's clock."""
+
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+        self.at: dict[bytes, float] = {}
+
+    async def add(self, delivery: Delivery) -> None:
+        self.at[delivery.body] = asyncio.get_running_loop().time()
+        await self.inbox.add(delivery)
+
+
+async def test_a_short_delay_is_not_held_up_by_a_long_one(broker: Broker) -> None:
+    arrivals = Arrivals()
+    topology = broker.topology
+    key = topology.step_key(StepKind.QUERY)
+    await broker.consume(topology.step_queue(StepKind.QUERY), arrivals.add)
+    await broker.publish(key, b"retry in 5 minutes", message_id="long", delay=300)
+    published = asyncio.get_running_loop().time()
+    await broker.publish(key, b"poll in 1 s", message_id="short", delay=1)
+
+    [delivery] = await arrivals.inbox.wait_for(1, timeout=1 + LATE_MARGIN)
+    assert delivery.message_id == "short"
+    assert 1 <= arrivals.at[b"poll in 1 s"] - published < 1 + LATE_MARGIN
+    # The long one is still waiting: nothing else came.
+    assert len(arrivals.inbox.deliveries) == 1
+
+
+async def test_each_delayed_message_arrives_after_its_own_delay(broker: Broker) -> None:
+    arrivals = Arrivals()
+    topology = broker.topology
+    await broker.consume(topology.step_queue(StepKind.RENDER), arrivals.add)
+    loop = asyncio.get_running_loop()
+    delays = [7.0, 2.5, 1.0, 0.3]
+    published: dict[bytes, float] = {}
+    # The longest first, so that each shorter one would be stuck behind it in a single queue.
+    for delay in delays:
+        body = f"{delay:g}".encode()
+        published[body] = loop.time()
+        await broker.publish(topology.step_key(StepKind.RENDER), body, delay=delay)
+
+    deliveries = await arrivals.inbox.wait_for(len(delays), timeout=max(delays) + LATE_MARGIN)
+    assert [d.body for d in deliveries] == [b"0.3", b"1", b"2.5", b"7"]
+    for delay in delays:
+        body = f"{delay:g}".encode()
+        waited = arrivals.at[body] - published[body]
+        assert delay <= waited < delay + LATE_MARGIN, (delay, waited)
+
+
+async def test_a_delayed_message_keeps_its_id_body_key_and_delivery_limit(broker: Broker) -> None:
+    attempts = Inbox()
+    dead = Inbox()
+    topology = broker.topology
+    key = topology.step_key(StepKind.RECORD)
+
+    async def always_fail(delivery: Delivery) -> None:
+        await attempts.add(delivery)
+        raise RuntimeError("boom")
+
+    await broker.consume(topology.step_queue(StepKind.RECORD), always_fail)
+    await broker.consume(topology.dead_letter_queue, dead.add)
+    await broker.publish(key, b'{"later": true}', message_id="m-late", delay=0.3)
+
+    [delivery] = await dead.wait_for(1, timeout=30)
+    first = attempts.deliveries[0]
+    assert (first.body, first.message_id, first.routing_key, first.delivery_count) == (
+        b'{"later": true}',
+        "m-late",
+        key,
+        1,
+    )
+    assert DELIVERY_LIMIT <= len(attempts.deliveries) <= DELIVERY_LIMIT + 1
+    # Under the step's own key, so that replaying the dead letter sends it back to the step.
+    assert (delivery.body, delivery.message_id, delivery.routing_key) == (b'{"later": true}', "m-late", key)
+
+
+async def test_a_delayed_publish_where_no_delay_leads_is_an_error(broker: Broker) -> None:
+    # Delays lead to the step queues only: not to the status queue, nor to an unbound key.
+    for routing_key in [broker.topology.status_key, "no-such-key"]:
+        with pytest.raises(BrokerError, match=routing_key):
+            await broker.publish(routing_key, b"lost?", delay=1)

@@ -20,7 +20,7 @@ async def test_replicas_starting_together_create_each_table_once(postgres_url: s
     # Two of each, as two replicas of every service would, all at once on an empty database.
     stores = [kind(postgres_url) for kind in kinds for _ in range(2)]
     try:
-        await asyncio.gather(*(store.create_schema() for store in stores))
+        await asyncio.gather(*(store.ensure_schema() for store in stores))
         async with stores[0].engine.connect() as conn:
             tables = set(await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()))
     finally:

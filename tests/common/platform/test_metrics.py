@@ -130,7 +130,7 @@ async def test_the_scheduler_observes_how_late_it_fired_a_slot(
     tmp_path: Path, broker: InProcessBroker
 ) -> None:
     store = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     saved = dt.datetime(2026, 3, 26, 12, 0, tzinfo=dt.UTC)
     flow = Flow.model_validate({**FLOW, "name": "late", "trigger": {"every": "15m"}})
     count = sample("adxflow_scheduler_lateness_seconds_count")

@@ -63,9 +63,9 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
         connections=Connections(),
     )
     store = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     letters = DeadLetterStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
-    await letters.create_schema()
+    await letters.ensure_schema()
     try:
         async with (
             runtime,

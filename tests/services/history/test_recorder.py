@@ -47,8 +47,8 @@ async def recorder(tmp_path: Path, postgres_database: Any) -> AsyncIterator[tupl
         stack.push_async_callback(store.close)
         letters = DeadLetterStore(url)
         stack.push_async_callback(letters.close)
-        await store.create_schema()
-        await letters.create_schema()
+        await store.ensure_schema()
+        await letters.ensure_schema()
         runtime = Runtime(
             settings=Settings(data_dir=tmp_path),
             broker=InProcessBroker(Topology("history-recorder")),

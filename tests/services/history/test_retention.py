@@ -53,8 +53,8 @@ async def stores(
         history, letters = HistoryStore(url), DeadLetterStore(url)
         stack.push_async_callback(history.close)
         stack.push_async_callback(letters.close)
-        await history.create_schema()
-        await letters.create_schema()
+        await history.ensure_schema()
+        await letters.ensure_schema()
         yield Stores(history, letters, FolderBlobStore(tmp_path / "blobs"))
 
 

@@ -39,7 +39,7 @@ async def store(
             url = await stack.enter_async_context(postgres_database())
         history = HistoryStore(url)
         stack.push_async_callback(history.close)
-        await history.create_schema()
+        await history.ensure_schema()
         yield history
 
 

@@ -63,8 +63,8 @@ def server(tmp_path: Path) -> Server:
         )
         store = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
         letters = DeadLetterStore(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
-        await store.create_schema()
-        await letters.create_schema()
+        await store.ensure_schema()
+        await letters.ensure_schema()
         try:
             async with runtime, HttpServer(create_app(runtime, store, letters), "127.0.0.1", 0) as http:
                 yield http.url, store
@@ -314,8 +314,8 @@ async def test_page_loads_share_one_session_to_the_trigger_closed_with_the_app(
     settings = Settings(data_dir=history_dir)
     store = HistoryStore(settings.resolved_database_url)
     letters = DeadLetterStore(settings.resolved_database_url)
-    await store.create_schema()
-    await letters.create_schema()
+    await store.ensure_schema()
+    await letters.ensure_schema()
     try:
         async with _trigger_with_a_flow(trigger_dir) as port, CountingProxy(port) as proxy:
             runtime = Runtime(

@@ -219,7 +219,7 @@ def notifier(tmp_path: Path, namespace: str) -> NotifierFactory:
                 )
                 await runtime.blobs.start()
                 ledger = Ledger(settings.resolved_database_url)
-                await ledger.create_schema()
+                await ledger.ensure_schema()
                 try:
                     step = NotifyStep(runtime, session, policy_for(connections, settings), ledger)
                     yield Notifier(step, runtime, outbox, hooks)

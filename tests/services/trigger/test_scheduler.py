@@ -58,7 +58,7 @@ async def database_url(
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[FlowStore]:
     flows = FlowStore(database_url)
-    await flows.create_schema()
+    await flows.ensure_schema()
     try:
         yield flows
     finally:
@@ -179,7 +179,7 @@ async def test_a_daily_berlin_flow_fires_at_eight_local_across_the_spring_change
     tmp_path: Path, broker: InProcessBroker
 ) -> None:
     store = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         await store.save(flow("daily", cron="0 8 * * *", timezone="Europe/Berlin"), now=SAVED)
         scheduler = Scheduler(store, broker)
@@ -209,7 +209,7 @@ async def test_after_downtime_only_the_latest_missed_slot_fires(
     tmp_path: Path, broker: InProcessBroker
 ) -> None:
     store = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         await store.save(flow("often", every="15m"), now=SAVED)
         await store.save(flow("skipper", every="15m", missed="skip"), now=SAVED)
@@ -236,8 +236,8 @@ async def test_two_replicas_claiming_in_batches_fire_each_slot_once(
         stores = [FlowStore(postgres_url), FlowStore(postgres_url)]
         for store in stores:
             stack.push_async_callback(store.close)
-        await stores[0].create_schema()
-        await stores[1].create_schema()
+        await stores[0].ensure_schema()
+        await stores[1].ensure_schema()
         for index in range(40):
             await stores[0].save(flow(f"every-minute-{index:02d}", every="1m"), now=SAVED)
         # Batches of different sizes, so that each replica's batches overlap several of the other's.
@@ -262,7 +262,7 @@ async def test_a_chained_flow_starts_once_after_its_parent_ends_as_asked(
     tmp_path: Path, broker: InProcessBroker
 ) -> None:
     store = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         await store.save(flow("parent"))
         await store.save(flow("on-success", after={"flow": "parent"}))
@@ -285,7 +285,7 @@ async def test_disabling_stops_a_flow_and_enabling_starts_it_from_then(
     tmp_path: Path, broker: InProcessBroker
 ) -> None:
     store = FlowStore(f"sqlite+aiosqlite:///{tmp_path / 'flows.db'}")
-    await store.create_schema()
+    await store.ensure_schema()
     try:
         scheduler = Scheduler(store, broker)
         hourly = flow("hourly", every="1h")

@@ -62,7 +62,7 @@ async def test_history_sees_the_run_the_trigger_step_reports_once_as_if_it_had_r
     monkeypatch.setattr("common.contracts.flows.utcnow", lambda: SLOT)
     context = RunContext(flow="storms", trigger=TriggerKind.SCHEDULE, scheduled_for=SLOT)
     history = HistoryStore(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}")
-    await history.create_schema()
+    await history.ensure_schema()
     try:
         async with (
             InProcessBroker(Topology("starter-test")) as broker,
