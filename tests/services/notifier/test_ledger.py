@@ -25,7 +25,7 @@ async def ledger(
 ) -> AsyncIterator[Ledger]:
     if request.param == "sqlite":
         store = Ledger(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
-        await store.create_schema()
+        await store.ensure_schema()
         try:
             yield store
         finally:
@@ -33,7 +33,7 @@ async def ledger(
         return
     async with postgres_database() as url:
         store = Ledger(url)
-        await store.create_schema()
+        await store.ensure_schema()
         try:
             yield store
         finally:
