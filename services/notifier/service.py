@@ -88,9 +88,14 @@ log = structlog.get_logger(__name__)
 _FURTHEST = {"attached": 0, "inline": 0, "zipped": 1, "linked": 2}
 
 
-def sent_key(run_id: str, step_id: str, row: int | None, suffix: str, resend: str | None = None) -> str:
-    """Where a sent email is kept: one per run, step and row (and resend), whatever the attempt."""
-    return f"runs/{run_id}/{step_id}/sent/{_item(row, resend)}.{suffix}"
+def kept_key(run_id: str, step_id: str, row: int | None, suffix: str, resend: str | None = None) -> str:
+    """Where an email is kept before it is sent: one per run, step and row (and resend), whatever the attempt.
+
+    Not under ``sent/``, where releases before this one kept an email after sending it and
+    took one found there for proof that it went out: a notifier of such a release, taking over
+    a claim during a rolling upgrade, must not count a copy kept before the send as sent.
+    """
+    return f"runs/{run_id}/{step_id}/kept/{_item(row, resend)}.{suffix}"
 
 
 def _item(row: int | None, resend: str | None) -> str:
@@ -204,7 +209,7 @@ class NotifyStep:
         if kept is None:
             packed = await packing
             check(stop)
-            key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
+            key = kept_key(message.run_id, message.step_id, index, "eml", message.resend)
             ref = await blobs.put(key, packed.data, "message/rfc822")
             kept = {"email": ref.model_dump(), "packing": packed.detail, "handovers": 0}
             outgoing, data = packed.message, packed.data
@@ -265,7 +270,7 @@ class NotifyStep:
 
     @staticmethod
     def _receipt_key(message: RunMessage, index: int | None) -> str:
-        return sent_key(message.run_id, message.step_id, index, "receipt.json", message.resend)
+        return kept_key(message.run_id, message.step_id, index, "receipt.json", message.resend)
 
     def _check_recipients(self, spec: SendEmail) -> None:
         domains = self.runtime.settings.email_allowed_domains

@@ -109,7 +109,7 @@ async def test_a_claim_given_back_with_nothing_kept_is_gone(ledger: Ledger) -> N
 
 async def test_a_claim_given_back_with_a_kept_copy_is_taken_at_once_with_it(ledger: Ledger) -> None:
     mine = await ledger.claim(KEY, holder="a", lease=LEASE)
-    sending = {"email": {"key": "runs/run-1/notify/sent/once.eml"}, "handovers": 1}
+    sending = {"email": {"key": "runs/run-1/notify/kept/once.eml"}, "handovers": 1}
     token = await ledger.renew(KEY, mine.claimed_at, detail={**mine.detail, "sending": sending})
     assert token is not None
     await ledger.release(KEY, token, keep=True)

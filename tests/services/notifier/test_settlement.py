@@ -19,7 +19,7 @@ from common.contracts.errors import DeliveryError
 from common.contracts.messages import ErrorCode, RunMessage, StepOutput
 from common.platform.steps import StepPending
 from services.notifier.ledger import RELEASED, Claim, Key
-from services.notifier.service import NotifyStep, sent_key
+from services.notifier.service import NotifyStep, kept_key
 from tests.conftest import Waiter
 from tests.relay import Relay
 from tests.services.notifier.conftest import NotifierFactory, PausedAfterClaim
@@ -222,7 +222,7 @@ async def test_an_email_the_ledger_could_not_record_is_not_sent_again(
 
         await wait_until(delivered, timeout=10, what="the claim to be taken over")
         recorded = await row_of(step, run)
-        receipt = await n.runtime.blobs.exists(sent_key(run.run_id, run.step_id, None, "receipt.json"))
+        receipt = await n.runtime.blobs.exists(kept_key(run.run_id, run.step_id, None, "receipt.json"))
 
     assert receipt is True
     assert len(relay.copies) == 1
