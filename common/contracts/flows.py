@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.contracts.actions import (
     KUSTO_STEPS,
@@ -27,6 +27,7 @@ from common.contracts.actions import (
     StepSpec,
     check_text,
 )
+from common.contracts.documents import READ_BACK, Document
 from common.contracts.messages import RunContext, RunMessage, RunStatus, Step, StepKind, utcnow
 from common.contracts.parameters import Identifier, ParameterSpec, coerce_parameter
 from common.contracts.templates import TemplateSyntaxProblem, check_template
@@ -36,9 +37,7 @@ _FLOW_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 RESERVED_STEP_IDS = frozenset({"trigger", "record", "run", "row"})
 
 
-class AfterTrigger(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AfterTrigger(Document):
     flow: Annotated[str, Field(pattern=_FLOW_NAME)]
     status: Annotated[list[RunStatus], Field(min_length=1)] = [RunStatus.SUCCEEDED]
 
@@ -51,9 +50,7 @@ class AfterTrigger(BaseModel):
         return value
 
 
-class TriggerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TriggerSpec(Document):
     cron: str | None = None
     every: str | None = None
     after: AfterTrigger | None = None
@@ -90,9 +87,7 @@ class TriggerSpec(BaseModel):
         return "manual"
 
 
-class Flow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Flow(Document):
     name: Annotated[str, Field(pattern=_FLOW_NAME)]
     description: str | None = None
     connection: Annotated[str, Field(min_length=1, max_length=128)]
@@ -207,14 +202,21 @@ def flow_of(message: RunMessage) -> Flow:
 
     Every step of a run carries the same document, and a service asks for it
     several times a step: each document is validated once per process. The
-    flow handed back is shared, so it is read, never changed.
+    flow handed back is shared, so it is read, never changed. A key a newer
+    release wrote is left out (:mod:`common.contracts.documents`); the message
+    keeps it.
     """
     return _validated(json.dumps(message.flow, sort_keys=True, separators=(",", ":")))
 
 
 @functools.lru_cache(maxsize=256)
 def _validated(document: str) -> Flow:
-    return Flow.model_validate_json(document)
+    return Flow.model_validate_json(document, context=READ_BACK)
+
+
+def read_back(document: dict[str, Any]) -> Flow:
+    """A flow document this or a newer release saved, as this release understands it."""
+    return Flow.model_validate(document, context=READ_BACK)
 
 
 def step_spec(message: RunMessage, flow: Flow | None = None) -> StepSpec:

@@ -5,6 +5,39 @@ JSON on the wire, one schema version for the whole set. A run travels as one
 service does the step the message names, records what it produced in
 ``outputs`` and forwards the message to the service of the next step. Large
 payloads never ride along: they are :class:`BlobRef` claim checks.
+
+Rolling upgrades: for a while, old and new replicas of every service read
+each other's messages. The rules of ``schema_version``:
+
+* Every message read from the broker or the blob store (an :class:`Envelope`,
+  made of :class:`WireModel` parts) carries ``schema_version``, the *major*,
+  and ``schema_minor``. A change a reader that does not know it can safely
+  ignore -- a new optional field with a default, a new error code, a new
+  optional key of a flow document -- is *additive*: it bumps
+  :data:`SCHEMA_MINOR` and keeps the major. (The minor has a field of its own
+  because releases before it read ``schema_version`` as exactly 1 and ignore
+  unknown fields: they read this release's messages too.)
+* A reader ignores the fields it does not know, and keeps them: a message an
+  older service forwards (the routing slip, the run kept for a re-run, a dead
+  letter replayed) still carries the newer writer's fields for the newer
+  services after it. A newer reader given an older message fills the fields
+  it lacks with their defaults.
+* ``schema_minor`` is the minor of the newest writer the message went
+  through (a message without one was written before minors were counted, and
+  reads as 0). Nobody refuses a message for its minor.
+* Anything else is *breaking*: a field removed, renamed or made required, a
+  meaning changed, a new value of a status, step kind or action (a reader
+  would not know what to do with it). It bumps :data:`SCHEMA_VERSION`. A
+  reader accepts its own major and refuses a higher one, naming both, and the
+  message goes to the dead-letter queue with that reason, whole, to be
+  replayed once the reader is upgraded. A release that bumps the major reads
+  the previous one too, and writes the new one only in the release after, so
+  that every replica can read it by then.
+* Error codes are open: a reader keeps a code it does not know as it came.
+
+What arrives from outside -- the HTTP APIs' bodies, a job, a flow file -- stays
+strict: an unknown field there is refused, naming it (see
+:mod:`common.contracts.documents` for flow documents).
 """
 
 from __future__ import annotations
@@ -13,11 +46,25 @@ import datetime as dt
 import re
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-SCHEMA_VERSION: Literal[1] = 1
+#: The major of the message schema: a reader refuses a message of a higher one.
+SCHEMA_VERSION = 1
+#: Additive changes since the major began; readers never refuse a message for its minor.
+#: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
+SCHEMA_MINOR = 1
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -136,8 +183,80 @@ class ErrorCode(StrEnum):
     ARTIFACT_MISSING = "ArtifactMissing"
     INTERNAL = "Internal"
 
+    @classmethod
+    def _missing_(cls, value: object) -> ErrorCode | None:
+        # A code a newer release added: kept as it came (history shows it), rather than
+        # refusing the whole message that reports the failure.
+        if not isinstance(value, str) or not value:
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        return member
 
-class ErrorInfo(BaseModel):
+
+class WireModel(BaseModel):
+    """A part of a message read back from the broker or the blob store.
+
+    Fields this release does not know (written by a newer one) are kept, so
+    that forwarding the message passes them on; they are never read here.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _readable_major(version: int) -> int:
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version} is newer than this reader's {SCHEMA_VERSION}: the message was "
+            f"written by a newer release; upgrade this service, then replay the dead letter"
+        )
+    if version < 1:
+        raise ValueError(f"schema_version {version} is not a version (they start at 1)")
+    return version
+
+
+class Envelope(WireModel):
+    """A whole message: its schema version, then what it says (see the module's rules)."""
+
+    schema_version: Annotated[int, AfterValidator(_readable_major)] = SCHEMA_VERSION
+    #: In memory: the minor the message was read with (0: none, or built here). Written out: the
+    #: newer of that and this writer's.
+    schema_minor: Annotated[int, Field(ge=0)] = 0
+
+    @field_serializer("schema_minor")
+    def _written_minor(self, minor: int) -> int:
+        return max(minor, SCHEMA_MINOR)
+
+
+M = TypeVar("M", bound=Envelope)
+
+
+class UnreadableMessage(Exception):
+    """A message body that is not a message of the expected kind for this release; says why."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"unreadable {kind}: {reason}")
+        self.reason = f"unreadable {kind}: {reason}"
+
+
+def read_message(model: type[M], body: bytes | str) -> M:
+    """*body* as a *model*, or `UnreadableMessage` saying why (a newer major first of all)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        newer = [error for error in errors if error["loc"] == ("schema_version",)]
+        shown = newer or errors[:3]
+        reason = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in shown
+        )
+        if not newer and len(errors) > len(shown):
+            reason += f" (and {len(errors) - len(shown)} more)"
+        raise UnreadableMessage(model.__name__, reason) from exc
+
+
+class ErrorInfo(WireModel):
     code: ErrorCode
     message: str
     retryable: bool = False
@@ -251,7 +370,7 @@ class TriggerKind(StrEnum):
     JOB = "job"
 
 
-class BlobRef(BaseModel):
+class BlobRef(WireModel):
     """A claim check for a payload kept in the blob store."""
 
     key: str
@@ -259,7 +378,7 @@ class BlobRef(BaseModel):
     size: int
 
 
-class Step(BaseModel):
+class Step(WireModel):
     """One stop of the routing slip. ``flow_step`` names the flow step it belongs to."""
 
     id: str
@@ -271,7 +390,7 @@ class Step(BaseModel):
         return SERVICE_OF[self.kind]
 
 
-class StepOutput(BaseModel):
+class StepOutput(WireModel):
     status: StepStatus = StepStatus.SUCCEEDED
     row_count: int | None = None
     columns: list[str] = []
@@ -282,7 +401,7 @@ class StepOutput(BaseModel):
     error: ErrorInfo | None = None
 
 
-class RunContext(BaseModel):
+class RunContext(WireModel):
     """What started a run, and with which parameter values."""
 
     flow: str
@@ -293,8 +412,7 @@ class RunContext(BaseModel):
     timezone: str = "UTC"
 
 
-class RunMessage(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class RunMessage(Envelope):
     run_id: str
     step_id: str
     attempt: int = 1
@@ -336,7 +454,7 @@ class RunMessage(BaseModel):
 # ---------------------------------------------------------------------------
 
 
-class RunInfo(BaseModel):
+class RunInfo(WireModel):
     """What history needs to list a run before any step has finished."""
 
     flow: str
@@ -368,8 +486,7 @@ class RunInfo(BaseModel):
         )
 
 
-class StatusEvent(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class StatusEvent(Envelope):
     event_id: str = Field(default_factory=new_id)
     run_id: str
     step_id: str
@@ -394,10 +511,9 @@ class StatusEvent(BaseModel):
     message: RunMessage | None = None
 
 
-class DeadLetterRecord(BaseModel):
+class DeadLetterRecord(Envelope):
     """A run message that could not be processed, with why: what an operator replays."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
     step_id: str
     attempt: int
@@ -407,10 +523,9 @@ class DeadLetterRecord(BaseModel):
     dead_at: dt.datetime = Field(default_factory=utcnow)
 
 
-class RunCompleted(BaseModel):
+class RunCompleted(Envelope):
     """Published by history when a run ends; chained flows start from it."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
     flow: str
     status: RunStatus

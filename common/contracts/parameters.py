@@ -11,7 +11,9 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from common.contracts.documents import Document
 
 #: A name templates and KQL refer to: a parameter's or a step's.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
@@ -27,9 +29,7 @@ class ParameterType(StrEnum):
     TIMESPAN = "timespan"
 
 
-class ParameterSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ParameterSpec(Document):
     type: ParameterType
     default: Any = None
     description: str | None = None

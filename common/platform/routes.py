@@ -88,15 +88,24 @@ def error_body(
 class Refusal(Exception):
     """Raised by a handler: answer with this status and error body instead."""
 
-    def __init__(self, status: int, message: str, *, code: str, fields: Sequence[FieldProblem] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        fields: Sequence[FieldProblem] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.fields = fields
+        self.headers = headers
 
     def response(self) -> web.Response:
-        return error_body(self.status, self.message, code=self.code, fields=self.fields)
+        return error_body(self.status, self.message, code=self.code, fields=self.fields, headers=self.headers)
 
 
 class InvalidParameter(Refusal):

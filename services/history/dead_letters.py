@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from common.contracts.messages import DeadLetterRecord, RunMessage, new_id, utcnow
-from common.platform.broker.interface import Broker, Delivery
+from common.platform.broker.interface import REASON_HEADER, Broker, Delivery
 from common.platform.database import SqlStore
 
 metadata = sa.MetaData()
@@ -73,8 +73,15 @@ class DeadLetterStore(SqlStore):
                 message = None
             if message is not None:
                 values.update(run_id=message.run_id, step_id=message.step_id, attempt=message.attempt)
-            reason = str(delivery.headers.get("x-death-reason") or "the broker's delivery limit was reached")
-            values.update(error_code="DeadLettered", error_message=reason)
+            refused = delivery.headers.get(REASON_HEADER)
+            if refused:
+                # A message a service could not read (a newer major, say), kept whole for a replay.
+                values.update(error_code="UnreadableMessage", error_message=str(refused))
+            else:
+                reason = str(
+                    delivery.headers.get("x-death-reason") or "the broker's delivery limit was reached"
+                )
+                values.update(error_code="DeadLettered", error_message=reason)
         else:
             values.update(
                 run_id=record.run_id,

@@ -15,12 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from common.contracts.actions import SendEmail
 from common.contracts.errors import ArtifactMissing
 from common.contracts.flows import flow_of
-from common.contracts.messages import ErrorCode, ErrorInfo, RunMessage, RunStatus, StepKind
+from common.contracts.messages import (
+    ErrorCode,
+    ErrorInfo,
+    RunMessage,
+    RunStatus,
+    StepKind,
+    UnreadableMessage,
+    read_message,
+)
 from common.platform.broker.interface import BrokerError
 from common.platform.runtime import Runtime
 from services.history.dead_letters import DeadLetterStore
@@ -72,10 +79,16 @@ class Redo:
             await self.runtime.blobs.put(message_key(message.run_id), data, "application/json")
 
     async def kept(self, run_id: str) -> RunMessage | None:
+        """The run's kept message; None if there is none. `RedoRefused` if this release cannot read it."""
         try:
-            return RunMessage.model_validate_json(await self.runtime.blobs.get(message_key(run_id)))
-        except (ArtifactMissing, ValidationError, ValueError):
+            body = await self.runtime.blobs.get(message_key(run_id))
+        except ArtifactMissing:
             return None
+        try:
+            return read_message(RunMessage, body)
+        except UnreadableMessage as exc:
+            # Kept by a newer release (a higher major): a replica of that release can redo it.
+            raise RedoRefused(f"the kept message of run {run_id} is {exc.reason}") from exc
 
     async def resend(self, run_id: str, step_id: str | None) -> dict[str, Any]:
         """Queue the email of *step_id* (by default the run's first that sent one) again."""

@@ -20,15 +20,16 @@ from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
 import structlog
-from pydantic import ValidationError
 
-from common.contracts.errors import ArtifactMissing, DeadLetter, Requeue
+from common.contracts.errors import ArtifactMissing, Requeue
 from common.contracts.messages import (
     RunCompleted,
     RunMessage,
     StatusEvent,
     StepKind,
     StepOutput,
+    UnreadableMessage,
+    read_message,
     utcnow,
 )
 from common.platform.broker.interface import BrokerError, Delivery
@@ -60,10 +61,11 @@ class Recorder:
 
     async def on_status(self, delivery: Delivery) -> None:
         try:
-            event = StatusEvent.model_validate_json(delivery.body)
-        except ValidationError as exc:
-            log.error("unreadable status event", error=str(exc), message_id=delivery.message_id)
-            raise DeadLetter from exc
+            event = read_message(StatusEvent, delivery.body)
+        except UnreadableMessage as exc:
+            log.error("unreadable status event", error=exc.reason, message_id=delivery.message_id)
+            await self.runtime.broker.refuse(delivery, exc.reason)
+            return
         with run_context(event.run_id, event.step_id, event.attempt, flow=event.flow, service="history"):
             if event.message is not None:
                 # A failure that ends the run: keep the run as it stood, to re-run it from here.

@@ -216,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
         "-f", "--file", required=True, help="a flow file (YAML or JSON) or a folder of them"
     )
     apply_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    apply_cmd.add_argument(
+        "--if-match",
+        type=int,
+        metavar="VERSION",
+        help="replace the flow only if it is still at this version (one file; refused if saved since)",
+    )
     list_cmd = flows.add_parser("list", help="the saved flows, their schedules and next fire times")
     list_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
     validate_cmd = flows.add_parser("validate", help="check flow files without saving them")
@@ -254,7 +260,7 @@ def _client(args: argparse.Namespace) -> None:
     if args.command == "flows" and args.flows_command == "validate":
         client.validate(args.file)
     elif args.command == "flows" and args.flows_command == "apply":
-        asyncio.run(client.apply(args.url.rstrip("/"), args.file))
+        asyncio.run(client.apply(args.url.rstrip("/"), args.file, if_match=args.if_match))
     elif args.command == "flows":
         asyncio.run(client.list_flows(args.url.rstrip("/")))
     elif args.command == "run":

@@ -100,17 +100,24 @@ def _refusal(status: int, body: Any) -> str:
     return str(error.get("message") or f"HTTP {status}")
 
 
-async def apply(trigger_url: str, target: str) -> None:
+async def apply(trigger_url: str, target: str, *, if_match: int | None = None) -> None:
+    """PUT every flow file of *target*; with *if_match*, only over that version of the one flow."""
+    paths = list(flow_files(target))
+    if if_match is not None and len(paths) != 1:
+        raise SystemExit("adxflow: --if-match takes one flow file (the version it was edited from)")
+    headers = {"If-Match": f'"{if_match}"'} if if_match is not None else {}
     failed = False
     async with aiohttp.ClientSession(headers=_headers()) as session:
-        for path in flow_files(target):
+        for path in paths:
             document = load_document(str(path))
             name = document.get("name") if isinstance(document, dict) else None
             if not name:
                 print(f"{path}: the document has no name")
                 failed = True
                 continue
-            status, body = await _call(session, "PUT", f"{trigger_url}/v1/flows/{name}", json=document)
+            status, body = await _call(
+                session, "PUT", f"{trigger_url}/v1/flows/{name}", json=document, headers=headers
+            )
             if status in (200, 201):
                 verb = "created" if status == 201 else f"updated (version {body['version']})"
                 print(f"{path}: {name} {verb}; {body.get('schedule')}")

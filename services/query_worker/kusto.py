@@ -17,11 +17,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import structlog
-from aiohttp import ClientError, ClientResponse, ClientSession
-from azure.kusto.data import ClientRequestProperties, KustoConnectionStringBuilder
+from aiohttp import ClientError, ClientResponse
+from azure.kusto.data import ClientRequestProperties
 from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import (
     KustoApiError,
@@ -41,7 +41,8 @@ from common.contracts.results import ResultWriter
 from common.platform import metrics
 from common.platform.blobs.interface import BlobWriter
 from common.platform.connections import Connections, connection_string
-from services.query_worker.reading import QueryResult, ResultReader, Session, streamed
+from services.query_worker.kusto_internals import RecordingClient
+from services.query_worker.reading import QueryResult, ResultReader, streamed
 from services.query_worker.wire import ResponseStream
 
 log = structlog.get_logger(__name__)
@@ -186,14 +187,6 @@ def _read_failure(
     return error
 
 
-class _Client(KustoClient):
-    """azure-kusto-data's async client over a `Session`."""
-
-    def __init__(self, kcsb: KustoConnectionStringBuilder) -> None:
-        super().__init__(kcsb)
-        self._session = Session(cast(ClientSession, self._session))  # type: ignore[assignment]
-
-
 class KustoRunner:
     """One async client per configured connection, created on first use."""
 
@@ -205,7 +198,7 @@ class KustoRunner:
     def _client(self, name: str) -> KustoClient:
         client = self._clients.get(name)
         if client is None:
-            client = _Client(connection_string(self._connections.get(name)))
+            client = RecordingClient(connection_string(self._connections.get(name)))
             self._clients[name] = client
         return client
 

@@ -8,24 +8,19 @@ cleans the SVG pygal writes.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 from xml.etree.ElementTree import Element
 
+# First: it imports pygal and mends what pygal's import does to the process.
+from services.render.pygal_internals import StackedAreas  # isort: skip
+
 import pygal
+from pygal.style import Style
 
-# pygal appends a finder for its map plugins to sys.meta_path. The finder has no find_spec, so
-# every failed import anywhere in the process (optional dependencies probe with try/import) emits
-# an ImportWarning once pygal is loaded, which filterwarnings=error turns into a crash. adxflow
-# draws no maps, so the finder is taken out again, before anything else is imported.
-sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, pygal.PluginImportFixer)]
-
-from pygal.style import Style  # noqa: E402
-
-from services.render.chart_series import xml_text  # noqa: E402
-from services.render.chart_style import THEMES, ChartOptions, series_colours, style_settings  # noqa: E402
-from services.render.table import format_number  # noqa: E402
+from services.render.chart_series import xml_text
+from services.render.chart_style import THEMES, ChartOptions, series_colours, style_settings
+from services.render.table import format_number
 
 NO_ROWS = "no rows"
 NOTHING_TO_PLOT = "no numeric values to plot"
@@ -43,20 +38,6 @@ _CATEGORY_CLASSES: dict[str, Callable[..., Any]] = {
     "areachart": pygal.Line,
     "stackedareachart": pygal.StackedLine,
 }
-
-
-class _StackedAreas(pygal.XY):
-    """Areas between each line and the one below it; the series arrive already summed up."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._below: list[Any] | None = None
-        super().__init__(*args, **kwargs)
-
-    def _fill(self, values: list[Any]) -> list[Any]:
-        below, self._below = self._below, values
-        if below is None:
-            return list(super()._fill(values))
-        return values + below[::-1]
 
 
 class Canvas:
@@ -78,7 +59,7 @@ class Canvas:
 
     def over_scale(self, names: Sequence[str], *, stacked: bool, **settings: Any) -> Any:
         """Lines or areas over a time or number scale; *stacked*, each series is the top of its band."""
-        return self._new(_StackedAreas if stacked else pygal.XY, names, **settings)
+        return self._new(StackedAreas if stacked else pygal.XY, names, **settings)
 
     def _new(
         self,

@@ -44,6 +44,7 @@ from services.trigger.bodies import (
     RunAccepted,
     RunRequest,
 )
+from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
 from services.trigger.starter import launch
 from services.trigger.store import FlowExists, FlowStore, StoredFlow
 from services.trigger.timetable import schedule_of
@@ -54,6 +55,12 @@ log = structlog.get_logger(__name__)
 
 def _not_found(name: str) -> Refusal:
     return Refusal(404, f"flow {name!r} not found", code="NotFound")
+
+
+def _precondition_failed(exc: PreconditionFailed) -> Refusal:
+    headers = {"ETag": etag(exc.current)} if exc.current is not None else {}
+    fields = [FieldProblem(field="If-Match", message=exc.message.removeprefix("If-Match: "))]
+    return Refusal(412, exc.message, code="PreconditionFailed", fields=fields, headers=headers)
 
 
 @dataclass
@@ -148,11 +155,11 @@ class TriggerApi:
     async def list_flows(self, request: web.Request) -> FlowList:
         return FlowList(flows=[self._view(stored) for stored in await self.store.all()])
 
-    async def get_flow(self, request: web.Request) -> FlowView:
+    async def get_flow(self, request: web.Request) -> Reply:
         stored = await self.store.get(request.match_info["name"])
         if stored is None:
             raise _not_found(request.match_info["name"])
-        return self._view(stored)
+        return Reply(self._view(stored), headers={"ETag": etag(stored.version)})
 
     async def create_flow(self, request: web.Request) -> Reply:
         return await self._save(request, name=None)
@@ -172,17 +179,28 @@ class TriggerApi:
             raise Refusal(
                 400, f"name: the document names {flow.name!r}, the URL {name!r}", code="InvalidFlow"
             )
+        if_match = IfMatch.of(request.headers.get("If-Match")) if name is not None else None
         await self._check(flow)
         try:
-            stored, created = await self.store.save(flow, create_only=name is None)
+            stored, created = await self.store.save(flow, create_only=name is None, if_match=if_match)
         except FlowExists as exc:
             raise Refusal(409, f"{exc}; PUT /v1/flows/{exc.name} replaces it", code="Conflict") from exc
+        except PreconditionFailed as exc:
+            raise _precondition_failed(exc) from exc
         log.info("flow saved", flow=flow.name, version=stored.version, created=created)
-        return Reply(self._view(stored), status=201 if created else 200)
+        return Reply(
+            self._view(stored), status=201 if created else 200, headers={"ETag": etag(stored.version)}
+        )
 
     async def delete_flow(self, request: web.Request) -> Reply:
-        if not await self.store.delete(request.match_info["name"]):
-            raise _not_found(request.match_info["name"])
+        name = request.match_info["name"]
+        if_match = IfMatch.of(request.headers.get("If-Match"))
+        try:
+            deleted = await self.store.delete(name, if_match=if_match)
+        except PreconditionFailed as exc:
+            raise _precondition_failed(exc) from exc
+        if not deleted:
+            raise _not_found(name)
         return Reply(None, status=204)
 
     async def run_flow(self, request: web.Request) -> Reply:
@@ -247,6 +265,17 @@ _IDEMPOTENCY_KEY = Parameter(
     "A repeated request with the same key answers with the run the first one started.",
     {"type": "string", "minLength": 1, "maxLength": 255},
 )
+_IF_MATCH = Parameter(
+    "If-Match",
+    "header",
+    "Change the flow only if it is still at this version: the ETag GET /v1/flows/{name} answered "
+    "(`\"3\"`), or `*` for any version of an existing flow. Otherwise 412 names the version it is at.",
+    {"type": "string", "minLength": 1},
+    example='"3"',
+)
+_ETAG = {
+    "ETag": 'The flow\'s version as an entity tag (`"3"`); send it back in If-Match to change this version.'
+}
 _ACCEPTED = Answer(
     "The run is queued; Location is where its history will be.",
     RunAccepted,
@@ -282,7 +311,7 @@ ROUTES: list[Route[TriggerApi]] = [
         "createFlow",
         TriggerApi.create_flow,
         "Save a new flow",
-        {201: Answer("The flow, saved.", FlowView)},
+        {201: Answer("The flow, saved.", FlowView, headers=_ETAG)},
         body=Body(Flow, EXAMPLE_FLOW, yaml=True),
         refusals=(*_BODY, 409),
     ),
@@ -292,7 +321,7 @@ ROUTES: list[Route[TriggerApi]] = [
         "getFlow",
         TriggerApi.get_flow,
         "One flow",
-        {200: Answer("The flow.", FlowView)},
+        {200: Answer("The flow.", FlowView, headers=_ETAG)},
         parameters=[_NAME],
         refusals=(404,),
     ),
@@ -302,10 +331,13 @@ ROUTES: list[Route[TriggerApi]] = [
         "putFlow",
         TriggerApi.put_flow,
         "Create or replace a flow",
-        {200: Answer("The flow, replaced.", FlowView), 201: Answer("The flow, created.", FlowView)},
-        parameters=[_NAME],
+        {
+            200: Answer("The flow, replaced.", FlowView, headers=_ETAG),
+            201: Answer("The flow, created.", FlowView, headers=_ETAG),
+        },
+        parameters=[_NAME, _IF_MATCH],
         body=Body(FlowReplacement, EXAMPLE_FLOW, yaml=True),
-        refusals=_BODY,
+        refusals=(*_BODY, 412),
     ),
     Route(
         "DELETE",
@@ -314,8 +346,8 @@ ROUTES: list[Route[TriggerApi]] = [
         TriggerApi.delete_flow,
         "Delete a flow, its fired slots and its idempotency keys",
         {204: Answer("Deleted.")},
-        parameters=[_NAME],
-        refusals=(404,),
+        parameters=[_NAME, _IF_MATCH],
+        refusals=(400, 404, 412),
     ),
     Route(
         "POST",
@@ -362,6 +394,11 @@ API = HttpApi(
         ),
         404: Answer("No flow has this name.", ErrorBody),
         409: Answer("A flow with this name exists; PUT replaces it.", ErrorBody),
+        412: Answer(
+            "If-Match matches no version of the flow as it is now; the message and the ETag header "
+            "name the version it is at.",
+            ErrorBody,
+        ),
         413: Answer("The body is over 1 MiB.", media={"text/plain": {"schema": {"type": "string"}}}),
         415: Answer("The body is neither JSON nor YAML.", ErrorBody),
         503: Answer("The broker did not accept the run; retrying can help.", ErrorBody),

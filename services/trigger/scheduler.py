@@ -27,11 +27,16 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 import structlog
-from pydantic import ValidationError
 
-from common.contracts.errors import DeadLetter
 from common.contracts.flows import Flow, RunTemplate
-from common.contracts.messages import RunCompleted, RunContext, TriggerKind, utcnow
+from common.contracts.messages import (
+    RunCompleted,
+    RunContext,
+    TriggerKind,
+    UnreadableMessage,
+    read_message,
+    utcnow,
+)
 from common.platform import metrics
 from common.platform.broker.interface import Broker, BrokerError, Delivery
 from common.platform.logs import run_context
@@ -293,9 +298,11 @@ class Chainer:
 
     async def on_completed(self, delivery: Delivery) -> None:
         try:
-            completed = RunCompleted.model_validate_json(delivery.body)
-        except ValidationError as exc:
-            raise DeadLetter from exc
+            completed = read_message(RunCompleted, delivery.body)
+        except UnreadableMessage as exc:
+            log.error("unreadable completed run", error=exc.reason, message_id=delivery.message_id)
+            await self.broker.refuse(delivery, exc.reason)
+            return
         for stored in await self.store.followers(completed.flow):
             flow = stored.flow
             after = flow.trigger.after

@@ -26,9 +26,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.contracts.flows import Flow
+from common.contracts.flows import Flow, read_back
 from common.contracts.messages import utcnow
 from common.platform.database import SqlStore, insert_ignore
+from services.trigger.preconditions import IfMatch, PreconditionFailed
 
 metadata = sa.MetaData()
 UtcDateTime = sa.DateTime(timezone=True)
@@ -101,7 +102,7 @@ class StoredFlow:
 
 def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     return StoredFlow(
-        flow=Flow.model_validate(row.document),
+        flow=read_back(row.document),
         version=row.version,
         anchor=_utc(row.anchor),
         created_at=_utc(row.created_at),
@@ -183,9 +184,20 @@ class FlowStore(SqlStore):
         await conn.execute(changes.update().values(revision=changes.c.revision + 1))
 
     async def save(
-        self, flow: Flow, *, create_only: bool = False, now: dt.datetime | None = None
+        self,
+        flow: Flow,
+        *,
+        create_only: bool = False,
+        if_match: IfMatch | None = None,
+        now: dt.datetime | None = None,
     ) -> tuple[StoredFlow, bool]:
-        """Create or replace *flow*; returns it and whether it was created."""
+        """Create or replace *flow*; returns it and whether it was created.
+
+        With *if_match*, only a flow at one of its versions is replaced, and
+        none is created: `PreconditionFailed` otherwise. The version is
+        compared in the UPDATE itself, so of two writers that read the same
+        version, one changes no row and is refused.
+        """
         now = now or utcnow()
         document = flow.model_dump(mode="json", exclude_none=True)
         fields = {
@@ -197,6 +209,8 @@ class FlowStore(SqlStore):
         }
         async with self.engine.begin() as conn:
             current = (await conn.execute(sa.select(flows).where(flows.c.name == flow.name))).first()
+            if if_match is not None and not if_match.matches(current.version if current else None):
+                raise PreconditionFailed(flow.name, current.version if current else None)
             if current is None:
                 await conn.execute(
                     flows.insert().values(name=flow.name, version=1, anchor=now, created_at=now, **fields)
@@ -210,15 +224,24 @@ class FlowStore(SqlStore):
                 # A new schedule or a re-enabled flow starts from now: what it
                 # would have fired meanwhile is not "missed".
                 anchor = now if changed_schedule or re_enabled else current.anchor
-                await conn.execute(
-                    flows.update()
-                    .where(flows.c.name == flow.name)
-                    .values(version=current.version + 1, anchor=anchor, **fields)
+                where = flows.c.name == flow.name
+                if if_match is not None:
+                    # The row as it was read: a writer that committed meanwhile moved its version.
+                    where &= flows.c.version == current.version
+                updated = await conn.execute(
+                    flows.update().where(where).values(version=flows.c.version + 1, anchor=anchor, **fields)
                 )
+                if not updated.rowcount:
+                    raise PreconditionFailed(flow.name, await self._version(conn, flow.name))
                 created = False
             row = (await conn.execute(sa.select(flows).where(flows.c.name == flow.name))).one()
             await self._changed(conn)
         return _stored(row), created
+
+    @staticmethod
+    async def _version(conn: AsyncConnection, name: str) -> int | None:
+        found = await conn.execute(sa.select(flows.c.version).where(flows.c.name == name))
+        return found.scalar_one_or_none()
 
     async def get(self, name: str) -> StoredFlow | None:
         async with self.engine.connect() as conn:
@@ -230,11 +253,19 @@ class FlowStore(SqlStore):
             rows = (await conn.execute(sa.select(flows).order_by(flows.c.name))).all()
         return [_stored(row) for row in rows]
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *, if_match: IfMatch | None = None) -> bool:
+        """Delete the flow *name*; False if there is none. With *if_match*, see :meth:`save`."""
         async with self.engine.begin() as conn:
             await conn.execute(fired.delete().where(fired.c.flow == name))
             await conn.execute(idempotency.delete().where(idempotency.c.flow == name))
-            deleted = await conn.execute(flows.delete().where(flows.c.name == name))
+            where = flows.c.name == name
+            if if_match is not None and not if_match.any:
+                assert if_match.versions is not None
+                where &= flows.c.version.in_(sorted(if_match.versions))
+            deleted = await conn.execute(flows.delete().where(where))
+            if if_match is not None and not deleted.rowcount:
+                # Raised inside the transaction: the slots and keys deleted above come back.
+                raise PreconditionFailed(name, await self._version(conn, name))
             if deleted.rowcount:
                 await self._changed(conn)
         return bool(deleted.rowcount)

@@ -207,7 +207,10 @@ def test_the_image_builds_in_one_stage_and_runs_without_compilers_as_a_user() ->
     assert "build-essential" in build
     assert "build-essential" not in final
     # adxflow alone: the 'embedded' extra is for embedded mode, which the image never runs.
-    assert re.search(r"/opt/adxflow/bin/pip install \.$", build, flags=re.MULTILINE)
+    assert re.search(
+        r"/opt/adxflow/bin/pip install --constraint requirements\.lock \.$", build, flags=re.MULTILINE
+    )
+    assert re.search(r"^COPY .*\brequirements\.lock\b", build, flags=re.MULTILINE)
     assert "[embedded]" not in text
     assert "COPY --from=build /opt/adxflow /opt/adxflow" in final
     for package in ("libcairo2", "fonts-dejavu-core"):

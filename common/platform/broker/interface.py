@@ -28,6 +28,10 @@ from common.contracts.topology import QueueSpec, Topology
 log = structlog.get_logger(__name__)
 
 
+#: The header of a dead letter that says why it was refused (a message no handler here can read).
+REASON_HEADER = "x-adxflow-reason"
+
+
 class BrokerError(Exception):
     """The broker did not take a message (unroutable, not confirmed, closed)."""
 
@@ -100,8 +104,23 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
-        """Put a message straight into the dead-letter queue (a step that gave up on it)."""
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
+        """Put a message straight into the dead-letter queue (a step that gave up on it).
+
+        *reason* travels in the :data:`REASON_HEADER` header; history shows it with the letter.
+        """
+
+    async def refuse(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter *delivery* as it came, saying why: a message this release cannot read.
+
+        Kept whole, it can be replayed once the reader is upgraded. The handler
+        then returns normally, so the delivery itself is acknowledged.
+        """
+        await self.dead_letter(
+            delivery.routing_key, delivery.body, message_id=delivery.message_id, reason=reason[:1000]
+        )
 
     @abc.abstractmethod
     async def consume(self, queue: QueueSpec, handler: Handler, *, prefetch: int = 8) -> None:

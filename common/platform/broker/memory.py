@@ -9,7 +9,15 @@ from dataclasses import dataclass, replace
 import structlog
 
 from common.contracts.topology import DELIVERY_LIMIT, QueueSpec, Topology
-from common.platform.broker.interface import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
+from common.platform.broker.interface import (
+    REASON_HEADER,
+    Broker,
+    BrokerError,
+    Delivery,
+    Handler,
+    Outcome,
+    run_handler,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -65,10 +73,13 @@ class InProcessBroker(Broker):
             else:
                 self._queues[name].put_nowait(delivery)
 
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
         if not self._open:
             raise BrokerError("broker is closed")
-        delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id)
+        headers = {REASON_HEADER: reason} if reason else {}
+        delivery = Delivery(body=body, routing_key=routing_key, message_id=message_id, headers=headers)
         self._queues[self.topology.dead_letter_queue.name].put_nowait(delivery)
 
     def _deliver_later(self, queue: str, delivery: Delivery, delay: float) -> None:

@@ -28,7 +28,15 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 from common.contracts.topology import LONGEST_DELAY, QueueSpec, Topology
-from common.platform.broker.interface import Broker, BrokerError, Delivery, Handler, Outcome, run_handler
+from common.platform.broker.interface import (
+    REASON_HEADER,
+    Broker,
+    BrokerError,
+    Delivery,
+    Handler,
+    Outcome,
+    run_handler,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -129,7 +137,9 @@ class RabbitBroker(Broker):
             exchange, key = self._delays, self.topology.delay_route(routing_key, delay)
         await self._confirmed(lambda: exchange.publish(message, routing_key=key, mandatory=True), key)
 
-    async def dead_letter(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def dead_letter(
+        self, routing_key: str, body: bytes, *, message_id: str | None = None, reason: str | None = None
+    ) -> None:
         if self._dead_letters is None:
             raise BrokerError("broker is not started")
         exchange = self._dead_letters
@@ -138,6 +148,7 @@ class RabbitBroker(Broker):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
+            headers={REASON_HEADER: reason} if reason else None,
         )
         await self._confirmed(
             lambda: exchange.publish(message, routing_key=routing_key, mandatory=True), routing_key

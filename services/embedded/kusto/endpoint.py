@@ -21,9 +21,9 @@ from pathlib import Path
 from types import TracebackType
 
 import duckdb_kql
-from duckdb_kql.server import DEFAULT_PORT
 
 from services.embedded.kusto.database import ensure_database
+from services.embedded.kusto.duckdb_kql_internals import DEFAULT_PORT
 from services.embedded.kusto.server import POLL_SECONDS, LocalServer
 
 __all__ = ["LocalKusto", "start_local_kusto"]

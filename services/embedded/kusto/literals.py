@@ -17,7 +17,9 @@ from typing import Any
 
 import duckdb_kql
 from duckdb_kql import KqlError
-from duckdb_kql.params import as_datetime, parse_timespan
+from duckdb_kql.params import as_datetime
+
+from services.embedded.kusto.duckdb_kql_internals import parse_timespan
 
 __all__ = ["NUMBER", "ParameterValueError", "RequestRefused", "parameter_value", "typed_parameters"]
 

@@ -37,10 +37,14 @@ from typing import Any, cast
 import duckdb_kql
 from duckdb import DuckDBPyConnection
 from duckdb_kql import KqlError, KqlUnsupportedError
-from duckdb_kql.control import is_write_command, strip_leading_comments
 from duckdb_kql.ingest import parse_ingestion
-from duckdb_kql.server import KustoRestServer, Result, _Handler, error_response
+from duckdb_kql.server import KustoRestServer, Result, error_response
 
+from services.embedded.kusto.duckdb_kql_internals import (
+    StockHandler,
+    is_write_command,
+    strip_leading_comments,
+)
 from services.embedded.kusto.literals import RequestRefused, typed_parameters
 from services.embedded.kusto.operations import (
     OPERATION_ID,
@@ -119,26 +123,26 @@ def _normalized_body(body: bytes) -> bytes | None:
     return json.dumps(request).encode("utf-8")
 
 
-class _LocalHandler(_Handler):
+class _LocalHandler(StockHandler):
     """duckdb-kql's handler, fed a body it can read in full, answering `render`."""
 
     disable_nagle_algorithm = True
     #: The request's Visualization object as JSON, while its trailing `render` is answered.
-    _visualization: str | None = None
+    visualization_json: str | None = None
 
     def do_POST(self) -> None:  # BaseHTTPRequestHandler's interface
         # A page in the browser may POST here without a preflight (a "simple"
         # request); its response is unreadable, but a write would still happen.
         origin = self.headers.get("Origin")
         if origin is not None and origin not in self.kusto.allowed_origins:
-            self._send(
+            self.respond(
                 403,
                 error_response(f"requests from origin {origin!r:.80} are not accepted", code="Forbidden"),
             )
             self.close_connection = True
             return
         if cast(LocalServer, self.server).closing:
-            self._send(503, error_response("the local Kusto endpoint is shutting down"))
+            self.respond(503, error_response("the local Kusto endpoint is shutting down"))
             self.close_connection = True
             return
         original = self.rfile
@@ -149,23 +153,23 @@ class _LocalHandler(_Handler):
         if length < 0:
             # The stock handler would read to end of stream, which on a
             # keep-alive connection never comes.
-            self._send(400, error_response("malformed Content-Length"))
+            self.respond(400, error_response("malformed Content-Length"))
             self.close_connection = True
             return
         body = original.read(length)
         try:
             normalized = _normalized_body(body)
         except RequestRefused as exc:
-            self._send(400, error_response(str(exc)))
+            self.respond(400, error_response(str(exc)))
             return
         if normalized is not None:
             body = normalized
             del self.headers["Content-Length"]
             self.headers["Content-Length"] = str(len(body))
         try:
-            self._visualization = shown_visualization(self.path, body)
+            self.visualization_json = shown_visualization(self.path, body)
         except RenderRefused as exc:
-            self._send(400, error_response(str(exc)))
+            self.respond(400, error_response(str(exc)))
             return
         self.rfile = io.BytesIO(body)
         try:
@@ -174,14 +178,14 @@ class _LocalHandler(_Handler):
             # The connection's next request is read from this attribute; left on
             # the spent buffer, a keep-alive connection would read nothing.
             self.rfile = original
-            self._visualization = None
+            self.visualization_json = None
 
-    def _send(self, status: int, payload: Any) -> None:
+    def finished_payload(self, status: int, payload: Any) -> Any:
         # The stock handler builds the v2 frames and sends them in one call;
         # this is the one place the QueryProperties table can be filled in.
-        if self._visualization is not None and status == 200 and isinstance(payload, list):
-            payload = [with_visualization(frame, self._visualization) for frame in payload]
-        super()._send(status, payload)
+        if self.visualization_json is not None and status == 200 and isinstance(payload, list):
+            return [with_visualization(frame, self.visualization_json) for frame in payload]
+        return payload
 
 
 class LocalServer(KustoRestServer):

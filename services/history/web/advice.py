@@ -103,6 +103,7 @@ def advice_for(code: str | None) -> str | None:
     if code is None:
         return None
     try:
-        return ADVICE[ErrorCode(code)]
+        # A code of a newer release reads as an ErrorCode of its own, with no advice here.
+        return ADVICE.get(ErrorCode(code))
     except ValueError:
         return None

@@ -222,16 +222,24 @@ async def set_flow_enabled(request: web.Request) -> web.Response:
     try:
         body = json.loads(await request.text() or "{}")
         enabled = body["enabled"]
-        if not isinstance(enabled, bool):
+        version = body.get("version")
+        if not isinstance(enabled, bool) or not isinstance(body, dict):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+        unknown = sorted(set(body) - {"enabled", "version"})
+        if unknown:
+            return error_body(400, f"{unknown[0]}: not a field of this request", code="InvalidRequest")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            problem = "version: the flow's version the page shows, 1 or more"
+            return error_body(400, problem, code="InvalidRequest")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return error_body(400, 'send {"enabled": true} or {"enabled": false}', code="InvalidRequest")
     name = request.match_info["name"]
     try:
-        saved = await _trigger(request).set_enabled(name, enabled)
+        saved = await _trigger(request).set_enabled(name, enabled, version=version)
     except TriggerUnavailable as exc:
         status = exc.status if 400 <= exc.status < 500 else 502
-        return error_body(status, exc.message, code="NotFound" if status == 404 else "Unavailable")
+        codes = {404: "NotFound", 412: "PreconditionFailed"}
+        return error_body(status, exc.message, code=codes.get(status, "Unavailable"))
     log.info("flow switched from the history pages", flow=name, enabled=enabled)
     return web.json_response({"name": saved["name"], "enabled": saved["enabled"]})
 

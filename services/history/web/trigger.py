@@ -35,14 +35,16 @@ class TriggerClient:
     def __repr__(self) -> str:
         return f"TriggerClient({self.url!r})"
 
-    async def _call(self, method: str, path: str, json: Any = None) -> Any:
+    async def _call(
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         if not self.url:
             raise TriggerUnavailable(
                 "the trigger API's address is not configured (ADXFLOW_TRIGGER_PUBLIC_URL)"
             )
         try:
             async with self._session.request(
-                method, f"{self.url}{path}", json=json, headers=self._headers
+                method, f"{self.url}{path}", json=json, headers={**self._headers, **(headers or {})}
             ) as response:
                 body = await response.json(content_type=None)
                 status = response.status
@@ -52,6 +54,8 @@ class TriggerClient:
         if status >= 400:
             error = body.get("error", {}) if isinstance(body, dict) else {}
             message = error.get("message") or f"HTTP {status}"
+            if status == 412:
+                message = f"{message} (reload the page to see the flow as it is now)"
             raise TriggerUnavailable(f"the trigger API refused: {message}", status=status)
         return body
 
@@ -59,12 +63,20 @@ class TriggerClient:
         body = await self._call("GET", "/v1/flows")
         return list(body["flows"])
 
-    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
-        """Read the flow, set ``enabled``, and save it back; the saved flow's view."""
+    async def set_enabled(self, name: str, enabled: bool, *, version: int | None = None) -> dict[str, Any]:
+        """Read the flow, set ``enabled``, and save it back; the saved flow's view.
+
+        The save asks for the version the page showed (*version*), or else the
+        one just read: a flow someone saved meanwhile is refused (412, with the
+        version it is at), not overwritten with what the page knew of it.
+        """
         view = await self._call("GET", f"/v1/flows/{_segment(name)}")
         document = dict(view["document"])
         document["enabled"] = enabled
-        saved: dict[str, Any] = await self._call("PUT", f"/v1/flows/{_segment(name)}", json=document)
+        expected = version if version is not None else int(view["version"])
+        saved: dict[str, Any] = await self._call(
+            "PUT", f"/v1/flows/{_segment(name)}", json=document, headers={"If-Match": f'"{expected}"'}
+        )
         return saved
 
     async def flow(self, name: str) -> dict[str, Any]:

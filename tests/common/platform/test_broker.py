@@ -9,7 +9,7 @@ import pytest
 from common.contracts.errors import DeadLetter, Requeue
 from common.contracts.messages import StepKind
 from common.contracts.topology import DELIVERY_LIMIT
-from common.platform.broker.interface import Broker, BrokerError, Delivery
+from common.platform.broker.interface import REASON_HEADER, Broker, BrokerError, Delivery
 
 
 class Inbox:
@@ -210,3 +210,23 @@ async def test_a_delayed_publish_where_no_delay_leads_is_an_error(broker: Broker
     for routing_key in [broker.topology.status_key, "no-such-key"]:
         with pytest.raises(BrokerError, match=routing_key):
             await broker.publish(routing_key, b"lost?", delay=1)
+
+
+async def test_a_refused_message_reaches_the_dead_letters_whole_with_its_reason(broker: Broker) -> None:
+    dead = Inbox()
+    topology = broker.topology
+
+    async def refuse(delivery: Delivery) -> None:
+        await broker.refuse(delivery, "unreadable RunMessage: schema_version 2 is newer than this reader's 1")
+
+    await broker.consume(topology.dead_letter_queue, dead.add)
+    await broker.consume(topology.step_queue(StepKind.NOTIFY), refuse)
+    await broker.publish(topology.step_key(StepKind.NOTIFY), b'{"schema_version": 2}', message_id="m-9")
+
+    [letter] = await dead.wait_for(1)
+    assert letter.body == b'{"schema_version": 2}'
+    assert letter.message_id == "m-9"
+    assert letter.routing_key == topology.step_key(StepKind.NOTIFY)
+    assert letter.headers[REASON_HEADER] == (
+        "unreadable RunMessage: schema_version 2 is newer than this reader's 1"
+    )

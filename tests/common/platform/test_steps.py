@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from common.contracts.errors import KustoError
 from common.contracts.flows import Flow, new_run
 from common.contracts.messages import (
+    SCHEMA_MINOR,
+    SCHEMA_VERSION,
     DeadLetterRecord,
     ErrorCode,
     RunContext,
@@ -22,7 +25,7 @@ from common.contracts.messages import (
     TriggerKind,
 )
 from common.contracts.topology import Topology
-from common.platform.broker.interface import Delivery
+from common.platform.broker.interface import REASON_HEADER, Delivery
 from common.platform.broker.memory import InProcessBroker
 from common.platform.steps import Perform, RetryPolicy, StepPending, StepWorker, forward
 
@@ -186,6 +189,69 @@ async def test_an_unreadable_message_is_dead_lettered(broker: InProcessBroker) -
     await run_step(broker, perform, body=b'{"run_id": 1}')
 
 
+async def refused(broker: InProcessBroker, body: bytes) -> Delivery:
+    """The dead letter a query step's worker makes of *body*, which it never performs."""
+    dead: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def perform(message: RunMessage) -> StepOutput:
+        raise AssertionError("must not run")
+
+    await broker.consume(broker.topology.dead_letter_queue, dead.put)
+    await StepWorker(broker, StepKind.QUERY, perform).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), body)
+    return await asyncio.wait_for(dead.get(), 5)
+
+
+async def test_a_message_of_a_higher_major_is_dead_lettered_whole_saying_why(
+    broker: InProcessBroker,
+) -> None:
+    body = json.loads(query_message().model_dump_json())
+    body["schema_version"] = SCHEMA_VERSION + 1
+    sent = json.dumps(body).encode()
+
+    letter = await refused(broker, sent)
+
+    assert letter.body == sent
+    reason = str(letter.headers[REASON_HEADER])
+    assert reason.startswith("unreadable RunMessage: schema_version: ")
+    assert f"{SCHEMA_VERSION + 1} is newer than this reader's {SCHEMA_VERSION}" in reason
+    assert letter.routing_key == broker.topology.step_key(StepKind.QUERY)
+
+
+async def test_a_malformed_message_is_dead_lettered_naming_its_fields(broker: InProcessBroker) -> None:
+    letter = await refused(broker, b'{"run_id": 1}')
+
+    assert "run_id: Input should be a valid string" in str(letter.headers[REASON_HEADER])
+
+
+async def test_a_message_of_a_newer_minor_is_performed_and_forwarded_with_what_it_added(
+    broker: InProcessBroker,
+) -> None:
+    """This release as the older worker: a newer trigger wrote the run."""
+    body = json.loads(query_message().model_dump_json())
+    body["schema_minor"] = SCHEMA_MINOR + 1
+    body["trace_parent"] = "00-abc-01"
+    body["flow"]["steps"][0]["cache_minutes"] = 5
+    body["flow"]["steps"][1]["priority"] = "urgent"
+    seen: list[RunMessage] = []
+    rendered: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def perform(message: RunMessage) -> StepOutput:
+        seen.append(message)
+        return StepOutput(row_count=1)
+
+    await broker.consume(broker.topology.step_queue(StepKind.RENDER), rendered.put)
+    await StepWorker(broker, StepKind.QUERY, perform).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), json.dumps(body).encode())
+    forwarded = json.loads((await asyncio.wait_for(rendered.get(), 5)).body)
+
+    assert [message.step_id for message in seen] == ["query"]
+    assert forwarded["step_id"] == "query.render"
+    assert forwarded["trace_parent"] == "00-abc-01"
+    assert forwarded["flow"]["steps"][0]["cache_minutes"] == 5
+    assert forwarded["schema_minor"] == SCHEMA_MINOR + 1
+
+
 async def test_a_failure_the_flow_continues_past_skips_the_render_half_and_goes_on(
     broker: InProcessBroker,
 ) -> None:
@@ -324,3 +390,28 @@ def test_backoff_grows_exponentially_with_jitter_and_a_ceiling() -> None:
         delays = [policy.delay(attempt) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+async def test_a_message_an_older_release_wrote_is_performed_with_the_defaults_of_what_it_lacks(
+    broker: InProcessBroker,
+) -> None:
+    """This release as the newer worker: the run was written before schema_minor, resend and pending."""
+    body = json.loads(query_message().model_dump_json())
+    for added in ("schema_minor", "resend", "pending"):
+        del body[added]
+    seen: list[RunMessage] = []
+    rendered: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def perform(message: RunMessage) -> StepOutput:
+        seen.append(message)
+        return StepOutput(row_count=1)
+
+    await broker.consume(broker.topology.step_queue(StepKind.RENDER), rendered.put)
+    await StepWorker(broker, StepKind.QUERY, perform).start(prefetch=1)
+    await broker.publish(broker.topology.step_key(StepKind.QUERY), json.dumps(body).encode())
+    forwarded = json.loads((await asyncio.wait_for(rendered.get(), 5)).body)
+
+    assert [(message.step_id, message.resend, message.pending) for message in seen] == [("query", None, None)]
+    assert forwarded["step_id"] == "query.render"
+    assert forwarded["outputs"]["query"]["row_count"] == 1
+    assert forwarded["schema_minor"] == SCHEMA_MINOR

@@ -35,7 +35,7 @@ from common.platform.runtime import Runtime
 from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
-from services.history.web.advice import ADVICE
+from services.history.web.advice import ADVICE, advice_for
 from services.history.web.pages import TRIGGER_SESSION
 from services.history.web.session import COOKIE, SESSION_SECONDS, Sessions, safe_next
 from services.history.web.views import duration_words
@@ -106,6 +106,12 @@ async def seed_failed_run(store: HistoryStore, run_id: str, at: dt.datetime = T0
 
 def test_every_error_code_has_advice() -> None:
     assert set(ADVICE) == set(ErrorCode)
+
+
+def test_a_code_of_a_newer_release_or_none_has_no_advice_and_breaks_nothing() -> None:
+    assert advice_for("KustoQuotaExceeded") is None
+    assert advice_for("") is None
+    assert advice_for(ErrorCode.STALLED.value) == ADVICE[ErrorCode.STALLED]
 
 
 def test_a_session_expires_and_cannot_be_forged() -> None:
@@ -337,6 +343,57 @@ async def test_page_loads_share_one_session_to_the_trigger_closed_with_the_app(
             assert session.closed
             await asyncio.wait_for(proxy.all_ended.wait(), 5)
             assert (proxy.accepted, proxy.ended) == (1, 1)
+    finally:
+        await letters.close()
+        await store.close()
+
+
+async def test_the_toggle_switches_the_version_the_page_showed_and_refuses_a_changed_flow(
+    data_dirs: tuple[Path, Path],
+) -> None:
+    history_dir, trigger_dir = data_dirs
+    settings = Settings(data_dir=history_dir)
+    store = HistoryStore(settings.resolved_database_url)
+    letters = DeadLetterStore(settings.resolved_database_url)
+    await store.ensure_schema()
+    await letters.ensure_schema()
+    page = {"X-Adxflow-Request": "1"}
+    try:
+        async with _trigger_with_a_flow(trigger_dir) as port:
+            trigger_url = f"http://127.0.0.1:{port}"
+            runtime = Runtime(
+                settings=settings,
+                broker=InProcessBroker(Topology(random_name("history-web-"))),
+                blobs=FolderBlobStore(history_dir / "blobs"),
+                connections=Connections(),
+                trigger_url=trigger_url,
+            )
+            app = create_app(runtime, store, letters)
+            async with runtime, HttpServer(app, "127.0.0.1", 0) as http, aiohttp.ClientSession() as browser:
+                async with browser.get(f"{http.url}/ui/flows") as response:
+                    assert 'data-version="1"' in await response.text()
+                toggle = f"{http.url}/ui/flows/storms/enabled"
+                async with browser.post(toggle, json={"enabled": False, "version": 1}, headers=page) as off:
+                    assert off.status == 200, await off.text()
+                    assert (await off.json())["enabled"] is False
+
+                # A second page still showing version 1 does not switch the flow saved since.
+                async with browser.post(toggle, json={"enabled": True, "version": 1}, headers=page) as stale:
+                    assert stale.status == 412
+                    error = (await stale.json())["error"]
+                    assert error["code"] == "PreconditionFailed"
+                    assert "version 2" in error["message"]
+                    assert "reload the page" in error["message"]
+                async with browser.get(f"{trigger_url}/v1/flows/storms") as flow:
+                    saved = await flow.json()
+                    assert (saved["version"], saved["enabled"]) == (2, False)
+
+                async with browser.post(toggle, json={"enabled": True, "versions": 2}, headers=page) as typo:
+                    assert typo.status == 400
+                    assert (await typo.json())["error"]["message"].startswith("versions: ")
+                async with browser.post(toggle, json={"enabled": True, "version": 2}, headers=page) as on:
+                    assert on.status == 200
+                    assert (await on.json())["enabled"] is True
     finally:
         await letters.close()
         await store.close()

@@ -126,6 +126,18 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert "servers" not in doc
 
 
+def test_flow_edits_document_their_etag_and_if_match() -> None:
+    paths = document()["paths"]
+    flow = paths["/v1/flows/{name}"]
+
+    assert "ETag" in flow["get"]["responses"]["200"]["headers"]
+    assert set(flow["put"]["responses"]["200"]["headers"]) >= {"ETag"}
+    for method in ("put", "delete"):
+        names = {(p["name"], p["in"]) for p in flow[method]["parameters"]}
+        assert ("If-Match", "header") in names
+        assert "name the version it is at" in flow[method]["responses"]["412"]["description"]
+
+
 def test_every_reference_resolves_inside_components() -> None:
     doc = document()
 

@@ -90,7 +90,9 @@
     } else if (button.dataset.toggleFlow) {
       const name = button.dataset.toggleFlow;
       const enabled = button.dataset.enabled === "true";
-      act(button, `/ui/flows/${encodeURIComponent(name)}/enabled`, { enabled }, async () => {
+      // The version the page shows: a flow changed since then is not switched unseen.
+      const version = Number(button.dataset.version);
+      act(button, `/ui/flows/${encodeURIComponent(name)}/enabled`, { enabled, version }, async () => {
         window.location.reload();
       });
     } else if (button.hasAttribute("data-logout")) {

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 import duckdb
 import pytest
 from azure.kusto.data import KustoConnectionStringBuilder
-from azure.kusto.data._models import KustoResultRow, KustoResultTable
 from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import KustoServiceError
+from azure.kusto.data.response import KustoResultTable
 
 from services.embedded.kusto.database import write_database
 from services.embedded.kusto.endpoint import LocalKusto
@@ -104,15 +104,16 @@ async def submit(client: KustoClient, kusto: LocalKusto, command: str) -> str:
     return str(uuid.UUID(answer.raw_rows[0][0]))
 
 
-async def operations(client: KustoClient, kusto: LocalKusto, which: str = "") -> list[KustoResultRow]:
+async def operations(client: KustoClient, kusto: LocalKusto, which: str = "") -> list[Any]:
     answer = await mgmt(client, kusto, f".show operations {which}")
     assert [column.column_name for column in answer.columns] == SHOW_OPERATIONS_COLUMNS
     return answer.rows
 
 
-async def settled(client: KustoClient, kusto: LocalKusto, operation_id: str) -> KustoResultRow:
+async def settled(client: KustoClient, kusto: LocalKusto, operation_id: str) -> Any:
     """The operation's row once it is no longer InProgress, watched through the client."""
-    seen: list[KustoResultRow] = []
+    # Rows of a result table: azure-kusto-data names their type only in a private module.
+    seen: list[Any] = []
 
     async def finished() -> bool:
         seen[:] = await operations(client, kusto, operation_id)
