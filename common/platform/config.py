@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     #: Hosts a flow may post webhooks to by URL (``*.example.com`` allowed); named
     #: webhooks from the connections file are always allowed.
     webhook_allowed_hosts: list[str] = []
-    #: A claimed delivery unfinished after this long is taken over by another worker.
-    delivery_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    #: A claimed delivery whose worker has not renewed its claim for this long is taken over by
+    #: another worker. A live worker renews every third of it while the delivery is under way, so
+    #: it can be short: a worker that died is replaced within seconds.
+    delivery_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     #: Most deliveries one per-row step makes (``for_each``), whatever the flow asks.
     max_deliveries: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
@@ -95,6 +97,9 @@ class Settings(BaseSettings):
 
     #: Transient failures (throttling, 5xx, network, SMTP 4xx) are tried this many times in all.
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 6
+    #: The same for delivery steps (email, webhook): more, so that the attempts span longer than
+    #: a relay's restart or failover (from the 2 s base, 127 s at least and 254 s at most).
+    delivery_max_attempts: Annotated[int, Field(ge=1, le=20)] = 8
     retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
     retry_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     #: A step reports that it is running once it has run this long; a quicker one reports only

@@ -288,11 +288,16 @@ def health_app(checks: dict[str, Check], token: SecretStr | None) -> web.Applica
     return app
 
 
+#: How long requests still in progress get to finish when a server closes (aiohttp waits 60 s by
+#: default, which would outlast the grace of a shutdown; every API answers well within this).
+HTTP_CLOSE_SECONDS = 5.0
+
+
 class HttpServer:
     """An aiohttp application on a socket, as an async context manager."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_CLOSE_SECONDS)
         self._host = host
         self._port = port
         self.port = port

@@ -69,26 +69,6 @@ async def all_of(*awaitables: Awaitable[T]) -> list[T]:
     return cast(list[T], outcomes)
 
 
-async def to_the_end(work: Awaitable[T]) -> T:
-    """Await *work*; if the caller is cancelled meanwhile, let *work* finish first, then be cancelled.
-
-    For what must not be left half done, such as an email the relay took that the
-    ledger has yet to record. Shutdown (and a lost broker channel) cancels a step
-    and awaits it; the step's end then includes this work's, so the connections
-    and stores it uses are closed only after it. A second cancel abandons it.
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            log.info("finishing work the step started before it is cancelled")
-            await asyncio.wait({task})
-        if not task.cancelled():
-            task.exception()  # retrieved: the cancel is what the caller sees
-        raise
-
-
 class StepPending(Exception):
     """Raised by a step that must wait: come back to the same step after *delay* seconds."""
 
@@ -211,19 +191,23 @@ class RetryPolicy:
     report_after_seconds: float = 1.0
 
     @classmethod
-    def of(cls, settings: Settings) -> RetryPolicy:
+    def of(cls, settings: Settings, *, max_attempts: int | None = None) -> RetryPolicy:
+        """The settings' policy; *max_attempts* replaces theirs (a service whose steps need more)."""
         return cls(
-            max_attempts=settings.max_attempts,
+            max_attempts=settings.max_attempts if max_attempts is None else max_attempts,
             base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
             report_after_seconds=settings.report_running_after_seconds,
         )
 
+    def ceiling(self, attempt: int) -> float:
+        """The longest wait after failed *attempt*; the jitter makes it between half of this and this."""
+        return min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter in its upper half, after failed *attempt*."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return self.ceiling(attempt) * random.uniform(0.5, 1.0)
 
 
 @dataclass

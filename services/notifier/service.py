@@ -13,39 +13,71 @@ of its ``format`` (see :mod:`services.notifier.payloads`).
 
 A redelivered message must not deliver twice: every delivery is claimed in
 the delivery ledger (keyed by run, step and row, not by attempt) before it is
-sent, and recorded there once the SMTP server or the webhook receiver took
-it; see :mod:`services.notifier.ledger`. The Message-ID and the webhook's
-Idempotency-Key are stable too, so a receiver can drop the one duplicate a
-worker dying between the send and the record can still cause.
+sent, and recorded there the moment the SMTP server or the webhook receiver
+took it; see :mod:`services.notifier.ledger`, and
+:mod:`services.notifier.settlement` for how the claim, the send and the record
+settle together whatever happens to the message meanwhile.
+
+What is guaranteed, and what is not:
+
+- At most one composition of an email reaches the relay. Its exact bytes are
+  kept in the blob store, and the claim marked as sending, before the send;
+  whoever sends it later (the next attempt, or a worker that took the claim
+  over) sends those bytes again with the same Message-ID. Only an email to an
+  address outside ASCII, which the SMTP client encodes again for SMTPUTF8 on
+  each send, may differ in its bytes, never in its Message-ID.
+- A send the relay accepted is recorded as soon as its reply arrives; if the
+  ledger cannot take the record, a receipt beside the kept copy tells whoever
+  takes the claim over, and the email is not sent again.
+- SMTP has no way to ask a relay whether it already holds a message, so a
+  worker dying (or cut off) after the relay took the data and before the record
+  leaves the email to be sent again: the relay then holds identical copies
+  with one Message-ID, which mailbox stores that drop a Message-ID they hold
+  already show once. A webhook post sent again carries the same
+  Idempotency-Key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
+import email
+import email.policy
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from functools import partial
 from typing import Any
 
 import aiohttp
 import structlog
 
 from common.contracts.actions import PostWebhook, SendEmail
-from common.contracts.errors import ConfigurationError, DeliveryError
+from common.contracts.errors import AdxflowError, DeliveryError
 from common.contracts.flows import Flow, flow_of, step_spec
-from common.contracts.messages import BlobRef, ErrorCode, RunMessage, StepKind, StepOutput, StepStatus
+from common.contracts.messages import (
+    BlobRef,
+    ErrorCode,
+    RunMessage,
+    StepKind,
+    StepOutput,
+    StepStatus,
+    utcnow,
+)
 from common.contracts.results import ResultSet
-from common.contracts.templates import TemplateError, evaluate_condition, render_text, template_context
+from common.contracts.templates import evaluate_condition, render_text, template_context
 from common.platform import metrics
 from common.platform.http import Check
 from common.platform.runtime import Runtime
-from common.platform.steps import RetryPolicy, StepPending, StepWorker, to_the_end
+from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from common.platform.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.budget import Packed
 from services.notifier.composer import Composer
-from services.notifier.ledger import Claim, Ledger
+from services.notifier.ledger import Hold, Key, Ledger
 from services.notifier.payloads import payload, summarize
+from services.notifier.settlement import Settlement, check
 from services.notifier.smtp import SmtpConnections, send_email
 from services.notifier.webhook import encode_json, post_json, render_json_body
 
@@ -56,9 +88,14 @@ log = structlog.get_logger(__name__)
 _FURTHEST = {"attached": 0, "inline": 0, "zipped": 1, "linked": 2}
 
 
-def sent_key(run_id: str, step_id: str, row: int | None, suffix: str, resend: str | None = None) -> str:
-    """Where a sent email is kept: one per run, step and row (and resend), whatever the attempt."""
-    return f"runs/{run_id}/{step_id}/sent/{_item(row, resend)}.{suffix}"
+def kept_key(run_id: str, step_id: str, row: int | None, suffix: str, resend: str | None = None) -> str:
+    """Where an email is kept before it is sent: one per run, step and row (and resend), whatever the attempt.
+
+    Not under ``sent/``, where releases before this one kept an email after sending it and
+    took one found there for proof that it went out: a notifier of such a release, taking over
+    a claim during a rolling upgrade, must not count a copy kept before the send as sent.
+    """
+    return f"runs/{run_id}/{step_id}/kept/{_item(row, resend)}.{suffix}"
 
 
 def _item(row: int | None, resend: str | None) -> str:
@@ -112,7 +149,7 @@ class NotifyStep:
         self.ledger = ledger
         #: Connections to the relay kept between emails; without, one connection an email.
         self.smtp = smtp
-        self.lease = dt.timedelta(seconds=runtime.settings.delivery_lease_seconds)
+        self.settlement = Settlement(ledger, runtime.settings.delivery_lease_seconds)
         self.composer = Composer(runtime, self._run_url, self._artifact_url)
 
     async def perform(self, message: RunMessage) -> StepOutput:
@@ -143,72 +180,97 @@ class NotifyStep:
         index: int | None,
     ) -> dict[str, Any]:
         """Deliver one item unless an earlier delivery of this message did; what the ledger keeps of it."""
-        item = _item(index, message.resend)
-        # The email is composed while the ledger is asked: it is sent only if the claim is ours.
-        packing = (
-            asyncio.ensure_future(self.composer.pack(message, flow, spec, context, index))
-            if isinstance(spec, SendEmail)
-            else None
+        key = Key(message.run_id, message.step_id, _item(index, message.resend))
+        if isinstance(spec, PostWebhook):
+            return await self.settlement.once(key, partial(self._post, message, flow, spec, context, index))
+        # The email is composed while the ledger is asked: it is sent only if the claim is
+        # ours and no earlier holder of the claim kept one.
+        packing = asyncio.ensure_future(self.composer.pack(message, flow, spec, context, index))
+        return await self.settlement.once(
+            key, partial(self._email, message, spec, index, packing), then=partial(_abandon, packing)
         )
+
+    async def _email(
+        self,
+        message: RunMessage,
+        spec: SendEmail,
+        index: int | None,
+        packing: asyncio.Future[Packed],
+        hold: Hold,
+        stop: asyncio.Event,
+    ) -> dict[str, Any]:
+        """Send one email this worker claimed: the kept copy an earlier holder left, or else *packing*'s.
+
+        The copy is kept, and the ledger told so, before the email goes to the relay; whoever
+        holds the claim later sends those very bytes again rather than a new composition.
+        """
+        blobs = self.runtime.blobs
+        kept: dict[str, Any] | None = hold.detail.get("sending")
+        if kept is None:
+            packed = await packing
+            check(stop)
+            key = kept_key(message.run_id, message.step_id, index, "eml", message.resend)
+            ref = await blobs.put(key, packed.data, "message/rfc822")
+            kept = {"email": ref.model_dump(), "packing": packed.detail, "handovers": 0}
+            outgoing, data = packed.message, packed.data
+        else:
+            _abandon(packing)
+            if await blobs.exists(self._receipt_key(message, index)):
+                # The relay took it; only the ledger did not hear of it.
+                hold.accepted = True
+                recorded = _recorded(kept)
+                await hold.sent(recorded)
+                return recorded
+            data = await blobs.get(kept["email"]["key"])
+            outgoing = email.message_from_bytes(data, _class=EmailMessage, policy=email.policy.SMTP)
+            log.info(
+                "sending the kept copy of the email, composed before an earlier attempt",
+                item=hold.key.item,
+                message_id=outgoing["Message-ID"],
+                handovers=kept["handovers"],
+            )
+        check(stop)
+        kept = {**kept, "handovers": kept["handovers"] + 1}
+        if not await hold.renew({"sending": kept}):
+            # Another worker took the claim over while this one could not renew it.
+            raise StepPending({"waiting_for": hold.key.item}, delay=self.settlement.lease.total_seconds())
+        await send_email(
+            outgoing, self.runtime.settings, data=data, extra_recipients=list(spec.bcc), connections=self.smtp
+        )
+        hold.accepted = True
+        recorded = _recorded(kept)
         try:
-            claim, recorded = await self._claim(message, spec, index, item)
-            if claim is Claim.BUSY:
-                # Another delivery of this message is sending it right now: look again later.
-                raise StepPending({"waiting_for": item}, delay=min(5.0, self.lease.total_seconds() / 10))
-            if claim is Claim.MINE:
-                # A delivery whose message is taken away mid-send (a dropped broker
-                # connection or shutdown cancels its handler) still finishes and is
-                # recorded before the handler ends, so the redelivered copy finds it
-                # sent instead of sending it again, and the SMTP pool and ledger close after it.
-                delivery = self._deliver(message, flow, spec, context, index, item, packing)
-                packing = None  # the delivery owns it now
-                recorded = await to_the_end(delivery)
-            else:
-                log.info("already delivered on an earlier delivery", item=item)
-        finally:
-            if packing is not None:
-                _abandon(packing)
+            await hold.sent(recorded)
+        except BaseException:
+            # Whatever kept the ledger from hearing of it, the relay has the email: a receipt
+            # beside the kept copy says so to whoever takes the claim over.
+            with contextlib.suppress(AdxflowError, OSError):
+                receipt = json.dumps({"sent_at": utcnow().isoformat()}).encode()
+                await blobs.put(self._receipt_key(message, index), receipt, "application/json")
+            raise
+        metrics.EMAILS_SENT.inc()
         return recorded
 
-    async def _claim(
-        self, message: RunMessage, spec: SendEmail | PostWebhook, index: int | None, item: str
-    ) -> tuple[Claim, dict[str, Any]]:
-        """Claim *item* in the ledger; an email whose kept copy exists counts as sent."""
-        claim, recorded = await self.ledger.claim(message.run_id, message.step_id, item, lease=self.lease)
-        if claim is not Claim.SENT and isinstance(spec, SendEmail):
-            # Sent, but the ledger could not be told (its database was away): the
-            # kept copy of the email is the proof.
-            kept = await self._kept_email(message, index)
-            if kept is not None:
-                recorded = {"email": kept.model_dump()}
-                await self.ledger.sent(message.run_id, message.step_id, item, recorded)
-                claim = Claim.SENT
-        return claim, recorded
-
-    async def _deliver(
+    async def _post(
         self,
         message: RunMessage,
         flow: Flow,
-        spec: SendEmail | PostWebhook,
+        spec: PostWebhook,
         context: dict[str, Any],
         index: int | None,
-        item: str,
-        packing: asyncio.Future[Packed] | None,
+        hold: Hold,
+        stop: asyncio.Event,
     ) -> dict[str, Any]:
-        """Send one delivery this worker claimed (an email as *packing* packs it); record it in the ledger."""
-        try:
-            if isinstance(spec, SendEmail):
-                assert packing is not None
-                ref, packing_detail = await self._email(message, spec, index, await packing)
-                recorded: dict[str, Any] = {"email": ref.model_dump(), "packing": packing_detail}
-            else:
-                recorded = {"status": await self._webhook(message, flow, spec, context, index)}
-        except (DeliveryError, TemplateError, ConfigurationError, ValueError):
-            # Refused before or by the receiver: nothing went out, the next attempt may send.
-            await self.ledger.release(message.run_id, message.step_id, item)
-            raise
-        await self.ledger.sent(message.run_id, message.step_id, item, recorded)
+        """Post one webhook this worker claimed; a post taken over goes again with the same key."""
+        status = await self._webhook(message, flow, spec, context, index)
+        hold.accepted = True
+        recorded = {"status": status}
+        await hold.sent(recorded)
         return recorded
+
+    @staticmethod
+    def _receipt_key(message: RunMessage, index: int | None) -> str:
+        return kept_key(message.run_id, message.step_id, index, "receipt.json", message.resend)
 
     def _check_recipients(self, spec: SendEmail) -> None:
         domains = self.runtime.settings.email_allowed_domains
@@ -226,13 +288,6 @@ class NotifyStep:
 
     def _artifact_url(self, ref: BlobRef) -> str:
         return f"{self.runtime.history_url}/v1/artifacts/{ref.key}"
-
-    async def _kept_email(self, message: RunMessage, index: int | None) -> BlobRef | None:
-        key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
-        if not await self.runtime.blobs.exists(key):
-            return None
-        size = len(await self.runtime.blobs.get(key))
-        return BlobRef(key=key, content_type="message/rfc822", size=size)
 
     async def _bodies(self, message: RunMessage, flow: Flow) -> dict[str, str]:
         bodies = {}
@@ -259,18 +314,6 @@ class NotifyStep:
         names = [column.name for column in result.columns]
         rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]
         return list(rows), result.row_count
-
-    async def _email(
-        self, message: RunMessage, spec: SendEmail, index: int | None, packed: Packed
-    ) -> tuple[BlobRef, dict[str, Any]]:
-        """Send one email; return the kept copy and what was done to keep it within the budget."""
-        settings = self.runtime.settings
-        key = sent_key(message.run_id, message.step_id, index, "eml", message.resend)
-        await send_email(
-            packed.message, settings, data=packed.data, extra_recipients=list(spec.bcc), connections=self.smtp
-        )
-        metrics.EMAILS_SENT.inc()
-        return await self.runtime.blobs.put(key, packed.data, "message/rfc822"), packed.detail
 
     async def _webhook(
         self,
@@ -314,6 +357,11 @@ class NotifyStep:
         return encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
 
 
+def _recorded(kept: dict[str, Any]) -> dict[str, Any]:
+    """What the ledger records of a sent email: its kept copy, its packing, how often it was handed over."""
+    return {"email": kept["email"], "packing": kept["packing"], "handovers": kept["handovers"]}
+
+
 def _abandon(packing: asyncio.Future[Packed]) -> None:
     """Stop composing an email that will not be sent; how that ended is of no interest."""
     packing.cancel()
@@ -347,10 +395,15 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
         async with aiohttp.ClientSession() as session:
             policy = policy_for(runtime.connections, runtime.settings)
             step = NotifyStep(runtime, session, policy, ledger, smtp)
-            await StepWorker(
-                runtime.broker, StepKind.NOTIFY, step.perform, RetryPolicy.of(runtime.settings)
-            ).start(runtime.settings.prefetch)
-            yield {**runtime.checks(), "database": ledger.ping}
+            retries = RetryPolicy.of(runtime.settings, max_attempts=runtime.settings.delivery_max_attempts)
+            await StepWorker(runtime.broker, StepKind.NOTIFY, step.perform, retries).start(
+                runtime.settings.prefetch
+            )
+            try:
+                yield {**runtime.checks(), "database": ledger.ping}
+            finally:
+                # Deliveries whose messages were taken away finish what they started, and are recorded.
+                await step.settlement.settled(runtime.settings.shutdown_grace_seconds)
     finally:
         await smtp.close()
         await ledger.close()

@@ -8,6 +8,7 @@ contains it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -65,6 +66,7 @@ class SmtpConnections:
         #: Connections opened so far.
         self.opened = 0
         self._closed = False
+        self._quitting: set[asyncio.Task[None]] = set()
 
     @property
     def kept(self) -> int:
@@ -81,6 +83,12 @@ class SmtpConnections:
             raise
         if not self._closed and len(self._idle) < self.keep and client.is_connected:
             self._idle.append((client, self.clock()))
+        elif self.keep and not self._closed:
+            # Goodbye in the background: the email's record must not wait for the relay's answer
+            # to QUIT, since a worker dying in between would send the email again.
+            quitting = asyncio.create_task(_quit(client))
+            self._quitting.add(quitting)
+            quitting.add_done_callback(self._quitting.discard)
         else:
             await _quit(client)
 
@@ -115,6 +123,8 @@ class SmtpConnections:
         idle, self._idle = self._idle, []
         for client, _ in idle:
             await _quit(client)
+        if self._quitting:
+            await asyncio.wait(set(self._quitting))
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -172,6 +172,7 @@ async def system(
         webhook_allowed_hosts=["127.0.0.1"],
         retry_base_seconds=0.2,
         max_attempts=5,
+        delivery_max_attempts=5,
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(smtp)

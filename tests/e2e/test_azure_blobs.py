@@ -36,7 +36,7 @@ async def test_a_report_runs_with_its_blobs_in_azure(
         "query/1/result.json",
         "query.render/1/chart.png",
         "query.render/1/result.csv",
-        "notify/sent/once.eml",
+        "notify/kept/once.eml",
     } <= names
     csv = stored[f"{prefix}query.render/1/result.csv"]
     assert csv.content_settings.content_type == "text/csv; charset=utf-8"

@@ -361,6 +361,7 @@ async def test_no_secret_reaches_a_log_the_history_or_the_blob_store(
                 "ADXFLOW_TRIGGER_PORT": str(trigger_port),
                 "ADXFLOW_HISTORY_PORT": str(history_port),
                 "ADXFLOW_MAX_ATTEMPTS": "2",
+                "ADXFLOW_DELIVERY_MAX_ATTEMPTS": "2",
                 "ADXFLOW_RETRY_BASE_SECONDS": "0.1",
                 "ADXFLOW_LOG_LEVEL": "DEBUG",
                 "ADX_PROD_CLIENT_SECRET": secrets.client_secret,

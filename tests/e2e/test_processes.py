@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -380,3 +381,71 @@ async def test_every_service_counts_a_run_in_its_metrics(deployment: Deployment,
         await counted(deployment.history_url, "adxflow_step_duration_seconds_count", kind="record")
         # The trigger scrapes too: its scheduler's lateness is there even before a slot fires.
         assert "adxflow_scheduler_lateness_seconds" in await scrape(deployment.trigger_url)
+
+
+def arrived_at(path: Path) -> float:
+    """When the outbox took the email at *path*: the stamp it names its files with, in seconds."""
+    return int(path.name.split("-", 1)[0]) / 1e9
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(300)
+async def test_a_notifier_killed_mid_batch_leaves_its_claims_to_the_other_promptly(
+    deployment: Deployment, wait_until: Any
+) -> None:
+    job = {
+        "connection": "local",
+        "database": "Samples",
+        "query": "StormEvents | summarize Events = count() by State | top 3 by Events",
+        "email": {"to": ["team@example.com"], "subject": "Storms"},
+    }
+    async with aiohttp.ClientSession() as session:
+        await deployment.start("notifier", "notifier-2")
+
+        async def ready() -> bool:
+            return await deployment.ready(session)
+
+        await wait_until(ready, timeout=60, what="the second notifier to be ready")
+        accepted = []
+        for _ in range(60):
+            async with session.post(f"{deployment.trigger_url}/v1/jobs", json=job) as response:
+                assert response.status == 202
+                accepted.append((await response.json())["run_id"])
+
+        async def some_delivered() -> bool:
+            return len(deployment.smtp.messages()) >= 10
+
+        await wait_until(some_delivered, timeout=120, what="the first emails")
+        assert await deployment.kill("notifier") == -signal.SIGKILL
+        killed_at = time.time()
+        assert len(deployment.smtp.messages()) < len(accepted)
+
+        async def all_succeeded() -> bool:
+            for run_id in accepted:
+                async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
+                    if response.status != 200 or (await response.json())["status"] != "succeeded":
+                        return False
+            return True
+
+        await wait_until(all_succeeded, timeout=180, what="every run to succeed")
+
+    async def all_delivered() -> bool:
+        return len({message_id(path) for path in deployment.smtp.messages()}) >= len(accepted)
+
+    await wait_until(all_delivered, timeout=30, what="every email")
+    paths = deployment.smtp.messages()
+    copies: dict[str, set[bytes]] = {}
+    for path in paths:
+        copies.setdefault(message_id(path), set()).add(path.read_bytes())
+    last = max(arrived_at(path) for path in paths)
+    print(
+        f"\n{len(accepted)} jobs, one of two notifiers killed once 10 emails had arrived: the last arrived "
+        f"{last - killed_at:.1f} s after the kill; {len(paths)} copies of {len(copies)} emails"
+    )
+    assert len(copies) == len(accepted)
+    # An email sent again by the notifier that took a claim over is the same bytes.
+    assert all(len(versions) == 1 for versions in copies.values())
+
+
+def message_id(path: Path) -> str:
+    return str(email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
+from common.platform import http
 from common.platform.broker.interface import Broker, Delivery
 from common.platform.http import HttpServer, health_app
 
@@ -68,3 +72,31 @@ async def test_a_broker_is_consuming_only_while_its_consumers_are_attached(broke
     await broker.close()
     assert await broker.ping() is False
     assert await broker.consuming() is False
+
+
+async def test_a_server_closing_gives_a_request_in_progress_its_bounded_time_not_aiohttp_s_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http, "HTTP_CLOSE_SECONDS", 0.2)
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def endless(request: web.Request) -> web.Response:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    server = HttpServer(app, "127.0.0.1", 0)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.create_task(session.get(f"{server.url}/endless"))
+        await asyncio.wait_for(entered.wait(), 10)
+        # aiohttp's own default would hold close() for 60 s, past this test's wait.
+        await asyncio.wait_for(server.close(), 10)
+        assert cancelled.is_set()
+        with pytest.raises(aiohttp.ClientError):
+            await request

@@ -27,7 +27,7 @@ from common.contracts.messages import (
 from common.contracts.topology import Topology
 from common.platform.broker.interface import REASON_HEADER, Delivery
 from common.platform.broker.memory import InProcessBroker
-from common.platform.steps import Perform, RetryPolicy, StepPending, StepWorker, forward, to_the_end
+from common.platform.steps import Perform, RetryPolicy, StepPending, StepWorker, forward
 
 
 class Collected:
@@ -415,28 +415,3 @@ async def test_a_message_an_older_release_wrote_is_performed_with_the_defaults_o
     assert forwarded["step_id"] == "query.render"
     assert forwarded["outputs"]["query"]["row_count"] == 1
     assert forwarded["schema_minor"] == SCHEMA_MINOR
-
-
-async def test_work_awaited_to_the_end_finishes_before_its_cancelled_caller_ends() -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-    done: list[str] = []
-
-    async def delivery() -> str:
-        started.set()
-        await release.wait()
-        done.append("recorded")
-        return "sent"
-
-    async def step() -> str:
-        return await to_the_end(delivery())
-
-    task = asyncio.create_task(step())
-    await asyncio.wait_for(started.wait(), 10)
-    task.cancel()
-    # The cancel is taken, but the step does not end while its delivery runs.
-    finished, _ = await asyncio.wait({task}, timeout=0.1)
-    assert not finished
-    release.set()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 10)
-    assert done == ["recorded"]

@@ -4,6 +4,8 @@ hand as far as their delivery step, with artifacts as render leaves them."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import email
 import email.policy
 import io
@@ -41,7 +43,7 @@ from common.platform.connections import Connections
 from common.platform.runtime import Runtime
 from common.platform.webhooks import policy_for
 from services.embedded.outbox import Outbox
-from services.notifier.ledger import Ledger
+from services.notifier.ledger import Claimed, Key, Ledger
 from services.notifier.service import NotifyStep
 
 HISTORY_URL = "https://history.example:8443"
@@ -132,6 +134,16 @@ class Notifier:
         kind = "application/octet-stream"
         return await self.runtime.blobs.put(artifact_key(run_id, step_id, 1, name), data, kind)
 
+    async def mail_run(self) -> RunMessage:
+        """A run of :data:`MAIL_FLOW` at its email step."""
+        return await self.run_until(MAIL_FLOW, "mail", {"q": Rendered([["TEXAS", "12"]], ["State", "n"])})
+
+    def step_to(self, port: int, ledger: Ledger | None = None, **settings: Any) -> NotifyStep:
+        """A notifier sending to the relay on *port*, on these blobs and this ledger (or *ledger*)."""
+        changed = self.runtime.settings.model_copy(update={"smtp_port": port, **settings})
+        runtime = dataclasses.replace(self.runtime, settings=changed)
+        return NotifyStep(runtime, self.step.session, self.step.policy, ledger or self.step.ledger)
+
     async def received_email(self) -> EmailMessage:
         path = await self.outbox.wait_for_message(timeout=10)
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -140,6 +152,32 @@ class Notifier:
 
 
 NotifierFactory = Callable[..., AbstractAsyncContextManager[Notifier]]
+
+#: A query and an email of its result to one recipient.
+MAIL_FLOW: dict[str, Any] = {
+    "name": "storm-report",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [
+        {"id": "q", "action": "run_query", "query": "StormEvents | take 1"},
+        {"id": "mail", "action": "send_email", "to": ["team@example.com"], "subject": "Storms"},
+    ],
+}
+
+
+class PausedAfterClaim(Ledger):
+    """The delivery ledger, pausing after each claim has committed until the test lets it go on."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.claimed = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def claim(self, key: Key, **kwargs: Any) -> Claimed:
+        claimed = await super().claim(key, **kwargs)
+        self.claimed.set()
+        await self.resume.wait()
+        return claimed
 
 
 @pytest.fixture

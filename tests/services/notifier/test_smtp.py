@@ -451,3 +451,33 @@ async def test_a_connection_an_email_failed_on_is_not_kept() -> None:
         await server.wait_closed()
 
     assert connections.opened == 2
+
+
+async def test_an_email_whose_connection_is_not_kept_returns_before_the_relay_answers_quit() -> None:
+    answer_quit = asyncio.Event()
+    quitting = asyncio.Event()
+
+    class SlowToQuit(Relay):
+        async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            quitting.set()
+            await answer_quit.wait()
+            return "221 Bye"
+
+    async with SlowToQuit() as relay:
+        settings = settings_for(relay.port)
+        connections = SmtpConnections(settings, keep=1)
+        try:
+            # Two at once: two connections, of which one is kept and the other says goodbye.
+            sends = (
+                send_email(report_email(f"<m{n}@adxflow>"), settings, connections=connections) for n in (1, 2)
+            )
+            await asyncio.wait_for(asyncio.gather(*sends), 5)
+            # Both sends returned, the email's record free to follow, while QUIT waits for its answer.
+            await asyncio.wait_for(quitting.wait(), 5)
+            assert not answer_quit.is_set()
+            answer_quit.set()
+        finally:
+            answer_quit.set()
+            await connections.close()
+
+    assert (relay.delivered, connections.opened) == (2, 2)
