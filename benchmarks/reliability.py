@@ -444,7 +444,8 @@ def markdown(outcomes: list[Outcome], jobs: int, seconds: float, command: str) -
     verdict = all(outcome.clean for outcome in outcomes)
     resends = sum(outcome.resends for outcome in outcomes)
     lines.append(
-        f"Every scenario: 0 lost, 0 duplicated, 0 stuck ({resends} identical resends in all)."
+        f"Every scenario: 0 lost, 0 duplicated, 0 stuck ({resends} identical"
+        f" resend{'' if resends == 1 else 's'} in all)."
         if verdict
         else "**Not every scenario was clean**: see the lost, duplicates and stuck columns."
     )
