@@ -190,25 +190,7 @@ async def test_a_worker_gone_mid_flight_loses_no_run_and_another_finishes_them(
         # Gone with work left: runs were still waiting for it.
         assert len(deployment.smtp.messages()) < len(accepted)
         await deployment.start(service, f"{service}-2")
-
-        async def all_succeeded() -> bool:
-            for run_id in accepted:
-                async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
-                    if response.status != 200 or (await response.json())["status"] != "succeeded":
-                        return False
-            return True
-
-        await wait_until(all_succeeded, timeout=180, what="every run to succeed")
-
-    async def all_delivered() -> bool:
-        return len(deployment.smtp.messages()) >= len(accepted)
-
-    await wait_until(all_delivered, timeout=30, what="every email")
-    ids = [
-        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"]
-        for path in deployment.smtp.messages()
-    ]
-    assert len(ids) == len(set(ids)) == len(accepted)
+        await every_run_succeeds_and_every_email_arrives_once(deployment, session, accepted, wait_until)
 
 
 JOB = {
@@ -296,25 +278,7 @@ async def test_sigterm_mid_batch_loses_no_run_sends_no_email_twice_and_exits_wit
             assert cancelled
             assert took < grace + 10
         await deployment.start(service, f"{service}-2")
-
-        async def all_succeeded() -> bool:
-            for run_id in accepted:
-                async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
-                    if response.status != 200 or (await response.json())["status"] != "succeeded":
-                        return False
-            return True
-
-        await wait_until(all_succeeded, timeout=180, what="every run to succeed")
-
-    async def all_delivered() -> bool:
-        return len(deployment.smtp.messages()) >= len(accepted)
-
-    await wait_until(all_delivered, timeout=30, what="every email")
-    ids = [
-        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"]
-        for path in deployment.smtp.messages()
-    ]
-    assert len(ids) == len(set(ids)) == len(accepted)
+        await every_run_succeeds_and_every_email_arrives_once(deployment, session, accepted, wait_until)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -449,3 +413,26 @@ async def test_a_notifier_killed_mid_batch_leaves_its_claims_to_the_other_prompt
 
 def message_id(path: Path) -> str:
     return str(email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"])
+
+
+async def every_run_succeeds_and_every_email_arrives_once(
+    deployment: Deployment, session: aiohttp.ClientSession, accepted: list[str], wait_until: Any
+) -> None:
+    async def all_succeeded() -> bool:
+        for run_id in accepted:
+            async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
+                if response.status != 200 or (await response.json())["status"] != "succeeded":
+                    return False
+        return True
+
+    await wait_until(all_succeeded, timeout=180, what="every run to succeed")
+
+    async def all_delivered() -> bool:
+        return len(deployment.smtp.messages()) >= len(accepted)
+
+    await wait_until(all_delivered, timeout=30, what="every email")
+    ids = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Message-ID"]
+        for path in deployment.smtp.messages()
+    ]
+    assert len(ids) == len(set(ids)) == len(accepted)
