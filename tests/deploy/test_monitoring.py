@@ -15,7 +15,6 @@ import copy
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -72,7 +71,7 @@ def exported() -> dict[str, Series]:
         elif isinstance(collector, Histogram):
             suffixes = {"_bucket": True, "_count": True, "_sum": True, "_created": False}
         elif isinstance(collector, Summary):
-            suffixes = {"": False, "_count": True, "_sum": True, "_created": False}
+            suffixes = {"_count": True, "_sum": True, "_created": False}
         else:
             suffixes = {"": False}
         for suffix, counter in suffixes.items():
@@ -116,23 +115,18 @@ def allowed_values() -> dict[tuple[str, str], set[str]]:
         if name.startswith("adxflow_loop_"):
             values[(name, "loop")] = loops
     values[("up", "job")] = {"adxflow"}
-    values[("up", "component")] = set(loop_names().values()) | {
-        service.value.replace("_", "-") for service in Service
-    }
+    values[("up", "component")] = {service.value.replace("_", "-") for service in Service}
     return values
 
 
 # --- checking PromQL -------------------------------------------------------------
 
 
-def children(node: Any) -> Iterator[Any]:
+def children(node: Any) -> list[Any]:
+    """*node* and every node under it."""
     found: list[Any] = []
-
-    def visit(child: Any) -> None:
-        found.append(child)
-
-    promql.walk(node, visit)
-    return iter(found)
+    promql.walk(node, found.append)
+    return found
 
 
 def selectors(node: Any) -> list[Any]:
@@ -409,9 +403,7 @@ def test_every_alert_says_how_bad_what_and_where_to_look() -> None:
         assert annotations["description"].strip(), name
         # Templates name only labels the expression's result can carry.
         for label in re.findall(r"\$labels\.(\w+)", annotations["summary"] + annotations["description"]):
-            assert label in check.target_labels | set(rule["labels"]) | result_labels(rule["expr"], check), (
-                f"{name}: {label}"
-            )
+            assert label in set(rule["labels"]) | result_labels(rule["expr"], check), f"{name}: {label}"
         page, _, anchor = annotations["runbook_url"].partition("#")
         assert (ROOT / page).resolve() == README, name
         assert anchor in sections, f"{name}: no README section #{anchor}"
