@@ -518,6 +518,8 @@ def test_the_dashboard_is_a_config_map_for_grafanas_sidecar() -> None:
     assert config_map["metadata"]["name"] == "adxflow-grafana-dashboard"
     ((key, text),) = config_map["data"].items()
     assert key.endswith(".json")
+    # kubectl apply keeps the whole object in an annotation, which holds at most 256 KiB.
+    assert len(json.dumps(config_map).encode()) < 256 * 1024
     assert json.loads(text) == json.loads((MONITORING / "dashboard.json").read_text(encoding="utf-8"))
 
 
