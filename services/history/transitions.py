@@ -48,6 +48,7 @@ def _run_fields(info: RunInfo) -> dict[str, Any]:
         "parameters": info.parameters,
         "step_count": len(info.itinerary),
         "submitted_at": info.submitted_at,
+        "trace_id": info.trace_id,
     }
 
 
