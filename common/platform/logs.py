@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ import structlog
 from opentelemetry import trace
 
 
-def add_trace_ids(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: the current span's ``trace_id`` and ``span_id``, when there is one."""
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:

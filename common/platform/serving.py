@@ -21,9 +21,9 @@ from typing import Any
 import structlog
 
 from common.contracts.errors import AdxflowError
+from common.platform import tracing
 from common.platform.config import Settings, load_settings
 from common.platform.http import HttpServer, health_app
-from common.platform import tracing
 from common.platform.logs import configure_logging
 from common.platform.runtime import Runtime
 

@@ -71,12 +71,13 @@ def exporter_configured(environ: Mapping[str, str]) -> bool:
         unknown = exporters - {"otlp", "none"}
         if unknown:
             raise AdxflowError(
-                f"OTEL_TRACES_EXPORTER={named!r}: adxflow exports traces with 'otlp' (over HTTP) or "
-                "'none'"
+                f"OTEL_TRACES_EXPORTER={named!r}: adxflow exports traces with 'otlp' (over HTTP) or 'none'"
             )
         if "otlp" not in exporters:
             return False
-    elif not (environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+    elif not (
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
         return False
     for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         protocol = environ.get(variable)
@@ -231,7 +232,11 @@ def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
     exception with its type's name.
     """
     with tracer().start_as_current_span(
-        name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
+        name,
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         try:
             yield span
@@ -241,4 +246,3 @@ def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
         except BaseException as exc:
             failed(span, type(exc).__name__)
             raise
-

@@ -264,7 +264,12 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
     migration = await migrate(engine)
 
     assert migration.before is None
-    assert migration.applied == ("0001_baseline", "0002_sweep_indexes", "0003_claim_leases", "0004_run_trace_ids")
+    assert migration.applied == (
+        "0001_baseline",
+        "0002_sweep_indexes",
+        "0003_claim_leases",
+        "0004_run_trace_ids",
+    )
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
@@ -429,7 +434,9 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade_to("0003_claim_leases"))
         await conn.execute(
-            sa.text("INSERT INTO runs (run_id, status, flow, updated_at) VALUES ('r', 'succeeded', 'f', :at)"),
+            sa.text(
+                "INSERT INTO runs (run_id, status, flow, updated_at) VALUES ('r', 'succeeded', 'f', :at)"
+            ),
             {"at": T0},
         )
 
