@@ -99,14 +99,16 @@ def active() -> bool:
 
 
 @asynccontextmanager
-async def configured(service: str, environ: Mapping[str, str] | None = None) -> AsyncIterator[bool]:
+async def configured(service: str) -> AsyncIterator[bool]:
     """Trace this process as ``adxflow-<service>`` (``adxflow`` for *service* ``""``) while inside.
+
+    The service's name is written with hyphens: ``adxflow-query-worker``.
 
     Yields whether tracing is on. Leaving flushes what is still batched and
     shuts the exporter down. Off (no exporter configured), nothing is imported
     beyond the API and nothing is started.
     """
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     if not exporter_configured(environ) or _state.active:
         # Tracing off, or already set up by an enclosing lifespan of this process.
         yield _state.active
@@ -116,7 +118,7 @@ async def configured(service: str, environ: Mapping[str, str] | None = None) -> 
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    name = f"adxflow-{service}" if service else "adxflow"
+    name = f"adxflow-{service.replace('_', '-')}" if service else "adxflow"
     attributes: dict[str, Any] = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: name}
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
