@@ -197,9 +197,12 @@ async def test_a_run_is_one_trace_whose_steps_are_children_of_its_root(
 
 async def test_a_failed_client_call_marks_its_span_with_the_error_code(exporting: OtlpReceiver) -> None:
     async with tracing.configured("query_worker"):
-        with tracing.tracer().start_as_current_span("outer"), pytest.raises(KustoError):
-            with tracing.client_span("kusto query", {}):
-                raise KustoError("down", code=ErrorCode.KUSTO_UNAVAILABLE)
+        with (
+            tracing.tracer().start_as_current_span("outer"),
+            pytest.raises(KustoError),
+            tracing.client_span("kusto query", {}),
+        ):
+            raise KustoError("down", code=ErrorCode.KUSTO_UNAVAILABLE)
     spans = await exporting.wait_for(lambda spans: len(spans) >= 2, timeout=10)
     kusto = _one(spans, "kusto query")
     assert kusto.service == "adxflow-query-worker"
