@@ -17,6 +17,7 @@ import pytest
 from services.embedded.kusto.database import ensure_database
 from services.embedded.kusto.endpoint import LocalKusto
 from services.embedded.outbox import Outbox
+from tests.e2e.conftest import System
 from tests.e2e.test_processes import SERVICES, Deployment, _delete_topology, free_port
 from tests.otlp import OtlpReceiver, ReceivedSpan
 
@@ -225,3 +226,43 @@ async def test_without_otel_settings_runs_carry_no_trace_and_nothing_fails(
     logged = (tmp_path / "query_worker.log").read_text()
     assert run_id in logged
     assert "trace_id" not in logged
+
+
+@pytest.fixture
+def exporting(monkeypatch: pytest.MonkeyPatch, receiver: OtlpReceiver) -> OtlpReceiver:
+    """OTEL_* pointing at the receiver, for an embedded system started after it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    return receiver
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_embedded_mode_traces_a_run_as_one_service_named_adxflow(
+    exporting: OtlpReceiver, system: System
+) -> None:
+    run_id = (await system.submit(JOB))["run_id"]
+    run = await system.finished(run_id)
+    assert run["status"] == "succeeded", run
+
+    def whole(spans: list[ReceivedSpan]) -> bool:
+        return set(_step_spans(spans, run_id)) == set(SERVICE_NAMES)
+
+    spans = await exporting.wait_for(whole, timeout=30)
+    steps = _step_spans(spans, run_id)
+    root = steps["trigger"]
+    assert run["trace_id"] == root.trace_id
+    assert {span.service for span in steps.values()} == {"adxflow"}
+    assert {kind: span.attributes["adxflow.service"] for kind, span in steps.items()} == {
+        "trigger": "trigger",
+        "query": "query_worker",
+        "render": "render",
+        "notify": "notifier",
+        "record": "history",
+    }
+    assert all(span.parent_id == root.span_id for kind, span in steps.items() if kind != "trigger")
+    [kusto] = [span for span in spans if span.name == "kusto query" and span.trace_id == root.trace_id]
+    assert kusto.parent_id == steps["query"].span_id
+    [smtp] = [span for span in spans if span.name == "smtp send" and span.trace_id == root.trace_id]
+    assert smtp.parent_id == steps["notify"].span_id
