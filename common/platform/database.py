@@ -81,8 +81,9 @@ _SPAN = "adxflow_span"
 def _statement_started(
     conn: sa.Connection, _cursor: Any, statement: str, _parameters: Any, context: Any, _many: bool
 ) -> None:
-    if not tracing.active() or not trace.get_current_span().get_span_context().is_valid:
-        # Statements outside any step or request (the scheduler's polls) start no trace of their own.
+    if context is None or not tracing.active() or not trace.get_current_span().get_span_context().is_valid:
+        # Statements outside any step (the scheduler's polls, history merging events) start no
+        # trace of their own; SQLAlchemy's own statements without an execution context are left out.
         return
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
     attributes = {
@@ -100,7 +101,7 @@ def _statement_ended(
     span = getattr(context, _SPAN, None)
     if span is not None:
         if getattr(cursor, "rowcount", -1) >= 0:
-            span.set_attribute("db.response.returned_rows", cursor.rowcount)
+            span.set_attribute("adxflow.sql.rowcount", cursor.rowcount)
         span.end()
         setattr(context, _SPAN, None)
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import structlog
 
 from common.contracts.errors import AdxflowError, ConfigurationError, KustoError
@@ -23,6 +24,7 @@ from common.platform import tracing
 from common.platform.blobs.folder import FolderBlobStore
 from common.platform.broker.memory import InProcessBroker
 from common.platform.config import load_settings
+from common.platform.database import connect
 from common.platform.logs import add_trace_ids
 from services.trigger.starter import launch
 from tests.common.platform.test_steps import FLOW, Collected, run_step
@@ -257,3 +259,40 @@ def test_a_bad_trace_url_template_is_refused_naming_the_variable(
     with pytest.raises(ConfigurationError, match="ADXFLOW_TRACE_URL_TEMPLATE") as refused:
         load_settings()
     assert why in refused.value.message
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'traced.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def test_sql_statements_in_a_span_are_its_children_and_outside_one_are_not_traced(
+    exporting: OtlpReceiver, database_url: str
+) -> None:
+    engine = connect(database_url)
+    try:
+        async with tracing.configured("history"):
+            async with engine.begin() as conn:
+                # Outside any span (a poll, an event merged): no trace of its own.
+                await conn.execute(sa.text("CREATE TABLE traced (n INTEGER)"))
+            with tracing.tracer().start_as_current_span("step record"):
+                async with engine.begin() as conn:
+                    await conn.execute(sa.text("INSERT INTO traced (n) VALUES (:n)"), {"n": 4242})
+                    with pytest.raises(sa.exc.DBAPIError):
+                        await conn.execute(sa.text("SELECT * FROM missing_table"))
+    finally:
+        await engine.dispose()
+    spans = await exporting.wait_for(lambda spans: any(span.name == "step record" for span in spans), 10)
+    step = _one(spans, "step record")
+    insert = _one(spans, f"INSERT {engine.dialect.name}")
+    assert insert.parent_id == step.span_id
+    # The statement's text as prepared, its values bound apart and never in the span.
+    assert insert.attributes["db.query.text"].startswith("INSERT INTO traced (n) VALUES (")
+    assert "4242" not in repr(insert.attributes)
+    assert insert.attributes["adxflow.sql.rowcount"] == 1
+    failed = _one(spans, f"SELECT {engine.dialect.name}")
+    assert (failed.parent_id, failed.status) == (step.span_id, 2)
+    assert not [span for span in spans if span.name.startswith("CREATE")]
