@@ -266,3 +266,15 @@ async def test_embedded_mode_traces_a_run_as_one_service_named_adxflow(
     assert kusto.parent_id == steps["query"].span_id
     [smtp] = [span for span in spans if span.name == "smtp send" and span.trace_id == root.trace_id]
     assert smtp.parent_id == steps["notify"].span_id
+
+    # A resend starts from the run's kept slip: its step joins the run's trace, under the same root.
+    status, body = await system.post(f"/v1/runs/{run_id}/resend")
+    assert status == 202, body
+
+    def notifies(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [s for s in spans if s.name == "step notify" and s.attributes.get("adxflow.run_id") == run_id]
+
+    spans = await exporting.wait_for(lambda spans: len(notifies(spans)) == 2, timeout=30)
+    first, resent = sorted(notifies(spans), key=lambda span: span.start_ns)
+    assert (resent.trace_id, resent.parent_id) == (root.trace_id, root.span_id)
+    assert resent.span_id != first.span_id
