@@ -182,9 +182,12 @@ def run_started(message: RunMessage) -> Iterator[RunMessage]:
         set_status_on_exception=False,
     ) as span:
         found = carrier()
-        if found is not None:
-            span.set_attribute("adxflow.trace_root", True)
-        yield message if found is None else message.model_copy(update={"trace": found})
+        try:
+            yield message if found is None else message.model_copy(update={"trace": found})
+        except Exception as exc:
+            # The broker did not take the start (BrokerError): the run's trace says so.
+            failed(span, code_of(exc))
+            raise
 
 
 @contextmanager
@@ -199,6 +202,11 @@ def step_span(message: RunMessage) -> Iterator[Span]:
         set_status_on_exception=False,
     ) as span:
         yield span
+
+
+def code_of(exc: BaseException) -> str:
+    """An exception's stable error code, or its type's name when it has none."""
+    return exc.code.value if isinstance(exc, AdxflowError) else type(exc).__name__
 
 
 def failed(span: Span, code: str) -> None:
@@ -242,9 +250,6 @@ def client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
     ) as span:
         try:
             yield span
-        except AdxflowError as exc:
-            failed(span, exc.code.value)
-            raise
         except BaseException as exc:
-            failed(span, type(exc).__name__)
+            failed(span, code_of(exc))
             raise

@@ -28,7 +28,7 @@ from typing import Self
 
 from opentelemetry.trace import Span, SpanKind
 
-from common.contracts.errors import AdxflowError, ArtifactMissing
+from common.contracts.errors import ArtifactMissing
 from common.contracts.messages import BlobRef
 from common.platform import tracing
 
@@ -70,7 +70,7 @@ def _end(span: Span | None, exc: BaseException | None, *, size: int | None = Non
     if size is not None:
         span.set_attribute("adxflow.blob.size", size)
     if exc is not None:
-        tracing.failed(span, exc.code.value if isinstance(exc, AdxflowError) else type(exc).__name__)
+        tracing.failed(span, tracing.code_of(exc))
     span.end()
 
 
