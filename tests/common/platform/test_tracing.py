@@ -22,6 +22,7 @@ from common.contracts.messages import (
 from common.contracts.topology import Topology
 from common.platform import tracing
 from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.interface import BrokerError
 from common.platform.broker.memory import InProcessBroker
 from common.platform.config import load_settings
 from common.platform.database import connect
@@ -296,3 +297,18 @@ async def test_sql_statements_in_a_span_are_its_children_and_outside_one_are_not
     failed = _one(spans, f"SELECT {engine.dialect.name}")
     assert (failed.parent_id, failed.status) == (step.span_id, 2)
     assert not [span for span in spans if span.name.startswith("CREATE")]
+
+
+async def test_a_run_whose_start_the_broker_refused_has_a_failed_root_span(exporting: OtlpReceiver) -> None:
+    template, context = _run()
+    async with tracing.configured("trigger"):
+        broker = InProcessBroker(Topology("trace-refused"))
+        async with broker:
+            pass
+        with pytest.raises(BrokerError):
+            await launch(broker, template, context, "r2")
+    spans = await exporting.wait_for(lambda spans: len(spans) >= 1, timeout=10)
+    root = _one(spans, "step trigger")
+    assert (root.parent_id, root.status) == ("", 2)
+    assert root.attributes["adxflow.error_code"] == "BrokerError"
+    assert root.attributes["adxflow.run_id"] == "r2"
