@@ -65,7 +65,8 @@ SCHEMA_VERSION = 1
 #: Additive changes since the major began; readers never refuse a message for its minor.
 #: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
 #: 2: the error code ``DeliveryLimit`` (a run whose message the broker dead-lettered).
-SCHEMA_MINOR = 2
+#: 3: ``RunMessage.trace`` (the run's W3C trace context) and ``RunInfo.trace_id``.
+SCHEMA_MINOR = 3
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -429,6 +430,10 @@ class RunMessage(Envelope):
     #: Set on a deliberate resend of a delivery step (``resend<attempt>``): the notifier's
     #: ledger counts it as a delivery of its own, and the run goes no further than that step.
     resend: Annotated[str | None, Field(pattern=r"^[a-z0-9]{1,16}$")] = None
+    #: The run's W3C trace context (``traceparent``, maybe ``tracestate``) of the root span the
+    #: trigger started; every step carries it unchanged, so a re-run stays in the run's trace.
+    #: None when the trigger did not trace (see common.platform.tracing).
+    trace: dict[str, str] | None = None
 
     @property
     def step(self) -> Step:
@@ -469,6 +474,8 @@ class RunInfo(WireModel):
     parameters: dict[str, Any]
     itinerary: list[Step]
     submitted_at: dt.datetime
+    #: The run's trace id (32 hex digits), when its trigger traced it.
+    trace_id: str | None = None
 
     @classmethod
     def of(cls, message: RunMessage) -> RunInfo:
@@ -485,7 +492,19 @@ class RunInfo(WireModel):
             parameters=context.parameters,
             itinerary=message.itinerary,
             submitted_at=message.submitted_at,
+            trace_id=_trace_id(message.trace),
         )
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def _trace_id(carrier: dict[str, str] | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` in *carrier*, or None (none, malformed or all zeros)."""
+    match = _TRACEPARENT.match((carrier or {}).get("traceparent", "").strip())
+    if match is None or match.group(1) == "0" * 32:
+        return None
+    return match.group(1)
 
 
 class StatusEvent(Envelope):

@@ -8,15 +8,34 @@ live only in the environment (or a mounted file) of the service that uses them.
 from __future__ import annotations
 
 import ipaddress
+import string
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.contracts.errors import ConfigurationError
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def _trace_url_template(value: str | None) -> str | None:
+    """An http(s) URL whose only placeholder is ``{trace_id}``."""
+    if value is None or not value.strip():
+        return None
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a URL template: {exc}") from None
+    if fields != ["trace_id"]:
+        raise ValueError("must hold the placeholder {trace_id} exactly once, and no other")
+    example = value.format(trace_id="0" * 32)
+    parts = urlsplit(example)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
 
 
 class Settings(BaseSettings):
@@ -85,6 +104,8 @@ class Settings(BaseSettings):
     history_public_url: str | None = None
     #: Where the history service reaches the trigger API; by default from the trigger's host and port.
     trigger_public_url: str | None = None
+    #: A trace UI's page of one trace, ``{trace_id}`` where its id goes: the run page links to it.
+    trace_url_template: Annotated[str | None, AfterValidator(_trace_url_template)] = None
     api_token: SecretStr | None = None
     #: Where a worker service (query_worker, render, notifier) run alone serves /healthz, /readyz
     #: and /metrics. Loopback by default; a container sets 0.0.0.0 for its probes and scraper.

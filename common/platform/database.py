@@ -1,7 +1,10 @@
 """The SQL database the trigger and history share: SQLite embedded, PostgreSQL deployed.
 
 One code path over SQLAlchemy's async Core; the few dialect differences
-(insert-or-ignore, row locks) are decided here.
+(insert-or-ignore, row locks) are decided here. Every statement is a span
+under whatever span runs it (:mod:`common.platform.tracing`), from
+SQLAlchemy's cursor events: the statement's text, whose values are bound
+apart from it, and never the URL.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from typing import Any
 
 import asyncpg.exceptions
 import sqlalchemy as sa
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from common.platform import tracing
 from common.platform.schema import MigrateMode, ensure_schema
 
 #: What a database that is restarting or unreachable raises. SQLAlchemy wraps most
@@ -69,16 +75,63 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+_SPAN = "adxflow_span"
+
+
+def _statement_started(
+    conn: sa.Connection, _cursor: Any, statement: str, _parameters: Any, context: Any, _many: bool
+) -> None:
+    if context is None or not tracing.active() or not trace.get_current_span().get_span_context().is_valid:
+        # Statements outside any step (the scheduler's polls, history merging events) start no
+        # trace of their own; SQLAlchemy's own statements without an execution context are left out.
+        return
+    operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+    attributes = {
+        "db.system.name": conn.dialect.name,
+        "db.operation.name": operation,
+        "db.query.text": statement[:2000],
+    }
+    name = f"{operation} {conn.dialect.name}"
+    setattr(context, _SPAN, tracing.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attributes))
+
+
+def _statement_ended(
+    _conn: sa.Connection, cursor: Any, _statement: str, _parameters: Any, context: Any, _many: bool
+) -> None:
+    span = getattr(context, _SPAN, None)
+    if span is not None:
+        if getattr(cursor, "rowcount", -1) >= 0:
+            span.set_attribute("adxflow.sql.rowcount", cursor.rowcount)
+        span.end()
+        setattr(context, _SPAN, None)
+
+
+def _statement_failed(exception_context: sa.engine.ExceptionContext) -> None:
+    context = exception_context.execution_context
+    span = getattr(context, _SPAN, None) if context is not None else None
+    if span is not None:
+        tracing.failed(span, type(exception_context.original_exception).__name__)
+        span.end()
+        setattr(context, _SPAN, None)
+
+
+def _traced(engine: AsyncEngine) -> AsyncEngine:
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", _statement_started)
+    sa.event.listen(engine.sync_engine, "after_cursor_execute", _statement_ended)
+    sa.event.listen(engine.sync_engine, "handle_error", _statement_failed)
+    return engine
+
+
 def connect(url: str) -> AsyncEngine:
     if not url.startswith("sqlite"):
-        return create_async_engine(url, pool_pre_ping=True)
+        return _traced(create_async_engine(url, pool_pre_ping=True))
     path = sa.make_url(url).database
     if path and path != ":memory:" and not path.startswith("file:"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
     # On every connection the pool opens, before anything uses it.
     sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
+    return _traced(engine)
 
 
 async def ping(engine: AsyncEngine) -> bool:

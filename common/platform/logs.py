@@ -1,17 +1,29 @@
 """Structured logs: JSON lines bound with service, run_id, step_id and flow.
 
 Run context is carried in contextvars, so every line a handler writes names
-the run it belongs to without passing a logger around.
+the run it belongs to without passing a logger around. A line written inside a
+span (:mod:`common.platform.tracing`) carries its ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from typing import Any
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the current span's ``trace_id`` and ``span_id``, when there is one."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event.setdefault("trace_id", trace.format_trace_id(span_context.trace_id))
+        event.setdefault("span_id", trace.format_span_id(span_context.span_id))
+    return event
 
 
 def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -> None:
@@ -21,6 +33,7 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

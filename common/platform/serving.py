@@ -4,6 +4,8 @@ A service package's ``__main__`` and ``adxflow serve NAME`` both come here
 with the service's ``running`` context. A service with an HTTP API serves its
 own health routes; a worker without one gets a small health server
 (``ADXFLOW_HEALTH_PORT``) for ``/healthz``, ``/readyz`` and ``/metrics``.
+Traces are exported while it runs when the ``OTEL_*`` variables say where
+(:mod:`common.platform.tracing`), and flushed when it stops.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import structlog
 
 from common.contracts.errors import AdxflowError
+from common.platform import tracing
 from common.platform.config import Settings, load_settings
 from common.platform.http import HttpServer, health_app
 from common.platform.logs import configure_logging
@@ -47,6 +50,8 @@ async def serve(name: str, running: Running, settings: Settings) -> None:
             "broker with the others (use 'adxflow up' for everything in one process)"
         )
     async with AsyncExitStack() as stack:
+        # Opened first, closed last: spans of the whole shutdown are flushed before the process ends.
+        await stack.enter_async_context(tracing.configured(name))
         runtime = await stack.enter_async_context(Runtime.build(settings, name=name))
         served = await stack.enter_async_context(running(runtime))
         if isinstance(served, HttpServer):

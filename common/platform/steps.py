@@ -13,6 +13,10 @@ Forwarding decides what comes next: a step whose ``when`` is false is skipped
 (and history is told so), the second half of a flow step whose first half was
 skipped or failed is skipped with it, and a step waiting on something (an
 async Kusto operation) comes back to itself after a delay.
+
+Each step is a span (:mod:`common.platform.tracing`), a child of the run's
+root span whose context the slip carries; what the step calls (Kusto, the
+blob store, SMTP, SQL) are its children.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from common.contracts.messages import (
     utcnow,
 )
 from common.contracts.templates import TemplateError, evaluate_condition, template_context
-from common.platform import metrics
+from common.platform import metrics, tracing
 from common.platform.broker.interface import Broker, BrokerError, Delivery
 from common.platform.config import Settings
 from common.platform.database import is_outage
@@ -243,8 +247,11 @@ class StepWorker:
             await self.broker.refuse(delivery, exc.reason)
             return
         service = SERVICE_OF[self.kind].value
-        with run_context(
-            message.run_id, message.step_id, message.attempt, flow=message.context.flow, service=service
+        with (
+            run_context(
+                message.run_id, message.step_id, message.attempt, flow=message.context.flow, service=service
+            ),
+            tracing.step_span(message),
         ):
             await self._run(message)
 
@@ -269,6 +276,7 @@ class StepWorker:
             assert reported.at is not None
             state = {**waiting.state, "started_at": started.isoformat(), "beat_at": reported.at.isoformat()}
             again = message.model_copy(update={"pending": state})
+            tracing.step_waits(waiting.delay)
             await self.broker.publish_model(
                 self.broker.topology.step_key(self.kind), again, delay=waiting.delay
             )
@@ -303,6 +311,7 @@ class StepWorker:
             emit(self.broker, message, StepStatus.SUCCEEDED, started_at=started, output=output),
         )
         self._observe(started, StepStatus.SUCCEEDED)
+        tracing.step_succeeded(output.row_count)
         log.info("step succeeded", row_count=output.row_count)
 
     async def _report_running(self, message: RunMessage, started: dt.datetime, reported: _Reported) -> None:
@@ -344,7 +353,9 @@ class StepWorker:
         detail: dict[str, Any] | None = None,
     ) -> None:
         self._observe(started, StepStatus.FAILED)
-        if error.retryable and message.attempt < self.policy.max_attempts:
+        retrying = error.retryable and message.attempt < self.policy.max_attempts
+        tracing.step_failed(error.code.value, retrying=retrying)
+        if retrying:
             delay = self.policy.delay(message.attempt)
             log.info("retrying step", next_attempt=message.attempt + 1, delay_seconds=round(delay, 2))
             metrics.STEP_RETRIES.labels(self.kind.value, error.code.value).inc()

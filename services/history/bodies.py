@@ -82,6 +82,7 @@ class RunSummary(_Answer):
     duration_ms: float | None
     failed_step: str | None
     error: RunError | None
+    trace_id: str | None = Field(description="The run's OpenTelemetry trace id (32 hex digits), when traced.")
 
 
 class RunDetail(RunSummary):

@@ -11,6 +11,7 @@ placeholder the run's own event fills in later.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,9 @@ _RANK = {
 }
 
 
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _run_fields(info: RunInfo) -> dict[str, Any]:
     """The columns of a run's row its own event fills in."""
     return {
@@ -48,6 +52,8 @@ def _run_fields(info: RunInfo) -> dict[str, Any]:
         "parameters": info.parameters,
         "step_count": len(info.itinerary),
         "submitted_at": info.submitted_at,
+        # Kept only as a trace id looks (the column holds 32 characters; the page links it).
+        "trace_id": info.trace_id if info.trace_id and _TRACE_ID.fullmatch(info.trace_id) else None,
     }
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from common.platform import tracing
 from common.platform.config import Settings
 from common.platform.runtime import Runtime, load_connections
 from services.embedded.kusto.endpoint import LocalKusto, start_local_kusto
@@ -40,6 +41,9 @@ class EmbeddedSystem:
 @asynccontextmanager
 async def embedded_system(settings: Settings) -> AsyncIterator[EmbeddedSystem]:
     async with AsyncExitStack() as stack:
+        # One tracer provider for the five services, as service.name adxflow; each step's span
+        # names its service (adxflow.service).
+        await stack.enter_async_context(tracing.configured(""))
         kusto = await asyncio.to_thread(start_local_kusto, settings.data_dir, settings.local_kusto_port)
         stack.enter_context(kusto)
         outbox = None

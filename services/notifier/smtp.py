@@ -21,6 +21,7 @@ import structlog
 
 from common.contracts.errors import DeliveryError
 from common.contracts.messages import ErrorCode
+from common.platform import tracing
 from common.platform.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -155,13 +156,22 @@ async def send_email(
     # An address in both To and Cc is one recipient, not two deliveries.
     recipients = list(dict.fromkeys([*addresses, *extra_recipients]))
     relay = f"{settings.smtp_host}:{settings.smtp_port}"
-    try:
-        async with (connections or SmtpConnections(settings, keep=0)).connection() as client:
-            refused, reply = await _hand_over(client, message, data, recipients)
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        text, code, retryable = _explained(exc, relay, settings.smtp_username)
-        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        raise _redacted(text, code, retryable=retryable, password=password) from None
+    # Counts only: the addresses stay out of the trace.
+    attributes = {
+        "server.address": settings.smtp_host,
+        "server.port": settings.smtp_port,
+        "adxflow.smtp.recipients": len(recipients),
+        "adxflow.smtp.size": len(data) if data is not None else 0,
+    }
+    with tracing.client_span("smtp send", attributes) as span:
+        try:
+            async with (connections or SmtpConnections(settings, keep=0)).connection() as client:
+                refused, reply = await _hand_over(client, message, data, recipients)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            text, code, retryable = _explained(exc, relay, settings.smtp_username)
+            password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+            raise _redacted(text, code, retryable=retryable, password=password) from None
+        span.set_attribute("adxflow.smtp.refused", len(refused))
     if refused:
         # The relay took the message for the others; sending again would duplicate it for them.
         log.warning(

@@ -39,7 +39,7 @@ from azure.kusto.data.exceptions import (
 from common.contracts.errors import KustoError as StepKustoError
 from common.contracts.messages import ErrorCode
 from common.contracts.results import ResultWriter
-from common.platform import metrics
+from common.platform import metrics, tracing
 from common.platform.blobs.interface import BlobWriter
 from common.platform.connections import Connections, connection_string
 from services.query_worker.kusto_internals import RecordingClient
@@ -269,28 +269,40 @@ class KustoRunner:
         reader = ResultReader(max_rows, max_bytes, head=head, into=writer)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            async with asyncio.timeout(limit + _CLIENT_GRACE):
-                if command:
-                    await reader.read_loaded(await client.execute_mgmt(database, text, properties))
-                else:
-                    query = with_declarations(text, parameters)
-                    await self._stream(client, database, query, properties, reader)
-        except TimeoutError:
-            # The request was abandoned as the timeout cancelled it: its connection is
-            # closed, so nothing waits for the cluster's answer.
-            elapsed = loop.time() - started
-            cancel, why = await self._cancel(client, database, client_request_id)
-            raise _timeout_error(limit, elapsed, cancel, why) from None
-        except (KustoError, ClientError) as exc:
-            raise _read_failure(exc, connection, limit, loop.time() - started) from exc
-        finally:
-            metrics.KUSTO_LATENCY.labels(connection).observe(loop.time() - started)
-            metrics.KUSTO_ROWS.labels(connection).inc(reader.count)
-            metrics.KUSTO_BYTES.labels(connection).inc(reader.size)
-        outcome = await reader.finish(truncate=truncate)
-        if outcome.truncated:
-            log.info("result truncated", rows=outcome.row_count, note=outcome.note)
+        # The connection's name and the database, never the cluster's connection string or the
+        # parameter values.
+        attributes = {
+            "db.system.name": "azure.kusto",
+            "db.namespace": database,
+            "db.operation.name": "command" if command else "query",
+            "adxflow.connection": connection,
+            "adxflow.client_request_id": client_request_id,
+        }
+        with tracing.client_span("kusto command" if command else "kusto query", attributes) as span:
+            try:
+                async with asyncio.timeout(limit + _CLIENT_GRACE):
+                    if command:
+                        await reader.read_loaded(await client.execute_mgmt(database, text, properties))
+                    else:
+                        query = with_declarations(text, parameters)
+                        await self._stream(client, database, query, properties, reader)
+            except TimeoutError:
+                # The request was abandoned as the timeout cancelled it: its connection is
+                # closed, so nothing waits for the cluster's answer.
+                elapsed = loop.time() - started
+                cancel, why = await self._cancel(client, database, client_request_id)
+                raise _timeout_error(limit, elapsed, cancel, why) from None
+            except (KustoError, ClientError) as exc:
+                raise _read_failure(exc, connection, limit, loop.time() - started) from exc
+            finally:
+                metrics.KUSTO_LATENCY.labels(connection).observe(loop.time() - started)
+                metrics.KUSTO_ROWS.labels(connection).inc(reader.count)
+                metrics.KUSTO_BYTES.labels(connection).inc(reader.size)
+            outcome = await reader.finish(truncate=truncate)
+            if outcome.truncated:
+                log.info("result truncated", rows=outcome.row_count, note=outcome.note)
+            span.set_attribute("adxflow.row_count", outcome.row_count)
+            span.set_attribute("adxflow.truncated", outcome.truncated)
         return outcome
 
     @staticmethod

@@ -6,7 +6,8 @@ The slip then goes to the first step, only after the broker confirmed that
 event, so history hears of the run before any later step of it reports.
 Runs of a scheduled slot or of a chained parent get a run id derived from
 that slot, so a repeated attempt to start the same run is recognisably the
-same run everywhere downstream.
+same run everywhere downstream. Each start is the root span of the run's
+trace, whose context the slip carries on (:mod:`common.platform.tracing`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import structlog
 
 from common.contracts.flows import RunTemplate
 from common.contracts.messages import RunContext, RunMessage, StepOutput, StepStatus
+from common.platform import tracing
 from common.platform.broker.interface import Broker
 from common.platform.steps import emit, forward
 
@@ -36,10 +38,10 @@ async def launch(broker: Broker, template: RunTemplate, context: RunContext, run
     The caller binds the run to its log lines (:func:`~common.platform.logs.run_context`), as it
     sees fit: a scheduler starting thousands of runs at once binds it more cheaply.
     """
-    message = template.new_run(context, run_id)
-    output = StepOutput(detail={"trigger": context.trigger.value})
-    started = message.submitted_at
-    await emit(broker, message, StepStatus.SUCCEEDED, started_at=started, output=output, with_run=True)
-    await forward(broker, message, output)
-    log.info("run started", trigger=context.trigger.value)
+    with tracing.run_started(template.new_run(context, run_id)) as message:
+        output = StepOutput(detail={"trigger": context.trigger.value})
+        started = message.submitted_at
+        await emit(broker, message, StepStatus.SUCCEEDED, started_at=started, output=output, with_run=True)
+        await forward(broker, message, output)
+        log.info("run started", trigger=context.trigger.value)
     return message

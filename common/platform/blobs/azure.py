@@ -179,7 +179,7 @@ class AzureBlobStore(BlobStore):
     def _blob(self, key: str) -> BlobClient:
         return self.client.get_blob_client(check_key(key))
 
-    async def put(self, key: str, data: bytes, content_type: str) -> BlobRef:
+    async def _put(self, key: str, data: bytes, content_type: str) -> BlobRef:
         blob = self._blob(key)
         with translated("write", key):
             await blob.upload_blob(
@@ -187,7 +187,7 @@ class AzureBlobStore(BlobStore):
             )
         return BlobRef(key=key, content_type=content_type, size=len(data))
 
-    async def get(self, key: str) -> bytes:
+    async def _get(self, key: str) -> bytes:
         blob = self._blob(key)
         with translated("read", key):
             download = await blob.download_blob()

@@ -36,7 +36,7 @@ class FolderBlobStore(BlobStore):
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    async def put(self, key: str, data: bytes, content_type: str) -> BlobRef:
+    async def _put(self, key: str, data: bytes, content_type: str) -> BlobRef:
         path = self.path(key)
         await asyncio.to_thread(self._write, path, data)
         return BlobRef(key=key, content_type=content_type, size=len(data))
@@ -52,7 +52,7 @@ class FolderBlobStore(BlobStore):
             temporary.unlink(missing_ok=True)
             raise
 
-    async def get(self, key: str) -> bytes:
+    async def _get(self, key: str) -> bytes:
         path = self.path(key)
         try:
             return await asyncio.to_thread(path.read_bytes)

@@ -11,6 +11,9 @@ neither side holds the whole blob in memory.
 :class:`~common.platform.blobs.folder.FolderBlobStore` keeps blobs in a local
 folder (one machine); :class:`~common.platform.blobs.azure.AzureBlobStore` in
 Azure Blob Storage, for services on several machines. ``ADXFLOW_BLOB_BACKEND`` chooses between them.
+
+Every put, get, streamed write and streamed read is a span under the step
+that does it (:mod:`common.platform.tracing`), named by the blob's key.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
+from opentelemetry.trace import Span, SpanKind
+
 from common.contracts.errors import ArtifactMissing
 from common.contracts.messages import BlobRef
+from common.platform import tracing
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 #: What one read hands back: large enough that a hop to a worker thread costs little
@@ -46,6 +52,28 @@ def artifact_missing(key: str) -> ArtifactMissing:
     return ArtifactMissing(f"artifact {key!r} is not in the blob store")
 
 
+def _attributes(key: str, *, size: int | None = None) -> dict[str, str | int]:
+    found: dict[str, str | int] = {"adxflow.blob.key": key}
+    if size is not None:
+        found["adxflow.blob.size"] = size
+    return found
+
+
+def _span(name: str, key: str) -> Span:
+    """A span for a streamed write or read: it lasts from entering the block to leaving it."""
+    return tracing.tracer().start_span(name, kind=SpanKind.CLIENT, attributes=_attributes(key))
+
+
+def _end(span: Span | None, exc: BaseException | None, *, size: int | None = None) -> None:
+    if span is None:
+        return
+    if size is not None:
+        span.set_attribute("adxflow.blob.size", size)
+    if exc is not None:
+        tracing.failed(span, tracing.code_of(exc))
+    span.end()
+
+
 class BlobWriter(abc.ABC):
     """One blob written chunk by chunk: ``async with store.writer(key, content_type) as blob``.
 
@@ -64,6 +92,7 @@ class BlobWriter(abc.ABC):
         self.size = 0
         self._ref: BlobRef | None = None
         self._closed = False
+        self._span: Span | None = None
 
     @property
     def ref(self) -> BlobRef:
@@ -79,10 +108,12 @@ class BlobWriter(abc.ABC):
             self.size += len(data)
 
     async def __aenter__(self) -> Self:
+        self._span = _span("blob write", self.key)
         try:
             await self._open()
-        except BaseException:
+        except BaseException as exc:
             await self._discard()
+            _end(self._span, exc)
             raise
         return self
 
@@ -90,15 +121,19 @@ class BlobWriter(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self._closed = True
+        span, self._span = self._span, None
         if exc_type is not None:
             await self._discard()
+            _end(span, exc)
             return
         try:
             await self._commit()
-        except BaseException:
+        except BaseException as failure:
             await self._discard()
+            _end(span, failure)
             raise
         self._ref = BlobRef(key=self.key, content_type=self.content_type, size=self.size)
+        _end(span, None, size=self.size)
 
     @abc.abstractmethod
     async def _open(self) -> None:
@@ -129,6 +164,7 @@ class BlobReader(abc.ABC):
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
         self.key = key
         self.chunk_size = chunk_size
+        self._span: Span | None = None
 
     def __aiter__(self) -> Self:
         return self
@@ -140,13 +176,22 @@ class BlobReader(abc.ABC):
         return chunk
 
     async def __aenter__(self) -> Self:
-        await self._open()
+        self._span = _span("blob read", self.key)
+        try:
+            await self._open()
+        except BaseException as exc:
+            _end(self._span, exc)
+            raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        await self.close()
+        span, self._span = self._span, None
+        try:
+            await self.close()
+        finally:
+            _end(span, exc)
 
     @abc.abstractmethod
     async def _open(self) -> None: ...
@@ -180,11 +225,21 @@ class BlobStore(abc.ABC):
     ) -> None:
         await self.close()
 
-    @abc.abstractmethod
-    async def put(self, key: str, data: bytes, content_type: str) -> BlobRef: ...
+    async def put(self, key: str, data: bytes, content_type: str) -> BlobRef:
+        with tracing.client_span("blob put", _attributes(key, size=len(data))):
+            return await self._put(key, data, content_type)
+
+    async def get(self, key: str) -> bytes:
+        with tracing.client_span("blob get", _attributes(key)) as span:
+            data = await self._get(key)
+            span.set_attribute("adxflow.blob.size", len(data))
+        return data
 
     @abc.abstractmethod
-    async def get(self, key: str) -> bytes: ...
+    async def _put(self, key: str, data: bytes, content_type: str) -> BlobRef: ...
+
+    @abc.abstractmethod
+    async def _get(self, key: str) -> bytes: ...
 
     @abc.abstractmethod
     def writer(self, key: str, content_type: str) -> BlobWriter:

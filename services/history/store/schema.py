@@ -34,6 +34,8 @@ runs = sa.Table(
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    #: The run's trace (32 hex digits), when its trigger traced it.
+    sa.Column("trace_id", sa.String(32)),
     sa.Index("ix_runs_submitted_at", "submitted_at"),
     sa.Index("ix_runs_flow_submitted_at", "flow", "submitted_at"),
     #: The stall sweep: unfinished runs with no news since a cutoff.

@@ -40,6 +40,7 @@ def run_view(row: Any) -> dict[str, Any]:
         "duration_ms": duration_ms(submitted or started, finished),
         "failed_step": row.failed_step,
         "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+        "trace_id": row.trace_id,
     }
 
 

@@ -167,7 +167,9 @@ async def run_page(request: web.Request) -> web.Response:
             )
     failed = next((step for step in steps if step.failed), None)
     sent = any(step.emails for step in steps)
-    return page(request, "run.html", run=run, steps=steps, failed=failed, sent=sent)
+    template = request.app[RUNTIME].settings.trace_url_template
+    trace_url = template.format(trace_id=run.trace_id) if template and run.trace_id else None
+    return page(request, "run.html", run=run, steps=steps, failed=failed, sent=sent, trace_url=trace_url)
 
 
 async def _fill_from_flow(request: web.Request, run: RunDetail, steps: list[Any]) -> None:

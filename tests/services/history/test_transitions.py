@@ -509,3 +509,20 @@ def test_a_new_attempt_is_queued_only_of_an_ended_run(reopen: bool) -> None:
         assert (changes.run, changes.run_fields) == (failed, {})
         assert ("render", 1, StepStatus.SKIPPED) in statuses
     assert ("query", 2, StepStatus.PENDING) in statuses
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "kept"),
+    [
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        (None, None),
+        # Not a trace id: longer than the column, or not lower-case hex (the page links it).
+        ("4bf92f3577b34da6a3ce929d0e0e4736ff", None),
+        ("evil.example/4bf92f3577b34da6a3ce9", None),
+    ],
+)
+def test_a_runs_trace_id_is_kept_only_as_a_trace_id_looks(trace_id: str | None, kept: str | None) -> None:
+    info = INFO.model_copy(update={"trace_id": trace_id})
+    changes = merge(None, [], event("trigger", StepStatus.SUCCEEDED, run=info), at(1))
+    assert changes.creates_run
+    assert changes.run_fields["trace_id"] == kept
