@@ -1,6 +1,7 @@
 #!/bin/bash
 # First start: initdb with POSTGRES_USER as the superuser and POSTGRES_PASSWORD as
-# its password (from a file descriptor, never on a command line or in the log),
+# its password (from a file only postgres reads, removed at once; never on a command
+# line or in the log),
 # then POSTGRES_DB. Every start: postgres in the foreground as the postgres user.
 set -euo pipefail
 user="${POSTGRES_USER:-postgres}"
@@ -10,8 +11,13 @@ chown postgres:postgres "$PGDATA" /var/run/postgresql
 chmod 700 "$PGDATA"
 as_postgres() { runuser -u postgres -- "$@"; }
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  pwfile="$(mktemp)"
+  trap 'rm -f "$pwfile"' EXIT
+  printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
+  chown postgres "$pwfile"
   as_postgres initdb -D "$PGDATA" --username="$user" --auth-local=trust --auth-host=scram-sha-256 \
-    --encoding=UTF8 --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") >/dev/null
+    --encoding=UTF8 --pwfile="$pwfile" >/dev/null
+  rm -f "$pwfile"
   printf "listen_addresses = '*'\n" >>"$PGDATA/postgresql.conf"
   printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
   if [ "$db" != postgres ]; then
