@@ -84,10 +84,7 @@ class Stack:
             "AZURITE_ACCOUNT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
             # The stand-in of the emulator has no licence; compose still checks the main file's reference.
             "ADX_ACCEPT_EULA": "not-needed",
-            **{
-                f"{name}_PUBLISHED_PORT": "0"
-                for name in ("RABBITMQ", "MAIL", "KUSTO", "TRIGGER", "HISTORY")
-            },
+            **{f"{name}_PUBLISHED_PORT": "0" for name in ("RABBITMQ", "MAIL", "KUSTO", "TRIGGER", "HISTORY")},
         }
         env_file = self.folder / "stack.env"
         env_file.touch(mode=0o600)
@@ -125,7 +122,7 @@ class Stack:
         return "http://" + self.compose("port", service, str(port)).strip()
 
     def wait_healthy(self, deadline_seconds: float = 180) -> None:
-        """Every container healthy (or, kusto-seed, exited 0); a container that exited otherwise fails at once."""
+        """Every container healthy, or exited 0 (kusto-seed); one that exited otherwise fails at once."""
 
         def probe() -> bool | None:
             states = [inspect(container) for container in self.containers()]
@@ -171,7 +168,9 @@ class Stack:
             raise
         return found
 
-    def wait_runs(self, history: str, run_ids: Iterable[str], deadline_seconds: float) -> list[dict[str, Any]]:
+    def wait_runs(
+        self, history: str, run_ids: Iterable[str], deadline_seconds: float
+    ) -> list[dict[str, Any]]:
         """Each run as recorded once it has ended."""
         pending = list(run_ids)
         ended: dict[str, dict[str, Any]] = {}
@@ -205,5 +204,7 @@ def inspect(container: str) -> dict[str, Any]:
 
 
 def logs(container: str) -> str:
-    done = subprocess.run(["docker", "logs", "--tail", "30", container], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["docker", "logs", "--tail", "30", container], capture_output=True, text=True, check=False
+    )
     return (done.stdout + done.stderr)[-3000:]

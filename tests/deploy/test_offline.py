@@ -16,9 +16,11 @@ OFFLINE = ROOT / "deploy" / "offline"
 
 def tagged_by_build_script() -> set[str]:
     script = (OFFLINE / "build.sh").read_text(encoding="utf-8")
-    return set(re.findall(r"^build (\S+) ", script, flags=re.MULTILINE)) | set(
-        re.findall(r"-t (\S+) ", script)
-    ) | set(re.findall(r'^BASE=(\S+)$', script, flags=re.MULTILINE))
+    return (
+        set(re.findall(r"^build (\S+) ", script, flags=re.MULTILINE))
+        | set(re.findall(r"-t (\S+) ", script))
+        | set(re.findall(r"^BASE=(\S+)$", script, flags=re.MULTILINE))
+    )
 
 
 def override() -> dict[str, dict[str, object]]:
