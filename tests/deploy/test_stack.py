@@ -254,3 +254,12 @@ def test_render_scaled_to_three_replicas_drains_a_batch(stack: Stack, urls: dict
         f"{one / three:.2f}x",
         file=sys.stderr,
     )
+
+
+def test_no_secret_reaches_a_container_log(stack: Stack) -> None:
+    # After every flow and fault above: the passwords, the token and the account key
+    # stay in the environment of the containers that use them, never in what they print.
+    logs = stack.compose("logs", "--no-color")
+    assert "stack-report" in logs or "step succeeded" in logs  # the logs are there to search
+    for name in ("RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "ADXFLOW_API_TOKEN", "AZURITE_ACCOUNT_KEY"):
+        assert stack.env[name] not in logs, f"{name} is in a container's log"
