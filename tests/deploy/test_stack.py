@@ -66,9 +66,10 @@ steps:
   - id: chart
     action: run_query_and_render_chart
     query: >-
-      range i from 1 to 20000 step 1
-      | extend t = datetime(2024-01-01) + i * 1m, a = i % 97, b = i % 89, c = i % 83, d = i % 79
-      | project t, a, b, c, d
+      range i from 1 to 2000 step 1
+      | extend t = datetime(2024-01-01) + i * 1m, a = i % 97, b = i % 89, c = i % 83, d = i % 79,
+          e = i % 73, f = i % 71, g = i % 67, h = i % 61
+      | project t, a, b, c, d, e, f, g, h
     chart: linechart
     width: 1600
     height: 900
