@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine and runs them:
 # Debian packages (cairo and fonts for PNG charts, Chromium that Playwright
-# drives in the web pages' tests), the Python packages in a virtualenv,
-# RabbitMQ, PostgreSQL and Azurite (installed from npm into .tools/) started if
+# drives in the web pages' tests, docker, docker-compose and debootstrap for the
+# compose stack's test), the Python packages in a virtualenv, RabbitMQ,
+# PostgreSQL, Azurite (installed from npm into .tools/) and dockerd started if
 # they are not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libcairo2 fonts-dejavu-core chromium; do
+for pkg in libcairo2 fonts-dejavu-core chromium docker.io docker-compose debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -44,6 +45,19 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null; then
     sleep 0.5
   done
   (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null || { cat .tools/azurite.log; exit 1; }
+fi
+
+# dockerd for tests/deploy/test_stack.py, which builds the images (deploy/offline/build.sh
+# caches its debootstrap under /var/cache/adxflow-offline, docker its layers) and runs
+# the compose stack on ports docker picks.
+if ! docker info >/dev/null 2>&1; then
+  echo "starting dockerd"
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { tail -20 /var/log/dockerd.log; exit 1; }
 fi
 
 python3 -m venv .venv

@@ -26,7 +26,10 @@ from services.embedded.kusto.database import ensure_database
 from services.embedded.kusto.duckdb_kql_internals import DEFAULT_PORT
 from services.embedded.kusto.server import POLL_SECONDS, LocalServer
 
-__all__ = ["LocalKusto", "start_local_kusto"]
+__all__ = ["EMPTY_DATABASE", "LocalKusto", "empty_database", "start_local_kusto"]
+
+#: The database a fresh Kusto engine has (the emulator's, and azure-kusto-data's default).
+EMPTY_DATABASE = "NetDefaultDB"
 
 
 def _loopback(host: str) -> str:
@@ -161,6 +164,15 @@ def start_local_kusto(data_dir: Path, port: int = 0, *, writable: bool = True) -
     return LocalKusto(ensure_database(Path(data_dir)), port=port, writable=writable).start()
 
 
+def empty_database(data_dir: Path) -> Path:
+    """`<data_dir>/NetDefaultDB.duckdb`, created empty if missing: a fresh engine's only database."""
+    path = Path(data_dir) / f"{EMPTY_DATABASE}.duckdb"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        duckdb_kql.connect(str(path)).close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m services.embedded.kusto.endpoint",
@@ -169,13 +181,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="where the sample database lives")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks one")
     parser.add_argument("--read-only", action="store_true", help="refuse write commands")
+    parser.add_argument(
+        "--empty",
+        action="store_true",
+        help=f"serve one empty database, {EMPTY_DATABASE}, as the Kusto emulator starts (in docker compose's "
+        "stand-in, for kusto-seed to create and fill Samples) instead of the sample database",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     # Ctrl-C and a container's SIGTERM both end the wait, so the endpoint closes
     # through the same path either way.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with start_local_kusto(args.data_dir, args.port, writable=not args.read_only) as kusto:
+    if args.empty:
+        endpoint = LocalKusto(empty_database(args.data_dir), port=args.port, writable=not args.read_only)
+    else:
+        endpoint = start_local_kusto(args.data_dir, args.port, writable=not args.read_only)
+    with endpoint as kusto:
         print(f"Kusto endpoint {kusto.url}, database {kusto.database!r}. Ctrl-C to stop.", flush=True)
         stop.wait()
 

@@ -20,7 +20,7 @@ from azure.kusto.data.aio import KustoClient
 from azure.kusto.data.exceptions import KustoServiceError
 
 from services.embedded.kusto.database import write_database
-from services.embedded.kusto.endpoint import LocalKusto, start_local_kusto
+from services.embedded.kusto.endpoint import EMPTY_DATABASE, LocalKusto, empty_database, start_local_kusto
 from services.embedded.kusto.literals import ParameterValueError, parameter_value
 from services.embedded.sample_data import DEFAULT_COUNT
 
@@ -376,3 +376,23 @@ def test_parameter_value_refuses_other_text(kind: str, text: str) -> None:
     with pytest.raises(ParameterValueError) as refused:
         parameter_value(text, kind, "p")
     assert (refused.value.name, refused.value.kind, refused.value.value) == ("p", kind, text)
+
+
+async def test_an_empty_engine_serves_netdefaultdb_alone_and_keeps_what_was_written(tmp_path: Path) -> None:
+    # `--empty`: the Kusto emulator's stand-in in docker compose starts as a fresh emulator does.
+    path = empty_database(tmp_path / "kusto")
+    assert path.name == f"{EMPTY_DATABASE}.duckdb"
+    async with LocalKusto(path, writable=True) as endpoint:
+        kcsb = KustoConnectionStringBuilder.with_no_authentication(endpoint.url)
+        async with KustoClient(kcsb) as client:
+            response = await client.execute_mgmt(EMPTY_DATABASE, ".show databases")
+            names = [row[0] for row in response.primary_results[0].raw_rows]
+            assert names == [EMPTY_DATABASE]
+            await client.execute_mgmt(EMPTY_DATABASE, ".set-or-replace Kept <| datatable(x: long) [1, 2]")
+    # A second start finds the file and leaves it as it was.
+    assert empty_database(tmp_path / "kusto") == path
+    async with LocalKusto(path) as endpoint:
+        kcsb = KustoConnectionStringBuilder.with_no_authentication(endpoint.url)
+        async with KustoClient(kcsb) as client:
+            response = await client.execute(EMPTY_DATABASE, "Kept | count")
+            assert response.primary_results[0].raw_rows == [[2]]
