@@ -66,7 +66,6 @@ from common.contracts.messages import (
     StepStatus,
     utcnow,
 )
-from common.contracts.results import ResultSet
 from common.contracts.templates import evaluate_condition, render_text, template_context
 from common.platform import metrics
 from common.platform.http import Check
@@ -307,9 +306,7 @@ class NotifyStep:
         source = message.outputs.get(spec.for_each)
         if source is None or source.status is not StepStatus.SUCCEEDED or "result" not in source.artifacts:
             return [], 0
-        document = await self.runtime.blobs.get(source.artifacts["result"].key)
-        # Off the event loop, which keeps beating for this step and serving the others.
-        result = await asyncio.to_thread(ResultSet.from_json_bytes, document)
+        result = await self.runtime.blobs.get_result(source.artifacts["result"].key)
         cap = min(spec.max_deliveries, self.runtime.settings.max_deliveries)
         names = [column.name for column in result.columns]
         rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]

@@ -92,9 +92,7 @@ class RenderStep:
         if not isinstance(spec, RENDERING_STEPS):
             raise RenderError(f"step {spec.id!r} ({spec.action}) renders nothing")
         query = message.outputs[spec.id]
-        document = await self.runtime.blobs.get(query.artifacts["result"].key)
-        # Off the event loop, which keeps beating for this step and serving the others.
-        result = await asyncio.to_thread(ResultSet.from_json_bytes, document)
+        result = await self.runtime.blobs.get_result(query.artifacts["result"].key)
         drawing, note = chart_kind(spec.chart, result)
         title = spec.title or (result.visualization.title if result.visualization else None)
         zone = ZoneInfo(flow.trigger.timezone)

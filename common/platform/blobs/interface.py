@@ -30,6 +30,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from common.contracts.errors import ArtifactMissing
 from common.contracts.messages import BlobRef
+from common.contracts.results import ResultSet
 from common.platform import tracing
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
@@ -234,6 +235,14 @@ class BlobStore(abc.ABC):
             data = await self._get(key)
             span.set_attribute("adxflow.blob.size", len(data))
         return data
+
+    async def get_result(self, key: str) -> ResultSet:
+        """The stored query result at *key*, parsed off the event loop.
+
+        A result can be many megabytes: parsed in a worker thread, a row at a time
+        (`ResultSet.from_json_bytes`), the loop keeps beating for the step and serving others.
+        """
+        return await asyncio.to_thread(ResultSet.from_json_bytes, await self.get(key))
 
     @abc.abstractmethod
     async def _put(self, key: str, data: bytes, content_type: str) -> BlobRef: ...
