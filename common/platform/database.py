@@ -1,4 +1,4 @@
-"""The SQL database the trigger and history share: SQLite embedded, PostgreSQL deployed.
+"""The SQL database the trigger, the notifier and history share: SQLite embedded, PostgreSQL deployed.
 
 One code path over SQLAlchemy's async Core; the few dialect differences
 (insert-or-ignore, row locks) are decided here. Every statement is a span

@@ -226,17 +226,16 @@ async def set_flow_enabled(request: web.Request) -> web.Response:
         return csrf_refusal()
     try:
         body = json.loads(await request.text() or "{}")
-        enabled = body["enabled"]
-        version = body.get("version")
-        if not isinstance(enabled, bool) or not isinstance(body, dict):
+        if not isinstance(body, dict) or not isinstance(body["enabled"], bool):
             raise TypeError
+        enabled, version = body["enabled"], body.get("version")
         unknown = sorted(set(body) - {"enabled", "version"})
         if unknown:
             return error_body(400, f"{unknown[0]}: not a field of this request", code="InvalidRequest")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             problem = "version: the flow's version the page shows, 1 or more"
             return error_body(400, problem, code="InvalidRequest")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError):
         return error_body(400, 'send {"enabled": true} or {"enabled": false}', code="InvalidRequest")
     name = request.match_info["name"]
     try:
