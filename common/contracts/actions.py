@@ -1,20 +1,24 @@
 """The steps of a flow: one document per action, from running a query to posting a webhook.
 
 The ``action`` field tells the documents apart. Control-command actions take
-``command`` rather than ``query``, because the text is not a query.
+``command`` rather than ``query``, because the text is not a query. Three
+steps have no action but hold steps of their own, and are told apart by
+their key: ``for_each`` (its ``steps`` once per row of an earlier query, each
+iteration a child run), ``if`` (its ``then`` or its ``else`` steps) and
+``parallel`` (branches of steps run at the same time, each a child run).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import EmailStr, Field, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, EmailStr, Field, Tag, field_validator, model_validator
 
 from common.contracts.documents import Document
 from common.contracts.messages import ChartKind, Importance
-from common.contracts.parameters import Identifier
+from common.contracts.parameters import Identifier, ParameterType
 
 _ASYNC_KEYWORD = re.compile(r"^\s*\.[A-Za-z-]+(\s+[A-Za-z-]+)?\s+async\b", re.IGNORECASE)
 
@@ -38,7 +42,17 @@ class _Step(Document):
         return {"when": self.when} if self.when else {}
 
 
+class QueryParameter(Document):
+    """A typed query parameter of one step, its value a template (``{{ row.State }}``)."""
+
+    type: ParameterType
+    value: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
 class _KustoStep(_Step):
+    #: Query parameters of this step alone, each rendered and then sent typed (never spliced into
+    #: the text): the way a row's values reach a query inside a ``for_each``.
+    parameters: dict[Identifier, QueryParameter] = {}
     connection: str | None = None
     database: str | None = None
     #: How long the query may run (the server is told too); the operator's default and maximum apply.
@@ -50,6 +64,11 @@ class _KustoStep(_Step):
     #: At a cap (or at Kusto's own result limit): fail with ResultTooLarge, or keep the rows read and
     #: flag the result as truncated.
     on_too_large: Literal["fail", "truncate"] = "fail"
+
+    def templates(self) -> dict[str, str]:
+        found = super().templates()
+        found.update({f"parameters.{name}.value": spec.value for name, spec in self.parameters.items()})
+        return found
 
 
 class RunQuery(_KustoStep):
@@ -186,16 +205,152 @@ class PostWebhook(_Delivery):
         return found
 
 
+class ForEach(_Step):
+    """Its steps once per row of an earlier query step's result, each row an iteration (a child run)."""
+
+    kind: ClassVar[str] = "for_each"
+    #: The earlier query step whose rows are iterated.
+    for_each: Identifier
+    steps: Annotated[list[StepSpec], Field(min_length=1, max_length=50)]
+    #: Iterations running at once; the operator's ``scope_max_concurrency`` caps it.
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 10
+    #: Rows iterated at most; the operator's ``scope_max_items`` caps it.
+    max_items: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    #: More rows than ``max_items``: fail the step, or iterate the first ``max_items`` and say so.
+    on_too_many: Literal["fail", "truncate"] = "fail"
+    #: A failed iteration: the others go on (``continue``), or no further iteration starts
+    #: (``stop``; those not started count as skipped). Either way the step fails at the end.
+    on_item_failure: Literal["continue", "stop"] = "continue"
+
+
+class If(_Step):
+    """The ``then`` steps when the condition holds, else the ``else`` steps; either list may be empty."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    kind: ClassVar[str] = "if"
+    condition: Annotated[str, Field(alias="if", min_length=1, max_length=4096)]
+    then: Annotated[list[StepSpec], Field(max_length=50)] = []
+    otherwise: Annotated[list[StepSpec], Field(alias="else", max_length=50)] = []
+
+    def templates(self) -> dict[str, str]:
+        return {**super().templates(), "if": self.condition}
+
+
+class Branch(Document):
+    """One branch of a ``parallel`` step: its steps, one after another."""
+
+    id: Identifier
+    steps: Annotated[list[StepSpec], Field(min_length=1, max_length=50)]
+
+
+class Parallel(_Step):
+    """Branches that run at the same time, each a child run; later steps see every branch's outputs."""
+
+    kind: ClassVar[str] = "parallel"
+    parallel: Annotated[list[Branch], Field(min_length=2, max_length=20)]
+
+    @model_validator(mode="after")
+    def _distinct_branches(self) -> Parallel:
+        seen: set[str] = set()
+        for index, branch in enumerate(self.parallel):
+            if branch.id in seen:
+                raise ValueError(f"parallel[{index}].id: {branch.id!r} names an earlier branch")
+            seen.add(branch.id)
+        return self
+
+
+#: The keys that make a step without ``action`` a scope step, in the order they are tried.
+SCOPE_KEYS = ("for_each", "if", "parallel")
+
+
+def _step_tag(value: Any) -> str | None:
+    """The step document's tag: its action, or for a scope step, its key."""
+    if isinstance(value, dict):
+        if "action" in value:
+            action = value["action"]
+            return action if isinstance(action, str) else None
+        return next((key for key in SCOPE_KEYS if key in value), None)
+    if isinstance(value, ForEach | If | Parallel):
+        return value.kind
+    action = getattr(value, "action", None)
+    return action if isinstance(action, str) else None
+
+
 StepSpec = Annotated[
-    RunQuery
-    | RunQueryAndRenderChart
-    | RunControlCommandAndRenderChart
-    | RunShowCommand
-    | RunAsyncControlCommand
-    | SendEmail
-    | PostWebhook,
-    Field(discriminator="action"),
+    Annotated[RunQuery, Tag("run_query")]
+    | Annotated[RunQueryAndRenderChart, Tag("run_query_and_render_chart")]
+    | Annotated[RunControlCommandAndRenderChart, Tag("run_control_command_and_render_chart")]
+    | Annotated[RunShowCommand, Tag("run_show_command")]
+    | Annotated[RunAsyncControlCommand, Tag("run_async_control_command")]
+    | Annotated[SendEmail, Tag("send_email")]
+    | Annotated[PostWebhook, Tag("post_webhook")]
+    | Annotated[ForEach, Tag("for_each")]
+    | Annotated[If, Tag("if")]
+    | Annotated[Parallel, Tag("parallel")],
+    Discriminator(
+        _step_tag,
+        custom_error_type="unknown_step",
+        custom_error_message=(
+            "a step names its 'action' (run_query, run_query_and_render_chart, "
+            "run_control_command_and_render_chart, run_show_command, run_async_control_command, "
+            "send_email, post_webhook), or holds steps as 'for_each', 'if' or 'parallel'"
+        ),
+        custom_error_context={"discriminator": "action"},
+    ),
 ]
+
+#: Every tag of a step document, as pydantic puts it into an error's location.
+STEP_TAGS = frozenset(
+    {
+        "run_query",
+        "run_query_and_render_chart",
+        "run_control_command_and_render_chart",
+        "run_show_command",
+        "run_async_control_command",
+        "send_email",
+        "post_webhook",
+        *SCOPE_KEYS,
+    }
+)
+
+
+def field_path(location: Sequence[int | str]) -> str:
+    """A validation error's location as a flow's author reads it: ``steps[2].steps[0].query``.
+
+    Pydantic puts the step's tag after a list index (``steps.2.run_query.query``); it is left out.
+    """
+    parts: list[str] = []
+    after_index = False
+    for part in location:
+        if isinstance(part, int):
+            if parts:
+                parts[-1] += f"[{part}]"
+            else:
+                parts.append(f"[{part}]")
+            after_index = True
+            continue
+        if not (after_index and part in STEP_TAGS):
+            parts.append(str(part))
+        after_index = False
+    return ".".join(parts)
+
+
+#: Steps that hold steps of their own.
+SCOPE_STEPS = (ForEach, If, Parallel)
+#: Steps whose steps run as child runs, joined again before the flow goes on.
+FAN_OUT_STEPS = (ForEach, Parallel)
+
+
+def inner_steps(step: StepSpec) -> list[tuple[str, list[StepSpec]]]:
+    """The step lists a scope step holds, each with its field (``steps``, ``then``, ``parallel[1].steps``)."""
+    if isinstance(step, ForEach):
+        return [("steps", step.steps)]
+    if isinstance(step, If):
+        return [("then", step.then), ("else", step.otherwise)]
+    if isinstance(step, Parallel):
+        return [(f"parallel[{index}].steps", branch.steps) for index, branch in enumerate(step.parallel)]
+    return []
+
 
 #: A step that runs on a Kusto connection: one of KUSTO_STEPS, as a type.
 KustoStep = (

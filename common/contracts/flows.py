@@ -7,12 +7,19 @@ steps, template syntax, parameter types); what depends on the operator's
 configuration (connections, webhook allowlist, schedule limits) is checked by
 the trigger service when the flow is saved. A run of a flow starts from its
 itinerary, the routing slip worked out here.
+
+Steps nest: a ``for_each`` or ``parallel`` step holds steps that run as child
+runs (each with an itinerary of its own, ending in a ``join`` back into the
+parent), an ``if`` holds a ``then`` and an ``else`` list that stay in the run's
+own itinerary, each step guarded by the branch it sits in. Step ids are unique
+across the whole flow, so ``steps.<id>`` means one step wherever it is read.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,19 +29,44 @@ from pydantic import Field, field_validator, model_validator
 from common.contracts.actions import (
     KUSTO_STEPS,
     RENDERING_STEPS,
+    ForEach,
+    If,
+    Parallel,
     PostWebhook,
     SendEmail,
     StepSpec,
     check_text,
+    inner_steps,
 )
 from common.contracts.documents import READ_BACK, Document
 from common.contracts.messages import RunContext, RunMessage, RunStatus, Step, StepKind, utcnow
 from common.contracts.parameters import Identifier, ParameterSpec, coerce_parameter
-from common.contracts.templates import TemplateSyntaxProblem, check_template
+from common.contracts.templates import TemplateSyntaxProblem, check_template, template_references
 
 _FLOW_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 #: Slip step ids the service uses itself.
-RESERVED_STEP_IDS = frozenset({"trigger", "record", "run", "row"})
+RESERVED_STEP_IDS = frozenset({"trigger", "record", "run", "row", "join"})
+#: The slip step that ends every child run, back in the parent's scope.
+JOIN = "join"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a step sits in its flow."""
+
+    spec: StepSpec
+    #: Its field path, such as ``steps[2].steps[0]``.
+    where: str
+    #: The innermost ``for_each`` or ``parallel`` step around it (its run is a child run of that
+    #: scope), and the branch of a ``parallel`` it is in.
+    scope: str | None
+    branch: str | None
+    #: The ``if`` branches it sits in, outermost first: ``(if step id, "then" or "else")``.
+    guards: tuple[tuple[str, str], ...]
+    #: Inside a ``for_each`` (at any depth): ``row`` is defined.
+    in_row_scope: bool
+    #: Its position in a walk of the flow in document order.
+    order: int
 
 
 class AfterTrigger(Document):
@@ -99,37 +131,46 @@ class Flow(Document):
 
     @model_validator(mode="after")
     def _steps_fit_together(self) -> Flow:
-        seen: dict[str, Any] = {}
-        for index, step in enumerate(self.steps):
-            where = f"steps[{index}]"
-            if step.id in seen:
-                raise ValueError(f"{where}.id: {step.id!r} is used by an earlier step")
-            if step.id in RESERVED_STEP_IDS:
-                raise ValueError(f"{where}.id: {step.id!r} is reserved; choose another id")
-            check_text(step, where)
-            for name, text in step.templates().items():
-                try:
-                    check_template(text)
-                except TemplateSyntaxProblem as exc:
-                    raise ValueError(f"{where}.{name}: {exc}") from None
-            source = step.for_each if isinstance(step, SendEmail | PostWebhook) else None
-            if source is not None and not isinstance(seen.get(source), KUSTO_STEPS):
-                raise ValueError(f"{where}.for_each: {source!r} is not an earlier query step")
-            if isinstance(step, SendEmail):
-                for attachment in step.attachments:
-                    if not isinstance(seen.get(attachment), RENDERING_STEPS):
-                        raise ValueError(
-                            f"{where}.attachments: {attachment!r} is not an earlier step "
-                            "that renders a result"
-                        )
-            seen[step.id] = step
+        places = self.places
+        _check_steps(self.steps, places, visible={}, in_row_scope=False)
         return self
 
+    @functools.cached_property
+    def places(self) -> dict[str, Place]:
+        """Every step of the flow by id, nested ones too, in document order.
+
+        ValueError naming the field when an id is used twice or is reserved.
+        """
+        found: dict[str, Place] = {}
+        for place in _walk(self.steps, "steps", None, None, (), False):
+            step = place.spec
+            if step.id in found:
+                raise ValueError(f"{place.where}.id: {step.id!r} is used by an earlier step")
+            if step.id in RESERVED_STEP_IDS:
+                raise ValueError(f"{place.where}.id: {step.id!r} is reserved; choose another id")
+            found[step.id] = Place(
+                step, place.where, place.scope, place.branch, place.guards, place.in_row_scope, len(found)
+            )
+        return found
+
     def step(self, step_id: str) -> StepSpec:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise LookupError(f"flow {self.name!r} has no step {step_id!r}")
+        place = self.places.get(step_id)
+        if place is None:
+            raise LookupError(f"flow {self.name!r} has no step {step_id!r}")
+        return place.spec
+
+    def every_step(self) -> list[StepSpec]:
+        """Every step, nested ones too, in document order."""
+        return [place.spec for place in self.places.values()]
+
+    @functools.cached_property
+    def slips(self) -> dict[str, Step]:
+        """Every routing-slip step of every run of the flow (the parent's and its children's), by id."""
+        return {
+            slip_id: Step(id=slip_id, kind=kind, flow_step=spec.id)
+            for spec in self.every_step()
+            for slip_id, kind in slip_steps(spec)
+        }
 
     def bind_parameters(self, supplied: dict[str, Any]) -> dict[str, Any]:
         """Run parameters checked against the declarations, defaults filled in."""
@@ -150,22 +191,162 @@ class Flow(Document):
         return bound
 
 
+@dataclass(frozen=True)
+class _Walked:
+    spec: StepSpec
+    where: str
+    scope: str | None
+    branch: str | None
+    guards: tuple[tuple[str, str], ...]
+    in_row_scope: bool
+
+
+def _walk(
+    steps: Sequence[StepSpec],
+    field: str,
+    scope: str | None,
+    branch: str | None,
+    guards: tuple[tuple[str, str], ...],
+    in_row_scope: bool,
+) -> Iterator[_Walked]:
+    for index, step in enumerate(steps):
+        where = f"{field}[{index}]"
+        yield _Walked(step, where, scope, branch, guards, in_row_scope)
+        if isinstance(step, ForEach):
+            yield from _walk(step.steps, f"{where}.steps", step.id, None, guards, True)
+        elif isinstance(step, Parallel):
+            for number, lane in enumerate(step.parallel):
+                yield from _walk(
+                    lane.steps, f"{where}.parallel[{number}].steps", step.id, lane.id, guards, in_row_scope
+                )
+        elif isinstance(step, If):
+            for name, inner in inner_steps(step):
+                yield from _walk(
+                    inner, f"{where}.{name}", scope, branch, (*guards, (step.id, name)), in_row_scope
+                )
+
+
+def _check_steps(
+    steps: Sequence[StepSpec], places: dict[str, Place], *, visible: dict[str, StepSpec], in_row_scope: bool
+) -> dict[str, StepSpec]:
+    """Check each step of one list against the steps it can see; returns what the steps after see.
+
+    A step sees the steps before it in its own list and in every list around it. After an ``if``
+    its branches' steps are seen (those of the branch that did not run as skipped); after a
+    ``parallel`` every branch's steps; after a ``for_each`` only the ``for_each`` itself, whose
+    steps ran once per row.
+    """
+    visible = dict(visible)
+    for step in steps:
+        where = places[step.id].where
+        check_text(step, where)
+        per_row = in_row_scope or (isinstance(step, SendEmail | PostWebhook) and step.for_each is not None)
+        for name, text in step.templates().items():
+            try:
+                check_template(text)
+                names, references = template_references(text)
+            except TemplateSyntaxProblem as exc:
+                raise ValueError(f"{where}.{name}: {exc}") from None
+            if "row" in names and not per_row:
+                raise ValueError(
+                    f"{where}.{name}: 'row' is defined only inside a for_each step's steps "
+                    "(or in a delivery with for_each)"
+                )
+            for reference in references:
+                if reference not in visible:
+                    raise ValueError(f"{where}.{name}: {_unseen(reference, step, places)}")
+        source = step.for_each if isinstance(step, SendEmail | PostWebhook | ForEach) else None
+        if source is not None and not isinstance(visible.get(source), KUSTO_STEPS):
+            field = f"{where}.for_each"
+            if source in places and source not in visible:
+                raise ValueError(f"{field}: {_unseen(source, step, places)}")
+            raise ValueError(f"{field}: {source!r} is not an earlier query step")
+        if isinstance(step, SendEmail):
+            for attachment in step.attachments:
+                if not isinstance(visible.get(attachment), RENDERING_STEPS):
+                    raise ValueError(
+                        f"{where}.attachments: {attachment!r} is not an earlier step that renders a result"
+                    )
+        visible[step.id] = step
+        if isinstance(step, ForEach):
+            _check_steps(step.steps, places, visible=visible, in_row_scope=True)
+        elif isinstance(step, If | Parallel):
+            for _, inner in inner_steps(step):
+                visible.update(_check_steps(inner, places, visible=visible, in_row_scope=in_row_scope))
+    return visible
+
+
+def _unseen(reference: str, step: StepSpec, places: dict[str, Place]) -> str:
+    """Why a step cannot use the step *reference*."""
+    place = places.get(reference)
+    if place is None:
+        return f"refers to step {reference!r}, which the flow does not have"
+    if reference == step.id:
+        return f"refers to step {reference!r} itself (a step can use only the steps before it)"
+    here = places[step.id]
+    if place.order > here.order:
+        return (
+            f"refers to step {reference!r}, which runs after it (a step can use only the steps before "
+            "it; a step that used a later one would make a cycle)"
+        )
+    if place.scope is not None and place.scope != here.scope:
+        outer = places[place.scope].spec
+        if isinstance(outer, ForEach):
+            return (
+                f"refers to step {reference!r}, which runs once per row inside for_each {outer.id!r}; "
+                f"use steps.{outer.id}.iterations"
+            )
+        return (
+            f"refers to step {reference!r}, which runs at the same time in branch "
+            f"{place.branch!r} of {outer.id!r}"
+        )
+    return f"refers to step {reference!r}, which has not run at this point"
+
+
 def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
     """The routing-slip steps one flow step becomes: (slip step id, kind)."""
     if isinstance(step, RENDERING_STEPS):
         return [(step.id, StepKind.QUERY), (f"{step.id}.render", StepKind.RENDER)]
     if isinstance(step, KUSTO_STEPS):
         return [(step.id, StepKind.QUERY)]
+    if isinstance(step, ForEach | If | Parallel):
+        return [(step.id, StepKind.SCOPE)]
     return [(step.id, StepKind.NOTIFY)]
+
+
+def _slip(steps: Sequence[StepSpec]) -> Iterator[Step]:
+    """The slip steps of one list of flow steps: an ``if`` keeps its branches in line, after it."""
+    for spec in steps:
+        yield from (Step(id=slip_id, kind=kind, flow_step=spec.id) for slip_id, kind in slip_steps(spec))
+        if isinstance(spec, If):
+            yield from _slip(spec.then)
+            yield from _slip(spec.otherwise)
 
 
 def itinerary(flow: Flow) -> list[Step]:
     """The routing slip of a run of *flow*: trigger, every flow step, record."""
-    steps = [Step(id="trigger", kind=StepKind.TRIGGER)]
-    for spec in flow.steps:
-        steps.extend(Step(id=slip_id, kind=kind, flow_step=spec.id) for slip_id, kind in slip_steps(spec))
-    steps.append(Step(id="record", kind=StepKind.RECORD))
-    return steps
+    return [
+        Step(id="trigger", kind=StepKind.TRIGGER),
+        *_slip(flow.steps),
+        Step(id="record", kind=StepKind.RECORD),
+    ]
+
+
+def child_itinerary(flow: Flow, scope: str, branch: str | None = None) -> list[Step]:
+    """The routing slip of an iteration of the ``for_each`` *scope*, or of its *branch* (``parallel``)."""
+    spec = flow.step(scope)
+    if isinstance(spec, ForEach):
+        steps = spec.steps
+    elif isinstance(spec, Parallel):
+        steps = next(lane.steps for lane in spec.parallel if lane.id == branch)
+    else:
+        raise LookupError(f"step {scope!r} of flow {flow.name!r} runs no child runs")
+    return [
+        Step(id="trigger", kind=StepKind.TRIGGER),
+        *_slip(steps),
+        Step(id=JOIN, kind=StepKind.SCOPE),
+        Step(id="record", kind=StepKind.RECORD),
+    ]
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,10 @@ each other's messages. The rules of ``schema_version``:
   reader accepts its own major and refuses a higher one, naming both, and the
   message goes to the dead-letter queue with that reason, whole, to be
   replayed once the reader is upgraded. A release that bumps the major reads
-  the previous one too, and writes the new one only in the release after, so
-  that every replica can read it by then.
+  the previous one too, and writes the new one only where a message needs it
+  (major 2: a run of a flow with a scope step, which only a release that has
+  scopes could have saved and can perform); every other message stays on the
+  older major, so that an older replica still reads it.
 * Error codes are open: a reader keeps a code it does not know as it came.
 
 What arrives from outside -- the HTTP APIs' bodies, a job, a flow file -- stays
@@ -60,13 +62,21 @@ from pydantic import (
     model_validator,
 )
 
-#: The major of the message schema: a reader refuses a message of a higher one.
-SCHEMA_VERSION = 1
-#: Additive changes since the major began; readers never refuse a message for its minor.
+#: The newest major of the message schema this release reads: a reader refuses a message of a
+#: higher one. A message is written with the lowest major that can say what it says (see
+#: :meth:`Envelope.needed_major`): a run of a flow with no scope step is major 1, which every
+#: earlier release reads.
+SCHEMA_VERSION = 2
+#: Additive changes since the first major; readers never refuse a message for its minor.
 #: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
 #: 2: the error code ``DeliveryLimit`` (a run whose message the broker dead-lettered).
 #: 3: ``RunMessage.trace`` (the run's W3C trace context) and ``RunInfo.trace_id``.
-SCHEMA_MINOR = 3
+#: 4: ``RunContext.scope`` and ``RunInfo.scope`` (an iteration or a branch of a parent run), the
+#: error code ``TooManyItems``.
+SCHEMA_MINOR = 4
+#: Major 2: the step kind ``scope`` (for_each, if and parallel steps, and the join of an
+#: iteration or branch), which a major-1 reader would not know where to send.
+SCOPE_MAJOR = 2
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -95,6 +105,9 @@ class StepKind(StrEnum):
     RENDER = "render"
     NOTIFY = "notify"
     RECORD = "record"
+    #: The structure of a flow: an ``if`` decided, a ``for_each`` or ``parallel`` fanned out to child
+    #: runs and joined again, and each child's ``join`` back into its parent.
+    SCOPE = "scope"
 
 
 #: The service that performs each kind of step.
@@ -104,6 +117,7 @@ SERVICE_OF: dict[StepKind, Service] = {
     StepKind.RENDER: Service.RENDER,
     StepKind.NOTIFY: Service.NOTIFIER,
     StepKind.RECORD: Service.HISTORY,
+    StepKind.SCOPE: Service.TRIGGER,
 }
 
 
@@ -184,6 +198,8 @@ class ErrorCode(StrEnum):
     STALLED = "Stalled"
     DELIVERY_LIMIT = "DeliveryLimit"
     ARTIFACT_MISSING = "ArtifactMissing"
+    TOO_MANY_ITEMS = "TooManyItems"
+    ITERATIONS_FAILED = "IterationsFailed"
     INTERNAL = "Internal"
 
     @classmethod
@@ -222,7 +238,9 @@ def _readable_major(version: int) -> int:
 class Envelope(WireModel):
     """A whole message: its schema version, then what it says (see the module's rules)."""
 
-    schema_version: Annotated[int, AfterValidator(_readable_major)] = SCHEMA_VERSION
+    #: In memory: the major the message was read with (1 when built here). Written out: the lowest
+    #: major that says what it says, as every major up to this release's is known here.
+    schema_version: Annotated[int, AfterValidator(_readable_major)] = 1
     #: In memory: the minor the message was read with (0: none, or built here). Written out: the
     #: newer of that and this writer's.
     schema_minor: Annotated[int, Field(ge=0)] = 0
@@ -230,6 +248,14 @@ class Envelope(WireModel):
     @field_serializer("schema_minor")
     def _written_minor(self, minor: int) -> int:
         return max(minor, SCHEMA_MINOR)
+
+    @field_serializer("schema_version")
+    def _written_major(self, major: int) -> int:
+        return self.needed_major()
+
+    def needed_major(self) -> int:
+        """The lowest major that can say what this message says (1 unless it holds a scope step)."""
+        return 1
 
 
 M = TypeVar("M", bound=Envelope)
@@ -404,6 +430,21 @@ class StepOutput(WireModel):
     error: ErrorInfo | None = None
 
 
+class ScopeRef(WireModel):
+    """Where a child run belongs: one iteration of a ``for_each``, or one branch of a ``parallel``."""
+
+    #: The parent run and its scope step.
+    run_id: str
+    step_id: str
+    #: The iteration's row number in the scope's source (0-based), or the branch's position.
+    index: int
+    #: The branch's id, for a branch of a ``parallel`` step.
+    branch: str | None = None
+    #: The iteration's row, for templates (``row``) and query parameters; None in a branch (and in
+    #: what history keeps of a run).
+    row: dict[str, Any] | None = None
+
+
 class RunContext(WireModel):
     """What started a run, and with which parameter values."""
 
@@ -413,6 +454,8 @@ class RunContext(WireModel):
     parameters: dict[str, Any] = {}
     parent_run_id: str | None = None
     timezone: str = "UTC"
+    #: Set on a child run: the parent's scope step it is an iteration or a branch of.
+    scope: ScopeRef | None = None
 
 
 class RunMessage(Envelope):
@@ -434,6 +477,9 @@ class RunMessage(Envelope):
     #: trigger started; every step carries it unchanged, so a re-run stays in the run's trace.
     #: None when the trigger did not trace (see common.platform.tracing).
     trace: dict[str, str] | None = None
+
+    def needed_major(self) -> int:
+        return _major_of(self.itinerary)
 
     @property
     def step(self) -> Step:
@@ -476,11 +522,14 @@ class RunInfo(WireModel):
     submitted_at: dt.datetime
     #: The run's trace id (32 hex digits), when its trigger traced it.
     trace_id: str | None = None
+    #: A child run's place in its parent (without the row).
+    scope: ScopeRef | None = None
 
     @classmethod
     def of(cls, message: RunMessage) -> RunInfo:
         flow = message.flow
         context = message.context
+        scope = context.scope.model_copy(update={"row": None}) if context.scope else None
         return cls(
             flow=context.flow,
             description=flow.get("description"),
@@ -493,7 +542,12 @@ class RunInfo(WireModel):
             itinerary=message.itinerary,
             submitted_at=message.submitted_at,
             trace_id=_trace_id(message.trace),
+            scope=scope,
         )
+
+
+def _major_of(itinerary: list[Step]) -> int:
+    return SCOPE_MAJOR if any(step.kind is StepKind.SCOPE for step in itinerary) else 1
 
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -531,6 +585,11 @@ class StatusEvent(Envelope):
     #: The run as it stood at a failure that ends it, kept by history so the run can be re-run.
     message: RunMessage | None = None
 
+    def needed_major(self) -> int:
+        majors = [SCOPE_MAJOR if self.kind is StepKind.SCOPE else 1]
+        majors += [_major_of(part.itinerary) for part in (self.run, self.message) if part is not None]
+        return max(majors)
+
 
 class DeadLetterRecord(Envelope):
     """A run message that could not be processed, with why: what an operator replays."""
@@ -542,6 +601,9 @@ class DeadLetterRecord(Envelope):
     error: ErrorInfo
     message: RunMessage
     dead_at: dt.datetime = Field(default_factory=utcnow)
+
+    def needed_major(self) -> int:
+        return self.message.needed_major()
 
 
 class RunCompleted(Envelope):

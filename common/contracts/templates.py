@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
+from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from common.contracts.errors import AdxflowError
@@ -79,6 +80,25 @@ def check_template(text: str) -> None:
         raise TemplateSyntaxProblem(f"template syntax error at line {exc.lineno}: {exc.message}") from None
 
 
+def template_references(text: str) -> tuple[set[str], set[str]]:
+    """The names a template reads (``run``, ``steps``, ``row``) and the step ids it reads (``steps.<id>``)."""
+    try:
+        tree = _TEXT.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateSyntaxProblem(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+    names = meta.find_undeclared_variables(tree)
+    steps: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if not (isinstance(target, nodes.Name) and target.name == "steps" and "steps" in names):
+            continue
+        if isinstance(node, nodes.Getattr):
+            steps.add(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            steps.add(node.arg.value)
+    return names, steps
+
+
 def _render(env: SandboxedEnvironment, text: str, context: dict[str, Any], field: str) -> str:
     try:
         return env.from_string(text).render(context)
@@ -117,6 +137,27 @@ def evaluate_condition(text: str, context: dict[str, Any], *, field: str) -> boo
     raise TemplateError(f"{field}: a condition must render to true or false, got {rendered[:60]!r}")
 
 
+def _slips(message: RunMessage) -> list[tuple[str, str, StepKind]]:
+    """``(slip id, flow step, kind)`` of every step whose output the run holds.
+
+    A child run holds its parent's outputs, and a parent the outputs of its ``parallel`` branches,
+    besides those of its own itinerary: their kind is read off the id (``<step>.render``) and the
+    output (a scope step's says ``scope``).
+    """
+    found = [(step.id, step.flow_step, step.kind) for step in message.itinerary if step.flow_step is not None]
+    own = {step.id for step in message.itinerary}
+    for slip_id, output in message.outputs.items():
+        if slip_id in own:
+            continue
+        if slip_id.endswith(".render"):
+            found.append((slip_id, slip_id.removesuffix(".render"), StepKind.RENDER))
+        elif "scope" in output.detail:
+            found.append((slip_id, slip_id, StepKind.SCOPE))
+        else:
+            found.append((slip_id, slip_id, StepKind.QUERY))
+    return [(slip_id, flow_step, kind) for slip_id, flow_step, kind in found if flow_step is not None]
+
+
 def template_context(
     message: RunMessage, *, bodies: Mapping[str, str] | None = None, row: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -137,16 +178,29 @@ def template_context(
         "parent_run_id": context.parent_run_id,
     }
     steps: dict[str, dict[str, Any]] = {}
-    for step in message.itinerary:
-        output = message.outputs.get(step.id)
-        if step.flow_step is None or output is None:
+    for slip_id, flow_step, kind in _slips(message):
+        output = message.outputs.get(slip_id)
+        if output is None:
             continue
-        view = steps.setdefault(step.flow_step, {"attachments": [], "body_html": markup("")})
+        view = steps.setdefault(flow_step, {"attachments": [], "body_html": markup("")})
         view["status"] = output.status.value
         view["error"] = output.error.message if output.error else None
-        if step.kind is StepKind.RENDER:
-            view["body_html"] = markup((bodies or {}).get(step.flow_step, ""))
+        if kind is StepKind.RENDER:
+            view["body_html"] = markup((bodies or {}).get(flow_step, ""))
             view["attachments"] = sorted(output.artifacts)
+            continue
+        if kind is StepKind.SCOPE:
+            detail = output.detail
+            view.update(
+                row_count=output.row_count,
+                branch=detail.get("branch"),
+                iterations=output.preview,
+                total=detail.get("total"),
+                succeeded=detail.get("succeeded"),
+                failed=detail.get("failed"),
+                skipped=detail.get("skipped"),
+                truncated=detail.get("truncated", False),
+            )
             continue
         view.update(
             row_count=output.row_count,
@@ -156,6 +210,8 @@ def template_context(
             operation=output.detail.get("operation"),
             deliveries=output.detail.get("deliveries"),
         )
+    if row is None and context.scope is not None:
+        row = context.scope.row
     found: dict[str, Any] = {"run": run, "steps": steps}
     if row is not None:
         found["row"] = dict(row)

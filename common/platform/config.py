@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     delivery_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     #: Most deliveries one per-row step makes (``for_each``), whatever the flow asks.
     max_deliveries: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    #: Most iterations of one ``for_each`` step running at once, and most rows it iterates: a
+    #: flow asking for more is refused when it is saved.
+    scope_max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 50
+    scope_max_items: Annotated[int, Field(ge=1, le=100_000)] = 100_000
 
     trigger_host: str = "127.0.0.1"
     trigger_port: Port = 8080

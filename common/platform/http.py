@@ -22,6 +22,7 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from common.contracts.actions import field_path
 from common.contracts.errors import ConfigurationError
 from common.platform.config import is_loopback
 from common.platform.metrics import metrics
@@ -56,7 +57,7 @@ def invalid_request(exc: ValidationError) -> Refusal:
     """
     fields = []
     for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"])
+        location = field_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         named = _LEADING_FIELD.match(message)
         if named is not None and not location:

@@ -73,6 +73,18 @@ async def all_of(*awaitables: Awaitable[T]) -> list[T]:
     return cast(list[T], outcomes)
 
 
+class StepParked(Exception):
+    """Raised by a step that goes on elsewhere (a scope waiting for its child runs).
+
+    The step is reported running with *detail*; the slip is not forwarded, and the message is
+    acknowledged: whoever finishes the step later forwards the run.
+    """
+
+    def __init__(self, detail: dict[str, Any]) -> None:
+        super().__init__("parked")
+        self.detail = detail
+
+
 class StepPending(Exception):
     """Raised by a step that must wait: come back to the same step after *delay* seconds."""
 
@@ -125,10 +137,18 @@ async def emit(
     await broker.publish_model(broker.topology.status_key, event, message_id=event.event_id)
 
 
+#: Set on the output of a failed step whose failure ends a child run: the rest of the
+#: iteration is skipped, and the slip goes on only to the join.
+ENDS_ITERATION = "ends_iteration"
+
+
 def _skip_reason(message: RunMessage, step: Step, came_from: Step) -> str | None:
     """Why *step* should not run, given the slip so far; None when it should."""
     if step.flow_step is None:
         return None
+    stopped = next((slip for slip, out in message.outputs.items() if out.detail.get(ENDS_ITERATION)), None)
+    if stopped is not None:
+        return f"the iteration stopped when step {stopped!r} failed"
     previous = message.outputs.get(came_from.id)
     if came_from.flow_step == step.flow_step:
         # The render half of a query step follows its query half.
@@ -137,7 +157,16 @@ def _skip_reason(message: RunMessage, step: Step, came_from: Step) -> str | None
         if previous is not None and previous.status is StepStatus.FAILED:
             return "its query failed"
         return None
-    spec = flow_of(message).step(step.flow_step)
+    flow = flow_of(message)
+    place = flow.places[step.flow_step]
+    for condition, branch in place.guards:
+        decided = message.outputs.get(condition)
+        if decided is None or decided.status is not StepStatus.SUCCEEDED:
+            return f"its if step {condition!r} did not decide (it was skipped or failed)"
+        if decided.detail.get("branch") != branch:
+            taken = decided.detail.get("branch")
+            return f"in the {branch} branch of {condition!r}, which took the {taken} branch"
+    spec = place.spec
     if spec.when is None or (isinstance(spec, SendEmail | PostWebhook) and spec.for_each):
         # A per-row delivery evaluates its condition for each row itself.
         return None
@@ -269,6 +298,10 @@ class StepWorker:
         try:
             async with self._heartbeat(message, started, reported):
                 output = await self.perform(message)
+        except StepParked as parked:
+            await emit(self.broker, message, StepStatus.RUNNING, started_at=started, detail=parked.detail)
+            log.info("step waits for its child runs", children=parked.detail.get("total"))
+            return
         except StepPending as waiting:
             # A step that waits shows as running while it waits, and keeps saying so.
             if reported.due(self.policy.heartbeat_seconds):
@@ -392,15 +425,21 @@ class StepWorker:
             )
             metrics.DEAD_LETTERS.labels(self.kind.value, error.code.value).inc()
         continues = _continues(message)
+        # A child run's failure ends its iteration, not yet the child run: the slip goes on to the
+        # join, which tells the parent (history ends the child run failed when it is recorded).
+        ends_iteration = not continues and message.context.scope is not None
         await emit(
             self.broker,
             message,
             StepStatus.FAILED,
             started_at=started,
             error=error,
-            continues=continues,
+            continues=continues or ends_iteration,
             keep_message=not continues,
             detail=detail,
         )
-        if continues:
-            await forward(self.broker, message, StepOutput(status=StepStatus.FAILED, error=error))
+        if continues or ends_iteration:
+            marks = {ENDS_ITERATION: True} if ends_iteration else {}
+            await forward(
+                self.broker, message, StepOutput(status=StepStatus.FAILED, error=error, detail=marks)
+            )

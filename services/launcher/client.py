@@ -20,6 +20,7 @@ import aiohttp
 import yaml
 from pydantic import ValidationError
 
+from common.contracts.actions import field_path
 from common.contracts.errors import AdxflowError
 from common.contracts.flows import Flow
 from services.trigger.schedule import Schedule, ScheduleError
@@ -57,7 +58,7 @@ def validate_file(path: Path) -> list[str]:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
+            where = field_path(error["loc"])
             problems.append(f"{where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}")
         return problems
     trigger = flow.trigger

@@ -168,6 +168,8 @@ class TriggerApi:
                 allowed_operators=settings.allowed_operators,
                 allowed_domains=settings.email_allowed_domains,
                 followed_by=followed_by,
+                maximum_concurrency=settings.scope_max_concurrency,
+                maximum_items=settings.scope_max_items,
             )
         except FlowInvalid as exc:
             fields = [FieldProblem(field=field, message=problem) for field, problem in exc.problems]

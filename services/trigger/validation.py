@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Iterator, Sequence
 
-from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, KustoStep, PostWebhook, SendEmail
+from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, ForEach, KustoStep, PostWebhook, SendEmail
 from common.contracts.flows import Flow
 from common.contracts.operators import describe, refused_operators
 from common.platform.connections import Connections
@@ -42,6 +42,8 @@ def check_flow(
     allowed_operators: Collection[str] = (),
     allowed_domains: Sequence[str] = (),
     followed_by: dict[str, str | None] | None = None,
+    maximum_concurrency: int | None = None,
+    maximum_items: int | None = None,
 ) -> None:
     """Raise FlowInvalid listing everything wrong with *flow* here.
 
@@ -51,8 +53,10 @@ def check_flow(
     problems: list[Problem] = []
     if flow.connection not in connections:
         problems.append(("connection", f"{flow.connection!r} is not a configured connection"))
-    for index, step in enumerate(flow.steps):
-        where = f"steps[{index}]"
+    for place in flow.places.values():
+        step, where = place.spec, place.where
+        if isinstance(step, ForEach):
+            problems.extend(_scope_problems(step, where, maximum_concurrency, maximum_items))
         if isinstance(step, KUSTO_STEPS):
             problems.extend(_connection_problems(step, where, connections))
             problems.extend(_limit_problems(step, where, maximum_timeout, maximum_rows, maximum_bytes))
@@ -82,6 +86,19 @@ def _limit_problems(
     caps = [("max_rows", step.max_rows, maximum_rows), ("max_bytes", step.max_bytes, maximum_bytes)]
     for name, asked, ceiling in caps:
         if asked is not None and ceiling is not None and asked > ceiling:
+            yield f"{where}.{name}", f"at most {ceiling:,} on this server"
+
+
+def _scope_problems(
+    step: ForEach, where: str, maximum_concurrency: int | None, maximum_items: int | None
+) -> Iterator[Problem]:
+    """A for_each asking for more iterations at once, or more rows, than this server allows."""
+    limits = [
+        ("concurrency", step.concurrency, maximum_concurrency),
+        ("max_items", step.max_items, maximum_items),
+    ]
+    for name, asked, ceiling in limits:
+        if ceiling is not None and asked > ceiling:
             yield f"{where}.{name}", f"at most {ceiling:,} on this server"
 
 
