@@ -205,7 +205,17 @@ class PostWebhook(_Delivery):
         return found
 
 
-class ForEach(_Step):
+class _ScopeStep(_Step):
+    """A step holding steps: told apart by its key, and named by it where an action is shown."""
+
+    kind: ClassVar[str]
+
+    @property
+    def action(self) -> str:
+        return self.kind
+
+
+class ForEach(_ScopeStep):
     """Its steps once per row of an earlier query step's result, each row an iteration (a child run)."""
 
     kind: ClassVar[str] = "for_each"
@@ -223,14 +233,14 @@ class ForEach(_Step):
     on_item_failure: Literal["continue", "stop"] = "continue"
 
 
-class If(_Step):
+class If(_ScopeStep):
     """The ``then`` steps when the condition holds, else the ``else`` steps; either list may be empty."""
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
     kind: ClassVar[str] = "if"
     condition: Annotated[str, Field(alias="if", min_length=1, max_length=4096)]
     then: Annotated[list[StepSpec], Field(max_length=50)] = []
-    otherwise: Annotated[list[StepSpec], Field(alias="else", max_length=50)] = []
+    otherwise: list[StepSpec] = Field(default=[], alias="else", max_length=50)
 
     def templates(self) -> dict[str, str]:
         return {**super().templates(), "if": self.condition}
@@ -243,7 +253,7 @@ class Branch(Document):
     steps: Annotated[list[StepSpec], Field(min_length=1, max_length=50)]
 
 
-class Parallel(_Step):
+class Parallel(_ScopeStep):
     """Branches that run at the same time, each a child run; later steps see every branch's outputs."""
 
     kind: ClassVar[str] = "parallel"
@@ -270,8 +280,6 @@ def _step_tag(value: Any) -> str | None:
             action = value["action"]
             return action if isinstance(action, str) else None
         return next((key for key in SCOPE_KEYS if key in value), None)
-    if isinstance(value, ForEach | If | Parallel):
-        return value.kind
     action = getattr(value, "action", None)
     return action if isinstance(action, str) else None
 

@@ -88,15 +88,20 @@ def template_references(text: str) -> tuple[set[str], set[str]]:
         raise TemplateSyntaxProblem(f"template syntax error at line {exc.lineno}: {exc.message}") from None
     names = meta.find_undeclared_variables(tree)
     steps: set[str] = set()
+    if "steps" not in names:
+        return names, steps
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if not (isinstance(target, nodes.Name) and target.name == "steps" and "steps" in names):
-            continue
-        if isinstance(node, nodes.Getattr):
+        if isinstance(node, nodes.Getattr) and _is_steps(node.node):
             steps.add(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            steps.add(node.arg.value)
+        elif isinstance(node, nodes.Getitem) and _is_steps(node.node):
+            key = node.arg
+            if isinstance(key, nodes.Const) and isinstance(key.value, str):
+                steps.add(key.value)
     return names, steps
+
+
+def _is_steps(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Name) and node.name == "steps"
 
 
 def _render(env: SandboxedEnvironment, text: str, context: dict[str, Any], field: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 import structlog
 
 from common.contracts.actions import PostWebhook, SendEmail
-from common.contracts.errors import AdxflowError
+from common.contracts.errors import AdxflowError, Requeue
 from common.contracts.flows import flow_of
 from common.contracts.messages import (
     SERVICE_OF,
@@ -205,6 +205,46 @@ async def forward(broker: Broker, message: RunMessage, output: StepOutput) -> No
         came_from, following = following, onward.following(following.id)
 
 
+async def fail_step(
+    broker: Broker,
+    message: RunMessage,
+    error: ErrorInfo,
+    *,
+    started_at: dt.datetime | None = None,
+    detail: dict[str, Any] | None = None,
+    output: StepOutput | None = None,
+) -> bool:
+    """Report the message's step failed for good, and go on where the flow says; whether the run stops.
+
+    With ``on_failure: continue`` the slip goes on. In a child run, a failure ends the iteration
+    but not yet the child run: the slip goes on to the join, which tells the parent, with the steps
+    in between skipped (history ends the child run failed when it is recorded). *output* is what
+    the step produced all the same (a scope's counts).
+    """
+    continues = _continues(message)
+    ends_iteration = not continues and message.context.scope is not None
+    await emit(
+        broker,
+        message,
+        StepStatus.FAILED,
+        started_at=started_at,
+        output=output,
+        error=error,
+        continues=continues or ends_iteration,
+        keep_message=not continues,
+        detail=detail,
+    )
+    if not (continues or ends_iteration):
+        return True
+    base = output or StepOutput()
+    marks = {ENDS_ITERATION: True} if ends_iteration else {}
+    failed = base.model_copy(
+        update={"status": StepStatus.FAILED, "error": error, "detail": {**base.detail, **marks}}
+    )
+    await forward(broker, message, failed)
+    return False
+
+
 def _continues(message: RunMessage) -> bool:
     step = message.step
     if step.flow_step is None:
@@ -298,6 +338,10 @@ class StepWorker:
         try:
             async with self._heartbeat(message, started, reported):
                 output = await self.perform(message)
+        except Requeue:
+            # The step's own outcome is recorded, but what it caused was not all published: handled
+            # again, it publishes the rest.
+            raise
         except StepParked as parked:
             await emit(self.broker, message, StepStatus.RUNNING, started_at=started, detail=parked.detail)
             log.info("step waits for its child runs", children=parked.detail.get("total"))
@@ -424,22 +468,4 @@ class StepWorker:
                 record.routing_key, record.model_dump_json().encode(), message_id=f"{message.run_id}:dead"
             )
             metrics.DEAD_LETTERS.labels(self.kind.value, error.code.value).inc()
-        continues = _continues(message)
-        # A child run's failure ends its iteration, not yet the child run: the slip goes on to the
-        # join, which tells the parent (history ends the child run failed when it is recorded).
-        ends_iteration = not continues and message.context.scope is not None
-        await emit(
-            self.broker,
-            message,
-            StepStatus.FAILED,
-            started_at=started,
-            error=error,
-            continues=continues or ends_iteration,
-            keep_message=not continues,
-            detail=detail,
-        )
-        if continues or ends_iteration:
-            marks = {ENDS_ITERATION: True} if ends_iteration else {}
-            await forward(
-                self.broker, message, StepOutput(status=StepStatus.FAILED, error=error, detail=marks)
-            )
+        await fail_step(self.broker, message, error, started_at=started, detail=detail)

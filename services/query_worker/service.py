@@ -17,11 +17,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, RunAsyncControlCommand, RunShowCommand
+from common.contracts.actions import (
+    COMMAND_STEPS,
+    KUSTO_STEPS,
+    KustoStep,
+    RunAsyncControlCommand,
+    RunShowCommand,
+)
 from common.contracts.errors import AdxflowError, KustoError
 from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
 from common.contracts.operators import describe, refused_operators
+from common.contracts.parameters import ParameterType, coerce_parameter
+from common.contracts.templates import TemplateError, render_text, template_context
 from common.platform.blobs.interface import BlobWriter, artifact_key
 from common.platform.http import Check
 from common.platform.runtime import Runtime
@@ -59,7 +67,7 @@ class QueryStep:
         refused = refused_operators(text, allowed=self.runtime.settings.allowed_operators)
         if refused:
             raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR, detail={"text": text})
-        parameters = {} if command else self._parameters(message, flow)
+        parameters = {} if command else self._parameters(message, flow, spec)
         sent = {
             "text": text,
             "parameters": {name: value for name, (_, value) in parameters.items()},
@@ -97,12 +105,30 @@ class QueryStep:
         return f"adxflow;{message.run_id};{message.step_id};{message.attempt}"
 
     @staticmethod
-    def _parameters(message: RunMessage, flow: Flow) -> Parameters:
-        return {
+    def _parameters(message: RunMessage, flow: Flow, spec: KustoStep) -> Parameters:
+        """The flow's parameters, then the step's own: each rendered (``{{ row.State }}``), then typed.
+
+        A value reaches Kusto only as a typed query parameter, never as text in the query.
+        """
+        found: dict[str, tuple[str, Any]] = {
             name: (flow.parameters[name].type.value, value)
             for name, value in message.context.parameters.items()
             if name in flow.parameters
         }
+        if not spec.parameters:
+            return found
+        context = template_context(message)
+        for name, declared in spec.parameters.items():
+            field = f"steps.{spec.id}.parameters.{name}"
+            text = render_text(declared.value, context, field=field)
+            value: object = text
+            if declared.type is not ParameterType.STRING:
+                value = _parsed(text)
+            try:
+                found[name] = (declared.type.value, coerce_parameter(declared.type, value, field))
+            except ValueError as exc:
+                raise TemplateError(str(exc)) from None
+        return found
 
     async def _run(
         self,
@@ -201,3 +227,17 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
         yield runtime.checks()
     finally:
         await kusto.close()
+
+
+def _parsed(text: str) -> object:
+    """A rendered parameter's text as the value it spells: ``42``, ``true``, or the text itself."""
+    stripped = text.strip()
+    lowered = stripped.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(stripped)
+        except ValueError:
+            continue
+    return stripped

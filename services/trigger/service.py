@@ -7,11 +7,15 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from common.contracts.messages import StepKind
 from common.platform.http import HttpServer, require_token_off_loopback
 from common.platform.runtime import Runtime
+from common.platform.steps import RetryPolicy, StepWorker
 from common.platform.webhooks import policy_for
 from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
+from services.trigger.scope_store import ScopeStore
+from services.trigger.scopes import Scopes
 from services.trigger.store import FlowStore
 
 #: The scheduler's interval as its supervision sees it, at least: a round firing a burst of slots
@@ -24,10 +28,15 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     settings = runtime.settings
     require_token_off_loopback(settings.trigger_host, settings.api_token, "ADXFLOW_TRIGGER_HOST")
     store = FlowStore(settings.resolved_database_url)
+    scope_store = ScopeStore(settings.resolved_database_url)
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
     try:
         await store.ensure_schema(settings.migrate)
+        scopes = Scopes(scope_store, runtime)
+        await StepWorker(runtime.broker, StepKind.SCOPE, scopes.perform, RetryPolicy.of(settings)).start(
+            settings.prefetch
+        )
         chainer = Chainer(store, runtime.broker)
         chaining = runtime.loops.consumer("chainer")
         await runtime.broker.consume(
@@ -52,4 +61,5 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         stop.set()
         if scheduler_task is not None:
             await scheduler_task
+        await scope_store.close()
         await store.close()

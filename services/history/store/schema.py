@@ -36,7 +36,13 @@ runs = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     #: The run's trace (32 hex digits), when its trigger traced it.
     sa.Column("trace_id", sa.String(32)),
+    #: A child run's place in its parent (``parent_run_id``): the parent's for_each or parallel
+    #: step, the iteration's row number (or the branch's position), and the branch's id.
+    sa.Column("scope_step", sa.String(64)),
+    sa.Column("iteration", sa.Integer),
+    sa.Column("branch", sa.String(64)),
     sa.Index("ix_runs_submitted_at", "submitted_at"),
+    sa.Index("ix_runs_parent_scope_iteration", "parent_run_id", "scope_step", "iteration"),
     sa.Index("ix_runs_flow_submitted_at", "flow", "submitted_at"),
     #: The stall sweep: unfinished runs with no news since a cutoff.
     sa.Index("ix_runs_status_updated_at", "status", "updated_at"),
