@@ -43,7 +43,10 @@ def _per_row_flow(hook: str, **scope: Any) -> dict[str, Any]:
                                 "id": "post",
                                 "action": "post_webhook",
                                 "url": hook,
-                                "body": '{"event": {{ row.EventId }}, "similar": {{ steps.similar.first_row.Count }}}',
+                                "body": (
+                                    '{"event": {{ row.EventId }}, '
+                                    '"similar": {{ steps.similar.first_row.Count }}}'
+                                ),
                             },
                         ],
                         "else": [
@@ -79,7 +82,8 @@ async def test_a_for_each_runs_its_steps_once_per_row_and_the_flow_goes_on_after
     assert len(bodies) == 6
     assert len({body["event"] for body in bodies}) == 6
     big = [body for body in bodies if "similar" in body]
-    assert big and all(body["similar"] > 0 for body in big)
+    assert big
+    assert all(body["similar"] > 0 for body in big)
     mails = [path.read_text(errors="replace") for path in system.smtp.messages()]
     assert len(mails) == 1
     assert "6 of 6 incidents handled" in mails[0]

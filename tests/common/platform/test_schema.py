@@ -269,6 +269,7 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
         "0002_sweep_indexes",
         "0003_claim_leases",
         "0004_run_trace_ids",
+        "0005_scopes",
     )
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
@@ -352,7 +353,13 @@ def test_the_models_compared_are_every_stores_tables() -> None:
 async def test_an_empty_database_at_head_and_migrating_again_does_nothing(engine: AsyncEngine) -> None:
     first = await migrate(engine)
     again = await migrate(engine)
-    assert first.applied == ("0001_baseline", "0002_sweep_indexes", "0003_claim_leases", "0004_run_trace_ids")
+    assert first.applied == (
+        "0001_baseline",
+        "0002_sweep_indexes",
+        "0003_claim_leases",
+        "0004_run_trace_ids",
+        "0005_scopes",
+    )
     assert (again.before, again.applied) == (HEAD, ())
     async with engine.connect() as conn:
         changes = (await conn.execute(sa.select(legacy.flow_changes))).all()
@@ -367,7 +374,7 @@ async def test_replicas_migrating_one_fresh_database_together_both_succeed(datab
     finally:
         await asyncio.gather(*(engine.dispose() for engine in engines))
     # One of them did the work; the others waited for its lock and found the schema done.
-    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 4]
+    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 5]
     assert after.at_head
 
 
@@ -388,7 +395,12 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
         await conn.run_sync(_upgrade_to("0001_baseline"))
     with pytest.raises(SchemaError, match=r"at revision '?0001_baseline'?.*Run `adxflow migrate`"):
         await ensure_schema(engine, "check")
-    assert (await state(engine)).pending == ("0002_sweep_indexes", "0003_claim_leases", "0004_run_trace_ids")
+    assert (await state(engine)).pending == (
+        "0002_sweep_indexes",
+        "0003_claim_leases",
+        "0004_run_trace_ids",
+        "0005_scopes",
+    )
 
     await ensure_schema(engine, "auto")
 
@@ -414,7 +426,7 @@ async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_the
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids")
+    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids", "0005_scopes")
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
         slots = (await conn.execute(sa.text("SELECT run_id, claimed_until FROM flow_slots"))).all()
@@ -442,7 +454,7 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0004_run_trace_ids",)
+    assert migration.applied == ("0004_run_trace_ids", "0005_scopes")
     store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
     try:
         run = await store.get_run("r")
@@ -509,6 +521,7 @@ def test_revisions_are_one_line_with_ids_that_fit_alembic_version() -> None:
         "0002_sweep_indexes",
         "0003_claim_leases",
         "0004_run_trace_ids",
+        "0005_scopes",
     ]
     assert len(schema._scripts().get_heads()) == 1
     # alembic_version.version_num is VARCHAR(32) on PostgreSQL.

@@ -124,7 +124,7 @@ async def test_an_unknown_connection_is_refused_naming_the_field(api: Api) -> No
     ("change", "field"),
     [
         ({"email": {"subject": "x"}}, "email.to"),
-        ({"email": {"to": ["not-an-address"], "subject": "x"}}, "email.to.0"),
+        ({"email": {"to": ["not-an-address"], "subject": "x"}}, "email.to[0]"),
         ({"email": {"to": ["a@example.com"], "subject": "a\r\nBcc: victim@example.com"}}, "email.subject"),
         ({"chart": "radar"}, "chart"),
         ({"parameters": {"bad name": 1}}, "parameters"),

@@ -47,6 +47,4 @@ async def test_the_api_still_refuses_an_unknown_key_naming_it(tmp_path: Path, na
         refused = await api.put(newer)
 
         assert refused.status == 400
-        assert refused.fields() == {
-            "steps.0.run_query_and_render_chart.cache_minutes": "Extra inputs are not permitted"
-        }
+        assert refused.fields() == {"steps[0].cache_minutes": "Extra inputs are not permitted"}
