@@ -17,6 +17,7 @@ across the whole flow, so ``steps.<id>`` means one step wherever it is read.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator, Sequence
@@ -148,9 +149,7 @@ class Flow(Document):
                 raise ValueError(f"{place.where}.id: {step.id!r} is used by an earlier step")
             if step.id in RESERVED_STEP_IDS:
                 raise ValueError(f"{place.where}.id: {step.id!r} is reserved; choose another id")
-            found[step.id] = Place(
-                step, place.where, place.scope, place.branch, place.guards, place.in_row_scope, len(found)
-            )
+            found[step.id] = dataclasses.replace(place, order=len(found))
         return found
 
     def step(self, step_id: str) -> StepSpec:
@@ -191,16 +190,6 @@ class Flow(Document):
         return bound
 
 
-@dataclass(frozen=True)
-class _Walked:
-    spec: StepSpec
-    where: str
-    scope: str | None
-    branch: str | None
-    guards: tuple[tuple[str, str], ...]
-    in_row_scope: bool
-
-
 def _walk(
     steps: Sequence[StepSpec],
     field: str,
@@ -208,10 +197,11 @@ def _walk(
     branch: str | None,
     guards: tuple[tuple[str, str], ...],
     in_row_scope: bool,
-) -> Iterator[_Walked]:
+) -> Iterator[Place]:
+    """Every step of *steps* and the steps they hold, in document order (``order`` left at -1)."""
     for index, step in enumerate(steps):
         where = f"{field}[{index}]"
-        yield _Walked(step, where, scope, branch, guards, in_row_scope)
+        yield Place(step, where, scope, branch, guards, in_row_scope, order=-1)
         if isinstance(step, ForEach):
             yield from _walk(step.steps, f"{where}.steps", step.id, None, guards, True)
         elif isinstance(step, Parallel):
