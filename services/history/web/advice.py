@@ -98,6 +98,14 @@ ADVICE: dict[ErrorCode, str] = {
         "or was killed each time): look at that service's log for this run id, fix it, then replay "
         "the dead letter or re-run from the failed step."
     ),
+    ErrorCode.TOO_MANY_ITEMS: (
+        "The for_each step's source has more rows than its max_items: filter the query further, "
+        "raise max_items (up to the operator's maximum), or set on_too_many: truncate."
+    ),
+    ErrorCode.ITERATIONS_FAILED: (
+        "One or more iterations of the scope failed: open the failed iterations listed under the "
+        "step and re-run from a failed iteration; only that iteration runs again."
+    ),
     ErrorCode.INTERNAL: (
         "An unexpected error: look at the service's log for this run id, then re-run from the failed step."
     ),
