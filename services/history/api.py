@@ -23,6 +23,7 @@ from common.platform.runtime import Runtime
 from services.history.bodies import (
     DeadLetterList,
     FlowStats,
+    IterationPage,
     Queued,
     RedoAccepted,
     Replayed,
@@ -32,7 +33,7 @@ from services.history.bodies import (
 )
 from services.history.dead_letters import DeadLetterStore
 from services.history.reruns import Redo, RedoRefused
-from services.history.runs import MAX_LIMIT, RunFilters, find_run, flow_stats, list_runs
+from services.history.runs import MAX_LIMIT, RunFilters, find_run, flow_stats, list_iterations, list_runs
 from services.history.store import HistoryStore
 from services.history.web.pages import add_pages
 
@@ -71,6 +72,15 @@ class HistoryApi:
         if run is None:
             raise _run_not_found(request.match_info["run_id"])
         return run
+
+    async def list_iterations(self, request: web.Request) -> IterationPage:
+        run_id, step_id = request.match_info["run_id"], request.match_info["step_id"]
+        page = await list_iterations(self.store, run_id, step_id, request.query)
+        if page is None:
+            if await self.store.get_run(run_id) is None:
+                raise _run_not_found(run_id)
+            raise Refusal(404, f"run {run_id} has no step {step_id!r}", code="NotFound")
+        return page
 
     async def flow_stats(self, request: web.Request) -> FlowStats:
         return await flow_stats(self.store, request.match_info["name"], request.query.get("window", "7d"))
@@ -170,6 +180,14 @@ _RUN_FILTERS = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "Runs per page."),
     _query("cursor", {"type": "string"}, "The next_cursor of the previous page, for the same order."),
 ]
+_LIST_FILTERS = [
+    *_RUN_FILTERS,
+    _query(
+        "children",
+        {"type": "boolean", "default": False},
+        "Also the child runs of for_each and parallel steps (listed under their step otherwise).",
+    ),
+]
 _WINDOW = _query(
     "window",
     {"type": "string", "pattern": "^[1-9][0-9]{0,4}[mhd]$", "default": "7d"},
@@ -189,7 +207,7 @@ ROUTES: list[Route[HistoryApi]] = [
         HistoryApi.list_runs,
         "Runs, newest first, filtered and paged",
         _RUNS,
-        parameters=[_query("flow", {"type": "string"}, "Only runs of this flow."), *_RUN_FILTERS],
+        parameters=[_query("flow", {"type": "string"}, "Only runs of this flow."), *_LIST_FILTERS],
         refusals=(400,),
     ),
     Route(
@@ -201,6 +219,28 @@ ROUTES: list[Route[HistoryApi]] = [
         {200: Answer("The run.", RunDetail)},
         parameters=[_RUN_ID],
         refusals=(404,),
+    ),
+    Route(
+        "GET",
+        "/v1/runs/{run_id}/steps/{step_id}/iterations",
+        "listIterations",
+        HistoryApi.list_iterations,
+        "The child runs of a for_each or parallel step, by iteration, paged",
+        {200: Answer("A page of the step's iterations.", IterationPage)},
+        parameters=[
+            _RUN_ID,
+            Parameter("step_id", "path", "The run's for_each or parallel step."),
+            _query(
+                "status",
+                {"type": "string", "enum": [status.value for status in RunStatus]},
+                "Only iterations whose latest run has this status (failed: the ones to re-run).",
+            ),
+            _query(
+                "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "Per page."
+            ),
+            _query("cursor", {"type": "string"}, "The next_cursor of the previous page."),
+        ],
+        refusals=(400, 404),
     ),
     Route(
         "POST",
@@ -230,7 +270,7 @@ ROUTES: list[Route[HistoryApi]] = [
         HistoryApi.list_runs,
         "The runs of one flow",
         _RUNS,
-        parameters=[_FLOW, *_RUN_FILTERS],
+        parameters=[_FLOW, *_LIST_FILTERS],
         refusals=(400,),
     ),
     Route(

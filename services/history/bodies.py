@@ -65,6 +65,17 @@ class StepAttempt(_Answer):
     detail: dict[str, Any]
 
 
+class ScopePlace(_Answer):
+    """Where a child run belongs in its parent."""
+
+    run_id: str = Field(description="The parent run.")
+    step_id: str = Field(description="The parent's for_each or parallel step.")
+    index: int = Field(
+        description="The iteration's row number in the source (0-based), or the branch's position."
+    )
+    branch: str | None = Field(description="The branch's id, for a branch of a parallel step.")
+
+
 class RunSummary(_Answer):
     run_id: str
     flow: str | None
@@ -83,6 +94,9 @@ class RunSummary(_Answer):
     failed_step: str | None
     error: RunError | None
     trace_id: str | None = Field(description="The run's OpenTelemetry trace id (32 hex digits), when traced.")
+    scope: ScopePlace | None = Field(
+        None, description="A child run's place: one iteration of a for_each, or one branch of a parallel."
+    )
 
 
 class RunDetail(RunSummary):
@@ -92,6 +106,20 @@ class RunDetail(RunSummary):
 
 class RunPage(_Answer):
     runs: list[RunSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class IterationPage(_Answer):
+    run_id: str = Field(description="The parent run.")
+    step_id: str = Field(description="Its for_each or parallel step.")
+    counts: dict[str, int] = Field(
+        description="How the step's items stand by their latest runs: total, waiting, running, "
+        "succeeded, failed, skipped (items that never ran: waiting while the step runs, skipped after)."
+    )
+    iterations: list[RunSummary] = Field(
+        description="The child runs by iteration (or branch position); an iteration run again under "
+        "a new id is listed by its latest run."
+    )
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 

@@ -14,9 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.contracts.messages import RunStatus, TriggerKind, utcnow
+from common.contracts.messages import RunStatus, StepStatus, TriggerKind, utcnow
 from common.platform.routes import InvalidParameter
-from services.history.bodies import ARTIFACTS_PATH, Durations, FlowStats, RunDetail, RunPage, RunSummary
+from services.history.bodies import (
+    ARTIFACTS_PATH,
+    Durations,
+    FlowStats,
+    IterationPage,
+    RunDetail,
+    RunPage,
+    RunSummary,
+)
 from services.history.store import HistoryStore
 
 Order = Literal["desc", "asc"]
@@ -25,8 +33,7 @@ MAX_LIMIT = 500
 
 
 def _cursor(run: RunSummary, order: Order) -> str:
-    raw = json.dumps([run.submitted_at, run.run_id, order]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _encode([run.submitted_at, run.run_id, order])
 
 
 def _parse_cursor(value: str, order: Order) -> tuple[dt.datetime, str]:
@@ -64,20 +71,13 @@ class RunFilters:
     limit: int = 50
     order: Order = "desc"
     after: tuple[dt.datetime, str] | None = None
+    #: Whether the child runs of for_each and parallel steps are listed too.
+    children: bool = False
 
     @classmethod
     def parse(cls, query: Mapping[str, str], *, flow: str | None = None) -> RunFilters:
         """The filters a query string asks for; *flow*, from the path, overrides its ``flow``."""
-        try:
-            status = RunStatus(query["status"]) if "status" in query else None
-        except ValueError:
-            raise InvalidParameter("status", f"must be one of {', '.join(RunStatus)}") from None
-        try:
-            limit = int(query.get("limit", "50"))
-            if not 1 <= limit <= MAX_LIMIT:
-                raise ValueError
-        except ValueError:
-            raise InvalidParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}") from None
+        status, limit = _status(query), _limit(query)
         asked = query.get("order", "desc")
         if asked not in ("desc", "asc"):
             raise InvalidParameter("order", "must be desc or asc")
@@ -88,7 +88,32 @@ class RunFilters:
             trigger = TriggerKind(query["trigger"]) if "trigger" in query else None
         except ValueError:
             raise InvalidParameter("trigger", f"must be one of {', '.join(TriggerKind)}") from None
-        return cls(status, flow or query.get("flow"), trigger, since, until, limit, order, after)
+        children = _flag(query, "children")
+        return cls(status, flow or query.get("flow"), trigger, since, until, limit, order, after, children)
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "false")
+    if value not in ("true", "false"):
+        raise InvalidParameter(name, "must be true or false")
+    return value == "true"
+
+
+def _status(query: Mapping[str, str]) -> RunStatus | None:
+    try:
+        return RunStatus(query["status"]) if "status" in query else None
+    except ValueError:
+        raise InvalidParameter("status", f"must be one of {', '.join(RunStatus)}") from None
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    try:
+        limit = int(query.get("limit", "50"))
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError
+    except ValueError:
+        raise InvalidParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}") from None
+    return limit
 
 
 async def list_runs(store: HistoryStore, filters: RunFilters) -> RunPage:
@@ -102,10 +127,77 @@ async def list_runs(store: HistoryStore, filters: RunFilters) -> RunPage:
         limit=filters.limit + 1,
         ascending=filters.order == "asc",
         after=filters.after,
+        children=filters.children,
     )
     runs = [RunSummary.model_validate(view) for view in views[: filters.limit]]
     more = len(views) > filters.limit
     return RunPage(runs=runs, next_cursor=_cursor(runs[-1], filters.order) if more and runs else None)
+
+
+async def list_iterations(
+    store: HistoryStore, run_id: str, step_id: str, query: Mapping[str, str]
+) -> IterationPage | None:
+    """One page of the child runs of *run_id*'s scope step *step_id*; None if the run has no such step.
+
+    *query* may ask for a ``status`` (``failed``: the iterations to look at),
+    a ``limit`` and the ``cursor`` of the page before.
+    """
+    status, limit = _status(query), _limit(query)
+    after = _iteration_cursor(query["cursor"]) if "cursor" in query else None
+    attempts = await store.latest_attempts(run_id)
+    step = attempts.get(step_id)
+    if step is None:
+        return None
+    if step["kind"] != "scope":
+        raise InvalidParameter(
+            "step_id", f"step {step_id!r} of run {run_id} is not a for_each or parallel step"
+        )
+    views = await store.iterations(run_id, step_id, status=status, after=after, limit=limit + 1)
+    iterations = [RunSummary.model_validate(view) for view in views[:limit]]
+    last = iterations[-1].scope if len(views) > limit and iterations else None
+    return IterationPage(
+        run_id=run_id,
+        step_id=step_id,
+        counts=await _iteration_counts(store, run_id, step_id, step),
+        iterations=iterations,
+        next_cursor=_encode([last.index]) if last is not None else None,
+    )
+
+
+async def _iteration_counts(
+    store: HistoryStore, run_id: str, step_id: str, step: dict[str, Any]
+) -> dict[str, int]:
+    """The step's items by status: its runs as history has them now (an iteration re-run since the
+    step last reported counts as it ended); the items without a run wait for one while the step
+    runs, and were skipped once it ended."""
+    statuses = await store.iteration_statuses(run_id, step_id)
+    ran = sum(statuses.values())
+    total = step["detail"].get("total")
+    total = total if isinstance(total, int) and total >= ran else ran
+    ended = StepStatus(step["status"]).terminal
+    return {
+        "total": total,
+        "waiting": 0 if ended else total - ran,
+        "running": statuses.get("running", 0) + statuses.get("queued", 0),
+        "succeeded": statuses.get("succeeded", 0),
+        "failed": statuses.get("failed", 0),
+        "skipped": total - ran if ended else 0,
+    }
+
+
+def _encode(value: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def _iteration_cursor(value: str) -> int:
+    try:
+        padded = value + "=" * (-len(value) % 4)
+        (index,) = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(index, int):
+            raise TypeError
+    except (ValueError, TypeError):
+        raise InvalidParameter("cursor", "cursor is not one this API returned") from None
+    return index
 
 
 async def find_run(store: HistoryStore, run_id: str) -> RunDetail | None:

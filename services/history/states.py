@@ -32,6 +32,9 @@ class RunState:
     failed_step: str | None = None
     #: When the run last had news.
     updated_at: dt.datetime | None = None
+    #: A child run's scope step in its parent: its end is the parent's to hear of (through the
+    #: scope's join), so it is not announced as a run of its own.
+    scope_step: str | None = None
 
 
 @dataclass(frozen=True)

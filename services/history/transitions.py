@@ -54,6 +54,9 @@ def _run_fields(info: RunInfo) -> dict[str, Any]:
         "submitted_at": info.submitted_at,
         # Kept only as a trace id looks (the column holds 32 characters; the page links it).
         "trace_id": info.trace_id if info.trace_id and _TRACE_ID.fullmatch(info.trace_id) else None,
+        "scope_step": info.scope.step_id if info.scope else None,
+        "iteration": info.scope.index if info.scope else None,
+        "branch": info.scope.branch if info.scope else None,
     }
 
 
@@ -106,7 +109,7 @@ def merge(run: RunState | None, steps: Sequence[StepState], event: StatusEvent, 
     if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
         return draft.changes()
     ended = draft.run
-    if not ended.status.terminal or ended.flow is None:
+    if not ended.status.terminal or ended.flow is None or ended.scope_step is not None:
         return draft.changes()
     completed = RunCompleted(
         run_id=ended.run_id, flow=ended.flow, status=ended.status, finished_at=ended.finished_at or now
@@ -339,7 +342,7 @@ def stall(
         retryable=False,
     )
     draft.set_steps(_with_status(draft, StepStatus.PENDING), status=StepStatus.SKIPPED.value)
-    if run.flow is None:
+    if run.flow is None or run.scope_step is not None:
         return draft.changes()
     completed = RunCompleted(run_id=run.run_id, flow=run.flow, status=RunStatus.FAILED, finished_at=now)
     return draft.changes(completed, ends_run=True)

@@ -25,6 +25,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 
 from common.contracts.actions import ForEach, If, Parallel
@@ -67,6 +68,19 @@ class Scopes:
     def __init__(self, store: ScopeStore, runtime: Runtime) -> None:
         self.store = store
         self.runtime = runtime
+        #: A finished scope is kept as long as its runs are (a re-run of an iteration needs it).
+        self.keep_for = dt.timedelta(days=runtime.settings.retention_days)
+
+    async def tidy(self) -> bool:
+        """Forget the scopes that finished, and went on, longer ago than runs are kept."""
+        try:
+            forgotten = await self.store.forget(finished_before=utcnow() - self.keep_for)
+        except (sa.exc.SQLAlchemyError, OSError):
+            log.exception("forgetting finished scopes failed; retrying at the next interval")
+            return False
+        if forgotten:
+            log.info("finished scopes forgotten", scopes=forgotten)
+        return True
 
     async def perform(self, message: RunMessage) -> StepOutput:
         if message.step_id == JOIN:

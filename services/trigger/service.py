@@ -31,12 +31,15 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     scope_store = ScopeStore(settings.resolved_database_url)
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
+    tidy_task: asyncio.Task[None] | None = None
     try:
         await store.ensure_schema(settings.migrate)
         scopes = Scopes(scope_store, runtime)
         await StepWorker(runtime.broker, StepKind.SCOPE, scopes.perform, RetryPolicy.of(settings)).start(
             settings.prefetch
         )
+        tidying = runtime.loops.loop("scope_retention", settings.retention_interval_seconds)
+        tidy_task = asyncio.create_task(tidying.every(scopes.tidy, stop))
         chainer = Chainer(store, runtime.broker)
         chaining = runtime.loops.consumer("chainer")
         await runtime.broker.consume(
@@ -61,5 +64,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         stop.set()
         if scheduler_task is not None:
             await scheduler_task
+        if tidy_task is not None:
+            await tidy_task
         await scope_store.close()
         await store.close()

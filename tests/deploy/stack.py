@@ -124,12 +124,14 @@ class Stack:
     def wait_healthy(self, deadline_seconds: float = 180) -> None:
         """Every container healthy, or exited 0 (kusto-seed); one that exited otherwise fails at once."""
 
+        waiting: list[str] = []
+
         def probe() -> bool | None:
             states = [inspect(container) for container in self.containers()]
             for state in states:
                 if state["Status"] == "exited" and state["ExitCode"] != 0 and not state["Restarting"]:
                     raise StackError(f"{state['Name']} exited {state['ExitCode']}:\n{logs(state['Name'])}")
-            waiting = [
+            waiting[:] = [
                 state["Name"]
                 for state in states
                 if not (
@@ -139,7 +141,11 @@ class Stack:
             ]
             return True if not waiting else None
 
-        wait_for("every container healthy", probe, deadline_seconds, every=1)
+        try:
+            wait_for("every container healthy", probe, deadline_seconds, every=1)
+        except StackError as error:
+            last = "\n".join(f"--- {name}:\n{logs(name)}" for name in waiting)
+            raise StackError(f"{error}; still waiting on {', '.join(waiting)}\n{last}") from None
 
     # -- HTTP from the host --------------------------------------------------
 

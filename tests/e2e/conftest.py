@@ -40,6 +40,9 @@ class Hooks:
     url: str
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A body holding one of these is refused with 400 (and not kept in :attr:`received`).
+    refusing: set[bytes] = field(default_factory=set)
+    refused: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -116,7 +119,11 @@ async def hooks() -> AsyncIterator[Hooks]:
     received = Hooks(url="")
 
     async def receive(request: web.Request) -> web.Response:
-        received.received.append((dict(request.headers), await request.read()))
+        body = await request.read()
+        if any(marker in body for marker in received.refusing):
+            received.refused.append(body)
+            return web.json_response({"ok": False}, status=400)
+        received.received.append((dict(request.headers), body))
         received.arrived.set()
         return web.json_response({"ok": True})
 

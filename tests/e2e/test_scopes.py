@@ -90,3 +90,107 @@ async def test_a_for_each_runs_its_steps_once_per_row_and_the_flow_goes_on_after
     each = next(step for step in run["steps"] if step["step_id"] == "each")
     assert each["status"] == "succeeded"
     assert (each["detail"]["total"], each["detail"]["succeeded"], each["detail"]["failed"]) == (6, 6, 0)
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_iterations_are_listed_under_their_step_and_not_among_the_flows_runs(system: System) -> None:
+    await system.save_flow(_per_row_flow(system.hooks.url))
+    started = await system.start_flow("per-incident")
+    parent = await system.finished(started["run_id"], timeout=120)
+    assert parent["status"] == "succeeded", parent
+
+    listed = await system.get("/v1/runs?flow=per-incident")
+    assert [run["run_id"] for run in listed["runs"]] == [parent["run_id"]]
+    everything = await system.get("/v1/runs?flow=per-incident&children=true")
+    assert len(everything["runs"]) == 7
+    stats = await system.get("/v1/flows/per-incident/stats?window=1h")
+    assert stats["runs"] == 1
+
+    first = await system.get(f"/v1/runs/{parent['run_id']}/steps/each/iterations?limit=4")
+    assert first["counts"] == {
+        "total": 6,
+        "waiting": 0,
+        "running": 0,
+        "succeeded": 6,
+        "failed": 0,
+        "skipped": 0,
+    }
+    assert [run["scope"]["index"] for run in first["iterations"]] == [0, 1, 2, 3]
+    assert {run["scope"]["run_id"] for run in first["iterations"]} == {parent["run_id"]}
+    rest = await system.get(
+        f"/v1/runs/{parent['run_id']}/steps/each/iterations?limit=4&cursor={first['next_cursor']}"
+    )
+    assert [run["scope"]["index"] for run in rest["iterations"]] == [4, 5]
+    assert rest["next_cursor"] is None
+    failed = await system.get(f"/v1/runs/{parent['run_id']}/steps/each/iterations?status=failed")
+    assert failed["iterations"] == []
+
+    child = first["iterations"][0]
+    child_run = await system.get(f"/v1/runs/{child['run_id']}")
+    assert child_run["scope"] == {"run_id": parent["run_id"], "step_id": "each", "index": 0, "branch": None}
+    async with system.session.get(f"{system.history_url}/ui/runs/{parent['run_id']}") as response:
+        page = await response.text()
+        assert response.status == 200, page
+    assert 'data-iterations="each"' in page
+    assert page.count(f'href="/ui/runs/{child["run_id"]}"') == 1
+    assert "6 in all: 6 succeeded" in " ".join(page.split())
+    async with system.session.get(f"{system.history_url}/ui/runs/{child['run_id']}") as response:
+        child_page = await response.text()
+    assert f'href="/ui/runs/{parent["run_id"]}#step-each" data-parent-run' in child_page
+    assert "Iteration 0 of per-incident" in child_page
+
+    async with system.session.get(
+        f"{system.history_url}/v1/runs/{parent['run_id']}/steps/summary/iterations"
+    ) as bad:
+        assert bad.status == 400
+        assert "not a for_each or parallel step" in (await bad.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("system", ["in_process", "rabbitmq"], indirect=True)
+async def test_a_re_run_of_a_failed_iteration_runs_only_it_and_the_parent_goes_on(system: System) -> None:
+    await system.save_flow(_per_row_flow(system.hooks.url))
+    # The else branch's deliveries are refused: those iterations fail, the others go on.
+    system.hooks.refusing = {b"small"}
+    started = await system.start_flow("per-incident")
+    parent = await system.finished(started["run_id"], timeout=120)
+    assert parent["status"] == "failed", parent
+    assert (parent["failed_step"], parent["error"]["code"]) == ("each", "IterationsFailed")
+    small = len(system.hooks.refused)
+    assert 2 <= small < 6
+    assert len(system.hooks.received) == 6 - small
+    assert system.smtp.messages() == []
+    base = f"/v1/runs/{parent['run_id']}/steps/each/iterations"
+    failed = (await system.get(f"{base}?status=failed"))["iterations"]
+    assert len(failed) == small
+
+    system.hooks.refusing = set()
+    first, *others = failed
+    status, queued = await system.post(f"/v1/runs/{first['run_id']}/rerun")
+    assert status == 202, queued
+    again = await system.finished(first["run_id"], timeout=60)
+    assert again["status"] == "succeeded", again
+
+    async def counted() -> bool:
+        page = await system.get(base)
+        return bool(page["counts"]["failed"] == small - 1 and page["counts"]["succeeded"] == 6 - small + 1)
+
+    await system.wait_until(counted, timeout=30, what="the scope to count the re-run iteration")
+    # Only that iteration ran again: one more delivery, and the parent is still failed.
+    assert len(system.hooks.received) == 6 - small + 1
+    assert (await system.finished(parent["run_id"]))["status"] == "failed"
+
+    for other in others:
+        status, queued = await system.post(f"/v1/runs/{other['run_id']}/rerun")
+        assert status == 202, queued
+
+    async def parent_succeeded() -> bool:
+        run = await system.run(parent["run_id"])
+        return run is not None and run["status"] == "succeeded"
+
+    await system.wait_until(parent_succeeded, timeout=60, what="the parent to go on once every iteration did")
+    assert len(system.hooks.received) == 6
+    mails = [path.read_text(errors="replace") for path in system.smtp.messages()]
+    assert len(mails) == 1
+    assert "6 of 6 incidents handled" in mails[0]
+    each = [step for step in (await system.finished(parent["run_id"]))["steps"] if step["step_id"] == "each"]
+    assert [step["status"] for step in each] == ["failed", "succeeded"]

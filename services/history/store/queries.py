@@ -27,17 +27,22 @@ class RunQueries(SqlStore):
         limit: int = 50,
         ascending: bool = False,
         after: tuple[dt.datetime, str] | None = None,
+        children: bool = False,
     ) -> list[dict[str, Any]]:
         """Runs by submitted time (newest first unless *ascending*), from just past *after*.
 
         A run history has heard of only through a step's event (its own event is
-        still on the way) has no submitted time yet, and is listed once it has.
+        still on the way) has no submitted time yet, and is listed once it has. The
+        child runs of for_each and parallel steps are listed under their parent's
+        step (:meth:`iterations`), and here only with *children*.
         """
         if ascending:
             order = (runs.c.submitted_at.asc(), runs.c.run_id.asc())
         else:
             order = (runs.c.submitted_at.desc(), runs.c.run_id.desc())
         query = sa.select(runs).where(runs.c.submitted_at.is_not(None)).order_by(*order).limit(limit)
+        if not children:
+            query = query.where(runs.c.scope_step.is_(None))
         if status is not None:
             query = query.where(runs.c.status == status.value)
         if flow is not None:
@@ -62,6 +67,39 @@ class RunQueries(SqlStore):
             rows = (await conn.execute(query)).mappings().all()
         return [run_view(row) for row in rows]
 
+    async def iterations(
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        status: RunStatus | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """The child runs of *run_id*'s scope step *step_id*, by iteration (or branch position).
+
+        An iteration run again under a new id (the parent's step re-run) is listed
+        by its latest run; *status* filters on that one.
+        """
+        latest = _latest_iterations(run_id, step_id)
+        query = sa.select(latest).where(latest.c.newest == 1).order_by(latest.c.iteration).limit(limit)
+        if status is not None:
+            query = query.where(latest.c.status == status.value)
+        if after is not None:
+            query = query.where(latest.c.iteration > after)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [run_view(row) for row in rows]
+
+    async def iteration_statuses(self, run_id: str, step_id: str) -> dict[str, int]:
+        """How many iterations of the scope step stand at each status, by their latest runs."""
+        latest = _latest_iterations(run_id, step_id)
+        query = (
+            sa.select(latest.c.status, sa.func.count()).where(latest.c.newest == 1).group_by(latest.c.status)
+        )
+        async with self.engine.connect() as conn:
+            return {row[0]: int(row[1]) for row in (await conn.execute(query)).all()}
+
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
             run = (await conn.execute(sa.select(runs).where(runs.c.run_id == run_id))).mappings().first()
@@ -84,12 +122,17 @@ class RunQueries(SqlStore):
         return view
 
     async def latest_attempts(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """Each step's latest attempt: status, kind and artifacts, for deciding what may be redone."""
+        """Each step's latest attempt: status, kind, artifacts and detail (what may be redone, counts)."""
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(
-                        steps.c.step_id, steps.c.attempt, steps.c.kind, steps.c.status, steps.c.artifacts
+                        steps.c.step_id,
+                        steps.c.attempt,
+                        steps.c.kind,
+                        steps.c.status,
+                        steps.c.artifacts,
+                        steps.c.detail,
                     )
                     .where(steps.c.run_id == run_id)
                     .order_by(steps.c.position, steps.c.attempt)
@@ -101,6 +144,7 @@ class RunQueries(SqlStore):
                 "kind": row.kind,
                 "status": row.status,
                 "artifacts": row.artifacts or {},
+                "detail": row.detail or {},
             }
             for row in rows
         }
@@ -110,7 +154,10 @@ class RunQueries(SqlStore):
     ) -> list[tuple[str, float | None]]:
         """Status and duration (ms, for finished runs) of each run of *flow* submitted in the window."""
         query = sa.select(runs.c.status, runs.c.submitted_at, runs.c.started_at, runs.c.finished_at).where(
-            (runs.c.flow == flow) & (runs.c.submitted_at >= since) & (runs.c.submitted_at < until)
+            (runs.c.flow == flow)
+            & (runs.c.submitted_at >= since)
+            & (runs.c.submitted_at < until)
+            & runs.c.scope_step.is_(None)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -132,3 +179,21 @@ class RunQueries(SqlStore):
         )
         async with self.engine.connect() as conn:
             return [row.run_id for row in (await conn.execute(query)).all()]
+
+
+def _latest_iterations(run_id: str, step_id: str) -> sa.Subquery:
+    """The child runs of a scope step, each numbered by how recent it is among its iteration's runs."""
+    return (
+        sa.select(
+            runs,
+            sa.func.row_number()
+            .over(
+                partition_by=runs.c.iteration,
+                order_by=(runs.c.submitted_at.desc(), runs.c.run_id.desc()),
+            )
+            .label("newest"),
+        )
+        .where((runs.c.parent_run_id == run_id) & (runs.c.scope_step == step_id))
+        .where(runs.c.submitted_at.is_not(None))
+        .subquery()
+    )

@@ -41,6 +41,16 @@ def run_view(row: Any) -> dict[str, Any]:
         "failed_step": row.failed_step,
         "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
         "trace_id": row.trace_id,
+        "scope": (
+            {
+                "run_id": row.parent_run_id,
+                "step_id": row.scope_step,
+                "index": row.iteration,
+                "branch": row.branch,
+            }
+            if row.scope_step is not None
+            else None
+        ),
     }
 
 

@@ -42,6 +42,7 @@ _LOADING = sa.select(
     runs.c.finished_at,
     runs.c.failed_step,
     runs.c.updated_at,
+    runs.c.scope_step,
     steps.c.step_id,
     steps.c.attempt,
     steps.c.position,
@@ -132,9 +133,16 @@ class RunWrites(SqlStore):
         said. PostgreSQL's row lock makes the sweep wait for such a write and read its outcome;
         SQLite has no row locks, and the condition on the update is what keeps it.
         """
-        still_stalled = runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value)) & (
-            runs.c.updated_at < now - quiet_for
+        unfinished = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+        # A parent waiting on its scope's child runs hears of them only as they end; while one is
+        # unfinished (and not stalled itself) the parent is not stalled either.
+        child = runs.alias("child")
+        live_child = sa.exists().where(
+            (child.c.parent_run_id == runs.c.run_id)
+            & child.c.scope_step.is_not(None)
+            & child.c.status.in_(unfinished)
         )
+        still_stalled = runs.c.status.in_(unfinished) & (runs.c.updated_at < now - quiet_for) & ~live_child
         quiet = sa.select(runs.c.run_id).where(still_stalled)
         ended: list[RunCompleted] = []
         async with self.engine.begin() as conn:
@@ -176,6 +184,7 @@ async def _load(conn: AsyncConnection, run_id: str) -> Loaded | None:
         finished_at=utc(row.finished_at),
         failed_step=row.failed_step,
         updated_at=utc(row.updated_at),
+        scope_step=row.scope_step,
     )
     attempts = tuple(
         StepState(

@@ -28,7 +28,7 @@ from common.platform.http import BROWSER_GATE
 from common.platform.routes import InvalidParameter, error_body
 from common.platform.runtime import Runtime
 from services.history.bodies import RunDetail, RunPage
-from services.history.runs import RunFilters, find_run, list_runs
+from services.history.runs import RunFilters, find_run, list_iterations, list_runs
 from services.history.store import HistoryStore
 from services.history.web.email_preview import email_preview
 from services.history.web.session import (
@@ -43,9 +43,12 @@ from services.history.web.session import (
 from services.history.web.trigger import TIMEOUT, TriggerClient, TriggerUnavailable
 from services.history.web.views import (
     UNFINISHED,
+    Iterations,
+    Lane,
     badge,
     duration_words,
     email_summary,
+    place,
     step_views,
     utc_text,
 )
@@ -54,6 +57,8 @@ log = structlog.get_logger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE_SIZE = 25
+#: Iterations a scope step's section lists at once.
+ITERATIONS_PAGE_SIZE = 50
 
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' data:; frame-src 'self'; style-src 'self'; script-src 'self'; "
@@ -150,7 +155,16 @@ async def run_page(request: web.Request) -> web.Response:
     run = await find_run(request.app[STORE], run_id)
     if run is None:
         return page(request, "missing.html", status=404, what=f"run {run_id}")
-    steps = step_views(run, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    steps = step_views(run, now)
+    problems = []
+    for step in steps:
+        if step.scope in ("for_each", "parallel"):
+            try:
+                step.iterations = await _iterations(request, run, step.step_id)
+            except InvalidParameter as exc:
+                problems.append(exc.message)
+    place(steps, run, now)
     await _fill_from_flow(request, run, steps)
     blobs = request.app[RUNTIME].blobs
     for step in steps:
@@ -169,7 +183,47 @@ async def run_page(request: web.Request) -> web.Response:
     sent = any(step.emails for step in steps)
     template = request.app[RUNTIME].settings.trace_url_template
     trace_url = template.format(trace_id=run.trace_id) if template and run.trace_id else None
-    return page(request, "run.html", run=run, steps=steps, failed=failed, sent=sent, trace_url=trace_url)
+    return page(
+        request,
+        "run.html",
+        status=400 if problems else 200,
+        run=run,
+        steps=steps,
+        failed=failed,
+        sent=sent,
+        trace_url=trace_url,
+        problems=problems,
+    )
+
+
+async def _iterations(request: web.Request, run: RunDetail, step_id: str) -> Iterations | None:
+    """A page of *step_id*'s child runs; the page's ``step``, ``status`` and ``cursor`` page the one named."""
+    query = request.query
+    mine = query.get("step") == step_id
+    status = query.get("status", "").strip() if mine else ""
+    asked = {"limit": str(ITERATIONS_PAGE_SIZE)}
+    if status:
+        asked["status"] = status
+    if mine and query.get("cursor"):
+        asked["cursor"] = query["cursor"]
+    listed = await list_iterations(request.app[STORE], run.run_id, step_id, asked)
+    if listed is None:
+        return None
+    here = f"/ui/runs/{run.run_id}"
+
+    def link(**values: str) -> str:
+        return f"{here}?{urlencode({'step': step_id, **values})}#step-{step_id}"
+
+    return Iterations(
+        page=listed,
+        lanes=[Lane(child) for child in listed.iterations],
+        status=status or None,
+        next_href=link(**({"status": status} if status else {}), cursor=listed.next_cursor)
+        if listed.next_cursor
+        else None,
+        all_href=link() if status or (mine and query.get("cursor")) else None,
+        failed_href=link(status="failed") if status != "failed" else None,
+    )
 
 
 async def _fill_from_flow(request: web.Request, run: RunDetail, steps: list[Any]) -> None:

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.history.bodies import RunDetail, StepAttempt, StepError
+from services.history.bodies import IterationPage, RunDetail, RunSummary, StepAttempt, StepError
 from services.history.web.advice import advice_for
 
 
@@ -83,6 +83,39 @@ class Attempt:
 
 
 @dataclass
+class Lane:
+    """One child run of a scope step: an iteration's row in its list, a branch's lane in the timeline."""
+
+    run: RunSummary
+    offset: float = 0.0
+    width: float = 0.0
+
+    @property
+    def badge(self) -> Badge:
+        return badge(self.run.status)
+
+    @property
+    def label(self) -> str:
+        scope = self.run.scope
+        if scope is None:
+            return self.run.run_id[:8]
+        return scope.branch or f"#{scope.index}"
+
+
+@dataclass
+class Iterations:
+    """A page of a scope step's child runs, as its section lists them."""
+
+    page: IterationPage
+    lanes: list[Lane]
+    #: The status the list is filtered on, and the links to the other views of it.
+    status: str | None = None
+    next_href: str | None = None
+    all_href: str | None = None
+    failed_href: str | None = None
+
+
+@dataclass
 class StepView:
     step_id: str
     kind: str
@@ -94,6 +127,14 @@ class StepView:
     query_source: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     emails: list[dict[str, Any]] = field(default_factory=list)
+    #: A for_each's or parallel's child runs.
+    iterations: Iterations | None = None
+
+    @property
+    def scope(self) -> str | None:
+        """``for_each``, ``parallel`` or ``if`` for a scope step; None for any other."""
+        value = self.latest.detail.get("scope") if self.kind == "scope" else None
+        return value if isinstance(value, str) else None
 
     @property
     def latest(self) -> StepAttempt:
@@ -158,17 +199,17 @@ def step_views(run: RunDetail, now: dt.datetime) -> list[StepView]:
             step.query_text = detail["text"]
             step.query_source = "as run"
             step.parameters = dict(detail.get("parameters") or {})
-    _place(list(grouped.values()), run, now)
     return list(grouped.values())
 
 
-def _place(steps: list[StepView], run: RunDetail, now: dt.datetime) -> None:
-    spans = []
+def place(steps: list[StepView], run: RunDetail, now: dt.datetime) -> None:
+    """Put every attempt, and every child run listed under a step, on the run's one time axis."""
+    spans: list[tuple[Attempt | Lane, dt.datetime | None, dt.datetime | None]] = []
     for step in steps:
         for attempt in step.attempts:
-            start = parse_instant(attempt.view.started_at)
-            end = parse_instant(attempt.view.finished_at) or (now if start else None)
-            spans.append((attempt, start, end))
+            spans.append((attempt, *_span(attempt.view.started_at, attempt.view.finished_at, now)))
+        for lane in step.iterations.lanes if step.iterations else []:
+            spans.append((lane, *_span(lane.run.started_at, lane.run.finished_at, now)))
     starts = [start for _, start, _ in spans if start is not None]
     ends = [end for _, _, end in spans if end is not None]
     origin = parse_instant(run.started_at) or (min(starts) if starts else None)
@@ -176,11 +217,18 @@ def _place(steps: list[StepView], run: RunDetail, now: dt.datetime) -> None:
         return
     origin = min([origin, *starts])
     total = max((max(ends) - origin).total_seconds(), 0.001)
-    for attempt, start, end in spans:
+    for placed, start, end in spans:
         if start is None or end is None:
             continue
-        attempt.offset = round((start - origin).total_seconds() / total * 100, 3)
-        attempt.width = round(max((end - start).total_seconds() / total * 100, 0.4), 3)
+        placed.offset = round((start - origin).total_seconds() / total * 100, 3)
+        placed.width = round(max((end - start).total_seconds() / total * 100, 0.4), 3)
+
+
+def _span(
+    started: str | None, finished: str | None, now: dt.datetime
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    start = parse_instant(started)
+    return start, parse_instant(finished) or (now if start else None)
 
 
 def email_summary(raw: bytes) -> dict[str, str]:
