@@ -455,6 +455,7 @@ def loop_intervals() -> dict[str, float]:
         "scheduler": max(settings.scheduler_poll_seconds, SCHEDULER_TICK_SECONDS),
         "stall_watcher": Recorder.stall_check_seconds.fget(recorder),
         "retention": settings.retention_interval_seconds,
+        "scope_retention": settings.retention_interval_seconds,
     }
 
 

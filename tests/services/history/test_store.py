@@ -14,8 +14,10 @@ from common.contracts.messages import (
     SERVICE_OF,
     ErrorCode,
     ErrorInfo,
+    RunCompleted,
     RunInfo,
     RunStatus,
+    ScopeRef,
     StatusEvent,
     Step,
     StepKind,
@@ -46,8 +48,10 @@ async def store(
         yield history
 
 
-def run_info(submitted: dt.datetime = T0) -> RunInfo:
+def run_info(submitted: dt.datetime = T0, scope: ScopeRef | None = None) -> RunInfo:
     return RunInfo(
+        scope=scope,
+        parent_run_id=scope.run_id if scope else None,
         flow="storms",
         description="Storms",
         trigger=TriggerKind.MANUAL,
@@ -74,11 +78,15 @@ def event(run_id: str, kind: StepKind, status: StepStatus, second: int, **extra:
     )
 
 
-async def complete_run(store: HistoryStore, run_id: str, submitted: dt.datetime = T0) -> None:
-    await store.apply(event(run_id, StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info(submitted)))
+async def complete_run(
+    store: HistoryStore, run_id: str, submitted: dt.datetime = T0, scope: ScopeRef | None = None
+) -> RunCompleted | None:
+    """Apply every event of a run that succeeds; what the last one announced."""
+    await store.apply(event(run_id, StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info(submitted, scope)))
+    completed = None
     for second, kind in enumerate(KINDS):
         await store.apply(event(run_id, kind, StepStatus.RUNNING, second))
-        await store.apply(
+        completed = await store.apply(
             event(
                 run_id,
                 kind,
@@ -87,6 +95,7 @@ async def complete_run(store: HistoryStore, run_id: str, submitted: dt.datetime 
                 row_count=10 if kind is StepKind.QUERY else None,
             )
         )
+    return completed
 
 
 async def test_a_complete_run_succeeds_with_five_timed_steps(store: HistoryStore) -> None:
@@ -357,3 +366,48 @@ async def test_a_failure_heard_of_before_its_run_skips_the_steps_the_run_brings(
         "notify": "skipped",
         "record": "skipped",
     }
+
+
+async def test_a_child_run_is_listed_under_its_step_and_its_end_is_not_announced(store: HistoryStore) -> None:
+    assert await complete_run(store, "parent") is not None
+    for index in (1, 0, 2):
+        scope = ScopeRef(run_id="parent", step_id="each", index=index)
+        assert await complete_run(store, f"child-{index}", scope=scope) is None
+
+    assert [run["run_id"] for run in await store.list_runs(flow="storms")] == ["parent"]
+    assert len(await store.list_runs(flow="storms", children=True)) == 4
+    listed = await store.iterations("parent", "each")
+    assert [(run["run_id"], run["scope"]["index"]) for run in listed] == [
+        ("child-0", 0),
+        ("child-1", 1),
+        ("child-2", 2),
+    ]
+    assert [run["run_id"] for run in await store.iterations("parent", "each", after=0, limit=1)] == [
+        "child-1"
+    ]
+    assert await store.iterations("parent", "each", status=RunStatus.FAILED) == []
+    assert await store.iteration_statuses("parent", "each") == {"succeeded": 3}
+    assert await store.iterations("parent", "other") == []
+    flow_runs = await store.flow_runs("storms", T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
+    assert len(flow_runs) == 1
+
+
+async def test_a_parent_waiting_on_a_live_child_run_is_not_stalled(store: HistoryStore) -> None:
+    await store.apply(event("parent", StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info()))
+    await store.apply(event("parent", StepKind.QUERY, StepStatus.RUNNING, 1))
+    scope = ScopeRef(run_id="parent", step_id="each", index=0)
+    await store.apply(event("child", StepKind.TRIGGER, StepStatus.RUNNING, 2, run=run_info(scope=scope)))
+    await store.apply(event("child", StepKind.QUERY, StepStatus.RUNNING, 3))
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+
+    # The child stalls (and, being a child, is not announced); its parent waited on it, so not yet.
+    assert await store.fail_stalled(later, dt.timedelta(hours=1)) == []
+    child, parent = await store.get_run("child"), await store.get_run("parent")
+    assert child is not None
+    assert parent is not None
+    assert (child["status"], child["error"]["code"]) == ("failed", "Stalled")
+    assert parent["status"] == "running"
+
+    # With no live child left, the quiet parent stalls at the next sweep.
+    ended = await store.fail_stalled(later, dt.timedelta(hours=1))
+    assert [(completed.run_id, completed.status) for completed in ended] == [("parent", RunStatus.FAILED)]
