@@ -194,3 +194,37 @@ async def test_a_re_run_of_a_failed_iteration_runs_only_it_and_the_parent_goes_o
     assert "6 of 6 incidents handled" in mails[0]
     each = [step for step in (await system.finished(parent["run_id"]))["steps"] if step["step_id"] == "each"]
     assert [step["status"] for step in each] == ["failed", "succeeded"]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_re_run_of_the_parent_runs_again_only_the_iterations_that_failed(system: System) -> None:
+    await system.save_flow(_per_row_flow(system.hooks.url))
+    system.hooks.refusing = {b"small"}
+    started = await system.start_flow("per-incident")
+    parent = await system.finished(started["run_id"], timeout=120)
+    assert (parent["status"], parent["failed_step"]) == ("failed", "each")
+    small = len(system.hooks.refused)
+    base = f"/v1/runs/{parent['run_id']}/steps/each/iterations"
+    before = {run["scope"]["index"]: run["run_id"] for run in (await system.get(base))["iterations"]}
+    failed = {run["scope"]["index"] for run in (await system.get(f"{base}?status=failed"))["iterations"]}
+    assert len(failed) == small
+
+    system.hooks.refusing = set()
+    status, queued = await system.post(f"/v1/runs/{parent['run_id']}/rerun")
+    assert status == 202, queued
+    assert queued["queued"]["step_id"] == "each"
+
+    async def parent_succeeded() -> bool:
+        run = await system.run(parent["run_id"])
+        return run is not None and run["status"] == "succeeded"
+
+    await system.wait_until(parent_succeeded, timeout=60, what="the re-run parent to succeed")
+    after = {run["scope"]["index"]: run["run_id"] for run in (await system.get(base))["iterations"]}
+    # The failed iterations ran again as new child runs; the ones that had succeeded did not.
+    assert {index for index in after if after[index] != before[index]} == failed
+    assert len(system.hooks.received) == 6
+    page = await system.get(base)
+    assert page["counts"]["succeeded"] == 6
+    mails = [path.read_text(errors="replace") for path in system.smtp.messages()]
+    assert len(mails) == 1
+    assert "6 of 6 incidents handled" in mails[0]
