@@ -228,3 +228,84 @@ async def test_a_re_run_of_the_parent_runs_again_only_the_iterations_that_failed
     mails = [path.read_text(errors="replace") for path in system.smtp.messages()]
     assert len(mails) == 1
     assert "6 of 6 incidents handled" in mails[0]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_parallel_branches_run_as_child_runs_and_later_steps_see_each_branchs_outputs(
+    system: System,
+) -> None:
+    await system.save_flow(
+        {
+            "name": "three-ways",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {
+                    "id": "all",
+                    "parallel": [
+                        {
+                            "id": "states",
+                            "steps": [
+                                {"id": "s", "action": "run_query", "query": "StormEvents | distinct State"}
+                            ],
+                        },
+                        {
+                            "id": "types",
+                            "steps": [
+                                {
+                                    "id": "t",
+                                    "action": "run_query",
+                                    "query": "StormEvents | distinct EventType",
+                                }
+                            ],
+                        },
+                        {
+                            "id": "total",
+                            "steps": [{"id": "n", "action": "run_query", "query": "StormEvents | count"}],
+                        },
+                    ],
+                },
+                {
+                    "id": "big",
+                    "if": "{{ steps.n.first_row.Count > 1000 }}",
+                    "then": [],
+                    "else": [],
+                },
+                {
+                    "id": "mail",
+                    "action": "send_email",
+                    "to": ["team@example.com"],
+                    "subject": "{{ steps.s.row_count }} states, {{ steps.t.row_count }} types",
+                    "body_html": "<p>{{ steps.all.iterations | length }} branches</p>",
+                },
+            ],
+        }
+    )
+    started = await system.start_flow("three-ways")
+    run = await system.finished(started["run_id"], timeout=60)
+    assert run["status"] == "succeeded", run
+    branches = (await system.get(f"/v1/runs/{run['run_id']}/steps/all/iterations"))["iterations"]
+    assert [(b["scope"]["branch"], b["scope"]["index"], b["status"]) for b in branches] == [
+        ("states", 0, "succeeded"),
+        ("types", 1, "succeeded"),
+        ("total", 2, "succeeded"),
+    ]
+    rows = {}
+    for branch in branches:
+        child = await system.get(f"/v1/runs/{branch['run_id']}")
+        [query] = [step for step in child["steps"] if step["kind"] == "query"]
+        rows[query["step_id"]] = query["row_count"]
+    [mail] = [path.read_text(errors="replace") for path in system.smtp.messages()]
+    assert "3 branches" in mail
+    assert f"{rows['s']} states, {rows['t']} types" in mail
+    assert rows["s"] > 1
+    assert rows["t"] > 1
+    big = next(step for step in run["steps"] if step["step_id"] == "big")
+    assert big["detail"]["branch"] in ("then", "else")
+
+    async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
+        page = await response.text()
+        assert response.status == 200, page
+    assert 'aria-label="Branches of all, side by side"' in page
+    assert [f'data-branch="{name}"' in page for name in ("states", "types", "total")] == [True] * 3
+    assert f'data-branch-taken="{big["detail"]["branch"]}"' in page
