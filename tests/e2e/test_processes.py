@@ -436,3 +436,81 @@ async def every_run_succeeds_and_every_email_arrives_once(
         for path in deployment.smtp.messages()
     ]
     assert len(ids) == len(set(ids)) == len(accepted)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(300)
+async def test_a_trigger_killed_mid_scope_starts_every_iteration_once_and_the_parent_goes_on(
+    deployment: Deployment, wait_until: Any
+) -> None:
+    rows = 40
+    flow = {
+        "name": "per-event",
+        "connection": "local",
+        "database": "Samples",
+        "steps": [
+            {
+                "id": "events",
+                "action": "run_query",
+                "query": f"StormEvents | top {rows} by EventId asc | project EventId, State",
+            },
+            {
+                "id": "each",
+                "for_each": "events",
+                "concurrency": 3,
+                "steps": [
+                    {
+                        "id": "same_state",
+                        "action": "run_query",
+                        "parameters": {"state": {"type": "string", "value": "{{ row.State }}"}},
+                        "query": "StormEvents | where State == state | count",
+                    },
+                    {
+                        "id": "mail",
+                        "action": "send_email",
+                        "to": ["team@example.com"],
+                        "subject": "Event {{ row.EventId }}: {{ steps.same_state.first_row.Count }} there",
+                    },
+                ],
+            },
+            {
+                "id": "summary",
+                "action": "send_email",
+                "to": ["team@example.com"],
+                "subject": "All {{ steps.each.succeeded }} of {{ steps.each.total }}",
+            },
+        ],
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{deployment.trigger_url}/v1/flows/per-event", json=flow) as response:
+            assert response.status == 201, await response.text()
+        async with session.post(f"{deployment.trigger_url}/v1/flows/per-event/runs", json={}) as response:
+            assert response.status == 202
+            run_id = (await response.json())["run_id"]
+        await deployment.smtp.wait_for_message(timeout=60)
+        await deployment.kill("trigger")
+        # Killed with iterations still to start: the scope waits in SQL and on the queues.
+        assert len(deployment.smtp.messages()) < rows
+        await deployment.start("trigger", "trigger-2")
+
+        async def parent_succeeded() -> bool:
+            try:
+                async with session.get(f"{deployment.history_url}/v1/runs/{run_id}") as response:
+                    return response.status == 200 and (await response.json())["status"] == "succeeded"
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until(parent_succeeded, timeout=180, what="the parent run to succeed")
+
+        async def all_delivered() -> bool:
+            return len(deployment.smtp.messages()) >= rows + 1
+
+        await wait_until(all_delivered, timeout=30, what="every email")
+    subjects = [
+        str(email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["Subject"])
+        for path in deployment.smtp.messages()
+    ]
+    per_row = [subject for subject in subjects if subject.startswith("Event ")]
+    assert len(per_row) == len(set(per_row)) == rows
+    assert subjects.count(f"All {rows} of {rows}") == 1
+    assert len(subjects) == rows + 1
