@@ -12,6 +12,7 @@ memory; `ResultSet.from_json_bytes` reads either the same.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import json
 import re
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from json.scanner import make_scanner
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 #: Kusto's scalar type names, lower-cased, and the numeric ones among them.
 NUMERIC_TYPES = frozenset({"int", "long", "real", "decimal"})
@@ -247,3 +248,92 @@ def parse_datetime(value: Any) -> dt.datetime | None:
         text = text[:-1] + "+00:00"
     parsed = dt.datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+class RowStream:
+    """A stored result's rows read as its bytes arrive, without the whole result in memory.
+
+    Fed the blob's chunks in order (:meth:`feed`), it answers the rows each one
+    completed; :attr:`columns` is set once the columns have been read, before
+    any row. It reads what `ResultWriter` and `ResultSet.to_json_bytes` write,
+    the columns first; anything else is a ``ValueError``, as a truncated result
+    is once :meth:`end` is called.
+    """
+
+    _HEAD = re.compile(r'\s*\{\s*"columns"\s*:\s*')
+
+    def __init__(self) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")()
+        self._text = ""
+        self._pos = 0
+        self.columns: list[Column] | None = None
+        #: Past the rows' closing bracket: whatever follows is not read.
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[list[Any]]:
+        """The rows *chunk* completed (none once the rows are read)."""
+        if self.done:
+            return []
+        try:
+            self._text = self._text[self._pos :] + self._decode.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not a stored result: {exc}") from None
+        self._pos = 0
+        try:
+            if self.columns is None and not self._read_head():
+                return []
+            return self._read_rows() if self.columns is not None else []
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise ValueError(f"not a stored result: {exc}") from None
+
+    def end(self) -> None:
+        """The blob has ended: fail unless every row was read."""
+        if not self.done:
+            raise ValueError("not a stored result: it ends before its rows do")
+
+    def _read_head(self) -> bool:
+        head = self._HEAD.match(self._text)
+        if head is None:
+            if not '{"columns":'.startswith(re.sub(r"\s+", "", self._text[:256])):
+                raise json.JSONDecodeError("expected the columns first", self._text, 0)
+            return False
+        try:
+            columns, pos = _value(self._text, head.end())
+            pos = _expect(self._text, pos, ",")
+            key, pos = _value(self._text, pos)
+            pos = _expect(self._text, pos, ":")
+            pos = _expect(self._text, pos, "[")
+        except json.JSONDecodeError:
+            return False
+        if key != "rows":
+            raise json.JSONDecodeError("expected the rows after the columns", self._text, pos)
+        self.columns = _COLUMNS.validate_python(columns)
+        self._pos = pos
+        return True
+
+    def _read_rows(self) -> list[list[Any]]:
+        rows: list[list[Any]] = []
+        text, pos = self._text, _skip(self._text, self._pos)
+        if text.startswith("]", pos):
+            self.done = True
+            return rows
+        while True:
+            try:
+                row, end = _scan(text, pos)
+            except (StopIteration, json.JSONDecodeError):
+                break  # the row goes on in the next chunk
+            after = _skip(text, end)
+            if after >= len(text):
+                break  # what follows the row is in the next chunk
+            if type(row) is not list:
+                raise json.JSONDecodeError("a row is not an array", text, pos)
+            rows.append(row)
+            if text[after] == "]":
+                self.done = True
+                pos = after + 1
+                break
+            if text[after] != ",":
+                raise json.JSONDecodeError("expected ',' or ']' after a row", text, after)
+            pos = _skip(text, after + 1)
+        self._pos = pos
+        return rows

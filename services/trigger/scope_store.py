@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +157,7 @@ class ScopeStore(SqlStore):
         self,
         parent: RunMessage,
         concurrency: int,
-        entries: Iterable[Item],
+        entries: Iterable[Item] | AsyncIterable[Item],
         *,
         truncated: bool = False,
     ) -> Decision:
@@ -174,7 +174,7 @@ class ScopeStore(SqlStore):
                 return await self._fanned_out_before(conn, key, parent, now)
             total = 0
             batch: list[dict[str, Any]] = []
-            for entry in entries:
+            async for entry in _each(entries):
                 batch.append(_item_row(key, entry))
                 total += 1
                 if len(batch) >= _BATCH:
@@ -359,6 +359,15 @@ class ScopeStore(SqlStore):
                 await conn.execute(items.delete().where(key.items))
                 await conn.execute(scopes.delete().where(key.scope))
         return len(old)
+
+
+async def _each(entries: Iterable[Item] | AsyncIterable[Item]) -> AsyncIterator[Item]:
+    if isinstance(entries, AsyncIterable):
+        async for entry in entries:
+            yield entry
+    else:
+        for entry in entries:
+            yield entry
 
 
 def child_run_id(run_id: str, step_id: str, item: int, attempt: int = 1) -> str:

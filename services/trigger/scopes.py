@@ -22,7 +22,7 @@ once every item has ended, as the flow's ``on_failure`` then decides.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -117,13 +117,19 @@ class Scopes:
             )
         if rows == 0:
             return _output(spec, Counts(total=0), [])
-        result = await self.runtime.blobs.get_result(source.artifacts["result"].key)
-        names = [column.name for column in result.columns]
+        key = source.artifacts["result"].key
 
-        def entries() -> Iterator[Item]:
-            for number, values in enumerate(result.rows[:cap]):
-                row = dict(zip(names, values, strict=True))
-                yield Item(number, child_run_id(message.run_id, spec.id, number), row=row)
+        async def entries() -> AsyncIterator[Item]:
+            # Streamed from the blob store: the fan-out holds a chunk of rows at a time, never the result.
+            number = 0
+            async for columns, rows in self.runtime.blobs.result_rows(key):
+                names = [column.name for column in columns]
+                for values in rows:
+                    if number >= cap:
+                        return
+                    row = dict(zip(names, values, strict=True))
+                    yield Item(number, child_run_id(message.run_id, spec.id, number), row=row)
+                    number += 1
 
         concurrency = min(spec.concurrency, settings.scope_max_concurrency)
         decision = await self.store.fan_out(message, concurrency, entries(), truncated=truncated)

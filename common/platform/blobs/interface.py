@@ -22,15 +22,15 @@ import abc
 import asyncio
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from opentelemetry.trace import Span, SpanKind
 
 from common.contracts.errors import ArtifactMissing
 from common.contracts.messages import BlobRef
-from common.contracts.results import ResultSet
+from common.contracts.results import Column, ResultSet, RowStream
 from common.platform import tracing
 
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
@@ -243,6 +243,23 @@ class BlobStore(abc.ABC):
         (`ResultSet.from_json_bytes`), the loop keeps beating for the step and serving others.
         """
         return await asyncio.to_thread(ResultSet.from_json_bytes, await self.get(key))
+
+    async def result_rows(self, key: str) -> AsyncIterator[tuple[list[Column], list[list[Any]]]]:
+        """The stored query result at *key*, streamed: its columns and the rows of each chunk read.
+
+        Only a chunk and its rows are in memory at once, however many rows the
+        result has; each chunk is parsed off the event loop. A blob that is not a
+        whole stored result raises ``ValueError``.
+        """
+        stream = RowStream()
+        async with self.open(key) as reader:
+            async for chunk in reader:
+                rows = await asyncio.to_thread(stream.feed, chunk)
+                if rows and stream.columns is not None:
+                    yield stream.columns, rows
+                if stream.done:
+                    return
+        stream.end()
 
     @abc.abstractmethod
     async def _put(self, key: str, data: bytes, content_type: str) -> BlobRef: ...

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from common.contracts.results import Column, ResultSet, ResultWriter, Visualization
+from common.contracts.results import Column, ResultSet, ResultWriter, RowStream, Visualization
 
 COLUMNS = [
     Column(name="n", type="long"),
@@ -96,3 +96,52 @@ async def test_reading_a_big_result_in_a_thread_leaves_the_event_loop_running() 
     # GIL back every switch interval (5 ms) and ticks on through the whole read
     # (~0.4 s here: some 40 ticks, fewer where garbage collection pauses both threads).
     assert ticks >= 10
+
+
+def streamed(data: bytes, size: int) -> tuple[list[Column] | None, list[list[object]]]:
+    """*data* fed to a RowStream *size* bytes at a time: its columns and every row it answered."""
+    stream = RowStream()
+    rows: list[list[object]] = []
+    for start in range(0, len(data), size):
+        rows += stream.feed(data[start : start + size])
+    stream.end()
+    return stream.columns, rows
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1 << 20])
+async def test_a_result_streamed_in_chunks_of_any_size_reads_back_the_same_rows(size: int) -> None:
+    data = await written(TRICKY_ROWS, Visualization(kind="piechart"))
+    assert streamed(data, size) == (COLUMNS, TRICKY_ROWS)
+    spaced = json.dumps(json.loads(data), indent=1).encode()
+    assert streamed(spaced, size) == (COLUMNS, TRICKY_ROWS)
+    own = ResultSet(columns=COLUMNS, rows=TRICKY_ROWS).to_json_bytes()
+    assert streamed(own, size) == (COLUMNS, TRICKY_ROWS)
+    assert streamed(ResultSet(columns=COLUMNS, rows=[]).to_json_bytes(), size) == (COLUMNS, [])
+
+
+def test_a_streamed_result_answers_its_rows_as_they_arrive_not_at_the_end() -> None:
+    rows = [[index, f"s{index}", None] for index in range(1000)]
+    data = ResultSet(columns=COLUMNS, rows=rows).to_json_bytes()
+    stream = RowStream()
+    answered = [len(stream.feed(data[start : start + 500])) for start in range(0, len(data), 500)]
+    assert sum(answered) == 1000
+    # Each chunk completes about as many rows as it holds: none are held back for the end.
+    assert max(answered) < 100
+    assert answered.count(0) <= 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"columns": [], "rows": [[1], 2]}',
+        b'{"columns": [], "rows": [[1]',
+        b'{"rows": [[1]], "columns": []}',
+        b'{"columns": [{"name": "x"}], "rows": []}',
+        b'{"columns": [], "visualization": null, "rows": []}',
+        b"\xff",
+    ],
+    ids=["row-not-array", "cut-short", "rows-first", "bad-column", "rows-not-next", "not-utf8"],
+)
+def test_a_damaged_result_is_refused_when_streamed(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a stored result"):
+        streamed(data, 4)
