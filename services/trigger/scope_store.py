@@ -167,6 +167,25 @@ class ScopeStore(SqlStore):
         starts not published yet; a new attempt of the parent's step (a re-run) starts again
         the items that failed or were skipped.
         """
+        try:
+            return await self._fan_out(parent, concurrency, entries, truncated=truncated)
+        except sa.exc.IntegrityError:
+            # The same parent fanned out at the same time elsewhere (a message published twice),
+            # and that one committed first: this is now a delivery handled again.
+            key = _Key(parent.run_id, parent.step_id)
+            async with self.engine.begin() as conn:
+                if not await _lock(conn, key, utcnow()):
+                    raise
+                return await self._fanned_out_before(conn, key, parent, utcnow())
+
+    async def _fan_out(
+        self,
+        parent: RunMessage,
+        concurrency: int,
+        entries: Iterable[Item] | AsyncIterable[Item],
+        *,
+        truncated: bool,
+    ) -> Decision:
         now = utcnow()
         key = _Key(parent.run_id, parent.step_id)
         async with self.engine.begin() as conn:
