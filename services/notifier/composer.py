@@ -21,7 +21,7 @@ from markupsafe import Markup, escape
 from common.contracts.actions import RENDERING_STEPS, SendEmail
 from common.contracts.errors import ConfigurationError
 from common.contracts.flows import Flow
-from common.contracts.messages import RunMessage, chart_content_id
+from common.contracts.messages import RunMessage
 from common.contracts.templates import TemplateError, render_html, render_text
 from common.platform.runtime import Runtime
 from services.notifier.budget import ArtifactUrl, Chart, File, Packed, Packer
@@ -126,7 +126,7 @@ def _body(message: RunMessage, flow: Flow, spec: SendEmail, context: dict[str, A
 def _default_body(message: RunMessage, flow: Flow, bodies: dict[str, str]) -> str:
     """Every rendered step's body in order, each under its title and row count."""
     sections = []
-    for spec in flow.steps:
+    for spec in flow.every_step():
         if isinstance(spec, RENDERING_STEPS) and spec.id in bodies:
             output = message.outputs[spec.id]
             rows = output.row_count or 0
@@ -148,15 +148,15 @@ def _charts_and_files(
 ) -> tuple[list[Chart], list[File]]:
     """The charts *body* shows by Content-ID, and the CSVs and PNGs of the steps *spec* attaches."""
     charts, files = [], []
-    for step in flow.steps:
+    for step in flow.every_step():
         if not isinstance(step, RENDERING_STEPS):
             continue
         render = message.outputs.get(f"{step.id}.render")
         if render is None:
             continue
         png = render.artifacts.get("chart_png")
-        content_id = chart_content_id(message.run_id, step.id)
-        if png is not None and f"cid:{content_id}" in body:
+        content_id = render.detail.get("content_id")
+        if png is not None and content_id and f"cid:{content_id}" in body:
             charts.append(Chart(content_id, f"{step.id}.png", png))
         csv = render.artifacts.get("csv")
         if step.id in spec.attachments and csv is not None:

@@ -290,9 +290,10 @@ class NotifyStep:
 
     async def _bodies(self, message: RunMessage, flow: Flow) -> dict[str, str]:
         bodies = {}
-        for step in message.itinerary:
-            output = message.outputs.get(step.id)
-            if step.kind is StepKind.RENDER and output is not None and "body_html" in output.artifacts:
+        # The run's outputs, not only its itinerary's: after a parallel step they hold every branch's.
+        for slip_id, output in message.outputs.items():
+            step = flow.slips.get(slip_id)
+            if step is not None and step.kind is StepKind.RENDER and "body_html" in output.artifacts:
                 assert step.flow_step is not None
                 data = await self.runtime.blobs.get(output.artifacts["body_html"].key)
                 bodies[step.flow_step] = data.decode("utf-8")

@@ -106,7 +106,8 @@ class RenderStep:
         async def put(name: str, data: bytes, content_type: str) -> BlobRef:
             return await self.runtime.blobs.put(key(name), data, content_type)
 
-        body = body_html(rendered, chart_content_id(message.run_id, spec.id), title)
+        content_id = chart_content_id(message.run_id, spec.id)
+        body = body_html(rendered, content_id, title)
         if query.detail.get("truncated"):
             # The reader stopped at a cap: say so where the reader of the email looks.
             cut = escape(str(query.detail.get("truncation") or "the result was cut short"))
@@ -127,6 +128,8 @@ class RenderStep:
             stored["chart_svg"] = put("chart.svg", rendered.chart.svg, "image/svg+xml")
             stored["chart_png"] = put("chart.png", rendered.chart.png, "image/png")
             detail["columns_used"] = rendered.chart.columns_used
+            # The email may be sent from another run than this one (after a parallel step).
+            detail["content_id"] = content_id
         # The artifacts are written at once; a redelivery writes them again under the same keys.
         artifacts = dict(zip(stored, await all_of(*stored.values()), strict=True))
         return StepOutput(row_count=result.row_count, artifacts=artifacts, detail=detail)

@@ -126,7 +126,8 @@ class Notifier:
             if done.png is not None:
                 artifacts["chart_png"] = await self._put(run_id, render_id, "chart.png", done.png)
                 artifacts["chart_svg"] = await self._put(run_id, render_id, "chart.svg", b"<svg/>")
-            outputs[render_id] = StepOutput(row_count=len(done.rows), artifacts=artifacts)
+            detail = {"content_id": content_id} if done.png is not None else {}
+            outputs[render_id] = StepOutput(row_count=len(done.rows), artifacts=artifacts, detail=detail)
             self.artifacts[spec.id] = artifacts
         return message.model_copy(update={"outputs": outputs, "step_id": step_id})
 
