@@ -1,12 +1,15 @@
-"""A TCP forwarder a test puts between a client and a real server, to cut the line as a
-network outage would: every connection through it is aborted at once, and new ones go
-through again."""
+"""Proxies a test puts between a client and a real server: a TCP forwarder that cuts the line as a
+network outage would (every connection through it is aborted at once, and new ones go through
+again), and an HTTP proxy that makes a Kusto endpoint slow."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from types import TracebackType
+
+import aiohttp
+from aiohttp import web
 
 
 class Proxy:
@@ -63,3 +66,72 @@ async def _copy(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> N
             target.write(data)
             await target.drain()
     target.transport.abort()
+
+
+class SlowKusto:
+    """An HTTP proxy in front of a Kusto endpoint that holds every query *delay* seconds before
+    passing it on, as a slow cluster would; an async context manager.
+
+    The endpoint itself may answer one query at a time: the delay is spent here, so queries sent
+    at the same time wait out their delays at the same time. *spans* keeps, per query, when it
+    arrived and when its answer went back (the loop's clock).
+    """
+
+    def __init__(self, delay: float, upstream: str = "") -> None:
+        self.delay = delay
+        #: The endpoint's cluster URL; may be set after the proxy started, before the first query.
+        self.upstream = upstream
+        self.url = ""
+        self.spans: list[tuple[float, float]] = []
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> SlowKusto:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        runner, self._runner = self._runner, None
+        session, self._session = self._session, None
+        try:
+            if runner is not None:
+                await runner.cleanup()
+        finally:
+            if session is not None:
+                await session.close()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        body = await request.read()
+        query = request.method == "POST" and request.path.endswith("/rest/query")
+        if query:
+            await asyncio.sleep(self.delay)
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP}
+        async with self._session.request(
+            request.method, f"{self.upstream}{request.path_qs}", data=body, headers=headers
+        ) as upstream:
+            answer = await upstream.read()
+            response = web.Response(
+                status=upstream.status,
+                body=answer,
+                headers={name: value for name, value in upstream.headers.items() if name.lower() not in _HOP},
+            )
+        if query:
+            self.spans.append((arrived, loop.time()))
+        return response
+
+
+#: Headers that belong to one hop of the connection, not to the request or answer passed on.
+_HOP = frozenset(
+    {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "te", "upgrade", "trailer"}
+)

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient
@@ -55,6 +56,8 @@ class System:
     rejections: dict[str, tuple[int, str] | list[tuple[int, str]]]
     hooks: Hooks
     wait_until: Callable[..., Awaitable[None]]
+    #: The local Kusto endpoint's cluster URL (the connection ``local``).
+    kusto_url: str = ""
 
     async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(f"{self.trigger_url}/v1/jobs", json=job) as response:
@@ -139,6 +142,13 @@ async def hooks() -> AsyncIterator[Hooks]:
         await runner.cleanup()
 
 
+@pytest.fixture
+def operator_connections() -> dict[str, Any]:
+    """The operator's connections file beside the local endpoint (``connections:``, ``webhooks:``);
+    a test module overrides it to configure named webhooks or more connections. Empty: no file."""
+    return {}
+
+
 @pytest.fixture(params=["in_process", "rabbitmq"])
 async def system(
     request: pytest.FixtureRequest,
@@ -148,6 +158,7 @@ async def system(
     namespace: str,
     amqp_url: str,
     hooks: Hooks,
+    operator_connections: dict[str, Any],
     wait_until: Callable[..., Awaitable[None]],
 ) -> AsyncIterator[System]:
     data_dir = tmp_path / "adxflow"
@@ -181,6 +192,10 @@ async def system(
         max_attempts=5,
         delivery_max_attempts=5,
     )
+    if operator_connections:
+        connections_file = tmp_path / "connections.yaml"
+        connections_file.write_text(yaml.safe_dump(operator_connections))
+        settings = settings.model_copy(update={"connections_file": connections_file})
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(smtp)
         settings = settings.model_copy(update={"smtp_port": smtp.port})
@@ -203,7 +218,16 @@ async def system(
             stack.push_async_callback(_delete_topology, amqp_url, namespace)
         running = await stack.enter_async_context(embedded_system(settings))
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        yield System(running.trigger_url, running.history_url, smtp, session, rejections, hooks, wait_until)
+        yield System(
+            running.trigger_url,
+            running.history_url,
+            smtp,
+            session,
+            rejections,
+            hooks,
+            wait_until,
+            kusto_url=running.kusto.url,
+        )
 
 
 async def _delete_container(connection_string: str, container: str) -> None:
