@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from common.contracts.actions import RENDERING_STEPS
+from common.contracts.actions import RENDERING_STEPS, SCOPE_STEPS
 from common.contracts.flows import Flow, new_run
 from common.contracts.messages import (
     BlobRef,
@@ -100,9 +100,14 @@ class Notifier:
         message = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), run_id)
         outputs: dict[str, StepOutput] = {}
         self.artifacts = {}
-        for spec in flow.steps:
+        for spec in flow.every_step():
             if spec.id == step_id:
                 break
+            place = flow.places[spec.id]
+            if isinstance(spec, SCOPE_STEPS) or place.in_row_scope:
+                continue
+            # A step of a parallel branch ran in a child run; its outputs joined the parent's.
+            ran_in = run_id if place.scope is None else new_id()
             done = rendered[spec.id]
             result = ResultSet(columns=[Column(name=n, type="string") for n in done.columns], rows=done.rows)
             preview = [dict(zip(done.columns, row, strict=True)) for row in done.rows[:50]]
@@ -110,22 +115,22 @@ class Notifier:
                 row_count=len(done.rows),
                 columns=done.columns,
                 preview=preview,
-                artifacts={"result": await self._put(run_id, spec.id, "result.json", result.to_json_bytes())},
+                artifacts={"result": await self._put(ran_in, spec.id, "result.json", result.to_json_bytes())},
             )
             if not isinstance(spec, RENDERING_STEPS):
                 continue
             render_id = f"{spec.id}.render"
-            content_id = chart_content_id(run_id, spec.id)
+            content_id = chart_content_id(ran_in, spec.id)
             chart = f'<p><img src="cid:{content_id}" alt="chart" width="640"></p>' if done.png else ""
             table = "<table><tr><td>1</td></tr></table>"
             artifacts = {
-                "body_html": await self._put(run_id, render_id, "body.html", (chart + table).encode()),
-                "table_html": await self._put(run_id, render_id, "table.html", table.encode()),
-                "csv": await self._put(run_id, render_id, "result.csv", done.csv),
+                "body_html": await self._put(ran_in, render_id, "body.html", (chart + table).encode()),
+                "table_html": await self._put(ran_in, render_id, "table.html", table.encode()),
+                "csv": await self._put(ran_in, render_id, "result.csv", done.csv),
             }
             if done.png is not None:
-                artifacts["chart_png"] = await self._put(run_id, render_id, "chart.png", done.png)
-                artifacts["chart_svg"] = await self._put(run_id, render_id, "chart.svg", b"<svg/>")
+                artifacts["chart_png"] = await self._put(ran_in, render_id, "chart.png", done.png)
+                artifacts["chart_svg"] = await self._put(ran_in, render_id, "chart.svg", b"<svg/>")
             detail = {"content_id": content_id} if done.png is not None else {}
             outputs[render_id] = StepOutput(row_count=len(done.rows), artifacts=artifacts, detail=detail)
             self.artifacts[spec.id] = artifacts
