@@ -21,7 +21,7 @@ from markupsafe import Markup, escape
 from common.contracts.actions import RENDERING_STEPS, SendEmail
 from common.contracts.errors import ConfigurationError
 from common.contracts.flows import Flow
-from common.contracts.messages import RunMessage
+from common.contracts.messages import RunMessage, chart_content_id
 from common.contracts.templates import TemplateError, render_html, render_text
 from common.platform.runtime import Runtime
 from services.notifier.budget import ArtifactUrl, Chart, File, Packed, Packer
@@ -155,8 +155,9 @@ def _charts_and_files(
         if render is None:
             continue
         png = render.artifacts.get("chart_png")
-        content_id = render.detail.get("content_id")
-        if png is not None and content_id and f"cid:{content_id}" in body:
+        # Rendered by an earlier release, the output has no content_id: it was this run's.
+        content_id = render.detail.get("content_id") or chart_content_id(message.run_id, step.id)
+        if png is not None and f"cid:{content_id}" in body:
             charts.append(Chart(content_id, f"{step.id}.png", png))
         csv = render.artifacts.get("csv")
         if step.id in spec.attachments and csv is not None:
