@@ -360,6 +360,30 @@ async def test_a_re_run_of_the_parent_step_starts_only_what_failed_or_was_skippe
     }
 
 
+async def test_a_higher_attempt_after_the_scope_succeeded_leaves_it_finished(store: ScopeStore) -> None:
+    # A retry of the fan-out (its database failed after the starts were published) that arrives
+    # once every item has succeeded: nothing to start again, and the scope stays done.
+    message = parent()
+    first = await store.fan_out(message, 2, entries(message, 2))
+    for item in first.starts:
+        await join(store, message, item.child_run_id, SUCCEEDED)
+    await store.forwarded(message.run_id, message.step_id)
+
+    retried = await store.fan_out(parent(message.run_id, attempt=2), 2, entries(message, 2))
+
+    assert (retried.starts, retried.repeated) == ([], True)
+    assert await stored_counts(store, message) == {
+        "total": 2,
+        "running": 0,
+        "succeeded": 2,
+        "failed": 0,
+        "skipped": 0,
+        "stopping": False,
+        "finished": True,
+    }
+    assert await store.forget(finished_before=utcnow() + dt.timedelta(seconds=1)) == 1
+
+
 async def test_a_failed_child_run_again_succeeding_resumes_the_stopped_parent_at_its_next_attempt(
     store: ScopeStore,
 ) -> None:
