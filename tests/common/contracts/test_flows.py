@@ -1,0 +1,245 @@
+"""Scope steps in a flow document: which steps each step can use, and refusals that name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from common.contracts.actions import field_path
+from common.contracts.flows import Flow
+
+
+def _query(step_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "action": "run_query", "query": "StormEvents | take 10", **extra}
+
+
+def _email(step_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "action": "send_email", "to": ["team@example.com"], "subject": "s", **extra}
+
+
+def _for_each(step_id: str, source: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "for_each": source, "steps": list(steps), **extra}
+
+
+def _parallel(step_id: str, **branches: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": step_id, "parallel": [{"id": name, "steps": steps} for name, steps in branches.items()]}
+
+
+def _if(step_id: str, then: list[dict[str, Any]], otherwise: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": step_id, "if": "{{ steps.src.row_count > 0 }}", "then": then, "else": otherwise}
+
+
+def flow(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "scoped", "connection": "local", "database": "Samples", "steps": list(steps)}
+
+
+def refusal(document: dict[str, Any]) -> tuple[str, str]:
+    """The one problem pydantic found, as (field path, message) the way the API reports it."""
+    with pytest.raises(ValidationError) as raised:
+        Flow.model_validate(document)
+    [error] = raised.value.errors()
+    if error["type"] == "value_error":
+        field, _, message = str(error["ctx"]["error"]).partition(": ")
+        return field, message
+    return field_path(error["loc"]), error["msg"]
+
+
+def test_a_step_inside_a_scope_refers_to_a_step_the_flow_does_not_have() -> None:
+    document = flow(
+        _query("src"),
+        _for_each("each", "src", _query("count", when="{{ steps.nowhere.row_count > 0 }}")),
+    )
+
+    assert refusal(document) == (
+        "steps[1].steps[0].when",
+        "refers to step 'nowhere', which the flow does not have",
+    )
+
+
+def test_a_template_using_a_later_step_is_refused_as_a_cycle() -> None:
+    document = flow(
+        _query("src"),
+        _for_each("each", "src", _email("mail", subject="{{ steps.later.row_count }}")),
+        _query("later"),
+    )
+
+    field, message = refusal(document)
+
+    assert field == "steps[1].steps[0].subject"
+    assert message.startswith("refers to step 'later', which runs after it")
+    assert "cycle" in message
+
+
+def test_a_for_each_over_a_step_that_is_not_a_query_is_refused() -> None:
+    document = flow(_query("src"), _email("mail"), _for_each("each", "mail", _query("count")))
+
+    assert refusal(document) == ("steps[2].for_each", "'mail' is not an earlier query step")
+
+
+def test_a_for_each_over_a_later_query_is_refused() -> None:
+    field, message = refusal(flow(_for_each("each", "src", _query("count")), _query("src")))
+
+    assert field == "steps[0].for_each"
+    assert "runs after it" in message
+
+
+@pytest.mark.parametrize(
+    ("steps", "field"),
+    [
+        ([_query("src"), _email("mail", subject="{{ row.State }}")], "steps[1].subject"),
+        (
+            [_query("src"), _parallel("par", a=[_email("mail", subject="{{ row.State }}")], b=[_query("b")])],
+            "steps[1].parallel[0].steps[0].subject",
+        ),
+        (
+            [_query("src"), _if("check", [_query("t", when="{{ row.State }}")], [])],
+            "steps[1].then[0].when",
+        ),
+    ],
+)
+def test_row_outside_a_for_each_is_refused(steps: list[dict[str, Any]], field: str) -> None:
+    assert refusal(flow(*steps)) == (
+        field,
+        "'row' is defined only inside a for_each step's steps (or in a delivery with for_each)",
+    )
+
+
+def test_row_inside_a_for_each_at_any_depth_is_accepted() -> None:
+    Flow.model_validate(
+        flow(
+            _query("src"),
+            _for_each(
+                "each",
+                "src",
+                _if("check", [_email("mail", subject="{{ row.State }}")], []),
+                _parallel("par", a=[_query("a", when="{{ row.State }}")], b=[_query("b")]),
+            ),
+        )
+    )
+
+
+def test_a_step_after_a_for_each_cannot_use_a_step_inside_it() -> None:
+    document = flow(
+        _query("src"),
+        _for_each("each", "src", _query("inner")),
+        _email("mail", subject="{{ steps.inner.row_count }}"),
+    )
+
+    assert refusal(document) == (
+        "steps[2].subject",
+        "refers to step 'inner', which runs once per row inside for_each 'each'; use steps.each.iterations",
+    )
+
+
+def test_a_step_after_a_for_each_iterates_its_iterations_not_an_inner_step() -> None:
+    document = flow(
+        _query("src"),
+        _for_each("each", "src", _query("inner")),
+        _for_each("again", "inner", _query("more")),
+    )
+
+    field, message = refusal(document)
+
+    assert field == "steps[2].for_each"
+    assert "inside for_each 'each'" in message
+
+
+@pytest.mark.parametrize(
+    ("branches", "field", "used", "branch"),
+    [
+        (
+            {"a": [_query("qa")], "b": [_email("mb", subject="{{ steps.qa.row_count }}")]},
+            "steps[1].parallel[1].steps[0].subject",
+            "qa",
+            "a",
+        ),
+        (
+            {"a": [_email("ma", subject="{{ steps.qb.row_count }}")], "b": [_query("qb")]},
+            "steps[1].parallel[0].steps[0].subject",
+            "qb",
+            "b",
+        ),
+        (
+            {"a": [_query("qa")], "b": [_for_each("each", "qa", _query("inner"))]},
+            "steps[1].parallel[1].steps[0].for_each",
+            "qa",
+            "a",
+        ),
+        (
+            {
+                "a": [_query("qa")],
+                "b": [_for_each("each", "src", _email("mb", subject="{{ steps.qa.row_count }}"))],
+            },
+            "steps[1].parallel[1].steps[0].steps[0].subject",
+            "qa",
+            "a",
+        ),
+    ],
+)
+def test_a_step_of_one_parallel_branch_cannot_use_a_step_of_another(
+    branches: dict[str, list[dict[str, Any]]], field: str, used: str, branch: str
+) -> None:
+    document = flow(_query("src"), _parallel("par", **branches))
+
+    assert refusal(document) == (
+        field,
+        f"refers to step {used!r}, which runs at the same time in branch {branch!r} of parallel 'par'; "
+        "the steps after 'par' can use it",
+    )
+
+
+def test_a_branch_uses_its_own_earlier_steps_and_the_steps_after_the_parallel_use_every_branch() -> None:
+    Flow.model_validate(
+        flow(
+            _query("src"),
+            _parallel(
+                "par",
+                a=[_query("qa"), _email("ma", subject="{{ steps.qa.row_count }} {{ steps.src.row_count }}")],
+                b=[_query("qb")],
+            ),
+            _email("after", subject="{{ steps.qa.row_count }} {{ steps.qb.row_count }}"),
+        )
+    )
+
+
+def test_the_else_branch_cannot_use_a_step_of_the_then_branch() -> None:
+    document = flow(
+        _query("src"),
+        _if("check", [_query("qt")], [_email("me", subject="{{ steps.qt.row_count }}")]),
+    )
+
+    assert refusal(document) == (
+        "steps[1].else[0].subject",
+        "refers to step 'qt', which is in the then branch of if 'check': only one of the two runs",
+    )
+
+
+def test_the_steps_after_an_if_use_either_branch() -> None:
+    Flow.model_validate(
+        flow(
+            _query("src"),
+            _if("check", [_query("qt")], [_query("qe")]),
+            _email("mail", subject="{{ steps.qt.row_count }} {{ steps.qe.row_count }}"),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("inner", "field", "said"),
+    [
+        (_query("inner", query=".show tables"), "steps[1].steps[0].query", "is a control command"),
+        (_query("inner", cache_minutes=5), "steps[1].steps[0].cache_minutes", "Extra inputs"),
+        (_query("src"), "steps[1].steps[0].id", "'src' is used by an earlier step"),
+        (_query("join"), "steps[1].steps[0].id", "'join' is reserved"),
+        ({"id": "odd", "query": "StormEvents"}, "steps[1].steps[0]", "names its 'action'"),
+    ],
+)
+def test_a_problem_inside_a_for_each_names_the_nested_field(
+    inner: dict[str, Any], field: str, said: str
+) -> None:
+    found, message = refusal(flow(_query("src"), _for_each("each", "src", inner)))
+
+    assert found == field
+    assert said in message
