@@ -257,16 +257,19 @@ def _check_steps(
                     raise ValueError(
                         f"{where}.attachments: {attachment!r} is not an earlier step that renders a result"
                     )
-        visible[step.id] = step
         if isinstance(step, ForEach):
+            # Its iterations run before it has an outcome: they do not see the for_each itself.
             _check_steps(step.steps, places, visible=visible, in_row_scope=True)
         elif isinstance(step, If | Parallel):
             # Each branch sees what was before the step, not the other branches: a parallel's run at
-            # the same time, and only one of an if's runs.
+            # the same time, and only one of an if's runs. An if has decided when its branch runs;
+            # a parallel has no outcome before its branches end.
+            before = {**visible, step.id: step} if isinstance(step, If) else visible
             after = dict(visible)
             for _, inner in inner_steps(step):
-                after.update(_check_steps(inner, places, visible=visible, in_row_scope=in_row_scope))
+                after.update(_check_steps(inner, places, visible=before, in_row_scope=in_row_scope))
             visible = after
+        visible[step.id] = step
     return visible
 
 
@@ -278,6 +281,14 @@ def _unseen(reference: str, step: StepSpec, places: dict[str, Place]) -> str:
     if reference == step.id:
         return f"refers to step {reference!r} itself (a step can use only the steps before it)"
     here = places[step.id]
+    holder = here
+    while holder.scope is not None:
+        if holder.scope == reference:
+            return (
+                f"refers to step {reference!r}, which it runs inside: {place.spec.action} {reference!r} "
+                "has an outcome only once its child runs end (the steps after it can use it)"
+            )
+        holder = places[holder.scope]
     mine = _branches(here, places)
     for around, branch in _branches(place, places).items():
         if mine.get(around, branch) != branch:

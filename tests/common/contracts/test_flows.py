@@ -227,6 +227,55 @@ def test_the_steps_after_an_if_use_either_branch() -> None:
 
 
 @pytest.mark.parametrize(
+    ("scope", "field", "kind"),
+    [
+        (
+            _for_each("each", "src", _email("mail", subject="{{ steps.each.total }}")),
+            "steps[1].steps[0]",
+            "for_each",
+        ),
+        (
+            _for_each("each", "src", _if("check", [_query("deep", when="{{ steps.each.failed == 0 }}")], [])),
+            "steps[1].steps[0].then[0]",
+            "for_each",
+        ),
+        (
+            {
+                "id": "each",
+                "parallel": [
+                    {"id": "a", "steps": [_email("mail", subject="{{ steps.each.total }}")]},
+                    {"id": "b", "steps": [_query("b")]},
+                ],
+            },
+            "steps[1].parallel[0].steps[0]",
+            "parallel",
+        ),
+    ],
+)
+def test_a_step_inside_a_for_each_or_parallel_cannot_use_the_step_it_runs_in(
+    scope: dict[str, Any], field: str, kind: str
+) -> None:
+    found, message = refusal(flow(_query("src"), scope))
+
+    assert found in (f"{field}.subject", f"{field}.when")
+    assert message == (
+        f"refers to step 'each', which it runs inside: {kind} 'each' has an outcome only once its child "
+        "runs end (the steps after it can use it)"
+    )
+
+
+def test_a_step_inside_an_if_uses_the_if_which_has_decided_and_the_steps_after_a_scope_use_it() -> None:
+    Flow.model_validate(
+        flow(
+            _query("src"),
+            _if("check", [_email("mail", subject="{{ steps.check.branch }}")], []),
+            _for_each("each", "src", _query("inner")),
+            _email("after", subject="{{ steps.each.total }} of {{ steps.each.succeeded }}"),
+        )
+    )
+
+
+@pytest.mark.parametrize(
     ("inner", "field", "said"),
     [
         (_query("inner", query=".show tables"), "steps[1].steps[0].query", "is a control command"),
