@@ -365,7 +365,10 @@ def child_itinerary(flow: Flow, scope: str, branch: str | None = None) -> list[S
     if isinstance(spec, ForEach):
         steps = spec.steps
     elif isinstance(spec, Parallel):
-        steps = next(lane.steps for lane in spec.parallel if lane.id == branch)
+        lane = next((lane for lane in spec.parallel if lane.id == branch), None)
+        if lane is None:
+            raise LookupError(f"parallel step {scope!r} of flow {flow.name!r} has no branch {branch!r}")
+        steps = lane.steps
     else:
         raise LookupError(f"step {scope!r} of flow {flow.name!r} runs no child runs")
     return [

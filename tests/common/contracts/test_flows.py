@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from common.contracts.actions import field_path
-from common.contracts.flows import Flow
+from common.contracts.flows import Flow, child_itinerary, itinerary
 
 
 def _query(step_id: str, **extra: Any) -> dict[str, Any]:
@@ -292,3 +292,76 @@ def test_a_problem_inside_a_for_each_names_the_nested_field(
 
     assert found == field
     assert said in message
+
+
+NESTED = flow(
+    _query("src"),
+    _for_each("each", "src", _if("check", [_query("t")], [_email("e")]), _email("mail")),
+    _parallel("par", left=[_query("l")], right=[_query("r1"), _email("r2")]),
+    _email("after"),
+)
+
+
+def test_the_parents_slip_holds_each_scope_step_once_and_an_ifs_branches_in_line() -> None:
+    document = Flow.model_validate(NESTED)
+
+    slip = [(step.id, step.kind.value) for step in itinerary(document)]
+
+    assert slip == [
+        ("trigger", "trigger"),
+        ("src", "query"),
+        ("each", "scope"),
+        ("par", "scope"),
+        ("after", "notify"),
+        ("record", "record"),
+    ]
+
+
+def test_a_child_runs_slip_holds_its_scopes_steps_and_ends_in_the_join() -> None:
+    document = Flow.model_validate(NESTED)
+
+    iteration = [(step.id, step.kind.value) for step in child_itinerary(document, "each")]
+    branch = [step.id for step in child_itinerary(document, "par", "right")]
+
+    assert iteration == [
+        ("trigger", "trigger"),
+        ("check", "scope"),
+        ("t", "query"),
+        ("e", "notify"),
+        ("mail", "notify"),
+        ("join", "scope"),
+        ("record", "record"),
+    ]
+    assert branch == ["trigger", "r1", "r2", "join", "record"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "branch"), [("par", "middle"), ("par", None), ("src", None), ("check", None)]
+)
+def test_a_child_slip_of_no_such_scope_or_branch_is_a_lookup_error(scope: str, branch: str | None) -> None:
+    with pytest.raises(LookupError, match=repr(scope)):
+        child_itinerary(Flow.model_validate(NESTED), scope, branch)
+
+
+def test_places_number_every_step_in_document_order_with_its_scope_branch_and_guards() -> None:
+    places = Flow.model_validate(NESTED).places
+
+    assert [(step_id, place.order) for step_id, place in places.items()] == [
+        (step_id, order)
+        for order, step_id in enumerate(
+            ["src", "each", "check", "t", "e", "mail", "par", "l", "r1", "r2", "after"]
+        )
+    ]
+    assert places["e"].where == "steps[1].steps[0].else[0]"
+    assert (places["e"].scope, places["e"].guards, places["e"].in_row_scope) == (
+        "each",
+        (("check", "else"),),
+        True,
+    )
+    assert (places["r2"].where, places["r2"].scope, places["r2"].branch) == (
+        "steps[2].parallel[1].steps[1]",
+        "par",
+        "right",
+    )
+    assert places["r2"].in_row_scope is False
+    assert (places["after"].scope, places["after"].guards) == (None, ())
