@@ -365,3 +365,41 @@ def test_places_number_every_step_in_document_order_with_its_scope_branch_and_gu
     )
     assert places["r2"].in_row_scope is False
     assert (places["after"].scope, places["after"].guards) == (None, ())
+
+
+@pytest.mark.parametrize(
+    ("scope", "field", "said"),
+    [
+        ({"id": "c", "if": "", "then": [_query("t")]}, "steps[1].if", "at least 1 character"),
+        (
+            {"id": "c", "if": "{{ 1 }}", "else": [_query("t", cache=1)]},
+            "steps[1].else[0].cache",
+            "Extra inputs",
+        ),
+        (
+            _parallel("p", a=[_query("t", cache=1)], b=[_query("u")]),
+            "steps[1].parallel[0].steps[0].cache",
+            "Extra",
+        ),
+        (_parallel("p", a=[_query("t")]), "steps[1].parallel", "at least 2 items"),
+        (_for_each("e", "bad id", _query("t")), "steps[1].for_each", "should match pattern"),
+        (_for_each("e", "src"), "steps[1].steps", "at least 1 item"),
+        (
+            _for_each("e", "src", _query("t"), concurrency=0),
+            "steps[1].concurrency",
+            "greater than or equal to 1",
+        ),
+        (
+            _for_each("e", "src", _query("t"), max_items=100_001),
+            "steps[1].max_items",
+            "less than or equal to",
+        ),
+    ],
+)
+def test_a_malformed_scope_step_is_refused_naming_its_field_as_written(
+    scope: dict[str, Any], field: str, said: str
+) -> None:
+    found, message = refusal(flow(_query("src"), scope))
+
+    assert found == field
+    assert said in message
