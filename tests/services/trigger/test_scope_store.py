@@ -204,6 +204,27 @@ async def test_a_fan_out_handled_again_publishes_only_the_starts_not_published(s
     assert (await stored_counts(store, message))["total"] == 5
 
 
+async def test_two_deliveries_of_one_fan_out_at_once_park_it_once(database_url: str) -> None:
+    # A duplicate delivery taken by another replica at the same moment: on PostgreSQL both insert
+    # the items, and the one that loses the race must read the scope the other made, not fail.
+    async with AsyncExitStack() as stack:
+        replicas = [ScopeStore(database_url) for _ in range(2)]
+        for replica in replicas:
+            stack.push_async_callback(replica.close)
+        await replicas[0].ensure_schema()
+        for _ in range(5):
+            message = parent()
+
+            both = await asyncio.gather(
+                *(replica.fan_out(message, 3, entries(message, 40)) for replica in replicas)
+            )
+
+            assert sorted(decision.repeated for decision in both) == [False, True]
+            assert [[item.item for item in decision.starts] for decision in both] == [[0, 1, 2], [0, 1, 2]]
+            assert len(await stored_items(replicas[0], message)) == 40
+            assert (await stored_counts(replicas[0], message))["running"] == 3
+
+
 async def test_a_join_handled_again_is_repeated_and_changes_no_counts(store: ScopeStore) -> None:
     message = parent()
     first = await store.fan_out(message, 1, entries(message, 3))
