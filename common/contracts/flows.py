@@ -221,10 +221,10 @@ def _check_steps(
 ) -> dict[str, StepSpec]:
     """Check each step of one list against the steps it can see; returns what the steps after see.
 
-    A step sees the steps before it in its own list and in every list around it. After an ``if``
-    its branches' steps are seen (those of the branch that did not run as skipped); after a
-    ``parallel`` every branch's steps; after a ``for_each`` only the ``for_each`` itself, whose
-    steps ran once per row.
+    A step sees the steps before it in its own list and in every list around it, never those of
+    another branch of the same ``if`` or ``parallel``. After an ``if`` its branches' steps are seen
+    (those of the branch that did not run as skipped); after a ``parallel`` every branch's steps;
+    after a ``for_each`` only the ``for_each`` itself, whose steps ran once per row.
     """
     visible = dict(visible)
     for step in steps:
@@ -257,12 +257,19 @@ def _check_steps(
                     raise ValueError(
                         f"{where}.attachments: {attachment!r} is not an earlier step that renders a result"
                     )
-        visible[step.id] = step
         if isinstance(step, ForEach):
+            # Its iterations run before it has an outcome: they do not see the for_each itself.
             _check_steps(step.steps, places, visible=visible, in_row_scope=True)
         elif isinstance(step, If | Parallel):
+            # Each branch sees what was before the step, not the other branches: a parallel's run at
+            # the same time, and only one of an if's runs. An if has decided when its branch runs;
+            # a parallel has no outcome before its branches end.
+            before = {**visible, step.id: step} if isinstance(step, If) else visible
+            after = dict(visible)
             for _, inner in inner_steps(step):
-                visible.update(_check_steps(inner, places, visible=visible, in_row_scope=in_row_scope))
+                after.update(_check_steps(inner, places, visible=before, in_row_scope=in_row_scope))
+            visible = after
+        visible[step.id] = step
     return visible
 
 
@@ -274,6 +281,26 @@ def _unseen(reference: str, step: StepSpec, places: dict[str, Place]) -> str:
     if reference == step.id:
         return f"refers to step {reference!r} itself (a step can use only the steps before it)"
     here = places[step.id]
+    holder = here
+    while holder.scope is not None:
+        if holder.scope == reference:
+            return (
+                f"refers to step {reference!r}, which it runs inside: {place.spec.action} {reference!r} "
+                "has an outcome only once its child runs end (the steps after it can use it)"
+            )
+        holder = places[holder.scope]
+    mine = _branches(here, places)
+    for around, branch in _branches(place, places).items():
+        if mine.get(around, branch) != branch:
+            if isinstance(places[around].spec, Parallel):
+                return (
+                    f"refers to step {reference!r}, which runs at the same time in branch {branch!r} "
+                    f"of parallel {around!r}; the steps after {around!r} can use it"
+                )
+            return (
+                f"refers to step {reference!r}, which is in the {branch} branch of if {around!r}: "
+                "only one of the two runs"
+            )
     if place.order > here.order:
         return (
             f"refers to step {reference!r}, which runs after it (a step can use only the steps before "
@@ -291,6 +318,16 @@ def _unseen(reference: str, step: StepSpec, places: dict[str, Place]) -> str:
             f"{place.branch!r} of {outer.id!r}"
         )
     return f"refers to step {reference!r}, which has not run at this point"
+
+
+def _branches(place: Place, places: dict[str, Place]) -> dict[str, str]:
+    """The ``if`` and ``parallel`` steps around *place*, each with the branch of it *place* is in."""
+    found = dict(place.guards)
+    while place.scope is not None:
+        if place.branch is not None:
+            found[place.scope] = place.branch
+        place = places[place.scope]
+    return found
 
 
 def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
@@ -328,7 +365,10 @@ def child_itinerary(flow: Flow, scope: str, branch: str | None = None) -> list[S
     if isinstance(spec, ForEach):
         steps = spec.steps
     elif isinstance(spec, Parallel):
-        steps = next(lane.steps for lane in spec.parallel if lane.id == branch)
+        lane = next((lane for lane in spec.parallel if lane.id == branch), None)
+        if lane is None:
+            raise LookupError(f"parallel step {scope!r} of flow {flow.name!r} has no branch {branch!r}")
+        steps = lane.steps
     else:
         raise LookupError(f"step {scope!r} of flow {flow.name!r} runs no child runs")
     return [

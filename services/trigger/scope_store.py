@@ -231,7 +231,10 @@ class ScopeStore(SqlStore):
     ) -> Decision:
         row = (await conn.execute(sa.select(scopes).where(key.scope))).one()
         counts = _counts(row)
-        if parent.attempt <= row.attempt:
+        finished_clean = row.finished_at is not None and counts.failed == 0 and counts.skipped == 0
+        if parent.attempt <= row.attempt or finished_clean:
+            # Handled again; or a later attempt (a retry of this fan-out) that finds every item
+            # succeeded, with nothing to start again: reopening the scope would park it for good.
             starts = await _unpublished(conn, key, FAN_OUT)
             return Decision(parent=parent, counts=counts, starts=starts, repeated=True)
         # A re-run of the parent's step: what failed or was skipped runs again, under new child runs.

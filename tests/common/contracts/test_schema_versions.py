@@ -13,18 +13,24 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from common.contracts.flows import Flow, flow_of, new_run, read_back
+from common.contracts import messages
+from common.contracts.flows import Flow, child_itinerary, flow_of, new_run, read_back
 from common.contracts.messages import (
     SCHEMA_MINOR,
     SCHEMA_VERSION,
+    SCOPE_MAJOR,
+    SERVICE_OF,
     DeadLetterRecord,
     ErrorCode,
     ErrorInfo,
     RunCompleted,
     RunContext,
+    RunInfo,
     RunMessage,
     StatusEvent,
+    StepKind,
     StepOutput,
+    StepStatus,
     TriggerKind,
     UnreadableMessage,
     read_message,
@@ -217,3 +223,127 @@ def test_a_completed_run_without_a_version_reads_as_the_first_major() -> None:
     )
 
     assert (read.schema_version, read.schema_minor) == (1, 0)
+
+
+# -- the scope major: written only where a message needs it ----------------------
+
+SCOPED: dict[str, Any] = {
+    **FLOW,
+    "steps": [
+        {"id": "q", "action": "run_query", "query": "StormEvents | take n"},
+        {
+            "id": "each",
+            "for_each": "q",
+            "steps": [{"id": "mail", "action": "send_email", "to": ["a@example.com"], "subject": "s"}],
+        },
+    ],
+}
+
+
+def scoped_message() -> RunMessage:
+    flow = Flow.model_validate(SCOPED)
+    return new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r2")
+
+
+def child_message() -> RunMessage:
+    """An iteration of the for_each: none of its own steps is a scope step but its join."""
+    flow = Flow.model_validate(SCOPED)
+    parent = scoped_message()
+    return parent.model_copy(update={"run_id": "c1", "itinerary": child_itinerary(flow, "each")})
+
+
+@pytest.fixture
+def major_1_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's reader as a release that knows only the first major."""
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", 1)
+
+
+def status_event(kind: StepKind, **extra: Any) -> StatusEvent:
+    return StatusEvent(
+        run_id="r", step_id="s", kind=kind, service=SERVICE_OF[kind], status=StepStatus.RUNNING, **extra
+    )
+
+
+def test_a_run_without_scope_steps_is_written_on_the_first_major(major_1_reader: None) -> None:
+    body = message().model_dump_json()
+
+    assert json.loads(body)["schema_version"] == 1
+    assert read_message(RunMessage, body).run_id == "r1"
+
+
+def test_a_run_with_a_scope_step_is_written_on_the_scope_major_which_a_major_1_reader_refuses(
+    major_1_reader: None,
+) -> None:
+    body = scoped_message().model_dump_json()
+
+    assert json.loads(body)["schema_version"] == SCOPE_MAJOR == 2
+    with pytest.raises(UnreadableMessage, match="schema_version 2 is newer than this reader's 1"):
+        read_message(RunMessage, body)
+
+
+def test_a_child_run_is_written_on_the_scope_major_for_its_join() -> None:
+    child = child_message()
+
+    assert [step.kind for step in child.itinerary if step.kind is StepKind.SCOPE] == [StepKind.SCOPE]
+    assert json.loads(child.model_dump_json())["schema_version"] == 2
+    # This release reads what it wrote.
+    assert read_message(RunMessage, child.model_dump_json()).itinerary == child.itinerary
+
+
+def test_a_message_read_on_the_scope_major_without_a_scope_step_is_written_on_the_first() -> None:
+    body = json.loads(message().model_dump_json())
+    body["schema_version"] = 2
+
+    read = read_message(RunMessage, json.dumps(body))
+
+    assert read.schema_version == 2
+    assert json.loads(read.model_dump_json())["schema_version"] == 1
+    assert read.model_dump(mode="json")["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "major"),
+    [
+        pytest.param(lambda: status_event(StepKind.QUERY), 1, id="query-step"),
+        pytest.param(lambda: status_event(StepKind.SCOPE), 2, id="scope-step"),
+        pytest.param(
+            lambda: status_event(StepKind.TRIGGER, run=RunInfo.of(message())), 1, id="run-without-scopes"
+        ),
+        pytest.param(
+            lambda: status_event(StepKind.TRIGGER, run=RunInfo.of(scoped_message())), 2, id="run-with-scopes"
+        ),
+        pytest.param(
+            lambda: status_event(StepKind.QUERY, message=message()), 1, id="kept-run-without-scopes"
+        ),
+        pytest.param(
+            lambda: status_event(StepKind.QUERY, message=scoped_message()), 2, id="kept-run-with-scopes"
+        ),
+    ],
+)
+def test_a_status_event_is_written_on_the_scope_major_only_when_it_says_something_of_a_scope(
+    event: Any, major: int
+) -> None:
+    assert json.loads(event().model_dump_json())["schema_version"] == major
+
+
+@pytest.mark.parametrize(("run", "major"), [(message, 1), (scoped_message, 2)])
+def test_a_dead_letter_is_written_on_the_major_of_the_run_it_holds(run: Any, major: int) -> None:
+    record = DeadLetterRecord(
+        run_id="r",
+        step_id="q",
+        attempt=3,
+        routing_key="query",
+        error=ErrorInfo(code=ErrorCode.INTERNAL, message="m"),
+        message=run(),
+    )
+
+    assert json.loads(record.model_dump_json())["schema_version"] == major
+
+
+def test_a_status_event_of_a_scope_step_is_refused_by_a_major_1_reader(major_1_reader: None) -> None:
+    scope = status_event(StepKind.SCOPE).model_dump_json()
+    query = status_event(StepKind.QUERY).model_dump_json()
+
+    assert read_message(StatusEvent, query).kind is StepKind.QUERY
+    with pytest.raises(UnreadableMessage, match="schema_version 2 is newer than this reader's 1"):
+        read_message(StatusEvent, scope)

@@ -388,6 +388,16 @@ def _upgrade_to(revision: str) -> Any:
     return upgrade
 
 
+def _downgrade_to(revision: str) -> Any:
+    def downgrade(connection: sa.Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(schema.MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    return downgrade
+
+
 async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine: AsyncEngine) -> None:
     with pytest.raises(SchemaError, match=r"schema is empty.*Run `adxflow migrate`"):
         await ensure_schema(engine, "check")
@@ -464,6 +474,93 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
     # Null: not traced, as no run before the column was.
     assert run["run_id"] == "r"
     assert run["trace_id"] is None
+
+
+def _scope_schema(connection: sa.Connection) -> dict[str, Any]:
+    inspector = sa.inspect(connection)
+    tables = set(inspector.get_table_names())
+    found: dict[str, Any] = {
+        "tables": {"scopes", "scope_items"} & tables,
+        "runs": {column["name"] for column in inspector.get_columns("runs")},
+        "runs_indexes": {index["name"] for index in inspector.get_indexes("runs")},
+    }
+    if "scope_items" in tables:
+        found["item_indexes"] = {
+            index["name"]: index["column_names"] for index in inspector.get_indexes("scope_items")
+        }
+        found["item_unique"] = [
+            (unique["name"], unique["column_names"])
+            for unique in inspector.get_unique_constraints("scope_items")
+        ]
+        found["scope_key"] = inspector.get_pk_constraint("scopes")["constrained_columns"]
+        found["item_key"] = inspector.get_pk_constraint("scope_items")["constrained_columns"]
+    return found
+
+
+_RUN_0004 = sa.text(
+    "INSERT INTO runs (run_id, status, flow, parent_run_id, trace_id, updated_at) "
+    "VALUES ('r', 'succeeded', 'f', 'p', :trace, :at)"
+)
+_SCOPE_COLUMNS = sa.text("SELECT run_id, parent_run_id, scope_step, iteration, branch FROM runs")
+
+
+async def test_scopes_arrive_and_runs_recorded_before_them_are_nobodys_iterations(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0004_run_trace_ids"))
+        await conn.execute(_RUN_0004, {"trace": "ab" * 16, "at": T0})
+        before = await conn.run_sync(_scope_schema)
+
+    migration = await migrate(engine)
+
+    assert (migration.before, migration.applied) == ("0004_run_trace_ids", ("0005_scopes",))
+    assert before["tables"] == set()
+    assert {"scope_step", "iteration", "branch"}.isdisjoint(before["runs"])
+    async with engine.connect() as conn:
+        after = await conn.run_sync(_scope_schema)
+        [run] = (await conn.execute(_SCOPE_COLUMNS)).all()
+    # Null: a run that is nobody's child iteration or branch, as every run before scopes was.
+    assert tuple(run) == ("r", "p", None, None, None)
+    assert after["tables"] == {"scopes", "scope_items"}
+    assert {"scope_step", "iteration", "branch"} <= after["runs"]
+    assert "ix_runs_parent_scope_iteration" in after["runs_indexes"]
+    # (PostgreSQL lists the unique constraint's own index among them too.)
+    assert (
+        after["item_indexes"].items()
+        >= {
+            "ix_scope_items_started_by": ["run_id", "step_id", "started_by"],
+            "ix_scope_items_status": ["run_id", "step_id", "status", "item"],
+        }.items()
+    )
+    assert after["item_unique"] == [("uq_scope_items_child_run_id", ["child_run_id"])]
+    assert (after["scope_key"], after["item_key"]) == (["run_id", "step_id"], ["run_id", "step_id", "item"])
+    store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        kept = await store.get_run("r")
+    finally:
+        await store.close()
+    assert kept is not None
+    assert (kept["parent_run_id"], kept["trace_id"]) == ("p", "ab" * 16)
+
+
+async def test_the_scopes_revision_downgrades_to_the_one_before_keeping_the_runs(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0004_run_trace_ids"))
+        await conn.execute(_RUN_0004, {"trace": None, "at": T0})
+    await migrate(engine)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0004_run_trace_ids"))
+        after = await conn.run_sync(_scope_schema)
+        runs = (await conn.execute(sa.text("SELECT run_id, parent_run_id FROM runs"))).all()
+
+    assert after["tables"] == set()
+    assert {"scope_step", "iteration", "branch"}.isdisjoint(after["runs"])
+    assert "ix_runs_parent_scope_iteration" not in after["runs_indexes"]
+    assert [tuple(row) for row in runs] == [("r", "p")]
+    assert (await state(engine)).current == "0004_run_trace_ids"
+    assert (await migrate(engine)).applied == ("0005_scopes",)
 
 
 async def test_check_mode_refuses_tables_from_before_migrations(engine: AsyncEngine) -> None:

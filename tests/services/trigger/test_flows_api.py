@@ -515,6 +515,104 @@ async def test_an_invalid_flow_is_refused_naming_the_field(
     assert (await api.call("GET", f"/v1/flows/{flow['name']}")).status == 404
 
 
+def _each(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"id": "each", "for_each": "q", "steps": list(steps), **extra}
+
+
+SCOPE_REFUSED: list[Any] = [
+    pytest.param(
+        [_query(), _each(_query("inner", text=".show tables"))],
+        "steps[1].steps[0].query",
+        "is a control command",
+        id="command-under-query-inside-for-each",
+    ),
+    pytest.param(
+        [_query(), _each(_query("inner", when="{{ steps.gone.row_count > 0 }}"))],
+        "steps[1].steps[0].when",
+        "refers to step 'gone', which the flow does not have",
+        id="unknown-step-inside-for-each",
+    ),
+    pytest.param(
+        [_query(), _each(_email(subject="{{ steps.later.row_count }}")), _query("later")],
+        "steps[1].steps[0].subject",
+        "would make a cycle",
+        id="later-step-inside-for-each",
+    ),
+    pytest.param(
+        [_query(), _email(), {"id": "each", "for_each": "mail", "steps": [_query("inner")]}],
+        "steps[2].for_each",
+        "'mail' is not an earlier query step",
+        id="for-each-over-a-delivery-step",
+    ),
+    pytest.param(
+        [_query(), _email(subject="{{ row.State }}")],
+        "steps[1].subject",
+        "'row' is defined only inside a for_each",
+        id="row-outside-a-scope",
+    ),
+    pytest.param(
+        [_query(), _each(_query("inner")), _email(subject="{{ steps.inner.row_count }}")],
+        "steps[2].subject",
+        "runs once per row inside for_each 'each'; use steps.each.iterations",
+        id="inner-step-of-a-for-each-from-outside",
+    ),
+    pytest.param(
+        [
+            _query(),
+            {
+                "id": "both",
+                "parallel": [
+                    {"id": "left", "steps": [_query("a")]},
+                    {"id": "right", "steps": [_email(subject="{{ steps.a.row_count }}")]},
+                ],
+            },
+        ],
+        "steps[1].parallel[1].steps[0].subject",
+        "runs at the same time in branch 'left' of parallel 'both'",
+        id="step-of-a-sibling-branch",
+    ),
+    pytest.param(
+        [_query(), _each(_query("inner"), concurrency=6, max_items=100)],
+        "steps[1].concurrency",
+        "at most 5 on this server",
+        id="concurrency-above-the-maximum",
+    ),
+    pytest.param(
+        [_query(), _each(_query("inner"), concurrency=5, max_items=101)],
+        "steps[1].max_items",
+        "at most 100 on this server",
+        id="max-items-above-the-maximum",
+    ),
+]
+
+
+@pytest.mark.parametrize(("steps", "field", "said"), SCOPE_REFUSED)
+async def test_a_scope_problem_is_refused_naming_the_nested_field(
+    tmp_path: Path, namespace: str, steps: list[dict[str, Any]], field: str, said: str
+) -> None:
+    flow = flow_with(ON_DEMAND, parameters={}, steps=steps)
+    async with serving(tmp_path, namespace, scope_max_concurrency=5, scope_max_items=100) as api:
+        answer = await api.put(flow)
+        missing = await api.call("GET", f"/v1/flows/{flow['name']}")
+
+    assert answer.status == 400, answer.body
+    fields = answer.fields()
+    assert list(fields) == [field], answer.body
+    assert said in fields[field]
+    assert field in answer.error["message"]
+    assert missing.status == 404
+
+
+async def test_a_for_each_within_the_maxima_is_saved(tmp_path: Path, namespace: str) -> None:
+    flow = flow_with(
+        ON_DEMAND, parameters={}, steps=[_query(), _each(_query("inner"), concurrency=5, max_items=100)]
+    )
+    async with serving(tmp_path, namespace, scope_max_concurrency=5, scope_max_items=100) as api:
+        answer = await api.put(flow)
+
+    assert answer.status in (200, 201), answer.body
+
+
 async def test_the_cron_minimum_is_named_in_words(api: Api) -> None:
     answer = await api.put(flow_with(STORMS, trigger={"cron": "*/2 * * * *"}))
 

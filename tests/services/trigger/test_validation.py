@@ -176,3 +176,81 @@ def test_every_problem_is_listed_in_the_order_of_the_flow() -> None:
         "trigger.after.flow",
     ]
     assert caught.value.problems[-1][1] == "the chain would loop: many → parent → grandparent → many"
+
+
+def check_scope(
+    maximum_concurrency: int = 20, maximum_items: int = 500, **scope: object
+) -> list[tuple[str, str]]:
+    """A for_each nested in a parallel branch, checked against the operator's scope maxima."""
+    inner = {
+        "id": "each",
+        "for_each": "q",
+        "steps": [{"id": "count", "action": "run_query", "query": "StormEvents | count"}],
+        **scope,
+    }
+    flow = Flow.model_validate(
+        {
+            "name": "scoped",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {"id": "q", "action": "run_query", "query": "StormEvents | take 10"},
+                {
+                    "id": "both",
+                    "parallel": [
+                        {"id": "rows", "steps": [inner]},
+                        {
+                            "id": "other",
+                            "steps": [{"id": "o", "action": "run_query", "query": "StormEvents"}],
+                        },
+                    ],
+                },
+            ],
+        }
+    )
+    connections = Connections()
+    connections.add_local("local", "http://127.0.0.1:31415")
+    try:
+        check_flow(
+            flow,
+            connections=connections,
+            policy=WebhookPolicy(named={}, allowed_hosts=[]),
+            minimum_interval=dt.timedelta(minutes=1),
+            maximum_timeout=600,
+            maximum_concurrency=maximum_concurrency,
+            maximum_items=maximum_items,
+        )
+    except FlowInvalid as exc:
+        return exc.problems
+    return []
+
+
+def test_a_for_each_at_the_operators_maxima_passes() -> None:
+    assert check_scope(concurrency=20, max_items=500) == []
+
+
+def test_a_for_each_above_the_operators_maxima_is_refused_naming_each_field() -> None:
+    assert check_scope(maximum_items=1_500, concurrency=21, max_items=1_501) == [
+        ("steps[1].parallel[0].steps[0].concurrency", "at most 20 on this server"),
+        ("steps[1].parallel[0].steps[0].max_items", "at most 1,500 on this server"),
+    ]
+
+
+def test_a_for_each_asking_for_nothing_gets_the_defaults_within_the_maxima() -> None:
+    # The defaults (10 at once, 1,000 rows) are refused only where the operator allows less.
+    assert check_scope(maximum_concurrency=10, maximum_items=1_000) == []
+    assert [field for field, _ in check_scope(maximum_concurrency=9, maximum_items=999)] == [
+        "steps[1].parallel[0].steps[0].concurrency",
+        "steps[1].parallel[0].steps[0].max_items",
+    ]
+
+
+def test_the_limits_of_a_step_inside_a_scope_are_checked_at_its_nested_field() -> None:
+    problems = check_scope(
+        maximum_items=1_000,
+        steps=[{"id": "count", "action": "run_query", "query": "T", "timeout_seconds": 601}],
+    )
+
+    assert problems == [
+        ("steps[1].parallel[0].steps[0].steps[0].timeout_seconds", "at most 600 s on this server")
+    ]
