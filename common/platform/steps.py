@@ -80,9 +80,11 @@ class StepParked(Exception):
     acknowledged: whoever finishes the step later forwards the run.
     """
 
-    def __init__(self, detail: dict[str, Any]) -> None:
+    def __init__(self, detail: dict[str, Any], *, report: bool = True) -> None:
         super().__init__("parked")
         self.detail = detail
+        #: False for a step whose outcome was reported already (a delivery handled again late).
+        self.report = report
 
 
 class StepPending(Exception):
@@ -343,8 +345,9 @@ class StepWorker:
             # again, it publishes the rest.
             raise
         except StepParked as parked:
-            await emit(self.broker, message, StepStatus.RUNNING, started_at=started, detail=parked.detail)
-            log.info("step waits for its child runs", children=parked.detail.get("total"))
+            if parked.report:
+                await emit(self.broker, message, StepStatus.RUNNING, started_at=started, detail=parked.detail)
+                log.info("step waits for its child runs", children=parked.detail.get("total"))
             return
         except StepPending as waiting:
             # A step that waits shows as running while it waits, and keeps saying so.

@@ -146,6 +146,8 @@ class Decision:
     report: bool = False
     #: The item's end was known already (a delivery handled again).
     repeated: bool = False
+    #: The scope had finished and its parent gone on before: a fan-out handled again has nothing to say.
+    settled: bool = False
 
 
 class ScopeStore(SqlStore):
@@ -236,7 +238,8 @@ class ScopeStore(SqlStore):
             # Handled again; or a later attempt (a retry of this fan-out) that finds every item
             # succeeded, with nothing to start again: reopening the scope would park it for good.
             starts = await _unpublished(conn, key, FAN_OUT)
-            return Decision(parent=parent, counts=counts, starts=starts, repeated=True)
+            settled = row.finished_at is not None and row.forwarded
+            return Decision(parent=parent, counts=counts, starts=starts, repeated=True, settled=settled)
         # A re-run of the parent's step: what failed or was skipped runs again, under new child runs.
         again = (
             await conn.execute(

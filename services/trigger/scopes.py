@@ -140,7 +140,8 @@ class Scopes:
                 **decision.counts.as_detail(),
                 "concurrency": concurrency,
                 "source_rows": rows,
-            }
+            },
+            report=not decision.settled,
         )
 
     async def _parallel(self, message: RunMessage, spec: Parallel) -> StepOutput:
@@ -150,7 +151,7 @@ class Scopes:
         ]
         decision = await self.store.fan_out(message, len(entries), entries)
         await self._start(message, flow_of(message), decision)
-        raise StepParked({"scope": "parallel", **decision.counts.as_detail()})
+        raise StepParked({"scope": "parallel", **decision.counts.as_detail()}, report=not decision.settled)
 
     async def _start(self, parent: RunMessage, flow: Flow, decision: Decision) -> None:
         """Publish the starts *decision* holds, then mark them published."""

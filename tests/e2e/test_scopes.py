@@ -106,6 +106,7 @@ async def test_iterations_are_listed_under_their_step_and_not_among_the_flows_ru
     stats = await system.get("/v1/flows/per-incident/stats?window=1h")
     assert stats["runs"] == 1
 
+    await all_recorded(system, f"/v1/runs/{parent['run_id']}/steps/each/iterations", 6)
     first = await system.get(f"/v1/runs/{parent['run_id']}/steps/each/iterations?limit=4")
     assert first["counts"] == {
         "total": 6,
@@ -146,6 +147,32 @@ async def test_iterations_are_listed_under_their_step_and_not_among_the_flows_ru
         assert "not a for_each or parallel step" in (await bad.json())["error"]["message"]
 
 
+async def all_recorded(system: System, iterations: str, expected: int) -> None:
+    """Wait until history has ended every child run of the scope as succeeded (see below)."""
+
+    async def recorded() -> bool:
+        return bool((await system.get(iterations))["counts"]["succeeded"] == expected)
+
+    await system.wait_until(recorded, timeout=30, what=f"{expected} succeeded iterations in history")
+
+
+async def recorded_failures(system: System, iterations: str, expected: int) -> list[dict[str, Any]]:
+    """The failed iterations, once history has recorded all *expected* of them.
+
+    The parent can fail before history has ended its last failed child run: the join that tells the
+    parent comes before the child's own record step.
+    """
+    found: list[dict[str, Any]] = []
+
+    async def recorded() -> bool:
+        found[:] = (await system.get(f"{iterations}?status=failed"))["iterations"]
+        return len(found) >= expected
+
+    await system.wait_until(recorded, timeout=30, what=f"{expected} failed iterations in history")
+    assert len(found) == expected
+    return found
+
+
 @pytest.mark.parametrize("system", ["in_process", "rabbitmq"], indirect=True)
 async def test_a_re_run_of_a_failed_iteration_runs_only_it_and_the_parent_goes_on(system: System) -> None:
     await system.save_flow(_per_row_flow(system.hooks.url))
@@ -160,8 +187,7 @@ async def test_a_re_run_of_a_failed_iteration_runs_only_it_and_the_parent_goes_o
     assert len(system.hooks.received) == 6 - small
     assert system.smtp.messages() == []
     base = f"/v1/runs/{parent['run_id']}/steps/each/iterations"
-    failed = (await system.get(f"{base}?status=failed"))["iterations"]
-    assert len(failed) == small
+    failed = await recorded_failures(system, base, small)
 
     system.hooks.refusing = set()
     first, *others = failed
@@ -205,9 +231,8 @@ async def test_a_re_run_of_the_parent_runs_again_only_the_iterations_that_failed
     assert (parent["status"], parent["failed_step"]) == ("failed", "each")
     small = len(system.hooks.refused)
     base = f"/v1/runs/{parent['run_id']}/steps/each/iterations"
+    failed = {run["scope"]["index"] for run in await recorded_failures(system, base, small)}
     before = {run["scope"]["index"]: run["run_id"] for run in (await system.get(base))["iterations"]}
-    failed = {run["scope"]["index"] for run in (await system.get(f"{base}?status=failed"))["iterations"]}
-    assert len(failed) == small
 
     system.hooks.refusing = set()
     status, queued = await system.post(f"/v1/runs/{parent['run_id']}/rerun")
@@ -219,6 +244,7 @@ async def test_a_re_run_of_the_parent_runs_again_only_the_iterations_that_failed
         return run is not None and run["status"] == "succeeded"
 
     await system.wait_until(parent_succeeded, timeout=60, what="the re-run parent to succeed")
+    await all_recorded(system, base, 6)
     after = {run["scope"]["index"]: run["run_id"] for run in (await system.get(base))["iterations"]}
     # The failed iterations ran again as new child runs; the ones that had succeeded did not.
     assert {index for index in after if after[index] != before[index]} == failed
@@ -284,6 +310,7 @@ async def test_parallel_branches_run_as_child_runs_and_later_steps_see_each_bran
     started = await system.start_flow("three-ways")
     run = await system.finished(started["run_id"], timeout=60)
     assert run["status"] == "succeeded", run
+    await all_recorded(system, f"/v1/runs/{run['run_id']}/steps/all/iterations", 3)
     branches = (await system.get(f"/v1/runs/{run['run_id']}/steps/all/iterations"))["iterations"]
     assert [(b["scope"]["branch"], b["scope"]["index"], b["status"]) for b in branches] == [
         ("states", 0, "succeeded"),

@@ -386,13 +386,16 @@ async def test_a_higher_attempt_after_the_scope_succeeded_leaves_it_finished(sto
     # once every item has succeeded: nothing to start again, and the scope stays done.
     message = parent()
     first = await store.fan_out(message, 2, entries(message, 2))
+    assert not first.settled
     for item in first.starts:
         await join(store, message, item.child_run_id, SUCCEEDED)
+    assert not (await store.fan_out(message, 2, entries(message, 2))).settled
     await store.forwarded(message.run_id, message.step_id)
 
     retried = await store.fan_out(parent(message.run_id, attempt=2), 2, entries(message, 2))
 
-    assert (retried.starts, retried.repeated) == ([], True)
+    # Settled: the step's outcome was told when the parent went on; this retry tells history nothing.
+    assert (retried.starts, retried.repeated, retried.settled) == ([], True, True)
     assert await stored_counts(store, message) == {
         "total": 2,
         "running": 0,
