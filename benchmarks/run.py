@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m benchmarks.run [--quick] [--output PATH] [--only NAME
 RabbitMQ (``ADXFLOW_BENCH_AMQP_URL``, default ``amqp://guest:guest@127.0.0.1:5672/``) and
 PostgreSQL (``ADXFLOW_BENCH_POSTGRES_DSN``, default ``postgresql://postgres@127.0.0.1:5432/postgres``)
 must be running; each benchmark makes its own namespace and database and removes them.
-The full run takes about twenty minutes and writes ``docs/benchmarks.md``; ``--quick`` runs
+The full run takes about twenty-five minutes and writes ``docs/benchmarks.md``; ``--quick`` runs
 every benchmark with tiny sizes, only to prove the harness works (its figures mean nothing).
 With ``--only``, the named benchmarks' sections replace theirs in the report already at
 ``--output`` (written in the same mode), and the other sections stay as they were.

@@ -416,3 +416,12 @@ system time over the round divided by the emails: where a round's time goes.
 Targets: throughput ≥ 0.9 × separate runs at concurrency {CONCURRENCY}; the trigger's peak RSS
 over a scope of ten times the rows ≤ 1.2 × its peak over the smaller one.
 """
+
+IF_MISSED = """
+*Throughput*: both sides draw the same charts, so render's one process (pygal and cairosvg hold its
+interpreter lock) and the machine's two cores bound them alike; the CPU per email above says what
+the scope adds: the trigger starts and joins each iteration, one transaction on the scope's row
+each, so one scope's joins take their turns. *Peak RSS*: the fan-out reads the source's result
+whole from the blob store (its rows as Python objects) before it parks the items in SQL, so a
+larger source costs what its rows take in memory, once.
+"""
