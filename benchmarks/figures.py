@@ -165,3 +165,67 @@ class Report:
             if section.missed and section.if_missed:
                 lines += ["", "**Where a target is missed, and why.** " + section.if_missed.strip()]
         return "\n".join(lines) + "\n"
+
+
+_REFRESHED = " Refreshed since by "
+
+
+def _blocks(text: str) -> dict[str, list[str]]:
+    """The lines under each ``## `` heading of a report, by heading (its opening under ``""``),
+    without the blank lines around them."""
+    blocks: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in text.split("\n"):
+        if line.startswith("## "):
+            current = line[3:]
+            blocks[current] = []
+        else:
+            blocks[current].append(line)
+    return {heading: "\n".join(lines).strip("\n").split("\n") for heading, lines in blocks.items()}
+
+
+def _rows(lines: list[str]) -> list[list[str]]:
+    """The cells of a block's table rows, without its header and separator rows."""
+    table = [line for line in lines if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in table[1:]]
+
+
+def merge(previous: str, report: Report, titles: Sequence[str]) -> str:
+    """*report*'s sections written into *previous*, a report written before in the same mode.
+
+    The other sections and their rows of the targets table stay as they were, as does the
+    machine table, which describes the earlier run: each refreshed section says when and how it
+    was measured, and where the machine then differed from that table. *titles* are every
+    benchmark's, in the order they are reported.
+    """
+    if f"({report.mode} mode)" not in previous.split("\n## ", 1)[0]:
+        raise ValueError(f"the earlier report was not written in {report.mode} mode")
+    old, new = _blocks(previous), _blocks(report.markdown())
+    refreshed = [section.title for section in report.sections]
+    when = f"`{report.command}` on {report.started:%Y-%m-%d %H:%M} UTC"
+    machine = {row[0]: row[1] for row in _rows(old.get("Machine", [])) if len(row) == 2}
+    differs = "; ".join(f"{key}: {value}" for key, value in report.machine if machine.get(key) != value)
+    note = f"- Measured by {when}; where the machine then differed from the table under Machine: {differs}."
+    header = [
+        line.split(_REFRESHED, 1)[0] + f"{_REFRESHED}{when}: {', '.join(refreshed)}."
+        if line.startswith("Written by ")
+        else line
+        for line in old[""]
+    ]
+    judged = {title: [row for row in _rows(old.get("Targets", [])) if row[0] == title] for title in titles}
+    judged.update({title: [row for row in _rows(new["Targets"]) if row[0] == title] for title in refreshed})
+    targets = _table(
+        ["benchmark", "figure", "target", "verdict (median)"], [r for t in titles for r in judged[t]]
+    )
+    blocks = [("Targets", targets), ("Machine", old.get("Machine", []))]
+    for title in titles:
+        if title in refreshed:
+            block = new[title]
+            at = next(i for i, line in enumerate(block) if line.startswith("- This benchmark took "))
+            blocks.append((title, [*block[: at + 1], note, *block[at + 1 :]]))
+        elif title in old:
+            blocks.append((title, old[title]))
+    lines = header
+    for heading, block in blocks:
+        lines += ["", f"## {heading}", "", *block]
+    return "\n".join(lines) + "\n"

@@ -4,8 +4,10 @@ Run: ``.venv/bin/python -m benchmarks.run [--quick] [--output PATH] [--only NAME
 RabbitMQ (``ADXFLOW_BENCH_AMQP_URL``, default ``amqp://guest:guest@127.0.0.1:5672/``) and
 PostgreSQL (``ADXFLOW_BENCH_POSTGRES_DSN``, default ``postgresql://postgres@127.0.0.1:5432/postgres``)
 must be running; each benchmark makes its own namespace and database and removes them.
-The full run takes under ten minutes and writes ``docs/benchmarks.md``; ``--quick`` runs
+The full run takes about twenty-five minutes and writes ``docs/benchmarks.md``; ``--quick`` runs
 every benchmark with tiny sizes, only to prove the harness works (its figures mean nothing).
+With ``--only``, the named benchmarks' sections replace theirs in the report already at
+``--output`` (written in the same mode), and the other sections stay as they were.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import big_results, broker, cold_start, pipeline, rendering, scheduling
-from benchmarks.figures import Report, Section
+from benchmarks import big_results, broker, cold_start, pipeline, rendering, scheduling, scopes
+from benchmarks.figures import Report, Section, merge
 from benchmarks.machine import OtherWork, describe, load_after
 from benchmarks.servers import AMQP_URL, POSTGRES_DSN
 
@@ -35,6 +37,7 @@ BENCHMARKS: list[tuple[str, str, ModuleType]] = [
     ("rendering", "4. Rendering: charts, the table and the CSV", rendering),
     ("scheduling", "5. Scheduling: 10,000 flows on a one-minute schedule", scheduling),
     ("broker", "6. Broker ceiling: RabbitBroker with confirms", broker),
+    ("scopes", "7. Scopes: a for_each of 1,000 rows against 1,000 separate runs", scopes),
 ]
 
 
@@ -75,9 +78,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
+    command += "".join(f" --only {name}" for name in args.only)
     report = asyncio.run(run(args.quick, args.only, command))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report.markdown(), encoding="utf-8")
+    text = report.markdown()
+    if args.only and args.output.exists():
+        titles = [title for _, title, _ in BENCHMARKS]
+        try:
+            text = merge(args.output.read_text(encoding="utf-8"), report, titles)
+        except ValueError as exc:
+            print(f"not merged into {args.output} ({exc}): it is replaced", flush=True)
+    args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output} in {report.seconds:.0f} s", flush=True)
     if report.failed:
         print("failed: " + ", ".join(section.title for section in report.failed), file=sys.stderr)
