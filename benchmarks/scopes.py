@@ -21,7 +21,7 @@ having sent the parent on) divided by the rows. Memory is the trigger process's 
 set (``VmHWM``, reset through ``/proc/PID/clear_refs`` before each run) over such a scope of
 *rows* rows, and over one of ten times as many rows until as many iterations have ended: both
 peaks cover a fan-out and the same number of joins, and differ only in the rows. The source
-result is read once from the blob store and the iterations wait in SQL, so the peak should
+result is streamed once from the blob store and the iterations wait in SQL, so the peak should
 not follow the rows.
 """
 
