@@ -148,7 +148,7 @@ async def list_iterations(
     step = attempts.get(step_id)
     if step is None:
         return None
-    if step["kind"] != "scope":
+    if step["kind"] != "scope" or step["detail"].get("scope") == "if":
         raise InvalidParameter(
             "step_id", f"step {step_id!r} of run {run_id} is not a for_each or parallel step"
         )

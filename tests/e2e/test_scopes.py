@@ -336,3 +336,8 @@ async def test_parallel_branches_run_as_child_runs_and_later_steps_see_each_bran
     assert 'aria-label="Branches of all, side by side"' in page
     assert [f'data-branch="{name}"' in page for name in ("states", "types", "total")] == [True] * 3
     assert f'data-branch-taken="{big["detail"]["branch"]}"' in page
+    async with system.session.get(
+        f"{system.history_url}/v1/runs/{run['run_id']}/steps/big/iterations"
+    ) as bad:
+        assert bad.status == 400
+        assert "not a for_each or parallel step" in (await bad.json())["error"]["message"]
