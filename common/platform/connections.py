@@ -217,6 +217,8 @@ class Connections:
         self._configs: dict[str, ConnectionConfig] = dict(configs or {})
         #: Webhook targets flows may name (``post_webhook: {webhook: NAME}``).
         self.webhooks: dict[str, WebhookConfig] = dict(webhooks or {})
+        #: Embedded mode's webhook outbox: where a name the operator did not configure posts to.
+        self.webhook_sink: str | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> Connections:
@@ -243,6 +245,14 @@ class Connections:
         if not is_loopback(host):
             raise ConfigurationError(f"local connection {name!r} must be on loopback, got {url!r}")
         self._configs[name] = NoAuth(cluster=url, auth="none")
+
+    def add_webhook_sink(self, url: str) -> None:
+        """Post to the embedded webhook outbox at *url* (``<url>/<name>``) for any name not configured;
+        refuses anything that is not loopback."""
+        host = urlsplit(url).hostname or ""
+        if not is_loopback(host):
+            raise ConfigurationError(f"the webhook outbox must be on loopback, got {url!r}")
+        self.webhook_sink = url.rstrip("/")
 
     def names(self) -> list[str]:
         return sorted(self._configs)

@@ -2,7 +2,9 @@
 
 A ``post_webhook`` step names either a target the operator configured
 (``webhook: <name>``, which may carry secret headers) or a URL of its own
-(``url:``), and a flow-given URL must be on the operator's allowlist. The
+(``url:``), and a flow-given URL must be on the operator's allowlist. In
+embedded mode a name the operator did not configure posts to the webhook
+outbox (a folder), as every email goes to the SMTP outbox. The
 trigger checks this when a flow is saved, and the notifier again before each
 post, so a narrowed allowlist also stops flows saved earlier.
 """
@@ -63,6 +65,7 @@ class WebhookPolicy:
         named: Mapping[str, WebhookTarget],
         allowed_hosts: Sequence[str],
         allow_http_hosts: Sequence[str] = ("127.0.0.1", "localhost", "::1"),
+        sink: str | None = None,
     ) -> None:
         for name, target in named.items():
             if not _is_http_url(target.url):
@@ -76,6 +79,8 @@ class WebhookPolicy:
             else:
                 self._exact.add(_normal_host(entry))
         self._http = {_normal_host(entry) for entry in allow_http_hosts}
+        #: Embedded mode's webhook outbox, which takes the posts to a name not configured.
+        self._sink = sink
 
     def resolve(self, *, webhook: str | None, url: str | None, field: str) -> WebhookTarget:
         """The target a step names; *field* is where the step is (``steps[2]``).
@@ -92,6 +97,8 @@ class WebhookPolicy:
         try:
             return self._named[name]
         except KeyError:
+            if self._sink is not None:
+                return WebhookTarget(url=f"{self._sink}/{name}", name=name)
             known = ", ".join(repr(known) for known in sorted(self._named)) or "none"
             raise WebhookRefused(
                 f"{field}: no webhook named {name!r} is configured (configured: {known})"
@@ -160,4 +167,6 @@ def policy_for(connections: Connections, settings: Settings) -> WebhookPolicy:
         name: WebhookTarget(url=config.url, headers=config.resolved_headers(name))
         for name, config in connections.webhooks.items()
     }
-    return WebhookPolicy(named=named, allowed_hosts=settings.webhook_allowed_hosts)
+    return WebhookPolicy(
+        named=named, allowed_hosts=settings.webhook_allowed_hosts, sink=connections.webhook_sink
+    )

@@ -122,7 +122,7 @@ class _Receiver:
                 return f"{code} {text}"
         assert envelope.original_content is not None
         path = self.directory / f"{self._stamp()}-{uuid.uuid4().hex[:8]}.eml"
-        await asyncio.to_thread(_write_atomically, path, envelope.original_content)
+        await asyncio.to_thread(write_atomically, path, envelope.original_content)
         self.arrivals.put_nowait(path)
         return f"250 OK queued as {path.stem}"
 
@@ -132,7 +132,7 @@ class _Receiver:
         return self._last_stamp
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(data)
     temporary.replace(path)

@@ -147,6 +147,7 @@ async def up(settings: Settings) -> None:
             print(f"  outbox        {system.outbox.directory}  (SMTP on 127.0.0.1:{system.outbox.port})")
         else:
             print(f"  SMTP relay    {settings.smtp_host}:{settings.smtp_port}")
+        print(f"  webhooks      {system.hooks.directory}  (posts to webhook names not configured)")
         print("Ctrl-C to stop.", flush=True)
         await until_stopped()
 

@@ -1,7 +1,8 @@
 """All five services in one process, on embedded defaults.
 
 The local Kusto endpoint (duckdb-kql, loopback only) stands in for a
-cluster, an aiosmtpd server writes every email to an outbox folder, history
+cluster, an aiosmtpd server writes every email to an outbox folder (and a webhook
+outbox every post to a webhook name not configured), history
 lives in SQLite and blobs in a folder. The broker is in-process unless
 ``ADXFLOW_AMQP_URL`` is set, in which case the same services talk through
 RabbitMQ. The services themselves are the deployed ones, unchanged.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from common.platform import tracing
 from common.platform.config import Settings
 from common.platform.runtime import Runtime, load_connections
+from services.embedded.hook_outbox import HookOutbox
 from services.embedded.kusto.endpoint import LocalKusto, start_local_kusto
 from services.embedded.outbox import Outbox
 from services.history import service as history
@@ -34,6 +36,8 @@ class EmbeddedSystem:
     runtime: Runtime
     kusto: LocalKusto
     outbox: Outbox | None
+    #: Where posts to webhook names the operator did not configure go.
+    hooks: HookOutbox
     trigger_url: str
     history_url: str
 
@@ -52,8 +56,10 @@ async def embedded_system(settings: Settings) -> AsyncIterator[EmbeddedSystem]:
             await stack.enter_async_context(outbox)
             settings = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": outbox.port})
 
+        hooks = await stack.enter_async_context(HookOutbox(settings.data_dir / "webhooks"))
         connections = load_connections(settings)
         connections.add_local(LOCAL_CONNECTION, kusto.url)
+        connections.add_webhook_sink(hooks.url)
         runtime = Runtime.build(settings, name="embedded", connections=connections)
         await stack.enter_async_context(runtime)
 
@@ -68,6 +74,7 @@ async def embedded_system(settings: Settings) -> AsyncIterator[EmbeddedSystem]:
                 runtime=runtime,
                 kusto=kusto,
                 outbox=outbox,
+                hooks=hooks,
                 trigger_url=trigger_server.url,
                 history_url=runtime.history_url,
             )

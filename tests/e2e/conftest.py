@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from common.contracts.topology import Topology
 from common.platform.broker.rabbitmq import RabbitBroker
 from common.platform.config import Settings
+from services.embedded.hook_outbox import HookOutbox
 from services.embedded.kusto.database import ensure_database
 from services.embedded.outbox import Outbox
 from services.launcher.system import embedded_system
@@ -58,6 +59,8 @@ class System:
     wait_until: Callable[..., Awaitable[None]]
     #: The local Kusto endpoint's cluster URL (the connection ``local``).
     kusto_url: str = ""
+    #: Embedded mode's webhook outbox: where posts to webhook names not configured go.
+    hook_outbox: HookOutbox | None = None
 
     async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(f"{self.trigger_url}/v1/jobs", json=job) as response:
@@ -227,6 +230,7 @@ async def system(
             hooks,
             wait_until,
             kusto_url=running.kusto.url,
+            hook_outbox=running.hooks,
         )
 
 

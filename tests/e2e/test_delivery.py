@@ -151,3 +151,35 @@ async def test_slack_and_teams_messages_link_to_artifacts_the_history_serves(sys
     content_type, png = await download(system, image["url"])
     assert (content_type, png[:8]) == ("image/png", PNG_SIGNATURE)
     assert card["actions"][0]["url"] == f"{system.history_url}/v1/runs/{run['run_id']}"
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_webhook_name_not_configured_posts_to_embedded_modes_webhook_outbox(system: System) -> None:
+    assert system.hook_outbox is not None
+    await system.save_flow(
+        {
+            "name": "to-the-team",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {"id": "count", "action": "run_query", "query": "StormEvents | count"},
+                {
+                    "id": "tell",
+                    "action": "post_webhook",
+                    "webhook": "team-channel",
+                    "format": "slack",
+                    "title": "{{ steps.count.first_row.Count }} storm events",
+                },
+            ],
+        }
+    )
+    started = await system.start_flow("to-the-team")
+    run = await system.finished(started["run_id"])
+    assert run["status"] == "succeeded", run
+    [kept] = system.hook_outbox.messages()
+    assert kept.name.endswith("-team-channel.json")
+    post = json.loads(kept.read_text())
+    assert post["name"] == "team-channel"
+    assert post["headers"]["Idempotency-Key"]
+    assert post["body"]["text"].endswith("storm events: succeeded")
+    assert system.hooks.received == []

@@ -15,6 +15,7 @@ from multidict import CIMultiDictProxy
 
 from common.contracts.errors import ConfigurationError, DeliveryError, RenderError
 from common.contracts.messages import ErrorCode
+from common.platform.connections import Connections
 from common.platform.webhooks import WebhookPolicy, WebhookRefused, WebhookTarget
 from services.notifier.webhook import encode_json, post_json, render_json_body
 
@@ -314,6 +315,29 @@ def test_an_unknown_name_is_refused_naming_the_field() -> None:
     assert message.startswith("steps[2].webhook: ")
     assert "'nope'" in message
     assert "'ops'" in message
+
+
+def test_with_embedded_modes_outbox_an_unknown_name_posts_there_and_a_configured_one_where_it_was() -> None:
+    named = {"ops": WebhookTarget(url="https://hooks.internal/ops", headers={"Authorization": SECRET})}
+    embedded = WebhookPolicy(named=named, allowed_hosts=[], sink="http://127.0.0.1:5999")
+
+    unknown = embedded.resolve(webhook="team-channel", url=None, field="steps[2]")
+    assert (unknown.url, unknown.name, dict(unknown.headers)) == (
+        "http://127.0.0.1:5999/team-channel",
+        "team-channel",
+        {},
+    )
+    assert embedded.resolve(webhook="ops", url=None, field="steps[2]").url == "https://hooks.internal/ops"
+    # A flow's own URL is still held to the allowlist.
+    assert "allowlist" in refusal(embedded, url="https://hooks.example.com/")
+
+
+def test_the_webhook_outbox_must_be_on_loopback() -> None:
+    connections = Connections()
+    with pytest.raises(ConfigurationError, match="loopback"):
+        connections.add_webhook_sink("http://10.0.0.5:8000")
+    connections.add_webhook_sink("http://127.0.0.1:8000/")
+    assert connections.webhook_sink == "http://127.0.0.1:8000"
 
 
 @pytest.mark.parametrize(("webhook", "url"), [(None, None), ("ops", "https://hooks.example.com/")])
