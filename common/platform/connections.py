@@ -69,6 +69,31 @@ class _Connection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cluster: str
+    #: Where reports link a query for people to open it: the Azure Data Explorer web UI's deep
+    #: links under this base. By default the cluster's own URL, which serves them (an ``http://``
+    #: endpoint serves none, and gets no link unless this is set).
+    ui_url: str | None = None
+    #: Whether reports link queries at all.
+    query_links: bool = True
+
+    @field_validator("ui_url")
+    @classmethod
+    def _ui_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.query:
+            raise ValueError(f"ui_url must be an http(s) URL without credentials or query, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def ui_base(self) -> str | None:
+        """The base of this cluster's query links; None when reports link no query."""
+        if not self.query_links:
+            return None
+        if self.ui_url is not None:
+            return self.ui_url
+        return self.cluster if urlsplit(self.cluster).scheme == "https" else None
 
     @field_validator("cluster")
     @classmethod

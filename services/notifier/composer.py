@@ -26,6 +26,7 @@ from common.contracts.templates import TemplateError, render_html, render_text
 from common.platform.runtime import Runtime
 from services.notifier.budget import ArtifactUrl, Chart, File, Packed, Packer
 from services.notifier.email import Email, build_email, sender_address
+from services.notifier.links import query_links
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,7 @@ class Composer:
             text=html_to_text(body),
             importance=spec.importance,
             run_url=self.run_url(message) if self.runtime.history_url else None,
+            query_links=list(query_links(message, flow, self.runtime.connections).items()),
         )
         charts, files = _charts_and_files(message, flow, spec, body)
         packer = self._packer(message, flow, spec, index)

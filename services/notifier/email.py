@@ -53,10 +53,16 @@ background-color:#f6f8fa">
 </ul>
 </div>
 {%- endif %}
-{%- if run_url %}
+{%- if run_url or query_links %}
 <div style="{{ font }};font-size:12px;color:#57606a;margin:16px 0 0 0;border-top:1px solid #d0d7de;\
 padding-top:8px">
+{%- if run_url %}
 <p style="margin:0"><a href="{{ run_url }}" style="color:#0969da">View this run</a></p>
+{%- endif %}
+{%- for step, url in query_links %}
+<p style="margin:4px 0 0 0"><a href="{{ url }}" style="color:#0969da">\
+Open {{ step }} in Azure Data Explorer</a></p>
+{%- endfor %}
 </div>
 {%- endif %}
 </body>
@@ -124,8 +130,10 @@ class Email:
     #: Files listed under *link_note*, in the HTML and in the text.
     links: list[Link] = field(default_factory=list)
     link_note: str = LINK_NOTE
-    #: Link to the run in the history service, shown in the footer.
+    #: Link to the run's page in the history service, shown in the footer.
     run_url: str | None = None
+    #: Each query step's query in the Azure Data Explorer web UI, (step id, URL), in the footer.
+    query_links: list[tuple[str, str]] = field(default_factory=list)
 
 
 def sender_address(mail_from: str, name: str | None = None) -> Address:
@@ -213,6 +221,7 @@ def _add_bodies(message: EmailMessage, mail: Email) -> None:
         links=mail.links,
         link_note=mail.link_note,
         run_url=mail.run_url,
+        query_links=mail.query_links,
     )
     # Quoted-printable keeps the message 7-bit clean whatever the relay supports.
     message.set_content(_text_with_links(mail), cte="quoted-printable")
@@ -227,10 +236,18 @@ def _add_bodies(message: EmailMessage, mail: Email) -> None:
 
 
 def _text_with_links(mail: Email) -> str:
-    if not mail.links:
+    parts = [mail.text.rstrip("\n")]
+    if mail.links:
+        lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.links]
+        parts += ["", mail.link_note, *lines]
+    if mail.run_url or mail.query_links:
+        parts.append("")
+    if mail.run_url:
+        parts.append(f"View this run: {mail.run_url}")
+    parts += [f"Open {step} in Azure Data Explorer: {url}" for step, url in mail.query_links]
+    if len(parts) == 1:
         return mail.text
-    lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.links]
-    return "\n".join([mail.text.rstrip("\n"), "", mail.link_note, *lines, ""])
+    return "\n".join([*parts, ""])
 
 
 def _single_line(value: str, field: str) -> None:

@@ -60,6 +60,8 @@ class StepSummary:
     error: str | None
     #: By artifact name (``chart_png``, ``chart_svg``, ``table_html``, ``csv``).
     artifacts: dict[str, ArtifactLink]
+    #: The step's query in the Azure Data Explorer web UI, for a cluster that has one.
+    query_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,12 @@ def summarize(
     row: Mapping[str, Any] | None,
     run_url: str,
     artifact_url: Callable[[BlobRef], str],
+    query_urls: Mapping[str, str] | None = None,
 ) -> RunSummary:
-    """The run as far as *spec*, the delivery step about to post."""
+    """The run as far as *spec*, the delivery step about to post (nested steps too, as far as
+    this run holds their outcomes)."""
     steps: list[StepSummary] = []
-    for step in flow.steps:
+    for step in flow.every_step():
         if step.id == spec.id:
             break
         first = message.outputs.get(step.id)
@@ -119,6 +123,7 @@ def summarize(
                 columns=list(first.columns),
                 error=error.message if error else None,
                 artifacts=artifacts,
+                query_url=(query_urls or {}).get(step.id),
             )
         )
     failed = any(output.status is StepStatus.FAILED for output in message.outputs.values())
@@ -173,6 +178,7 @@ def json_payload(summary: RunSummary) -> dict[str, Any]:
                 "row_count": step.row_count,
                 "columns": step.columns,
                 "error": step.error,
+                "query_url": step.query_url,
                 "artifacts": {
                     name: {"url": link.url, "content_type": link.content_type, "size": link.size}
                     for name, link in step.artifacts.items()
@@ -235,6 +241,9 @@ def slack_payload(summary: RunSummary) -> dict[str, Any]:
         chart = step.artifacts.get("chart_png")
         if chart is not None:
             buttons.append({"type": "button", "text": _plain(f"Chart: {step.id}"), "url": chart.url})
+    for step in summary.steps:
+        if step.query_url is not None:
+            buttons.append({"type": "button", "text": _plain(f"Query: {step.id}"), "url": step.query_url})
     blocks.append({"type": "actions", "elements": buttons[:_SLACK_BUTTONS]})
     fallback = f"{summary.title}: {summary.status}"
     return {"text": _clip_escaped(slack_escape(fallback), _SLACK_TEXT), "blocks": blocks}
@@ -286,6 +295,9 @@ def teams_payload(summary: RunSummary) -> dict[str, Any]:
     for step, chart in charts[:_TEAMS_IMAGES]:
         body.append({"type": "Image", "url": chart.url, "altText": f"{step.id} chart", "size": "Stretch"})
     actions: list[dict[str, Any]] = [{"type": "Action.OpenUrl", "title": "Open the run", "url": summary.url}]
+    for step in summary.steps:
+        if step.query_url is not None and len(actions) < _TEAMS_ACTIONS:
+            actions.append({"type": "Action.OpenUrl", "title": f"Query: {step.id}", "url": step.query_url})
     for step in summary.steps:
         csv = step.artifacts.get("csv")
         if csv is not None and len(actions) < _TEAMS_ACTIONS:

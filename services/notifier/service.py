@@ -75,6 +75,7 @@ from common.platform.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.budget import Packed
 from services.notifier.composer import Composer
 from services.notifier.ledger import Hold, Key, Ledger
+from services.notifier.links import query_links, run_page
 from services.notifier.payloads import payload, summarize
 from services.notifier.settlement import Settlement, check
 from services.notifier.smtp import SmtpConnections, send_email
@@ -283,7 +284,7 @@ class NotifyStep:
             raise DeliveryError(problems, code=ErrorCode.RECIPIENT_NOT_ALLOWED, retryable=False)
 
     def _run_url(self, message: RunMessage) -> str:
-        return f"{self.runtime.history_url}/v1/runs/{message.run_id}"
+        return run_page(self.runtime.history_url, message.run_id)
 
     def _artifact_url(self, ref: BlobRef) -> str:
         return f"{self.runtime.history_url}/v1/artifacts/{ref.key}"
@@ -351,6 +352,7 @@ class NotifyStep:
             row=context.get("row"),
             run_url=self._run_url(message),
             artifact_url=self._artifact_url,
+            query_urls=query_links(message, flow, self.runtime.connections),
         )
         return encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
 

@@ -137,7 +137,7 @@ async def test_slack_and_teams_messages_link_to_artifacts_the_history_serves(sys
     assert "*Top states &lt;b&gt; &amp; counties*" in slack["blocks"][1]["text"]["text"]
     [actions] = [block for block in slack["blocks"] if block["type"] == "actions"]
     buttons = {button["text"]["text"]: button["url"] for button in actions["elements"]}
-    assert buttons["Open the run"] == f"{system.history_url}/v1/runs/{run['run_id']}"
+    assert buttons["Open the run"] == f"{system.history_url}/ui/runs/{run['run_id']}"
     content_type, png = await download(system, buttons["Chart: by_state"])
     assert (content_type, png[:8]) == ("image/png", PNG_SIGNATURE)
 
@@ -150,7 +150,7 @@ async def test_slack_and_teams_messages_link_to_artifacts_the_history_serves(sys
     [image] = [element for element in card["body"] if element["type"] == "Image"]
     content_type, png = await download(system, image["url"])
     assert (content_type, png[:8]) == ("image/png", PNG_SIGNATURE)
-    assert card["actions"][0]["url"] == f"{system.history_url}/v1/runs/{run['run_id']}"
+    assert card["actions"][0]["url"] == f"{system.history_url}/ui/runs/{run['run_id']}"
 
 
 @pytest.mark.parametrize("system", ["in_process"], indirect=True)

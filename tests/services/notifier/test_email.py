@@ -219,7 +219,8 @@ def test_plain_text_alternative() -> None:
     plain = message.get_body(preferencelist=("plain",))
     assert plain is not None
     assert plain.get_content_charset() == "utf-8"
-    assert plain.get_content().splitlines() == TEXT.splitlines()
+    # The footer's links follow the body, as in the HTML.
+    assert plain.get_content().splitlines() == [*TEXT.splitlines(), "", f"View this run: {RUN_URL}"]
 
 
 def test_html_part_is_utf8() -> None:
@@ -343,11 +344,25 @@ def test_links_are_listed_in_the_text() -> None:
     assert plain is not None
     lines = plain.get_content().splitlines()
     assert lines[: len(TEXT.splitlines())] == TEXT.splitlines()
-    assert lines[-3:] == [
+    assert lines[-5:] == [
         "Too large here:",
         "- errors.csv (24.0 MB): https://adxflow.example/v1/artifacts/runs/r/q/1/result.csv",
         "- a<b>.png (1.5 KB): https://adxflow.example/v1/artifacts/runs/r/q/1/chart.png?x=1&y=2",
+        "",
+        f"View this run: {RUN_URL}",
     ]
+
+
+def test_each_query_is_linked_in_the_web_ui_in_the_html_and_the_text() -> None:
+    link = "https://help.kusto.windows.net/Samples?query=H4sI%2Babc%3D%3D"
+    message = built(mail(query_links=[("by_state", link)]))
+
+    html = html_of(message)
+    assert f'<a href="{link}" style="color:#0969da">Open by_state in Azure Data Explorer</a>' in html
+    plain = message.get_body(preferencelist=("plain",))
+    assert plain is not None
+    assert plain.get_content().splitlines()[-1] == f"Open by_state in Azure Data Explorer: {link}"
+    assert "Azure Data Explorer" not in html_of(built(mail()))
 
 
 def test_no_note_without_links() -> None:

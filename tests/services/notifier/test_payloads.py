@@ -81,7 +81,7 @@ async def test_the_json_payload_names_the_run_its_steps_and_links_to_their_artif
         "manual",
     )
     assert run["description"] == DESCRIPTION
-    assert run["url"] == f"{HISTORY_URL}/v1/runs/{run_id}"
+    assert run["url"] == f"{HISTORY_URL}/ui/runs/{run_id}"
     assert body["step"] == {"id": "hook", "title": DESCRIPTION, "row": None}
     assert set(body["steps"]) == {"by_state", "deadly"}
     by_state = body["steps"]["by_state"]
@@ -131,11 +131,11 @@ async def test_the_slack_payload_is_blocks_with_counts_and_links(notifier: Notif
     [actions] = [block for block in blocks if block["type"] == "actions"]
     buttons = {button["text"]["text"]: URL(button["url"]) for button in actions["elements"]}
     assert all(button["type"] == "button" for button in actions["elements"])
-    assert str(buttons["Open the run"]) == f"{HISTORY_URL}/v1/runs/{run_id}"
+    assert str(buttons["Open the run"]) == f"{HISTORY_URL}/ui/runs/{run_id}"
     assert buttons["Chart: by_state"].path == png_path
     linked = re.findall(r"<([^|<>]+)\|([^<>]+)>", "\n".join(texts(blocks)))
     assert (f"{HISTORY_URL}{csv_path}", "CSV") in linked
-    assert (f"{HISTORY_URL}/v1/runs/{run_id}", f"run {run_id}") in linked
+    assert (f"{HISTORY_URL}/ui/runs/{run_id}", f"run {run_id}") in linked
 
 
 async def test_the_slack_payload_escapes_the_description_for_mrkdwn(notifier: NotifierFactory) -> None:
@@ -235,7 +235,7 @@ async def test_the_teams_payload_is_an_adaptive_card_with_facts_the_chart_and_th
     assert card["actions"][0] == {
         "type": "Action.OpenUrl",
         "title": "Open the run",
-        "url": f"{HISTORY_URL}/v1/runs/{run_id}",
+        "url": f"{HISTORY_URL}/ui/runs/{run_id}",
     }
     assert all(action["type"] == "Action.OpenUrl" for action in card["actions"])
 
