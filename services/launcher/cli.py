@@ -315,3 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     except AdxflowError as exc:
         print(f"adxflow: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BrokenPipeError:
+        # The reader went away (`adxflow run ... | head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None

@@ -271,3 +271,31 @@ async def test_a_failing_run_makes_run_wait_exit_non_zero(system: System) -> Non
     code, output = await cli(system, "run", "broken", "--param", "x=1")
     assert code != 0
     assert "parameters.x" in output
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_reader_that_goes_away_stops_the_command_line_quietly(system: System) -> None:
+    code, output = await cli(system, "flows", "apply", "-f", str(EXAMPLES / "minute-check.yaml"))
+    assert code == 0, output
+    read, write = os.pipe()
+    os.close(read)  # as `adxflow flows list | head -0` would: nobody reads what it prints
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services",
+            "flows",
+            "list",
+            env={
+                **os.environ,
+                "ADXFLOW_TRIGGER_URL": system.trigger_url,
+                "ADXFLOW_HISTORY_URL": system.history_url,
+            },
+            stdout=write,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write)
+    _, errors = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert errors.decode() == ""
