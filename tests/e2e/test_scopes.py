@@ -341,3 +341,14 @@ async def test_parallel_branches_run_as_child_runs_and_later_steps_see_each_bran
     ) as bad:
         assert bad.status == 400
         assert "not a for_each or parallel step" in (await bad.json())["error"]["message"]
+
+
+@pytest.mark.azurite
+@pytest.mark.blob_backend("azure")
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_for_each_streams_its_rows_from_azure_blob_storage(system: System) -> None:
+    await system.save_flow(_per_row_flow(system.hooks.url))
+    started = await system.start_flow("per-incident")
+    run = await system.finished(started["run_id"], timeout=120)
+    assert run["status"] == "succeeded", run
+    assert len({json.loads(body)["event"] for _, body in system.hooks.received}) == 6
