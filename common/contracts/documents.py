@@ -18,6 +18,7 @@ through it loses the key too (GET it from, and PUT it to, a newer replica).
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
 
@@ -37,3 +38,14 @@ class Document(BaseModel):
             return data
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         return {key: value for key, value in data.items() if key in known}
+
+
+def known_zone(value: str) -> str:
+    """*value* if it names an IANA time zone this machine knows; a ValueError saying so otherwise."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"{value!r} is not an IANA time zone (such as Europe/Berlin)") from None
+    if value == "localtime":
+        raise ValueError("'localtime' depends on the server; name the zone, such as Europe/Berlin")
+    return value

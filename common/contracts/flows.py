@@ -23,7 +23,6 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,7 +38,7 @@ from common.contracts.actions import (
     check_text,
     inner_steps,
 )
-from common.contracts.documents import READ_BACK, Document
+from common.contracts.documents import READ_BACK, Document, known_zone
 from common.contracts.messages import RunContext, RunMessage, RunStatus, Step, StepKind, utcnow
 from common.contracts.parameters import Identifier, ParameterSpec, coerce_parameter
 from common.contracts.templates import TemplateSyntaxProblem, check_template, template_references
@@ -94,13 +93,7 @@ class TriggerSpec(Document):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(f"{value!r} is not an IANA time zone (such as Europe/Berlin)") from None
-        if value == "localtime":
-            raise ValueError("'localtime' depends on the server; name the zone, such as Europe/Berlin")
-        return value
+        return known_zone(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> TriggerSpec:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from common.contracts.documents import Document
+from common.contracts.documents import Document, known_zone
 from common.contracts.parameters import Identifier
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -45,33 +45,14 @@ class MuteWindow(Document):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(f"{value!r} is not an IANA time zone (such as Europe/Berlin)") from None
-        if value == "localtime":
-            raise ValueError("'localtime' depends on the server; name the zone, such as Europe/Berlin")
-        return value
+        return known_zone(value)
 
-    @field_validator("weekdays")
+    @field_validator("weekdays", "times", "dates")
     @classmethod
-    def _days(cls, values: list[str]) -> list[str]:
+    def _readable(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        read = {"weekdays": _weekdays, "times": _time_range, "dates": _date_range}[info.field_name or ""]
         for value in values:
-            _weekdays(value)
-        return values
-
-    @field_validator("times")
-    @classmethod
-    def _times(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _time_range(value)
-        return values
-
-    @field_validator("dates")
-    @classmethod
-    def _dates(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _date_range(value)
+            read(value)
         return values
 
     @model_validator(mode="after")
