@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Discriminator, EmailStr, Field, Tag, field_validator, model_validator
 
+from common.contracts.alerts import Alert
 from common.contracts.documents import Document
 from common.contracts.messages import ChartKind, Importance
 from common.contracts.parameters import Identifier, ParameterType
@@ -50,6 +51,8 @@ class QueryParameter(Document):
 
 
 class _KustoStep(_Step):
+    #: An alert on the step's result: the deliveries after it go out only when it has news.
+    alert: Alert | None = None
     #: Query parameters of this step alone, each rendered and then sent typed (never spliced into
     #: the text): the way a row's values reach a query inside a ``for_each``.
     parameters: dict[Identifier, QueryParameter] = {}
@@ -68,6 +71,8 @@ class _KustoStep(_Step):
     def templates(self) -> dict[str, str]:
         found = super().templates()
         found.update({f"parameters.{name}.value": spec.value for name, spec in self.parameters.items()})
+        if self.alert is not None:
+            found.update(self.alert.templates())
         return found
 
 

@@ -230,13 +230,16 @@ def _check_steps(
                 names, references = template_references(text)
             except TemplateSyntaxProblem as exc:
                 raise ValueError(f"{where}.{name}: {exc}") from None
-            if "row" in names and not per_row:
+            # An alert's condition is asked after its own step ran, of each row with key columns.
+            own = name.startswith("alert.") and isinstance(step, KUSTO_STEPS) and step.alert is not None
+            keyed = own and isinstance(step, KUSTO_STEPS) and bool(step.alert and step.alert.key_columns)
+            if "row" in names and not (per_row or keyed):
                 raise ValueError(
                     f"{where}.{name}: 'row' is defined only inside a for_each step's steps "
-                    "(or in a delivery with for_each)"
+                    "(or in a delivery with for_each, or an alert with key_columns)"
                 )
             for reference in references:
-                if reference not in visible:
+                if reference not in visible and not (own and reference == step.id):
                     raise ValueError(f"{where}.{name}: {_unseen(reference, step, places)}")
         source = step.for_each if isinstance(step, SendEmail | PostWebhook | ForEach) else None
         if source is not None and not isinstance(visible.get(source), KUSTO_STEPS):
@@ -325,10 +328,13 @@ def _branches(place: Place, places: dict[str, Place]) -> dict[str, str]:
 
 def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
     """The routing-slip steps one flow step becomes: (slip step id, kind)."""
-    if isinstance(step, RENDERING_STEPS):
-        return [(step.id, StepKind.QUERY), (f"{step.id}.render", StepKind.RENDER)]
     if isinstance(step, KUSTO_STEPS):
-        return [(step.id, StepKind.QUERY)]
+        slips = [(step.id, StepKind.QUERY)]
+        if isinstance(step, RENDERING_STEPS):
+            slips.append((f"{step.id}.render", StepKind.RENDER))
+        if step.alert is not None:
+            slips.append((f"{step.id}.alert", StepKind.ALERT))
+        return slips
     if isinstance(step, ForEach | If | Parallel):
         return [(step.id, StepKind.SCOPE)]
     return [(step.id, StepKind.NOTIFY)]

@@ -33,8 +33,9 @@ each other's messages. The rules of ``schema_version``:
   replayed once the reader is upgraded. A release that bumps the major reads
   the previous one too, and writes the new one only where a message needs it
   (major 2: a run of a flow with a scope step, which only a release that has
-  scopes could have saved and can perform); every other message stays on the
-  older major, so that an older replica still reads it.
+  scopes could have saved and can perform; major 3: a run with an alert's
+  evaluation); every other message stays on the oldest major that can say
+  it, so that an older replica still reads it.
 * Error codes are open: a reader keeps a code it does not know as it came.
 
 What arrives from outside -- the HTTP APIs' bodies, a job, a flow file -- stays
@@ -66,7 +67,7 @@ from pydantic import (
 #: higher one. A message is written with the lowest major that can say what it says (see
 #: :meth:`Envelope.needed_major`): a run of a flow with no scope step is major 1, which every
 #: earlier release reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Additive changes since the first major; readers never refuse a message for its minor.
 #: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
 #: 2: the error code ``DeliveryLimit`` (a run whose message the broker dead-lettered).
@@ -77,6 +78,10 @@ SCHEMA_MINOR = 4
 #: Major 2: the step kind ``scope`` (for_each, if and parallel steps, and the join of an
 #: iteration or branch), which a major-1 reader would not know where to send.
 SCOPE_MAJOR = 2
+#: Major 3: the step kind ``alert`` (an alert's evaluation after its Kusto step).
+ALERT_MAJOR = 3
+#: The major a message needs for each step kind it holds.
+_KIND_MAJOR = {"scope": SCOPE_MAJOR, "alert": ALERT_MAJOR}
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -108,6 +113,8 @@ class StepKind(StrEnum):
     #: The structure of a flow: an ``if`` decided, a ``for_each`` or ``parallel`` fanned out to child
     #: runs and joined again, and each child's ``join`` back into its parent.
     SCOPE = "scope"
+    #: An alert's evaluation after its Kusto step: its instances' states, and whether to deliver.
+    ALERT = "alert"
 
 
 #: The service that performs each kind of step.
@@ -118,6 +125,7 @@ SERVICE_OF: dict[StepKind, Service] = {
     StepKind.NOTIFY: Service.NOTIFIER,
     StepKind.RECORD: Service.HISTORY,
     StepKind.SCOPE: Service.TRIGGER,
+    StepKind.ALERT: Service.TRIGGER,
 }
 
 
@@ -254,7 +262,7 @@ class Envelope(WireModel):
         return self.needed_major()
 
     def needed_major(self) -> int:
-        """The lowest major that can say what this message says (1 unless it holds a scope step)."""
+        """The lowest major that can say what this message says (1 unless it holds a scope or an alert)."""
         return 1
 
 
@@ -547,7 +555,7 @@ class RunInfo(WireModel):
 
 
 def _major_of(itinerary: list[Step]) -> int:
-    return SCOPE_MAJOR if any(step.kind is StepKind.SCOPE for step in itinerary) else 1
+    return max((_KIND_MAJOR.get(step.kind.value, 1) for step in itinerary), default=1)
 
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -586,7 +594,7 @@ class StatusEvent(Envelope):
     message: RunMessage | None = None
 
     def needed_major(self) -> int:
-        majors = [SCOPE_MAJOR if self.kind is StepKind.SCOPE else 1]
+        majors = [_KIND_MAJOR.get(self.kind.value, 1)]
         majors += [_major_of(part.itinerary) for part in (self.run, self.message) if part is not None]
         return max(majors)
 

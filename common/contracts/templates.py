@@ -156,6 +156,8 @@ def _slips(message: RunMessage) -> list[tuple[str, str, StepKind]]:
             continue
         if slip_id.endswith(".render"):
             found.append((slip_id, slip_id.removesuffix(".render"), StepKind.RENDER))
+        elif slip_id.endswith(".alert"):
+            found.append((slip_id, slip_id.removesuffix(".alert"), StepKind.ALERT))
         elif "scope" in output.detail:
             found.append((slip_id, slip_id, StepKind.SCOPE))
         else:
@@ -166,7 +168,8 @@ def _slips(message: RunMessage) -> list[tuple[str, str, StepKind]]:
 def template_context(
     message: RunMessage, *, bodies: Mapping[str, str] | None = None, row: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """What a flow's templates can read: ``run``, ``steps.<id>`` and, per row, ``row``.
+    """What a flow's templates can read: ``run``, ``steps.<id>``, per row ``row``, and after an alert's
+    evaluation ``alert``.
 
     *bodies* holds the rendered HTML of each rendering step (the notifier
     loads them from the blob store); elsewhere ``body_html`` is empty.
@@ -183,11 +186,16 @@ def template_context(
         "parent_run_id": context.parent_run_id,
     }
     steps: dict[str, dict[str, Any]] = {}
+    alert: dict[str, Any] | None = None
     for slip_id, flow_step, kind in _slips(message):
         output = message.outputs.get(slip_id)
         if output is None:
             continue
         view = steps.setdefault(flow_step, {"attachments": [], "body_html": markup("")})
+        if kind is StepKind.ALERT:
+            # The step's alert, as its evaluation left it; the latest one is also ``alert``.
+            alert = view["alert"] = output.detail.get("alert")
+            continue
         view["status"] = output.status.value
         view["error"] = output.error.message if output.error else None
         if kind is StepKind.RENDER:
@@ -218,6 +226,8 @@ def template_context(
     if row is None and context.scope is not None:
         row = context.scope.row
     found: dict[str, Any] = {"run": run, "steps": steps}
+    if alert is not None:
+        found["alert"] = alert
     if row is not None:
         found["row"] = dict(row)
     return found

@@ -32,7 +32,7 @@ from typing import Any, TypeVar, cast
 
 import structlog
 
-from common.contracts.actions import PostWebhook, SendEmail
+from common.contracts.actions import KUSTO_STEPS, PostWebhook, SendEmail
 from common.contracts.errors import AdxflowError, Requeue
 from common.contracts.flows import flow_of
 from common.contracts.messages import (
@@ -151,6 +151,13 @@ def _skip_reason(message: RunMessage, step: Step, came_from: Step) -> str | None
     stopped = next((slip for slip, out in message.outputs.items() if out.detail.get(ENDS_ITERATION)), None)
     if stopped is not None:
         return f"the iteration stopped when step {stopped!r} failed"
+    if step.kind is StepKind.ALERT:
+        # An alert is evaluated whatever its query did (a failure is its error state), unless the
+        # step did not run at all.
+        query = message.outputs.get(step.flow_step)
+        if query is not None and query.status is StepStatus.SKIPPED:
+            return str(query.detail.get("reason", "skipped"))
+        return None
     previous = message.outputs.get(came_from.id)
     if came_from.flow_step == step.flow_step:
         # The render half of a query step follows its query half.
@@ -169,6 +176,8 @@ def _skip_reason(message: RunMessage, step: Step, came_from: Step) -> str | None
             taken = decided.detail.get("branch")
             return f"in the {branch} branch of {condition!r}, which took the {taken} branch"
     spec = place.spec
+    if isinstance(spec, SendEmail | PostWebhook) and (quiet := _alert_quiet(message)) is not None:
+        return quiet
     if spec.when is None or (isinstance(spec, SendEmail | PostWebhook) and spec.for_each):
         # A per-row delivery evaluates its condition for each row itself.
         return None
@@ -247,11 +256,28 @@ async def fail_step(
     return False
 
 
+def _alert_quiet(message: RunMessage) -> str | None:
+    """Why a delivery after the run's alerts is not due: none of them has news; None if one has
+    (or the run has no alert)."""
+    told = [
+        out.detail["alert"]
+        for slip, out in message.outputs.items()
+        if slip.endswith(".alert") and "alert" in out.detail
+    ]
+    if not told or any(alert.get("deliver") for alert in told):
+        return None
+    return "the alert has nothing new to tell: " + "; ".join(str(alert.get("summary", "")) for alert in told)
+
+
 def _continues(message: RunMessage) -> bool:
     step = message.step
     if step.flow_step is None:
         return False
-    return flow_of(message).step(step.flow_step).on_failure == "continue"
+    spec = flow_of(message).step(step.flow_step)
+    if step.kind in (StepKind.QUERY, StepKind.RENDER) and isinstance(spec, KUSTO_STEPS) and spec.alert:
+        # The step's alert evaluates the failure (its error state), and its deliveries may tell it.
+        return True
+    return spec.on_failure == "continue"
 
 
 @dataclass(frozen=True)

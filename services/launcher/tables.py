@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from services.history.dead_letters import metadata as dead_letters
 from services.history.store.schema import metadata as history
 from services.notifier.ledger import metadata as notifier
+from services.trigger.alert_store import metadata as alerts
 from services.trigger.scope_store import metadata as scopes
 from services.trigger.store import metadata as trigger
 
@@ -23,4 +24,4 @@ def _combined(*parts: sa.MetaData) -> sa.MetaData:
     return combined
 
 
-metadata = _combined(history, dead_letters, trigger, scopes, notifier)
+metadata = _combined(history, dead_letters, trigger, scopes, alerts, notifier)

@@ -12,6 +12,8 @@ from common.platform.http import HttpServer, require_token_off_loopback
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepWorker
 from common.platform.webhooks import policy_for
+from services.trigger.alert_store import AlertStore
+from services.trigger.alerting import Alerts
 from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.scope_store import ScopeStore
@@ -29,15 +31,23 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     require_token_off_loopback(settings.trigger_host, settings.api_token, "ADXFLOW_TRIGGER_HOST")
     store = FlowStore(settings.resolved_database_url)
     scope_store = ScopeStore(settings.resolved_database_url)
+    alert_store = AlertStore(settings.resolved_database_url)
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
     tidy_task: asyncio.Task[None] | None = None
+    forget_task: asyncio.Task[None] | None = None
     try:
         await store.ensure_schema(settings.migrate)
         scopes = Scopes(scope_store, runtime)
         await StepWorker(runtime.broker, StepKind.SCOPE, scopes.perform, RetryPolicy.of(settings)).start(
             settings.prefetch
         )
+        alerts = Alerts(alert_store, runtime)
+        await StepWorker(runtime.broker, StepKind.ALERT, alerts.perform, RetryPolicy.of(settings)).start(
+            settings.prefetch
+        )
+        forgetting = runtime.loops.loop("alert_retention", settings.retention_interval_seconds)
+        forget_task = asyncio.create_task(forgetting.every(alerts.tidy, stop))
         tidying = runtime.loops.loop("scope_retention", settings.retention_interval_seconds)
         tidy_task = asyncio.create_task(tidying.every(scopes.tidy, stop))
         chainer = Chainer(store, runtime.broker)
@@ -66,5 +76,8 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
             await scheduler_task
         if tidy_task is not None:
             await tidy_task
+        if forget_task is not None:
+            await forget_task
+        await alert_store.close()
         await scope_store.close()
         await store.close()

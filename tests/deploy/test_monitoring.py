@@ -456,6 +456,7 @@ def loop_intervals() -> dict[str, float]:
         "stall_watcher": Recorder.stall_check_seconds.fget(recorder),
         "retention": settings.retention_interval_seconds,
         "scope_retention": settings.retention_interval_seconds,
+        "alert_retention": settings.retention_interval_seconds,
     }
 
 

@@ -102,7 +102,8 @@ def test_a_for_each_over_a_later_query_is_refused() -> None:
 def test_row_outside_a_for_each_is_refused(steps: list[dict[str, Any]], field: str) -> None:
     assert refusal(flow(*steps)) == (
         field,
-        "'row' is defined only inside a for_each step's steps (or in a delivery with for_each)",
+        "'row' is defined only inside a for_each step's steps (or in a delivery with for_each, or an alert "
+        "with key_columns)",
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from common.contracts import messages
 from common.contracts.flows import Flow, child_itinerary, flow_of, new_run, read_back
 from common.contracts.messages import (
+    ALERT_MAJOR,
     SCHEMA_MINOR,
     SCHEMA_VERSION,
     SCOPE_MAJOR,
@@ -347,3 +348,33 @@ def test_a_status_event_of_a_scope_step_is_refused_by_a_major_1_reader(major_1_r
     assert read_message(StatusEvent, query).kind is StepKind.QUERY
     with pytest.raises(UnreadableMessage, match="schema_version 2 is newer than this reader's 1"):
         read_message(StatusEvent, scope)
+
+
+ALERTED: dict[str, Any] = {
+    "name": "alerted",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [{"id": "q", "action": "run_query", "query": "T | take 1", "alert": {"key_columns": ["Id"]}}],
+}
+
+
+def test_a_run_with_an_alert_is_written_on_the_alert_major_which_a_scope_major_reader_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = Flow.model_validate(ALERTED)
+    run = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r3")
+    assert [step.kind for step in run.itinerary][1:3] == [StepKind.QUERY, StepKind.ALERT]
+    body = run.model_dump_json()
+    event = status_event(StepKind.ALERT).model_dump_json()
+
+    assert json.loads(body)["schema_version"] == ALERT_MAJOR == 3
+    assert json.loads(event)["schema_version"] == 3
+    assert read_message(RunMessage, body).itinerary == run.itinerary
+    # A release that knows scopes but not alerts leaves both to a newer replica.
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", 2)
+    with pytest.raises(UnreadableMessage, match="schema_version 3 is newer than this reader's 2"):
+        read_message(RunMessage, body)
+    with pytest.raises(UnreadableMessage, match="schema_version 3 is newer than this reader's 2"):
+        read_message(StatusEvent, event)
+    # Its scope runs are still on the major it reads.
+    assert json.loads(scoped_message().model_dump_json())["schema_version"] == 2

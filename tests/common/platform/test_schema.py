@@ -270,6 +270,7 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
         "0003_claim_leases",
         "0004_run_trace_ids",
         "0005_scopes",
+        "0006_alerts",
     )
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
@@ -359,6 +360,7 @@ async def test_an_empty_database_at_head_and_migrating_again_does_nothing(engine
         "0003_claim_leases",
         "0004_run_trace_ids",
         "0005_scopes",
+        "0006_alerts",
     )
     assert (again.before, again.applied) == (HEAD, ())
     async with engine.connect() as conn:
@@ -374,7 +376,7 @@ async def test_replicas_migrating_one_fresh_database_together_both_succeed(datab
     finally:
         await asyncio.gather(*(engine.dispose() for engine in engines))
     # One of them did the work; the others waited for its lock and found the schema done.
-    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 5]
+    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 6]
     assert after.at_head
 
 
@@ -410,6 +412,7 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
         "0003_claim_leases",
         "0004_run_trace_ids",
         "0005_scopes",
+        "0006_alerts",
     )
 
     await ensure_schema(engine, "auto")
@@ -436,7 +439,7 @@ async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_the
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids", "0005_scopes")
+    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids", "0005_scopes", "0006_alerts")
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
         slots = (await conn.execute(sa.text("SELECT run_id, claimed_until FROM flow_slots"))).all()
@@ -464,7 +467,7 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0004_run_trace_ids", "0005_scopes")
+    assert migration.applied == ("0004_run_trace_ids", "0005_scopes", "0006_alerts")
     store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
     try:
         run = await store.get_run("r")
@@ -514,7 +517,7 @@ async def test_scopes_arrive_and_runs_recorded_before_them_are_nobodys_iteration
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0004_run_trace_ids", ("0005_scopes",))
+    assert (migration.before, migration.applied) == ("0004_run_trace_ids", ("0005_scopes", "0006_alerts"))
     assert before["tables"] == set()
     assert {"scope_step", "iteration", "branch"}.isdisjoint(before["runs"])
     async with engine.connect() as conn:
@@ -560,7 +563,7 @@ async def test_the_scopes_revision_downgrades_to_the_one_before_keeping_the_runs
     assert "ix_runs_parent_scope_iteration" not in after["runs_indexes"]
     assert [tuple(row) for row in runs] == [("r", "p")]
     assert (await state(engine)).current == "0004_run_trace_ids"
-    assert (await migrate(engine)).applied == ("0005_scopes",)
+    assert (await migrate(engine)).applied == ("0005_scopes", "0006_alerts")
 
 
 async def test_check_mode_refuses_tables_from_before_migrations(engine: AsyncEngine) -> None:
@@ -619,6 +622,7 @@ def test_revisions_are_one_line_with_ids_that_fit_alembic_version() -> None:
         "0003_claim_leases",
         "0004_run_trace_ids",
         "0005_scopes",
+        "0006_alerts",
     ]
     assert len(schema._scripts().get_heads()) == 1
     # alembic_version.version_num is VARCHAR(32) on PostgreSQL.
@@ -674,3 +678,35 @@ def test_every_revision_only_adds_so_the_previous_release_runs_on_its_schema() -
         assert not removing, f"{path.name}'s upgrade removes or renames: {removing}"
         text = ast.get_source_segment(path.read_text(encoding="utf-8"), upgrade) or ""
         assert " DROP " not in text.upper(), f"{path.name}'s upgrade runs a DROP statement"
+
+
+async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0005_scopes"))
+        await conn.execute(_RUN_0004, {"trace": None, "at": T0})
+
+    migration = await migrate(engine)
+
+    assert (migration.before, migration.applied) == ("0005_scopes", ("0006_alerts",))
+    async with engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+        keys = await conn.run_sync(
+            lambda sync: {
+                name: sa.inspect(sync).get_pk_constraint(name)["constrained_columns"]
+                for name in ("alerts", "alert_instances", "alert_evaluations")
+            }
+        )
+        runs = (await conn.execute(sa.text("SELECT run_id, parent_run_id FROM runs"))).all()
+    assert {"alerts", "alert_instances", "alert_transitions", "alert_evaluations"} <= tables
+    assert keys == {
+        "alerts": ["flow", "step_id"],
+        "alert_instances": ["flow", "step_id", "key"],
+        "alert_evaluations": ["flow", "step_id", "run_id"],
+    }
+    assert [tuple(row) for row in runs] == [("r", "p")]
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0005_scopes"))
+        left = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+    assert {"alerts", "alert_instances", "alert_transitions", "alert_evaluations"}.isdisjoint(left)
+    assert (await migrate(engine)).applied == ("0006_alerts",)

@@ -30,8 +30,8 @@ from services.history.api import create_app
 from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 
-# The kinds of a run without scope steps, in itinerary order.
-KINDS = [kind for kind in StepKind if kind is not StepKind.SCOPE]
+# The kinds of a run without scope or alert steps, in itinerary order.
+KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
 
 ITINERARY = [Step(id=kind.value, kind=kind) for kind in KINDS]
 T0 = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)

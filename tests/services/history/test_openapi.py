@@ -41,8 +41,8 @@ from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 from tests.fuzzing import Live, live_service, loose_answers
 
-# The kinds of a run without scope steps, in itinerary order.
-KINDS = [kind for kind in StepKind if kind is not StepKind.SCOPE]
+# The kinds of a run without scope or alert steps, in itinerary order.
+KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
 
 TOKEN = "fuzz-token"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}

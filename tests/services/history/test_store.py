@@ -26,8 +26,8 @@ from common.contracts.messages import (
 )
 from services.history.store import HistoryStore
 
-# The kinds of a run without scope steps, in itinerary order.
-KINDS = [kind for kind in StepKind if kind is not StepKind.SCOPE]
+# The kinds of a run without scope or alert steps, in itinerary order.
+KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
 
 ITINERARY = [Step(id=kind.value, kind=kind) for kind in KINDS]
 T0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)

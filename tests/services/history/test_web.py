@@ -43,8 +43,8 @@ from services.trigger import service as trigger
 from services.trigger.bodies import EXAMPLE_FLOW
 from tests.conftest import random_name
 
-# The kinds of a run without scope steps, in itinerary order.
-KINDS = [kind for kind in StepKind if kind is not StepKind.SCOPE]
+# The kinds of a run without scope or alert steps, in itinerary order.
+KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
 
 HOSTILE = '<script>alert("x")</script>'
 T0 = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)

@@ -1,0 +1,232 @@
+"""Alerts' state in the shared database: each instance's state, each transition, each evaluation.
+
+An evaluation is one transaction, keyed by its run: the alert's row is locked (written first,
+so SQLite takes its lock too), the instances are read, the rules decide, and the instances,
+the transitions and the evaluation's outcome are written in batches. A redelivered
+evaluation (the same run again) finds its outcome and repeats it, so a restart or a second
+trigger replica neither re-sends nor loses a transition; two runs of one alert at once wait
+for each other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.contracts.messages import utcnow
+from common.platform.database import SqlStore
+from services.trigger.alert_states import Evaluation, Instance, State
+
+metadata = sa.MetaData()
+UtcDateTime = sa.DateTime(timezone=True)
+#: Rows written in one statement.
+_BATCH = 500
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("flow", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(64), primary_key=True),
+    #: The run that evaluated it last, and when.
+    sa.Column("last_run_id", sa.String(64)),
+    sa.Column("evaluated_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+instances = sa.Table(
+    "alert_instances",
+    metadata,
+    sa.Column("flow", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(64), primary_key=True),
+    #: The instance's key: its key columns' values ("" for an alert without key columns).
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("since", UtcDateTime),
+    sa.Column("pending_count", sa.Integer, nullable=False),
+    sa.Column("last_held", UtcDateTime),
+    sa.Column("notified_at", UtcDateTime),
+)
+
+transitions = sa.Table(
+    "alert_transitions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("step_id", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("before", sa.String(16), nullable=False),
+    sa.Column("after", sa.String(16), nullable=False),
+    #: What was to be told: firing, resolved, error, no_data, repeat; null when only recorded.
+    sa.Column("notice", sa.String(16)),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_alert_transitions_flow_step_at", "flow", "step_id", "at"),
+)
+
+evaluations = sa.Table(
+    "alert_evaluations",
+    metadata,
+    sa.Column("flow", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    #: What the evaluation decided, as its step's output tells it (repeated on a redelivery).
+    sa.Column("outcome", sa.JSON, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_alert_evaluations_at", "at"),
+)
+
+#: Given the instances as stored, what the evaluation decides and what its step says of it.
+Decide = Callable[[dict[str, Instance]], tuple[Evaluation, dict[str, Any]]]
+
+
+class AlertStore(SqlStore):
+    """The trigger's alerts, in the shared database."""
+
+    metadata = metadata
+
+    async def evaluate(self, flow: str, step_id: str, run_id: str, decide: Decide) -> dict[str, Any]:
+        """Run *decide* over the alert's instances once for *run_id*; what it said (again, if it ran)."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await _lock(conn, flow, step_id, now)
+            done = (
+                await conn.execute(
+                    sa.select(evaluations.c.outcome).where(
+                        (evaluations.c.flow == flow)
+                        & (evaluations.c.step_id == step_id)
+                        & (evaluations.c.run_id == run_id)
+                    )
+                )
+            ).scalar_one_or_none()
+            if done is not None:
+                return {**done, "repeated": True}
+            stored = await _instances(conn, flow, step_id)
+            evaluation, outcome = decide(stored)
+            await _write(conn, flow, step_id, run_id, stored, evaluation)
+            await conn.execute(
+                evaluations.insert().values(
+                    flow=flow, step_id=step_id, run_id=run_id, outcome=outcome, at=now
+                )
+            )
+            await conn.execute(
+                alerts.update()
+                .where((alerts.c.flow == flow) & (alerts.c.step_id == step_id))
+                .values(last_run_id=run_id, evaluated_at=now)
+            )
+            return outcome
+
+    async def states(self, flow: str, step_id: str) -> dict[str, Instance]:
+        async with self.engine.connect() as conn:
+            return await _instances(conn, flow, step_id)
+
+    async def history(self, flow: str, step_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The alert's latest transitions, newest first."""
+        query = (
+            sa.select(transitions)
+            .where((transitions.c.flow == flow) & (transitions.c.step_id == step_id))
+            .order_by(transitions.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings().all()]
+
+    async def forget(self, *, evaluated_before: dt.datetime) -> int:
+        """Delete the evaluations (and transitions) recorded before the cutoff; instances stay."""
+        async with self.engine.begin() as conn:
+            gone = await conn.execute(evaluations.delete().where(evaluations.c.at < evaluated_before))
+            await conn.execute(transitions.delete().where(transitions.c.at < evaluated_before))
+        return int(gone.rowcount or 0)
+
+
+async def _lock(conn: AsyncConnection, flow: str, step_id: str, now: dt.datetime) -> None:
+    key = (alerts.c.flow == flow) & (alerts.c.step_id == step_id)
+    if (await conn.execute(alerts.update().where(key).values(updated_at=now))).rowcount:
+        return
+    try:
+        async with conn.begin_nested():
+            await conn.execute(alerts.insert().values(flow=flow, step_id=step_id, updated_at=now))
+    except sa.exc.IntegrityError:
+        # Another evaluation created it meanwhile: wait for its lock as an update.
+        await conn.execute(alerts.update().where(key).values(updated_at=now))
+
+
+async def _instances(conn: AsyncConnection, flow: str, step_id: str) -> dict[str, Instance]:
+    rows = (
+        await conn.execute(
+            sa.select(instances).where((instances.c.flow == flow) & (instances.c.step_id == step_id))
+        )
+    ).all()
+    return {
+        row.key: Instance(
+            key=row.key,
+            state=State(row.state),
+            since=_utc(row.since),
+            pending_count=row.pending_count,
+            last_held=_utc(row.last_held),
+            notified_at=_utc(row.notified_at),
+        )
+        for row in rows
+    }
+
+
+async def _write(
+    conn: AsyncConnection,
+    flow: str,
+    step_id: str,
+    run_id: str,
+    stored: Mapping[str, Instance],
+    evaluation: Evaluation,
+) -> None:
+    """The instances as *evaluation* left them (changed ones only) and its transitions, in batches."""
+    after = evaluation.instances
+    gone = [key for key in stored if key not in after]
+    changed = [instance for key, instance in after.items() if stored.get(key) != instance]
+    base = (instances.c.flow == flow) & (instances.c.step_id == step_id)
+    for start in range(0, len(gone), _BATCH):
+        await conn.execute(instances.delete().where(base & instances.c.key.in_(gone[start : start + _BATCH])))
+    replaced = [instance.key for instance in changed if instance.key in stored]
+    for start in range(0, len(replaced), _BATCH):
+        await conn.execute(
+            instances.delete().where(base & instances.c.key.in_(replaced[start : start + _BATCH]))
+        )
+    rows = [
+        {
+            "flow": flow,
+            "step_id": step_id,
+            "key": instance.key,
+            "state": instance.state.value,
+            "since": instance.since,
+            "pending_count": instance.pending_count,
+            "last_held": instance.last_held,
+            "notified_at": instance.notified_at,
+        }
+        for instance in changed
+    ]
+    for start in range(0, len(rows), _BATCH):
+        await conn.execute(instances.insert(), rows[start : start + _BATCH])
+    told = [
+        {
+            "flow": flow,
+            "step_id": step_id,
+            "key": transition.key,
+            "run_id": run_id,
+            "before": transition.before.value,
+            "after": transition.after.value,
+            "notice": transition.notice.value if transition.notice else None,
+            "at": transition.at,
+        }
+        for transition in evaluation.transitions
+    ]
+    for start in range(0, len(told), _BATCH):
+        await conn.execute(transitions.insert(), told[start : start + _BATCH])
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time read back from SQLite, which keeps no zone: UTC, as written."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)

@@ -1,0 +1,142 @@
+"""Alerts end to end: a flow over a table the test changes with control commands fires, stays
+quiet, resolves; a failing query is told once as an error and once as resolved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import System
+
+ALERT_FLOW: dict[str, Any] = {
+    "name": "incident-alert",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [
+        {
+            "id": "open",
+            "action": "run_query",
+            "query": "Incidents | project EventId, State | order by EventId asc",
+            "alert": {"key_columns": ["EventId"]},
+        },
+        {
+            "id": "mail",
+            "action": "send_email",
+            "to": ["oncall@example.com"],
+            "subject": (
+                "{{ alert.counts.new }} new, {{ alert.counts.still_firing }} still firing, "
+                "{{ alert.counts.resolved }} resolved"
+            ),
+            "body_html": (
+                "<ul>{% for one in alert.new %}<li>new {{ one.row.EventId }} in {{ one.row.State }}</li>"
+                "{% endfor %}{% for one in alert.resolved %}<li>resolved {{ one.key }}</li>{% endfor %}</ul>"
+            ),
+        },
+    ],
+}
+
+
+async def set_incidents(system: System, rows: list[tuple[int, str]]) -> None:
+    values = ", ".join(f'{event}, "{state}"' for event, state in rows)
+    command = f".set-or-replace Incidents <| datatable(EventId:long, State:string)[{values}]"
+    flow = {
+        "name": "incidents-admin",
+        "connection": "local",
+        "database": "Samples",
+        "steps": [{"id": "set", "action": "run_control_command_and_render_chart", "command": command}],
+    }
+    await system.save_flow(flow)
+    run = await system.finished((await system.start_flow("incidents-admin"))["run_id"])
+    assert run["status"] == "succeeded", run
+
+
+async def evaluate(system: System, flow: str = "incident-alert") -> dict[str, Any]:
+    run = await system.finished((await system.start_flow(flow))["run_id"], timeout=60)
+    [alert] = [step for step in run["steps"] if step["step_id"] == "open.alert"]
+    assert alert["status"] == "succeeded", alert
+    return run
+
+
+def subjects(system: System) -> list[str]:
+    found = []
+    for path in system.smtp.messages():
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("Subject: "):
+                found.append(line.removeprefix("Subject: "))
+    return found
+
+
+@pytest.mark.parametrize("system", ["in_process", "rabbitmq"], indirect=True)
+async def test_a_keyed_alert_fires_per_new_row_stays_quiet_and_resolves(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    await system.save_flow(ALERT_FLOW)
+
+    first = await evaluate(system)
+    assert first["status"] == "succeeded", first
+    assert subjects(system) == ["2 new, 0 still firing, 0 resolved"]
+    [mail] = system.smtp.messages()
+    assert "new 1 in TEXAS" in mail.read_text()
+    assert "new 2 in OHIO" in mail.read_text()
+
+    quiet = await evaluate(system)
+    assert quiet["status"] == "succeeded", quiet
+    [skipped] = [step for step in quiet["steps"] if step["step_id"] == "mail"]
+    assert skipped["status"] == "skipped"
+    assert "the alert has nothing new to tell" in skipped["detail"]["reason"]
+    assert len(system.smtp.messages()) == 1
+
+    await set_incidents(system, [(2, "OHIO"), (3, "KANSAS")])
+    await evaluate(system)
+    assert subjects(system)[-1] == "1 new, 1 still firing, 1 resolved"
+
+    await set_incidents(system, [])
+    await evaluate(system)
+    assert subjects(system)[-1] == "0 new, 0 still firing, 2 resolved"
+    await evaluate(system)
+    assert len(system.smtp.messages()) == 3
+
+
+def count_alert(source: str) -> dict[str, Any]:
+    return {
+        "name": "count-alert",
+        "connection": "local",
+        "database": "Samples",
+        "steps": [
+            {
+                "id": "open",
+                "action": "run_query",
+                "query": f"{source} | count",
+                "alert": {"condition": "{{ steps.open.first_row.Count > 5 }}"},
+            },
+            {
+                "id": "mail",
+                "action": "send_email",
+                "to": ["oncall@example.com"],
+                "subject": "alert {{ alert.state }} (was {{ alert.previous }})",
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_failing_query_is_told_once_as_an_error_and_once_resolved(system: System) -> None:
+    await set_incidents(system, [(7, "IOWA")])
+    await system.save_flow(count_alert("Incidents"))
+    ok = await evaluate(system, "count-alert")
+    assert ok["status"] == "succeeded"
+    assert subjects(system) == []
+
+    # The flow saved again with a query that fails: the same alert, now in error.
+    await system.save_flow(count_alert("NoSuchTable"))
+    broken = await system.finished((await system.start_flow("count-alert"))["run_id"])
+    # The run fails at its query, and its alert tells the error once.
+    assert (broken["status"], broken["failed_step"]) == ("failed", "open")
+    assert subjects(system) == ["alert error (was ok)"]
+    again = await system.finished((await system.start_flow("count-alert"))["run_id"])
+    assert again["status"] == "failed"
+    assert len(subjects(system)) == 1
+
+    await system.save_flow(count_alert("Incidents"))
+    await evaluate(system, "count-alert")
+    assert subjects(system) == ["alert error (was ok)", "alert ok (was error)"]
