@@ -181,7 +181,6 @@ def _outcome(
         for key, instance in evaluation.instances.items()
         if instance.state is State.FIRING and key not in new
     )
-    whole = evaluation.instances.get(WHOLE) or stored.get(WHOLE)
     notices = sorted({t.notice.value for t in told if t.notice is not None})
     firing = sum(instance.state is State.FIRING for instance in evaluation.instances.values())
     keyed = bool(alert.key_columns)
@@ -208,7 +207,6 @@ def _outcome(
         "counts": {"new": len(new), "still_firing": len(still), "resolved": len(resolved)},
         "next_repeat": due.isoformat().replace("+00:00", "Z") if due else None,
         "summary": summary,
-        "whole": whole.state.value if whole is not None and not keyed else None,
     }
 
 
