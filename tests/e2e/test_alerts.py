@@ -140,3 +140,26 @@ async def test_a_failing_query_is_told_once_as_an_error_and_once_resolved(system
     await system.save_flow(count_alert("Incidents"))
     await evaluate(system, "count-alert")
     assert subjects(system) == ["alert error (was ok)", "alert ok (was error)"]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_the_run_page_shows_what_the_alert_did(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    await system.save_flow(ALERT_FLOW)
+    fired = await evaluate(system)
+    quiet = await evaluate(system)
+
+    async def page(run: dict[str, Any]) -> str:
+        async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
+            assert response.status == 200
+            return " ".join((await response.text()).split())
+
+    first = await page(fired)
+    assert 'data-alert-state="firing"' in first
+    assert "(was ok)" in first
+    assert "told firing" in first
+    assert "<strong>New</strong> (2): <code>EventId=1</code>, <code>EventId=2</code>" in first
+    second = await page(quiet)
+    assert "as before" in second
+    assert "nothing new to tell" in second
+    assert "<strong>Still firing</strong> (2)" in second

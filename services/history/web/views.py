@@ -27,6 +27,11 @@ _BADGES = {
     "queued": Badge("queued", "○", "queued"),
     "pending": Badge("pending", "○", "pending"),
     "skipped": Badge("skipped", "–", "skipped"),
+    # An alert's states.
+    "ok": Badge("succeeded", "✓", "ok"),
+    "firing": Badge("failed", "!", "firing"),
+    "error": Badge("failed", "✗", "error"),
+    "no_data": Badge("pending", "?", "no data"),
 }
 
 UNFINISHED = frozenset({"queued", "running", "pending"})
@@ -34,7 +39,7 @@ UNFINISHED = frozenset({"queued", "running", "pending"})
 #: Artifact names that are drawn charts, in the order a page prefers them.
 CHART_ARTIFACTS = ("chart_png", "chart_svg")
 #: Keys of a step's detail the step's own section shows already.
-_SHOWN_DETAIL = frozenset({"text", "parameters", "truncation", "reason"})
+_SHOWN_DETAIL = frozenset({"text", "parameters", "truncation", "reason", "alert"})
 
 
 def badge(status: str | None) -> Badge:
