@@ -11,7 +11,7 @@ anything to deliver.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -214,11 +214,11 @@ def _listed(key: str, rows: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     return {"key": key, "row": rows.get(key)}
 
 
-def _overall(found: Any) -> State:
+def _overall(found: Iterable[Instance]) -> State:
     states = {instance.state for instance in found}
     return next((state for state in _SEVERITY if state in states), State.OK)
 
 
-def _since(found: Any, state: State) -> str | None:
+def _since(found: Iterable[Instance], state: State) -> str | None:
     moments = [instance.since for instance in found if instance.state is state and instance.since is not None]
     return min(moments).isoformat().replace("+00:00", "Z") if moments else None
