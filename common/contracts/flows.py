@@ -223,6 +223,11 @@ def _check_steps(
     for step in steps:
         where = places[step.id].where
         check_text(step, where)
+        if isinstance(step, KUSTO_STEPS) and step.alert is not None and places[step.id].scope is not None:
+            raise ValueError(
+                f"{where}.alert: an alert belongs to a step of the flow itself, not inside a for_each or "
+                "parallel (whose child runs would share it); put the query before the scope"
+            )
         per_row = in_row_scope or (isinstance(step, SendEmail | PostWebhook) and step.for_each is not None)
         for name, text in step.templates().items():
             try:

@@ -404,3 +404,19 @@ def test_a_malformed_scope_step_is_refused_naming_its_field_as_written(
 
     assert found == field
     assert said in message
+
+
+def test_an_alert_inside_a_for_each_is_refused_naming_the_field() -> None:
+    inner = {"id": "q", "action": "run_query", "query": "T | take 1", "alert": {}}
+    assert refusal(
+        flow(
+            {"id": "src", "action": "run_query", "query": "T | take 3"},
+            {"id": "each", "for_each": "src", "steps": [inner]},
+        )
+    ) == (
+        "steps[1].steps[0].alert",
+        "an alert belongs to a step of the flow itself, not inside a for_each or parallel (whose child "
+        "runs would share it); put the query before the scope",
+    )
+    # In an if's branch it runs in the flow's own run: accepted.
+    Flow.model_validate({**flow(), "steps": [{"id": "c", "if": "{{ true }}", "then": [inner]}]})
