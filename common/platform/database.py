@@ -9,9 +9,10 @@ apart from it, and never the URL.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import asyncpg.exceptions
 import sqlalchemy as sa
@@ -33,6 +34,18 @@ OUTAGES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InterfaceError,
     OSError,
 )
+
+
+@overload
+def read_utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def read_utc(value: None) -> None: ...
+def read_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time read back from the database: SQLite keeps no zone and hands it back naive, and every
+    time stored is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)
 
 
 def is_outage(exc: BaseException) -> bool:

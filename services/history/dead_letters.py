@@ -31,7 +31,7 @@ from common.platform.broker.interface import (
     Delivery,
     death_reason,
 )
-from common.platform.database import SqlStore, insert_ignore
+from common.platform.database import SqlStore, insert_ignore, read_utc
 
 metadata = sa.MetaData()
 
@@ -54,13 +54,8 @@ dead_letters = sa.Table(
 )
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; every one stored here is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _view(row: Any) -> dict[str, Any]:
-    dead_at = _utc(row.dead_at)
+    dead_at = read_utc(row.dead_at)
     return {
         "id": row.id,
         "run_id": row.run_id,
@@ -161,7 +156,7 @@ class DeadLetterStore(SqlStore):
             await conn.execute(insert_ignore(conn, dead_letters).values(**values))
             if undelivered is not None:
                 first = sa.select(dead_letters.c.dead_at).where(dead_letters.c.id == values["id"])
-                dead_at = _utc((await conn.execute(first)).scalar_one())
+                dead_at = read_utc((await conn.execute(first)).scalar_one())
                 undelivered = Undelivered(undelivered.message, undelivered.error, dead_at)
         return undelivered
 

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import structlog
 
 from common.contracts.messages import utcnow
-from common.platform.database import OUTAGES, SqlStore, insert_ignore
+from common.platform.database import OUTAGES, SqlStore, insert_ignore, read_utc
 
 log = structlog.get_logger(__name__)
 
@@ -90,10 +90,6 @@ class Claimed:
     taken_over: bool = False
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 class Ledger(SqlStore):
     metadata = metadata
 
@@ -119,9 +115,9 @@ class Ledger(SqlStore):
             row = (await conn.execute(sa.select(deliveries).where(key.where()))).one()
             detail = dict(row.detail or {})
             if row.state == "sent":
-                return Claimed(Claim.SENT, detail, _utc(row.claimed_at))
-            if _utc(row.claimed_at) > now - lease:
-                return Claimed(Claim.BUSY, detail, _utc(row.claimed_at))
+                return Claimed(Claim.SENT, detail, read_utc(row.claimed_at))
+            if read_utc(row.claimed_at) > now - lease:
+                return Claimed(Claim.BUSY, detail, read_utc(row.claimed_at))
             # The holder went quiet for longer than its lease, or gave the claim back: take
             # over, keeping what it left (a kept copy it may have sent), unless another taker
             # was quicker.

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.contracts.messages import utcnow
-from common.platform.database import SqlStore
+from common.platform.database import SqlStore, read_utc
 from services.trigger.alert_states import Evaluation, Instance, State
 
 metadata = sa.MetaData()
@@ -164,10 +164,10 @@ async def _instances(conn: AsyncConnection, flow: str, step_id: str) -> dict[str
         row.key: Instance(
             key=row.key,
             state=State(row.state),
-            since=_utc(row.since),
+            since=read_utc(row.since),
             pending_count=row.pending_count,
-            last_held=_utc(row.last_held),
-            notified_at=_utc(row.notified_at),
+            last_held=read_utc(row.last_held),
+            notified_at=read_utc(row.notified_at),
         )
         for row in rows
     }
@@ -223,10 +223,3 @@ async def _write(
     ]
     for start in range(0, len(told), _BATCH):
         await conn.execute(transitions.insert(), told[start : start + _BATCH])
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time read back from SQLite, which keeps no zone: UTC, as written."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.contracts.messages import RunMessage, StepStatus, utcnow
-from common.platform.database import SqlStore
+from common.platform.database import SqlStore, read_utc
 
 metadata = sa.MetaData()
 UtcDateTime = sa.DateTime(timezone=True)
@@ -341,7 +341,7 @@ class ScopeStore(SqlStore):
             elif counts.running == 0 and not await _any_waiting(conn, key):
                 values["finished_at"] = now
                 decision.finished = await _summary(conn, key, summary_items)
-            elif row.reported_at is None or now - _utc(row.reported_at) >= report_every:
+            elif row.reported_at is None or now - read_utc(row.reported_at) >= report_every:
                 values["reported_at"] = now
                 decision.report = True
             await conn.execute(scopes.update().where(key.scope).values(**values))
@@ -440,11 +440,6 @@ def _item_row(key: _Key, entry: Item) -> dict[str, Any]:
         "status": WAITING,
         "published": False,
     }
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    """A time read back from SQLite, which keeps no zone: UTC, as written."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _counts(row: Any) -> Counts:

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.contracts.flows import Flow, read_back
 from common.contracts.messages import utcnow
-from common.platform.database import SqlStore, insert_ignore
+from common.platform.database import SqlStore, insert_ignore, read_utc
 from services.trigger.preconditions import IfMatch, PreconditionFailed
 
 metadata = sa.MetaData()
@@ -94,10 +94,6 @@ CHAINED = "after:"
 _CHUNK = 500
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 @dataclass(frozen=True)
 class StoredFlow:
     flow: Flow
@@ -113,9 +109,9 @@ def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     return StoredFlow(
         flow=read_back(row.document),
         version=row.version,
-        anchor=_utc(row.anchor),
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        anchor=read_utc(row.anchor),
+        created_at=read_utc(row.created_at),
+        updated_at=read_utc(row.updated_at),
         last_slot=last_slot,
     )
 
@@ -271,7 +267,7 @@ class FlowStore(SqlStore):
         query = sa.select(flows.c.name, flows.c.version, flows.c.updated_at).where(_SCHEDULED)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {row.name: Signature(row.version, _utc(row.updated_at)) for row in rows}
+        return {row.name: Signature(row.version, read_utc(row.updated_at)) for row in rows}
 
     async def scheduled(self, names: Collection[str] | None = None) -> list[StoredFlow]:
         """Enabled flows with a cron or every trigger (of *names* only, if given), with their latest slot."""

@@ -5,9 +5,9 @@ The same tables on SQLite (embedded mode) and PostgreSQL (deployed).
 
 from __future__ import annotations
 
-import datetime as dt
-
 import sqlalchemy as sa
+
+from common.platform.database import read_utc
 
 metadata = sa.MetaData()
 
@@ -72,8 +72,5 @@ steps = sa.Table(
 )
 
 
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
+#: Times as read back from the database, zone-aware (SQLite hands them back naive).
+utc = read_utc
