@@ -13,6 +13,7 @@ from services.history.store.schema import metadata as history
 from services.notifier.ledger import metadata as notifier
 from services.trigger.alert_store import metadata as alerts
 from services.trigger.scope_store import metadata as scopes
+from services.trigger.silences import metadata as silences
 from services.trigger.store import metadata as trigger
 
 
@@ -24,4 +25,4 @@ def _combined(*parts: sa.MetaData) -> sa.MetaData:
     return combined
 
 
-metadata = _combined(history, dead_letters, trigger, scopes, alerts, notifier)
+metadata = _combined(history, dead_letters, trigger, scopes, alerts, silences, notifier)

@@ -49,6 +49,8 @@ instances = sa.Table(
     sa.Column("pending_count", sa.Integer, nullable=False),
     sa.Column("last_held", UtcDateTime),
     sa.Column("notified_at", UtcDateTime),
+    #: The row the instance last held with (told again when it resolves).
+    sa.Column("row", sa.JSON),
 )
 
 transitions = sa.Table(
@@ -63,8 +65,25 @@ transitions = sa.Table(
     sa.Column("after", sa.String(16), nullable=False),
     #: What was to be told: firing, resolved, error, no_data, repeat; null when only recorded.
     sa.Column("notice", sa.String(16)),
+    #: Why the notice was not delivered then: ``muted:<window>`` or ``silenced:<id>``.
+    sa.Column("held", sa.String(80)),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Index("ix_alert_transitions_flow_step_at", "flow", "step_id", "at"),
+)
+
+held = sa.Table(
+    "alert_held",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("step_id", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    #: The notice a mute window holds back: firing, resolved, error, no_data, repeat.
+    sa.Column("notice", sa.String(16), nullable=False),
+    sa.Column("window", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_alert_held_flow_step", "flow", "step_id"),
 )
 
 evaluations = sa.Table(

@@ -271,6 +271,7 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
         "0004_run_trace_ids",
         "0005_scopes",
         "0006_alerts",
+        "0007_alert_notices",
     )
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
@@ -361,6 +362,7 @@ async def test_an_empty_database_at_head_and_migrating_again_does_nothing(engine
         "0004_run_trace_ids",
         "0005_scopes",
         "0006_alerts",
+        "0007_alert_notices",
     )
     assert (again.before, again.applied) == (HEAD, ())
     async with engine.connect() as conn:
@@ -376,7 +378,7 @@ async def test_replicas_migrating_one_fresh_database_together_both_succeed(datab
     finally:
         await asyncio.gather(*(engine.dispose() for engine in engines))
     # One of them did the work; the others waited for its lock and found the schema done.
-    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 6]
+    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 7]
     assert after.at_head
 
 
@@ -413,6 +415,7 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
         "0004_run_trace_ids",
         "0005_scopes",
         "0006_alerts",
+        "0007_alert_notices",
     )
 
     await ensure_schema(engine, "auto")
@@ -439,7 +442,7 @@ async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_the
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids", "0005_scopes", "0006_alerts")
+    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids", "0005_scopes", "0006_alerts", "0007_alert_notices")
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
         slots = (await conn.execute(sa.text("SELECT run_id, claimed_until FROM flow_slots"))).all()
@@ -467,7 +470,7 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0004_run_trace_ids", "0005_scopes", "0006_alerts")
+    assert migration.applied == ("0004_run_trace_ids", "0005_scopes", "0006_alerts", "0007_alert_notices")
     store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
     try:
         run = await store.get_run("r")
@@ -517,7 +520,7 @@ async def test_scopes_arrive_and_runs_recorded_before_them_are_nobodys_iteration
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0004_run_trace_ids", ("0005_scopes", "0006_alerts"))
+    assert (migration.before, migration.applied) == ("0004_run_trace_ids", ("0005_scopes", "0006_alerts", "0007_alert_notices"))
     assert before["tables"] == set()
     assert {"scope_step", "iteration", "branch"}.isdisjoint(before["runs"])
     async with engine.connect() as conn:
@@ -563,7 +566,7 @@ async def test_the_scopes_revision_downgrades_to_the_one_before_keeping_the_runs
     assert "ix_runs_parent_scope_iteration" not in after["runs_indexes"]
     assert [tuple(row) for row in runs] == [("r", "p")]
     assert (await state(engine)).current == "0004_run_trace_ids"
-    assert (await migrate(engine)).applied == ("0005_scopes", "0006_alerts")
+    assert (await migrate(engine)).applied == ("0005_scopes", "0006_alerts", "0007_alert_notices")
 
 
 async def test_check_mode_refuses_tables_from_before_migrations(engine: AsyncEngine) -> None:
@@ -623,6 +626,7 @@ def test_revisions_are_one_line_with_ids_that_fit_alembic_version() -> None:
         "0004_run_trace_ids",
         "0005_scopes",
         "0006_alerts",
+        "0007_alert_notices",
     ]
     assert len(schema._scripts().get_heads()) == 1
     # alembic_version.version_num is VARCHAR(32) on PostgreSQL.
@@ -687,7 +691,7 @@ async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0005_scopes", ("0006_alerts",))
+    assert (migration.before, migration.applied) == ("0005_scopes", ("0006_alerts", "0007_alert_notices"))
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
         keys = await conn.run_sync(
@@ -709,4 +713,44 @@ async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine
         await conn.run_sync(_downgrade_to("0005_scopes"))
         left = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
     assert {"alerts", "alert_instances", "alert_transitions", "alert_evaluations"}.isdisjoint(left)
-    assert (await migrate(engine)).applied == ("0006_alerts",)
+    assert (await migrate(engine)).applied == ("0006_alerts", "0007_alert_notices")
+
+
+async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_their_state(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0006_alerts"))
+        await conn.execute(
+            sa.text(
+                "INSERT INTO alert_instances (flow, step_id, key, state, since, pending_count) "
+                "VALUES ('f', 'check', 'EventId=1', 'firing', :at, 0)"
+            ),
+            {"at": T0},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO alert_transitions (flow, step_id, key, run_id, before, after, notice, at) "
+                "VALUES ('f', 'check', 'EventId=1', 'r', 'ok', 'firing', 'firing', :at)"
+            ),
+            {"at": T0},
+        )
+
+    migration = await migrate(engine)
+
+    assert (migration.before, migration.applied) == ("0006_alerts", ("0007_alert_notices",))
+    async with engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+        instance = (await conn.execute(sa.text("SELECT key, state, row FROM alert_instances"))).one()
+        told = (await conn.execute(sa.text("SELECT notice, held FROM alert_transitions"))).one()
+    assert {"alert_held", "alert_silences"} <= tables
+    assert tuple(instance) == ("EventId=1", "firing", None)
+    assert tuple(told) == ("firing", None)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0006_alerts"))
+        left = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+        kept = (await conn.execute(sa.text("SELECT key, state FROM alert_instances"))).one()
+    assert {"alert_held", "alert_silences"}.isdisjoint(left)
+    assert tuple(kept) == ("EventId=1", "firing")
+    assert (await migrate(engine)).applied == ("0007_alert_notices",)
