@@ -44,7 +44,7 @@ class SilenceStore(SqlStore):
     metadata = metadata
 
     async def active(self, flow: str, step_id: str, now: dt.datetime) -> list[tuple[str, str | None]]:
-        """The silences covering *flow*'s alert *step_id* at *now*: (id, key or None for all), oldest first."""
+        """The silences over *flow*'s alert *step_id* at *now*: (id, key or None for all), oldest first."""
         query = (
             sa.select(silences.c.id, silences.c.key)
             .where(

@@ -442,7 +442,13 @@ async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_the
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0003_claim_leases", "0004_run_trace_ids", "0005_scopes", "0006_alerts", "0007_alert_notices")
+    assert migration.applied == (
+        "0003_claim_leases",
+        "0004_run_trace_ids",
+        "0005_scopes",
+        "0006_alerts",
+        "0007_alert_notices",
+    )
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
         slots = (await conn.execute(sa.text("SELECT run_id, claimed_until FROM flow_slots"))).all()
@@ -520,7 +526,10 @@ async def test_scopes_arrive_and_runs_recorded_before_them_are_nobodys_iteration
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0004_run_trace_ids", ("0005_scopes", "0006_alerts", "0007_alert_notices"))
+    assert (migration.before, migration.applied) == (
+        "0004_run_trace_ids",
+        ("0005_scopes", "0006_alerts", "0007_alert_notices"),
+    )
     assert before["tables"] == set()
     assert {"scope_step", "iteration", "branch"}.isdisjoint(before["runs"])
     async with engine.connect() as conn:
