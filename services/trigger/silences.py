@@ -9,10 +9,15 @@ its time or when it is deleted; either way it stays in the table as history.
 from __future__ import annotations
 
 import datetime as dt
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from common.platform.database import SqlStore
+from common.contracts.errors import AdxflowError
+from common.contracts.messages import new_id, utcnow
+from common.platform.database import SqlStore, read_utc
 
 metadata = sa.MetaData()
 UtcDateTime = sa.DateTime(timezone=True)
@@ -38,10 +43,121 @@ silences = sa.Table(
 )
 
 
+class SilenceState(enum.StrEnum):
+    ACTIVE = "active"
+    #: Ended before its time (deleted).
+    ENDED = "ended"
+    #: Its time came.
+    EXPIRED = "expired"
+
+
+#: Which silences a listing shows: those in force, those over (ended or expired), or all.
+Listed = Literal["active", "ended", "all"]
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: str
+    flow: str
+    step_id: str | None
+    key: str | None
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    comment: str
+    created_by: str
+    created_at: dt.datetime
+    ended_at: dt.datetime | None
+
+    def state(self, now: dt.datetime) -> SilenceState:
+        if self.ended_at is not None:
+            return SilenceState.ENDED
+        return SilenceState.ACTIVE if now < self.ends_at else SilenceState.EXPIRED
+
+
+class SilenceOver(AdxflowError):
+    """A silence asked to end that has ended or expired already."""
+
+    def __init__(self, silence: Silence, now: dt.datetime) -> None:
+        state = silence.state(now)
+        at = silence.ended_at if state is SilenceState.ENDED else silence.ends_at
+        assert at is not None
+        super().__init__(f"silence {silence.id!r} is over: it {state.value} at {at.isoformat()}")
+        self.silence = silence
+
+
 class SilenceStore(SqlStore):
     """Silences, in the shared database."""
 
     metadata = metadata
+
+    async def create(
+        self,
+        *,
+        flow: str,
+        step_id: str | None,
+        key: str | None,
+        ends_at: dt.datetime,
+        comment: str,
+        created_by: str,
+        now: dt.datetime | None = None,
+    ) -> Silence:
+        """A new silence of *flow* (its step *step_id*, its instance *key*), from now to *ends_at*."""
+        now = now or utcnow()
+        silence = Silence(
+            id=new_id(),
+            flow=flow,
+            step_id=step_id,
+            key=key,
+            starts_at=now,
+            ends_at=ends_at,
+            comment=comment,
+            created_by=created_by,
+            created_at=now,
+            ended_at=None,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(silences.insert().values(**asdict(silence)))
+        return silence
+
+    async def get(self, silence_id: str) -> Silence | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(silences).where(silences.c.id == silence_id))).first()
+        return _silence(row) if row is not None else None
+
+    async def find(
+        self, *, flow: str | None = None, state: Listed = "active", now: dt.datetime, limit: int = 100
+    ) -> list[Silence]:
+        """The silences (of *flow*) in *state* at *now*, newest first, at most *limit*."""
+        query = sa.select(silences)
+        if flow is not None:
+            query = query.where(silences.c.flow == flow)
+        in_force = silences.c.ended_at.is_(None) & (silences.c.ends_at > now)
+        if state == "active":
+            query = query.where(in_force)
+        elif state == "ended":
+            query = query.where(~in_force)
+        query = query.order_by(silences.c.created_at.desc(), silences.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_silence(row) for row in (await conn.execute(query)).all()]
+
+    async def end(self, silence_id: str, now: dt.datetime | None = None) -> Silence | None:
+        """End the silence now; None if there is none by that id, :class:`SilenceOver` if it is over."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            ended = await conn.execute(
+                silences.update()
+                .where(
+                    (silences.c.id == silence_id) & silences.c.ended_at.is_(None) & (silences.c.ends_at > now)
+                )
+                .values(ended_at=now)
+            )
+            row = (await conn.execute(sa.select(silences).where(silences.c.id == silence_id))).first()
+        if row is None:
+            return None
+        silence = _silence(row)
+        if not ended.rowcount:
+            raise SilenceOver(silence, now)
+        return silence
 
     async def active(self, flow: str, step_id: str, now: dt.datetime) -> list[tuple[str, str | None]]:
         """The silences over *flow*'s alert *step_id* at *now*: (id, key or None for all), oldest first."""
@@ -58,3 +174,18 @@ class SilenceStore(SqlStore):
         )
         async with self.engine.connect() as conn:
             return [(row.id, row.key) for row in (await conn.execute(query)).all()]
+
+
+def _silence(row: Any) -> Silence:
+    return Silence(
+        id=row.id,
+        flow=row.flow,
+        step_id=row.step_id,
+        key=row.key,
+        starts_at=read_utc(row.starts_at),
+        ends_at=read_utc(row.ends_at),
+        comment=row.comment,
+        created_by=row.created_by,
+        created_at=read_utc(row.created_at),
+        ended_at=read_utc(row.ended_at),
+    )
