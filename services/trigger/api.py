@@ -1,4 +1,4 @@
-"""The trigger's HTTP API: flows, their runs on demand, and ad-hoc jobs.
+"""The trigger's HTTP API: flows, their runs on demand, ad-hoc jobs, alerts and their silences.
 
 :data:`API` is the one table of its routes: what :func:`create_app` serves and
 what ``/openapi.json`` describes.
@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from common.contracts.flows import Flow, RunTemplate
-from common.contracts.messages import ErrorCode, JobRequest, RunContext, TriggerKind, new_id
+from common.contracts.messages import ErrorCode, JobRequest, RunContext, TriggerKind, new_id, utcnow
 from common.platform.broker.interface import BrokerError
 from common.platform.http import bearer_auth, invalid_request, read_document
 from common.platform.logs import run_context
@@ -34,18 +34,26 @@ from common.platform.routes import (
 )
 from common.platform.runtime import Runtime
 from common.platform.webhooks import WebhookPolicy
+from services.trigger.alert_board import MAX_SILENCES, AlertBoard, invalid
+from services.trigger.alert_store import AlertStore
 from services.trigger.bodies import (
     EXAMPLE_FLOW,
     EXAMPLE_JOB,
     EXAMPLE_RUN,
+    EXAMPLE_SILENCE,
     ConnectionList,
+    FlowAlerts,
     FlowList,
     FlowReplacement,
     FlowView,
     RunAccepted,
     RunRequest,
+    SilenceList,
+    SilenceRequest,
+    SilenceView,
 )
 from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
+from services.trigger.silences import LISTINGS, SilenceStore
 from services.trigger.starter import launch
 from services.trigger.store import FlowExists, FlowStore, RequestState, StoredFlow
 from services.trigger.timetable import schedule_of
@@ -75,6 +83,7 @@ class TriggerApi:
     runtime: Runtime
     store: FlowStore
     policy: WebhookPolicy
+    board: AlertBoard
 
     # -- helpers -----------------------------------------------------------
 
@@ -274,6 +283,46 @@ class TriggerApi:
     async def list_connections(self, request: web.Request) -> ConnectionList:
         return ConnectionList(connections=self.runtime.connections.names())
 
+    # -- alerts and silences -----------------------------------------------
+
+    async def flow_alerts(self, request: web.Request) -> FlowAlerts:
+        alerts = await self.board.of_flow(request.match_info["name"], utcnow())
+        if alerts is None:
+            raise _not_found(request.match_info["name"])
+        return alerts
+
+    async def create_silence(self, request: web.Request) -> Reply:
+        try:
+            asked = SilenceRequest.model_validate(await read_document(request))
+        except ValidationError as exc:
+            raise invalid_request(exc) from exc
+        # Behind the bearer middleware: with a token configured, the request carried it.
+        created_by = "local" if self.runtime.settings.api_token is None else "token"
+        silence = await self.board.silence(asked, created_by=created_by, now=utcnow())
+        log.info("silence set", flow=silence.flow, step=silence.step, key=silence.key, silence=silence.id)
+        return Reply(silence, status=201, headers={"Location": f"/v1/silences/{silence.id}"})
+
+    async def list_silences(self, request: web.Request) -> SilenceList:
+        query = request.query
+        state = next((one for one in LISTINGS if one == query.get("state", "active")), None)
+        if state is None:
+            raise invalid("state", f"must be {', '.join(LISTINGS)}")
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_SILENCES:
+            raise invalid("limit", f"must be a whole number from 1 to {MAX_SILENCES}")
+        return await self.board.listed(flow=query.get("flow"), state=state, limit=limit, now=utcnow())
+
+    async def get_silence(self, request: web.Request) -> SilenceView:
+        return await self.board.one(request.match_info["id"], utcnow())
+
+    async def end_silence(self, request: web.Request) -> Reply:
+        await self.board.end(request.match_info["id"], utcnow())
+        log.info("silence ended", silence=request.match_info["id"])
+        return Reply(None, status=204)
+
 
 # -- the table ---------------------------------------------------------------
 
@@ -306,6 +355,7 @@ _ACCEPTED = Answer(
     RunAccepted,
     headers={"Location": "Where the history API reports on the run."},
 )
+_SILENCE_ID = Parameter("id", "path", "The silence's id, as its creation answered.")
 #: What a route that reads a body may refuse besides its own refusals.
 _BODY = (400, 413, 415)
 
@@ -393,6 +443,74 @@ ROUTES: list[Route[TriggerApi]] = [
     ),
     Route(
         "GET",
+        "/v1/flows/{name}/alerts",
+        "getFlowAlerts",
+        TriggerApi.flow_alerts,
+        "The flow's alerts: each one's state, instances and latest transitions, and its silences in force",
+        {200: Answer("The flow's alerts.", FlowAlerts)},
+        parameters=[_NAME],
+        refusals=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/silences",
+        "createSilence",
+        TriggerApi.create_silence,
+        "Silence a flow's alerts (one step's, one instance's) until a time or for a while, saying why",
+        {
+            201: Answer(
+                "The silence, in force.", SilenceView, headers={"Location": "Where the silence is read."}
+            )
+        },
+        body=Body(SilenceRequest, EXAMPLE_SILENCE, yaml=True),
+        refusals=_BODY,
+    ),
+    Route(
+        "GET",
+        "/v1/silences",
+        "listSilences",
+        TriggerApi.list_silences,
+        "Silences, newest first: those in force, those over (ended or expired), or all",
+        {200: Answer("The silences.", SilenceList)},
+        parameters=[
+            Parameter("flow", "query", "Only this flow's.", example=EXAMPLE_SILENCE["flow"]),
+            Parameter(
+                "state",
+                "query",
+                "active (the default), ended (ended early or expired) or all.",
+                {"type": "string", "enum": ["active", "ended", "all"]},
+            ),
+            Parameter(
+                "limit",
+                "query",
+                "At most this many (100 unless given).",
+                {"type": "integer", "minimum": 1, "maximum": MAX_SILENCES},
+            ),
+        ],
+        refusals=(400,),
+    ),
+    Route(
+        "GET",
+        "/v1/silences/{id}",
+        "getSilence",
+        TriggerApi.get_silence,
+        "One silence, whether in force or over",
+        {200: Answer("The silence.", SilenceView)},
+        parameters=[_SILENCE_ID],
+        refusals=(404,),
+    ),
+    Route(
+        "DELETE",
+        "/v1/silences/{id}",
+        "endSilence",
+        TriggerApi.end_silence,
+        "End a silence now; it stays listed as ended",
+        {204: Answer("Ended.")},
+        parameters=[_SILENCE_ID],
+        refusals=(404, 409),
+    ),
+    Route(
+        "GET",
         "/v1/connections",
         "listConnections",
         TriggerApi.list_connections,
@@ -417,8 +535,10 @@ API = HttpApi(
             ErrorBody,
             headers={"WWW-Authenticate": "The scheme to authenticate with."},
         ),
-        404: Answer("No flow has this name.", ErrorBody),
-        409: Answer("A flow with this name exists; PUT replaces it.", ErrorBody),
+        404: Answer("No flow has this name, or no silence this id.", ErrorBody),
+        409: Answer(
+            "A flow with this name exists (PUT replaces it), or the silence is over already.", ErrorBody
+        ),
         412: Answer(
             "If-Match matches no version of the flow as it is now; the message and the ETag header "
             "name the version it is at.",
@@ -431,7 +551,10 @@ API = HttpApi(
 )
 
 
-def create_app(runtime: Runtime, store: FlowStore, policy: WebhookPolicy) -> web.Application:
+def create_app(
+    runtime: Runtime, store: FlowStore, policy: WebhookPolicy, alerts: AlertStore, silences: SilenceStore
+) -> web.Application:
     app = web.Application(middlewares=[bearer_auth(runtime.settings.api_token)], client_max_size=1024**2)
-    API.serve(app, TriggerApi(runtime, store, policy), {**runtime.checks(), "database": store.ping})
+    api = TriggerApi(runtime, store, policy, AlertBoard(store, alerts, silences))
+    API.serve(app, api, {**runtime.checks(), "database": store.ping})
     return app

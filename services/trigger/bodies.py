@@ -6,12 +6,25 @@ and :class:`~common.contracts.messages.JobRequest`; these are the rest.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from common.contracts.alerts import parse_duration
 from common.contracts.flows import Flow
 from common.platform.routes import absent_if_none
+from services.trigger.alert_states import State
+from services.trigger.silences import SilenceState
 
 _TIMESTAMP: dict[str, Any] = {"format": "date-time"}
 
@@ -82,6 +95,124 @@ class ConnectionList(BaseModel):
     connections: list[str]
 
 
+class SilenceRequest(BaseModel):
+    """A silence to set: over a flow's alerts (one step's, one instance's), until a time or for a while."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str = Field(min_length=1, max_length=64, description="A saved flow.")
+    step: str | None = Field(
+        None, min_length=1, max_length=64, description="One step of the flow with an alert; without: all."
+    )
+    key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="One instance, keyed as the alert keys it (`EventId=42`); without: every instance.",
+    )
+    until: AwareDatetime | None = Field(
+        None, description="When it ends: ISO 8601 with an offset, in the next year. Or `for`."
+    )
+    lasts: str | None = Field(
+        None, alias="for", max_length=32, description="How long it lasts: `30m`, `2h`, `1d`. Or `until`."
+    )
+    comment: str = Field(min_length=1, max_length=1024, description="Why; shown wherever it is.")
+
+    @field_validator("lasts")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("comment")
+    @classmethod
+    def _said(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("say why the alert is silenced")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SilenceRequest:
+        if (self.until is None) == (self.lasts is None):
+            raise ValueError("until: give until (a time) or for (a duration), one of them")
+        return self
+
+
+class SilenceView(BaseModel):
+    """A silence: what it covers, when, why, who set it, and whether it is in force."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    flow: str
+    step: str | None = Field(description="The alert step it covers; null: every one of the flow.")
+    key: str | None = Field(description="The instance it covers; null: every one.")
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    comment: str
+    created_by: str = Field(description='"token" when set with the API token, "local" without one.')
+    created_at: dt.datetime
+    ended_at: dt.datetime | None = Field(description="When it was ended before its time.")
+    state: SilenceState
+
+
+class SilenceList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    silences: list[SilenceView]
+
+
+class InstanceView(BaseModel):
+    """One instance of an alert as it stands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(description='Its key columns\' values (`EventId=42`); "" for an alert without.')
+    state: State
+    since: dt.datetime | None = Field(description="When it entered its state.")
+    pending_count: int = Field(description="Holding evaluations in a row, while pending.")
+    last_held: dt.datetime | None = Field(description="When its condition last held.")
+    notified_at: dt.datetime | None = Field(description="When it was last told.")
+    next_repeat: dt.datetime | None = Field(description="When it is told again if it stays as it is.")
+    row: dict[str, Any] | None = Field(description="The row it last held with, where kept.")
+    silenced_by: str | None = Field(description="The id of a silence in force over it.")
+
+
+class TransitionView(BaseModel):
+    """What one evaluation did to one instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    before: State
+    after: State
+    notice: str | None = Field(description="What was to be told: firing, resolved, error, no_data, repeat.")
+    held: str | None = Field(description="Why it was not delivered: `muted:<window>` or `silenced:<id>`.")
+    run_id: str
+    at: dt.datetime
+
+
+class AlertView(BaseModel):
+    """One alert step of a flow: its state as a whole, its instances, its latest transitions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    state: State = Field(description="The worst of its instances' states.")
+    key_columns: list[str]
+    instances: list[InstanceView]
+    transitions: list[TransitionView] = Field(description="The latest, newest first.")
+
+
+class FlowAlerts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str
+    alerts: list[AlertView]
+    silences: list[SilenceView] = Field(description="The flow's silences in force, newest first.")
+
+
 #: Request examples that work against the embedded mode's ``local`` connection and its sample data.
 EXAMPLE_FLOW: dict[str, Any] = {
     "name": "daily-storms",
@@ -115,3 +246,10 @@ EXAMPLE_JOB: dict[str, Any] = {
     "email": {"to": ["team@example.com"], "subject": "Damaging storms", "importance": "high"},
 }
 EXAMPLE_RUN: dict[str, Any] = {"parameters": {}}
+EXAMPLE_SILENCE: dict[str, Any] = {
+    "flow": "deadly-storm-check",
+    "step": "deadly",
+    "key": "EventId=42",
+    "for": "2h",
+    "comment": "known; the crew is on it",
+}

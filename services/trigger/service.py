@@ -18,6 +18,7 @@ from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.scope_store import ScopeStore
 from services.trigger.scopes import Scopes
+from services.trigger.silences import SilenceStore
 from services.trigger.store import FlowStore
 
 #: The scheduler's interval as its supervision sees it, at least: a round firing a burst of slots
@@ -32,6 +33,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     store = FlowStore(settings.resolved_database_url)
     scope_store = ScopeStore(settings.resolved_database_url)
     alert_store = AlertStore(settings.resolved_database_url)
+    silence_store = SilenceStore(settings.resolved_database_url)
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
     tidy_task: asyncio.Task[None] | None = None
@@ -67,7 +69,8 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         scheduler_task = asyncio.create_task(
             scheduling.run(lambda: scheduler.run(stop, scheduling.ticked), stop)
         )
-        app = create_app(runtime, store, policy_for(runtime.connections, runtime.settings))
+        policy = policy_for(runtime.connections, runtime.settings)
+        app = create_app(runtime, store, policy, alert_store, silence_store)
         async with HttpServer(app, settings.trigger_host, settings.trigger_port) as server:
             yield server
     finally:
@@ -78,6 +81,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
             await tidy_task
         if forget_task is not None:
             await forget_task
+        await silence_store.close()
         await alert_store.close()
         await scope_store.close()
         await store.close()

@@ -53,6 +53,7 @@ class SilenceState(enum.StrEnum):
 
 #: Which silences a listing shows: those in force, those over (ended or expired), or all.
 Listed = Literal["active", "ended", "all"]
+LISTINGS: tuple[Listed, ...] = ("active", "ended", "all")
 
 
 @dataclass(frozen=True)

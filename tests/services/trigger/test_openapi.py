@@ -31,8 +31,10 @@ from common.platform.connections import Connections
 from common.platform.runtime import Runtime
 from common.platform.webhooks import WebhookPolicy
 from services.trigger import service as trigger
+from services.trigger.alert_store import AlertStore
 from services.trigger.api import API, create_app
-from services.trigger.bodies import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN
+from services.trigger.bodies import EXAMPLE_FLOW, EXAMPLE_JOB, EXAMPLE_RUN, EXAMPLE_SILENCE, SilenceRequest
+from services.trigger.silences import SilenceStore
 from services.trigger.store import FlowStore
 from tests.conftest import random_name
 from tests.fuzzing import FUZZ_SETTINGS, Live, live_service, loose_answers
@@ -152,11 +154,13 @@ def test_every_reference_resolves_inside_components() -> None:
 
 async def test_every_route_of_the_app_is_documented(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path)
-    store = FlowStore(runtime.settings.resolved_database_url)
+    url = runtime.settings.resolved_database_url
+    store, alerts, silences = FlowStore(url), AlertStore(url), SilenceStore(url)
     try:
-        app = create_app(runtime, store, WebhookPolicy(named={}, allowed_hosts=[]))
+        app = create_app(runtime, store, WebhookPolicy(named={}, allowed_hosts=[]), alerts, silences)
     finally:
-        await store.close()
+        for opened in (store, alerts, silences):
+            await opened.close()
     served = {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()
@@ -197,6 +201,7 @@ def test_the_rest_of_the_api_still_wants_the_token(live: Live) -> None:
 def test_the_examples_are_requests_the_models_accept() -> None:
     Flow.model_validate(EXAMPLE_FLOW)
     JobRequest.model_validate(EXAMPLE_JOB)
+    SilenceRequest.model_validate(EXAMPLE_SILENCE)
 
 
 # -- documented answers to requests that succeed ------------------------------
@@ -211,12 +216,14 @@ def _answer(
     body: Any = None,
     media_type: str = "application/json",
     headers: dict[str, str] | None = None,
+    path_parameters: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
 ) -> requests.Response:
     """One request through the document, its answer checked against the document."""
     sent: dict[str, Any] = {} if body is None else {"body": body, "media_type": media_type}
-    case = schema[path][method].Case(
-        path_parameters={"name": name} if name is not None else None, headers=headers, **sent
-    )
+    if name is not None:
+        path_parameters = {"name": name, **(path_parameters or {})}
+    case = schema[path][method].Case(path_parameters=path_parameters, headers=headers, query=query, **sent)
     response = case.call(base_url=live.url, session=live.session, headers=AUTHORIZED, timeout=10)
     case.validate_response(response, headers=AUTHORIZED)
     return response
@@ -254,6 +261,43 @@ def test_a_scheduled_flow_shows_its_next_fire_as_documented(live: Live) -> None:
 
 def test_a_job_is_accepted_as_documented(live: Live) -> None:
     assert _answer(live, "POST", "/v1/jobs", body=EXAMPLE_JOB).status_code == 202
+
+
+def test_a_silence_is_set_read_listed_and_ended_and_a_flows_alerts_answer_as_documented(live: Live) -> None:
+    name = random_name("flow-")
+    flow = {
+        "name": name,
+        "connection": "local",
+        "database": "Samples",
+        "steps": [
+            {
+                "id": "deadly",
+                "action": "run_query",
+                "query": "StormEvents",
+                "alert": {"key_columns": ["EventId"]},
+            }
+        ],
+    }
+    assert _answer(live, "PUT", "/v1/flows/{name}", name=name, body=flow).status_code == 201
+    silence = {**EXAMPLE_SILENCE, "flow": name}
+
+    created = _answer(live, "POST", "/v1/silences", body=silence)
+    assert created.status_code == 201
+    one = {"id": created.json()["id"]}
+    assert created.headers["location"] == [f"/v1/silences/{one['id']}"]
+    assert _answer(live, "GET", "/v1/silences/{id}", path_parameters=one).json()["state"] == "active"
+    listed = _answer(live, "GET", "/v1/silences", query={"flow": name, "state": "all", "limit": "5"})
+    assert [found["id"] for found in listed.json()["silences"]] == [one["id"]]
+    alerts = _answer(live, "GET", "/v1/flows/{name}/alerts", name=name).json()
+    assert ([alert["step"] for alert in alerts["alerts"]], alerts["silences"]) == (
+        ["deadly"],
+        [created.json()],
+    )
+    assert _answer(live, "DELETE", "/v1/silences/{id}", path_parameters=one).status_code == 204
+    assert _answer(live, "DELETE", "/v1/silences/{id}", path_parameters=one).status_code == 409
+    assert _answer(live, "GET", "/v1/silences/{id}", path_parameters={"id": "nope"}).status_code == 404
+    assert _answer(live, "GET", "/v1/flows/{name}/alerts", name=random_name("flow-")).status_code == 404
+    assert _answer(live, "POST", "/v1/silences", body={**silence, "step": "mail"}).status_code == 400
 
 
 def test_health_readiness_and_connections_answer_as_documented(live: Live) -> None:
