@@ -249,6 +249,35 @@ def _parser() -> argparse.ArgumentParser:
     runs_show.add_argument("run_id")
     runs_show.add_argument("--url", default=history_url, help="history API (env ADXFLOW_HISTORY_URL)")
 
+    silences_cmd = commands.add_parser(
+        "silences", help="silence a flow's alerts for a while; list and end silences"
+    )
+    silences = silences_cmd.add_subparsers(dest="silences_command", required=True)
+    silence_add = silences.add_parser("add", help="silence a flow's alerts (one step's, one instance's)")
+    silence_add.add_argument("flow")
+    silence_add.add_argument("--step", help="one step of the flow with an alert (default: all of them)")
+    silence_add.add_argument("--key", help="one instance, as the alert keys it: EventId=42 (default: all)")
+    ends = silence_add.add_mutually_exclusive_group(required=True)
+    ends.add_argument(
+        "--until", metavar="TIME", help="when it ends: ISO 8601 with offset (2026-03-01T18:00+01:00)"
+    )
+    ends.add_argument("--for", dest="lasts", metavar="DURATION", help="how long it lasts: 30m, 2h, 1d")
+    silence_add.add_argument("--comment", required=True, help="why (shown wherever the silence is)")
+    silence_add.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    silence_list = silences.add_parser("list", help="the silences in force, newest first")
+    silence_list.add_argument("--flow")
+    silence_list.add_argument("--all", action="store_true", help="the ended and expired ones too")
+    silence_list.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    silence_end = silences.add_parser("end", help="end a silence now")
+    silence_end.add_argument("id")
+    silence_end.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+
+    alerts_cmd = commands.add_parser(
+        "alerts", help="a flow's alerts: each instance's state, since, last notified, next repeat, silence"
+    )
+    alerts_cmd.add_argument("flow")
+    alerts_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+
     submit_cmd = commands.add_parser("submit", help="submit an ad-hoc job (JSON or YAML file, '-' for stdin)")
     submit_cmd.add_argument("file")
     submit_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
@@ -273,6 +302,24 @@ def _client(args: argparse.Namespace) -> None:
         asyncio.run(client.list_runs(args.url.rstrip("/"), args.flow, args.status, args.limit))
     elif args.command == "runs":
         asyncio.run(client.show_run(args.url.rstrip("/"), args.run_id))
+    elif args.command == "silences" and args.silences_command == "add":
+        asyncio.run(
+            client.add_silence(
+                args.url.rstrip("/"),
+                args.flow,
+                step=args.step,
+                key=args.key,
+                until=args.until,
+                lasts=args.lasts,
+                comment=args.comment,
+            )
+        )
+    elif args.command == "silences" and args.silences_command == "list":
+        asyncio.run(client.list_silences(args.url.rstrip("/"), args.flow, everything=args.all))
+    elif args.command == "silences":
+        asyncio.run(client.end_silence(args.url.rstrip("/"), args.id))
+    elif args.command == "alerts":
+        asyncio.run(client.show_alerts(args.url.rstrip("/"), args.flow))
     elif args.command == "submit":
         asyncio.run(client.submit(args.url.rstrip("/"), args.file))
 

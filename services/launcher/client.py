@@ -1,4 +1,4 @@
-"""The command line's side of the HTTP APIs: flows, runs and jobs.
+"""The command line's side of the HTTP APIs: flows, runs, jobs, alerts and silences.
 
 Each function prints what a person at a terminal wants to see and raises
 ``SystemExit`` with a non-zero code when the server refused or a run failed.
@@ -258,3 +258,102 @@ async def submit(trigger_url: str, path: str) -> None:
     print(json.dumps(body, indent=2))
     if status != 202:
         raise SystemExit(1)
+
+
+def _local(text: str | None) -> str:
+    """An instant the API answered, in this machine's zone; a dash when there is none."""
+    if not text:
+        return "-"
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _covers(silence: dict[str, Any]) -> str:
+    """What a silence covers, in a word: ``flow``, ``flow/step``, ``flow/step [key]``."""
+    where = silence["flow"] + (f"/{silence['step']}" if silence.get("step") else "")
+    return where + (f" [{silence['key']}]" if silence.get("key") else "")
+
+
+async def add_silence(
+    trigger_url: str,
+    flow: str,
+    *,
+    step: str | None,
+    key: str | None,
+    until: str | None,
+    lasts: str | None,
+    comment: str,
+) -> None:
+    asked = {"flow": flow, "step": step, "key": key, "until": until, "for": lasts, "comment": comment}
+    body_in = {name: value for name, value in asked.items() if value is not None}
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "POST", f"{trigger_url}/v1/silences", json=body_in)
+    if status != 201:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    print(f"silence {body['id']} set over {_covers(body)} until {_local(body['ends_at'])}")
+
+
+async def list_silences(trigger_url: str, flow: str | None, *, everything: bool) -> None:
+    query = {"state": "all" if everything else "active", **({"flow": flow} if flow else {})}
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "GET", f"{trigger_url}/v1/silences", params=query)
+    if status != 200:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    for silence in body["silences"]:
+        ended = silence["ended_at"] if silence["state"] == "ended" else silence["ends_at"]
+        print(
+            f"{silence['id']}  {silence['state']:<7}  until {_local(ended)}  {_covers(silence)}"
+            f"  by {silence['created_by']}: {silence['comment']}"
+        )
+
+
+async def end_silence(trigger_url: str, silence_id: str) -> None:
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "DELETE", f"{trigger_url}/v1/silences/{silence_id}")
+    if status != 204:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    print(f"silence {silence_id} ended")
+
+
+async def show_alerts(trigger_url: str, flow: str) -> None:
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "GET", f"{trigger_url}/v1/flows/{flow}/alerts")
+    if status != 200:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    print(format_alerts(body))
+
+
+#: The columns of an alert's instances and their widths (the last one as long as it is).
+_INSTANCE_COLUMNS = (
+    ("instance", 24),
+    ("state", 8),
+    ("since", 19),
+    ("last notified", 19),
+    ("next repeat", 19),
+)
+
+
+def _columns(values: list[str]) -> str:
+    widths = [width for _, width in _INSTANCE_COLUMNS]
+    padded = [f"{value:<{width}}" for value, width in zip(values, widths, strict=False)]
+    return "  " + "  ".join([*padded, *values[len(widths) :]])
+
+
+def format_alerts(body: dict[str, Any]) -> str:
+    """Each alert of a flow and its instances: state, since, last notified, next repeat, silenced."""
+    if not body["alerts"]:
+        return f"flow {body['flow']} has no alerts"
+    until = {silence["id"]: silence["ends_at"] for silence in body["silences"]}
+    lines = []
+    for alert in body["alerts"]:
+        keyed = f"  keyed by {', '.join(alert['key_columns'])}" if alert["key_columns"] else ""
+        lines.append(f"{alert['step']}  {alert['state']}{keyed}")
+        if not alert["instances"]:
+            lines.append("  (every instance ok)")
+            continue
+        lines.append(_columns([name for name, _ in _INSTANCE_COLUMNS] + ["silenced"]))
+        for instance in alert["instances"]:
+            silence = instance["silenced_by"]
+            silenced = f"until {_local(until.get(silence))} ({silence})" if silence else "-"
+            times = [_local(instance[name]) for name in ("since", "notified_at", "next_repeat")]
+            lines.append(_columns([instance["key"] or "(the alert)", instance["state"], *times, silenced]))
+    return "\n".join(lines)
