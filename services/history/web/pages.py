@@ -1,4 +1,4 @@
-"""The run history as web pages: runs, one run in detail, flows, and the login form.
+"""The run history as web pages: runs, one run in detail, flows, a flow's alerts, and the login form.
 
 Server-rendered HTML (Jinja2, autoescaped, sandboxed) that reads without
 JavaScript; ``static/app.js`` adds local times, refreshing of unfinished runs
@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import structlog
@@ -42,9 +42,11 @@ from services.history.web.session import (
 )
 from services.history.web.trigger import TIMEOUT, TriggerClient, TriggerUnavailable
 from services.history.web.views import (
+    SILENCE_DURATIONS,
     UNFINISHED,
     Iterations,
     Lane,
+    alert_views,
     badge,
     duration_words,
     email_summary,
@@ -77,7 +79,9 @@ TRIGGER_SESSION = web.AppKey("pages_trigger_session", aiohttp.ClientSession)
 _templates = SandboxedEnvironment(loader=PackageLoader("services.history.web", "templates"), autoescape=True)
 _templates.filters["duration"] = duration_words
 _templates.filters["utc"] = utc_text
-_templates.globals.update(badge=badge, unfinished=UNFINISHED, csrf_header=CSRF_HEADER)
+_templates.globals.update(
+    badge=badge, unfinished=UNFINISHED, csrf_header=CSRF_HEADER, silence_durations=SILENCE_DURATIONS
+)
 
 
 def page(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
@@ -302,6 +306,69 @@ async def set_flow_enabled(request: web.Request) -> web.Response:
     return web.json_response({"name": saved["name"], "enabled": saved["enabled"]})
 
 
+async def flow_page(request: web.Request) -> web.Response:
+    """A flow's alerts: each one's instances and latest transitions, and the flow's silences."""
+    name = request.match_info["name"]
+    trigger = _trigger(request)
+    try:
+        alerts = await trigger.alerts(name)
+        over = await trigger.silences(name, "ended")
+    except TriggerUnavailable as exc:
+        if exc.status == 404:
+            return page(request, "missing.html", status=404, what=f"flow {name}")
+        return page(request, "flow.html", status=502, name=name, problem=exc.message)
+    return page(
+        request,
+        "flow.html",
+        name=name,
+        problem=None,
+        alerts=alert_views(alerts),
+        silences=alerts["silences"],
+        over=over,
+    )
+
+
+def _flow_refusal(exc: TriggerUnavailable) -> web.Response:
+    status = exc.status if 400 <= exc.status < 500 else 502
+    codes = {400: "InvalidRequest", 404: "NotFound", 409: "Conflict"}
+    return error_body(status, exc.message, code=codes.get(status, "Unavailable"))
+
+
+def _back_to_flow(name: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(f"/ui/flows/{quote(name, safe='')}#silences")
+
+
+async def add_silence(request: web.Request) -> web.Response:
+    """Silence a flow's alert (or one instance of it) from its page: the form's duration and comment."""
+    if request.headers.get(CSRF_HEADER) != "1":
+        return csrf_refusal()
+    name = request.match_info["name"]
+    form = await request.post()
+    asked: dict[str, str] = {"flow": name}
+    for field in ("step", "key", "for", "comment"):
+        value = form.get(field)
+        if isinstance(value, str) and value:
+            asked[field] = value
+    try:
+        silence = await _trigger(request).silence(asked)
+    except TriggerUnavailable as exc:
+        return _flow_refusal(exc)
+    log.info("silence set from the history pages", flow=name, silence=silence["id"])
+    raise _back_to_flow(name)
+
+
+async def end_silence(request: web.Request) -> web.Response:
+    if request.headers.get(CSRF_HEADER) != "1":
+        return csrf_refusal()
+    name, silence_id = request.match_info["name"], request.match_info["silence_id"]
+    try:
+        await _trigger(request).end_silence(silence_id)
+    except TriggerUnavailable as exc:
+        return _flow_refusal(exc)
+    log.info("silence ended from the history pages", flow=name, silence=silence_id)
+    raise _back_to_flow(name)
+
+
 # -- login -----------------------------------------------------------------
 
 
@@ -347,6 +414,9 @@ def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> No
     app.router.add_get("/ui/emails/{key:.+}", email_page)
     app.router.add_get("/ui/flows", flows_page)
     app.router.add_post("/ui/flows/{name}/enabled", set_flow_enabled)
+    app.router.add_get("/ui/flows/{name}", flow_page)
+    app.router.add_post("/ui/flows/{name}/silences", add_silence)
+    app.router.add_post("/ui/flows/{name}/silences/{silence_id}/end", end_silence)
     app.router.add_get(LOGIN_PATH, login_form)
     app.router.add_post(LOGIN_PATH, login)
     app.router.add_post("/ui/logout", logout)

@@ -1,4 +1,5 @@
-"""The trigger API as the flows page sees it: list flows, switch one on or off.
+"""The trigger API as the flow pages see it: list flows, switch one on or off, read its alerts,
+set and end silences.
 
 The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 :data:`TIMEOUT`, so page loads reuse its connections.
@@ -7,7 +8,7 @@ The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from pydantic import SecretStr
@@ -82,6 +83,22 @@ class TriggerClient:
     async def flow(self, name: str) -> dict[str, Any]:
         view: dict[str, Any] = await self._call("GET", f"/v1/flows/{_segment(name)}")
         return view
+
+    async def alerts(self, name: str) -> dict[str, Any]:
+        """The flow's alerts: each one's instances and latest transitions, and its silences in force."""
+        found: dict[str, Any] = await self._call("GET", f"/v1/flows/{_segment(name)}/alerts")
+        return found
+
+    async def silences(self, flow: str, state: str) -> list[dict[str, Any]]:
+        body = await self._call("GET", f"/v1/silences?{urlencode({'flow': flow, 'state': state})}")
+        return list(body["silences"])
+
+    async def silence(self, asked: dict[str, Any]) -> dict[str, Any]:
+        silence: dict[str, Any] = await self._call("POST", "/v1/silences", json=asked)
+        return silence
+
+    async def end_silence(self, silence_id: str) -> None:
+        await self._call("DELETE", f"/v1/silences/{_segment(silence_id)}")
 
 
 def _segment(name: str) -> str:

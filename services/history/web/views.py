@@ -36,10 +36,28 @@ _BADGES = {
 
 UNFINISHED = frozenset({"queued", "running", "pending"})
 
+#: What a flow page's silence form offers: the duration the trigger API takes, and its words.
+SILENCE_DURATIONS = (("1h", "1 hour"), ("4h", "4 hours"), ("1d", "1 day"), ("7d", "1 week"))
+
 #: Artifact names that are drawn charts, in the order a page prefers them.
 CHART_ARTIFACTS = ("chart_png", "chart_svg")
 #: Keys of a step's detail the step's own section shows already.
 _SHOWN_DETAIL = frozenset({"text", "parameters", "truncation", "reason", "alert"})
+
+
+def alert_views(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trigger's alerts of a flow, each instance told until when the silence over it lasts."""
+    until = {silence["id"]: silence["ends_at"] for silence in found["silences"]}
+    return [
+        {
+            **alert,
+            "instances": [
+                {**instance, "silenced_until": until.get(instance["silenced_by"] or "")}
+                for instance in alert["instances"]
+            ],
+        }
+        for alert in found["alerts"]
+    ]
 
 
 def badge(status: str | None) -> Badge:

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import markupsafe
 import pytest
 from pydantic import SecretStr
 
@@ -40,8 +41,12 @@ from services.history.web.pages import TRIGGER_SESSION
 from services.history.web.session import COOKIE, SESSION_SECONDS, Sessions, safe_next
 from services.history.web.views import duration_words
 from services.trigger import service as trigger
+from services.trigger.alert_store import AlertStore
+from services.trigger.alert_store import instances as alert_instances
 from services.trigger.bodies import EXAMPLE_FLOW
 from tests.conftest import random_name
+from tests.services.trigger.test_alerts_api import DEADLY, instant
+from tests.services.trigger.test_alerts_api import seed as seed_alerts
 
 # The kinds of a run without scope or alert steps, in itinerary order.
 KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
@@ -400,3 +405,166 @@ async def test_the_toggle_switches_the_version_the_page_showed_and_refuses_a_cha
     finally:
         await letters.close()
         await store.close()
+
+
+# -- a flow's alerts and silences ----------------------------------------------
+
+
+@asynccontextmanager
+async def _trigger_with_alerts(data_dir: Path) -> AsyncIterator[str]:
+    """The trigger with the alerting flow ``deadly``, its alerts evaluated twice, and an instance whose
+    key and row came from hostile data."""
+    connections = Connections()
+    connections.add_local("local", "http://127.0.0.1:31415")
+    runtime = Runtime(
+        settings=Settings(data_dir=data_dir, trigger_port=0),
+        broker=InProcessBroker(Topology(random_name("history-web-trigger-"))),
+        blobs=FolderBlobStore(data_dir / "blobs"),
+        connections=connections,
+    )
+    async with runtime, trigger.running(runtime) as served, aiohttp.ClientSession() as session:
+        async with session.put(f"{served.url}/v1/flows/deadly", json=DEADLY) as saved:
+            assert saved.status == 201, await saved.text()
+        await seed_alerts(data_dir)
+        alerts = AlertStore(runtime.settings.resolved_database_url)
+        try:
+            async with alerts.engine.begin() as conn:
+                await conn.execute(
+                    alert_instances.insert().values(
+                        flow="deadly",
+                        step_id="events",
+                        key=f"EventId={HOSTILE}",
+                        state="pending",
+                        since=T0,
+                        pending_count=1,
+                        row={"State": HOSTILE},
+                    )
+                )
+        finally:
+            await alerts.close()
+        yield served.url
+
+
+@asynccontextmanager
+async def _history_before(trigger_url: str, data_dir: Path) -> AsyncIterator[str]:
+    settings = Settings(data_dir=data_dir)
+    store = HistoryStore(settings.resolved_database_url)
+    letters = DeadLetterStore(settings.resolved_database_url)
+    await store.ensure_schema()
+    await letters.ensure_schema()
+    runtime = Runtime(
+        settings=settings,
+        broker=InProcessBroker(Topology(random_name("history-web-"))),
+        blobs=FolderBlobStore(data_dir / "blobs"),
+        connections=Connections(),
+        trigger_url=trigger_url,
+    )
+    try:
+        async with runtime, HttpServer(create_app(runtime, store, letters), "127.0.0.1", 0) as http:
+            yield http.url
+    finally:
+        await letters.close()
+        await store.close()
+
+
+async def test_a_flows_page_shows_its_alerts_instances_and_silences_escaped(
+    data_dirs: tuple[Path, Path],
+) -> None:
+    history_dir, trigger_dir = data_dirs
+    async with (
+        _trigger_with_alerts(trigger_dir) as trigger_url,
+        _history_before(trigger_url, history_dir) as url,
+        aiohttp.ClientSession() as browser,
+    ):
+        silence = {"flow": "deadly", "step": "events", "key": "EventId=1", "for": "1h", "comment": HOSTILE}
+        async with browser.post(f"{trigger_url}/v1/silences", json=silence) as response:
+            one = await response.json()
+        ended = {**silence, "key": None, "comment": "over already"}
+        async with browser.post(f"{trigger_url}/v1/silences", json=ended) as response:
+            over = await response.json()
+        async with browser.delete(f"{trigger_url}/v1/silences/{over['id']}") as response:
+            assert response.status == 204
+
+        async with browser.get(f"{url}/ui/flows") as response:
+            assert 'href="/ui/flows/deadly"' in await response.text()
+        async with browser.get(f"{url}/ui/flows/deadly") as response:
+            assert response.status == 200
+            assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+            page = await response.text()
+
+    assert HOSTILE not in page
+    assert "<script>" not in page.replace('<script src="/ui/static/app.js" defer></script>', "")
+    assert str(markupsafe.escape(f"EventId={HOSTILE}")) in page
+    assert str(markupsafe.escape(HOSTILE)) in page
+    events = page[page.index('data-alert-step="events"') : page.index('data-alert-step="count"')]
+    assert 'data-alert-state="firing"' in events
+    rows = re.findall(r'<tr class="instance" data-instance="([^"]*)" data-instance-state="(\w+)"', events)
+    assert [(html.unescape(key), state) for key, state in rows] == [
+        ("EventId=1", "firing"),
+        ("EventId=3", "firing"),
+        (f"EventId={HOSTILE}", "pending"),
+    ]
+    assert events.count("status-pending") == 1
+    # The alert, and each of its instances, has a silence form; the page's script reveals them.
+    assert events.count('action="/ui/flows/deadly/silences" data-post-form') == 4
+    assert events.count('<details class="silence-form" data-silence hidden>') == 4
+    assert '<input type="hidden" name="key" value="EventId=3">' in events
+    assert '<option value="7d">1 week</option>' in events
+    first = events[events.index('data-instance="EventId=1"') :].split("</tr>")[0]
+    assert first.count("<time ") == 4  # since, notified, next repeat, silenced until
+    assert "Latest transitions (4)" in events
+    count = page[page.index('data-alert-step="count"') : page.index('id="silences"')]
+    assert "Every instance is ok." in count
+    assert 'name="key"' not in count
+    silences = page[page.index('id="silences"') :]
+    assert f'data-post="/ui/flows/deadly/silences/{one["id"]}/end" hidden>End</button>' in silences
+    assert "Ended and expired" in silences
+    assert f'data-silence-id="{over["id"]}"' in silences.split("Ended and expired")[1]
+    assert "over already" in silences
+
+
+async def test_a_silence_is_set_and_ended_from_a_flows_page_with_the_custom_header(
+    data_dirs: tuple[Path, Path],
+) -> None:
+    history_dir, trigger_dir = data_dirs
+    page = {"X-Adxflow-Request": "1"}
+    form = {"step": "events", "key": "EventId=3", "for": "4h", "comment": "on it"}
+    async with (
+        _trigger_with_alerts(trigger_dir) as trigger_url,
+        _history_before(trigger_url, history_dir) as url,
+        aiohttp.ClientSession() as browser,
+    ):
+        target = f"{url}/ui/flows/deadly/silences"
+        async with browser.post(target, data=form, allow_redirects=False) as refused:
+            assert refused.status == 403
+        async with browser.post(target, data=form, headers=page, allow_redirects=False) as response:
+            assert (response.status, response.headers["Location"]) == (303, "/ui/flows/deadly#silences")
+        async with browser.post(target, data={**form, "comment": " "}, headers=page) as blank:
+            assert blank.status == 400
+            assert "comment: say why" in (await blank.json())["error"]["message"]
+        async with browser.get(f"{trigger_url}/v1/silences?flow=deadly") as response:
+            [silence] = (await response.json())["silences"]
+        assert (silence["step"], silence["key"], silence["comment"]) == ("events", "EventId=3", "on it")
+        assert instant(silence["ends_at"]) - instant(silence["starts_at"]) == dt.timedelta(hours=4)
+
+        end = f"{url}/ui/flows/deadly/silences/{silence['id']}/end"
+        async with browser.post(end, allow_redirects=False) as refused:
+            assert refused.status == 403
+        async with browser.post(end, headers=page, allow_redirects=False) as response:
+            assert (response.status, response.headers["Location"]) == (303, "/ui/flows/deadly#silences")
+        async with browser.post(end, headers=page) as again:
+            assert again.status == 409
+            assert "is over" in (await again.json())["error"]["message"]
+        async with browser.get(f"{url}/ui/flows/nope") as missing:
+            assert missing.status == 404
+
+
+async def test_a_flows_page_says_when_the_trigger_is_away(server: Server) -> None:
+    async with server() as (url, _), aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/ui/flows/deadly") as response:
+            assert response.status == 502
+            assert "alerts could not be read" in await response.text()
+        async with session.post(
+            f"{url}/ui/flows/deadly/silences", data={"for": "1h"}, headers={"X-Adxflow-Request": "1"}
+        ) as response:
+            assert response.status == 502

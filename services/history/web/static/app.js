@@ -24,7 +24,7 @@
   }
 
   function reveal(root) {
-    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout]")) {
+    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout], [data-silence]")) {
       element.hidden = false;
     }
   }
@@ -99,6 +99,34 @@
       act(button, "/ui/logout", undefined, async () => {
         window.location.assign("/ui/login");
       });
+    }
+  });
+
+  // A form that changes something (a silence): its fields posted with the header, then the page the
+  // server answers with (it redirects back to the page the form is on).
+  document.addEventListener("submit", async (event) => {
+    const form = event.target.closest("form[data-post-form]");
+    if (!form) return;
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    say("Working…", false);
+    try {
+      const response = await fetch(form.action, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { ...REQUEST_HEADER, "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams(new FormData(form)),
+      });
+      if (!response.ok) {
+        say(await errorMessage(response), true);
+        return;
+      }
+      window.location.assign(response.url || window.location.href);
+    } catch (error) {
+      say(`The request failed: ${error.message}`, true);
+    } finally {
+      if (button) button.disabled = false;
     }
   });
 
