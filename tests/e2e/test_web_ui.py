@@ -385,3 +385,58 @@ async def test_a_token_deployment_asks_browsers_to_sign_in(tmp_path: Path, sampl
         await page.wait_for_url(re.compile(r"/ui/login$"))
         assert not await context.cookies()
         await context.close()
+
+
+ALERTING = {
+    "name": "deadly-check",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [
+        {
+            "id": "deadly",
+            "action": "run_query",
+            "query": "StormEvents | top 2 by EventId asc | project EventId, State",
+            "alert": {"key_columns": ["EventId"]},
+        },
+    ],
+}
+
+
+async def test_a_flows_alerts_are_silenced_and_the_silence_ended_in_a_browser(
+    tmp_path: Path, sample_database: Path
+) -> None:
+    async with adxflow_up(tmp_path, sample_database) as live, chromium() as browser:
+        await live.save_flow(ALERTING)
+        run = await live.run_to_end("deadly-check")
+        assert run["status"] == "succeeded", run
+
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        problems = watch_console(page)
+        await page.goto(f"{live.history_url}/ui/flows")
+        await page.locator('tr[data-flow="deadly-check"] th a').first.click()
+        await page.wait_for_url(f"{live.history_url}/ui/flows/deadly-check")
+        alert = page.locator('section[data-alert-step="deadly"]')
+        await expect(alert).to_have_attribute("data-alert-state", "firing")
+        instances = alert.locator("tr.instance")
+        await expect(instances).to_have_count(2)
+        first = instances.first
+
+        # Silence the first instance for four hours, saying why: the page comes back showing it.
+        await first.locator("details.silence-form summary").click()
+        await first.locator("select[name=for]").select_option("4h")
+        await first.locator("input[name=comment]").fill("known <b>storm</b>")
+        await first.get_by_role("button", name="Silence").click()
+        silence = page.locator("#silences tr.silence")
+        await expect(silence).to_have_count(1)
+        await expect(silence).to_contain_text("known <b>storm</b>")
+        # Since, last notified and silenced until; no repeat_every, so no next repeat.
+        await expect(first.locator("td time")).to_have_count(3)
+        await expect(first.locator("td").nth(4).locator("time")).to_have_count(1)
+        await expect(instances.nth(1).locator("td").nth(4)).to_have_text("—")
+        await screenshot(page, "flow-alerts")
+
+        # End it: it moves to the ended ones.
+        await silence.get_by_role("button", name="End").click()
+        await expect(page.get_by_text("No silence is in force.")).to_be_visible()
+        await expect(page.locator("#silences tr.silence")).to_contain_text("ended")
+        assert problems == [], problems
