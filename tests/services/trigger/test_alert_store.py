@@ -13,7 +13,7 @@ import pytest
 
 from common.contracts.messages import utcnow
 from services.trigger.alert_states import Evaluation, Instance, Notice, Outcome, Rules, State, evaluate
-from services.trigger.alert_store import AlertStore
+from services.trigger.alert_store import AlertStore, instances
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -127,3 +127,15 @@ async def test_forget_deletes_old_evaluations_and_transitions_and_keeps_the_inst
     assert await store.forget(evaluated_before=utcnow() + dt.timedelta(seconds=1)) == 1
     assert await store.history("f", "q") == []
     assert set(await store.states("f", "q")) == {"a"}
+
+
+async def test_each_instances_last_row_is_read_back_by_key(store: AlertStore) -> None:
+    calls: list[dict[str, Instance]] = []
+    await store.evaluate("f", "q", "r1", deciding({"a": Outcome.HOLDS, "b": Outcome.HOLDS}, calls))
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            instances.update().where(instances.c.key == "a").values(row={"EventId": 1, "State": "TEXAS"})
+        )
+
+    assert await store.rows("f", "q") == {"a": {"EventId": 1, "State": "TEXAS"}, "b": None}
+    assert await store.rows("f", "other") == {}
