@@ -18,6 +18,7 @@ from services.trigger.api import create_app
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.scope_store import ScopeStore
 from services.trigger.scopes import Scopes
+from services.trigger.silences import SilenceStore
 from services.trigger.store import FlowStore
 
 #: The scheduler's interval as its supervision sees it, at least: a round firing a burst of slots
@@ -32,6 +33,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     store = FlowStore(settings.resolved_database_url)
     scope_store = ScopeStore(settings.resolved_database_url)
     alert_store = AlertStore(settings.resolved_database_url)
+    silence_store = SilenceStore(settings.resolved_database_url)
     stop = asyncio.Event()
     scheduler_task: asyncio.Task[None] | None = None
     tidy_task: asyncio.Task[None] | None = None
@@ -42,7 +44,7 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         await StepWorker(runtime.broker, StepKind.SCOPE, scopes.perform, RetryPolicy.of(settings)).start(
             settings.prefetch
         )
-        alerts = Alerts(alert_store, runtime)
+        alerts = Alerts(alert_store, runtime, silence_store)
         await StepWorker(runtime.broker, StepKind.ALERT, alerts.perform, RetryPolicy.of(settings)).start(
             settings.prefetch
         )
@@ -79,5 +81,6 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
         if forget_task is not None:
             await forget_task
         await alert_store.close()
+        await silence_store.close()
         await scope_store.close()
         await store.close()
