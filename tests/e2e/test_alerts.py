@@ -37,6 +37,12 @@ ALERT_FLOW: dict[str, Any] = {
 }
 
 
+@pytest.fixture
+def operator_connections() -> dict[str, Any]:
+    """A mute window of the operator's that is always on: what it holds is never told here."""
+    return {"mute_windows": [{"name": "always", "times": ["00:00-24:00"]}]}
+
+
 async def set_incidents(system: System, rows: list[tuple[int, str]]) -> None:
     values = ", ".join(f'{event}, "{state}"' for event, state in rows)
     command = f".set-or-replace Incidents <| datatable(EventId:long, State:string)[{values}]"
@@ -163,3 +169,64 @@ async def test_the_run_page_shows_what_the_alert_did(system: System) -> None:
     assert "as before" in second
     assert "nothing new to tell" in second
     assert "<strong>Still firing</strong> (2)" in second
+
+
+PER_INSTANCE_FLOW: dict[str, Any] = {
+    **ALERT_FLOW,
+    "name": "incident-each",
+    "steps": [
+        ALERT_FLOW["steps"][0],
+        {
+            "id": "mail",
+            "action": "send_email",
+            "for_each": "open",
+            "to": ["oncall@example.com"],
+            "subject": "{{ alert.instance.notice }} {{ row.EventId }} {{ row.State }}",
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize("system", ["in_process", "rabbitmq"], indirect=True)
+async def test_one_email_per_instance_as_it_fires_and_as_it_resolves(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    await system.save_flow(PER_INSTANCE_FLOW)
+
+    await evaluate(system, "incident-each")
+    assert sorted(subjects(system)) == ["firing 1 TEXAS", "firing 2 OHIO"]
+    await evaluate(system, "incident-each")
+    assert len(subjects(system)) == 2
+
+    await set_incidents(system, [(2, "OHIO"), (3, "KANSAS")])
+    changed = await evaluate(system, "incident-each")
+    # The resolved one is told with the row it fired with: its rows are gone from the result.
+    assert sorted(subjects(system)[2:]) == ["firing 3 KANSAS", "resolved 1 TEXAS"]
+    [mail] = [step for step in changed["steps"] if step["step_id"] == "mail"]
+    assert mail["detail"]["deliveries"] == 2
+
+    await set_incidents(system, [])
+    await evaluate(system, "incident-each")
+    await evaluate(system, "incident-each")
+    assert sorted(subjects(system)[4:]) == ["resolved 2 OHIO", "resolved 3 KANSAS"]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_in_a_mute_window_the_state_moves_and_nothing_is_told(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    muted_flow = {**PER_INSTANCE_FLOW, "name": "incident-muted"}
+    muted_flow["steps"] = [
+        {**PER_INSTANCE_FLOW["steps"][0], "alert": {"key_columns": ["EventId"], "mute_windows": ["always"]}},
+        PER_INSTANCE_FLOW["steps"][1],
+    ]
+    await system.save_flow(muted_flow)
+
+    run = await evaluate(system, "incident-muted")
+
+    [alert] = [step for step in run["steps"] if step["step_id"] == "open.alert"]
+    assert alert["detail"]["alert"]["state"] == "firing"
+    assert alert["detail"]["alert"]["muted"]["held"] == 2
+    assert subjects(system) == []
+    async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
+        page = " ".join((await response.text()).split())
+    assert 'data-alert-muted="always"' in page
+    assert "2 held" in page
