@@ -41,6 +41,8 @@ class Held:
     notice: Notice
     before: State
     window: str
+    #: When it was decided (the evaluation's time).
+    at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def sort_out(
             withheld[transition.key] = f"silenced:{silence.id}"
         elif muting is not None:
             withheld[transition.key] = f"muted:{muting}"
-            hold.append(Held(transition.key, transition.notice, transition.before, muting))
+            hold.append(Held(transition.key, transition.notice, transition.before, muting, transition.at))
         else:
             told[transition.key] = Told(
                 transition.key, transition.notice, transition.after, transition.before, transition.since

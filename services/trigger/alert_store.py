@@ -170,6 +170,17 @@ class AlertStore(SqlStore):
             await keep(verdict)
             return verdict.outcome
 
+    async def holding(self) -> list[tuple[str, str, dt.datetime]]:
+        """Each flow and mute window with notices held, and when the first of them was held."""
+        query = (
+            sa.select(held.c.flow, held.c.window, sa.func.min(held.c.at).label("first"))
+            .group_by(held.c.flow, held.c.window)
+            .order_by(held.c.flow, held.c.window)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.flow, row.window, read_utc(row.first)) for row in rows if row.first is not None]
+
     async def states(self, flow: str, step_id: str) -> dict[str, Instance]:
         async with self.engine.connect() as conn:
             return await _instances(conn, flow, step_id)
@@ -228,7 +239,7 @@ async def _instances(conn: AsyncConnection, flow: str, step_id: str) -> dict[str
 async def _held(conn: AsyncConnection, flow: str, step_id: str) -> list[Held]:
     query = sa.select(held).where((held.c.flow == flow) & (held.c.step_id == step_id)).order_by(held.c.id)
     return [
-        Held(row.key, Notice(row.notice), State(row.before), row.window)
+        Held(row.key, Notice(row.notice), State(row.before), row.window, read_utc(row.at))
         for row in (await conn.execute(query)).all()
     ]
 
@@ -298,7 +309,7 @@ async def _write(
             "before": notice.before.value,
             "window": notice.window,
             "run_id": run_id,
-            "at": utcnow(),
+            "at": notice.at,
         }
         for notice in verdict.hold
     ]

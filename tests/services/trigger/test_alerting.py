@@ -5,6 +5,7 @@ a restart in the middle of pending and a redelivered evaluation change nothing o
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -17,7 +18,15 @@ import pytest
 import sqlalchemy as sa
 
 from common.contracts.flows import Flow, new_run
-from common.contracts.messages import ErrorCode, ErrorInfo, RunContext, StepOutput, StepStatus, TriggerKind
+from common.contracts.messages import (
+    ErrorCode,
+    ErrorInfo,
+    RunContext,
+    StepKind,
+    StepOutput,
+    StepStatus,
+    TriggerKind,
+)
 from common.contracts.mute_windows import MuteWindow
 from common.contracts.results import Column, ResultSet
 from common.contracts.topology import Topology
@@ -28,7 +37,10 @@ from common.platform.connections import Connections
 from common.platform.runtime import Runtime
 from services.trigger.alert_store import AlertStore
 from services.trigger.alerting import Alerts
+from services.trigger.mute_ends import MuteEnds
 from services.trigger.silences import SilenceStore, silences
+from services.trigger.starter import slot_run_id
+from services.trigger.store import FlowStore
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
@@ -88,8 +100,10 @@ class Trigger:
 
     database_url: str
     blobs: FolderBlobStore
+    broker: InProcessBroker
     now: dt.datetime = T0
     alerts: Alerts | None = None
+    runtime: Runtime | None = None
     stores: list[AlertStore | SilenceStore] = field(default_factory=list)
 
     async def start(self) -> Alerts:
@@ -97,13 +111,13 @@ class Trigger:
         store, silence_store = AlertStore(self.database_url), SilenceStore(self.database_url)
         self.stores += [store, silence_store]
         await store.ensure_schema()
-        runtime = Runtime(
+        self.runtime = Runtime(
             settings=Settings(max_deliveries=50),
-            broker=InProcessBroker(Topology("alerting")),
+            broker=self.broker,
             blobs=self.blobs,
             connections=Connections(mute_windows=[NIGHTS, QUIET_HOURS]),
         )
-        self.alerts = Alerts(store, runtime, silence_store, clock=lambda: self.now)
+        self.alerts = Alerts(store, self.runtime, silence_store, clock=lambda: self.now)
         return self.alerts
 
     async def evaluate(
@@ -158,8 +172,8 @@ class Trigger:
 
 @pytest.fixture
 async def trigger(database_url: str, tmp_path: Path) -> AsyncIterator[Trigger]:
-    async with FolderBlobStore(tmp_path / "blobs") as blobs:
-        world = Trigger(database_url, blobs)
+    async with FolderBlobStore(tmp_path / "blobs") as blobs, InProcessBroker(Topology("alerting")) as broker:
+        world = Trigger(database_url, blobs, broker)
         await world.start()
         try:
             yield world
@@ -377,3 +391,49 @@ async def test_the_evaluation_step_reads_silences_from_the_database_only_while_t
     assert fired.told == [("firing", "EventId=1")]
     async with store.engine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(silences))).scalar() == 1
+
+
+async def test_at_a_windows_end_one_run_of_the_flow_is_started_to_tell_what_it_held(trigger: Trigger) -> None:
+    flow = alert_flow(mute_windows=["nights"])
+    flows = FlowStore(trigger.database_url)
+    trigger.stores.append(flows)
+    await flows.save(flow)
+    assert trigger.runtime is not None
+    replicas = [
+        MuteEnds(store, flows, trigger.runtime, clock=lambda: trigger.now)
+        for store in trigger.stores
+        if isinstance(store, AlertStore)
+    ]
+    await trigger.start()
+    replicas.append(MuteEnds(trigger.alerts.store, flows, trigger.runtime, clock=lambda: trigger.now))
+    queue = trigger.broker.topology.step_queue(StepKind.QUERY)
+
+    trigger.now = dt.datetime(2026, 3, 2, 0, 30, tzinfo=dt.UTC)  # 01:30 in Berlin
+    await trigger.evaluate(flow, [(1, "TEXAS")])
+    during = await asyncio.gather(*(replica._start_due() for replica in replicas))
+    trigger.now = dt.datetime(2026, 3, 2, 3, 0, 30, tzinfo=dt.UTC)  # 04:00:30 in Berlin
+    after = await asyncio.gather(*(replica._start_due() for replica in replicas))
+    again = await asyncio.gather(*(replica._start_due() for replica in replicas))
+
+    assert during == [[], []]
+    # The two replicas start one run between them, and only once.
+    [run_id] = [run for started in after for run in started]
+    assert again == [[], []]
+    assert trigger.broker.depth(queue) == 1
+    assert run_id == slot_run_id("incidents", "mute-end:nights:2026-03-02T03:00:00+00:00")
+
+
+async def test_a_windows_end_starts_nothing_for_a_flow_switched_off(trigger: Trigger) -> None:
+    flow = alert_flow(mute_windows=["nights"])
+    flows = FlowStore(trigger.database_url)
+    trigger.stores.append(flows)
+    await flows.save(flow.model_copy(update={"enabled": False}))
+    assert trigger.alerts is not None
+    assert trigger.runtime is not None
+    ends = MuteEnds(trigger.alerts.store, flows, trigger.runtime, clock=lambda: trigger.now)
+    trigger.now = dt.datetime(2026, 3, 2, 0, 30, tzinfo=dt.UTC)
+    await trigger.evaluate(flow, [(1, "TEXAS")])
+    trigger.now = dt.datetime(2026, 3, 2, 5, 0, tzinfo=dt.UTC)
+
+    assert await ends._start_due() == []
+    assert await ends.tick() is True
