@@ -376,6 +376,7 @@ class NotifyStep:
             run_url=self._run_url(message),
             artifact_url=self._artifact_url,
             query_urls=query_links(message, flow, self.runtime.connections),
+            alert=context.get("alert"),
         )
         return encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
 

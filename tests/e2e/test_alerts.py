@@ -3,11 +3,12 @@ quiet, resolves; a failing query is told once as an error and once as resolved."
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import System
+from tests.e2e.conftest import Hooks, System
 
 ALERT_FLOW: dict[str, Any] = {
     "name": "incident-alert",
@@ -38,9 +39,13 @@ ALERT_FLOW: dict[str, Any] = {
 
 
 @pytest.fixture
-def operator_connections() -> dict[str, Any]:
-    """A mute window of the operator's that is always on: what it holds is never told here."""
-    return {"mute_windows": [{"name": "always", "times": ["00:00-24:00"]}]}
+def operator_connections(hooks: Hooks) -> dict[str, Any]:
+    """A mute window of the operator's that is always on (what it holds is never told here), and
+    the on-call webhook, the test's receiver."""
+    return {
+        "mute_windows": [{"name": "always", "times": ["00:00-24:00"]}],
+        "webhooks": {"oncall": {"url": hooks.url}},
+    }
 
 
 async def set_incidents(system: System, rows: list[tuple[int, str]]) -> None:
@@ -230,3 +235,26 @@ async def test_in_a_mute_window_the_state_moves_and_nothing_is_told(system: Syst
         page = " ".join((await response.text()).split())
     assert 'data-alert-muted="always"' in page
     assert "2 held" in page
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_webhook_per_instance_carries_the_alert_and_the_instance_it_tells_of(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    hooked = {**PER_INSTANCE_FLOW, "name": "incident-hook"}
+    hooked["steps"] = [
+        PER_INSTANCE_FLOW["steps"][0],
+        {"id": "hook", "action": "post_webhook", "webhook": "oncall", "for_each": "open", "format": "json"},
+    ]
+    await system.save_flow(hooked)
+
+    await evaluate(system, "incident-hook")
+    await set_incidents(system, [(2, "OHIO")])
+    await evaluate(system, "incident-hook")
+
+    posts = [json.loads(body) for _, body in system.hooks.received]
+    told = sorted((post["alert"]["instance"]["notice"], post["step"]["row"]["EventId"]) for post in posts)
+    assert told == [("firing", 1), ("firing", 2), ("resolved", 1)]
+    resolved = next(post for post in posts if post["alert"]["instance"]["notice"] == "resolved")
+    assert resolved["alert"]["state"] == "firing"
+    assert resolved["alert"]["counts"]["resolved"] == 1
+    assert resolved["run"]["url"].endswith(f"/ui/runs/{resolved['run']['id']}")
