@@ -230,6 +230,9 @@ async def test_in_a_mute_window_the_state_moves_and_nothing_is_told(system: Syst
     [alert] = [step for step in run["steps"] if step["step_id"] == "open.alert"]
     assert alert["detail"]["alert"]["state"] == "firing"
     assert alert["detail"]["alert"]["muted"]["held"] == 2
+    [mail] = [step for step in run["steps"] if step["step_id"] == "mail"]
+    assert mail["status"] == "skipped"
+    assert "2 held by mute window always" in mail["detail"]["reason"]
     assert subjects(system) == []
     async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
         page = " ".join((await response.text()).split())
