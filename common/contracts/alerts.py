@@ -12,6 +12,10 @@ template condition instead (over ``steps``, as ``when`` is). With
 ``key_columns`` each row is an instance of its own (one incident per
 ``EventId``), which fires and resolves on its own; ``condition`` is then asked
 of each row (``row``).
+
+``mute_windows`` names windows from the operator's configuration
+(:mod:`common.contracts.mute_windows`) during which evaluations go on and deliveries are
+held; silences (``/v1/silences``) withhold what an alert tells of a flow or of one instance.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from common.contracts.documents import Document
+from common.contracts.parameters import Identifier
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _SIZES = (86_400, 3_600, 60, 1)
@@ -74,6 +79,8 @@ class Alert(Document):
     #: What no data does (with ``expect_rows``): the ``no_data`` state, as if it held, as if not, or nothing.
     on_no_data: Literal["no_data", "firing", "ok", "keep"] = "no_data"
     notify: AlertNotify = AlertNotify()
+    #: Mute windows (by name, as the operator configured them) in which deliveries are held.
+    mute_windows: Annotated[list[Identifier], Field(max_length=10)] = []
 
     @field_validator("pending_for")
     @classmethod
@@ -91,11 +98,11 @@ class Alert(Document):
             parse_duration(value)
         return value
 
-    @field_validator("key_columns")
+    @field_validator("key_columns", "mute_windows")
     @classmethod
     def _distinct(cls, values: list[str]) -> list[str]:
         if len(set(values)) != len(values):
-            raise ValueError("key_columns names a column twice")
+            raise ValueError("names one twice")
         return values
 
     def templates(self) -> dict[str, str]:

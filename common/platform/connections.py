@@ -30,6 +30,7 @@ from azure.kusto.data import KustoConnectionStringBuilder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.contracts.errors import ConfigurationError, UnknownConnection
+from common.contracts.mute_windows import MuteWindow
 from common.platform.config import is_loopback
 
 
@@ -193,6 +194,17 @@ class _File(BaseModel):
 
     connections: dict[str, ConnectionConfig] = {}
     webhooks: dict[str, WebhookConfig] = {}
+    #: Named mute windows alerts may refer to.
+    mute_windows: list[MuteWindow] = []
+
+    @field_validator("mute_windows")
+    @classmethod
+    def _distinct_windows(cls, windows: list[MuteWindow]) -> list[MuteWindow]:
+        names = [window.name for window in windows]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"more than one mute window is named {', '.join(map(repr, twice))}")
+        return windows
 
 
 def connection_string(config: ConnectionConfig) -> KustoConnectionStringBuilder:
@@ -238,10 +250,13 @@ class Connections:
         self,
         configs: dict[str, ConnectionConfig] | None = None,
         webhooks: dict[str, WebhookConfig] | None = None,
+        mute_windows: list[MuteWindow] | None = None,
     ) -> None:
         self._configs: dict[str, ConnectionConfig] = dict(configs or {})
         #: Webhook targets flows may name (``post_webhook: {webhook: NAME}``).
         self.webhooks: dict[str, WebhookConfig] = dict(webhooks or {})
+        #: Mute windows alerts may name (``alert: {mute_windows: [NAME]}``).
+        self.mute_windows: dict[str, MuteWindow] = {window.name: window for window in mute_windows or []}
         #: Embedded mode's webhook outbox: where a name the operator did not configure posts to.
         self.webhook_sink: str | None = None
 
@@ -262,7 +277,7 @@ class Connections:
                 f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
             )
             raise ConfigurationError(f"connections file {path}: {problems}") from None
-        return cls(parsed.connections, parsed.webhooks)
+        return cls(parsed.connections, parsed.webhooks, parsed.mute_windows)
 
     def add_local(self, name: str, url: str) -> None:
         """Register the embedded endpoint; refuses anything that is not loopback."""

@@ -266,7 +266,20 @@ def _alert_quiet(message: RunMessage) -> str | None:
     ]
     if not told or any(alert.get("deliver") for alert in told):
         return None
-    return "the alert has nothing new to tell: " + "; ".join(str(alert.get("summary", "")) for alert in told)
+    return "the alert has nothing new to tell: " + "; ".join(map(_quiet_because, told))
+
+
+def _quiet_because(alert: dict[str, Any]) -> str:
+    """An alert's summary, and what it holds back: a mute window's hold, silenced notices."""
+    said = [str(alert.get("summary", ""))]
+    muted = alert.get("muted")
+    if muted:
+        until = f" until {muted['until']}" if muted.get("until") else ""
+        said.append(f"{muted.get('held', 0)} held by mute window {muted.get('window')}{until}")
+    silenced = (alert.get("counts") or {}).get("silenced")
+    if silenced:
+        said.append(f"{silenced} silenced")
+    return ", ".join(said)
 
 
 def _continues(message: RunMessage) -> bool:

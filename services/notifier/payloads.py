@@ -82,6 +82,20 @@ class RunSummary:
     step: str
     row: dict[str, Any] | None
     steps: list[StepSummary]
+    #: What the alert before the delivery told: its state, counts and summary, and for a delivery
+    #: per instance the instance (key, notice, state, previous, since).
+    alert: dict[str, Any] | None = None
+
+    @property
+    def alert_line(self) -> str | None:
+        """The alert in a line: ``firing (was ok): 2 new, 0 still firing, 0 resolved``."""
+        if self.alert is None:
+            return None
+        instance = self.alert.get("instance")
+        told = f"{instance['notice']} {instance['key']}".strip() + " · " if instance else ""
+        return (
+            f"{told}{self.alert.get('state')} (was {self.alert.get('previous')}): {self.alert.get('summary')}"
+        )
 
 
 def summarize(
@@ -94,6 +108,7 @@ def summarize(
     run_url: str,
     artifact_url: Callable[[BlobRef], str],
     query_urls: Mapping[str, str] | None = None,
+    alert: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """The run as far as *spec*, the delivery step about to post (nested steps too, as far as
     this run holds their outcomes)."""
@@ -142,7 +157,28 @@ def summarize(
         step=spec.id,
         row=dict(row) if row is not None else None,
         steps=steps,
+        alert=_alert_of(alert),
     )
+
+
+#: What a payload carries of an alert (its lists of instances stay in the run's history).
+_ALERT_KEYS = (
+    "state",
+    "previous",
+    "since",
+    "changed",
+    "notices",
+    "counts",
+    "next_repeat",
+    "summary",
+    "instance",
+)
+
+
+def _alert_of(alert: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not alert:
+        return None
+    return {key: alert[key] for key in _ALERT_KEYS if key in alert}
 
 
 def payload(summary: RunSummary, format: Format) -> dict[str, Any]:
@@ -186,6 +222,7 @@ def json_payload(summary: RunSummary) -> dict[str, Any]:
             }
             for step in summary.steps
         },
+        **({"alert": summary.alert} if summary.alert is not None else {}),
     }
 
 
@@ -206,6 +243,8 @@ def slack_payload(summary: RunSummary) -> dict[str, Any]:
         f"Status: *{summary.status}* · trigger: {slack_escape(summary.trigger)} · "
         f"<{slack_escape(summary.url)}|run {slack_escape(summary.id)}>"
     )
+    if summary.alert_line:
+        lines.append(f"Alert: {slack_escape(summary.alert_line)}")
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -284,7 +323,8 @@ def teams_payload(summary: RunSummary) -> dict[str, Any]:
     ]
     if summary.description and summary.description != summary.title:
         body.append({"type": "TextBlock", "text": summary.description, "isSubtle": True, "wrap": True})
-    body.append(_facts([("Flow", summary.flow), ("Status", summary.status), ("Trigger", summary.trigger)]))
+    facts = [("Flow", summary.flow), ("Status", summary.status), ("Trigger", summary.trigger)]
+    body.append(_facts([*facts, *([("Alert", summary.alert_line)] if summary.alert_line else [])]))
     if summary.steps:
         body.append({"type": "TextBlock", "text": "Steps", "weight": "Bolder", "wrap": True})
         body.append(_facts([(step.id, _rows(step)) for step in summary.steps]))

@@ -54,7 +54,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from common.contracts.actions import PostWebhook, SendEmail
+from common.contracts.actions import KUSTO_STEPS, PostWebhook, SendEmail
 from common.contracts.errors import AdxflowError, DeliveryError
 from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import (
@@ -80,6 +80,9 @@ from services.notifier.payloads import payload, summarize
 from services.notifier.settlement import Settlement, check
 from services.notifier.smtp import SmtpConnections, send_email
 from services.notifier.webhook import encode_json, post_json, render_json_body
+
+#: A delivery per row: its index, its ``row``, and for deliveries over an alert the instance told.
+Rows = list[tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]]
 
 log = structlog.get_logger(__name__)
 
@@ -160,10 +163,13 @@ class NotifyStep:
         if isinstance(spec, SendEmail):
             self._check_recipients(spec)
         bodies = await self._bodies(message, flow)
-        rows, total = await self._rows(message, spec)
+        rows, total = await self._rows(message, flow, spec)
         tally = _Tally()
-        for index, row in rows:
+        for index, row, instance in rows:
             context = template_context(message, bodies=bodies, row=row)
+            if instance is not None and spec.for_each:
+                # One delivery per instance the alert tells of: ``alert.instance`` is that one.
+                context["alert"] = {**context["steps"][spec.for_each].get("alert", {}), "instance": instance}
             when = spec.when if spec.for_each else None
             if when and not evaluate_condition(when, context, field=f"steps.{spec.id}.when"):
                 tally.skipped += 1
@@ -300,19 +306,36 @@ class NotifyStep:
                 bodies[step.flow_step] = data.decode("utf-8")
         return bodies
 
-    async def _rows(
-        self, message: RunMessage, spec: SendEmail | PostWebhook
-    ) -> tuple[list[tuple[int | None, dict[str, Any] | None]], int]:
+    async def _rows(self, message: RunMessage, flow: Flow, spec: SendEmail | PostWebhook) -> tuple[Rows, int]:
+        """The deliveries to make (index, ``row``, alert instance), up to the cap, and how many there were."""
         if spec.for_each is None:
-            return [(None, None)], 1
+            return [(None, None, None)], 1
+        cap = min(spec.max_deliveries, self.runtime.settings.max_deliveries)
+        source_spec = flow.step(spec.for_each)
+        if isinstance(source_spec, KUSTO_STEPS) and source_spec.alert is not None:
+            return await self._notices(message, spec.for_each, cap)
         source = message.outputs.get(spec.for_each)
         if source is None or source.status is not StepStatus.SUCCEEDED or "result" not in source.artifacts:
             return [], 0
         result = await self.runtime.blobs.get_result(source.artifacts["result"].key)
-        cap = min(spec.max_deliveries, self.runtime.settings.max_deliveries)
         names = [column.name for column in result.columns]
-        rows = [(index, dict(zip(names, row, strict=True))) for index, row in enumerate(result.rows[:cap])]
-        return list(rows), result.row_count
+        rows: Rows = [
+            (index, dict(zip(names, row, strict=True)), None) for index, row in enumerate(result.rows[:cap])
+        ]
+        return rows, result.row_count
+
+    async def _notices(self, message: RunMessage, step_id: str, cap: int) -> tuple[Rows, int]:
+        """Over an alert: one delivery per instance its evaluation tells of (new, resolved, repeated),
+        ``row`` as the query returned it (or, resolved, as it fired)."""
+        evaluation = message.outputs.get(f"{step_id}.alert")
+        if evaluation is None or "notices" not in evaluation.artifacts:
+            return [], 0
+        notices = json.loads(await self.runtime.blobs.get(evaluation.artifacts["notices"].key))
+        rows: Rows = [
+            (index, notice.get("row") or {}, {k: v for k, v in notice.items() if k != "row"})
+            for index, notice in enumerate(notices[:cap])
+        ]
+        return rows, len(notices)
 
     async def _webhook(
         self,
@@ -353,6 +376,7 @@ class NotifyStep:
             run_url=self._run_url(message),
             artifact_url=self._artifact_url,
             query_urls=query_links(message, flow, self.runtime.connections),
+            alert=context.get("alert"),
         )
         return encode_json(payload(summary, spec.format), sort_keys=spec.format == "json")
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 class State(enum.StrEnum):
@@ -110,6 +111,8 @@ class Instance:
     last_held: dt.datetime | None = None
     #: When the instance was last notified (for repeat_every); None once it is ok again.
     notified_at: dt.datetime | None = None
+    #: The row it fired with (what is told of it when it resolves); not part of its state.
+    row: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def quiet(self) -> bool:
@@ -161,21 +164,26 @@ def evaluate(
     found: Mapping[str, Outcome],
     now: dt.datetime,
     *,
-    absent: Outcome = Outcome.CLEAR,
+    absent: Outcome | None = Outcome.CLEAR,
 ) -> Evaluation:
     """Move every instance through one evaluation at *now*.
 
     *found* is what the evaluation found for each instance it saw; an instance of
     *previous* it did not see (a key whose rows are gone) counts as *absent*, which is
-    ``CLEAR`` unless the whole evaluation failed or found nothing. Instances that end
-    quiet are left out of the answer: a keyed alert keeps only the ones that matter.
-    Linear in the instances.
+    ``CLEAR`` unless the whole evaluation found nothing; None leaves those instances as
+    they are (when the query failed, only the alert as a whole is in error). Instances
+    that end quiet are left out of the answer: a keyed alert keeps only the ones that
+    matter. Linear in the instances.
     """
     instances: dict[str, Instance] = {}
     transitions: list[Transition] = []
     for key in sorted(set(previous) | set(found)):
         before = previous.get(key) or Instance(key)
-        after, notice = step(rules, before, found.get(key, absent), now)
+        outcome = found.get(key, absent)
+        if outcome is None:
+            instances[key] = before
+            continue
+        after, notice = step(rules, before, outcome, now)
         if not after.quiet:
             instances[key] = after
         if after.state is not before.state or notice is not None:

@@ -11,7 +11,8 @@ for each other.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.contracts.messages import utcnow
 from common.platform.database import SqlStore, read_utc
-from services.trigger.alert_states import Evaluation, Instance, State
+from services.trigger.alert_notices import Held
+from services.trigger.alert_states import Evaluation, Instance, Notice, State
 
 metadata = sa.MetaData()
 UtcDateTime = sa.DateTime(timezone=True)
@@ -80,6 +82,8 @@ held = sa.Table(
     sa.Column("key", sa.String(1024), nullable=False),
     #: The notice a mute window holds back: firing, resolved, error, no_data, repeat.
     sa.Column("notice", sa.String(16), nullable=False),
+    #: The instance's state before the notice (what was told before the window).
+    sa.Column("before", sa.String(16), nullable=False),
     sa.Column("window", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
@@ -98,8 +102,29 @@ evaluations = sa.Table(
     sa.Index("ix_alert_evaluations_at", "at"),
 )
 
-#: Given the instances as stored, what the evaluation decides and what its step says of it.
-Decide = Callable[[dict[str, Instance]], tuple[Evaluation, dict[str, Any]]]
+
+@dataclass
+class Verdict:
+    """What an evaluation decided: the instances and transitions, what its step says, what it holds."""
+
+    evaluation: Evaluation
+    outcome: dict[str, Any]
+    #: Why a transition's notice was not delivered, by key (``muted:<window>``, ``silenced:<id>``).
+    withheld: Mapping[str, str] = field(default_factory=dict)
+    #: Notices to hold until the muting window ends.
+    hold: Sequence[Held] = ()
+    #: The held notices read are done with (sent or dropped now).
+    release: bool = False
+
+
+#: Given the instances as stored and the notices held, what the evaluation decides.
+Decide = Callable[[dict[str, Instance], list[Held]], Verdict]
+#: Given what was decided, before it is committed (the notices' blob is written there).
+Keep = Callable[[Verdict], Awaitable[None]]
+
+
+async def _nothing(verdict: Verdict) -> None:
+    return None
 
 
 class AlertStore(SqlStore):
@@ -107,8 +132,13 @@ class AlertStore(SqlStore):
 
     metadata = metadata
 
-    async def evaluate(self, flow: str, step_id: str, run_id: str, decide: Decide) -> dict[str, Any]:
-        """Run *decide* over the alert's instances once for *run_id*; what it said (again, if it ran)."""
+    async def evaluate(
+        self, flow: str, step_id: str, run_id: str, decide: Decide, keep: Keep = _nothing
+    ) -> dict[str, Any]:
+        """Run *decide* over the alert's instances once for *run_id*; what it said (again, if it ran).
+
+        *keep* runs before the commit: if it fails, nothing of the evaluation is recorded.
+        """
         now = utcnow()
         async with self.engine.begin() as conn:
             await _lock(conn, flow, step_id, now)
@@ -124,11 +154,12 @@ class AlertStore(SqlStore):
             if done is not None:
                 return {**done, "repeated": True}
             stored = await _instances(conn, flow, step_id)
-            evaluation, outcome = decide(stored)
-            await _write(conn, flow, step_id, run_id, stored, evaluation)
+            waiting = await _held(conn, flow, step_id)
+            verdict = decide(stored, waiting)
+            await _write(conn, flow, step_id, run_id, stored, verdict)
             await conn.execute(
                 evaluations.insert().values(
-                    flow=flow, step_id=step_id, run_id=run_id, outcome=outcome, at=now
+                    flow=flow, step_id=step_id, run_id=run_id, outcome=verdict.outcome, at=now
                 )
             )
             await conn.execute(
@@ -136,7 +167,19 @@ class AlertStore(SqlStore):
                 .where((alerts.c.flow == flow) & (alerts.c.step_id == step_id))
                 .values(last_run_id=run_id, evaluated_at=now)
             )
-            return outcome
+            await keep(verdict)
+            return verdict.outcome
+
+    async def holding(self) -> list[tuple[str, str, dt.datetime]]:
+        """Each flow and mute window with notices held, and when the first of them was held."""
+        query = (
+            sa.select(held.c.flow, held.c.window, sa.func.min(held.c.at).label("first"))
+            .group_by(held.c.flow, held.c.window)
+            .order_by(held.c.flow, held.c.window)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.flow, row.window, read_utc(row.first)) for row in rows if row.first is not None]
 
     async def states(self, flow: str, step_id: str) -> dict[str, Instance]:
         async with self.engine.connect() as conn:
@@ -195,9 +238,18 @@ async def _instances(conn: AsyncConnection, flow: str, step_id: str) -> dict[str
             pending_count=row.pending_count,
             last_held=read_utc(row.last_held),
             notified_at=read_utc(row.notified_at),
+            row=row.row,
         )
         for row in rows
     }
+
+
+async def _held(conn: AsyncConnection, flow: str, step_id: str) -> list[Held]:
+    query = sa.select(held).where((held.c.flow == flow) & (held.c.step_id == step_id)).order_by(held.c.id)
+    return [
+        Held(row.key, Notice(row.notice), State(row.before), row.window, read_utc(row.at))
+        for row in (await conn.execute(query)).all()
+    ]
 
 
 async def _write(
@@ -206,9 +258,11 @@ async def _write(
     step_id: str,
     run_id: str,
     stored: Mapping[str, Instance],
-    evaluation: Evaluation,
+    verdict: Verdict,
 ) -> None:
-    """The instances as *evaluation* left them (changed ones only) and its transitions, in batches."""
+    """The instances as the evaluation left them (changed ones only), its transitions and the
+    notices it holds or releases, in batches."""
+    evaluation = verdict.evaluation
     after = evaluation.instances
     gone = [key for key in stored if key not in after]
     changed = [instance for key, instance in after.items() if stored.get(key) != instance]
@@ -230,6 +284,7 @@ async def _write(
             "pending_count": instance.pending_count,
             "last_held": instance.last_held,
             "notified_at": instance.notified_at,
+            "row": instance.row,
         }
         for instance in changed
     ]
@@ -244,9 +299,27 @@ async def _write(
             "before": transition.before.value,
             "after": transition.after.value,
             "notice": transition.notice.value if transition.notice else None,
+            "held": verdict.withheld.get(transition.key) if transition.notice else None,
             "at": transition.at,
         }
         for transition in evaluation.transitions
     ]
     for start in range(0, len(told), _BATCH):
         await conn.execute(transitions.insert(), told[start : start + _BATCH])
+    if verdict.release:
+        await conn.execute(held.delete().where((held.c.flow == flow) & (held.c.step_id == step_id)))
+    holding = [
+        {
+            "flow": flow,
+            "step_id": step_id,
+            "key": notice.key,
+            "notice": notice.notice.value,
+            "before": notice.before.value,
+            "window": notice.window,
+            "run_id": run_id,
+            "at": notice.at,
+        }
+        for notice in verdict.hold
+    ]
+    for start in range(0, len(holding), _BATCH):
+        await conn.execute(held.insert(), holding[start : start + _BATCH])

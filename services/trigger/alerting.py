@@ -11,7 +11,9 @@ anything to deliver.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,9 +23,11 @@ from common.contracts.actions import KUSTO_STEPS
 from common.contracts.alerts import Alert, parse_duration
 from common.contracts.errors import AdxflowError
 from common.contracts.flows import flow_of
-from common.contracts.messages import ErrorCode, RunMessage, StepOutput, StepStatus, utcnow
+from common.contracts.messages import BlobRef, ErrorCode, RunMessage, StepOutput, StepStatus, utcnow
 from common.contracts.templates import evaluate_condition, template_context
+from common.platform.blobs.interface import artifact_key
 from common.platform.runtime import Runtime
+from services.trigger.alert_notices import Held, Silence, Sorted, Told, sort_out
 from services.trigger.alert_states import (
     Evaluation,
     Instance,
@@ -34,7 +38,8 @@ from services.trigger.alert_states import (
     State,
     evaluate,
 )
-from services.trigger.alert_store import AlertStore
+from services.trigger.alert_store import AlertStore, Verdict
+from services.trigger.silences import SilenceStore
 
 log = structlog.get_logger(__name__)
 
@@ -72,18 +77,27 @@ def rules_of(alert: Alert) -> Rules:
 
 
 class Alerts:
-    """Performs the trigger's ``alert`` steps over *store*."""
+    """Performs the trigger's ``alert`` steps over *store*; *silences* and the operator's mute
+    windows decide when what an evaluation decides is told."""
 
-    def __init__(self, store: AlertStore, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        store: AlertStore,
+        runtime: Runtime,
+        silences: SilenceStore | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
         self.store = store
         self.runtime = runtime
+        self.silences = silences
+        self.clock = clock
         #: Evaluations and transitions are kept as long as runs are.
         self.keep_for = dt.timedelta(days=runtime.settings.retention_days)
 
     async def tidy(self) -> bool:
         """Forget the evaluations and transitions older than runs are kept (instances stay)."""
         try:
-            forgotten = await self.store.forget(evaluated_before=utcnow() - self.keep_for)
+            forgotten = await self.store.forget(evaluated_before=self.clock() - self.keep_for)
         except (sa.exc.SQLAlchemyError, OSError):
             log.exception("forgetting old alert evaluations failed; retrying at the next interval")
             return False
@@ -100,25 +114,63 @@ class Alerts:
         alert = spec.alert
         found, absent, rows = await self._found(message, spec.id, alert)
         rules = rules_of(alert)
-        now = utcnow()
+        now = self.clock()
+        windows = self.runtime.connections.mute_windows
+        muting = next(
+            (name for name in alert.mute_windows if name in windows and windows[name].mutes(now)), None
+        )
+        silences = await self._silences(flow.name, spec.id, now)
+        notices_key = artifact_key(message.run_id, message.step_id, 0, "notices.json")
+        cap = self.runtime.settings.max_deliveries
+        notices: list[bytes] = []
 
-        def decide(stored: dict[str, Instance]) -> tuple[Evaluation, dict[str, Any]]:
+        def decide(stored: dict[str, Instance], held: list[Held]) -> Verdict:
             evaluation = evaluate(rules, stored, found, now, absent=absent)
-            return evaluation, _outcome(alert, rules, stored, evaluation, rows)
+            evaluation = _with_rows(evaluation, rows)
+            sorted_out = sort_out(
+                rules,
+                evaluation,
+                silences=silences,
+                muting=muting,
+                held=held,
+                at_end={name: window.at_end for name, window in windows.items()},
+            )
+            outcome = _outcome(alert, rules, stored, evaluation, sorted_out, rows)
+            if muting is not None:
+                ends = windows[muting].ends_after(now)
+                outcome["muted"] = {"window": muting, "until": _iso(ends), "held": len(sorted_out.hold)}
+            if sorted_out.told:
+                told = [_notice(one, stored, evaluation, rows) for one in sorted_out.told[:cap]]
+                notices.append(json.dumps(told, separators=(",", ":"), default=str).encode("utf-8"))
+                ref = BlobRef(key=notices_key, content_type="application/json", size=len(notices[0]))
+                outcome["notices_blob"] = ref.model_dump(mode="json")
+            return Verdict(evaluation, outcome, sorted_out.withheld, sorted_out.hold, sorted_out.release)
 
-        outcome = await self.store.evaluate(flow.name, spec.id, message.run_id, decide)
-        return StepOutput(detail={"alert": outcome})
+        async def keep(verdict: Verdict) -> None:
+            # Before the evaluation commits: deliveries never find an evaluation without its notices.
+            for data in notices:
+                await self.runtime.blobs.put(notices_key, data, "application/json")
+
+        outcome = await self.store.evaluate(flow.name, spec.id, message.run_id, decide, keep)
+        blob = outcome.get("notices_blob")
+        artifacts = {"notices": BlobRef.model_validate(blob)} if blob else {}
+        return StepOutput(detail={"alert": outcome}, artifacts=artifacts)
+
+    async def _silences(self, flow: str, step_id: str, now: dt.datetime) -> list[Silence]:
+        if self.silences is None:
+            return []
+        return [Silence(id, key) for id, key in await self.silences.active(flow, step_id, now)]
 
     async def _found(
         self, message: RunMessage, step_id: str, alert: Alert
-    ) -> tuple[dict[str, Outcome], Outcome, dict[str, dict[str, Any]]]:
+    ) -> tuple[dict[str, Outcome], Outcome | None, dict[str, dict[str, Any]]]:
         """Each instance's outcome, the outcome of the instances not seen, and the rows of the first ones."""
         query = message.outputs.get(step_id)
         if query is None or query.status is StepStatus.FAILED:
-            # The alert as a whole is in error (with key columns, so is each instance it has).
-            return {WHOLE: Outcome.ERROR}, Outcome.ERROR, {}
+            # The alert as a whole is in error; the instances it has (with key columns) stay as they
+            # were, so that a failed query neither resolves them nor fires them again afterwards.
+            return {WHOLE: Outcome.ERROR}, None, {}
         count = query.row_count or 0
-        none = Outcome.NO_DATA if alert.expect_rows else Outcome.CLEAR
         if not alert.key_columns:
             if count == 0 and alert.expect_rows:
                 return {WHOLE: Outcome.NO_DATA}, Outcome.NO_DATA, {}
@@ -129,10 +181,16 @@ class Alerts:
                 holds = count > 0
             return {WHOLE: Outcome.HOLDS if holds else Outcome.CLEAR}, Outcome.CLEAR, {}
         if count == 0 or "result" not in query.artifacts:
-            return {}, none, {}
+            if alert.expect_rows:
+                # No data is the alert's as a whole, like an error: its instances stay as they were.
+                return {WHOLE: Outcome.NO_DATA}, None, {}
+            return {}, Outcome.CLEAR, {}
         found: dict[str, Outcome] = {}
         rows: dict[str, dict[str, Any]] = {}
         context = template_context(message) if alert.condition else {}
+        # The rows of as many holding instances as deliveries may tell of one by one (they are what
+        # an instance fires with), and no more: memory stays bounded by the cap, not the result.
+        kept = max(LISTED, self.runtime.settings.max_deliveries)
         async for columns, batch in self.runtime.blobs.result_rows(query.artifacts["result"].key):
             names = [column.name for column in columns]
             missing = [name for name in alert.key_columns if name not in names]
@@ -153,7 +211,7 @@ class Alerts:
                 # A key on several rows holds if any of its rows does.
                 if holds or key not in found:
                     found[key] = Outcome.HOLDS if holds else Outcome.CLEAR
-                if holds and len(rows) < LISTED * 3 and key not in rows:
+                if holds and len(rows) < kept and key not in rows:
                     rows[key] = row
         return found, Outcome.CLEAR, rows
 
@@ -168,12 +226,13 @@ def _outcome(
     rules: Rules,
     stored: Mapping[str, Instance],
     evaluation: Evaluation,
+    sorted_out: Sorted,
     rows: Mapping[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """The evaluation as templates read it (``alert``) and as the deliveries after it are gated."""
     before = _overall(stored.values())
     after = _overall(evaluation.instances.values())
-    told = [t for t in evaluation.transitions if t.notice is not None]
+    told = sorted_out.told
     new = [t.key for t in told if t.notice is Notice.FIRING]
     resolved = [t.key for t in told if t.notice is Notice.RESOLVED]
     still = sorted(
@@ -181,7 +240,7 @@ def _outcome(
         for key, instance in evaluation.instances.items()
         if instance.state is State.FIRING and key not in new
     )
-    notices = sorted({t.notice.value for t in told if t.notice is not None})
+    notices = sorted({t.notice.value for t in told})
     firing = sum(instance.state is State.FIRING for instance in evaluation.instances.values())
     keyed = bool(alert.key_columns)
     since = _since(evaluation.instances.values(), after)
@@ -192,6 +251,7 @@ def _outcome(
     )
     repeat = [instance.next_repeat(rules) for instance in evaluation.instances.values()]
     due = min((moment for moment in repeat if moment is not None), default=None)
+    withheld = list(sorted_out.withheld.values())
     return {
         "state": after.value,
         "previous": before.value,
@@ -203,11 +263,56 @@ def _outcome(
         "instances": len(evaluation.instances),
         "new": [_listed(key, rows) for key in new[:LISTED]],
         "still_firing": [_listed(key, rows) for key in still[:LISTED]],
-        "resolved": [{"key": key} for key in resolved[:LISTED]],
-        "counts": {"new": len(new), "still_firing": len(still), "resolved": len(resolved)},
-        "next_repeat": due.isoformat().replace("+00:00", "Z") if due else None,
+        "resolved": [{"key": key, "row": _row_of(key, stored)} for key in resolved[:LISTED]],
+        "counts": {
+            "new": len(new),
+            "still_firing": len(still),
+            "resolved": len(resolved),
+            "silenced": sum(reason.startswith("silenced:") for reason in withheld),
+            "held": len(sorted_out.hold),
+            "released": sum(t.released for t in told),
+            "dropped": sorted_out.dropped,
+        },
+        "next_repeat": _iso(due),
         "summary": summary,
     }
+
+
+def _with_rows(evaluation: Evaluation, rows: Mapping[str, dict[str, Any]]) -> Evaluation:
+    """The evaluation with each instance that starts firing keeping the row it fired with."""
+    instances = dict(evaluation.instances)
+    for transition in evaluation.transitions:
+        if transition.after is State.FIRING and transition.before is not State.FIRING:
+            instance = instances.get(transition.key)
+            if instance is not None and transition.key in rows:
+                instances[transition.key] = replace(instance, row=rows[transition.key])
+    return Evaluation(instances, evaluation.transitions)
+
+
+def _notice(
+    told: Told, stored: Mapping[str, Instance], evaluation: Evaluation, rows: Mapping[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """One notice as a per-instance delivery reads it: ``alert.instance`` and its ``row``."""
+    instance = evaluation.instances.get(told.key)
+    row = rows.get(told.key) or (instance.row if instance else None) or _row_of(told.key, stored)
+    return {
+        "key": told.key,
+        "notice": told.notice.value,
+        "state": told.state.value,
+        "previous": told.previous.value,
+        "since": _iso(told.since),
+        "released": told.released,
+        "row": dict(row) if row is not None else None,
+    }
+
+
+def _row_of(key: str, stored: Mapping[str, Instance]) -> dict[str, Any] | None:
+    instance = stored.get(key)
+    return dict(instance.row) if instance is not None and instance.row is not None else None
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 def _listed(key: str, rows: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
@@ -221,4 +326,4 @@ def _overall(found: Iterable[Instance]) -> State:
 
 def _since(found: Iterable[Instance], state: State) -> str | None:
     moments = [instance.since for instance in found if instance.state is state and instance.since is not None]
-    return min(moments).isoformat().replace("+00:00", "Z") if moments else None
+    return _iso(min(moments)) if moments else None

@@ -15,6 +15,8 @@ from common.platform.webhooks import policy_for
 from services.trigger.alert_store import AlertStore
 from services.trigger.alerting import Alerts
 from services.trigger.api import create_app
+from services.trigger.mute_ends import INTERVAL_SECONDS as MUTE_ENDS_SECONDS
+from services.trigger.mute_ends import MuteEnds
 from services.trigger.scheduler import Chainer, Scheduler
 from services.trigger.scope_store import ScopeStore
 from services.trigger.scopes import Scopes
@@ -38,16 +40,20 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
     scheduler_task: asyncio.Task[None] | None = None
     tidy_task: asyncio.Task[None] | None = None
     forget_task: asyncio.Task[None] | None = None
+    ends_task: asyncio.Task[None] | None = None
     try:
         await store.ensure_schema(settings.migrate)
         scopes = Scopes(scope_store, runtime)
         await StepWorker(runtime.broker, StepKind.SCOPE, scopes.perform, RetryPolicy.of(settings)).start(
             settings.prefetch
         )
-        alerts = Alerts(alert_store, runtime)
+        alerts = Alerts(alert_store, runtime, silence_store)
         await StepWorker(runtime.broker, StepKind.ALERT, alerts.perform, RetryPolicy.of(settings)).start(
             settings.prefetch
         )
+        mute_ends = MuteEnds(alert_store, store, runtime)
+        ending = runtime.loops.loop("mute_window_ends", MUTE_ENDS_SECONDS)
+        ends_task = asyncio.create_task(ending.every(mute_ends.tick, stop))
         forgetting = runtime.loops.loop("alert_retention", settings.retention_interval_seconds)
         forget_task = asyncio.create_task(forgetting.every(alerts.tidy, stop))
         tidying = runtime.loops.loop("scope_retention", settings.retention_interval_seconds)
@@ -81,7 +87,9 @@ async def running(runtime: Runtime) -> AsyncIterator[HttpServer]:
             await tidy_task
         if forget_task is not None:
             await forget_task
-        await silence_store.close()
+        if ends_task is not None:
+            await ends_task
         await alert_store.close()
+        await silence_store.close()
         await scope_store.close()
         await store.close()

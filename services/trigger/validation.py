@@ -61,6 +61,7 @@ def check_flow(
             problems.extend(_connection_problems(step, where, connections))
             problems.extend(_limit_problems(step, where, maximum_timeout, maximum_rows, maximum_bytes))
             problems.extend(_operator_problems(step, where, allowed_operators))
+            problems.extend(_mute_window_problems(step, where, connections))
         if isinstance(step, PostWebhook):
             problems.extend(_webhook_problems(step, where, policy))
         if isinstance(step, SendEmail):
@@ -75,6 +76,16 @@ def check_flow(
 def _connection_problems(step: KustoStep, where: str, connections: Connections) -> Iterator[Problem]:
     if step.connection and step.connection not in connections:
         yield f"{where}.connection", f"{step.connection!r} is not a configured connection"
+
+
+def _mute_window_problems(step: KustoStep, where: str, connections: Connections) -> Iterator[Problem]:
+    for index, name in enumerate(step.alert.mute_windows if step.alert else []):
+        if name not in connections.mute_windows:
+            known = ", ".join(sorted(connections.mute_windows)) or "none are configured"
+            yield (
+                f"{where}.alert.mute_windows[{index}]",
+                f"{name!r} is not a configured mute window (known: {known})",
+            )
 
 
 def _limit_problems(

@@ -27,6 +27,7 @@ from common.platform import metrics
 from common.platform.config import Settings
 from common.platform.supervision import STALE_AFTER
 from services.history.service import Recorder
+from services.trigger.mute_ends import INTERVAL_SECONDS as MUTE_ENDS_SECONDS
 from services.trigger.service import SCHEDULER_TICK_SECONDS
 from tests.deploy.test_kubernetes import ROOT, Doc, crd_errors, deployments, of_kind, one, rendered, selects
 
@@ -457,6 +458,7 @@ def loop_intervals() -> dict[str, float]:
         "retention": settings.retention_interval_seconds,
         "scope_retention": settings.retention_interval_seconds,
         "alert_retention": settings.retention_interval_seconds,
+        "mute_window_ends": MUTE_ENDS_SECONDS,
     }
 
 

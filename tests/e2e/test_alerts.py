@@ -3,11 +3,12 @@ quiet, resolves; a failing query is told once as an error and once as resolved."
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import System
+from tests.e2e.conftest import Hooks, System
 
 ALERT_FLOW: dict[str, Any] = {
     "name": "incident-alert",
@@ -35,6 +36,16 @@ ALERT_FLOW: dict[str, Any] = {
         },
     ],
 }
+
+
+@pytest.fixture
+def operator_connections(hooks: Hooks) -> dict[str, Any]:
+    """A mute window of the operator's that is always on (what it holds is never told here), and
+    the on-call webhook, the test's receiver."""
+    return {
+        "mute_windows": [{"name": "always", "times": ["00:00-24:00"]}],
+        "webhooks": {"oncall": {"url": hooks.url}},
+    }
 
 
 async def set_incidents(system: System, rows: list[tuple[int, str]]) -> None:
@@ -163,3 +174,90 @@ async def test_the_run_page_shows_what_the_alert_did(system: System) -> None:
     assert "as before" in second
     assert "nothing new to tell" in second
     assert "<strong>Still firing</strong> (2)" in second
+
+
+PER_INSTANCE_FLOW: dict[str, Any] = {
+    **ALERT_FLOW,
+    "name": "incident-each",
+    "steps": [
+        ALERT_FLOW["steps"][0],
+        {
+            "id": "mail",
+            "action": "send_email",
+            "for_each": "open",
+            "to": ["oncall@example.com"],
+            "subject": "{{ alert.instance.notice }} {{ row.EventId }} {{ row.State }}",
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize("system", ["in_process", "rabbitmq"], indirect=True)
+async def test_one_email_per_instance_as_it_fires_and_as_it_resolves(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    await system.save_flow(PER_INSTANCE_FLOW)
+
+    await evaluate(system, "incident-each")
+    assert sorted(subjects(system)) == ["firing 1 TEXAS", "firing 2 OHIO"]
+    await evaluate(system, "incident-each")
+    assert len(subjects(system)) == 2
+
+    await set_incidents(system, [(2, "OHIO"), (3, "KANSAS")])
+    changed = await evaluate(system, "incident-each")
+    # The resolved one is told with the row it fired with: its rows are gone from the result.
+    assert sorted(subjects(system)[2:]) == ["firing 3 KANSAS", "resolved 1 TEXAS"]
+    [mail] = [step for step in changed["steps"] if step["step_id"] == "mail"]
+    assert mail["detail"]["deliveries"] == 2
+
+    await set_incidents(system, [])
+    await evaluate(system, "incident-each")
+    await evaluate(system, "incident-each")
+    assert sorted(subjects(system)[4:]) == ["resolved 2 OHIO", "resolved 3 KANSAS"]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_in_a_mute_window_the_state_moves_and_nothing_is_told(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    muted_flow = {**PER_INSTANCE_FLOW, "name": "incident-muted"}
+    muted_flow["steps"] = [
+        {**PER_INSTANCE_FLOW["steps"][0], "alert": {"key_columns": ["EventId"], "mute_windows": ["always"]}},
+        PER_INSTANCE_FLOW["steps"][1],
+    ]
+    await system.save_flow(muted_flow)
+
+    run = await evaluate(system, "incident-muted")
+
+    [alert] = [step for step in run["steps"] if step["step_id"] == "open.alert"]
+    assert alert["detail"]["alert"]["state"] == "firing"
+    assert alert["detail"]["alert"]["muted"]["held"] == 2
+    [mail] = [step for step in run["steps"] if step["step_id"] == "mail"]
+    assert mail["status"] == "skipped"
+    assert "2 held by mute window always" in mail["detail"]["reason"]
+    assert subjects(system) == []
+    async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
+        page = " ".join((await response.text()).split())
+    assert 'data-alert-muted="always"' in page
+    assert "2 held" in page
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_webhook_per_instance_carries_the_alert_and_the_instance_it_tells_of(system: System) -> None:
+    await set_incidents(system, [(1, "TEXAS"), (2, "OHIO")])
+    hooked = {**PER_INSTANCE_FLOW, "name": "incident-hook"}
+    hooked["steps"] = [
+        PER_INSTANCE_FLOW["steps"][0],
+        {"id": "hook", "action": "post_webhook", "webhook": "oncall", "for_each": "open", "format": "json"},
+    ]
+    await system.save_flow(hooked)
+
+    await evaluate(system, "incident-hook")
+    await set_incidents(system, [(2, "OHIO")])
+    await evaluate(system, "incident-hook")
+
+    posts = [json.loads(body) for _, body in system.hooks.received]
+    told = sorted((post["alert"]["instance"]["notice"], post["step"]["row"]["EventId"]) for post in posts)
+    assert told == [("firing", 1), ("firing", 2), ("resolved", 1)]
+    resolved = next(post for post in posts if post["alert"]["instance"]["notice"] == "resolved")
+    assert resolved["alert"]["state"] == "firing"
+    assert resolved["alert"]["counts"]["resolved"] == 1
+    assert resolved["run"]["url"].endswith(f"/ui/runs/{resolved['run']['id']}")

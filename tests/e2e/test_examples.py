@@ -210,6 +210,30 @@ async def test_every_example_applies_and_runs_on_the_sample_data(system: System)
     assert any("Rebuild Completed" in text for text in subjects)
     await assert_dashboard_mailed(system)
     await assert_conditional_queries_delivered(system)
+    await assert_minute_check_mailed_each_event_once(system)
+
+
+async def assert_minute_check_mailed_each_event_once(system: System) -> None:
+    """The alert example: an email per deadly event, each naming its event; none on the next run."""
+    events = await asyncio.to_thread(event_ids, system.kusto_url, "StormEvents | where DeathsDirect >= 5")
+
+    def told() -> list[str]:
+        return [str(mail["Subject"]) for mail in mails(system) if str(mail["Subject"]).startswith("Deadly:")]
+
+    first = told()
+    assert len(first) == len(events) > 1
+    assert {int(subject.rsplit("event ", 1)[1].rstrip(")")) for subject in first} == events
+    code, output = await cli(system, "run", "deadly-storm-check", "--wait")
+    assert code == 0, output
+    assert told() == first
+
+
+def event_ids(kusto_url: str, query: str) -> set[int]:
+    client = KustoClient(KustoConnectionStringBuilder.with_no_authentication(kusto_url))
+    try:
+        return {row["EventId"] for row in client.execute("Samples", query).primary_results[0].rows}
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("system", ["rabbitmq"], indirect=True)

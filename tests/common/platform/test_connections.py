@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,37 @@ def test_the_secret_is_read_from_the_environment_only_when_a_client_is_built(
 def test_a_missing_file_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="ADXFLOW_CONNECTIONS_FILE"):
         Connections.from_file(tmp_path / "absent.yaml")
+
+
+def test_mute_windows_are_read_from_the_file_by_name(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+mute_windows:
+  - name: nights
+    timezone: Europe/Berlin
+    times: ["22:00-24:00", "00:00-07:00"]
+  - name: christmas
+    dates: ["2026-12-24..2026-12-26"]
+    at_end: drop
+""",
+    )
+    windows = Connections.from_file(path).mute_windows
+    assert sorted(windows) == ["christmas", "nights"]
+    assert windows["nights"].mutes(dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC))
+    assert not windows["nights"].mutes(dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC))
+    assert windows["christmas"].at_end == "drop"
+
+
+def test_two_mute_windows_of_one_name_or_a_bad_window_are_refused_naming_it(tmp_path: Path) -> None:
+    twice = write(
+        tmp_path,
+        "mute_windows:\n  - {name: nights, times: ['00:00-06:00']}\n  - {name: nights, weekdays: [sun]}\n",
+    )
+    with pytest.raises(ConfigurationError, match="more than one mute window is named 'nights'"):
+        Connections.from_file(twice)
+    bad = write(
+        tmp_path, "mute_windows:\n  - {name: nights, timezone: Mars/Olympus, times: ['00:00-06:00']}\n"
+    )
+    with pytest.raises(ConfigurationError, match=r"mute_windows\.0\.timezone"):
+        Connections.from_file(bad)

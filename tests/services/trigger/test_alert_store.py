@@ -4,6 +4,7 @@ handled; replicas evaluating at once take turns; a thousand instances written in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from common.contracts.messages import utcnow
-from services.trigger.alert_states import Evaluation, Instance, Notice, Outcome, Rules, State, evaluate
-from services.trigger.alert_store import AlertStore, instances
+from services.trigger.alert_notices import Held, sort_out
+from services.trigger.alert_states import Instance, Notice, Outcome, Rules, State, evaluate
+from services.trigger.alert_store import AlertStore, Verdict
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -40,11 +42,11 @@ async def store(database_url: str) -> AsyncIterator[AlertStore]:
 def deciding(found: dict[str, Outcome], calls: list[dict[str, Instance]], rules: Rules | None = None) -> Any:
     """A decision that evaluates *found* and records what it was given."""
 
-    def decide(stored: dict[str, Instance]) -> tuple[Evaluation, dict[str, Any]]:
+    def decide(stored: dict[str, Instance], held: list[Held]) -> Verdict:
         calls.append(stored)
         evaluation = evaluate(rules or Rules(), stored, found, utcnow())
         told = sorted(f"{t.key}:{t.notice}" for t in evaluation.transitions if t.notice is not None)
-        return evaluation, {"told": told}
+        return Verdict(evaluation, {"told": told})
 
     return decide
 
@@ -129,13 +131,77 @@ async def test_forget_deletes_old_evaluations_and_transitions_and_keeps_the_inst
     assert set(await store.states("f", "q")) == {"a"}
 
 
-async def test_each_instances_last_row_is_read_back_by_key(store: AlertStore) -> None:
-    calls: list[dict[str, Instance]] = []
-    await store.evaluate("f", "q", "r1", deciding({"a": Outcome.HOLDS, "b": Outcome.HOLDS}, calls))
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            instances.update().where(instances.c.key == "a").values(row={"EventId": 1, "State": "TEXAS"})
-        )
+def muting(found: dict[str, Outcome], window: str | None, seen: list[list[Held]]) -> Any:
+    """A decision in (or, with no *window*, after) a mute window, as the alert step sorts it out."""
 
-    assert await store.rows("f", "q") == {"a": {"EventId": 1, "State": "TEXAS"}, "b": None}
-    assert await store.rows("f", "other") == {}
+    def decide(stored: dict[str, Instance], held: list[Held]) -> Verdict:
+        seen.append(held)
+        evaluation = evaluate(Rules(), stored, found, utcnow())
+        sorted_out = sort_out(Rules(), evaluation, muting=window, held=held)
+        told = [f"{t.key}:{t.notice}" for t in sorted_out.told]
+        return Verdict(evaluation, {"told": told}, sorted_out.withheld, sorted_out.hold, sorted_out.release)
+
+    return decide
+
+
+async def test_notices_a_window_holds_are_kept_with_why_and_forgotten_once_released(
+    store: AlertStore,
+) -> None:
+    seen: list[list[Held]] = []
+    assert await store.evaluate(
+        "f", "q", "r1", muting({"a": Outcome.HOLDS, "b": Outcome.HOLDS}, "nights", seen)
+    ) == {"told": []}
+    assert await store.evaluate("f", "q", "r2", muting({"a": Outcome.HOLDS}, "nights", seen)) == {"told": []}
+    released = await store.evaluate("f", "q", "r3", muting({"a": Outcome.HOLDS}, None, seen))
+    after = await store.evaluate("f", "q", "r4", muting({"a": Outcome.HOLDS}, None, seen))
+
+    # b fired and resolved inside the window: nothing to tell of it; a still fires: told once.
+    assert released == {"told": ["a:firing"]}
+    assert after == {"told": []}
+    assert [[(h.key, h.notice, h.before) for h in held] for held in seen] == [
+        [],
+        [("a", Notice.FIRING, State.OK), ("b", Notice.FIRING, State.OK)],
+        [
+            ("a", Notice.FIRING, State.OK),
+            ("b", Notice.FIRING, State.OK),
+            ("b", Notice.RESOLVED, State.FIRING),
+        ],
+        [],
+    ]
+    reasons = {(t["key"], t["notice"]): t["held"] for t in await store.history("f", "q")}
+    assert reasons == {
+        ("a", "firing"): "muted:nights",
+        ("b", "firing"): "muted:nights",
+        ("b", "resolved"): "muted:nights",
+    }
+
+
+async def test_an_evaluation_whose_notices_cannot_be_kept_records_nothing(store: AlertStore) -> None:
+    calls: list[dict[str, Instance]] = []
+
+    async def failing(verdict: Verdict) -> None:
+        raise OSError("the blob store is away")
+
+    with pytest.raises(OSError, match="blob store"):
+        await store.evaluate("f", "q", "r1", deciding({"a": Outcome.HOLDS}, calls), failing)
+    assert await store.states("f", "q") == {}
+    assert await store.history("f", "q") == []
+    assert await store.evaluate("f", "q", "r1", deciding({"a": Outcome.HOLDS}, calls)) == {
+        "told": ["a:firing"]
+    }
+
+
+async def test_the_row_an_instance_fired_with_is_kept_until_it_resolves(store: AlertStore) -> None:
+    def firing_with(row: dict[str, Any]) -> Any:
+        def decide(stored: dict[str, Instance], held: list[Held]) -> Verdict:
+            evaluation = evaluate(Rules(), stored, {"a": Outcome.HOLDS}, utcnow())
+            instances = {key: dataclasses.replace(i, row=row) for key, i in evaluation.instances.items()}
+            fresh = dataclasses.replace(evaluation, instances=instances) if not stored else evaluation
+            return Verdict(fresh, {})
+
+        return decide
+
+    await store.evaluate("f", "q", "r1", firing_with({"EventId": 1, "State": "TEXAS"}))
+    await store.evaluate("f", "q", "r2", firing_with({"EventId": 1, "State": "changed"}))
+
+    assert (await store.states("f", "q"))["a"].row == {"EventId": 1, "State": "TEXAS"}

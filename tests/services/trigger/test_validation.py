@@ -254,3 +254,13 @@ def test_the_limits_of_a_step_inside_a_scope_are_checked_at_its_nested_field() -
     assert problems == [
         ("steps[1].parallel[0].steps[0].steps[0].timeout_seconds", "at most 600 s on this server")
     ]
+
+
+def test_an_alert_naming_a_mute_window_the_operator_did_not_configure_is_refused_naming_the_field() -> None:
+    problems = check(alert={"key_columns": ["EventId"], "mute_windows": ["weekends"]})
+    assert problems == [
+        (
+            "steps[0].alert.mute_windows[0]",
+            "'weekends' is not a configured mute window (known: none are configured)",
+        )
+    ]

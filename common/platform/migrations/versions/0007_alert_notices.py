@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("step_id", sa.String(64), nullable=False),
         sa.Column("key", sa.String(1024), nullable=False),
         sa.Column("notice", sa.String(16), nullable=False),
+        sa.Column("before", sa.String(16), nullable=False),
         sa.Column("window", sa.String(64), nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("at", _UTC, nullable=False),
