@@ -18,6 +18,7 @@ from common.contracts.alerts import LONGEST, Alert, parse_duration
 from common.contracts.flows import Flow
 from common.platform.database import read_utc
 from common.platform.routes import FieldProblem, Refusal
+from services.trigger.alert_notices import Silence
 from services.trigger.alert_states import Instance, State
 from services.trigger.alert_store import AlertStore
 from services.trigger.alerting import _overall, rules_of
@@ -30,7 +31,7 @@ from services.trigger.bodies import (
     SilenceView,
     TransitionView,
 )
-from services.trigger.silences import Listed, Silence, SilenceOver, SilenceStore
+from services.trigger.silences import Listed, SilenceOver, SilenceStore, StoredSilence
 from services.trigger.store import FlowStore
 
 #: Transitions an alert shows, newest first.
@@ -55,7 +56,7 @@ def alert_steps(flow: Flow) -> dict[str, Alert]:
     }
 
 
-def silence_view(silence: Silence, now: dt.datetime) -> SilenceView:
+def silence_view(silence: StoredSilence, now: dt.datetime) -> SilenceView:
     return SilenceView(
         id=silence.id,
         flow=silence.flow,
@@ -134,12 +135,12 @@ class AlertBoard:
 
     async def _alert(self, flow: str, step_id: str, alert: Alert, now: dt.datetime) -> AlertView:
         states = await self.alerts.states(flow, step_id)
-        rows = await self.alerts.rows(flow, step_id)
-        covering = await self.silences.active(flow, step_id, now)
+        # As an evaluation now would see them: the oldest covering an instance is what holds it.
+        covering = [Silence(id_, key) for id_, key in await self.silences.active(flow, step_id, now)]
         rules = rules_of(alert)
 
         def instance_view(instance: Instance) -> InstanceView:
-            silenced_by = next((id_ for id_, key in covering if key in (None, instance.key)), None)
+            silenced_by = next((silence.id for silence in covering if silence.covers(instance.key)), None)
             return InstanceView(
                 key=instance.key,
                 state=instance.state,
@@ -148,7 +149,7 @@ class AlertBoard:
                 last_held=instance.last_held,
                 notified_at=instance.notified_at,
                 next_repeat=instance.next_repeat(rules),
-                row=rows.get(instance.key),
+                row=dict(instance.row) if instance.row is not None else None,
                 silenced_by=silenced_by,
             )
 

@@ -185,14 +185,6 @@ class AlertStore(SqlStore):
         async with self.engine.connect() as conn:
             return await _instances(conn, flow, step_id)
 
-    async def rows(self, flow: str, step_id: str) -> dict[str, Any]:
-        """The row each instance last held with, by key (None where none is kept)."""
-        query = sa.select(instances.c.key, instances.c.row).where(
-            (instances.c.flow == flow) & (instances.c.step_id == step_id)
-        )
-        async with self.engine.connect() as conn:
-            return {row.key: row.row for row in (await conn.execute(query)).all()}
-
     async def history(self, flow: str, step_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The alert's latest transitions, newest first."""
         query = (

@@ -175,7 +175,7 @@ class InstanceView(BaseModel):
     last_held: dt.datetime | None = Field(description="When its condition last held.")
     notified_at: dt.datetime | None = Field(description="When it was last told.")
     next_repeat: dt.datetime | None = Field(description="When it is told again if it stays as it is.")
-    row: dict[str, Any] | None = Field(description="The row it last held with, where kept.")
+    row: dict[str, Any] | None = Field(description="The row it fired with, where kept.")
     silenced_by: str | None = Field(description="The id of a silence in force over it.")
 
 

@@ -57,7 +57,7 @@ LISTINGS: tuple[Listed, ...] = ("active", "ended", "all")
 
 
 @dataclass(frozen=True)
-class Silence:
+class StoredSilence:
     id: str
     flow: str
     step_id: str | None
@@ -78,7 +78,7 @@ class Silence:
 class SilenceOver(AdxflowError):
     """A silence asked to end that has ended or expired already."""
 
-    def __init__(self, silence: Silence, now: dt.datetime) -> None:
+    def __init__(self, silence: StoredSilence, now: dt.datetime) -> None:
         state = silence.state(now)
         at = silence.ended_at if state is SilenceState.ENDED else silence.ends_at
         assert at is not None
@@ -101,10 +101,10 @@ class SilenceStore(SqlStore):
         comment: str,
         created_by: str,
         now: dt.datetime | None = None,
-    ) -> Silence:
+    ) -> StoredSilence:
         """A new silence of *flow* (its step *step_id*, its instance *key*), from now to *ends_at*."""
         now = now or utcnow()
-        silence = Silence(
+        silence = StoredSilence(
             id=new_id(),
             flow=flow,
             step_id=step_id,
@@ -120,14 +120,14 @@ class SilenceStore(SqlStore):
             await conn.execute(silences.insert().values(**asdict(silence)))
         return silence
 
-    async def get(self, silence_id: str) -> Silence | None:
+    async def get(self, silence_id: str) -> StoredSilence | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(silences).where(silences.c.id == silence_id))).first()
         return _silence(row) if row is not None else None
 
     async def find(
         self, *, flow: str | None = None, state: Listed = "active", now: dt.datetime, limit: int = 100
-    ) -> list[Silence]:
+    ) -> list[StoredSilence]:
         """The silences (of *flow*) in *state* at *now*, newest first, at most *limit*."""
         query = sa.select(silences)
         if flow is not None:
@@ -141,7 +141,7 @@ class SilenceStore(SqlStore):
         async with self.engine.connect() as conn:
             return [_silence(row) for row in (await conn.execute(query)).all()]
 
-    async def end(self, silence_id: str, now: dt.datetime | None = None) -> Silence | None:
+    async def end(self, silence_id: str, now: dt.datetime | None = None) -> StoredSilence | None:
         """End the silence now; None if there is none by that id, :class:`SilenceOver` if it is over."""
         now = now or utcnow()
         async with self.engine.begin() as conn:
@@ -177,8 +177,8 @@ class SilenceStore(SqlStore):
             return [(row.id, row.key) for row in (await conn.execute(query)).all()]
 
 
-def _silence(row: Any) -> Silence:
-    return Silence(
+def _silence(row: Any) -> StoredSilence:
+    return StoredSilence(
         id=row.id,
         flow=row.flow,
         step_id=row.step_id,

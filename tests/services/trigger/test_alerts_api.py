@@ -6,6 +6,7 @@ through the alert store on the same database, as evaluations would leave them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +19,9 @@ from common.contracts.flows import Flow
 from common.contracts.messages import utcnow
 from common.platform.config import Settings
 from services.trigger.alert_board import alert_steps
-from services.trigger.alert_states import Evaluation, Instance, Outcome, evaluate
-from services.trigger.alert_store import AlertStore, instances
+from services.trigger.alert_notices import Held
+from services.trigger.alert_states import Instance, Outcome, evaluate
+from services.trigger.alert_store import AlertStore, Verdict
 from services.trigger.alerting import rules_of
 from tests.services.trigger.test_flows_api import Api, serving
 
@@ -175,31 +177,29 @@ async def test_with_a_token_a_silence_says_it_was_set_with_it(tmp_path: Path, na
 
 async def seed(tmp_path: Path) -> None:
     """Two evaluations of the keyed alert (EventId 1 and 2 fire, then 2 resolves and 3 fires) and one of
-    the whole-flow alert, stored as the trigger keeps them; instance 1 keeps its row."""
+    the whole-flow alert, stored as the trigger keeps them; instance 1 fired with its row."""
     flow = Flow.model_validate(DEADLY)
     store = AlertStore(Settings(data_dir=tmp_path).resolved_database_url)
     rules = rules_of(alert_steps(flow)["events"])
+    row = {"EventId": 1, "State": "<b>TEXAS</b>"}
 
     def deciding(found: dict[str, Outcome]) -> Any:
-        def decide(stored: dict[str, Instance]) -> tuple[Evaluation, dict[str, Any]]:
-            return evaluate(rules, stored, found, utcnow()), {}
+        def decide(stored: dict[str, Instance], held: list[Held]) -> Verdict:
+            evaluation = evaluate(rules, stored, found, utcnow())
+            fired = {
+                key: dataclasses.replace(instance, row=row) if key == "EventId=1" and not stored else instance
+                for key, instance in evaluation.instances.items()
+            }
+            return Verdict(dataclasses.replace(evaluation, instances=fired), {})
 
         return decide
 
     try:
-        await store.evaluate(
-            "deadly", "events", "r1", deciding({"EventId=1": Outcome.HOLDS, "EventId=2": Outcome.HOLDS})
-        )
-        await store.evaluate(
-            "deadly", "events", "r2", deciding({"EventId=1": Outcome.HOLDS, "EventId=3": Outcome.HOLDS})
-        )
+        first = {"EventId=1": Outcome.HOLDS, "EventId=2": Outcome.HOLDS}
+        await store.evaluate("deadly", "events", "r1", deciding(first))
+        second = {"EventId=1": Outcome.HOLDS, "EventId=3": Outcome.HOLDS}
+        await store.evaluate("deadly", "events", "r2", deciding(second))
         await store.evaluate("deadly", "count", "r2", deciding({"": Outcome.CLEAR}))
-        async with store.engine.begin() as conn:
-            await conn.execute(
-                instances.update()
-                .where(instances.c.key == "EventId=1")
-                .values(row={"EventId": 1, "State": "<b>TEXAS</b>"})
-            )
     finally:
         await store.close()
 
