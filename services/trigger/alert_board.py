@@ -21,7 +21,7 @@ from common.platform.routes import FieldProblem, Refusal
 from services.trigger.alert_notices import Silence
 from services.trigger.alert_states import Instance, State
 from services.trigger.alert_store import AlertStore
-from services.trigger.alerting import _overall, rules_of
+from services.trigger.alerting import overall, rules_of
 from services.trigger.bodies import (
     AlertView,
     FlowAlerts,
@@ -156,7 +156,7 @@ class AlertBoard:
         transitions = await self.alerts.history(flow, step_id, limit=TRANSITIONS)
         return AlertView(
             step=step_id,
-            state=_overall(states.values()),
+            state=overall(states.values()),
             key_columns=list(alert.key_columns),
             instances=[instance_view(states[key]) for key in sorted(states)],
             transitions=[_transition(row) for row in transitions],

@@ -230,8 +230,8 @@ def _outcome(
     rows: Mapping[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """The evaluation as templates read it (``alert``) and as the deliveries after it are gated."""
-    before = _overall(stored.values())
-    after = _overall(evaluation.instances.values())
+    before = overall(stored.values())
+    after = overall(evaluation.instances.values())
     told = sorted_out.told
     new = [t.key for t in told if t.notice is Notice.FIRING]
     resolved = [t.key for t in told if t.notice is Notice.RESOLVED]
@@ -319,7 +319,7 @@ def _listed(key: str, rows: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     return {"key": key, "row": rows.get(key)}
 
 
-def _overall(found: Iterable[Instance]) -> State:
+def overall(found: Iterable[Instance]) -> State:
     states = {instance.state for instance in found}
     return next((state for state in _SEVERITY if state in states), State.OK)
 

@@ -361,8 +361,12 @@ async def end_silence(request: web.Request) -> web.Response:
     if request.headers.get(CSRF_HEADER) != "1":
         return csrf_refusal()
     name, silence_id = request.match_info["name"], request.match_info["silence_id"]
+    trigger = _trigger(request)
     try:
-        await _trigger(request).end_silence(silence_id)
+        # Only a silence of the flow whose page this is: another flow's is not this page's to end.
+        if (await trigger.get_silence(silence_id))["flow"] != name:
+            return error_body(404, f"flow {name!r} has no silence {silence_id!r}", code="NotFound")
+        await trigger.end_silence(silence_id)
     except TriggerUnavailable as exc:
         return _flow_refusal(exc)
     log.info("silence ended from the history pages", flow=name, silence=silence_id)

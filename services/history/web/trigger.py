@@ -97,6 +97,10 @@ class TriggerClient:
         silence: dict[str, Any] = await self._call("POST", "/v1/silences", json=asked)
         return silence
 
+    async def get_silence(self, silence_id: str) -> dict[str, Any]:
+        silence: dict[str, Any] = await self._call("GET", f"/v1/silences/{_segment(silence_id)}")
+        return silence
+
     async def end_silence(self, silence_id: str) -> None:
         await self._call("DELETE", f"/v1/silences/{_segment(silence_id)}")
 

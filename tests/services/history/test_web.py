@@ -550,6 +550,9 @@ async def test_a_silence_is_set_and_ended_from_a_flows_page_with_the_custom_head
         end = f"{url}/ui/flows/deadly/silences/{silence['id']}/end"
         async with browser.post(end, allow_redirects=False) as refused:
             assert refused.status == 403
+        elsewhere = f"{url}/ui/flows/other/silences/{silence['id']}/end"
+        async with browser.post(elsewhere, headers=page, allow_redirects=False) as foreign:
+            assert foreign.status == 404
         async with browser.post(end, headers=page, allow_redirects=False) as response:
             assert (response.status, response.headers["Location"]) == (303, "/ui/flows/deadly#silences")
         async with browser.post(end, headers=page) as again:
