@@ -1,6 +1,7 @@
 """Proxies a test puts between a client and a real server: a TCP forwarder that cuts the line as a
 network outage would (every connection through it is aborted at once, and new ones go through
-again), and an HTTP proxy that makes a Kusto endpoint slow."""
+again) or holds what clients send while the server's answers still reach them, and an HTTP proxy
+that makes a Kusto endpoint slow."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ class Proxy:
         self.cuts = 0
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        #: The ends the proxy opened towards the server.
+        self._upstream: set[asyncio.StreamWriter] = set()
+        #: Cleared while what clients send is held.
+        self._passing = asyncio.Event()
+        self._passing.set()
 
     async def __aenter__(self) -> Proxy:
         self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
@@ -44,6 +50,16 @@ class Proxy:
             writer.transport.abort()
             self.cuts += 1
         self._open.clear()
+        self._passing.set()
+
+    def hold(self) -> None:
+        """From now on keep what clients send (until :meth:`cut` drops it): the server hears nothing
+        more from them, and what it sends still reaches them."""
+        self._passing.clear()
+
+    def server_ports(self) -> set[int]:
+        """The local ports of the open connections to the server: the client ports it sees."""
+        return {int(writer.get_extra_info("sockname")[1]) for writer in self._upstream}
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -52,17 +68,25 @@ class Proxy:
             writer.transport.abort()
             return
         self._open.update((writer, up_writer))
+        self._upstream.add(up_writer)
         try:
-            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+            await asyncio.gather(_copy(reader, up_writer, self._passing), _copy(up_reader, writer))
         finally:
+            self._upstream.discard(up_writer)
             for end in (writer, up_writer):
                 self._open.discard(end)
                 end.transport.abort()
 
 
-async def _copy(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+async def _copy(
+    source: asyncio.StreamReader, target: asyncio.StreamWriter, passing: asyncio.Event | None = None
+) -> None:
     with contextlib.suppress(ConnectionError, OSError):
         while data := await source.read(65536):
+            if passing is not None:
+                await passing.wait()
+            if target.transport.is_closing():
+                break
             target.write(data)
             await target.drain()
     target.transport.abort()

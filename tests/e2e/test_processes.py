@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,13 @@ class Deployment:
                 await process.wait()
 
 
-@pytest.fixture
-async def deployment(
-    tmp_path: Path, namespace: str, amqp_url: str, wait_until: Any
+@asynccontextmanager
+async def deployment_of(
+    tmp_path: Path, namespace: str, amqp_url: str, **settings: str
 ) -> AsyncIterator[Deployment]:
+    """A deployment's parts (the local Kusto endpoint, the SMTP server, every process's settings,
+    with *settings* beside them) before any process starts; afterwards every process is stopped
+    and the topology deleted."""
     database = ensure_database(tmp_path / "kusto")
     async with AsyncExitStack() as stack:
         kusto = stack.enter_context(LocalKusto(database, writable=True))
@@ -133,10 +136,19 @@ async def deployment(
             "ADXFLOW_TRIGGER_PORT": str(trigger_port),
             "ADXFLOW_HISTORY_PORT": str(history_port),
             "ADXFLOW_LOG_LEVEL": "WARNING",
+            **settings,
         }
         system = Deployment(env, f"http://127.0.0.1:{trigger_port}", f"http://127.0.0.1:{history_port}", smtp)
         stack.push_async_callback(_delete_topology, amqp_url, namespace)
         stack.push_async_callback(system.stop_all)
+        yield system
+
+
+@pytest.fixture
+async def deployment(
+    tmp_path: Path, namespace: str, amqp_url: str, wait_until: Any
+) -> AsyncIterator[Deployment]:
+    async with deployment_of(tmp_path, namespace, amqp_url) as system:
         for service in SERVICES:
             await system.start(service)
         async with aiohttp.ClientSession() as session:
