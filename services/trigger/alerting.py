@@ -125,7 +125,8 @@ class Alerts:
         notices: list[bytes] = []
 
         def decide(stored: dict[str, Instance], held: list[Held]) -> Verdict:
-            evaluation = evaluate(rules, stored, found, now, absent=absent)
+            # Read under the alert's lock: evaluations waiting for each other move the clock on in turn.
+            evaluation = evaluate(rules, stored, found, self.clock(), absent=absent)
             evaluation = _with_rows(evaluation, rows)
             sorted_out = sort_out(
                 rules,
