@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import big_results, broker, cold_start, pipeline, rendering, scheduling, scopes
+from benchmarks import alerts, big_results, broker, cold_start, pipeline, rendering, scheduling, scopes
 from benchmarks.figures import Report, Section, merge
 from benchmarks.machine import OtherWork, describe, load_after
 from benchmarks.servers import AMQP_URL, POSTGRES_DSN
@@ -38,6 +38,7 @@ BENCHMARKS: list[tuple[str, str, ModuleType]] = [
     ("scheduling", "5. Scheduling: 10,000 flows on a one-minute schedule", scheduling),
     ("broker", "6. Broker ceiling: RabbitBroker with confirms", broker),
     ("scopes", "7. Scopes: a for_each of 1,000 rows against 1,000 separate runs", scopes),
+    ("alerts", "8. Alerts: a 10,000-instance keyed alert evaluated every minute", alerts),
 ]
 
 

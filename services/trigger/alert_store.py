@@ -259,13 +259,12 @@ async def _write(
     gone = [key for key in stored if key not in after]
     changed = [instance for key, instance in after.items() if stored.get(key) != instance]
     base = (instances.c.flow == flow) & (instances.c.step_id == step_id)
-    for start in range(0, len(gone), _BATCH):
-        await conn.execute(instances.delete().where(base & instances.c.key.in_(gone[start : start + _BATCH])))
-    replaced = [instance.key for instance in changed if instance.key in stored]
-    for start in range(0, len(replaced), _BATCH):
-        await conn.execute(
-            instances.delete().where(base & instances.c.key.in_(replaced[start : start + _BATCH]))
-        )
+    # One key a row, a batch of rows a statement: PostgreSQL reads a batch's ``key IN (...)`` as a
+    # scan of all the alert's instances, which made each evaluation's deletes quadratic in them.
+    delete = instances.delete().where(base & (instances.c.key == sa.bindparam("instance_key")))
+    doomed = gone + [instance.key for instance in changed if instance.key in stored]
+    for start in range(0, len(doomed), _BATCH):
+        await conn.execute(delete, [{"instance_key": key} for key in doomed[start : start + _BATCH]])
     rows = [
         {
             "flow": flow,

@@ -236,10 +236,11 @@ def _outcome(
     told = sorted_out.told
     new = [t.key for t in told if t.notice is Notice.FIRING]
     resolved = [t.key for t in told if t.notice is Notice.RESOLVED]
+    fresh = set(new)
     still = sorted(
         key
         for key, instance in evaluation.instances.items()
-        if instance.state is State.FIRING and key not in new
+        if instance.state is State.FIRING and key not in fresh
     )
     notices = sorted({t.notice.value for t in told})
     firing = sum(instance.state is State.FIRING for instance in evaluation.instances.values())

@@ -50,5 +50,6 @@ def test_the_quick_run_writes_every_section_with_figures(tmp_path: Path) -> None
         "reader: peak RSS",
         "throughput scope ÷ separate, 20 rows, concurrency 20",
         "trigger peak RSS, 400 ÷ 40 rows",
+        "PostgreSQL, steady (all still firing): time per instance, 200 ÷ 20 instances",
     ):
         assert target in targets
