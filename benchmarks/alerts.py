@@ -31,8 +31,8 @@ peak resident set above its resident set before the evaluation (``VmHWM``, reset
 by its instances; the ratio of 10,000 instances to 1,000 is taken within each round: 1 is
 linear, 10 quadratic.
 
-The clock is driven by standing in for ``utcnow`` where ``alerting`` and ``alert_store`` read
-it, and the phases inside the store are timed by wrapping its ``_instances`` and ``_write``
+The clock is driven: the alert step's own clock, and ``utcnow`` where ``alert_store`` stamps its
+rows; the phases inside the store are timed by wrapping its ``_instances`` and ``_write``
 and the ``evaluate`` that ``alerting`` calls: the benchmark knows those names.
 """
 
@@ -66,8 +66,9 @@ from common.platform.config import Settings
 from common.platform.connections import Connections
 from common.platform.runtime import Runtime
 from services.trigger import alert_store, alerting
+from services.trigger.alert_notices import Held
 from services.trigger.alert_states import Evaluation, Instance, evaluate
-from services.trigger.alert_store import AlertStore, Decide
+from services.trigger.alert_store import AlertStore, Decide, Keep, Verdict
 
 STEP = "open"
 QUERY = "Incidents | project EventId, State, EventType, StartTime"
@@ -166,13 +167,15 @@ class TimedStore(AlertStore):
     def _after(self, *_: Any) -> None:
         self.phases.seconds["sql"] += time.perf_counter() - self._began.pop()
 
-    async def evaluate(self, flow: str, step_id: str, run_id: str, decide: Decide) -> dict[str, Any]:
-        def timed(stored: dict[str, Instance]) -> tuple[Evaluation, dict[str, Any]]:
+    async def evaluate(
+        self, flow: str, step_id: str, run_id: str, decide: Decide, keep: Keep | None = None
+    ) -> dict[str, Any]:
+        def timed(stored: dict[str, Instance], held: list[Held]) -> Verdict:
             with self.phases.timed("decide"):
-                return decide(stored)
+                return decide(stored, held)
 
         with self.phases.timed("evaluate"):
-            return await super().evaluate(flow, step_id, run_id, timed)
+            return await super().evaluate(flow, step_id, run_id, timed, keep)
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,8 @@ class Bench:
         self.runtime = runtime
         self.blobs = runtime.blobs
         assert isinstance(self.blobs, TimedBlobs)
-        self.alerts = alerting.Alerts(store, runtime)
         self.now = START
+        self.alerts = alerting.Alerts(store, runtime, clock=self.clock)
 
     def clock(self) -> dt.datetime:
         return self.now
@@ -233,8 +236,8 @@ class Bench:
                 await write(*args)
 
         with ExitStack() as stack:
-            for module in (alerting, alert_store):
-                stack.enter_context(mock.patch.object(module, "utcnow", self.clock))
+            # The store stamps its own rows (when an evaluation was recorded) with utcnow.
+            stack.enter_context(mock.patch.object(alert_store, "utcnow", self.clock))
             stack.enter_context(mock.patch.object(alerting, "evaluate", rules))
             stack.enter_context(mock.patch.object(alert_store, "_instances", stored))
             stack.enter_context(mock.patch.object(alert_store, "_write", written))
@@ -289,7 +292,9 @@ class Bench:
             statements=store.phases.statements,
             rss=None if traced else _status("VmHWM") - resident,
             traced=peak if traced else None,
-            counts=dict(output.detail["alert"]["counts"]),
+            counts={
+                name: output.detail["alert"]["counts"][name] for name in ("new", "still_firing", "resolved")
+            },
         )
 
     async def life(self, size: int, minutes: int, *, traced: bool = False) -> dict[str, list[Evaluated]]:

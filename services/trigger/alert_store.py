@@ -123,17 +123,13 @@ Decide = Callable[[dict[str, Instance], list[Held]], Verdict]
 Keep = Callable[[Verdict], Awaitable[None]]
 
 
-async def _nothing(verdict: Verdict) -> None:
-    return None
-
-
 class AlertStore(SqlStore):
     """The trigger's alerts, in the shared database."""
 
     metadata = metadata
 
     async def evaluate(
-        self, flow: str, step_id: str, run_id: str, decide: Decide, keep: Keep = _nothing
+        self, flow: str, step_id: str, run_id: str, decide: Decide, keep: Keep | None = None
     ) -> dict[str, Any]:
         """Run *decide* over the alert's instances once for *run_id*; what it said (again, if it ran).
 
@@ -167,7 +163,8 @@ class AlertStore(SqlStore):
                 .where((alerts.c.flow == flow) & (alerts.c.step_id == step_id))
                 .values(last_run_id=run_id, evaluated_at=now)
             )
-            await keep(verdict)
+            if keep is not None:
+                await keep(verdict)
             return verdict.outcome
 
     async def holding(self) -> list[tuple[str, str, dt.datetime]]:
