@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 from azure.kusto.data import DataFormat, KustoClient, KustoConnectionStringBuilder
+from azure.kusto.data.aio import KustoClient as AioKustoClient
 from azure.kusto.data.exceptions import KustoApiError, KustoServiceError
 from azure.kusto.ingest import (
     FileDescriptor,
@@ -25,6 +26,7 @@ from azure.kusto.ingest import (
 
 from services.embedded.kusto.database import write_database
 from services.embedded.kusto.endpoint import LocalKusto
+from tests.conftest import poll_until
 
 SCHEMA = "At:datetime, Name:string, Count:long, Details:dynamic"
 UTC = dt.UTC
@@ -229,6 +231,35 @@ def test_query_ingestion_with_the_same_ingest_by_tag_twice_ingests_once(
         ["once"],
         ["twice"],
     ]
+
+
+async def test_async_ingestion_with_the_same_ingest_by_tag_twice_ingests_once(
+    kcsb: KustoConnectionStringBuilder, kusto: LocalKusto, table: str
+) -> None:
+    command = (
+        f".append async {table} with (tags='[\"ingest-by:nightly\"]', ingestIfNotExists='[\"nightly\"]') <| "
+        f"datatable({SCHEMA}) [datetime(2024-05-01), 'nightly', 1, dynamic(null)]"
+    )
+    async with AioKustoClient(kcsb) as aio:
+
+        async def run_to_completion() -> None:
+            answer = await aio.execute_mgmt(kusto.database, command)
+            [[operation]] = answer.primary_results[0].raw_rows
+            state: list[str] = []
+
+            async def finished() -> bool:
+                shown = await aio.execute_mgmt(kusto.database, f".show operations {operation}")
+                state[:] = [shown.primary_results[0].rows[0]["State"]]
+                return state[0] != "InProgress"
+
+            await poll_until(finished, 30, f"operation {operation}")
+            assert state == ["Completed"]
+
+        await run_to_completion()
+        await run_to_completion()
+        counted = await aio.execute(kusto.database, f"{table} | count")
+
+    assert counted.primary_results[0].raw_rows == [[1]]
 
 
 def test_inline_ingestion_with_the_same_ingest_by_tag_twice_ingests_once(
