@@ -297,6 +297,7 @@ class LocalServer(KustoRestServer):
             return self.operations.result(operation_ids(shown.group("rest")))
         extents_of = shown_extents_table(head)
         if extents_of is not None:
+            self._staging.check_table(self._target(database), extents_of)
             return self.extents.result(self._target(database), extents_of)
         inline = inline_ingestion(head)
         if not self.allow_write and (inline is not None or is_write_command(head)):

@@ -77,14 +77,7 @@ class StagedAppend:
             )
         with self._lock, tempfile.TemporaryDirectory(prefix="local-kusto-ingest-") as scratch:
             cursor = self._cursor
-            columns = cursor.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                "WHERE table_catalog = ? AND table_schema = 'main' AND lower(table_name) = lower(?) "
-                "ORDER BY ordinal_position",
-                [database, table],
-            ).fetchall()
-            if not columns:
-                raise EntityNotFound(table, "Table")
+            columns = self._columns(database, table)
             source = StreamingSource(data_format, tuple((str(name), str(kind)) for _, name, kind in columns))
             staged = str(Path(scratch) / f"data.{data_format}")
             Path(staged).write_bytes(data)
@@ -108,6 +101,23 @@ class StagedAppend:
                 cursor.execute("ROLLBACK")
                 raise
         return [(row[0], int(row[5])) for row in written]
+
+    def check_table(self, database: str, table: str) -> None:
+        """Raise EntityNotFound unless *table* is in *database*."""
+        with self._lock:
+            self._columns(database, table)
+
+    def _columns(self, database: str, table: str) -> list[tuple[Any, ...]]:
+        """(the table's own name, column, DuckDB type) for each column of *table*, in order."""
+        columns = self._cursor.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = ? AND table_schema = 'main' AND lower(table_name) = lower(?) "
+            "ORDER BY ordinal_position",
+            [database, table],
+        ).fetchall()
+        if not columns:
+            raise EntityNotFound(table, "Table")
+        return columns
 
     def close(self) -> None:
         with self._lock:

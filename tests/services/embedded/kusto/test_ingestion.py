@@ -286,6 +286,13 @@ def test_inline_ingestion_with_the_same_ingest_by_tag_twice_ingests_once(
     assert [(row["ExtentId"], row["RowCount"]) for row in tagged] == [(extent, 2)]
 
 
+def test_extents_of_a_missing_table_are_refused_naming_it(client: KustoClient, kusto: LocalKusto) -> None:
+    with pytest.raises(KustoServiceError) as refused:
+        mgmt(client, kusto, ".show table Absent extents")
+
+    assert "Entity ID 'Absent' of kind 'Table' was not found." in str(refused.value)
+
+
 def test_ingest_by_tag_of_one_table_does_not_hold_back_another(
     client: KustoClient, kusto: LocalKusto, table: str
 ) -> None:
