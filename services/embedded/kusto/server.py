@@ -416,7 +416,7 @@ class LocalServer(KustoRestServer):
         tagged = tagged_command(command.text)
         duckdb_kql.parse(parse_ingestion(tagged.text if tagged else command.text).source)
         options = {k: v for k, v in (options or {}).items() if k not in REQUEST_TIMEOUTS}
-        target = database if database and database != "default" else self.database
+        target = self._target(database)
         self._begin()  # ended by the thread, when the command is done
         operation = self.operations.start(OPERATION_NAMES[command.verb], target)
         thread = threading.Thread(
