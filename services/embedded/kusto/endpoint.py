@@ -7,7 +7,9 @@ lifecycle (`LocalKusto`, `start_local_kusto`, `python -m services.embedded.kusto
 the server and handler that close the gaps between that client and duckdb-kql
 are in `services.embedded.kusto.server`, with parameter literals read by
 `services.embedded.kusto.literals`, `async` commands and `.show operations` in
-`services.embedded.kusto.operations`, and `render` in `services.embedded.kusto.render`.
+`services.embedded.kusto.operations`, `render` in `services.embedded.kusto.render`,
+streaming ingestion in `services.embedded.kusto.streaming` (its rows appended by
+`services.embedded.kusto.staging`), and ingest-by tags in `services.embedded.kusto.extents`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ The handler closes the gaps between azure-kusto-data and duckdb-kql 1.1.2:
   a 403 that says how to start a writable one.
 * `async` ingestion commands run in the background and `.show operations`
   reports them, as `services.embedded.kusto.operations` describes.
+* Streaming ingestion (`POST /v1/rest/ingest/{database}/{table}`), as
+  `services.embedded.kusto.streaming` describes, and `.ingest inline`.
+* Ingest-by tags: `tags` and `ingestIfNotExists` on the ingestion commands, and
+  `.show table T extents`, as `services.embedded.kusto.extents` describes.
 * A trailing `render` is reported in the QueryProperties table, as
   `services.embedded.kusto.render` describes.
 * A browser page may POST to loopback without asking first; a request carrying
@@ -34,16 +38,26 @@ import uuid
 from pathlib import Path
 from typing import Any, cast
 
+import duckdb
 import duckdb_kql
 from duckdb import DuckDBPyConnection
 from duckdb_kql import KqlError, KqlUnsupportedError
-from duckdb_kql.ingest import parse_ingestion
-from duckdb_kql.server import KustoRestServer, Result, error_response
+from duckdb_kql.ingest import INGESTION_COLUMNS, INGESTION_SCHEMA, is_ingestion_command, parse_ingestion
+from duckdb_kql.server import KustoRestServer, RestColumn, Result, error_response, v1_response
 
 from services.embedded.kusto.duckdb_kql_internals import (
     StockHandler,
     is_write_command,
     strip_leading_comments,
+)
+from services.embedded.kusto.extents import (
+    INLINE_COLUMNS,
+    ZERO_EXTENT,
+    ExtentLog,
+    IngestionProperties,
+    inline_ingestion,
+    shown_extents_table,
+    tagged_command,
 )
 from services.embedded.kusto.literals import RequestRefused, typed_parameters
 from services.embedded.kusto.operations import (
@@ -58,6 +72,8 @@ from services.embedded.kusto.operations import (
     operation_ids,
 )
 from services.embedded.kusto.render import RenderRefused, shown_visualization, with_visualization
+from services.embedded.kusto.staging import EntityNotFound, StagedAppend
+from services.embedded.kusto.streaming import StreamingRequest, read_body, streaming_request, streaming_result
 
 __all__ = ["POLL_SECONDS", "LocalServer", "WritesDisabled"]
 
@@ -87,6 +103,11 @@ class WritesDisabled(KqlUnsupportedError):
         self.span = None
         self.hint = None
 
+
+#: What an ingestion command answers, labelled as the engine labels its own.
+_INGESTION_RESULT = [
+    RestColumn(c.name, c.column_type or "", c.data_type, c.column_type) for c in INGESTION_SCHEMA
+]
 
 _VERB = re.compile(r"\.[A-Za-z][A-Za-z-]*")
 
@@ -145,6 +166,15 @@ class _LocalHandler(StockHandler):
             self.respond(503, error_response("the local Kusto endpoint is shutting down"))
             self.close_connection = True
             return
+        try:
+            streaming = streaming_request(self.path)
+        except RequestRefused as exc:
+            self.respond(400, error_response(str(exc)))
+            self.close_connection = True  # its body was not read
+            return
+        if streaming is not None:
+            self._ingest_stream(streaming)
+            return
         original = self.rfile
         try:
             length = int(self.headers.get("Content-Length", "0"))
@@ -180,6 +210,28 @@ class _LocalHandler(StockHandler):
             self.rfile = original
             self.visualization_json = None
 
+    def _ingest_stream(self, request: StreamingRequest) -> None:
+        try:
+            data = read_body(
+                self.rfile, self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding")
+            )
+        except RequestRefused as exc:
+            self.respond(400, error_response(str(exc)))
+            self.close_connection = True  # what is left of the body is not read
+            return
+        try:
+            result = cast(LocalServer, self.server).ingest_stream(request, data)
+        except EntityNotFound as exc:
+            self.respond(400, exc.payload())
+            return
+        except WritesDisabled as exc:
+            self.respond(403, error_response(str(exc), code="Forbidden"))
+            return
+        except (KqlError, RequestRefused, duckdb.Error) as exc:
+            self.respond(400, error_response(str(exc)))
+            return
+        self.respond(200, v1_response(result))
+
     def finished_payload(self, status: int, payload: Any) -> Any:
         # The stock handler builds the v2 frames and sends them in one call;
         # this is the one place the QueryProperties table can be filled in.
@@ -207,6 +259,8 @@ class LocalServer(KustoRestServer):
         self._running = 0
         self._closing = False
         self.operations = OperationLog()
+        self.extents = ExtentLog()
+        self._staging = StagedAppend(con)
 
     @property
     def closing(self) -> bool:
@@ -241,17 +295,99 @@ class LocalServer(KustoRestServer):
         shown = SHOW_OPERATIONS.match(head)
         if shown is not None:
             return self.operations.result(operation_ids(shown.group("rest")))
-        if not self.allow_write and is_write_command(head):
+        extents_of = shown_extents_table(head)
+        if extents_of is not None:
+            self._staging.check_table(self._target(database), extents_of)
+            return self.extents.result(self._target(database), extents_of)
+        inline = inline_ingestion(head)
+        if not self.allow_write and (inline is not None or is_write_command(head)):
             verb = _VERB.match(head)
             raise WritesDisabled(verb.group(0) if verb else "the command", self._source_name)
+        if inline is not None:
+            self._begin()
+            try:
+                created = self._ingest_staged(
+                    self._target(database),
+                    inline.table,
+                    inline.properties.format or "csv",
+                    inline.data,
+                    inline.properties,
+                )
+            finally:
+                self._end()
+            return Result(
+                list(INLINE_COLUMNS), [(extent_id,) for extent_id, _ in created] or [(ZERO_EXTENT,)]
+            )
         deferred = async_command(head)
         if deferred is not None:
             return self._submit(deferred, parameters, database, options)
         self._begin()
         try:
-            return super().run(csl, parameters, database, options)
+            return self._write(csl, parameters, database, options)
         finally:
             self._end()
+
+    def _target(self, database: str | None) -> str:
+        return database if database and database != "default" else self.database
+
+    def _write(
+        self,
+        csl: str,
+        parameters: dict[str, Any] | None,
+        database: str | None,
+        options: dict[str, Any] | None,
+    ) -> Result:
+        """Run *csl* the stock way; an ingestion command records its extents' tags and
+        honours `ingestIfNotExists`."""
+        head = strip_leading_comments(csl)
+        tagged = tagged_command(head)
+        if tagged is not None:
+            verb, table, text, properties = tagged
+        elif is_ingestion_command(head):
+            command = parse_ingestion(head)
+            verb, table, text, properties = command.verb, command.table, csl, IngestionProperties()
+        else:
+            return super().run(csl, parameters, database, options)
+        target = self._target(database)
+        with self.extents.ingestion(target, table):
+            if self.extents.ingested_by(target, table, properties.ingest_if_not_exists) is not None:
+                return Result(list(_INGESTION_RESULT), [])
+            result = super().run(text, parameters, database, options)
+            names = [column.name for column in result.columns]
+            if names == list(INGESTION_COLUMNS):
+                extent_at, rows_at = names.index("ExtentId"), names.index("RowCount")
+                created = [(row[extent_at], int(row[rows_at])) for row in result.rows]
+                self.extents.record(
+                    target, table, created, properties.tags, replace=verb == ".set-or-replace"
+                )
+            return result
+
+    def ingest_stream(self, request: StreamingRequest, data: bytes) -> Result:
+        """A streaming ingestion: *data* appended to the request's table."""
+        if not self.allow_write:
+            raise WritesDisabled("streaming ingestion", self._source_name)
+        if request.database not in self.databases():
+            raise EntityNotFound(request.database, "Database")
+        self._begin()
+        try:
+            created = self._ingest_staged(
+                request.database, request.table, request.format, data, IngestionProperties()
+            )
+        finally:
+            self._end()
+        return streaming_result(sum(rows for _, rows in created))
+
+    def _ingest_staged(
+        self, database: str, table: str, data_format: str, data: bytes, properties: IngestionProperties
+    ) -> list[tuple[uuid.UUID, int]]:
+        """Append *data* to an existing *table* unless `ingestIfNotExists` holds it back;
+        the extents created."""
+        with self.extents.ingestion(database, table):
+            if self.extents.ingested_by(database, table, properties.ingest_if_not_exists) is not None:
+                return []
+            created = self._staging.append(database, table, data_format, data)
+            self.extents.record(database, table, created, properties.tags, replace=False)
+            return created
 
     def _begin(self) -> None:
         """Count a piece of work, so close() waits for it; `_end` uncounts it."""
@@ -277,9 +413,10 @@ class LocalServer(KustoRestServer):
         """Start *command* on a thread and answer its operation id."""
         # A malformed command or query is the request's error, as on Kusto,
         # not an operation that fails later.
-        duckdb_kql.parse(parse_ingestion(command.text).source)
+        tagged = tagged_command(command.text)
+        duckdb_kql.parse(parse_ingestion(tagged.text if tagged else command.text).source)
         options = {k: v for k, v in (options or {}).items() if k not in REQUEST_TIMEOUTS}
-        target = database if database and database != "default" else self.database
+        target = self._target(database)
         self._begin()  # ended by the thread, when the command is done
         operation = self.operations.start(OPERATION_NAMES[command.verb], target)
         thread = threading.Thread(
@@ -307,7 +444,7 @@ class LocalServer(KustoRestServer):
         try:
             # The stock run: the lock that serializes every statement on the
             # one connection; the work was counted when it was submitted.
-            super().run(csl, parameters, database, options)
+            self._write(csl, parameters, database, options)
         except Exception as exc:  # any failure is the operation's outcome, not the thread's
             state = OperationState.CANCELLED if self.closing else OperationState.FAILED
             self.operations.finish(operation_id, state, str(exc))
@@ -334,4 +471,5 @@ class LocalServer(KustoRestServer):
                 return
         with self._catalog_lock:
             self._catalog.close()
+        self._staging.close()
         self._connection.close()
