@@ -461,3 +461,13 @@ async def test_a_copy_killed_mid_way_is_redone_once(target: Target, mode: CopyMo
     assert (redone.rows, redone.repeated, again.repeated) == (1000, False, True)
     expected = len(rows) + (3 if mode is CopyMode.APPEND else 0)
     assert await target.count("report") == expected
+
+
+async def test_replace_keeps_the_tables_own_unique_index(target: Target) -> None:
+    await target.execute("CREATE TABLE report (id BIGINT NOT NULL, name TEXT, n INTEGER, extra INTEGER)")
+    await target.execute("CREATE UNIQUE INDEX report_by_id ON report (id)")
+    async with target.database() as database:
+        await database.copy(request_of(CopyMode.REPLACE, step="replace"), batches(ROWS))
+        # Upsert needs the unique index: it is there after the swap.
+        await database.copy(request_of(CopyMode.UPSERT, ("id",), step="upsert"), batches([[1, "ONE", 11]]))
+    assert await target.rows("report") == [(1, "ONE", 11, None), (2, "two", 20, None), (3, "three", 30, None)]
