@@ -181,6 +181,7 @@ async def _write(
         case CopyMode.UPSERT | CopyMode.MERGE:
             stage = await writer.stage()
             await rows.write_all(writer, stage, batches)
+            await writer.refuse_repeated_keys(stage, keys)
             await writer.upsert(stage, keys)
             if mode is CopyMode.MERGE:
                 await writer.delete_missing(stage, keys)

@@ -90,6 +90,20 @@ class Writer:
     async def upsert(self, stage: TableName, keys: Sequence[str]) -> None:
         raise DatabaseError(f"upsert is not supported on {self.connection.dialect.name} databases")
 
+    async def refuse_repeated_keys(self, stage: TableName, keys: Sequence[str]) -> None:
+        """Refuse a source with two rows of one key: which of them an upsert keeps is not defined."""
+        quoted = ", ".join(map(self._preparer.quote, keys))
+        result = await self.connection.exec_driver_sql(
+            f"SELECT {quoted} FROM {self.quoted(stage)} GROUP BY {quoted} HAVING count(*) > 1 LIMIT 1"
+        )
+        repeated = result.first()
+        if repeated is not None:
+            shown = ", ".join(f"{key}={value!r}" for key, value in zip(keys, repeated, strict=True))
+            raise DatabaseError(
+                f"the source has more than one row with key ({shown}); upsert and merge take one a key",
+                code=ErrorCode.TABLE_MISMATCH,
+            )
+
     async def delete_missing(self, stage: TableName, keys: Sequence[str]) -> None:
         """Delete the target's rows whose keys *stage* has not."""
         target, staged = self.quoted(self.target), self.quoted(stage)

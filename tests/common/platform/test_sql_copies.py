@@ -202,6 +202,17 @@ async def test_upsert_updates_rows_by_key_and_adds_the_rest(target: Target) -> N
     assert await target.rows("report") == [(1, "one", 10), (2, "TWO", 22), (3, "three", 30), (4, "four", 40)]
 
 
+async def test_an_upsert_of_two_rows_with_one_key_is_refused_naming_it(target: Target) -> None:
+    async with target.database() as database:
+        await database.copy(request_of(CopyMode.UPSERT, ("id",), step="first"), batches(ROWS))
+        with pytest.raises(DatabaseError, match="more than one row with key \\(id=2\\)"):
+            await database.copy(
+                request_of(CopyMode.UPSERT, ("id",), step="second"),
+                batches([[2, "a", 1], [4, "b", 2], [2, "c", 3]]),
+            )
+    assert await target.rows("report") == [tuple(row) for row in ROWS]
+
+
 async def test_merge_deletes_the_rows_whose_keys_the_source_has_not(target: Target) -> None:
     keys = ("id", "name")
     async with target.database() as database:
