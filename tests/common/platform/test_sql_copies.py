@@ -482,3 +482,16 @@ async def test_replace_keeps_the_tables_own_unique_index(target: Target) -> None
         # Upsert needs the unique index: it is there after the swap.
         await database.copy(request_of(CopyMode.UPSERT, ("id",), step="upsert"), batches([[1, "ONE", 11]]))
     assert await target.rows("report") == [(1, "ONE", 11, None), (2, "two", 20, None), (3, "three", 30, None)]
+
+
+async def test_a_database_that_does_not_answer_is_a_retryable_error(target: Target) -> None:
+    async with Proxy("127.0.0.1", 9) as proxy:  # nothing listens on the discard port: each line is cut
+        plain = make_url(target.config.url or "")
+        away = target.config.model_copy(
+            update={"url": sa_url(plain.drivername, plain.username, plain.host, proxy.port, plain.database)}
+        )
+        async with SqlDatabase(target.kind, away) as database:
+            with pytest.raises(DatabaseError, match=f"database '{target.kind}' could not be reached") as lost:
+                await database.copy(request_of(), batches(ROWS))
+    assert lost.value.code is ErrorCode.DATABASE_UNAVAILABLE
+    assert lost.value.retryable
