@@ -3,13 +3,13 @@
 # Debian packages (cairo and fonts for PNG charts, Chromium that Playwright
 # drives in the web pages' tests, docker, docker-compose and debootstrap for the
 # compose stack's test), the Python packages in a virtualenv, RabbitMQ,
-# PostgreSQL, Azurite (installed from npm into .tools/) and dockerd started if
+# PostgreSQL, MariaDB, Azurite (installed from npm into .tools/) and dockerd started if
 # they are not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libcairo2 fonts-dejavu-core chromium docker.io docker-compose debootstrap; do
+for pkg in libcairo2 fonts-dejavu-core chromium docker.io docker-compose debootstrap mariadb-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,6 +29,19 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+# MariaDB for the database copies' tests (tests/common/platform/sql): started if it does not
+# answer, with a test user that may create and drop the tests' databases.
+if ! mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 -u adxflow_test -padxflow_test ping >/dev/null 2>&1; then
+  if ! mariadb-admin ping >/dev/null 2>&1; then
+    echo "starting MariaDB"
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    nohup mariadbd --user=mysql --bind-address=127.0.0.1 --port=3306 >/var/log/mariadbd.log 2>&1 &
+    for _ in $(seq 1 60); do mariadb-admin ping >/dev/null 2>&1 && break; sleep 0.5; done
+    mariadb-admin ping >/dev/null 2>&1 || { tail -20 /var/log/mariadbd.log; exit 1; }
+  fi
+  mariadb -u root -e "CREATE USER IF NOT EXISTS 'adxflow_test'@'127.0.0.1' IDENTIFIED BY 'adxflow_test';
+    GRANT ALL PRIVILEGES ON *.* TO 'adxflow_test'@'127.0.0.1'"
 fi
 # Azurite, the Azure Storage emulator, for the Azure blob store's tests: from npm into .tools/.
 if ! (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null; then

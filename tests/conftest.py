@@ -1,7 +1,7 @@
 """Shared fixtures: real servers, random names per test, cleanup afterwards.
 
-RabbitMQ and PostgreSQL are the machine's own (started by scripts/test.sh when
-they are not running); a test that needs one fails if it is unreachable rather
+RabbitMQ, PostgreSQL and MariaDB are the machine's own (started by scripts/test.sh
+when they are not running); a test that needs one fails if it is unreachable rather
 than passing without it.
 """
 
@@ -17,8 +17,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncmy
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from common.contracts.topology import Topology
 from common.platform.broker.interface import Broker
@@ -28,6 +30,10 @@ from tests.blob_backends import Backend, blob_backend
 
 AMQP_URL = os.environ.get("ADXFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_DSN = os.environ.get("ADXFLOW_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The test user scripts/test.sh creates, which may create and drop databases.
+MARIADB_URL = os.environ.get(
+    "ADXFLOW_TEST_MARIADB_URL", "mysql+asyncmy://adxflow_test:adxflow_test@127.0.0.1:3306"
+)
 AZURITE_BLOB_ENDPOINT = os.environ.get(
     "ADXFLOW_TEST_AZURITE_BLOB_ENDPOINT", "http://127.0.0.1:10000/devstoreaccount1"
 )
@@ -104,6 +110,35 @@ def postgres_database() -> Callable[[], AbstractAsyncContextManager[str]]:
 async def postgres_url() -> AsyncIterator[str]:
     async with _postgres_database() as url:
         yield url
+
+
+@asynccontextmanager
+async def _mariadb_database() -> AsyncIterator[str]:
+    """A fresh MariaDB database for one test (its SQLAlchemy URL, password and all), dropped afterwards."""
+    name = random_name("adxflow_test_")
+    server = make_url(MARIADB_URL)
+
+    async def admin(statement: str) -> None:
+        connection = await asyncmy.connect(
+            host=server.host, port=server.port or 3306, user=server.username, password=server.password or ""
+        )
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(statement)
+        finally:
+            await connection.ensure_closed()
+
+    await admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def mariadb_database() -> Callable[[], AbstractAsyncContextManager[str]]:
+    """A factory for fresh MariaDB databases, as `postgres_database` is for PostgreSQL."""
+    return _mariadb_database
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,13 @@ class BlobStoreError(AdxflowError):
     """The blob store failed or could not be reached; ``retryable`` when another try may do."""
 
 
+class DatabaseError(AdxflowError):
+    """A copy into a configured database was refused or broke off; ``retryable`` when the database was
+    unreachable or the connection dropped, and another try may do."""
+
+    code = ErrorCode.DATABASE_ERROR
+
+
 class Requeue(Exception):
     """Raised by a handler: put the message back for another delivery."""
 

@@ -208,6 +208,11 @@ class ErrorCode(StrEnum):
     ARTIFACT_MISSING = "ArtifactMissing"
     TOO_MANY_ITEMS = "TooManyItems"
     ITERATIONS_FAILED = "IterationsFailed"
+    TABLE_NOT_ALLOWED = "TableNotAllowed"
+    TABLE_MISMATCH = "TableMismatch"
+    UNKNOWN_COLUMN = "UnknownColumn"
+    DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+    DATABASE_ERROR = "DatabaseError"
     INTERNAL = "Internal"
 
     @classmethod

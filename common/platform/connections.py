@@ -16,11 +16,25 @@ make the worker send a token to a host the operator did not list.
         client_id: 00000000-0000-0000-0000-000000000000
         tenant_id: 11111111-1111-1111-1111-111111111111
         client_secret: {env: ADX_PROD_CLIENT_SECRET}
+
+    databases:
+      reporting:
+        url: postgresql+asyncpg://adxflow@db.internal:5432/reporting
+        password: {file: /run/secrets/reporting-password}
+        tables: ["reports.*", "daily_summary"]
+        max_rows: 1000000
+        max_bytes: 268435456
+
+Database connections are the targets of copies (`common.platform.sql`): a
+SQLAlchemy async URL without its password plus the password by reference, or
+the whole URL by reference (``url_secret``); the tables a flow may write, as
+globs over ``schema.table`` (or ``table``); and optional caps per copy.
 """
 
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +42,8 @@ from urllib.parse import urlsplit
 import yaml
 from azure.kusto.data import KustoConnectionStringBuilder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from common.contracts.errors import ConfigurationError, UnknownConnection
 from common.contracts.mute_windows import MuteWindow
@@ -189,11 +205,80 @@ class WebhookConfig(BaseModel):
         }
 
 
+#: The async SQLAlchemy drivers a database connection may name. PostgreSQL (asyncpg) and MariaDB or
+#: MySQL (asyncmy) are tested; SQL Server (aioodbc, installed by the operator) is not.
+DATABASE_DRIVERS = frozenset({"postgresql+asyncpg", "mysql+asyncmy", "mariadb+asyncmy", "mssql+aioodbc"})
+
+
+def _database_url(value: str, field: str) -> URL:
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"{field} is not a SQLAlchemy URL") from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise ValueError(
+            f"{field}: driver {url.drivername!r} is not one of {', '.join(sorted(DATABASE_DRIVERS))}"
+        )
+    return url
+
+
+class DatabaseConfig(BaseModel):
+    """A database flows may copy results into; flows name it, its secret stays here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: A SQLAlchemy async URL without a password (``postgresql+asyncpg://user@host/db``).
+    url: str | None = None
+    password: SecretRef | None = None
+    #: The whole URL, password and all, by reference, instead of ``url`` and ``password``.
+    url_secret: SecretRef | None = None
+    #: Globs over ``schema.table`` (or a bare ``table``) naming the tables flows may write.
+    tables: list[str] = Field(min_length=1)
+    #: The most rows, and the most bytes of the rows' JSON, one copy may write.
+    max_rows: int | None = Field(default=None, gt=0)
+    max_bytes: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> DatabaseConfig:
+        if (self.url is None) == (self.url_secret is None):
+            raise ValueError("a database names exactly one of 'url' or 'url_secret'")
+        if self.url_secret is not None and self.password is not None:
+            raise ValueError("'password' goes with 'url'; a 'url_secret' carries its own")
+        if self.url is not None and _database_url(self.url, "url").password is not None:
+            raise ValueError("url must not carry a password: give it as 'password' by reference")
+        return self
+
+    def allows(self, table: str) -> bool:
+        """Whether flows may write *table* (``schema.table`` or ``table``)."""
+        return any(fnmatchcase(table, pattern) for pattern in self.tables)
+
+    def engine_url(self, name: str) -> URL:
+        """The URL to connect with, its secrets resolved now (SQLAlchemy masks the password in its repr)."""
+        if self.url_secret is not None:
+            field = f"databases.{name}.url_secret"
+            try:
+                return _database_url(self.url_secret.resolve(field), field)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+        assert self.url is not None
+        url = make_url(self.url)
+        if self.password is not None:
+            url = url.set(password=self.password.resolve(f"databases.{name}.password"))
+        return url
+
+    def __repr__(self) -> str:
+        where = self.url if self.url is not None else repr(self.url_secret)
+        return f"DatabaseConfig({where}, tables={self.tables!r})"
+
+    __str__ = __repr__
+
+
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     connections: dict[str, ConnectionConfig] = {}
     webhooks: dict[str, WebhookConfig] = {}
+    databases: dict[str, DatabaseConfig] = {}
     #: Named mute windows alerts may refer to.
     mute_windows: list[MuteWindow] = []
 
@@ -251,12 +336,15 @@ class Connections:
         configs: dict[str, ConnectionConfig] | None = None,
         webhooks: dict[str, WebhookConfig] | None = None,
         mute_windows: list[MuteWindow] | None = None,
+        databases: dict[str, DatabaseConfig] | None = None,
     ) -> None:
         self._configs: dict[str, ConnectionConfig] = dict(configs or {})
         #: Webhook targets flows may name (``post_webhook: {webhook: NAME}``).
         self.webhooks: dict[str, WebhookConfig] = dict(webhooks or {})
         #: Mute windows alerts may name (``alert: {mute_windows: [NAME]}``).
         self.mute_windows: dict[str, MuteWindow] = {window.name: window for window in mute_windows or []}
+        #: Databases copies may write into (``copy_to_database: {database: NAME}``).
+        self.databases: dict[str, DatabaseConfig] = dict(databases or {})
         #: Embedded mode's webhook outbox: where a name the operator did not configure posts to.
         self.webhook_sink: str | None = None
 
@@ -277,7 +365,7 @@ class Connections:
                 f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
             )
             raise ConfigurationError(f"connections file {path}: {problems}") from None
-        return cls(parsed.connections, parsed.webhooks, parsed.mute_windows)
+        return cls(parsed.connections, parsed.webhooks, parsed.mute_windows, parsed.databases)
 
     def add_local(self, name: str, url: str) -> None:
         """Register the embedded endpoint; refuses anything that is not loopback."""
@@ -306,3 +394,10 @@ class Connections:
         except KeyError:
             known = ", ".join(self.names()) or "none are configured"
             raise UnknownConnection(f"connection {name!r} is not configured (known: {known})") from None
+
+    def database(self, name: str) -> DatabaseConfig:
+        try:
+            return self.databases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.databases)) or "none are configured"
+            raise UnknownConnection(f"database {name!r} is not configured (known: {known})") from None

@@ -106,6 +106,26 @@ ADVICE: dict[ErrorCode, str] = {
         "One or more iterations of the scope failed: open the failed iterations listed under the "
         "step and re-run from a failed iteration; only that iteration runs again."
     ),
+    ErrorCode.TABLE_NOT_ALLOWED: (
+        "The step writes a table its database connection does not allow: use one of the connection's "
+        "tables, or ask the operator to add it to the connection's tables."
+    ),
+    ErrorCode.TABLE_MISMATCH: (
+        "The target table exists with columns that do not fit the result: add or retype the column the "
+        "message names, rename the result's column in the query, or write another table."
+    ),
+    ErrorCode.UNKNOWN_COLUMN: (
+        "A key column of the step is not a column of the result: name one of the columns the message "
+        "lists, or project it in the query."
+    ),
+    ErrorCode.DATABASE_UNAVAILABLE: (
+        "The database could not be reached, or the connection broke, after several tries; nothing was "
+        "written. Check that it is running and reachable from this server, then re-run from the step."
+    ),
+    ErrorCode.DATABASE_ERROR: (
+        "The database refused the copy; nothing was written. Fix what the message names (a value, a "
+        "constraint, a permission), then re-run from the failed step."
+    ),
     ErrorCode.INTERNAL: (
         "An unexpected error: look at the service's log for this run id, then re-run from the failed step."
     ),

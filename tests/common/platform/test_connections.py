@@ -152,3 +152,69 @@ def test_two_mute_windows_of_one_name_or_a_bad_window_are_refused_naming_it(tmp_
     )
     with pytest.raises(ConfigurationError, match=r"mute_windows\.0\.timezone"):
         Connections.from_file(bad)
+
+
+DATABASES = """
+databases:
+  reporting:
+    url: postgresql+asyncpg://adxflow@db.internal:5432/reporting
+    password: {env: REPORTING_DB_PASSWORD}
+    tables: ["reports.*", "daily_summary"]
+    max_rows: 1000
+  warehouse:
+    url_secret: {file: SECRET_FILE}
+    tables: ["*"]
+"""
+
+
+def test_database_connections_resolve_their_secrets_only_when_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "warehouse-url"
+    secret.write_text("mysql+asyncmy://etl:s3cret-url@mariadb.internal/warehouse\n", encoding="utf-8")
+    connections = Connections.from_file(write(tmp_path, DATABASES.replace("SECRET_FILE", str(secret))))
+    reporting = connections.database("reporting")
+    assert reporting.allows("reports.daily")
+    assert reporting.allows("daily_summary")
+    assert not reporting.allows("public.users")
+    assert not reporting.allows("daily_summary_x")
+    assert reporting.max_rows == 1000
+    with pytest.raises(ConfigurationError, match=r"databases\.reporting\.password: environment variable"):
+        reporting.engine_url("reporting")
+    monkeypatch.setenv("REPORTING_DB_PASSWORD", "s3cret-pw")
+    url = reporting.engine_url("reporting")
+    assert url.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(url)
+    assert "s3cret-pw" not in repr(reporting)
+    warehouse = connections.database("warehouse")
+    assert warehouse.engine_url("warehouse").password == "s3cret-url"
+    assert "s3cret-url" not in repr(warehouse)
+    assert "s3cret-url" not in str(warehouse)
+
+
+def test_an_unknown_database_names_the_known_ones(tmp_path: Path) -> None:
+    connections = Connections.from_file(write(tmp_path, DATABASES.replace("SECRET_FILE", "/x")))
+    with pytest.raises(
+        UnknownConnection, match=r"database 'prod' is not configured \(known: reporting, warehouse\)"
+    ):
+        connections.database("prod")
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("url: postgresql+asyncpg://u:pw@h/db", "must not carry a password"),
+        ("url: postgresql://u@h/db", "driver 'postgresql' is not one of"),
+        (
+            "url_secret: {env: X}\n    url: postgresql+asyncpg://u@h/db",
+            "exactly one of 'url' or 'url_secret'",
+        ),
+        ("url: postgresql+asyncpg://u@h/db\n    tables: []", "tables"),
+    ],
+)
+def test_a_bad_database_names_the_field(tmp_path: Path, entry: str, problem: str) -> None:
+    text = f"databases:\n  db:\n    {entry}\n" + ("" if "tables" in entry else "    tables: [t]\n")
+    with pytest.raises(ConfigurationError, match=problem) as refused:
+        Connections.from_file(write(tmp_path, text))
+    assert "databases.db" in refused.value.message
+    assert "pw@" not in refused.value.message
