@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Discriminator, EmailStr, Field, Tag, field_validator, model_validator
 
 from common.contracts.alerts import Alert
+from common.contracts.copies import CopyMode
 from common.contracts.documents import Document
 from common.contracts.messages import ChartKind, Importance
 from common.contracts.parameters import Identifier, ParameterType
@@ -210,6 +211,46 @@ class PostWebhook(_Delivery):
         return found
 
 
+#: A table as a copy names it: ``name`` or ``schema.name``.
+_TABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+ColumnName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class CopyToDatabase(_Step):
+    """An earlier query step's result written into a table of a database the operator configured
+    (``databases:`` in the connections file), in one transaction, once per run however often the
+    step is tried (:mod:`common.platform.sql`)."""
+
+    action: Literal["copy_to_database"]
+    #: The operator's name for the database.
+    database: Identifier
+    #: The target table (``schema.table`` allowed), one the operator's allowlist for it admits.
+    table: Annotated[
+        str,
+        Field(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"),
+    ]
+    #: The earlier query step whose stored result is written (streamed, never loaded whole).
+    source: Identifier
+    #: append, replace (at once), upsert on key_columns, or merge (an upsert deleting missing keys).
+    mode: CopyMode = CopyMode.APPEND
+    key_columns: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=16)
+    ] = []
+
+    @model_validator(mode="after")
+    def _keys_for_the_mode(self) -> CopyToDatabase:
+        keyed = self.mode in (CopyMode.UPSERT, CopyMode.MERGE)
+        if keyed and not self.key_columns:
+            raise ValueError(f"key_columns: mode {self.mode.value} matches rows by key columns; name them")
+        if not keyed and self.key_columns:
+            raise ValueError(
+                f"key_columns: mode {self.mode.value} matches no rows; only upsert and merge take keys"
+            )
+        if len(set(self.key_columns)) != len(self.key_columns):
+            raise ValueError("key_columns: names a column twice")
+        return self
+
+
 class _ScopeStep(_Step):
     """A step holding steps: told apart by its key, and named by it where an action is shown."""
 
@@ -297,6 +338,7 @@ StepSpec = Annotated[
     | Annotated[RunAsyncControlCommand, Tag("run_async_control_command")]
     | Annotated[SendEmail, Tag("send_email")]
     | Annotated[PostWebhook, Tag("post_webhook")]
+    | Annotated[CopyToDatabase, Tag("copy_to_database")]
     | Annotated[ForEach, Tag("for_each")]
     | Annotated[If, Tag("if")]
     | Annotated[Parallel, Tag("parallel")],
@@ -306,7 +348,7 @@ StepSpec = Annotated[
         custom_error_message=(
             "a step names its 'action' (run_query, run_query_and_render_chart, "
             "run_control_command_and_render_chart, run_show_command, run_async_control_command, "
-            "send_email, post_webhook), or holds steps as 'for_each', 'if' or 'parallel'"
+            "send_email, post_webhook, copy_to_database), or holds steps as 'for_each', 'if' or 'parallel'"
         ),
         custom_error_context={"discriminator": "action"},
     ),
@@ -322,6 +364,7 @@ STEP_TAGS = frozenset(
         "run_async_control_command",
         "send_email",
         "post_webhook",
+        "copy_to_database",
         *SCOPE_KEYS,
     }
 )

@@ -29,6 +29,7 @@ from pydantic import Field, field_validator, model_validator
 from common.contracts.actions import (
     KUSTO_STEPS,
     RENDERING_STEPS,
+    CopyToDatabase,
     ForEach,
     If,
     Parallel,
@@ -247,8 +248,10 @@ def _check_steps(
                 if reference not in visible and not (own and reference == step.id):
                     raise ValueError(f"{where}.{name}: {_unseen(reference, step, places)}")
         source = step.for_each if isinstance(step, SendEmail | PostWebhook | ForEach) else None
+        if isinstance(step, CopyToDatabase):
+            source = step.source
         if source is not None and not isinstance(visible.get(source), KUSTO_STEPS):
-            field = f"{where}.for_each"
+            field = f"{where}.{'source' if isinstance(step, CopyToDatabase) else 'for_each'}"
             if source in places and source not in visible:
                 raise ValueError(f"{field}: {_unseen(source, step, places)}")
             raise ValueError(f"{field}: {source!r} is not an earlier query step")
@@ -342,6 +345,8 @@ def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
         return slips
     if isinstance(step, ForEach | If | Parallel):
         return [(step.id, StepKind.SCOPE)]
+    if isinstance(step, CopyToDatabase):
+        return [(step.id, StepKind.COPY)]
     return [(step.id, StepKind.NOTIFY)]
 
 

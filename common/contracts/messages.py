@@ -67,7 +67,7 @@ from pydantic import (
 #: higher one. A message is written with the lowest major that can say what it says (see
 #: :meth:`Envelope.needed_major`): a run of a flow with no scope step is major 1, which every
 #: earlier release reads.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Additive changes since the first major; readers never refuse a message for its minor.
 #: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
 #: 2: the error code ``DeliveryLimit`` (a run whose message the broker dead-lettered).
@@ -80,8 +80,10 @@ SCHEMA_MINOR = 4
 SCOPE_MAJOR = 2
 #: Major 3: the step kind ``alert`` (an alert's evaluation after its Kusto step).
 ALERT_MAJOR = 3
+#: Major 4: the step kind ``copy`` (a result written into a table of the operator's database).
+COPY_MAJOR = 4
 #: The major a message needs for each step kind it holds.
-_KIND_MAJOR = {"scope": SCOPE_MAJOR, "alert": ALERT_MAJOR}
+_KIND_MAJOR = {"scope": SCOPE_MAJOR, "alert": ALERT_MAJOR, "copy": COPY_MAJOR}
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -115,6 +117,8 @@ class StepKind(StrEnum):
     SCOPE = "scope"
     #: An alert's evaluation after its Kusto step: its instances' states, and whether to deliver.
     ALERT = "alert"
+    #: An earlier query step's result written into a table of the operator's database.
+    COPY = "copy"
 
 
 #: The service that performs each kind of step.
@@ -126,6 +130,7 @@ SERVICE_OF: dict[StepKind, Service] = {
     StepKind.RECORD: Service.HISTORY,
     StepKind.SCOPE: Service.TRIGGER,
     StepKind.ALERT: Service.TRIGGER,
+    StepKind.COPY: Service.QUERY_WORKER,
 }
 
 

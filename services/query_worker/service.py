@@ -34,6 +34,7 @@ from common.platform.blobs.interface import BlobWriter, artifact_key
 from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
+from services.query_worker.copying import CopyStep
 from services.query_worker.kusto import KustoRunner, Parameters
 from services.query_worker.reading import QueryResult
 
@@ -217,12 +218,16 @@ def _operation_id(result: QueryResult) -> str:
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
-    """Consume query steps; yields what the worker's readiness depends on."""
+    """Consume query steps and copies into databases; yields what the worker's readiness depends on."""
     kusto = KustoRunner(runtime.connections, timeout=runtime.settings.query_timeout_seconds)
     try:
         step = QueryStep(runtime, kusto)
         await StepWorker(
             runtime.broker, StepKind.QUERY, step.perform, RetryPolicy.of(runtime.settings)
+        ).start(runtime.settings.prefetch)
+        copies = CopyStep(runtime)
+        await StepWorker(
+            runtime.broker, StepKind.COPY, copies.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
         yield runtime.checks()
     finally:

@@ -11,10 +11,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Iterator, Sequence
 
-from common.contracts.actions import COMMAND_STEPS, KUSTO_STEPS, ForEach, KustoStep, PostWebhook, SendEmail
+from common.contracts.actions import (
+    COMMAND_STEPS,
+    KUSTO_STEPS,
+    CopyToDatabase,
+    ForEach,
+    KustoStep,
+    PostWebhook,
+    SendEmail,
+)
+from common.contracts.errors import DatabaseError, UnknownConnection
 from common.contracts.flows import Flow
 from common.contracts.operators import describe, refused_operators
 from common.platform.connections import Connections
+from common.platform.sql.schema import check_request
 from common.platform.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
 
@@ -64,6 +74,8 @@ def check_flow(
             problems.extend(_mute_window_problems(step, where, connections))
         if isinstance(step, PostWebhook):
             problems.extend(_webhook_problems(step, where, policy))
+        if isinstance(step, CopyToDatabase):
+            problems.extend(_copy_problems(step, where, connections))
         if isinstance(step, SendEmail):
             problems.extend(_recipient_problems(step, where, allowed_domains))
     problems.extend(_schedule_problems(flow, minimum_interval))
@@ -86,6 +98,19 @@ def _mute_window_problems(step: KustoStep, where: str, connections: Connections)
                 f"{where}.alert.mute_windows[{index}]",
                 f"{name!r} is not a configured mute window (known: {known})",
             )
+
+
+def _copy_problems(step: CopyToDatabase, where: str, connections: Connections) -> Iterator[Problem]:
+    """A copy into a database the operator did not configure, or a table its allowlist does not admit."""
+    try:
+        config = connections.database(step.database)
+    except UnknownConnection as exc:
+        yield (f"{where}.database", exc.message)
+        return
+    try:
+        check_request(step.database, config, step.table, step.mode, step.key_columns)
+    except DatabaseError as exc:
+        yield (f"{where}.table", exc.message)
 
 
 def _limit_problems(

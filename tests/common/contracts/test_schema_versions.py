@@ -17,6 +17,7 @@ from common.contracts import messages
 from common.contracts.flows import Flow, child_itinerary, flow_of, new_run, read_back
 from common.contracts.messages import (
     ALERT_MAJOR,
+    COPY_MAJOR,
     SCHEMA_MINOR,
     SCHEMA_VERSION,
     SCOPE_MAJOR,
@@ -378,3 +379,41 @@ def test_a_run_with_an_alert_is_written_on_the_alert_major_which_a_scope_major_r
         read_message(StatusEvent, event)
     # Its scope runs are still on the major it reads.
     assert json.loads(scoped_message().model_dump_json())["schema_version"] == 2
+
+
+COPYING: dict[str, Any] = {
+    "name": "copying",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [
+        {"id": "q", "action": "run_query", "query": "T | take 1"},
+        {"id": "save", "action": "copy_to_database", "database": "reports", "table": "t", "source": "q"},
+    ],
+}
+
+
+def test_a_run_with_a_copy_is_written_on_the_copy_major_which_an_alert_major_reader_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = Flow.model_validate(COPYING)
+    run = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r4")
+    assert [step.kind for step in run.itinerary][1:3] == [StepKind.QUERY, StepKind.COPY]
+    body = run.model_dump_json()
+    event = status_event(StepKind.COPY).model_dump_json()
+
+    assert json.loads(body)["schema_version"] == COPY_MAJOR == 4
+    assert read_message(RunMessage, body).itinerary == run.itinerary
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", 3)
+    with pytest.raises(UnreadableMessage, match="schema_version 4 is newer than this reader's 3"):
+        read_message(RunMessage, body)
+    with pytest.raises(UnreadableMessage, match="schema_version 4 is newer than this reader's 3"):
+        read_message(StatusEvent, event)
+    # Runs of flows without a copy are still on the majors older readers read.
+    assert (
+        json.loads(
+            new_run(
+                Flow.model_validate(ALERTED), RunContext(flow="alerted", trigger=TriggerKind.MANUAL), "r5"
+            ).model_dump_json()
+        )["schema_version"]
+        == 3
+    )

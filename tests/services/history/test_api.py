@@ -31,7 +31,8 @@ from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 
 # The kinds of a run without scope or alert steps, in itinerary order.
-KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
+#: A run's steps from its start to its record, as a flow of a query, its chart and an email has them.
+KINDS = [StepKind.TRIGGER, StepKind.QUERY, StepKind.RENDER, StepKind.NOTIFY, StepKind.RECORD]
 
 ITINERARY = [Step(id=kind.value, kind=kind) for kind in KINDS]
 T0 = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)

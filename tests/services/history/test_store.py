@@ -27,7 +27,8 @@ from common.contracts.messages import (
 from services.history.store import HistoryStore
 
 # The kinds of a run without scope or alert steps, in itinerary order.
-KINDS = [kind for kind in StepKind if kind not in (StepKind.SCOPE, StepKind.ALERT)]
+#: A run's steps from its start to its record, as a flow of a query, its chart and an email has them.
+KINDS = [StepKind.TRIGGER, StepKind.QUERY, StepKind.RENDER, StepKind.NOTIFY, StepKind.RECORD]
 
 ITINERARY = [Step(id=kind.value, kind=kind) for kind in KINDS]
 T0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
