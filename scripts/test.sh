@@ -83,4 +83,6 @@ command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl
 .venv/bin/mypy
 # The rooms of the tree and which way imports point: [tool.importlinter] in pyproject.toml.
 .venv/bin/lint-imports --no-logo
-exec .venv/bin/pytest "$@"
+# Two workers (pytest-xdist), a test file to each at a time: the compose stack's tests, mostly
+# waiting on containers, run beside the rest. ADXFLOW_TEST_WORKERS=0 runs them in this process.
+exec .venv/bin/pytest -n "${ADXFLOW_TEST_WORKERS:-2}" --dist loadfile "$@"
