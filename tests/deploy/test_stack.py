@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,10 @@ def test_the_examples_apply_from_the_host_and_a_report_and_a_failing_flow_are_re
 
 
 def start_batch(stack: Stack, urls: dict[str, str], count: int) -> list[str]:
-    return [stack.run_flow(urls["trigger"], "stack-report") for _ in range(count)]
+    """*count* runs asked for at once, so that the batch is queued before its first runs end, however
+    slowly the host sends its requests."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda _: stack.run_flow(urls["trigger"], "stack-report"), range(count)))
 
 
 def under_way(stack: Stack, urls: dict[str, str], run_ids: list[str]) -> None:
