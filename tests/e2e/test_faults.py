@@ -1,5 +1,6 @@
 """Faults on the real servers: RabbitMQ restarts and PostgreSQL restarts while
-jobs are in flight, and nothing is lost or sent twice."""
+jobs are in flight, and nothing is lost or sent twice. The servers are the ones every test
+shares, so these run alone (``exclusive``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import System
+
+pytestmark = pytest.mark.exclusive
 
 JOB: dict[str, Any] = {
     "connection": "local",
