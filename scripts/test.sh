@@ -84,17 +84,18 @@ command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl
 # The rooms of the tree and which way imports point: [tool.importlinter] in pyproject.toml.
 .venv/bin/lint-imports --no-logo
 # Two workers (pytest-xdist), a test file to each at a time: the compose stack's tests, mostly
-# waiting on containers, run beside the rest. The tests marked exclusive restart a server the
-# others share (RabbitMQ, PostgreSQL), so they run alone afterwards. ADXFLOW_TEST_WORKERS=0 runs
-# everything in this process, one test at a time.
+# waiting on containers, run beside the rest. The tests marked serial run alone afterwards, in
+# one process: they restart a server the others share (RabbitMQ, PostgreSQL), or are generated
+# at collection (schemathesis), which xdist's workers do not collect. ADXFLOW_TEST_WORKERS=0
+# runs everything in this process, one test at a time.
 workers="${ADXFLOW_TEST_WORKERS:-2}"
 if [ "$workers" = 0 ]; then
   exec .venv/bin/pytest "$@"
 fi
 shared=0
-.venv/bin/pytest -n "$workers" --dist loadfile -m "not exclusive" "$@" || shared=$?
+.venv/bin/pytest -n "$workers" --dist loadfile -m "not serial" "$@" || shared=$?
 alone=0
-.venv/bin/pytest -p no:xdist -m exclusive "$@" || alone=$?
+.venv/bin/pytest -p no:xdist -m serial "$@" || alone=$?
 # 5 is pytest's "no test selected": the arguments chose tests of one part only.
 for code in "$shared" "$alone"; do
   if [ "$code" != 0 ] && [ "$code" != 5 ]; then exit "$code"; fi

@@ -1,6 +1,6 @@
 """Faults on the real servers: RabbitMQ restarts and PostgreSQL restarts while
 jobs are in flight, and nothing is lost or sent twice. The servers are the ones every test
-shares, so these run alone (``exclusive``)."""
+shares, so these run alone (``serial``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import System
 
-pytestmark = pytest.mark.exclusive
+pytestmark = pytest.mark.serial
 
 JOB: dict[str, Any] = {
     "connection": "local",

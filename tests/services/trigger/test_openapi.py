@@ -362,6 +362,8 @@ def test_a_body_that_cannot_be_read_is_refused_naming_the_problem(
 NOT_PROMISED = [checks.positive_data_acceptance, checks.negative_data_rejection]
 
 
+# Generated at collection, which xdist's workers do not do: run in one process (scripts/test.sh).
+@pytest.mark.serial
 @schema.parametrize()
 @FUZZ_SETTINGS
 def test_the_api_answers_every_generated_request_as_documented(case: schemathesis.Case, live: Live) -> None:
