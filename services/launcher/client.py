@@ -342,7 +342,6 @@ def format_alerts(body: dict[str, Any]) -> str:
     """Each alert of a flow and its instances: state, since, last notified, next repeat, silenced."""
     if not body["alerts"]:
         return f"flow {body['flow']} has no alerts"
-    until = {silence["id"]: silence["ends_at"] for silence in body["silences"]}
     lines = []
     for alert in body["alerts"]:
         keyed = f"  keyed by {', '.join(alert['key_columns'])}" if alert["key_columns"] else ""
@@ -353,7 +352,7 @@ def format_alerts(body: dict[str, Any]) -> str:
         lines.append(_columns([name for name, _ in _INSTANCE_COLUMNS] + ["silenced"]))
         for instance in alert["instances"]:
             silence = instance["silenced_by"]
-            silenced = f"until {_local(until.get(silence))} ({silence})" if silence else "-"
+            silenced = f"until {_local(instance['silenced_until'])} ({silence})" if silence else "-"
             times = [_local(instance[name]) for name in ("since", "notified_at", "next_repeat")]
             lines.append(_columns([instance["key"] or "(the alert)", instance["state"], *times, silenced]))
     return "\n".join(lines)

@@ -18,7 +18,6 @@ from common.contracts.alerts import LONGEST, Alert, parse_duration
 from common.contracts.flows import Flow
 from common.platform.database import read_utc
 from common.platform.routes import FieldProblem, Refusal
-from services.trigger.alert_notices import Silence
 from services.trigger.alert_states import Instance, State
 from services.trigger.alert_store import AlertStore
 from services.trigger.alerting import overall, rules_of
@@ -136,11 +135,11 @@ class AlertBoard:
     async def _alert(self, flow: str, step_id: str, alert: Alert, now: dt.datetime) -> AlertView:
         states = await self.alerts.states(flow, step_id)
         # As an evaluation now would see them: the oldest covering an instance is what holds it.
-        covering = [Silence(id_, key) for id_, key in await self.silences.active(flow, step_id, now)]
+        covering = await self.silences.active(flow, step_id, now)
         rules = rules_of(alert)
 
         def instance_view(instance: Instance) -> InstanceView:
-            silenced_by = next((silence.id for silence in covering if silence.covers(instance.key)), None)
+            silence = next((silence for silence in covering if silence.covers(instance.key)), None)
             return InstanceView(
                 key=instance.key,
                 state=instance.state,
@@ -150,7 +149,8 @@ class AlertBoard:
                 notified_at=instance.notified_at,
                 next_repeat=instance.next_repeat(rules),
                 row=dict(instance.row) if instance.row is not None else None,
-                silenced_by=silenced_by,
+                silenced_by=silence.id if silence is not None else None,
+                silenced_until=silence.ends_at if silence is not None else None,
             )
 
         transitions = await self.alerts.history(flow, step_id, limit=TRANSITIONS)

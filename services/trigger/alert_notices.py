@@ -28,6 +28,8 @@ class Silence:
 
     id: str
     key: str | None = None
+    #: When it ends (for what shows it; an evaluation needs only that it is in force).
+    ends_at: dt.datetime | None = None
 
     def covers(self, key: str) -> bool:
         return self.key is None or self.key == key

@@ -160,7 +160,7 @@ class Alerts:
     async def _silences(self, flow: str, step_id: str, now: dt.datetime) -> list[Silence]:
         if self.silences is None:
             return []
-        return [Silence(id, key) for id, key in await self.silences.active(flow, step_id, now)]
+        return await self.silences.active(flow, step_id, now)
 
     async def _found(
         self, message: RunMessage, step_id: str, alert: Alert

@@ -177,6 +177,7 @@ class InstanceView(BaseModel):
     next_repeat: dt.datetime | None = Field(description="When it is told again if it stays as it is.")
     row: dict[str, Any] | None = Field(description="The row it fired with, where kept.")
     silenced_by: str | None = Field(description="The id of a silence in force over it.")
+    silenced_until: dt.datetime | None = Field(description="When that silence ends.")
 
 
 class TransitionView(BaseModel):

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from common.contracts.errors import AdxflowError
 from common.contracts.messages import new_id, utcnow
 from common.platform.database import SqlStore, read_utc
+from services.trigger.alert_notices import Silence
 
 metadata = sa.MetaData()
 UtcDateTime = sa.DateTime(timezone=True)
@@ -132,7 +133,7 @@ class SilenceStore(SqlStore):
         query = sa.select(silences)
         if flow is not None:
             query = query.where(silences.c.flow == flow)
-        in_force = silences.c.ended_at.is_(None) & (silences.c.ends_at > now)
+        in_force = _in_force(now)
         if state == "active":
             query = query.where(in_force)
         elif state == "ended":
@@ -146,11 +147,7 @@ class SilenceStore(SqlStore):
         now = now or utcnow()
         async with self.engine.begin() as conn:
             ended = await conn.execute(
-                silences.update()
-                .where(
-                    (silences.c.id == silence_id) & silences.c.ended_at.is_(None) & (silences.c.ends_at > now)
-                )
-                .values(ended_at=now)
+                silences.update().where((silences.c.id == silence_id) & _in_force(now)).values(ended_at=now)
             )
             row = (await conn.execute(sa.select(silences).where(silences.c.id == silence_id))).first()
         if row is None:
@@ -160,21 +157,26 @@ class SilenceStore(SqlStore):
             raise SilenceOver(silence, now)
         return silence
 
-    async def active(self, flow: str, step_id: str, now: dt.datetime) -> list[tuple[str, str | None]]:
-        """The silences over *flow*'s alert *step_id* at *now*: (id, key or None for all), oldest first."""
+    async def active(self, flow: str, step_id: str, now: dt.datetime) -> list[Silence]:
+        """The silences over *flow*'s alert *step_id* at *now*, oldest first."""
         query = (
-            sa.select(silences.c.id, silences.c.key)
+            sa.select(silences.c.id, silences.c.key, silences.c.ends_at)
             .where(
                 (silences.c.flow == flow)
                 & (silences.c.step_id.is_(None) | (silences.c.step_id == step_id))
                 & (silences.c.starts_at <= now)
-                & (silences.c.ends_at > now)
-                & silences.c.ended_at.is_(None)
+                & _in_force(now)
             )
             .order_by(silences.c.created_at, silences.c.id)
         )
         async with self.engine.connect() as conn:
-            return [(row.id, row.key) for row in (await conn.execute(query)).all()]
+            rows = (await conn.execute(query)).all()
+        return [Silence(row.id, row.key, read_utc(row.ends_at)) for row in rows]
+
+
+def _in_force(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """Neither ended nor expired at *now*."""
+    return silences.c.ended_at.is_(None) & (silences.c.ends_at > now)
 
 
 def _silence(row: Any) -> StoredSilence:

@@ -46,7 +46,6 @@ from services.history.web.views import (
     UNFINISHED,
     Iterations,
     Lane,
-    alert_views,
     badge,
     duration_words,
     email_summary,
@@ -322,7 +321,7 @@ async def flow_page(request: web.Request) -> web.Response:
         "flow.html",
         name=name,
         problem=None,
-        alerts=alert_views(alerts),
+        alerts=alerts["alerts"],
         silences=alerts["silences"],
         over=over,
     )

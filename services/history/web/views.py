@@ -45,21 +45,6 @@ CHART_ARTIFACTS = ("chart_png", "chart_svg")
 _SHOWN_DETAIL = frozenset({"text", "parameters", "truncation", "reason", "alert"})
 
 
-def alert_views(found: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trigger's alerts of a flow, each instance told until when the silence over it lasts."""
-    until = {silence["id"]: silence["ends_at"] for silence in found["silences"]}
-    return [
-        {
-            **alert,
-            "instances": [
-                {**instance, "silenced_until": until.get(instance["silenced_by"] or "")}
-                for instance in alert["instances"]
-            ],
-        }
-        for alert in found["alerts"]
-    ]
-
-
 def badge(status: str | None) -> Badge:
     return _BADGES.get(status or "", Badge(status or "unknown", "?", status or "unknown"))
 

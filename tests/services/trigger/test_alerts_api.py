@@ -230,6 +230,7 @@ async def test_a_flows_alerts_show_each_instance_its_transitions_and_the_silence
     assert third["row"] is None
     # The oldest silence in force that covers an instance is the one it is silenced by.
     assert (first["silenced_by"], third["silenced_by"]) == (one["id"], everything["id"])
+    assert (first["silenced_until"], third["silenced_until"]) == (one["ends_at"], everything["ends_at"])
     assert instant(first["next_repeat"]) - instant(first["notified_at"]) == dt.timedelta(hours=4)
     assert first["since"] is not None
     assert first["pending_count"] == 0

@@ -114,6 +114,10 @@ async def test_active_silences_cover_their_step_or_every_step(store: SilenceStor
     await store.end(ended.id, now=T0 + dt.timedelta(minutes=4))
 
     at = T0 + dt.timedelta(minutes=5)
-    assert await store.active("storms", "deadly", at) == [(whole_flow.id, None), (one_step.id, "EventId=42")]
+    covering = await store.active("storms", "deadly", at)
+    assert [(one.id, one.key, one.ends_at) for one in covering] == [
+        (whole_flow.id, None, whole_flow.ends_at),
+        (one_step.id, "EventId=42", one_step.ends_at),
+    ]
     assert await store.active("storms", "deadly", T0 + 2 * HOUR) == []
     assert await store.active("elsewhere", "deadly", at) == []
