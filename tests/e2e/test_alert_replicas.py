@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import Waiter
 from tests.e2e.conftest import Hooks, System
 from tests.e2e.test_alerts import ALERT_FLOW, evaluate, set_incidents, subjects
-from tests.e2e.test_processes import Deployment, deployment_of, free_port
+from tests.e2e.test_processes import Deployment, answer_ready, deployment_of, free_port
 from tests.proxy import Proxy
 
 #: The services besides the trigger, whose processes each test starts as it needs.
@@ -67,17 +67,6 @@ def upstream_of(url: str) -> tuple[str, int]:
     assert parts.hostname is not None, url
     assert parts.port is not None, url
     return parts.hostname, parts.port
-
-
-async def ready(session: aiohttp.ClientSession, *urls: str) -> bool:
-    try:
-        for url in urls:
-            async with session.get(f"{url}/readyz") as response:
-                if response.status != 200:
-                    return False
-    except aiohttp.ClientError:
-        return False
-    return True
 
 
 def system_at(
@@ -165,7 +154,7 @@ async def test_two_trigger_replicas_tell_each_change_once_and_a_killed_one_leave
         )
 
         async def all_ready() -> bool:
-            return await deployment.ready(session) and await ready(session, b_url)
+            return await deployment.ready(session) and await answer_ready(session, [b_url])
 
         await wait_until(all_ready, timeout=60, what="the services and both triggers to be ready")
         a = system_at(deployment.trigger_url, deployment, session, wait_until)

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def answer_ready(session: aiohttp.ClientSession, urls: Iterable[str]) -> bool:
+    """Whether every service at *urls* answers /readyz with 200."""
+    try:
+        for url in urls:
+            async with session.get(f"{url}/readyz") as response:
+                if response.status != 200:
+                    return False
+    except aiohttp.ClientError:
+        return False
+    return True
 
 
 class Deployment:
@@ -86,14 +98,7 @@ class Deployment:
         """Whether every running service answers /readyz with 200."""
         urls = [self.trigger_url, self.history_url]
         urls += [url for label, url in self.health_urls.items() if label in self.processes]
-        try:
-            for url in urls:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status != 200:
-                        return False
-        except aiohttp.ClientError:
-            return False
-        return True
+        return await answer_ready(session, urls)
 
     async def kill(self, label: str, sig: int = signal.SIGKILL) -> int:
         process = self.processes.pop(label)
