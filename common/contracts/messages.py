@@ -67,7 +67,7 @@ from pydantic import (
 #: higher one. A message is written with the lowest major that can say what it says (see
 #: :meth:`Envelope.needed_major`): a run of a flow with no scope step is major 1, which every
 #: earlier release reads.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Additive changes since the first major; readers never refuse a message for its minor.
 #: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
 #: 2: the error code ``DeliveryLimit`` (a run whose message the broker dead-lettered).
@@ -82,8 +82,17 @@ SCOPE_MAJOR = 2
 ALERT_MAJOR = 3
 #: Major 4: the step kind ``copy`` (a result written into a table of the operator's database).
 COPY_MAJOR = 4
+#: Major 5: the step kinds ``ingest`` (rows ingested into a Kusto table) and ``export`` (a result
+#: written as a file into the blob store).
+TRANSFER_MAJOR = 5
 #: The major a message needs for each step kind it holds.
-_KIND_MAJOR = {"scope": SCOPE_MAJOR, "alert": ALERT_MAJOR, "copy": COPY_MAJOR}
+_KIND_MAJOR = {
+    "scope": SCOPE_MAJOR,
+    "alert": ALERT_MAJOR,
+    "copy": COPY_MAJOR,
+    "ingest": TRANSFER_MAJOR,
+    "export": TRANSFER_MAJOR,
+}
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -119,6 +128,10 @@ class StepKind(StrEnum):
     ALERT = "alert"
     #: An earlier query step's result written into a table of the operator's database.
     COPY = "copy"
+    #: Rows of the operator's database (or a file) ingested into a Kusto table.
+    INGEST = "ingest"
+    #: A result written as a CSV or Parquet file into the blob store.
+    EXPORT = "export"
 
 
 #: The service that performs each kind of step.
@@ -131,6 +144,8 @@ SERVICE_OF: dict[StepKind, Service] = {
     StepKind.SCOPE: Service.TRIGGER,
     StepKind.ALERT: Service.TRIGGER,
     StepKind.COPY: Service.QUERY_WORKER,
+    StepKind.INGEST: Service.QUERY_WORKER,
+    StepKind.EXPORT: Service.QUERY_WORKER,
 }
 
 

@@ -635,4 +635,4 @@ def test_keda_scales_each_worker_on_its_queue(docs: tuple[Doc, ...]) -> None:
             authentication = authentications[trigger["authenticationRef"]["name"]]
             (reference,) = authentication["spec"]["secretTargetRef"]
             assert (reference["parameter"], reference["name"]) == ("host", f"{rabbit}-default-user"), name
-    assert kinds_of["query-worker"] == {StepKind.QUERY, StepKind.COPY}
+    assert kinds_of["query-worker"] == {StepKind.QUERY, StepKind.COPY, StepKind.INGEST, StepKind.EXPORT}
