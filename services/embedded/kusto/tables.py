@@ -190,9 +190,8 @@ class Tables:
         self._cursor.execute("BEGIN TRANSACTION")
         try:
             for name, kind in added:
-                self._cursor.execute(
-                    f"ALTER TABLE {self._target(database, table)} ADD COLUMN {_quoted(name)} {DUCKDB_TYPES[kind]}"
-                )
+                target = self._target(database, table)
+                self._cursor.execute(f"ALTER TABLE {target} ADD COLUMN {_quoted(name)} {DUCKDB_TYPES[kind]}")
             self._cursor.execute("COMMIT")
         except BaseException:
             self._cursor.execute("ROLLBACK")
@@ -206,8 +205,8 @@ class Tables:
         if existing is not None:
             self._cursor.execute(f"DROP TABLE {self._target(database, existing[0])}")
         left = self._cursor.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_catalog = ? AND table_schema = 'main' "
-            "ORDER BY table_name",
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_catalog = ? AND table_schema = 'main' ORDER BY table_name",
             [database],
         ).fetchall()
         return Result(list(_TABLES_COLUMNS), [(str(row[0]), database) for row in left])

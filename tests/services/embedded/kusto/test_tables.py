@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
