@@ -40,8 +40,10 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
+import structlog
 from azure.kusto.data import DataFormat
 from azure.kusto.data.exceptions import KustoError as ClientKustoError
 from azure.kusto.ingest import (
@@ -52,7 +54,7 @@ from azure.kusto.ingest import (
 )
 
 from common.contracts.actions import IngestToKusto
-from common.contracts.errors import DatabaseError, KustoError
+from common.contracts.errors import AdxflowError, DatabaseError, KustoError
 from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepOutput
 from common.contracts.results import Column, parse_datetime
@@ -63,6 +65,8 @@ from common.platform.sql.reads import bound_names
 from common.platform.sql.types import timespan_ticks
 from services.query_worker.kusto import KustoRunner, classify
 from services.query_worker.parameters import step_parameters
+
+log = structlog.get_logger(__name__)
 
 #: The most bytes of CSV one streaming request carries (Kusto's limit is 4 MB uncompressed).
 REQUEST_BYTES = 4_000_000
@@ -268,18 +272,10 @@ class IngestStep:
         tag = ingest_tag(message)
         async with SqlDatabase(source.database, config) as database:
             bound = bound_parameters(source.query, parameters, database.dialect)
-            batches = aiter(database.read(source.query, bound, batch_rows=BATCH_ROWS))
-            first = await anext(batches)
-            columns = first[0]
-            check_names(columns)
-            counted = CsvBatches(source.database, config.max_rows, config.max_bytes)
-            requests = counted.requests(columns, _chain(first, batches))
-            target = Target(self, message, flow, spec)
-            if spec.method == "queued":
-                queued = await target.queue(columns, requests, tag)
-                detail = {"method": "queued", "batches": queued, "repeated": False}
-            else:
-                detail = await target.stream(columns, requests, tag)
+            # Closed before the database is: the read's transaction ends on its open connection.
+            reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
+            async with reading as batches:
+                detail, counted, columns, target = await self._ingest(message, flow, spec, tag, batches)
         return StepOutput(
             row_count=counted.rows,
             detail={
@@ -292,6 +288,23 @@ class IngestStep:
                 **detail,
             },
         )
+
+    async def _ingest(
+        self, message: RunMessage, flow: Flow, spec: IngestToKusto, tag: str, batches: AsyncIterator[Batch]
+    ) -> tuple[dict[str, Any], CsvBatches, list[Column], Target]:
+        config = self.runtime.connections.database(spec.from_sql.database)
+        first = await anext(batches)
+        columns = first[0]
+        check_names(columns)
+        counted = CsvBatches(spec.from_sql.database, config.max_rows, config.max_bytes)
+        requests = counted.requests(columns, chain(first, batches))
+        target = Target(self, message, flow, spec)
+        if spec.method == "queued":
+            queued = await target.queue(columns, requests, tag)
+            detail: dict[str, Any] = {"method": "queued", "batches": queued, "repeated": False}
+        else:
+            detail = await target.stream(columns, requests, tag)
+        return detail, counted, columns, target
 
 
 class Target:
@@ -374,8 +387,15 @@ class Target:
                 f".append ['{self._spec.table}'] {tagged(tag)} <| ['{stage}'] | project {projection}"
             )
         finally:
-            await self.command(f".drop table ['{stage}'] ifexists")
+            await self._drop(stage)
         return {"method": "streaming", "requests": sent, "repeated": not created}
+
+    async def _drop(self, stage: str) -> None:
+        """Drop the staging table; a failure to is logged, not raised: the next try drops it first."""
+        try:
+            await self.command(f".drop table ['{stage}'] ifexists")
+        except AdxflowError as exc:
+            log.warning("staging table not dropped", table=stage, error=exc.message)
 
     async def queue(self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str) -> int:
         await self.prepared(columns)
@@ -413,7 +433,8 @@ def _ingest_endpoint(cluster: str) -> str:
     return cluster if host.startswith("ingest-") else f"{scheme}://ingest-{host}"
 
 
-async def _chain(first: Batch, rest: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
+async def chain(first: Batch, rest: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
+    """*first*, then the rest of the batches."""
     yield first
     async for batch in rest:
         yield batch

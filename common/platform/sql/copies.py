@@ -23,7 +23,7 @@ writes the rows of *batches* (an async iterator of ``(columns, rows)`` as
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import InvalidOperation
 from types import TracebackType
@@ -103,7 +103,7 @@ class SqlDatabase:
 
     async def read(
         self, query: str, parameters: Mapping[str, Any], *, batch_rows: int = 5_000
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch]:
         """*query*'s rows in batches, in a read-only transaction (`common.platform.sql.reads`);
         only of a database the operator lets flows read (``reads: true``)."""
         if self._engine is None:

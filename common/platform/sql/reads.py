@@ -165,4 +165,6 @@ async def read_rows(
         if not sent:
             yield columns, []
     finally:
-        await connection.exec_driver_sql("ROLLBACK")
+        # A connection that broke has no transaction left to end (and saying so would hide why).
+        if not connection.closed and not connection.invalidated:
+            await connection.exec_driver_sql("ROLLBACK")
