@@ -35,6 +35,7 @@ from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.copying import CopyStep
+from services.query_worker.exporting import ExportStep
 from services.query_worker.kusto import KustoRunner, Parameters
 from services.query_worker.reading import QueryResult
 
@@ -218,7 +219,8 @@ def _operation_id(result: QueryResult) -> str:
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
-    """Consume query steps and copies into databases; yields what the worker's readiness depends on."""
+    """Consume query steps, copies into databases and exports to files; yields what the worker's
+    readiness depends on."""
     kusto = KustoRunner(runtime.connections, timeout=runtime.settings.query_timeout_seconds)
     try:
         step = QueryStep(runtime, kusto)
@@ -228,6 +230,10 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
         copies = CopyStep(runtime)
         await StepWorker(
             runtime.broker, StepKind.COPY, copies.perform, RetryPolicy.of(runtime.settings)
+        ).start(runtime.settings.prefetch)
+        exports = ExportStep(runtime)
+        await StepWorker(
+            runtime.broker, StepKind.EXPORT, exports.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
         yield runtime.checks()
     finally:
