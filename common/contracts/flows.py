@@ -264,6 +264,11 @@ def _check_steps(
             )
         if isinstance(step, SendEmail):
             for attachment in step.attachments:
+                if isinstance(visible.get(attachment), ExportToFile):
+                    raise ValueError(
+                        f"{where}.attachments: {attachment!r} is an export: every email of the run "
+                        "links its file by itself (files are linked, never attached)"
+                    )
                 if not isinstance(visible.get(attachment), RENDERING_STEPS):
                     raise ValueError(
                         f"{where}.attachments: {attachment!r} is not an earlier step that renders a result"

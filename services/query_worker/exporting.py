@@ -80,6 +80,8 @@ class ExportStep:
             "format": spec.format,
             "compression": spec.codec,
             "rows": file.rows,
+            # The source stopped at a result cap (on_too_large: truncate): the file has what it read.
+            "truncated": bool(source.detail.get("truncated")),
             "bytes": ref.size,
             **file.detail(),
             "file": {

@@ -96,6 +96,16 @@ def test_options_that_do_not_fit_the_format_are_refused_naming_them(
     assert where.startswith("steps[1]") or said.startswith("steps[1]"), (where, said)
 
 
+def test_an_email_attaching_an_export_is_told_its_file_is_linked() -> None:
+    mail = {"id": "mail", "action": "send_email", "to": ["a@example.com"], "subject": "s"}
+
+    _, said = refusal(document(QUERY, export(), {**mail, "attachments": ["export"]}))
+
+    assert said.startswith(
+        "steps[2].attachments: 'export' is an export: every email of the run links its file"
+    )
+
+
 def test_an_unknown_action_lists_export_to_file() -> None:
     _, said = refusal(document(QUERY, {"id": "x", "action": "export_to_parquet"}))
 

@@ -174,6 +174,7 @@ async def test_parquet_keeps_every_kusto_type_with_nulls_zones_text_and_exact_de
     assert output.detail["rows"] == 3
     assert output.detail["bytes"] == len(data) == output.artifacts["file"].size
     assert output.detail["row_groups"] == 1
+    assert output.detail["truncated"] is False
     assert (output.detail["format"], output.detail["compression"]) == ("parquet", "snappy")
     assert output.detail["file"]["url"] == f"{HISTORY_URL}/v1/artifacts/{key}"
 
