@@ -1,14 +1,18 @@
 """The query worker's export step over a stored result, into the folder blob store and Azure Blob
 Storage (Azurite): CSV and Parquet files read back with pyarrow hold the result's values with
 their types, nulls, time zones, text and exact decimals; an empty result keeps its columns; a
-large one is written a row group at a time; a source without a result fails the step naming it."""
+large one is written a row group at a time, in memory that does not grow with it; a source
+without a result fails the step naming it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
 import math
+import tracemalloc
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +26,7 @@ from common.contracts.messages import BlobRef, RunContext, RunMessage, StepOutpu
 from common.contracts.results import Column, ResultSet
 from common.contracts.templates import TemplateError
 from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
 from common.platform.blobs.interface import BlobStore
 from common.platform.broker.memory import InProcessBroker
 from common.platform.config import Settings
@@ -264,6 +269,38 @@ async def test_a_large_result_is_written_a_row_group_at_a_time(blobs: Backend) -
     table = file.read()
     assert table.column("n").to_pylist() == list(range(100_000))
     assert table.column("label")[99_999].as_py() == "row 99999 of a result read in chunks"
+
+
+async def peak_of_export(store: BlobStore, count: int) -> int:
+    """The most memory Python held while exporting a result of *count* rows as Parquet (what Arrow
+    holds is a row group at most: the test above counts them)."""
+    columns = [
+        Column(name="n", type="long"),
+        Column(name="label", type="string"),
+        Column(name="t", type="datetime"),
+    ]
+    rows: list[list[Any]] = [[n, f"row {n} of a big result", "2007-01-01T00:00:00Z"] for n in range(count)]
+    message = await at_export(store, export_flow(format="parquet", row_group_rows=10_000), columns, rows)
+    del rows
+    tracemalloc.start()
+    try:
+        output = await ExportStep(runtime_on(store)).perform(message)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert output.detail["row_groups"] == count // 10_000
+    return peak
+
+
+async def test_the_memory_an_export_holds_does_not_grow_with_the_result(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    async with FolderBlobStore(tmp_path / "blobs") as store:
+        small = await peak_of_export(store, 40_000)
+        large = await peak_of_export(store, 160_000)
+
+    record_property("export_peak_bytes", {"40k rows": small, "160k rows": large})
+    assert large < small * 1.25, (small, large)
 
 
 @pytest.mark.parametrize("status", [StepStatus.FAILED, StepStatus.SKIPPED])
