@@ -33,6 +33,7 @@ from common.contracts.actions import (
     ExportToFile,
     ForEach,
     If,
+    IngestToKusto,
     Parallel,
     PostWebhook,
     RunAsyncControlCommand,
@@ -359,6 +360,8 @@ def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
         return [(step.id, StepKind.SCOPE)]
     if isinstance(step, CopyToDatabase):
         return [(step.id, StepKind.COPY)]
+    if isinstance(step, IngestToKusto):
+        return [(step.id, StepKind.INGEST)]
     if isinstance(step, ExportToFile):
         return [(step.id, StepKind.EXPORT)]
     return [(step.id, StepKind.NOTIFY)]
