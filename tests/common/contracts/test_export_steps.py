@@ -8,9 +8,19 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from common.contracts import messages
 from common.contracts.actions import ExportToFile, field_path
 from common.contracts.flows import Flow, itinerary, new_run
-from common.contracts.messages import TRANSFER_MAJOR, RunContext, StepKind, TriggerKind
+from common.contracts.messages import (
+    COPY_MAJOR,
+    TRANSFER_MAJOR,
+    RunContext,
+    RunMessage,
+    StepKind,
+    TriggerKind,
+    UnreadableMessage,
+    read_message,
+)
 
 
 def document(*steps: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +42,9 @@ def refusal(flow: dict[str, Any]) -> tuple[str, str]:
     return field_path(error["loc"]), str(error.get("ctx", {}).get("error", error["msg"]))
 
 
-def test_an_export_is_a_step_of_the_query_worker_on_the_transfer_major() -> None:
+def test_an_export_is_a_step_of_the_query_worker_on_the_transfer_major(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     flow = Flow.model_validate(document(QUERY, export()))
 
     assert [(step.id, step.kind) for step in itinerary(flow)][1:3] == [
@@ -41,6 +53,11 @@ def test_an_export_is_a_step_of_the_query_worker_on_the_transfer_major() -> None
     ]
     run = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r1")
     assert run.needed_major() == TRANSFER_MAJOR
+    body = run.model_dump_json()
+    assert read_message(RunMessage, body).itinerary == run.itinerary
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", COPY_MAJOR)
+    with pytest.raises(UnreadableMessage, match="schema_version 5 is newer than this reader's 4"):
+        read_message(RunMessage, body)
     spec = flow.step("export")
     assert isinstance(spec, ExportToFile)
     assert (spec.codec, ExportToFile.model_validate(export(format="csv")).codec) == ("snappy", "none")
