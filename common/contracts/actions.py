@@ -267,6 +267,27 @@ class SqlSource(Document):
     parameters: dict[Identifier, QueryParameter] = {}
 
 
+class FileSource(Document):
+    """Rows to ingest from a file: CSV with a header row, JSON lines, or Parquet (gzipped CSV and
+    JSON too), in the blob store's ``imports/`` folder or at a URL the operator allows."""
+
+    #: The file's key under ``imports/`` in the blob store (a text template).
+    blob: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+    #: An https URL on the operator's ingestion allowlist (a text template).
+    url: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    #: Defaults to what the name ends with: ``.csv``, ``.json`` / ``.jsonl`` / ``.ndjson``,
+    #: ``.parquet``, each also with ``.gz``.
+    format: Literal["csv", "json", "parquet"] | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> FileSource:
+        if (self.blob is None) == (self.url is None):
+            raise ValueError("from_file names exactly one of 'blob' (in the blob store) or 'url'")
+        if self.blob is not None and (self.blob.startswith("/") or ".." in self.blob.split("/")):
+            raise ValueError("blob: a key under imports/, without a leading '/' or a '..'")
+        return self
+
+
 class IngestToKusto(_Step):
     """Rows of the operator's database ingested into a Kusto table, once per run however often the
     step is tried: streamed into a staging table, then moved into the target by one command tagged
@@ -278,7 +299,9 @@ class IngestToKusto(_Step):
     database: str | None = None
     #: The Kusto table the rows go into.
     table: Annotated[str, Field(min_length=1, max_length=255, pattern=_KUSTO_TABLE)]
-    from_sql: SqlSource
+    #: Where the rows come from: a query on the operator's database, or a file.
+    from_sql: SqlSource | None = None
+    from_file: FileSource | None = None
     #: Create the table, or add the columns it lacks, from the source's types (``.create-merge
     #: table``); without it the table must be there with every column of the source.
     create_table: bool = False
@@ -287,10 +310,22 @@ class IngestToKusto(_Step):
     #: management endpoint, which the local endpoint does not have).
     method: Literal["streaming", "queued"] = "streaming"
 
+    @model_validator(mode="after")
+    def _one_source(self) -> IngestToKusto:
+        if (self.from_sql is None) == (self.from_file is None):
+            raise ValueError("an ingestion reads exactly one of 'from_sql' (a query) or 'from_file'")
+        return self
+
     def templates(self) -> dict[str, str]:
         found = super().templates()
-        for name, spec in self.from_sql.parameters.items():
-            found[f"from_sql.parameters.{name}.value"] = spec.value
+        if self.from_sql is not None:
+            for name, spec in self.from_sql.parameters.items():
+                found[f"from_sql.parameters.{name}.value"] = spec.value
+        if self.from_file is not None:
+            for name in ("blob", "url"):
+                text = getattr(self.from_file, name)
+                if text is not None:
+                    found[f"from_file.{name}"] = text
         return found
 
 

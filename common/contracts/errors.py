@@ -72,6 +72,14 @@ class DatabaseError(AdxflowError):
     code = ErrorCode.DATABASE_ERROR
 
 
+class FileUnavailable(AdxflowError):
+    """A file an ingestion fetches could not be read (its server failed, or the connection broke):
+    another try may read it."""
+
+    code = ErrorCode.FILE_UNAVAILABLE
+    retryable = True
+
+
 class Requeue(Exception):
     """Raised by a handler: put the message back for another delivery."""
 

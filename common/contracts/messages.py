@@ -233,6 +233,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_COLUMN = "UnknownColumn"
     DATABASE_UNAVAILABLE = "DatabaseUnavailable"
     DATABASE_ERROR = "DatabaseError"
+    FILE_UNAVAILABLE = "FileUnavailable"
     INTERNAL = "Internal"
 
     @classmethod

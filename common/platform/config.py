@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     #: Hosts a flow may post webhooks to by URL (``*.example.com`` allowed); named
     #: webhooks from the connections file are always allowed.
     webhook_allowed_hosts: list[str] = []
+    #: Hosts a flow may ingest files from by URL (``ingest_to_kusto`` with ``from_file.url``;
+    #: ``*.example.com`` allowed); empty allows none.
+    ingest_allowed_hosts: list[str] = []
+    #: The largest file one ingestion downloads (it is kept on disk while its rows are read).
+    ingest_file_max_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024 * 1024
     #: A claimed delivery whose worker has not renewed its claim for this long is taken over by
     #: another worker. A live worker renews every third of it while the delivery is under way, so
     #: it can be short: a worker that died is replaced within seconds.

@@ -66,6 +66,7 @@ class WebhookPolicy:
         allowed_hosts: Sequence[str],
         allow_http_hosts: Sequence[str] = ("127.0.0.1", "localhost", "::1"),
         sink: str | None = None,
+        allowlist: str = "webhook allowlist",
     ) -> None:
         for name, target in named.items():
             if not _is_http_url(target.url):
@@ -81,6 +82,8 @@ class WebhookPolicy:
         self._http = {_normal_host(entry) for entry in allow_http_hosts}
         #: Embedded mode's webhook outbox, which takes the posts to a name not configured.
         self._sink = sink
+        #: What refusals call the allowlist (the same rules serve the ingestion's URLs).
+        self._allowlist = allowlist
 
     def resolve(self, *, webhook: str | None, url: str | None, field: str) -> WebhookTarget:
         """The target a step names; *field* is where the step is (``steps[2]``).
@@ -90,7 +93,7 @@ class WebhookPolicy:
         if webhook is not None and url is None:
             return self._configured(webhook, f"{field}.webhook")
         if url is not None and webhook is None:
-            return self._allowed(url, f"{field}.url")
+            return self.allowed(url, f"{field}.url")
         raise WebhookRefused(f"{field}: name exactly one of 'webhook' (configured by the operator) or 'url'")
 
     def _configured(self, name: str, field: str) -> WebhookTarget:
@@ -104,7 +107,8 @@ class WebhookPolicy:
                 f"{field}: no webhook named {name!r} is configured (configured: {known})"
             ) from None
 
-    def _allowed(self, raw: str, field: str) -> WebhookTarget:
+    def allowed(self, raw: str, field: str) -> WebhookTarget:
+        """*raw* as a target, if the allowlist admits it; WebhookRefused naming *field* otherwise."""
         try:
             url = URL(raw)
         except ValueError as exc:
@@ -118,7 +122,7 @@ class WebhookPolicy:
             )
         host = _normal_host(url.host)
         if not self._host_allowed(host):
-            raise WebhookRefused(f"{field}: host {url.host!r} is not in the operator's webhook allowlist")
+            raise WebhookRefused(f"{field}: host {url.host!r} is not in the operator's {self._allowlist}")
         if url.scheme == "http" and host not in self._http:
             raise WebhookRefused(f"{field}: {without_secrets(url)!r} must use https")
         return WebhookTarget(url=raw)
@@ -159,6 +163,13 @@ def public_url(target: WebhookTarget) -> str:
     if target.name is not None and url.absolute:
         return f"{url.origin()}/…"
     return without_secrets(url)
+
+
+def ingest_policy(settings: Settings) -> WebhookPolicy:
+    """Which URLs a flow may ingest files from: the operator's ``ingest_allowed_hosts``."""
+    return WebhookPolicy(
+        named={}, allowed_hosts=settings.ingest_allowed_hosts, allowlist="ingestion allowlist"
+    )
 
 
 def policy_for(connections: Connections, settings: Settings) -> WebhookPolicy:

@@ -54,7 +54,7 @@ from azure.kusto.ingest import (
     StreamDescriptor,
 )
 
-from common.contracts.actions import IngestToKusto
+from common.contracts.actions import FileSource, IngestToKusto, SqlSource
 from common.contracts.errors import AdxflowError, DatabaseError, KustoError
 from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepOutput
@@ -64,6 +64,7 @@ from common.platform.runtime import Runtime
 from common.platform.sql import Batch, SqlDatabase
 from common.platform.sql.reads import bound_names, csv_fields
 from common.platform.sql.types import timespan_ticks
+from services.query_worker.ingest_files import IngestFile
 from services.query_worker.kusto import KustoRunner, classify
 from services.query_worker.parameters import step_parameters
 
@@ -264,20 +265,17 @@ class IngestStep:
         spec = step_spec(message, flow)
         if not isinstance(spec, IngestToKusto):
             raise KustoError(f"step {spec.id!r} ({spec.action}) ingests nothing")
-        source = spec.from_sql
-        config = self.runtime.connections.database(source.database)
-        parameters = step_parameters(message, flow, source.parameters, f"steps.{spec.id}.from_sql.parameters")
-        tag = ingest_tag(message)
-        async with SqlDatabase(source.database, config) as database:
-            bound = bound_parameters(source.query, parameters, database.dialect)
-            # Closed before the database is: the read's transaction ends on its open connection.
-            reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
-            async with reading as batches:
-                detail, counted, columns, target = await self._ingest(message, flow, spec, tag, batches)
+        target = Target(self, message, flow, spec)
+        if spec.from_sql is not None:
+            outcome, where = await self._from_sql(message, flow, spec, spec.from_sql, target)
+        else:
+            assert spec.from_file is not None  # one of the two, as the document checks
+            outcome, where = await self._from_file(message, spec, spec.from_file, target)
+        detail, counted, columns = outcome
         return StepOutput(
             row_count=counted.rows,
             detail={
-                "database": source.database,
+                **where,
                 "kusto_database": target.database,
                 "table": spec.table,
                 "rows": counted.rows,
@@ -287,22 +285,51 @@ class IngestStep:
             },
         )
 
+    async def _from_sql(
+        self, message: RunMessage, flow: Flow, spec: IngestToKusto, source: SqlSource, target: Target
+    ) -> tuple[Ingested, dict[str, Any]]:
+        config = self.runtime.connections.database(source.database)
+        parameters = step_parameters(message, flow, source.parameters, f"steps.{spec.id}.from_sql.parameters")
+        counted = CsvBatches(source.database, config.max_rows, config.max_bytes)
+        async with SqlDatabase(source.database, config) as database:
+            bound = bound_parameters(source.query, parameters, database.dialect)
+            # Closed before the database is: the read's transaction ends on its open connection.
+            reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
+            async with reading as batches:
+                outcome = await self._ingest(spec, target, counted, batches, typed=True)
+        return outcome, {"database": source.database}
+
+    async def _from_file(
+        self, message: RunMessage, spec: IngestToKusto, source: FileSource, target: Target
+    ) -> tuple[Ingested, dict[str, Any]]:
+        async with IngestFile(self.runtime, message, spec.id, source) as file:
+            counted = CsvBatches("", None, None)
+            async with aclosing(file.batches(BATCH_ROWS)) as batches:
+                outcome = await self._ingest(spec, target, counted, batches, typed=file.typed)
+        return outcome, {"file": file.shown, "format": file.format}
+
     async def _ingest(
-        self, message: RunMessage, flow: Flow, spec: IngestToKusto, tag: str, batches: AsyncIterator[Batch]
-    ) -> tuple[dict[str, Any], CsvBatches, list[Column], Target]:
-        config = self.runtime.connections.database(spec.from_sql.database)
+        self,
+        spec: IngestToKusto,
+        target: Target,
+        counted: CsvBatches,
+        batches: AsyncIterator[Batch],
+        *,
+        typed: bool,
+    ) -> Ingested:
         first = await anext(batches)
         columns = first[0]
         check_names(columns)
-        counted = CsvBatches(spec.from_sql.database, config.max_rows, config.max_bytes)
+        columns = await target.prepared(columns, typed=typed)
         requests = counted.requests(columns, chain(first, batches))
-        target = Target(self, message, flow, spec)
         if spec.method == "queued":
-            queued = await target.queue(columns, requests, tag)
-            detail: dict[str, Any] = {"method": "queued", "batches": queued, "repeated": False}
-        else:
-            detail = await target.stream(columns, requests, tag)
-        return detail, counted, columns, target
+            queued = await target.queue(requests, target.tag)
+            return {"method": "queued", "batches": queued, "repeated": False}, counted, columns
+        return await target.stream(columns, requests, target.tag), counted, columns
+
+
+#: What an ingestion did (its detail), what it counted, and the columns it ingested.
+Ingested = tuple[dict[str, Any], "CsvBatches", list[Column]]
 
 
 class Target:
@@ -314,6 +341,8 @@ class Target:
         self.connection = spec.connection or flow.connection
         self.database = spec.database or flow.database
         self._spec = spec
+        self.tag = ingest_tag(message)
+        self._target: list[Column] = []
 
     async def command(self, text: str, *, rows: int = 10_000) -> tuple[list[Column], list[list[Any]]]:
         settings = self._step.runtime.settings
@@ -343,12 +372,20 @@ class Target:
         at_name, at_type = names.index("ColumnName"), names.index("ColumnType")
         return [Column(name=str(row[at_name]), type=str(row[at_type])) for row in rows]
 
-    async def prepared(self, columns: Sequence[Column]) -> list[Column]:
-        """The target's columns, after creating or extending it when the step asks; refused if the
-        source does not fit them."""
+    async def prepared(self, columns: Sequence[Column], *, typed: bool) -> list[Column]:
+        """The source's columns as they go into the target, after creating or extending it when the
+        step asks; refused if the source does not fit. A source that is not *typed* (a CSV or JSON
+        file: text and JSON's own types) takes the target's type for each column the target has,
+        and Kusto reads each field as that type."""
         table = self._spec.table
         if self._spec.create_table:
-            await self.command(f".create-merge table ['{table}'] ({schema_text(columns)})")
+            merged = list(columns)
+            if not typed:
+                # A file's text takes the types of the columns there: only those missing are made.
+                there = {column.name for column in await self.schema(table) or []}
+                merged = [column for column in columns if column.name not in there]
+            if merged:
+                await self.command(f".create-merge table ['{table}'] ({schema_text(merged)})")
         target = await self.schema(table)
         if target is None:
             raise KustoError(
@@ -356,15 +393,21 @@ class Target:
                 "create_table: true creates it from the source's columns",
                 code=ErrorCode.TABLE_MISMATCH,
             )
+        if not typed:
+            kinds = {column.name: column.type for column in target}
+            columns = [
+                Column(name=column.name, type=kinds.get(column.name, column.type)) for column in columns
+            ]
         problem = fit_problem(table, target, columns)
         if problem is not None:
             raise KustoError(problem, code=ErrorCode.TABLE_MISMATCH)
-        return target
+        self._target = target
+        return list(columns)
 
     async def stream(
         self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str
     ) -> dict[str, Any]:
-        target = await self.prepared(columns)
+        target = self._target
         first = await anext(requests, None)
         if first is None:
             return {"method": "streaming", "requests": 0, "repeated": False}
@@ -393,8 +436,7 @@ class Target:
         except AdxflowError as exc:
             log.warning("staging table not dropped", table=stage, error=exc.message)
 
-    async def queue(self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str) -> int:
-        await self.prepared(columns)
+    async def queue(self, requests: AsyncIterator[bytes], tag: str) -> int:
         numbered = itertools.count()
         with QueuedIngestClient(self._blocking_connection(ingest=True)) as client:
 

@@ -33,7 +33,7 @@ from common.platform.routes import (
     Route,
 )
 from common.platform.runtime import Runtime
-from common.platform.webhooks import WebhookPolicy
+from common.platform.webhooks import WebhookPolicy, ingest_policy
 from services.trigger.alert_board import MAX_SILENCES, AlertBoard, invalid
 from services.trigger.alert_store import AlertStore
 from services.trigger.bodies import (
@@ -179,6 +179,7 @@ class TriggerApi:
                 followed_by=followed_by,
                 maximum_concurrency=settings.scope_max_concurrency,
                 maximum_items=settings.scope_max_items,
+                ingest_urls=ingest_policy(settings),
             )
         except FlowInvalid as exc:
             fields = [FieldProblem(field=field, message=problem) for field, problem in exc.problems]

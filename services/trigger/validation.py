@@ -56,6 +56,7 @@ def check_flow(
     followed_by: dict[str, str | None] | None = None,
     maximum_concurrency: int | None = None,
     maximum_items: int | None = None,
+    ingest_urls: WebhookPolicy | None = None,
 ) -> None:
     """Raise FlowInvalid listing everything wrong with *flow* here.
 
@@ -79,7 +80,7 @@ def check_flow(
         if isinstance(step, CopyToDatabase):
             problems.extend(_copy_problems(step, where, connections))
         if isinstance(step, IngestToKusto):
-            problems.extend(_ingest_problems(flow, step, where, connections))
+            problems.extend(_ingest_problems(flow, step, where, connections, ingest_urls))
         if isinstance(step, SendEmail):
             problems.extend(_recipient_problems(step, where, allowed_domains))
     problems.extend(_schedule_problems(flow, minimum_interval))
@@ -118,13 +119,24 @@ def _copy_problems(step: CopyToDatabase, where: str, connections: Connections) -
 
 
 def _ingest_problems(
-    flow: Flow, step: IngestToKusto, where: str, connections: Connections
+    flow: Flow, step: IngestToKusto, where: str, connections: Connections, urls: WebhookPolicy | None
 ) -> Iterator[Problem]:
-    """An ingestion from a database the operator does not let flows read, into a connection that is
-    not configured, or with a query binding a parameter nobody gives."""
+    """An ingestion from a database the operator does not let flows read, with a query binding a
+    parameter nobody gives, from a URL off the ingestion allowlist, or into a connection that is not
+    configured."""
     if step.connection and step.connection not in connections:
         yield f"{where}.connection", f"{step.connection!r} is not a configured connection"
+    if step.from_file is not None and step.from_file.url is not None and "{" not in step.from_file.url:
+        # A URL with a template is checked when it is rendered, before anything is fetched.
+        policy = urls or WebhookPolicy(named={}, allowed_hosts=[], allowlist="ingestion allowlist")
+        try:
+            policy.allowed(step.from_file.url, f"{where}.from_file.url")
+        except WebhookRefused as exc:
+            field, _, problem = str(exc).partition(": ")
+            yield field, problem
     source = step.from_sql
+    if source is None:
+        return
     try:
         config = connections.database(source.database)
     except UnknownConnection as exc:

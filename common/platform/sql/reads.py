@@ -97,7 +97,13 @@ def kusto_type(dialect: str, type_code: object) -> str:
 
 def kusto_timespan(value: dt.timedelta) -> str:
     """*value* as Kusto writes a timespan: ``[-][d.]hh:mm:ss[.fffffff]``."""
-    ticks = (value.days * 86_400 + value.seconds) * 10_000_000 + value.microseconds * _TICKS_PER_MICROSECOND
+    return kusto_ticks(
+        (value.days * 86_400 + value.seconds) * 10_000_000 + value.microseconds * _TICKS_PER_MICROSECOND
+    )
+
+
+def kusto_ticks(ticks: int) -> str:
+    """A timespan of *ticks* (100 ns) as Kusto writes it: ``[-][d.]hh:mm:ss[.fffffff]``."""
     sign = "-" if ticks < 0 else ""
     ticks = abs(ticks)
     seconds, fraction = divmod(ticks, 10_000_000)
@@ -121,6 +127,8 @@ def _datetime(value: Any) -> Any:
 
 
 def _timespan(value: Any) -> Any:
+    if isinstance(value, int):
+        return kusto_ticks(value)
     if isinstance(value, dt.timedelta):
         return kusto_timespan(value)
     if isinstance(value, dt.time):
@@ -138,7 +146,8 @@ def _dynamic(value: Any) -> Any:
 
 
 def _bool(value: Any) -> Any:
-    return value if value is None else ("true" if value else "false")
+    # A file's text ("true", "1") goes as it is, for Kusto to read.
+    return value if value is None or isinstance(value, str) else ("true" if value else "false")
 
 
 def _text(value: Any) -> Any:

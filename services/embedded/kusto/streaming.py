@@ -202,7 +202,9 @@ def source_sql(source: StreamingSource, present: frozenset[str] | None = None) -
     separator = FORMATS[source.format]
     # A timespan is read as its text, which DuckDB's interval parser does not take (`1.02:03:04.5`).
     texts = source.format != "parquet"
-    read_as = [(name, "VARCHAR" if texts and kind == "INTERVAL" else kind) for name, kind in source.columns]
+    # A datetime with an offset (`+02:00`) is that instant: read with its zone, then kept in UTC
+    # (the staging connection's zone).
+    read_as = [(name, _read_as(kind) if texts else kind) for name, kind in source.columns]
     struct = "{" + ", ".join(f"{_string(name)}: {_string(kind)}" for name, kind in read_as) + "}"
     if separator is not None:
         # DuckDB takes no empty list here: a table without string columns leaves the option out.
@@ -233,6 +235,10 @@ def source_sql(source: StreamingSource, present: frozenset[str] | None = None) -
             value = f"coalesce({value}, '')"
         projection.append(f"{value} AS {_ident(name)}")
     return f"SELECT {', '.join(projection)} FROM {reader}"
+
+
+def _read_as(kind: str) -> str:
+    return {"INTERVAL": "VARCHAR", "TIMESTAMP": "TIMESTAMPTZ"}.get(kind, kind)
 
 
 #: Kusto's timespan text, as .NET writes and reads it: ``[-][d.]hh:mm[:ss[.fffffff]]``.

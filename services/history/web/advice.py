@@ -126,6 +126,11 @@ ADVICE: dict[ErrorCode, str] = {
         "The database refused the copy; nothing was written. Fix what the message names (a value, a "
         "constraint, a permission), then re-run from the failed step."
     ),
+    ErrorCode.FILE_UNAVAILABLE: (
+        "The file to ingest could not be fetched after several tries (its server answered an error or "
+        "the connection broke); nothing was ingested. Check that it is there and reachable from this "
+        "server, then re-run from the step."
+    ),
     ErrorCode.INTERNAL: (
         "An unexpected error: look at the service's log for this run id, then re-run from the failed step."
     ),

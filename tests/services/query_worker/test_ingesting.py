@@ -6,6 +6,8 @@ that does not fit, the database's caps, bound parameters."""
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -17,12 +19,14 @@ from typing import Any
 import asyncmy
 import asyncpg
 import pytest
+from aiohttp import web
 from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
 from sqlalchemy.engine import make_url
 
-from common.contracts.errors import AdxflowError, DatabaseError, KustoError
+from common.contracts.errors import AdxflowError, ArtifactMissing, DatabaseError, FileUnavailable, KustoError
 from common.contracts.flows import Flow, new_run
 from common.contracts.messages import ErrorCode, RunContext, RunMessage, TriggerKind
+from common.contracts.results import Column
 from common.contracts.topology import Topology
 from common.platform.blobs.folder import FolderBlobStore
 from common.platform.broker.memory import InProcessBroker
@@ -32,6 +36,7 @@ from common.platform.runtime import Runtime
 from services.embedded.kusto.database import write_database
 from services.embedded.kusto.endpoint import LocalKusto
 from services.query_worker import ingesting
+from services.query_worker.export_files import ParquetFile
 from services.query_worker.ingesting import IngestStep, ingest_tag, staging_table
 from services.query_worker.kusto import KustoRunner
 
@@ -100,7 +105,9 @@ async def postgres_source(
         yield url
 
 
-def world_of(tmp_path: Path, kusto: LocalKusto, sources: dict[str, dict[str, Any]]) -> World:
+def world_of(
+    tmp_path: Path, kusto: LocalKusto, sources: dict[str, dict[str, Any]], settings: Settings | None = None
+) -> World:
     databases = {}
     for name, entry in sources.items():
         secret = tmp_path / f"{name}-url"
@@ -108,7 +115,7 @@ def world_of(tmp_path: Path, kusto: LocalKusto, sources: dict[str, dict[str, Any
         databases[name] = DatabaseConfig.model_validate({"url_secret": {"file": str(secret)}, **entry})
     connections = Connections(configs={"local": NoAuth(cluster=kusto.url, auth="none")}, databases=databases)
     runtime = Runtime(
-        settings=Settings(),
+        settings=settings or Settings(),
         broker=InProcessBroker(Topology("ingesting")),
         blobs=FolderBlobStore(tmp_path / "blobs"),
         connections=connections,
@@ -378,3 +385,208 @@ async def test_mariadb_rows_arrive_with_their_types(
     assert first["at"] == dt.datetime(2026, 3, 29, 1, 30, 0, 500000, tzinfo=UTC)
     assert first["took"] == dt.timedelta(hours=2, minutes=3, seconds=4.5)
     assert (empty["ratio"], empty["price"], empty["at"], empty["took"]) == (None, None, None, None)
+
+
+# -- from a file ---------------------------------------------------------------------------------
+
+
+def file_flow(table: str, **source: Any) -> Flow:
+    return Flow.model_validate(
+        {
+            "name": "importing",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {
+                    "id": "load",
+                    "action": "ingest_to_kusto",
+                    "table": table,
+                    "create_table": True,
+                    "from_file": source,
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture
+async def files(tmp_path: Path, kusto: LocalKusto) -> AsyncIterator[tuple[World, FolderBlobStore, str]]:
+    """A world whose runtime lets flows fetch files from a local web server, and that server's URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    app = web.Application()
+    app.router.add_static("/files", served)
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="down for maintenance")
+
+    app.router.add_get("/broken.csv", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    settings = Settings(ingest_allowed_hosts=["127.0.0.1"], ingest_file_max_bytes=64 * 1024)
+    found = world_of(tmp_path, kusto, {}, settings)
+    blobs = found.step.runtime.blobs
+    assert isinstance(blobs, FolderBlobStore)
+    try:
+        yield found, blobs, f"http://127.0.0.1:{port}"
+    finally:
+        found.client.close()
+        await found.step.kusto.close()
+        await runner.cleanup()
+
+
+CSV_FILE = (
+    "id,at,name,amount,details\n"
+    '1,2026-03-29T01:30:00+02:00,"Zürich, ""quoted""",12345678901234.123456,"{""a"": [1, 2]}"\n'
+    "2,,,,\n"
+    '3,1999-12-31T23:59:59.999999Z,"two\nlines",-0.000001,[]\n'
+)
+
+
+async def test_a_csv_file_in_the_blob_store_takes_the_types_of_the_table_it_goes_into(
+    files: tuple[World, FolderBlobStore, str],
+) -> None:
+    world, blobs, _ = files
+    table = table_name()
+    world.client.execute_mgmt(
+        world.kusto.database,
+        f".create table {table} (id:long, at:datetime, name:string, amount:decimal, details:dynamic)",
+    )
+    await blobs.put(
+        "imports/daily/orders.csv.gz", gzip.compress(CSV_FILE.encode("utf-8")), "application/gzip"
+    )
+
+    outcome = await world.step.perform(at_ingest(file_flow(table, blob="daily/orders.csv.gz")))
+
+    assert (outcome.row_count, outcome.detail["file"], outcome.detail["format"]) == (
+        3,
+        "imports/daily/orders.csv.gz",
+        "csv",
+    )
+    first, empty, last = world.rows(f"{table} | order by id asc")
+    assert first["at"] == dt.datetime(2026, 3, 28, 23, 30, tzinfo=UTC)
+    assert first["name"] == 'Zürich, "quoted"'
+    assert Decimal(str(first["amount"])) == Decimal("12345678901234.123456")
+    assert first["details"] == {"a": [1, 2]}
+    assert (empty["at"], empty["name"], empty["amount"], empty["details"]) == (None, "", None, None)
+    assert (last["name"], last["details"]) == ("two\nlines", [])
+
+
+async def test_a_csv_file_creates_a_table_of_strings(files: tuple[World, FolderBlobStore, str]) -> None:
+    world, blobs, _ = files
+    table = table_name()
+    await blobs.put("imports/orders.csv", CSV_FILE.encode("utf-8"), "text/csv")
+
+    await world.step.perform(at_ingest(file_flow(table, blob="orders.csv")))
+
+    assert world.schema(table) == [(name, "string") for name in ("id", "at", "name", "amount", "details")]
+    assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == ["1", "2", "3"]
+
+
+async def test_json_lines_at_an_allowed_url_are_typed_by_json(
+    files: tuple[World, FolderBlobStore, str], tmp_path: Path
+) -> None:
+    world, _, server = files
+    table = table_name()
+    lines = [
+        {"id": 1, "name": "ü", "ratio": 0.5, "ok": True, "tags": ["a"], "note": None},
+        {"id": 2, "ratio": None, "ok": False, "tags": {"b": 1}, "note": "later"},
+    ]
+    (tmp_path / "served" / "events.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    outcome = await world.step.perform(
+        at_ingest(file_flow(table, url=f"{server}/files/events.jsonl?sig=secret"))
+    )
+
+    assert outcome.detail["file"] == f"{server}/files/events.jsonl"
+    assert world.schema(table) == [
+        ("id", "long"),
+        ("name", "string"),
+        ("ratio", "real"),
+        ("ok", "bool"),
+        ("tags", "dynamic"),
+        ("note", "string"),
+    ]
+    rows = world.rows(f"{table} | order by id asc")
+    assert [(row["id"], row["name"], row["ratio"], row["ok"], row["tags"], row["note"]) for row in rows] == [
+        (1, "ü", 0.5, True, ["a"], ""),
+        (2, "", None, False, {"b": 1}, "later"),
+    ]
+
+
+async def test_a_parquet_file_export_to_file_wrote_arrives_with_its_kusto_types(
+    files: tuple[World, FolderBlobStore, str],
+) -> None:
+    world, blobs, _ = files
+    columns = [
+        Column(name="id", type="long"),
+        Column(name="at", type="datetime"),
+        Column(name="price", type="decimal"),
+        Column(name="took", type="timespan"),
+        Column(name="details", type="dynamic"),
+        Column(name="ok", type="bool"),
+    ]
+    rows = [
+        [1, "2026-03-28T23:30:00.1234567Z", "12345678901234.123456", "1.02:03:04.5000001", {"a": 1}, True],
+        [2, None, None, None, None, None],
+    ]
+    async with blobs.writer("imports/exported.parquet", "application/vnd.apache.parquet") as blob:
+        exported = ParquetFile(blob, compression="zstd")
+        await exported.start(columns)
+        await exported.add(rows)
+        await exported.finish()
+    table = table_name()
+
+    await world.step.perform(at_ingest(file_flow(table, blob="exported.parquet")))
+
+    assert world.schema(table) == [(column.name, column.type) for column in columns]
+    first, empty = world.rows(f"{table} | order by id asc")
+    assert first["at"] == dt.datetime(2026, 3, 28, 23, 30, 0, 123456, tzinfo=UTC)
+    assert Decimal(str(first["price"])) == Decimal("12345678901234.123456")
+    # The local endpoint keeps microseconds; the tick goes to Kusto as it was written.
+    assert first["took"] == dt.timedelta(days=1, hours=2, minutes=3, seconds=4.5)
+    assert (first["details"], first["ok"]) == ({"a": 1}, True)
+    assert (empty["at"], empty["price"], empty["took"], empty["details"], empty["ok"]) == (None,) * 5
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "problem"),
+    [
+        ({"blob": "missing.csv"}, ArtifactMissing, "imports/missing.csv"),
+        ({"url": "{server}/files/missing.csv"}, ArtifactMissing, "answered 404"),
+        ({"url": "{server}/broken.csv"}, FileUnavailable, "answered 503"),
+        (
+            {"url": "https://elsewhere.example/orders.csv"},
+            AdxflowError,
+            "not in the operator's ingestion allowlist",
+        ),
+        ({"blob": "big.csv"}, AdxflowError, "larger than ingest_file_max_bytes=65,536"),
+        (
+            {"blob": "orders.txt"},
+            AdxflowError,
+            r"steps\.load\.from_file\.format: 'orders.txt' ends with none of",
+        ),
+        ({"blob": "ragged.csv"}, AdxflowError, "line 3 of the file has 1 fields for 2 columns"),
+    ],
+)
+async def test_a_file_that_cannot_be_had_or_read_fails_the_step_saying_why(
+    files: tuple[World, FolderBlobStore, str], source: dict[str, str], error: type[Exception], problem: str
+) -> None:
+    world, blobs, server = files
+    await blobs.put("imports/big.csv", b"a\n" + b"1\n" * 40_000, "text/csv")
+    await blobs.put("imports/orders.txt", b"a\n1\n", "text/plain")
+    await blobs.put("imports/ragged.csv", b"a,b\n1,2\n3\n", "text/csv")
+    table = table_name()
+    message = at_ingest(
+        file_flow(table, **{key: value.format(server=server) for key, value in source.items()})
+    )
+
+    with pytest.raises(error, match=problem) as failed:
+        await world.step.perform(message)
+
+    assert isinstance(failed.value, AdxflowError)
+    assert failed.value.retryable is (error is FileUnavailable)
+    assert table not in world.tables()

@@ -133,6 +133,25 @@ def test_timespans_are_read_as_kusto_writes_them_in_csv_and_json(
         streaming.ingest_from_stream(io.BytesIO(b"7,1 hour\n"), properties(kusto, table, DataFormat.CSV))
 
 
+def test_a_datetime_with_an_offset_is_that_instant_in_csv_and_json(
+    streaming: KustoStreamingIngestClient, client: KustoClient, kusto: LocalKusto, table: str
+) -> None:
+    streaming.ingest_from_stream(
+        io.BytesIO(b"2026-03-29T01:30:00+02:00,a,1,\n2026-03-29T01:30:00Z,b,2,\n"),
+        properties(kusto, table, DataFormat.CSV),
+    )
+    streaming.ingest_from_stream(
+        io.BytesIO(b'{"At": "2026-03-28T20:30:00-05:00", "Name": "c", "Count": 3}\n'),
+        properties(kusto, table, DataFormat.JSON),
+    )
+
+    assert rows(client, kusto, f"{table} | order by Count asc | project At, Name") == [
+        [dt.datetime(2026, 3, 28, 23, 30, tzinfo=UTC), "a"],
+        [dt.datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "b"],
+        [dt.datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "c"],
+    ]
+
+
 def test_a_table_without_string_columns_takes_csv_and_quoted_line_breaks_are_read(
     streaming: KustoStreamingIngestClient, client: KustoClient, kusto: LocalKusto, table: str
 ) -> None:
