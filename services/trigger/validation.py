@@ -76,6 +76,10 @@ def check_flow(
             problems.extend(_webhook_problems(step, where, policy))
         if isinstance(step, CopyToDatabase):
             problems.extend(_copy_problems(step, where, connections))
+            if step.query is not None:
+                problems.extend(_connection_problems(step, where, connections))
+                problems.extend(_limit_problems(step, where, maximum_timeout, maximum_rows, maximum_bytes))
+                problems.extend(_operator_problems(step, where, allowed_operators))
         if isinstance(step, SendEmail):
             problems.extend(_recipient_problems(step, where, allowed_domains))
     problems.extend(_schedule_problems(flow, minimum_interval))
@@ -85,7 +89,9 @@ def check_flow(
         raise FlowInvalid(problems)
 
 
-def _connection_problems(step: KustoStep, where: str, connections: Connections) -> Iterator[Problem]:
+def _connection_problems(
+    step: KustoStep | CopyToDatabase, where: str, connections: Connections
+) -> Iterator[Problem]:
     if step.connection and step.connection not in connections:
         yield f"{where}.connection", f"{step.connection!r} is not a configured connection"
 
@@ -114,7 +120,11 @@ def _copy_problems(step: CopyToDatabase, where: str, connections: Connections) -
 
 
 def _limit_problems(
-    step: KustoStep, where: str, maximum_timeout: float, maximum_rows: int | None, maximum_bytes: int | None
+    step: KustoStep | CopyToDatabase,
+    where: str,
+    maximum_timeout: float,
+    maximum_rows: int | None,
+    maximum_bytes: int | None,
 ) -> Iterator[Problem]:
     """A timeout or a result cap above what this server allows."""
     if step.timeout_seconds and step.timeout_seconds > maximum_timeout:
@@ -138,7 +148,9 @@ def _scope_problems(
             yield f"{where}.{name}", f"at most {ceiling:,} on this server"
 
 
-def _operator_problems(step: KustoStep, where: str, allowed_operators: Collection[str]) -> Iterator[Problem]:
+def _operator_problems(
+    step: KustoStep | CopyToDatabase, where: str, allowed_operators: Collection[str]
+) -> Iterator[Problem]:
     text_field = "command" if isinstance(step, COMMAND_STEPS) else "query"
     uses = refused_operators(getattr(step, text_field), allowed=allowed_operators)
     if uses:
