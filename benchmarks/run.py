@@ -22,7 +22,17 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import alerts, big_results, broker, cold_start, pipeline, rendering, scheduling, scopes
+from benchmarks import (
+    alerts,
+    big_results,
+    broker,
+    cold_start,
+    ingestion,
+    pipeline,
+    rendering,
+    scheduling,
+    scopes,
+)
 from benchmarks.figures import Report, Section, merge
 from benchmarks.machine import OtherWork, describe, load_after
 from benchmarks.servers import AMQP_URL, POSTGRES_DSN
@@ -39,6 +49,7 @@ BENCHMARKS: list[tuple[str, str, ModuleType]] = [
     ("broker", "6. Broker ceiling: RabbitBroker with confirms", broker),
     ("scopes", "7. Scopes: a for_each of 1,000 rows against 1,000 separate runs", scopes),
     ("alerts", "8. Alerts: a 10,000-instance keyed alert evaluated every minute", alerts),
+    ("ingestion", "10. Ingestion: 200,000 PostgreSQL rows into Kusto", ingestion),
 ]
 
 

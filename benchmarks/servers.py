@@ -2,8 +2,8 @@
 local Kusto endpoint in a process of its own, an SMTP server, and the five services each
 as a separate ``adxflow serve`` process.
 
-Run as a module, it serves one DuckDB file read-only as a Kusto endpoint and prints its
-URL: ``python -m benchmarks.servers kusto PATH``.
+Run as a module, it serves one DuckDB file as a Kusto endpoint (read-only unless
+``--writable``) and prints its URL: ``python -m benchmarks.servers kusto PATH [--writable]``.
 """
 
 from __future__ import annotations
@@ -128,13 +128,24 @@ class ServerProcess:
 
 
 class KustoEndpoint(ServerProcess):
-    """The local Kusto endpoint over a DuckDB file, in a process of its own, read-only."""
+    """The local Kusto endpoint over a DuckDB file, in a process of its own, read-only unless *writable*."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, *, writable: bool = False) -> None:
+        flags = ("--writable",) if writable else ()
         super().__init__(
-            "the Kusto endpoint", "benchmarks.servers", "kusto", str(database), env=clean_environment()
+            "the Kusto endpoint",
+            "benchmarks.servers",
+            "kusto",
+            str(database),
+            *flags,
+            env=clean_environment(),
         )
         self.database = database
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "the endpoint is not running"
+        return self._process.pid
 
 
 class Inbox:
@@ -310,11 +321,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _serve_kusto(path: Path) -> None:
+def _serve_kusto(path: Path, *, writable: bool) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with LocalKusto(path) as kusto:
+    with LocalKusto(path, writable=writable) as kusto:
         print(kusto.url, flush=True)
         # Nobody reads further: DuckDB's progress bars must not fill the pipe and block the server.
         with open(os.devnull, "wb") as devnull:
@@ -325,11 +336,12 @@ def _serve_kusto(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers")
     commands = parser.add_subparsers(dest="command", required=True)
-    kusto = commands.add_parser("kusto", help="serve a DuckDB file read-only as a Kusto endpoint")
+    kusto = commands.add_parser("kusto", help="serve a DuckDB file as a Kusto endpoint (read-only)")
     kusto.add_argument("path", type=Path)
+    kusto.add_argument("--writable", action="store_true", help="run write commands and ingestion too")
     args = parser.parse_args()
     if args.command == "kusto":
-        _serve_kusto(args.path)
+        _serve_kusto(args.path, writable=args.writable)
 
 
 if __name__ == "__main__":

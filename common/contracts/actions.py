@@ -299,6 +299,49 @@ class CopyToDatabase(_Querying):
         return self
 
 
+#: A Kusto table name as an ingestion names it.
+_KUSTO_TABLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class SqlSource(Document):
+    """Rows to ingest: a query on a database the operator lets flows read (``reads: true``)."""
+
+    #: The operator's name for the database.
+    database: Identifier
+    #: The SQL, its values only as bound parameters (``:name``: the flow's parameters and the
+    #: source's own, by name).
+    query: Annotated[str, Field(min_length=1, max_length=65_536)]
+    #: Parameters of this query alone, each a template rendered then typed (``{{ row.State }}``).
+    parameters: dict[Identifier, QueryParameter] = {}
+
+
+class IngestToKusto(_Step):
+    """Rows of the operator's database ingested into a Kusto table, once per run however often the
+    step is tried: streamed into a staging table, then moved into the target by one command tagged
+    with the run and step (``ingest-by``), which a repeated try finds and does not repeat."""
+
+    action: Literal["ingest_to_kusto"]
+    #: The Kusto connection and database (the flow's when not given).
+    connection: str | None = None
+    database: str | None = None
+    #: The Kusto table the rows go into.
+    table: Annotated[str, Field(min_length=1, max_length=255, pattern=_KUSTO_TABLE)]
+    from_sql: SqlSource
+    #: Create the table, or add the columns it lacks, from the source's types (``.create-merge
+    #: table``); without it the table must be there with every column of the source.
+    create_table: bool = False
+    #: ``streaming`` (batches of at most 4 MB through the streaming endpoint, confirmed as they go),
+    #: or ``queued`` (the cluster's queued ingestion, for large sources; a real cluster's data
+    #: management endpoint, which the local endpoint does not have).
+    method: Literal["streaming", "queued"] = "streaming"
+
+    def templates(self) -> dict[str, str]:
+        found = super().templates()
+        for name, spec in self.from_sql.parameters.items():
+            found[f"from_sql.parameters.{name}.value"] = spec.value
+        return found
+
+
 class _ScopeStep(_Step):
     """A step holding steps: told apart by its key, and named by it where an action is shown."""
 
@@ -387,6 +430,7 @@ StepSpec = Annotated[
     | Annotated[SendEmail, Tag("send_email")]
     | Annotated[PostWebhook, Tag("post_webhook")]
     | Annotated[CopyToDatabase, Tag("copy_to_database")]
+    | Annotated[IngestToKusto, Tag("ingest_to_kusto")]
     | Annotated[ForEach, Tag("for_each")]
     | Annotated[If, Tag("if")]
     | Annotated[Parallel, Tag("parallel")],
@@ -396,7 +440,8 @@ StepSpec = Annotated[
         custom_error_message=(
             "a step names its 'action' (run_query, run_query_and_render_chart, "
             "run_control_command_and_render_chart, run_show_command, run_async_control_command, "
-            "send_email, post_webhook, copy_to_database), or holds steps as 'for_each', 'if' or 'parallel'"
+            "send_email, post_webhook, copy_to_database, ingest_to_kusto), "
+            "or holds steps as 'for_each', 'if' or 'parallel'"
         ),
         custom_error_context={"discriminator": "action"},
     ),
@@ -413,6 +458,7 @@ STEP_TAGS = frozenset(
         "send_email",
         "post_webhook",
         "copy_to_database",
+        "ingest_to_kusto",
         *SCOPE_KEYS,
     }
 )

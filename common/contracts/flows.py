@@ -32,6 +32,7 @@ from common.contracts.actions import (
     CopyToDatabase,
     ForEach,
     If,
+    IngestToKusto,
     Parallel,
     PostWebhook,
     SendEmail,
@@ -347,6 +348,8 @@ def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
         return [(step.id, StepKind.SCOPE)]
     if isinstance(step, CopyToDatabase):
         return [(step.id, StepKind.COPY)]
+    if isinstance(step, IngestToKusto):
+        return [(step.id, StepKind.INGEST)]
     return [(step.id, StepKind.NOTIFY)]
 
 

@@ -223,7 +223,7 @@ def _database_url(value: str, field: str) -> URL:
 
 
 class DatabaseConfig(BaseModel):
-    """A database flows may copy results into; flows name it, its secret stays here."""
+    """A database flows may copy results into or ingest from; flows name it, its secret stays here."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -233,8 +233,10 @@ class DatabaseConfig(BaseModel):
     #: The whole URL, password and all, by reference, instead of ``url`` and ``password``.
     url_secret: SecretRef | None = None
     #: Globs over ``schema.table`` (or a bare ``table``) naming the tables flows may write.
-    tables: list[str] = Field(min_length=1)
-    #: The most rows, and the most bytes of the rows' JSON, one copy may write.
+    tables: list[str] = []
+    #: Whether flows may run queries on it and ingest their rows into Kusto (``ingest_to_kusto``).
+    reads: bool = False
+    #: The most rows, and the most bytes of the rows' JSON, one copy (or ingestion) may move.
     max_rows: int | None = Field(default=None, gt=0)
     max_bytes: int | None = Field(default=None, gt=0)
 
@@ -246,6 +248,10 @@ class DatabaseConfig(BaseModel):
             raise ValueError("'password' goes with 'url'; a 'url_secret' carries its own")
         if self.url is not None and _database_url(self.url, "url").password is not None:
             raise ValueError("url must not carry a password: give it as 'password' by reference")
+        if not self.tables and not self.reads:
+            raise ValueError(
+                "a database lets flows write 'tables' (globs), or read it ('reads: true'), or both"
+            )
         return self
 
     def allows(self, table: str) -> bool:
@@ -268,7 +274,7 @@ class DatabaseConfig(BaseModel):
 
     def __repr__(self) -> str:
         where = self.url if self.url is not None else repr(self.url_secret)
-        return f"DatabaseConfig({where}, tables={self.tables!r})"
+        return f"DatabaseConfig({where}, tables={self.tables!r}, reads={self.reads!r})"
 
     __str__ = __repr__
 
@@ -292,9 +298,16 @@ class _File(BaseModel):
         return windows
 
 
-def connection_string(config: ConnectionConfig) -> KustoConnectionStringBuilder:
-    """The azure-kusto-data builder for *config*, resolving secrets now."""
-    from azure.identity import aio as identity
+def connection_string(config: ConnectionConfig, *, blocking: bool = False) -> KustoConnectionStringBuilder:
+    """The azure-kusto-data builder for *config*, resolving secrets now.
+
+    Its credential is azure-identity's async one, as the async client takes; *blocking* gives the
+    blocking one instead, for azure-kusto-ingest's clients, which have no async form.
+    """
+    import azure.identity
+    from azure.identity import aio
+
+    identity: Any = azure.identity if blocking else aio
 
     cluster = config.cluster
     credential: Any

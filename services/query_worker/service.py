@@ -28,14 +28,14 @@ from common.contracts.errors import AdxflowError, KustoError
 from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepKind, StepOutput, utcnow
 from common.contracts.operators import describe, refused_operators
-from common.contracts.parameters import ParameterType, coerce_parameter
-from common.contracts.templates import TemplateError, render_text, template_context
 from common.platform.blobs.interface import BlobWriter, artifact_key
 from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.copying import CopyStep
+from services.query_worker.ingesting import IngestStep
 from services.query_worker.kusto import KustoRunner, Parameters
+from services.query_worker.parameters import step_parameters
 from services.query_worker.reading import QueryResult
 
 #: Operation states that mean "not finished yet" (Kusto's `.show operations`).
@@ -75,7 +75,9 @@ class QueryStep:
         refused = refused_operators(text, allowed=self.runtime.settings.allowed_operators)
         if refused:
             raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR, detail={"text": text})
-        parameters = {} if command else self._parameters(message, flow, spec)
+        parameters = (
+            {} if command else step_parameters(message, flow, spec.parameters, f"steps.{spec.id}.parameters")
+        )
         sent = {
             "text": text,
             "parameters": {name: value for name, (_, value) in parameters.items()},
@@ -111,32 +113,6 @@ class QueryStep:
         # The ClientRequestId names the run and step, so a query can be found
         # (and cancelled) on the cluster from the run history.
         return f"adxflow;{message.run_id};{message.step_id};{message.attempt}"
-
-    @staticmethod
-    def _parameters(message: RunMessage, flow: Flow, spec: QueryingStep) -> Parameters:
-        """The flow's parameters, then the step's own: each rendered (``{{ row.State }}``), then typed.
-
-        A value reaches Kusto only as a typed query parameter, never as text in the query.
-        """
-        found: dict[str, tuple[str, Any]] = {
-            name: (flow.parameters[name].type.value, value)
-            for name, value in message.context.parameters.items()
-            if name in flow.parameters
-        }
-        if not spec.parameters:
-            return found
-        context = template_context(message)
-        for name, declared in spec.parameters.items():
-            field = f"steps.{spec.id}.parameters.{name}"
-            text = render_text(declared.value, context, field=field)
-            value: object = text
-            if declared.type is not ParameterType.STRING:
-                value = _parsed(text)
-            try:
-                found[name] = (declared.type.value, coerce_parameter(declared.type, value, field))
-            except ValueError as exc:
-                raise TemplateError(str(exc)) from None
-        return found
 
     async def _run(
         self,
@@ -225,7 +201,8 @@ def _operation_id(result: QueryResult) -> str:
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
-    """Consume query steps and copies into databases; yields what the worker's readiness depends on."""
+    """Consume query steps, copies into databases and ingestions into Kusto; yields what the worker's
+    readiness depends on."""
     kusto = KustoRunner(runtime.connections, timeout=runtime.settings.query_timeout_seconds)
     try:
         step = QueryStep(runtime, kusto)
@@ -236,20 +213,10 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
         await StepWorker(
             runtime.broker, StepKind.COPY, copies.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
+        ingestions = IngestStep(runtime, kusto)
+        await StepWorker(
+            runtime.broker, StepKind.INGEST, ingestions.perform, RetryPolicy.of(runtime.settings)
+        ).start(runtime.settings.prefetch)
         yield runtime.checks()
     finally:
         await kusto.close()
-
-
-def _parsed(text: str) -> object:
-    """A rendered parameter's text as the value it spells: ``42``, ``true``, or the text itself."""
-    stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(stripped)
-        except ValueError:
-            continue
-    return stripped

@@ -16,6 +16,7 @@ from common.contracts.actions import (
     KUSTO_STEPS,
     CopyToDatabase,
     ForEach,
+    IngestToKusto,
     KustoStep,
     PostWebhook,
     SendEmail,
@@ -24,6 +25,7 @@ from common.contracts.errors import DatabaseError, UnknownConnection
 from common.contracts.flows import Flow
 from common.contracts.operators import describe, refused_operators
 from common.platform.connections import Connections
+from common.platform.sql.reads import bound_names
 from common.platform.sql.schema import check_request
 from common.platform.webhooks import WebhookPolicy, WebhookRefused
 from services.trigger.schedule import Schedule, ScheduleError
@@ -80,6 +82,8 @@ def check_flow(
                 problems.extend(_connection_problems(step, where, connections))
                 problems.extend(_limit_problems(step, where, maximum_timeout, maximum_rows, maximum_bytes))
                 problems.extend(_operator_problems(step, where, allowed_operators))
+        if isinstance(step, IngestToKusto):
+            problems.extend(_ingest_problems(flow, step, where, connections))
         if isinstance(step, SendEmail):
             problems.extend(_recipient_problems(step, where, allowed_domains))
     problems.extend(_schedule_problems(flow, minimum_interval))
@@ -117,6 +121,34 @@ def _copy_problems(step: CopyToDatabase, where: str, connections: Connections) -
         check_request(step.database, config, step.table, step.mode, step.key_columns)
     except DatabaseError as exc:
         yield (f"{where}.table", exc.message)
+
+
+def _ingest_problems(
+    flow: Flow, step: IngestToKusto, where: str, connections: Connections
+) -> Iterator[Problem]:
+    """An ingestion from a database the operator does not let flows read, into a connection that is
+    not configured, or with a query binding a parameter nobody gives."""
+    if step.connection and step.connection not in connections:
+        yield f"{where}.connection", f"{step.connection!r} is not a configured connection"
+    source = step.from_sql
+    try:
+        config = connections.database(source.database)
+    except UnknownConnection as exc:
+        yield (f"{where}.from_sql.database", exc.message)
+    else:
+        if not config.reads:
+            yield (
+                f"{where}.from_sql.database",
+                f"database {source.database!r} is not one flows may read (the operator allows it "
+                "with 'reads: true')",
+            )
+    given = set(flow.parameters) | set(source.parameters)
+    for name in bound_names(source.query):
+        if name not in given:
+            yield (
+                f"{where}.from_sql.query",
+                f"the query binds :{name}, which is neither a parameter of the flow nor of from_sql",
+            )
 
 
 def _limit_problems(

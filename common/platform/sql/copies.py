@@ -23,7 +23,7 @@ writes the rows of *batches* (an async iterator of ``(columns, rows)`` as
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import InvalidOperation
 from types import TracebackType
@@ -41,6 +41,7 @@ from common.contracts.results import Column
 from common.platform.connections import DatabaseConfig
 from common.platform.sql import ledger
 from common.platform.sql.failures import DATABASE_FAILURES, database_error
+from common.platform.sql.reads import Batch, read_rows
 from common.platform.sql.schema import (
     Existing,
     check_columns,
@@ -52,8 +53,6 @@ from common.platform.sql.schema import (
 )
 from common.platform.sql.types import Convert, converter, is_mysql
 from common.platform.sql.writers import TableName, Writer, hold_table, writer_for
-
-Batch = tuple[list[Column], list[list[Any]]]
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,33 @@ class SqlDatabase:
 
     def __repr__(self) -> str:
         return f"SqlDatabase({self.name!r}, {self.config!r})"
+
+    @property
+    def dialect(self) -> str:
+        """SQLAlchemy's name for the database's kind: ``postgresql``, ``mysql``, ``mariadb``."""
+        if self._engine is None:
+            raise RuntimeError("the database is not open: use it as an async context manager")
+        return self._engine.dialect.name
+
+    async def read(
+        self, query: str, parameters: Mapping[str, Any], *, batch_rows: int = 5_000
+    ) -> AsyncGenerator[Batch]:
+        """*query*'s rows in batches, in a read-only transaction (`common.platform.sql.reads`);
+        only of a database the operator lets flows read (``reads: true``)."""
+        if self._engine is None:
+            raise RuntimeError("the database is not open: use it as an async context manager")
+        if not self.config.reads:
+            raise DatabaseError(
+                f"database {self.name!r} is not one flows may read: the operator allows it with "
+                "'reads: true' in the connections file"
+            )
+        try:
+            async with self._engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                async for batch in read_rows(autocommit, query, parameters, batch_rows):
+                    yield batch
+        except DATABASE_FAILURES as exc:
+            raise database_error(exc, self.name, doing="the query") from exc
 
     async def copy(self, request: CopyRequest, batches: AsyncIterable[Batch]) -> CopyOutcome:
         """Write the rows of *batches* into the request's table once (see the module's docstring)."""

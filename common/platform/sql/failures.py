@@ -26,14 +26,14 @@ _MYSQL_TRANSIENT = frozenset({1040, 1205, 1213, 1684, 2002, 2003, 2006, 2013, 20
 DATABASE_FAILURES = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-def database_error(exc: BaseException, database: str) -> DatabaseError:
+def database_error(exc: BaseException, database: str, *, doing: str = "the copy") -> DatabaseError:
     if _transient(exc):
         return DatabaseError(
             f"database {database!r} could not be reached or the connection broke: {_reason(exc)}",
             code=ErrorCode.DATABASE_UNAVAILABLE,
             retryable=True,
         )
-    return DatabaseError(f"database {database!r} refused the copy: {_reason(exc)}")
+    return DatabaseError(f"database {database!r} refused {doing}: {_reason(exc)}")
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

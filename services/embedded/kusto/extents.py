@@ -299,6 +299,11 @@ class ExtentLog:
             kept = [] if replace else self._extents.get(key, [])
             self._extents[key] = kept + [_Extent(extent_id, rows, tags) for extent_id, rows in created]
 
+    def forget(self, database: str, table: str) -> None:
+        """A dropped table's extents, and their tags, are gone with it."""
+        with self._lock:
+            self._extents.pop((database, table.lower()), None)
+
     def result(self, database: str, table: str) -> Result:
         with self._lock:
             extents = list(self._extents.get((database, table.lower()), []))

@@ -19,6 +19,8 @@ The handler closes the gaps between azure-kusto-data and duckdb-kql 1.1.2:
   `services.embedded.kusto.streaming` describes, and `.ingest inline`.
 * Ingest-by tags: `tags` and `ingestIfNotExists` on the ingestion commands, and
   `.show table T extents`, as `services.embedded.kusto.extents` describes.
+* `.create table`, `.create-merge table` and `.drop table`, as
+  `services.embedded.kusto.tables` describes.
 * A trailing `render` is reported in the QueryProperties table, as
   `services.embedded.kusto.render` describes.
 * A browser page may POST to loopback without asking first; a request carrying
@@ -74,6 +76,7 @@ from services.embedded.kusto.operations import (
 from services.embedded.kusto.render import RenderRefused, shown_visualization, with_visualization
 from services.embedded.kusto.staging import EntityNotFound, StagedAppend
 from services.embedded.kusto.streaming import StreamingRequest, read_body, streaming_request, streaming_result
+from services.embedded.kusto.tables import Tables, table_command
 
 __all__ = ["POLL_SECONDS", "LocalServer", "WritesDisabled"]
 
@@ -261,6 +264,7 @@ class LocalServer(KustoRestServer):
         self.operations = OperationLog()
         self.extents = ExtentLog()
         self._staging = StagedAppend(con)
+        self._tables = Tables(con)
 
     @property
     def closing(self) -> bool:
@@ -300,9 +304,21 @@ class LocalServer(KustoRestServer):
             self._staging.check_table(self._target(database), extents_of)
             return self.extents.result(self._target(database), extents_of)
         inline = inline_ingestion(head)
-        if not self.allow_write and (inline is not None or is_write_command(head)):
+        table = table_command(head)
+        if not self.allow_write and (inline is not None or table is not None or is_write_command(head)):
             verb = _VERB.match(head)
             raise WritesDisabled(verb.group(0) if verb else "the command", self._source_name)
+        if table is not None:
+            self._begin()
+            try:
+                if table.verb == ".drop":
+                    # The ingestions into it are held off while it goes, and its extents go with it.
+                    with self.extents.ingestion(self._target(database), table.table):
+                        self.extents.forget(self._target(database), table.table)
+                        return self._tables.run(self._target(database), table)
+                return self._tables.run(self._target(database), table)
+            finally:
+                self._end()
         if inline is not None:
             self._begin()
             try:
@@ -472,4 +488,5 @@ class LocalServer(KustoRestServer):
         with self._catalog_lock:
             self._catalog.close()
         self._staging.close()
+        self._tables.close()
         self._connection.close()

@@ -200,13 +200,22 @@ def source_sql(source: StreamingSource, present: frozenset[str] | None = None) -
     """
     string_columns = [name for name, kind in source.columns if kind == "VARCHAR"]
     separator = FORMATS[source.format]
-    struct = "{" + ", ".join(f"{_string(name)}: {_string(kind)}" for name, kind in source.columns) + "}"
+    # A timespan is read as its text, which DuckDB's interval parser does not take (`1.02:03:04.5`).
+    texts = source.format != "parquet"
+    read_as = [(name, "VARCHAR" if texts and kind == "INTERVAL" else kind) for name, kind in source.columns]
+    struct = "{" + ", ".join(f"{_string(name)}: {_string(kind)}" for name, kind in read_as) + "}"
     if separator is not None:
-        not_null = "[" + ", ".join(_string(name) for name in string_columns) + "]"
+        # DuckDB takes no empty list here: a table without string columns leaves the option out.
+        not_null = (
+            ", force_not_null = [" + ", ".join(_string(name) for name in string_columns) + "]"
+            if string_columns
+            else ""
+        )
+        # DuckDB's parallel scanner cannot pad short rows and read a quoted line break at once.
         reader = (
             f"read_csv(?, header = false, auto_detect = false, columns = {struct}, "
             f"delim = {_string(separator)}, quote = '\"', escape = '\"', null_padding = true, "
-            f"force_not_null = {not_null})"
+            f"parallel = false{not_null})"
         )
     elif source.format == "parquet":
         reader = "read_parquet(?)"
@@ -216,12 +225,41 @@ def source_sql(source: StreamingSource, present: frozenset[str] | None = None) -
     for name, kind in source.columns:
         if present is not None and name not in present:
             value = f"CAST(NULL AS {kind})"
+        elif texts and kind == "INTERVAL":
+            value = _timespan(_ident(name))
         else:
             value = f"CAST({_ident(name)} AS {kind})"
         if kind == "VARCHAR":
             value = f"coalesce({value}, '')"
         projection.append(f"{value} AS {_ident(name)}")
     return f"SELECT {', '.join(projection)} FROM {reader}"
+
+
+#: Kusto's timespan text, as .NET writes and reads it: ``[-][d.]hh:mm[:ss[.fffffff]]``.
+_TIMESPAN = r"^(-)?(?:(\d+)\.)?(\d+):(\d+)(?::(\d+))?(?:\.(\d{1,7}))?$"
+
+
+def _timespan(column: str) -> str:
+    """SQL reading *column*'s Kusto timespan text as an INTERVAL; an empty field is null, anything
+    else that is not a timespan an error naming the value."""
+    text = f"trim({column})"
+    part = _string(_TIMESPAN)
+
+    def group(index: int) -> str:
+        return f"coalesce(TRY_CAST(nullif(regexp_extract({text}, {part}, {index}), '') AS BIGINT), 0)"
+
+    fraction = f"rpad(regexp_extract({text}, {part}, 6), 6, '0')[1:6]"
+    micros = (
+        f"((({group(2)} * 24 + {group(3)}) * 60 + {group(4)}) * 60 + {group(5)}) * 1000000"
+        f" + coalesce(TRY_CAST(nullif({fraction}, '') AS BIGINT), 0)"
+    )
+    sign = f"CASE WHEN regexp_extract({text}, {part}, 1) = '-' THEN -1 ELSE 1 END"
+    return (
+        f"CASE WHEN {column} IS NULL OR {text} = '' THEN NULL "
+        f"WHEN NOT regexp_full_match({text}, {part}) "
+        f"THEN error('timespan value ' || {column} || ' is not [-][d.]hh:mm[:ss[.fffffff]]') "
+        f"ELSE to_microseconds({sign} * ({micros})) END"
+    )
 
 
 def streaming_result(rows: int) -> Result:

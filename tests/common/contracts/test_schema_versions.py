@@ -22,6 +22,7 @@ from common.contracts.messages import (
     SCHEMA_VERSION,
     SCOPE_MAJOR,
     SERVICE_OF,
+    TRANSFER_MAJOR,
     DeadLetterRecord,
     ErrorCode,
     ErrorInfo,
@@ -416,4 +417,45 @@ def test_a_run_with_a_copy_is_written_on_the_copy_major_which_an_alert_major_rea
             ).model_dump_json()
         )["schema_version"]
         == 3
+    )
+
+
+INGESTING: dict[str, Any] = {
+    "name": "ingesting",
+    "connection": "local",
+    "database": "Samples",
+    "steps": [
+        {
+            "id": "load",
+            "action": "ingest_to_kusto",
+            "table": "Orders",
+            "from_sql": {"database": "orders", "query": "SELECT 1 AS one"},
+        },
+    ],
+}
+
+
+def test_a_run_with_an_ingestion_is_written_on_the_transfer_major_which_a_copy_major_reader_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = Flow.model_validate(INGESTING)
+    run = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r6")
+    assert [step.kind for step in run.itinerary][1] == StepKind.INGEST
+    body = run.model_dump_json()
+
+    assert json.loads(body)["schema_version"] == TRANSFER_MAJOR == 5
+    assert read_message(RunMessage, body).itinerary == run.itinerary
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", COPY_MAJOR)
+    with pytest.raises(UnreadableMessage, match="schema_version 5 is newer than this reader's 4"):
+        read_message(RunMessage, body)
+    with pytest.raises(UnreadableMessage, match="schema_version 5 is newer than this reader's 4"):
+        read_message(StatusEvent, status_event(StepKind.INGEST).model_dump_json())
+    # Runs of flows with a copy alone are still on the copy major.
+    assert (
+        json.loads(
+            new_run(
+                Flow.model_validate(COPYING), RunContext(flow="copying", trigger=TriggerKind.MANUAL), "r7"
+            ).model_dump_json()
+        )["schema_version"]
+        == 4
     )

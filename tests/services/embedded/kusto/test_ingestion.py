@@ -110,6 +110,45 @@ def test_streaming_json_maps_fields_by_name(
     ]
 
 
+def test_timespans_are_read_as_kusto_writes_them_in_csv_and_json(
+    streaming: KustoStreamingIngestClient, client: KustoClient, kusto: LocalKusto
+) -> None:
+    table = f"Spans_{uuid.uuid4().hex[:12]}"
+    client.execute_mgmt(kusto.database, f".set {table} <| datatable(Id:long, Took:timespan) []")
+    csv_data = b"1,1.02:03:04.5000000\n2,-00:00:01\n3,\n4,00:10\n5,00:00:00.0000001\n"
+    streaming.ingest_from_stream(io.BytesIO(csv_data), properties(kusto, table, DataFormat.CSV))
+    json_data = b'{"Id": 6, "Took": "-3.00:00:00.25"}\n'
+    streaming.ingest_from_stream(io.BytesIO(json_data), properties(kusto, table, DataFormat.JSON))
+
+    assert rows(client, kusto, f"{table} | order by Id asc") == [
+        [1, dt.timedelta(days=1, hours=2, minutes=3, seconds=4.5)],
+        [2, dt.timedelta(seconds=-1)],
+        [3, None],
+        [4, dt.timedelta(minutes=10)],
+        # DuckDB keeps microseconds: a lone tick is below them.
+        [5, dt.timedelta(0)],
+        [6, -dt.timedelta(days=3, milliseconds=250)],
+    ]
+    with pytest.raises(KustoServiceError, match="timespan value 1 hour is not"):
+        streaming.ingest_from_stream(io.BytesIO(b"7,1 hour\n"), properties(kusto, table, DataFormat.CSV))
+
+
+def test_a_table_without_string_columns_takes_csv_and_quoted_line_breaks_are_read(
+    streaming: KustoStreamingIngestClient, client: KustoClient, kusto: LocalKusto, table: str
+) -> None:
+    numbers = f"Numbers_{uuid.uuid4().hex[:12]}"
+    client.execute_mgmt(kusto.database, f".set {numbers} <| datatable(A:long, B:real) []")
+    streaming.ingest_from_stream(io.BytesIO(b"1,0.5\n2,\n"), properties(kusto, numbers, DataFormat.CSV))
+    data = b'2024-05-01T10:00:00Z,"two\nlines",1,\n2024-05-01T10:00:00Z,short\n'
+    streaming.ingest_from_stream(io.BytesIO(data), properties(kusto, table, DataFormat.CSV))
+
+    assert rows(client, kusto, f"{numbers} | order by A asc") == [[1, 0.5], [2, None]]
+    assert rows(client, kusto, f"{table} | order by Name asc | project Name, Count") == [
+        ["short", None],
+        ["two\nlines", 1],
+    ]
+
+
 def test_managed_client_streams_a_multijson_array(
     kcsb: KustoConnectionStringBuilder, client: KustoClient, kusto: LocalKusto, table: str
 ) -> None:

@@ -1,0 +1,440 @@
+"""The ``ingest_to_kusto`` step: a query's rows on the operator's database ingested into a Kusto table,
+once per run however often the step is tried.
+
+Streaming (the default), in order:
+
+1. The source's rows are read a batch at a time in a read-only transaction
+   (`common.platform.sql.reads`), typed as Kusto types.
+2. With ``create_table``, ``.create-merge table`` creates the target or adds the
+   columns it lacks; either way each source column must then be a column of the
+   target of the same type (or one it widens to: int to long, numbers to real),
+   or the step fails naming the column and nothing was ingested.
+3. The rows go as CSV, at most 4 MB a request, through azure-kusto-ingest's
+   streaming client into a staging table of the step's own (created afresh, so
+   what an earlier try left in it is gone).
+4. One command moves them into the target:
+   ``.append T with (tags='["ingest-by:<run>;<step>"]', ingestIfNotExists='["<run>;<step>"]') <| stage``.
+   A try that finds the tag on the target ingested nothing more; the staging
+   table is dropped either way.
+
+A try broken off before the move leaves the target as it was; one broken off
+after it finds the move made. Streaming ingestion cannot tag its extents
+(Kusto's documented limit), which is why the rows are staged and then moved by a
+command that can.
+
+``method: queued`` sends each batch to the cluster's queued ingestion instead
+(its data management endpoint, ``https://ingest-<cluster>``), each batch tagged
+``ingest-by:<run>;<step>;<n>`` and held back by ``ingestIfNotExists`` when an
+earlier try queued it. Kusto ingests queued data later and on its own: the step
+records what it queued, not what landed. The local endpoint has no queued
+ingestion, so that path is not exercised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Any
+
+import structlog
+from azure.kusto.data import DataFormat
+from azure.kusto.data.exceptions import KustoError as ClientKustoError
+from azure.kusto.ingest import (
+    IngestionProperties,
+    KustoStreamingIngestClient,
+    QueuedIngestClient,
+    StreamDescriptor,
+)
+
+from common.contracts.actions import IngestToKusto
+from common.contracts.errors import AdxflowError, DatabaseError, KustoError
+from common.contracts.flows import Flow, flow_of, step_spec
+from common.contracts.messages import ErrorCode, RunMessage, StepOutput
+from common.contracts.results import Column, parse_datetime
+from common.platform.connections import connection_string
+from common.platform.runtime import Runtime
+from common.platform.sql import Batch, SqlDatabase
+from common.platform.sql.reads import bound_names
+from common.platform.sql.types import timespan_ticks
+from services.query_worker.kusto import KustoRunner, classify
+from services.query_worker.parameters import step_parameters
+
+log = structlog.get_logger(__name__)
+
+#: The most bytes of CSV one streaming request carries (Kusto's limit is 4 MB uncompressed).
+REQUEST_BYTES = 4_000_000
+#: Rows read from the database at a time.
+BATCH_ROWS = 5_000
+#: What a column of one type may be moved into besides its own type, and how.
+_WIDENED = {("int", "long"): "tolong", ("int", "real"): "toreal", ("long", "real"): "toreal"}
+#: A missing column's value, typed as the target's column.
+_NULLS = {
+    "bool": "bool(null)",
+    "int": "int(null)",
+    "long": "long(null)",
+    "real": "real(null)",
+    "decimal": "decimal(null)",
+    "string": '""',
+    "guid": "guid(null)",
+    "datetime": "datetime(null)",
+    "timespan": "timespan(null)",
+    "dynamic": "dynamic(null)",
+}
+
+
+def ingest_tag(message: RunMessage) -> str:
+    """The ``ingest-by`` value of one step of one run: the same for every try of it."""
+    return f"{message.run_id};{message.step_id}"
+
+
+def staging_table(table: str, tag: str) -> str:
+    """The staging table of one step of one run for *table*."""
+    return f"{table}_adxflow_{hashlib.sha256(tag.encode('utf-8')).hexdigest()[:16]}"
+
+
+def kql_string(text: str) -> str:
+    """*text* as a KQL string literal."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def tagged(tag: str) -> str:
+    """The ingestion properties that tag what an ingestion creates and hold back a repeat of it."""
+    tags = kql_string(json.dumps([f"ingest-by:{tag}"]))
+    once = kql_string(json.dumps([tag]))
+    return f"with (tags={tags}, ingestIfNotExists={once})"
+
+
+#: The column names an ingestion takes (Kusto's own allow these and more).
+_COLUMN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,127}$")
+
+
+def check_names(columns: Sequence[Column]) -> None:
+    """Refuse a source without columns, or with a column name Kusto would not take as it is."""
+    if not columns:
+        raise DatabaseError("the query answered no columns: there is nothing to ingest")
+    for column in columns:
+        if not _COLUMN_NAME.match(column.name):
+            raise DatabaseError(
+                f"column {column.name!r} of the source is not a name a Kusto column takes here "
+                "(letters, digits, _, space, . and -): give it another name in the query (AS ...)",
+                code=ErrorCode.TABLE_MISMATCH,
+            )
+
+
+def schema_text(columns: Sequence[Column]) -> str:
+    return ", ".join(f"['{column.name}']:{column.type}" for column in columns)
+
+
+def moved(target: Sequence[Column], source: Sequence[Column]) -> str:
+    """The projection of the staging table into the target's columns, in the target's order."""
+    by_name = {column.name: column for column in source}
+    parts = []
+    for column in target:
+        found = by_name.get(column.name)
+        name = f"['{column.name}']"
+        if found is None:
+            parts.append(f"{name} = {_NULLS.get(column.type, 'dynamic(null)')}")
+        elif found.type == column.type:
+            parts.append(name)
+        else:
+            parts.append(f"{name} = {_WIDENED[(found.type, column.type)]}({name})")
+    return ", ".join(parts)
+
+
+def fit_problem(table: str, target: Sequence[Column], source: Sequence[Column]) -> str | None:
+    """Why *source* cannot go into *target*, naming the column, or None when it can."""
+    types = {column.name: column.type for column in target}
+    for column in source:
+        kind = types.get(column.name)
+        if kind is None:
+            return (
+                f"column {column.name!r} of the source is not a column of table {table!r} "
+                "(create_table: true adds it)"
+            )
+        if kind != column.type and (column.type, kind) not in _WIDENED:
+            return f"column {column.name!r} is {column.type} in the source but {kind} in table {table!r}"
+    return None
+
+
+class CsvBatches:
+    """Batches of rows as CSV requests of at most `REQUEST_BYTES`, counted and held to the caps."""
+
+    def __init__(self, database: str, max_rows: int | None, max_bytes: int | None) -> None:
+        self._database = database
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self.rows = 0
+        self.bytes = 0
+
+    async def requests(
+        self, columns: Sequence[Column], batches: AsyncIterator[Batch]
+    ) -> AsyncIterator[bytes]:
+        kinds = [column.type for column in columns]
+        line = io.StringIO()
+        writer = csv.writer(line, lineterminator="\n")
+        chunk: list[bytes] = []
+        pending = 0
+        async for _, rows in batches:
+            for row in rows:
+                line.seek(0)
+                line.truncate()
+                writer.writerow([_csv_value(kind, value) for kind, value in zip(kinds, row, strict=True)])
+                encoded = line.getvalue().encode("utf-8")
+                size = len(encoded)
+                self._count(size)
+                if size > REQUEST_BYTES:
+                    raise DatabaseError(
+                        f"row {self.rows} of the source is {size:,} bytes as CSV, more than the "
+                        f"{REQUEST_BYTES:,} one streaming request carries",
+                        code=ErrorCode.RESULT_TOO_LARGE,
+                    )
+                if pending + size > REQUEST_BYTES:
+                    yield b"".join(chunk)
+                    chunk, pending = [], 0
+                chunk.append(encoded)
+                pending += size
+        if chunk:
+            yield b"".join(chunk)
+
+    def _count(self, size: int) -> None:
+        self.rows += 1
+        self.bytes += size
+        if self._max_rows is not None and self.rows > self._max_rows:
+            raise DatabaseError(
+                f"the source has more than max_rows={self._max_rows} rows, the cap of database "
+                f"{self._database!r}; nothing was ingested",
+                code=ErrorCode.RESULT_TOO_LARGE,
+            )
+        if self._max_bytes is not None and self.bytes > self._max_bytes:
+            raise DatabaseError(
+                f"the source has more than max_bytes={self._max_bytes} bytes of rows, the cap of "
+                f"database {self._database!r}; nothing was ingested",
+                code=ErrorCode.RESULT_TOO_LARGE,
+            )
+
+
+def _csv_value(kind: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if kind == "dynamic":
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if kind == "bool":
+        return "true" if value else "false"
+    return value
+
+
+def bound_parameters(query: str, parameters: dict[str, tuple[str, Any]], dialect: str) -> dict[str, Any]:
+    """The values of the parameters *query* binds (``:name``), as the database's driver takes them."""
+    names = bound_names(query)
+    bound: dict[str, Any] = {}
+    for name in names:
+        if name not in parameters:
+            raise DatabaseError(
+                f"the query binds :{name}, which is neither a parameter of the flow nor of the source",
+                code=ErrorCode.INVALID_PARAMETERS,
+            )
+        kind, value = parameters[name]
+        bound[name] = _sql_value(kind, value, dialect)
+    return bound
+
+
+def _sql_value(kind: str, value: Any, dialect: str) -> Any:
+    if kind == "datetime":
+        instant = parse_datetime(value)
+        if instant is not None and dialect != "postgresql":
+            return instant.astimezone(dt.UTC).replace(tzinfo=None)
+        return instant
+    if kind == "timespan":
+        return dt.timedelta(microseconds=timespan_ticks(value) / 10)
+    return value
+
+
+class IngestStep:
+    def __init__(self, runtime: Runtime, kusto: KustoRunner) -> None:
+        self.runtime = runtime
+        self.kusto = kusto
+
+    async def perform(self, message: RunMessage) -> StepOutput:
+        flow = flow_of(message)
+        spec = step_spec(message, flow)
+        if not isinstance(spec, IngestToKusto):
+            raise KustoError(f"step {spec.id!r} ({spec.action}) ingests nothing")
+        source = spec.from_sql
+        config = self.runtime.connections.database(source.database)
+        parameters = step_parameters(message, flow, source.parameters, f"steps.{spec.id}.from_sql.parameters")
+        tag = ingest_tag(message)
+        async with SqlDatabase(source.database, config) as database:
+            bound = bound_parameters(source.query, parameters, database.dialect)
+            # Closed before the database is: the read's transaction ends on its open connection.
+            reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
+            async with reading as batches:
+                detail, counted, columns, target = await self._ingest(message, flow, spec, tag, batches)
+        return StepOutput(
+            row_count=counted.rows,
+            detail={
+                "database": source.database,
+                "kusto_database": target.database,
+                "table": spec.table,
+                "rows": counted.rows,
+                "bytes": counted.bytes,
+                "columns": [f"{column.name}:{column.type}" for column in columns],
+                **detail,
+            },
+        )
+
+    async def _ingest(
+        self, message: RunMessage, flow: Flow, spec: IngestToKusto, tag: str, batches: AsyncIterator[Batch]
+    ) -> tuple[dict[str, Any], CsvBatches, list[Column], Target]:
+        config = self.runtime.connections.database(spec.from_sql.database)
+        first = await anext(batches)
+        columns = first[0]
+        check_names(columns)
+        counted = CsvBatches(spec.from_sql.database, config.max_rows, config.max_bytes)
+        requests = counted.requests(columns, chain(first, batches))
+        target = Target(self, message, flow, spec)
+        if spec.method == "queued":
+            queued = await target.queue(columns, requests, tag)
+            detail: dict[str, Any] = {"method": "queued", "batches": queued, "repeated": False}
+        else:
+            detail = await target.stream(columns, requests, tag)
+        return detail, counted, columns, target
+
+
+class Target:
+    """The Kusto side of one ingestion: its commands, and the rows sent through azure-kusto-ingest."""
+
+    def __init__(self, step: IngestStep, message: RunMessage, flow: Flow, spec: IngestToKusto) -> None:
+        self._step = step
+        self._message = message
+        self.connection = spec.connection or flow.connection
+        self.database = spec.database or flow.database
+        self._spec = spec
+
+    async def command(self, text: str, *, rows: int = 10_000) -> tuple[list[Column], list[list[Any]]]:
+        settings = self._step.runtime.settings
+        message = self._message
+        result = await self._step.kusto.run(
+            connection=self.connection,
+            database=self.database,
+            text=text,
+            command=True,
+            client_request_id=f"adxflow;{message.run_id};{message.step_id};{message.attempt}",
+            max_rows=rows,
+            max_bytes=settings.max_result_bytes,
+            truncate=True,
+            head=rows,
+            timeout=settings.query_timeout_seconds,
+        )
+        return result.columns, result.head
+
+    async def schema(self, table: str) -> list[Column] | None:
+        """*table*'s columns, or None when the database has no such table."""
+        columns, rows = await self.command(".show tables")
+        at_table = [column.name for column in columns].index("TableName")
+        if table not in {str(row[at_table]) for row in rows}:
+            return None
+        columns, rows = await self.command(f"['{table}'] | getschema")
+        names = [column.name for column in columns]
+        at_name, at_type = names.index("ColumnName"), names.index("ColumnType")
+        return [Column(name=str(row[at_name]), type=str(row[at_type])) for row in rows]
+
+    async def prepared(self, columns: Sequence[Column]) -> list[Column]:
+        """The target's columns, after creating or extending it when the step asks; refused if the
+        source does not fit them."""
+        table = self._spec.table
+        if self._spec.create_table:
+            await self.command(f".create-merge table ['{table}'] ({schema_text(columns)})")
+        target = await self.schema(table)
+        if target is None:
+            raise KustoError(
+                f"table {table!r} is not in database {self.database!r}; "
+                "create_table: true creates it from the source's columns",
+                code=ErrorCode.TABLE_MISMATCH,
+            )
+        problem = fit_problem(table, target, columns)
+        if problem is not None:
+            raise KustoError(problem, code=ErrorCode.TABLE_MISMATCH)
+        return target
+
+    async def stream(
+        self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str
+    ) -> dict[str, Any]:
+        target = await self.prepared(columns)
+        first = await anext(requests, None)
+        if first is None:
+            return {"method": "streaming", "requests": 0, "repeated": False}
+        stage = staging_table(self._spec.table, tag)
+        await self.command(f".drop table ['{stage}'] ifexists")
+        await self.command(f".create table ['{stage}'] ({schema_text(columns)})")
+        try:
+            sent = 0
+            with KustoStreamingIngestClient(self._blocking_connection()) as client:
+                properties = IngestionProperties(self.database, stage, data_format=DataFormat.CSV)
+                await self._send(client.ingest_from_stream, first, properties)
+                sent += 1
+                async for body in requests:
+                    await self._send(client.ingest_from_stream, body, properties)
+                    sent += 1
+            projection = moved(target, columns)
+            _, created = await self.command(
+                f".append ['{self._spec.table}'] {tagged(tag)} <| ['{stage}'] | project {projection}"
+            )
+        finally:
+            await self._drop(stage)
+        return {"method": "streaming", "requests": sent, "repeated": not created}
+
+    async def _drop(self, stage: str) -> None:
+        """Drop the staging table; a failure to is logged, not raised: the next try drops it first."""
+        try:
+            await self.command(f".drop table ['{stage}'] ifexists")
+        except AdxflowError as exc:
+            log.warning("staging table not dropped", table=stage, error=exc.message)
+
+    async def queue(self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str) -> int:
+        await self.prepared(columns)
+        sent = 0
+        with QueuedIngestClient(self._blocking_connection(ingest=True)) as client:
+            async for body in requests:
+                batch = f"{tag};{sent}"
+                properties = IngestionProperties(
+                    self.database,
+                    self._spec.table,
+                    data_format=DataFormat.CSV,
+                    ingest_by_tags=[batch],
+                    ingest_if_not_exists=[batch],
+                )
+                await self._send(client.ingest_from_stream, body, properties)
+                sent += 1
+        return sent
+
+    def _blocking_connection(self, *, ingest: bool = False) -> Any:
+        config = self._step.runtime.connections.get(self.connection)
+        if ingest:
+            config = config.model_copy(update={"cluster": _ingest_endpoint(config.cluster)})
+        return connection_string(config, blocking=True)
+
+    async def _send(self, ingest: Any, body: bytes, properties: IngestionProperties) -> None:
+        try:
+            await asyncio.to_thread(ingest, StreamDescriptor(io.BytesIO(body)), properties)
+        except ClientKustoError as exc:
+            raise classify(exc, self.connection) from exc
+
+
+def _ingest_endpoint(cluster: str) -> str:
+    """A cluster's data management endpoint: ``https://ingest-<cluster>``."""
+    scheme, _, host = cluster.partition("://")
+    return cluster if host.startswith("ingest-") else f"{scheme}://ingest-{host}"
+
+
+async def chain(first: Batch, rest: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
+    """*first*, then the rest of the batches."""
+    yield first
+    async for batch in rest:
+        yield batch

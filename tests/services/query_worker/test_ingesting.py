@@ -1,0 +1,374 @@
+"""The query worker's ingestion step from the machine's PostgreSQL and MariaDB into the local Kusto
+endpoint, through azure-kusto-ingest's streaming client: every type there and back (nulls, zones,
+unicode, decimals), a step handled twice ingesting once, what a broken try left behind, a table
+that does not fit, the database's caps, bound parameters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+import asyncpg
+import pytest
+from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
+from sqlalchemy.engine import make_url
+
+from common.contracts.errors import AdxflowError, DatabaseError, KustoError
+from common.contracts.flows import Flow, new_run
+from common.contracts.messages import ErrorCode, RunContext, RunMessage, TriggerKind
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections, DatabaseConfig, NoAuth
+from common.platform.runtime import Runtime
+from services.embedded.kusto.database import write_database
+from services.embedded.kusto.endpoint import LocalKusto
+from services.query_worker import ingesting
+from services.query_worker.ingesting import IngestStep, ingest_tag, staging_table
+from services.query_worker.kusto import KustoRunner
+
+pytestmark = pytest.mark.postgres
+
+UTC = dt.UTC
+
+POSTGRES_SOURCE = """
+CREATE TABLE readings (
+    id bigint PRIMARY KEY, small integer, ratio double precision, price numeric(20, 6), name text,
+    at timestamptz, local_at timestamp, flag boolean, details jsonb, ref uuid, took interval, day date
+);
+INSERT INTO readings VALUES
+    (1, 7, 0.25, 12345678901234.123456, 'Zürich ☃ "quoted", with commas', '2026-03-29 01:30:00+02',
+     '2026-01-01 12:00:00', true, '{"a": [1, 2], "b": "ü"}', '6f9619ff-8b86-d011-b42d-00c04fc964ff',
+     '1 day 02:03:04.5', '2026-02-28'),
+    (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+    (3, -1, -1.5e10, -0.000001, E'line\\nbreak', '1999-12-31 23:59:59.999999+00', NULL, false, '[]',
+     NULL, '-00:00:01', NULL);
+"""
+
+MARIADB_SOURCE = [
+    "CREATE TABLE readings (id BIGINT PRIMARY KEY, ratio DOUBLE, price DECIMAL(20, 6), name TEXT, "
+    "at DATETIME(6), took TIME(6))",
+    "INSERT INTO readings VALUES (1, 0.25, 12345678901234.123456, 'Zürich ☃', '2026-03-29 01:30:00.5', "
+    "'02:03:04.5'), (2, NULL, NULL, NULL, NULL, NULL)",
+]
+
+
+@dataclass
+class World:
+    step: IngestStep
+    kusto: LocalKusto
+    client: KustoClient
+    connections: Connections
+
+    def rows(self, query: str) -> list[dict[str, Any]]:
+        result = self.client.execute(self.kusto.database, query).primary_results[0]
+        return [row.to_dict() for row in result]
+
+    def schema(self, table: str) -> list[tuple[str, str]]:
+        return [(row["ColumnName"], row["ColumnType"]) for row in self.rows(f"{table} | getschema")]
+
+    def tables(self) -> set[str]:
+        shown = self.client.execute_mgmt(self.kusto.database, ".show tables").primary_results[0]
+        return {row["TableName"] for row in shown}
+
+
+@pytest.fixture(scope="module")
+def kusto(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalKusto]:
+    path = write_database(tmp_path_factory.mktemp("ingesting") / "Samples.duckdb", count=10)
+    with LocalKusto(path, writable=True) as endpoint:
+        yield endpoint  # type: ignore[misc]
+
+
+@pytest.fixture
+async def postgres_source(
+    postgres_database: Callable[[], AbstractAsyncContextManager[str]],
+) -> AsyncIterator[str]:
+    async with postgres_database() as url:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await connection.execute(POSTGRES_SOURCE)
+        finally:
+            await connection.close()
+        yield url
+
+
+def world_of(tmp_path: Path, kusto: LocalKusto, sources: dict[str, dict[str, Any]]) -> World:
+    databases = {}
+    for name, entry in sources.items():
+        secret = tmp_path / f"{name}-url"
+        secret.write_text(entry.pop("url"))
+        databases[name] = DatabaseConfig.model_validate({"url_secret": {"file": str(secret)}, **entry})
+    connections = Connections(configs={"local": NoAuth(cluster=kusto.url, auth="none")}, databases=databases)
+    runtime = Runtime(
+        settings=Settings(),
+        broker=InProcessBroker(Topology("ingesting")),
+        blobs=FolderBlobStore(tmp_path / "blobs"),
+        connections=connections,
+    )
+    step = IngestStep(runtime, KustoRunner(connections, timeout=30))
+    client = KustoClient(KustoConnectionStringBuilder.with_no_authentication(kusto.url))
+    return World(step, kusto, client, connections)
+
+
+@pytest.fixture
+async def world(tmp_path: Path, kusto: LocalKusto, postgres_source: str) -> AsyncIterator[World]:
+    found = world_of(tmp_path, kusto, {"source": {"url": postgres_source, "reads": True}})
+    yield found
+    found.client.close()
+    await found.step.kusto.close()
+
+
+def table_name() -> str:
+    return f"Imported_{uuid.uuid4().hex[:10]}"
+
+
+def ingest_flow(table: str, query: str = "SELECT * FROM readings ORDER BY id", **step: Any) -> Flow:
+    return Flow.model_validate(
+        {
+            "name": "importing",
+            "connection": "local",
+            "database": "Samples",
+            "parameters": {
+                "minimum": {"type": "long", "default": 0},
+                "name": {"type": "string", "default": ""},
+            },
+            "steps": [
+                {
+                    "id": "load",
+                    "action": "ingest_to_kusto",
+                    "table": table,
+                    "from_sql": {"database": "source", "query": query},
+                    "create_table": True,
+                    **step,
+                }
+            ],
+        }
+    )
+
+
+def at_ingest(flow: Flow, **parameters: Any) -> RunMessage:
+    context = RunContext(flow=flow.name, trigger=TriggerKind.MANUAL, parameters=parameters)
+    return new_run(flow, context, uuid.uuid4().hex).model_copy(update={"step_id": "load"})
+
+
+async def test_every_postgresql_type_arrives_as_its_kusto_type_with_its_value(world: World) -> None:
+    table = table_name()
+
+    outcome = await world.step.perform(at_ingest(ingest_flow(table)))
+
+    assert outcome.row_count == 3
+    assert (outcome.detail["rows"], outcome.detail["repeated"], outcome.detail["requests"]) == (3, False, 1)
+    assert world.schema(table) == [
+        ("id", "long"),
+        ("small", "int"),
+        ("ratio", "real"),
+        ("price", "decimal"),
+        ("name", "string"),
+        ("at", "datetime"),
+        ("local_at", "datetime"),
+        ("flag", "bool"),
+        ("details", "dynamic"),
+        ("ref", "guid"),
+        ("took", "timespan"),
+        ("day", "datetime"),
+    ]
+    first, empty, last = world.rows(f"{table} | order by id asc")
+    assert first["name"] == 'Zürich ☃ "quoted", with commas'
+    assert first["at"] == dt.datetime(2026, 3, 28, 23, 30, tzinfo=UTC)
+    assert first["local_at"] == dt.datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert Decimal(str(first["price"])) == Decimal("12345678901234.123456")
+    assert (first["small"], first["ratio"], first["flag"]) == (7, 0.25, True)
+    assert first["details"] == {"a": [1, 2], "b": "ü"}
+    assert str(first["ref"]) == "6f9619ff-8b86-d011-b42d-00c04fc964ff"
+    assert first["took"] == dt.timedelta(days=1, hours=2, minutes=3, seconds=4.5)
+    assert first["day"] == dt.datetime(2026, 2, 28, tzinfo=UTC)
+    # Nulls stay null (a Kusto string is never null: it is empty).
+    assert {key: value for key, value in empty.items() if key != "id"} == {
+        **{key: None for key in empty if key not in ("id", "name")},
+        "name": "",
+    }
+    assert last["name"] == "line\nbreak"
+    assert last["at"] == dt.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert (last["ratio"], last["flag"], last["details"]) == (-1.5e10, False, [])
+    assert last["took"] == dt.timedelta(seconds=-1)
+    assert Decimal(str(last["price"])) == Decimal("-0.000001")
+
+
+async def test_a_step_handled_twice_ingests_its_rows_once(world: World) -> None:
+    table = table_name()
+    message = at_ingest(ingest_flow(table))
+
+    first = await world.step.perform(message)
+    again = await world.step.perform(message)
+
+    assert (first.detail["repeated"], again.detail["repeated"]) == (False, True)
+    assert world.rows(f"{table} | count")[0]["Count"] == 3
+    # The staging table went both times; another run ingests again.
+    assert staging_table(table, ingest_tag(message)) not in world.tables()
+    await world.step.perform(at_ingest(ingest_flow(table)))
+    assert world.rows(f"{table} | count")[0]["Count"] == 6
+
+
+async def test_what_a_broken_try_left_in_the_staging_table_is_not_ingested(world: World) -> None:
+    table = table_name()
+    message = at_ingest(ingest_flow(table))
+    stage = staging_table(table, ingest_tag(message))
+    world.client.execute_mgmt(world.kusto.database, f".set-or-append {stage} <| print id=long(99)")
+
+    await world.step.perform(message)
+
+    assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [1, 2, 3]
+    assert stage not in world.tables()
+
+
+async def test_rows_go_in_several_requests_when_they_are_over_one_requests_bytes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingesting, "REQUEST_BYTES", 230)
+    table = table_name()
+
+    outcome = await world.step.perform(at_ingest(ingest_flow(table)))
+
+    assert outcome.detail["requests"] > 1
+    assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [1, 2, 3]
+
+
+async def test_values_reach_the_query_only_as_bound_parameters(world: World) -> None:
+    table = table_name()
+    query = (
+        "SELECT id, name FROM readings WHERE id >= :minimum AND (name IS NULL OR name <> :name) ORDER BY id"
+    )
+
+    outcome = await world.step.perform(at_ingest(ingest_flow(table, query), minimum=2, name="x' OR '1'='1"))
+
+    assert outcome.row_count == 2
+    assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [2, 3]
+
+
+async def test_a_table_that_is_not_there_or_does_not_fit_is_refused_naming_it_and_left_as_it_was(
+    world: World,
+) -> None:
+    table = table_name()
+    query = "SELECT id, name FROM readings"
+    with pytest.raises(KustoError, match=f"table '{table}' is not in database 'Samples'; create_table: true"):
+        await world.step.perform(at_ingest(ingest_flow(table, query, create_table=False)))
+    assert table not in world.tables()
+
+    world.client.execute_mgmt(world.kusto.database, f".create table {table} (id:long, name:long)")
+    with pytest.raises(
+        KustoError, match=r"column 'name' is string in the source but long in table"
+    ) as refused:
+        await world.step.perform(at_ingest(ingest_flow(table, query, create_table=False)))
+    assert refused.value.code is ErrorCode.TABLE_MISMATCH
+    with pytest.raises(KustoError, match=r"column 'name' is long there, not string"):
+        await world.step.perform(at_ingest(ingest_flow(table, query)))
+    assert world.rows(f"{table} | count")[0]["Count"] == 0
+
+
+async def test_an_existing_table_takes_fewer_columns_and_wider_types(world: World) -> None:
+    table = table_name()
+    world.client.execute_mgmt(
+        world.kusto.database, f".create table {table} (Extra:string, id:long, small:real)"
+    )
+
+    await world.step.perform(
+        at_ingest(
+            ingest_flow(table, "SELECT cast(id AS integer) AS id, small FROM readings", create_table=False)
+        )
+    )
+
+    rows = world.rows(f"{table} | order by id asc")
+    assert [(row["Extra"], row["id"], row["small"]) for row in rows] == [
+        ("", 1, 7.0),
+        ("", 2, None),
+        ("", 3, -1.0),
+    ]
+
+
+async def test_a_source_over_the_databases_cap_ingests_nothing(
+    tmp_path: Path, kusto: LocalKusto, postgres_source: str
+) -> None:
+    world = world_of(tmp_path, kusto, {"source": {"url": postgres_source, "reads": True, "max_rows": 2}})
+    table = table_name()
+    message = at_ingest(ingest_flow(table))
+    try:
+        with pytest.raises(
+            DatabaseError, match=r"more than max_rows=2 rows, the cap of database 'source'"
+        ) as capped:
+            await world.step.perform(message)
+        assert capped.value.code is ErrorCode.RESULT_TOO_LARGE
+        assert world.rows(f"{table} | count")[0]["Count"] == 0
+        assert staging_table(table, ingest_tag(message)) not in world.tables()
+    finally:
+        world.client.close()
+        await world.step.kusto.close()
+
+
+async def test_a_database_flows_may_not_read_is_refused(
+    tmp_path: Path, kusto: LocalKusto, postgres_source: str
+) -> None:
+    world = world_of(tmp_path, kusto, {"source": {"url": postgres_source, "tables": ["x"]}})
+    try:
+        with pytest.raises(DatabaseError, match="database 'source' is not one flows may read"):
+            await world.step.perform(at_ingest(ingest_flow(table_name())))
+    finally:
+        world.client.close()
+        await world.step.kusto.close()
+
+
+async def test_a_query_the_database_refuses_fails_the_step_naming_the_database(world: World) -> None:
+    with pytest.raises(AdxflowError, match=r"database 'source' refused the query: .*no_such_table"):
+        await world.step.perform(at_ingest(ingest_flow(table_name(), "SELECT * FROM no_such_table")))
+    with pytest.raises(AdxflowError, match=r"database 'source' refused the query: .*read-only"):
+        await world.step.perform(at_ingest(ingest_flow(table_name(), "DELETE FROM readings RETURNING id")))
+
+
+@pytest.mark.mariadb
+async def test_mariadb_rows_arrive_with_their_types(
+    tmp_path: Path, kusto: LocalKusto, mariadb_database: Callable[[], AbstractAsyncContextManager[str]]
+) -> None:
+    async with mariadb_database() as url:
+        server = make_url(url)
+        connection = await asyncmy.connect(
+            host=server.host,
+            port=server.port or 3306,
+            user=server.username,
+            password=server.password or "",
+            database=server.database,
+        )
+        try:
+            async with connection.cursor() as cursor:
+                for statement in MARIADB_SOURCE:
+                    await cursor.execute(statement)
+            await connection.commit()
+        finally:
+            await connection.ensure_closed()
+        world = world_of(tmp_path, kusto, {"source": {"url": url, "reads": True}})
+        table = table_name()
+        try:
+            await world.step.perform(at_ingest(ingest_flow(table)))
+            assert world.schema(table) == [
+                ("id", "long"),
+                ("ratio", "real"),
+                ("price", "decimal"),
+                ("name", "string"),
+                ("at", "datetime"),
+                ("took", "timespan"),
+            ]
+            first, empty = world.rows(f"{table} | order by id asc")
+        finally:
+            world.client.close()
+            await world.step.kusto.close()
+    assert first["name"] == "Zürich ☃"
+    assert Decimal(str(first["price"])) == Decimal("12345678901234.123456")
+    assert first["at"] == dt.datetime(2026, 3, 29, 1, 30, 0, 500000, tzinfo=UTC)
+    assert first["took"] == dt.timedelta(hours=2, minutes=3, seconds=4.5)
+    assert (empty["ratio"], empty["price"], empty["at"], empty["took"]) == (None, None, None, None)
