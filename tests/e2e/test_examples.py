@@ -59,7 +59,8 @@ def operator_connections(hooks: Hooks, slow_kusto: SlowKusto, reports: str, tmp_
     return {
         "connections": {"slow": {"cluster": slow_kusto.url, "auth": "none"}},
         "webhooks": {"incidents-slack": {"url": hooks.url}},
-        "databases": {"reports": {"url_secret": {"file": str(secret)}, "tables": ["*"]}},
+        # Flows may write any of its tables, and read it.
+        "databases": {"reports": {"url_secret": {"file": str(secret)}, "tables": ["*"], "reads": True}},
     }
 
 
