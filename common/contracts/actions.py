@@ -342,6 +342,54 @@ class IngestToKusto(_Step):
         return found
 
 
+#: How each format of an export may be compressed, the default first.
+EXPORT_COMPRESSIONS: dict[str, tuple[str, ...]] = {
+    "parquet": ("snappy", "zstd", "gzip", "none"),
+    "csv": ("none", "gzip"),
+}
+
+
+class ExportToFile(_Step):
+    """An earlier query step's result written as a CSV or Parquet file into the blob store, as an
+    artifact of the run (linked from its emails and webhooks, kept as long as the run)."""
+
+    action: Literal["export_to_file"]
+    #: The earlier query step whose stored result is written (streamed, never loaded whole).
+    source: Identifier
+    format: Literal["csv", "parquet"]
+    #: The file's name, a text template (``storms-{{ run.scheduled_for | date('%Y-%m-%d') }}``);
+    #: characters other than letters, digits, ``_``, ``-`` and ``.`` become ``_``, and the
+    #: format's extension is added. Defaults to the flow's name, the step's id and the run's time.
+    name: Annotated[str | None, Field(min_length=1, max_length=500)] = None
+    #: Parquet: snappy (default), zstd, gzip or none; CSV: none (default) or gzip (``.csv.gz``).
+    compression: Literal["none", "gzip", "snappy", "zstd"] | None = None
+    #: Parquet: rows per row group (each is written as it fills, so at most one is held in memory).
+    row_group_rows: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+
+    @model_validator(mode="after")
+    def _options_of_the_format(self) -> ExportToFile:
+        allowed = EXPORT_COMPRESSIONS[self.format]
+        if self.compression is not None and self.compression not in allowed:
+            raise ValueError(
+                f"compression: {self.format} files are compressed with {', '.join(allowed)}, "
+                f"not {self.compression}"
+            )
+        if self.format != "parquet" and self.row_group_rows is not None:
+            raise ValueError("row_group_rows: only Parquet files have row groups")
+        return self
+
+    @property
+    def codec(self) -> str:
+        """The compression the file is written with."""
+        return self.compression or EXPORT_COMPRESSIONS[self.format][0]
+
+    def templates(self) -> dict[str, str]:
+        found = super().templates()
+        if self.name is not None:
+            found["name"] = self.name
+        return found
+
+
 class _ScopeStep(_Step):
     """A step holding steps: told apart by its key, and named by it where an action is shown."""
 
@@ -431,6 +479,7 @@ StepSpec = Annotated[
     | Annotated[PostWebhook, Tag("post_webhook")]
     | Annotated[CopyToDatabase, Tag("copy_to_database")]
     | Annotated[IngestToKusto, Tag("ingest_to_kusto")]
+    | Annotated[ExportToFile, Tag("export_to_file")]
     | Annotated[ForEach, Tag("for_each")]
     | Annotated[If, Tag("if")]
     | Annotated[Parallel, Tag("parallel")],
@@ -440,7 +489,7 @@ StepSpec = Annotated[
         custom_error_message=(
             "a step names its 'action' (run_query, run_query_and_render_chart, "
             "run_control_command_and_render_chart, run_show_command, run_async_control_command, "
-            "send_email, post_webhook, copy_to_database, ingest_to_kusto), "
+            "send_email, post_webhook, copy_to_database, ingest_to_kusto, export_to_file), "
             "or holds steps as 'for_each', 'if' or 'parallel'"
         ),
         custom_error_context={"discriminator": "action"},
@@ -459,6 +508,7 @@ STEP_TAGS = frozenset(
         "post_webhook",
         "copy_to_database",
         "ingest_to_kusto",
+        "export_to_file",
         *SCOPE_KEYS,
     }
 )

@@ -30,11 +30,13 @@ from common.contracts.actions import (
     KUSTO_STEPS,
     RENDERING_STEPS,
     CopyToDatabase,
+    ExportToFile,
     ForEach,
     If,
     IngestToKusto,
     Parallel,
     PostWebhook,
+    RunAsyncControlCommand,
     SendEmail,
     StepSpec,
     check_text,
@@ -249,15 +251,25 @@ def _check_steps(
                 if reference not in visible and not (own and reference == step.id):
                     raise ValueError(f"{where}.{name}: {_unseen(reference, step, places)}")
         source = step.for_each if isinstance(step, SendEmail | PostWebhook | ForEach) else None
-        if isinstance(step, CopyToDatabase) and step.source is not None:
+        if isinstance(step, CopyToDatabase | ExportToFile) and step.source is not None:
             source = step.source
         if source is not None and not isinstance(visible.get(source), KUSTO_STEPS):
-            field = f"{where}.{'source' if isinstance(step, CopyToDatabase) else 'for_each'}"
+            field = f"{where}.{'source' if isinstance(step, CopyToDatabase | ExportToFile) else 'for_each'}"
             if source in places and source not in visible:
                 raise ValueError(f"{field}: {_unseen(source, step, places)}")
             raise ValueError(f"{field}: {source!r} is not an earlier query step")
+        if isinstance(step, ExportToFile) and isinstance(visible.get(step.source), RunAsyncControlCommand):
+            raise ValueError(
+                f"{where}.source: {step.source!r} is an async control command, whose result is its "
+                "operation, not rows; export a query step"
+            )
         if isinstance(step, SendEmail):
             for attachment in step.attachments:
+                if isinstance(visible.get(attachment), ExportToFile):
+                    raise ValueError(
+                        f"{where}.attachments: {attachment!r} is an export: every email of the run "
+                        "links its file by itself (files are linked, never attached)"
+                    )
                 if not isinstance(visible.get(attachment), RENDERING_STEPS):
                     raise ValueError(
                         f"{where}.attachments: {attachment!r} is not an earlier step that renders a result"
@@ -350,6 +362,8 @@ def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
         return [(step.id, StepKind.COPY)]
     if isinstance(step, IngestToKusto):
         return [(step.id, StepKind.INGEST)]
+    if isinstance(step, ExportToFile):
+        return [(step.id, StepKind.EXPORT)]
     return [(step.id, StepKind.NOTIFY)]
 
 

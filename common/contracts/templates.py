@@ -222,6 +222,8 @@ def template_context(
             first_row=output.preview[0] if output.preview else None,
             operation=output.detail.get("operation"),
             deliveries=output.detail.get("deliveries"),
+            # An export's file: name, url (in the history service), format, size.
+            file=output.detail.get("file"),
         )
     if row is None and context.scope is not None:
         row = context.scope.row

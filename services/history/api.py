@@ -45,6 +45,8 @@ _CONTENT_TYPES = {
     "svg": "image/svg+xml",
     "png": "image/png",
     "eml": "message/rfc822",
+    "parquet": "application/vnd.apache.parquet",
+    "gz": "application/gzip",
 }
 
 

@@ -2,8 +2,9 @@
 
 The subject and body come from the step's templates (or, without a body, from
 every rendered step in order), the charts from the rendered steps the body
-shows by Content-ID, the files from the steps it attaches. Composing reads
-the run's files from the blob store and sends nothing.
+shows by Content-ID, the files from the steps it attaches, and links to the
+files the run exported. Composing reads the run's files from the blob store
+and sends nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from common.contracts.templates import TemplateError, render_html, render_text
 from common.platform.runtime import Runtime
 from services.notifier.budget import ArtifactUrl, Chart, File, Packed, Packer
 from services.notifier.email import Email, build_email, sender_address
-from services.notifier.links import query_links
+from services.notifier.links import exported_files, query_links
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,7 @@ class Composer:
             importance=spec.importance,
             run_url=self.run_url(message) if self.runtime.history_url else None,
             query_links=list(query_links(message, flow, self.runtime.connections).items()),
+            exports=exported_files(message, flow, self.artifact_url),
         )
         charts, files = _charts_and_files(message, flow, spec, body)
         packer = self._packer(message, flow, spec, index)

@@ -4,8 +4,8 @@ alternative, and attachments.
 Email clients drop <style> blocks, scripts and remote images, so the HTML uses
 inline styles only and charts travel inside the message, referenced by their
 Content-ID. Files too large to travel in the message are listed as links in
-a note, in the HTML and in the text. Building the message reads no files and
-opens no connections.
+a note, in the HTML and in the text, and so are the files the run exported.
+Building the message reads no files and opens no connections.
 """
 
 from __future__ import annotations
@@ -53,6 +53,17 @@ background-color:#f6f8fa">
 </ul>
 </div>
 {%- endif %}
+{%- if exports %}
+<div style="{{ font }};font-size:13px;margin:16px 0 0 0;padding:8px 12px;border:1px solid #d0d7de;\
+background-color:#f6f8fa">
+<p style="margin:0 0 4px 0">{{ export_note }}</p>
+<ul style="margin:0;padding-left:20px">
+{%- for link in exports %}
+<li><a href="{{ link.url }}" style="color:#0969da">{{ link.name }}</a> ({{ link.size | size }})</li>
+{%- endfor %}
+</ul>
+</div>
+{%- endif %}
 {%- if run_url or query_links %}
 <div style="{{ font }};font-size:12px;color:#57606a;margin:16px 0 0 0;border-top:1px solid #d0d7de;\
 padding-top:8px">
@@ -71,6 +82,8 @@ Open {{ step }} in Azure Data Explorer</a></p>
 
 #: What the note above the links says unless the sender says otherwise.
 LINK_NOTE = "These files are too large for this email; download them from the run history:"
+#: What the note above the files the run exported says.
+EXPORT_NOTE = "Files this run exported, to download from the run history:"
 
 
 def describe_size(size: int) -> str:
@@ -130,6 +143,8 @@ class Email:
     #: Files listed under *link_note*, in the HTML and in the text.
     links: list[Link] = field(default_factory=list)
     link_note: str = LINK_NOTE
+    #: Files the run exported (``export_to_file``), listed under :data:`EXPORT_NOTE`: always links.
+    exports: list[Link] = field(default_factory=list)
     #: Link to the run's page in the history service, shown in the footer.
     run_url: str | None = None
     #: Each query step's query in the Azure Data Explorer web UI, (step id, URL), in the footer.
@@ -220,6 +235,8 @@ def _add_bodies(message: EmailMessage, mail: Email) -> None:
         body=Markup(mail.body_html),
         links=mail.links,
         link_note=mail.link_note,
+        exports=mail.exports,
+        export_note=EXPORT_NOTE,
         run_url=mail.run_url,
         query_links=mail.query_links,
     )
@@ -240,6 +257,9 @@ def _text_with_links(mail: Email) -> str:
     if mail.links:
         lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.links]
         parts += ["", mail.link_note, *lines]
+    if mail.exports:
+        lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.exports]
+        parts += ["", EXPORT_NOTE, *lines]
     if mail.run_url or mail.query_links:
         parts.append("")
     if mail.run_url:

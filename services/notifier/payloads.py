@@ -1,7 +1,7 @@
 """What a webhook receives when its step has no body template.
 
 One summary of the run so far (its steps, their row counts, links to their
-charts, tables and CSVs in the history service) becomes the payload its
+charts, tables, CSVs and exported files in the history service) becomes the payload its
 receiver reads: generic JSON, a Slack incoming-webhook message (Block Kit) or
 a Microsoft Teams message with an Adaptive Card.
 
@@ -19,14 +19,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.contracts.actions import RENDERING_STEPS, StepSpec
+from common.contracts.actions import RENDERING_STEPS, ExportToFile, StepSpec
 from common.contracts.flows import Flow
 from common.contracts.messages import BlobRef, RunMessage, StepStatus
 
 Format = Literal["json", "slack", "teams"]
 
 #: The artifacts a payload links to, by their names in a step's output.
-_LINKED = {"chart_png": "chart PNG", "chart_svg": "chart SVG", "table_html": "table", "csv": "CSV"}
+_LINKED = {
+    "chart_png": "chart PNG",
+    "chart_svg": "chart SVG",
+    "table_html": "table",
+    "csv": "CSV",
+    # An export step's file (export_to_file).
+    "file": "file",
+}
 #: Slack: header text, section text, field text, button label, fields per section, buttons.
 _SLACK_HEADER = 150
 _SLACK_TEXT = 3000
@@ -58,7 +65,7 @@ class StepSummary:
     row_count: int | None
     columns: list[str]
     error: str | None
-    #: By artifact name (``chart_png``, ``chart_svg``, ``table_html``, ``csv``).
+    #: By artifact name (``chart_png``, ``chart_svg``, ``table_html``, ``csv``; an export's ``file``).
     artifacts: dict[str, ArtifactLink]
     #: The step's query in the Azure Data Explorer web UI, for a cluster that has one.
     query_url: str | None = None
@@ -124,9 +131,13 @@ def summarize(
         if render is not None and render.status is StepStatus.FAILED:
             status = StepStatus.FAILED
         error = (render.error if render is not None and render.error else None) or first.error
+        # A rendered step links what it drew; an export its file.
+        linked = render.artifacts if render is not None else {}
+        if isinstance(step, ExportToFile) and first.status is StepStatus.SUCCEEDED:
+            linked = first.artifacts
         artifacts = {
             name: ArtifactLink(artifact_url(ref), ref.content_type, ref.size)
-            for name, ref in (render.artifacts if render is not None else {}).items()
+            for name, ref in linked.items()
             if name in _LINKED
         }
         steps.append(
@@ -342,6 +353,10 @@ def teams_payload(summary: RunSummary) -> dict[str, Any]:
         csv = step.artifacts.get("csv")
         if csv is not None and len(actions) < _TEAMS_ACTIONS:
             actions.append({"type": "Action.OpenUrl", "title": f"CSV: {step.id}", "url": csv.url})
+    for step in summary.steps:
+        file = step.artifacts.get("file")
+        if file is not None and len(actions) < _TEAMS_ACTIONS:
+            actions.append({"type": "Action.OpenUrl", "title": f"File: {step.id}", "url": file.url})
     card = {
         "$schema": _CARD_SCHEMA,
         "type": "AdaptiveCard",

@@ -68,6 +68,7 @@ from common.contracts.messages import (
 )
 from common.contracts.templates import evaluate_condition, render_text, template_context
 from common.platform import metrics
+from common.platform.blobs.interface import artifact_url
 from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
@@ -293,7 +294,7 @@ class NotifyStep:
         return run_page(self.runtime.history_url, message.run_id)
 
     def _artifact_url(self, ref: BlobRef) -> str:
-        return f"{self.runtime.history_url}/v1/artifacts/{ref.key}"
+        return artifact_url(self.runtime.history_url, ref.key)
 
     async def _bodies(self, message: RunMessage, flow: Flow) -> dict[str, str]:
         bodies = {}

@@ -86,7 +86,7 @@ class CopyStep:
             table=spec.table,
             mode=spec.mode,
             keys=tuple(spec.key_columns),
-            columns=_columns(source.detail.get("columns", [])),
+            columns=described_columns(source.detail.get("columns", [])),
         )
         rows = self.runtime.blobs.result_rows(source.artifacts["result"].key)
         # A copy broken off stops reading: the blob is closed then, not when the reader is collected.
@@ -94,7 +94,7 @@ class CopyStep:
             return await database.copy(request, rows)
 
 
-def _columns(described: list[str]) -> tuple[Column, ...]:
+def described_columns(described: list[str]) -> tuple[Column, ...]:
     """The source's columns as its query step described them (``name:type``), for an empty result."""
     found = []
     for text in described:

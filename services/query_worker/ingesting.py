@@ -37,11 +37,12 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from azure.kusto.data import DataFormat
@@ -61,12 +62,13 @@ from common.contracts.results import Column, parse_datetime
 from common.platform.connections import connection_string
 from common.platform.runtime import Runtime
 from common.platform.sql import Batch, SqlDatabase
-from common.platform.sql.reads import bound_names
+from common.platform.sql.reads import bound_names, csv_fields
 from common.platform.sql.types import timespan_ticks
 from services.query_worker.kusto import KustoRunner, classify
 from services.query_worker.parameters import step_parameters
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: The most bytes of CSV one streaming request carries (Kusto's limit is 4 MB uncompressed).
 REQUEST_BYTES = 4_000_000
@@ -176,35 +178,35 @@ class CsvBatches:
     async def requests(
         self, columns: Sequence[Column], batches: AsyncIterator[Batch]
     ) -> AsyncIterator[bytes]:
-        kinds = [column.type for column in columns]
-        line = io.StringIO()
-        writer = csv.writer(line, lineterminator="\n")
+        """The rows as CSV, in requests of at most `REQUEST_BYTES` (a batch at a time, or a row at a
+        time for a batch over that)."""
+        fields = csv_fields(columns)
         chunk: list[bytes] = []
         pending = 0
         async for _, rows in batches:
             for row in rows:
-                line.seek(0)
-                line.truncate()
-                writer.writerow([_csv_value(kind, value) for kind, value in zip(kinds, row, strict=True)])
-                encoded = line.getvalue().encode("utf-8")
-                size = len(encoded)
-                self._count(size)
-                if size > REQUEST_BYTES:
+                for index, convert in fields:
+                    row[index] = convert(row[index])
+            encoded = _csv(rows)
+            pieces = [encoded] if len(encoded) <= REQUEST_BYTES else [_csv([row]) for row in rows]
+            self._count(len(rows), len(encoded))
+            for piece in pieces:
+                if len(piece) > REQUEST_BYTES:
                     raise DatabaseError(
-                        f"row {self.rows} of the source is {size:,} bytes as CSV, more than the "
+                        f"a row of the source is {len(piece):,} bytes as CSV, more than the "
                         f"{REQUEST_BYTES:,} one streaming request carries",
                         code=ErrorCode.RESULT_TOO_LARGE,
                     )
-                if pending + size > REQUEST_BYTES:
+                if pending + len(piece) > REQUEST_BYTES:
                     yield b"".join(chunk)
                     chunk, pending = [], 0
-                chunk.append(encoded)
-                pending += size
+                chunk.append(piece)
+                pending += len(piece)
         if chunk:
             yield b"".join(chunk)
 
-    def _count(self, size: int) -> None:
-        self.rows += 1
+    def _count(self, rows: int, size: int) -> None:
+        self.rows += rows
         self.bytes += size
         if self._max_rows is not None and self.rows > self._max_rows:
             raise DatabaseError(
@@ -220,14 +222,10 @@ class CsvBatches:
             )
 
 
-def _csv_value(kind: str, value: Any) -> Any:
-    if value is None:
-        return ""
-    if kind == "dynamic":
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if kind == "bool":
-        return "true" if value else "false"
-    return value
+def _csv(rows: list[list[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 def bound_parameters(query: str, parameters: dict[str, tuple[str, Any]], dialect: str) -> dict[str, Any]:
@@ -374,14 +372,12 @@ class Target:
         await self.command(f".drop table ['{stage}'] ifexists")
         await self.command(f".create table ['{stage}'] ({schema_text(columns)})")
         try:
-            sent = 0
             with KustoStreamingIngestClient(self._blocking_connection()) as client:
                 properties = IngestionProperties(self.database, stage, data_format=DataFormat.CSV)
-                await self._send(client.ingest_from_stream, first, properties)
-                sent += 1
-                async for body in requests:
-                    await self._send(client.ingest_from_stream, body, properties)
-                    sent += 1
+                sent = await _pipelined(
+                    chain(first, requests),
+                    lambda body: self._send(client.ingest_from_stream, body, properties),
+                )
             projection = moved(target, columns)
             _, created = await self.command(
                 f".append ['{self._spec.table}'] {tagged(tag)} <| ['{stage}'] | project {projection}"
@@ -399,10 +395,11 @@ class Target:
 
     async def queue(self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str) -> int:
         await self.prepared(columns)
-        sent = 0
+        numbered = itertools.count()
         with QueuedIngestClient(self._blocking_connection(ingest=True)) as client:
-            async for body in requests:
-                batch = f"{tag};{sent}"
+
+            def send(body: bytes) -> Awaitable[None]:
+                batch = f"{tag};{next(numbered)}"
                 properties = IngestionProperties(
                     self.database,
                     self._spec.table,
@@ -410,9 +407,9 @@ class Target:
                     ingest_by_tags=[batch],
                     ingest_if_not_exists=[batch],
                 )
-                await self._send(client.ingest_from_stream, body, properties)
-                sent += 1
-        return sent
+                return self._send(client.ingest_from_stream, body, properties)
+
+            return await _pipelined(requests, send)
 
     def _blocking_connection(self, *, ingest: bool = False) -> Any:
         config = self._step.runtime.connections.get(self.connection)
@@ -427,14 +424,34 @@ class Target:
             raise classify(exc, self.connection) from exc
 
 
+async def _pipelined(bodies: AsyncIterator[bytes], send: Callable[[bytes], Awaitable[None]]) -> int:
+    """Send each body, the next one read and encoded while the last is on its way (one at a time,
+    in order); the bodies sent. A failure on either side waits for the send in flight first."""
+    sent = 0
+    flight: asyncio.Future[None] | None = None
+    try:
+        async for body in bodies:
+            if flight is not None:
+                await flight
+            flight = asyncio.ensure_future(send(body))
+            sent += 1
+        if flight is not None:
+            await flight
+    except BaseException:
+        if flight is not None and not flight.done():
+            await asyncio.gather(flight, return_exceptions=True)
+        raise
+    return sent
+
+
 def _ingest_endpoint(cluster: str) -> str:
     """A cluster's data management endpoint: ``https://ingest-<cluster>``."""
     scheme, _, host = cluster.partition("://")
     return cluster if host.startswith("ingest-") else f"{scheme}://ingest-{host}"
 
 
-async def chain(first: Batch, rest: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
-    """*first*, then the rest of the batches."""
+async def chain(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    """*first*, then the rest."""
     yield first
     async for batch in rest:
         yield batch

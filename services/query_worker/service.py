@@ -33,6 +33,7 @@ from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.copying import CopyStep
+from services.query_worker.exporting import ExportStep
 from services.query_worker.ingesting import IngestStep
 from services.query_worker.kusto import KustoRunner, Parameters
 from services.query_worker.parameters import step_parameters
@@ -201,8 +202,8 @@ def _operation_id(result: QueryResult) -> str:
 
 @asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
-    """Consume query steps, copies into databases and ingestions into Kusto; yields what the worker's
-    readiness depends on."""
+    """Consume query steps, copies into databases, ingestions into Kusto and exports to files;
+    yields what the worker's readiness depends on."""
     kusto = KustoRunner(runtime.connections, timeout=runtime.settings.query_timeout_seconds)
     try:
         step = QueryStep(runtime, kusto)
@@ -216,6 +217,10 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
         ingestions = IngestStep(runtime, kusto)
         await StepWorker(
             runtime.broker, StepKind.INGEST, ingestions.perform, RetryPolicy.of(runtime.settings)
+        ).start(runtime.settings.prefetch)
+        exports = ExportStep(runtime)
+        await StepWorker(
+            runtime.broker, StepKind.EXPORT, exports.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
         yield runtime.checks()
     finally:

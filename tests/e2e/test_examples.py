@@ -11,6 +11,7 @@ import email.policy
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from csv import DictReader
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
@@ -32,6 +34,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONDITIONAL = EXAMPLES / "conditional-queries.yaml"
 DASHBOARD = EXAMPLES / "storm-dashboard.yaml"
 SUMMARY = EXAMPLES / "daily-summary-to-postgres.yaml"
+EXPORT = EXAMPLES / "parquet-export.yaml"
 #: How long the slow cluster holds each query, in seconds.
 QUERY_DELAY = 2.0
 
@@ -226,7 +229,30 @@ async def test_every_example_applies_and_runs_on_the_sample_data(system: System,
     await assert_dashboard_mailed(system)
     await assert_conditional_queries_delivered(system)
     await assert_minute_check_mailed_each_event_once(system)
+    await assert_parquet_export_mailed_as_a_link(system)
     await assert_daily_summary_upserted(system, reports)
+
+
+async def assert_parquet_export_mailed_as_a_link(system: System) -> None:
+    """The export example: an email linking (not attaching) a Parquet file of the query's rows."""
+    document = yaml.safe_load(EXPORT.read_text())
+    query = document["steps"][0]["query"]
+    (mail,) = [mail for mail in mails(system) if str(mail["Subject"]).startswith("Storm events ")]
+    assert list(mail.iter_attachments()) == []
+    [url] = re.findall(r'href="([^"]+/v1/artifacts/[^"]+\.parquet)"', html_of(mail))
+    assert re.search(r"/storms-\d{4}-\d{2}-\d{2}\.parquet$", url), url
+    async with system.session.get(url) as response:
+        assert response.status == 200
+        file = pq.ParquetFile(io.BytesIO(await response.read()))
+    table = file.read()
+    client = KustoClient(KustoConnectionStringBuilder.with_no_authentication(system.kusto_url))
+    try:
+        rows = (await asyncio.to_thread(client.execute, "Samples", query)).primary_results[0].rows
+    finally:
+        client.close()
+    assert table.num_rows == len(rows) > 0
+    assert table.column("State").to_pylist() == [row["State"] for row in rows]
+    assert file.metadata.row_group(0).column(0).compression == "ZSTD"
 
 
 async def assert_minute_check_mailed_each_event_once(system: System) -> None:

@@ -43,6 +43,11 @@ def artifact_key(run_id: str, step_id: str, attempt: int, name: str) -> str:
     return f"runs/{run_id}/{step_id}/{attempt}/{name}"
 
 
+def artifact_url(history_url: str, key: str) -> str:
+    """Where the history service serves the artifact at *key* (``runs/...``)."""
+    return f"{history_url.rstrip('/')}/v1/artifacts/{key}"
+
+
 def check_key(key: str) -> str:
     if not _KEY.match(key) or any(part in {".", ".."} for part in key.split("/")):
         raise ValueError(f"invalid blob key {key!r}")

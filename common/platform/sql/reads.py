@@ -3,9 +3,8 @@
 ``database.read(query, parameters)`` (on `common.platform.sql.SqlDatabase`) runs
 *query* in a read-only transaction and yields ``(columns, rows)`` batches as
 `BlobStore.result_rows` does, the columns typed as Kusto types from what the
-driver says of each (`kusto_type`), the rows as Kusto's wire values
-(`wire_value`): ISO text for datetimes, Kusto's timespan text, a decimal's
-exact text, a guid's text, JSON for documents. The server keeps the cursor (a
+driver says of each (`kusto_type`), the rows as the driver gives them, which
+`csv_fields` turns into the fields of Kusto's CSV. The server keeps the cursor (a
 server-side cursor on PostgreSQL, an unbuffered one on MariaDB), so only a
 batch is in memory whatever the result's size.
 
@@ -34,9 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from decimal import Decimal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,36 +108,62 @@ def kusto_timespan(value: dt.timedelta) -> str:
     return f"{text}.{fraction:07d}" if fraction else text
 
 
-def wire_value(kind: str, value: Any) -> Any:
-    """A value read from the database as Kusto's wire form of *kind* (what a result's JSON holds)."""
-    if value is None:
-        return None
-    if kind == "datetime":
-        if isinstance(value, dt.datetime):
-            instant = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-            return instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        if isinstance(value, dt.date):
-            return f"{value.isoformat()}T00:00:00Z"
-    if kind == "timespan":
-        if isinstance(value, dt.timedelta):
-            return kusto_timespan(value)
-        if isinstance(value, dt.time):
-            since_midnight = dt.datetime.combine(dt.date.min, value) - dt.datetime.min
-            return kusto_timespan(since_midnight)
-    if kind == "dynamic":
-        # Drivers hand JSON over as its text; a document that is already parsed is written back.
-        return json.loads(value) if isinstance(value, str | bytes) else value
-    if kind == "bool":
-        return bool(value)
-    if isinstance(value, Decimal):
-        return str(value) if kind == "decimal" else float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
+Convert = Callable[[Any], Any]
+
+
+def _datetime(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        instant = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return f"{value.isoformat()}T00:00:00Z"
+    return value
+
+
+def _timespan(value: Any) -> Any:
+    if isinstance(value, dt.timedelta):
+        return kusto_timespan(value)
+    if isinstance(value, dt.time):
+        return kusto_timespan(dt.datetime.combine(dt.date.min, value) - dt.datetime.min)
+    return value
+
+
+def _dynamic(value: Any) -> Any:
+    # Drivers hand JSON over as its text, which goes as it is; a parsed document is written back.
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _bool(value: Any) -> Any:
+    return value if value is None else ("true" if value else "false")
+
+
+def _text(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
-    if kind == "string" and not isinstance(value, str):
-        return value.isoformat() if isinstance(value, dt.date | dt.time) else str(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
     return value
+
+
+_FIELDS: dict[str, Convert] = {
+    "datetime": _datetime,
+    "timespan": _timespan,
+    "dynamic": _dynamic,
+    "bool": _bool,
+    "string": _text,
+}
+
+
+def csv_fields(columns: Sequence[Column]) -> list[tuple[int, Convert]]:
+    """For each column whose driver value is not already its Kusto CSV field, its index and the
+    conversion: ISO text in UTC for datetimes, Kusto's timespan text, JSON text for documents,
+    ``true``/``false``; numbers, decimals, guids and text go as the CSV writer writes them, and
+    None as an empty field."""
+    return [(index, _FIELDS[column.type]) for index, column in enumerate(columns) if column.type in _FIELDS]
 
 
 async def read_rows(
@@ -156,12 +179,10 @@ async def read_rows(
         described: Sequence[Any] = result._real_result.cursor.description or ()  # type: ignore[attr-defined]
         dialect = connection.dialect.name
         columns = [Column(name=str(entry[0]), type=kusto_type(dialect, entry[1])) for entry in described]
-        kinds = [column.type for column in columns]
         sent = False
         async for part in result.partitions(batch_rows):
-            rows = [[wire_value(kind, value) for kind, value in zip(kinds, row, strict=True)] for row in part]
             sent = True
-            yield columns, rows
+            yield columns, [list(row) for row in part]
         if not sent:
             yield columns, []
     finally:

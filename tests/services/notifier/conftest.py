@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from common.contracts.actions import RENDERING_STEPS, SCOPE_STEPS
+from common.contracts.actions import RENDERING_STEPS, SCOPE_STEPS, ExportToFile
 from common.contracts.flows import Flow, new_run
 from common.contracts.messages import (
     BlobRef,
@@ -47,6 +47,8 @@ from services.notifier.ledger import Claimed, Key, Ledger
 from services.notifier.service import NotifyStep
 
 HISTORY_URL = "https://history.example:8443"
+#: The bytes of an exported file, as an export step of a run made by hand leaves them.
+EXPORTED = b"PAR1" + bytes(2000) + b"PAR1"
 
 
 def png_of(width: int, height: int, *, noise: bool = False) -> bytes:
@@ -106,6 +108,9 @@ class Notifier:
             place = flow.places[spec.id]
             if isinstance(spec, SCOPE_STEPS) or place.in_row_scope:
                 continue
+            if isinstance(spec, ExportToFile):
+                outputs[spec.id] = await self._exported(run_id, spec.id)
+                continue
             # A step of a parallel branch ran in a child run; its outputs joined the parent's.
             ran_in = run_id if place.scope is None else new_id()
             done = rendered[spec.id]
@@ -135,6 +140,17 @@ class Notifier:
             outputs[render_id] = StepOutput(row_count=len(done.rows), artifacts=artifacts, detail=detail)
             self.artifacts[spec.id] = artifacts
         return message.model_copy(update={"outputs": outputs, "step_id": step_id})
+
+    async def _exported(self, run_id: str, step_id: str) -> StepOutput:
+        """What an export step leaves: its file, as :data:`EXPORTED` bytes, and the file's record."""
+        name = f"{step_id}.parquet"
+        ref = await self.runtime.blobs.put(
+            artifact_key(run_id, step_id, 1, name), EXPORTED, "application/vnd.apache.parquet"
+        )
+        self.artifacts[step_id] = {"file": ref}
+        return StepOutput(
+            row_count=2, artifacts={"file": ref}, detail={"file": {"name": name, "format": "parquet"}}
+        )
 
     async def _put(self, run_id: str, step_id: str, name: str, data: bytes) -> BlobRef:
         kind = "application/octet-stream"

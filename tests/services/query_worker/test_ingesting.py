@@ -229,15 +229,21 @@ async def test_what_a_broken_try_left_in_the_staging_table_is_not_ingested(world
     assert stage not in world.tables()
 
 
+@pytest.mark.parametrize(
+    ("batch_rows", "request_bytes"),
+    [(5_000, 230), (1, 300)],
+    ids=["a-batch-over-a-request-goes-row-by-row", "batches-fill-requests"],
+)
 async def test_rows_go_in_several_requests_when_they_are_over_one_requests_bytes(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World, monkeypatch: pytest.MonkeyPatch, batch_rows: int, request_bytes: int
 ) -> None:
-    monkeypatch.setattr(ingesting, "REQUEST_BYTES", 230)
+    monkeypatch.setattr(ingesting, "REQUEST_BYTES", request_bytes)
+    monkeypatch.setattr(ingesting, "BATCH_ROWS", batch_rows)
     table = table_name()
 
     outcome = await world.step.perform(at_ingest(ingest_flow(table)))
 
-    assert outcome.detail["requests"] > 1
+    assert outcome.detail["requests"] == 2
     assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [1, 2, 3]
 
 
