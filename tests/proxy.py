@@ -1,7 +1,8 @@
 """Proxies a test puts between a client and a real server: a TCP forwarder that cuts the line as a
 network outage would (every connection through it is aborted at once, and new ones go through
-again) or holds what clients send while the server's answers still reach them, and an HTTP proxy
-that makes a Kusto endpoint slow."""
+again), takes the server away for a while (new connections wait for it), or holds what clients
+send while the server's answers still reach them, and an HTTP proxy that makes a Kusto endpoint
+slow."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class Proxy:
         #: Cleared while what clients send is held.
         self._passing = asyncio.Event()
         self._passing.set()
+        #: Cleared while the server is away (:meth:`down`); clients connecting meanwhile wait.
+        self._serving = asyncio.Event()
+        self._serving.set()
+        #: The clients that connected while the server was away, waiting for it.
+        self._waiting: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> Proxy:
         self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
@@ -42,15 +48,31 @@ class Proxy:
         if server is not None:
             server.close()
             self.cut()
+            self._serving.set()
             await server.wait_closed()
 
     def cut(self) -> None:
         """Abort every connection through the proxy, both ways, without a goodbye."""
-        for writer in list(self._open):
+        for writer in [*self._open, *self._waiting]:
             writer.transport.abort()
             self.cuts += 1
         self._open.clear()
+        self._waiting.clear()
         self._passing.set()
+
+    def down(self) -> None:
+        """Take the server away: every connection is cut, and a client connecting from now on waits,
+        connected to the proxy and answered by no one, until :meth:`up`."""
+        self._serving.clear()
+        self.cut()
+
+    def up(self) -> None:
+        """Bring the server back: the clients waiting for it, and those after them, reach it."""
+        self._serving.set()
+
+    def waiting(self) -> int:
+        """How many clients connected while the server was away, and wait for it."""
+        return len(self._waiting)
 
     def hold(self) -> None:
         """From now on keep what clients send (until :meth:`cut` drops it): the server hears nothing
@@ -62,6 +84,14 @@ class Proxy:
         return {int(writer.get_extra_info("sockname")[1]) for writer in self._upstream}
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._serving.is_set():
+            self._waiting.add(writer)
+            try:
+                await self._serving.wait()
+            finally:
+                self._waiting.discard(writer)
+            if writer.transport.is_closing():
+                return
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream)
         except OSError:

@@ -51,14 +51,14 @@ class QueryParameter(Document):
     value: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
-class _KustoStep(_Step):
-    #: An alert on the step's result: the deliveries after it go out only when it has news.
-    alert: Alert | None = None
+class _Querying(_Step):
+    """How a step's KQL is sent to a Kusto connection: the parameters, the connection, the timeout
+    and the result caps. Each kind names its Kusto database (``kusto_database``, None: the flow's)."""
+
     #: Query parameters of this step alone, each rendered and then sent typed (never spliced into
     #: the text): the way a row's values reach a query inside a ``for_each``.
     parameters: dict[Identifier, QueryParameter] = {}
     connection: str | None = None
-    database: str | None = None
     #: How long the query may run (the server is told too); the operator's default and maximum apply.
     timeout_seconds: Annotated[float | None, Field(gt=0)] = None
     #: Result caps, enforced while reading (rows, and bytes of the rows' JSON); the operator's
@@ -72,6 +72,21 @@ class _KustoStep(_Step):
     def templates(self) -> dict[str, str]:
         found = super().templates()
         found.update({f"parameters.{name}.value": spec.value for name, spec in self.parameters.items()})
+        return found
+
+
+class _KustoStep(_Querying):
+    #: An alert on the step's result: the deliveries after it go out only when it has news.
+    alert: Alert | None = None
+    database: str | None = None
+
+    @property
+    def kusto_database(self) -> str | None:
+        """The step's ``database``: the Kusto database its text runs in."""
+        return self.database
+
+    def templates(self) -> dict[str, str]:
+        found = super().templates()
         if self.alert is not None:
             found.update(self.alert.templates())
         return found
@@ -216,26 +231,59 @@ _TABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 ColumnName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
-class CopyToDatabase(_Step):
-    """An earlier query step's result written into a table of a database the operator configured
-    (``databases:`` in the connections file), in one transaction, once per run however often the
-    step is tried (:mod:`common.platform.sql`)."""
+class CopyToDatabase(_Querying):
+    """A result written into a table of a database the operator configured (``databases:`` in the
+    connections file), in one transaction, once per run however often the step is tried
+    (:mod:`common.platform.sql`).
+
+    The result is an earlier query step's (``source``) or the step's own query's (``query``, run
+    as a ``run_query`` step runs it, with the same parameters, timeout and caps); either way it is
+    streamed from the blob store, never loaded whole. ``database`` names the SQL database; the
+    query's Kusto database is ``kusto_database``.
+    """
 
     action: Literal["copy_to_database"]
     #: The operator's name for the database.
     database: Identifier
     #: The target table (``schema.table`` allowed), one the operator's allowlist for it admits.
-    table: Annotated[
-        str,
-        Field(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"),
-    ]
-    #: The earlier query step whose stored result is written (streamed, never loaded whole).
-    source: Identifier
+    table: Annotated[str, Field(min_length=1, max_length=255, pattern=_TABLE)]
+    #: The earlier query step whose stored result is written.
+    source: Identifier | None = None
+    #: Or the KQL query whose result is written, run by the step itself.
+    query: KqlText | None = None
+    #: The Kusto database of ``query``; defaults to the flow's.
+    kusto_database: str | None = None
     #: append, replace (at once), upsert on key_columns, or merge (an upsert deleting missing keys).
     mode: CopyMode = CopyMode.APPEND
-    key_columns: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=16)
-    ] = []
+    key_columns: Annotated[list[ColumnName], Field(max_length=16)] = []
+
+    @model_validator(mode="after")
+    def _one_result(self) -> CopyToDatabase:
+        if (self.source is None) == (self.query is None):
+            raise ValueError(
+                "copy_to_database writes exactly one of 'source' (an earlier query step's result) "
+                "or 'query' (a query of its own)"
+            )
+        if self.source is not None:
+            for name in self.query_fields():
+                raise ValueError(
+                    f"{name}: belongs to a copy with its own query; a copy of source {self.source!r} "
+                    "writes that step's stored result, so set it on that step"
+                )
+        return self
+
+    def query_fields(self) -> list[str]:
+        """The fields set that only a copy with its own query uses."""
+        unset: dict[str, Any] = {
+            "kusto_database": None,
+            "connection": None,
+            "parameters": {},
+            "timeout_seconds": None,
+            "max_rows": None,
+            "max_bytes": None,
+            "on_too_large": "fail",
+        }
+        return [name for name, default in unset.items() if getattr(self, name) != default]
 
     @model_validator(mode="after")
     def _keys_for_the_mode(self) -> CopyToDatabase:
@@ -547,6 +595,8 @@ KustoStep = (
     | RunShowCommand
     | RunAsyncControlCommand
 )
+#: A step that sends KQL of its own to a Kusto connection: a Kusto step, or a copy with its own query.
+QueryingStep = KustoStep | CopyToDatabase
 KUSTO_STEPS = (
     RunQuery,
     RunQueryAndRenderChart,
@@ -560,6 +610,11 @@ COMMAND_STEPS = (RunControlCommandAndRenderChart, RunShowCommand, RunAsyncContro
 
 def check_text(step: StepSpec, where: str) -> None:
     """A ValueError at *where* when the step's text is a command where a query belongs, or the reverse."""
+    if isinstance(step, CopyToDatabase) and (step.query or "").lstrip().startswith("."):
+        raise ValueError(
+            f"{where}.query: text starting with '.' is a control command; a copy runs a query of its own, "
+            "or copies the result of an earlier step (source) that runs the command"
+        )
     if isinstance(step, RunQuery | RunQueryAndRenderChart) and step.query.lstrip().startswith("."):
         raise ValueError(
             f"{where}.query: text starting with '.' is a control command; use "

@@ -251,7 +251,7 @@ def _check_steps(
                 if reference not in visible and not (own and reference == step.id):
                     raise ValueError(f"{where}.{name}: {_unseen(reference, step, places)}")
         source = step.for_each if isinstance(step, SendEmail | PostWebhook | ForEach) else None
-        if isinstance(step, CopyToDatabase | ExportToFile):
+        if isinstance(step, CopyToDatabase | ExportToFile) and step.source is not None:
             source = step.source
         if source is not None and not isinstance(visible.get(source), KUSTO_STEPS):
             field = f"{where}.{'source' if isinstance(step, CopyToDatabase | ExportToFile) else 'for_each'}"

@@ -51,17 +51,19 @@ _LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
 def invalid_request(exc: ValidationError) -> Refusal:
     """A 400 that names every bad field and what is wrong with it.
 
-    Rules that span several fields are checked on the whole document and say
-    which field they mean at the start of their message (``steps[1].subject:
-    ...``); that field is reported as the field.
+    Rules that span several fields are checked on the whole document (or the
+    whole step) and say which field they mean at the start of their message
+    (``steps[1].subject: ...``, ``key_columns: ...``); that field, within the
+    document or the step, is reported as the field.
     """
     fields = []
     for error in exc.errors():
         location = field_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         named = _LEADING_FIELD.match(message)
-        if named is not None and not location:
-            location, message = named.group(1), named.group(2)
+        if named is not None:
+            location = f"{location}.{named.group(1)}" if location else named.group(1)
+            message = named.group(2)
         fields.append(FieldProblem(field=location or "body", message=message))
     summary = "; ".join(f"{f.field}: {f.message}" for f in fields)
     return Refusal(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)

@@ -20,6 +20,7 @@ from typing import Any
 from common.contracts.actions import (
     COMMAND_STEPS,
     KUSTO_STEPS,
+    QueryingStep,
     RunAsyncControlCommand,
     RunShowCommand,
 )
@@ -65,6 +66,13 @@ class QueryStep:
             raise KustoError(
                 "run_show_command runs '.show ...' commands only", code=ErrorCode.UNSUPPORTED_OPERATOR
             )
+        return await self.stored(message, flow, spec, text, command=command)
+
+    async def stored(
+        self, message: RunMessage, flow: Flow, spec: QueryingStep, text: str, *, command: bool = False
+    ) -> StepOutput:
+        """Run *text* for *spec*, its result written to the blob store as it is read (the artifact
+        ``result``); the output says what was sent, and what came back."""
         refused = refused_operators(text, allowed=self.runtime.settings.allowed_operators)
         if refused:
             raise KustoError(describe(refused), code=ErrorCode.UNSUPPORTED_OPERATOR, detail={"text": text})
@@ -121,7 +129,7 @@ class QueryStep:
         settings = self.runtime.settings
         return await self.kusto.run(
             connection=spec.connection or flow.connection,
-            database=spec.database or flow.database,
+            database=spec.kusto_database or flow.database,
             text=text,
             command=command,
             parameters=parameters,
@@ -202,7 +210,7 @@ async def running(runtime: Runtime) -> AsyncIterator[dict[str, Check]]:
         await StepWorker(
             runtime.broker, StepKind.QUERY, step.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)
-        copies = CopyStep(runtime)
+        copies = CopyStep(runtime, step)
         await StepWorker(
             runtime.broker, StepKind.COPY, copies.perform, RetryPolicy.of(runtime.settings)
         ).start(runtime.settings.prefetch)

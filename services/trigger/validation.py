@@ -79,6 +79,10 @@ def check_flow(
             problems.extend(_webhook_problems(step, where, policy))
         if isinstance(step, CopyToDatabase):
             problems.extend(_copy_problems(step, where, connections))
+            if step.query is not None:
+                problems.extend(_connection_problems(step, where, connections))
+                problems.extend(_limit_problems(step, where, maximum_timeout, maximum_rows, maximum_bytes))
+                problems.extend(_operator_problems(step, where, allowed_operators))
         if isinstance(step, IngestToKusto):
             problems.extend(_ingest_problems(flow, step, where, connections, ingest_urls))
         if isinstance(step, SendEmail):
@@ -90,7 +94,9 @@ def check_flow(
         raise FlowInvalid(problems)
 
 
-def _connection_problems(step: KustoStep, where: str, connections: Connections) -> Iterator[Problem]:
+def _connection_problems(
+    step: KustoStep | CopyToDatabase, where: str, connections: Connections
+) -> Iterator[Problem]:
     if step.connection and step.connection not in connections:
         yield f"{where}.connection", f"{step.connection!r} is not a configured connection"
 
@@ -158,7 +164,11 @@ def _ingest_problems(
 
 
 def _limit_problems(
-    step: KustoStep, where: str, maximum_timeout: float, maximum_rows: int | None, maximum_bytes: int | None
+    step: KustoStep | CopyToDatabase,
+    where: str,
+    maximum_timeout: float,
+    maximum_rows: int | None,
+    maximum_bytes: int | None,
 ) -> Iterator[Problem]:
     """A timeout or a result cap above what this server allows."""
     if step.timeout_seconds and step.timeout_seconds > maximum_timeout:
@@ -182,7 +192,9 @@ def _scope_problems(
             yield f"{where}.{name}", f"at most {ceiling:,} on this server"
 
 
-def _operator_problems(step: KustoStep, where: str, allowed_operators: Collection[str]) -> Iterator[Problem]:
+def _operator_problems(
+    step: KustoStep | CopyToDatabase, where: str, allowed_operators: Collection[str]
+) -> Iterator[Problem]:
     text_field = "command" if isinstance(step, COMMAND_STEPS) else "query"
     uses = refused_operators(getattr(step, text_field), allowed=allowed_operators)
     if uses:

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from common.platform.connections import Connections, NoAuth
 from tests.deploy.compose import (
@@ -25,6 +26,8 @@ from tests.deploy.compose import (
     services,
 )
 
+#: Where the postgres image finds the scripts it runs once, when its data directory is made.
+INIT = "/docker-entrypoint-initdb.d"
 #: Environment variables whose values are secrets, or carry one.
 SECRET_NAME = re.compile(r"PASSWORD|PASS$|TOKEN|SECRET|KEY|ACCOUNTS|CONNECTION_STRING|AMQP_URL|DATABASE_URL")
 #: Azurite's published development account key: a known value is still a key.
@@ -189,6 +192,22 @@ def test_the_local_connection_points_at_the_emulator_the_seed_fills() -> None:
     seed = compose["kusto-seed"]["command"]
     assert seed[seed.index("--cluster") + 1] == local.cluster
     assert seed[seed.index("--database") + 1] == "Samples"
+
+
+def test_the_reports_database_is_made_on_the_stacks_postgres_and_its_password_reaches_the_workers() -> None:
+    compose = services()
+    worker = compose["query-worker"]
+    connections = Connections.from_file(host_path(worker, worker["environment"]["ADXFLOW_CONNECTIONS_FILE"]))
+    reports = connections.database("reports")
+    url = make_url(reports.url or "")
+    assert (url.host, url.database, url.username) == ("postgres", "reports", "adxflow")
+    assert reports.password is not None
+    reference = reports.password.env
+    assert reference is not None
+    assert REFERENCE.fullmatch(worker["environment"][reference])["name"] == "POSTGRES_PASSWORD"
+    made = "\n".join(path.read_text() for path in host_path(compose["postgres"], INIT).glob("*.sql"))
+    assert re.search(r"CREATE DATABASE reports OWNER adxflow;", made), made
+    assert reports.allows("storm_daily_summary"), "the table examples/daily-summary-to-postgres.yaml writes"
 
 
 def test_the_compose_file_parses_with_anchors_resolved() -> None:

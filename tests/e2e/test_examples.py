@@ -13,12 +13,14 @@ import json
 import os
 import re
 import sys
+from collections.abc import AsyncIterator
 from csv import DictReader
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -31,6 +33,7 @@ from tests.proxy import SlowKusto
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONDITIONAL = EXAMPLES / "conditional-queries.yaml"
 DASHBOARD = EXAMPLES / "storm-dashboard.yaml"
+SUMMARY = EXAMPLES / "daily-summary-to-postgres.yaml"
 EXPORT = EXAMPLES / "parquet-export.yaml"
 #: How long the slow cluster holds each query, in seconds.
 QUERY_DELAY = 2.0
@@ -43,12 +46,24 @@ async def slow_kusto() -> Any:
 
 
 @pytest.fixture
-def operator_connections(hooks: Hooks, slow_kusto: SlowKusto) -> dict[str, Any]:
-    """The Slack channel the conditional example names, here the test's receiver, and a
-    connection ``slow`` that reaches the local endpoint through the slow proxy."""
+async def reports(postgres_database: Any) -> AsyncIterator[str]:
+    """The operator's database ``reports``: a fresh database on the machine's PostgreSQL."""
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def operator_connections(hooks: Hooks, slow_kusto: SlowKusto, reports: str, tmp_path: Path) -> dict[str, Any]:
+    """The Slack channel the conditional example names, here the test's receiver; a connection
+    ``slow`` that reaches the local endpoint through the slow proxy; and the database ``reports``
+    the examples write into and read from, its URL by reference."""
+    secret = tmp_path / "reports-url"
+    secret.write_text(reports)
     return {
         "connections": {"slow": {"cluster": slow_kusto.url, "auth": "none"}},
         "webhooks": {"incidents-slack": {"url": hooks.url}},
+        # Flows may write any of its tables, and read it.
+        "databases": {"reports": {"url_secret": {"file": str(secret)}, "tables": ["*"], "reads": True}},
     }
 
 
@@ -188,7 +203,7 @@ async def run_through_cli(system: System, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("system", ["in_process"], indirect=True)
-async def test_every_example_applies_and_runs_on_the_sample_data(system: System) -> None:
+async def test_every_example_applies_and_runs_on_the_sample_data(system: System, reports: str) -> None:
     code, output = await cli(system, "flows", "apply", "-f", str(EXAMPLES))
     assert code == 0, output
     assert output.count(" created;") == len(list(EXAMPLES.glob("*.yaml")))
@@ -215,6 +230,7 @@ async def test_every_example_applies_and_runs_on_the_sample_data(system: System)
     await assert_conditional_queries_delivered(system)
     await assert_minute_check_mailed_each_event_once(system)
     await assert_parquet_export_mailed_as_a_link(system)
+    await assert_daily_summary_upserted(system, reports)
 
 
 async def assert_parquet_export_mailed_as_a_link(system: System) -> None:
@@ -252,6 +268,43 @@ async def assert_minute_check_mailed_each_event_once(system: System) -> None:
     code, output = await cli(system, "run", "deadly-storm-check", "--wait")
     assert code == 0, output
     assert told() == first
+
+
+async def assert_daily_summary_upserted(system: System, reports: str) -> None:
+    """The SQL aggregation example: one row a day and state since its first day, each as the
+    sample data has it; a second run leaves the same rows."""
+    since = yaml.safe_load(SUMMARY.read_text())["parameters"]["since"]["default"]
+    query = f"""
+        StormEvents
+        | where StartTime >= datetime({since})
+        | extend Day = bin(StartTime, 1d)
+        | summarize Events = count(), Deaths = sum(DeathsDirect), Damage = sum(DamageProperty)
+            by Day, State
+    """
+    client = KustoClient(KustoConnectionStringBuilder.with_no_authentication(system.kusto_url))
+    try:
+        rows = (await asyncio.to_thread(client.execute, "Samples", query)).primary_results[0].rows
+    finally:
+        client.close()
+    expected = {(row["Day"], row["State"]): (row["Events"], row["Deaths"], row["Damage"]) for row in rows}
+
+    async def summary() -> dict[tuple[Any, str], tuple[int, int, int]]:
+        connection = await asyncpg.connect(reports.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            found = await connection.fetch(
+                'SELECT "Day", "State", "Events", "Deaths", "Damage" FROM storm_daily_summary'
+            )
+        finally:
+            await connection.close()
+        return {(row["Day"], row["State"]): (row["Events"], row["Deaths"], row["Damage"]) for row in found}
+
+    first = await summary()
+    code, output = await cli(system, "run", "daily-summary-to-postgres", "--wait")
+    assert code == 0, output
+
+    assert len(expected) > 20
+    assert first == expected
+    assert await summary() == expected
 
 
 def event_ids(kusto_url: str, query: str) -> set[int]:

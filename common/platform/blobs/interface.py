@@ -22,7 +22,7 @@ import abc
 import asyncio
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -249,12 +249,13 @@ class BlobStore(abc.ABC):
         """
         return await asyncio.to_thread(ResultSet.from_json_bytes, await self.get(key))
 
-    async def result_rows(self, key: str) -> AsyncIterator[tuple[list[Column], list[list[Any]]]]:
+    async def result_rows(self, key: str) -> AsyncGenerator[tuple[list[Column], list[list[Any]]]]:
         """The stored query result at *key*, streamed: its columns and the rows of each chunk read.
 
         Only a chunk and its rows are in memory at once, however many rows the
         result has; each chunk is parsed off the event loop. A blob that is not a
-        whole stored result raises ``ValueError``.
+        whole stored result raises ``ValueError``. A reader that may stop early
+        closes it (``contextlib.aclosing``), which closes the blob.
         """
         stream = RowStream()
         async with self.open(key) as reader:

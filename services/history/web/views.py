@@ -203,7 +203,8 @@ def step_views(run: RunDetail, now: dt.datetime) -> list[StepView]:
     for step in grouped.values():
         step.failed = step.step_id == run.failed_step or step.latest.status == "failed"
         detail = step.latest.detail
-        if step.kind == "query" and detail.get("text"):
+        # A copy with its own query sent its text as a query step does.
+        if step.kind in ("query", "copy") and detail.get("text"):
             step.query_text = detail["text"]
             step.query_source = "as run"
             step.parameters = dict(detail.get("parameters") or {})

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from common.contracts.actions import field_path
 from common.contracts.flows import Flow, child_itinerary, itinerary
+from common.platform.http import invalid_request
 
 
 def _query(step_id: str, **extra: Any) -> dict[str, Any]:
@@ -420,3 +421,58 @@ def test_an_alert_inside_a_for_each_is_refused_naming_the_field() -> None:
     )
     # In an if's branch it runs in the flow's own run: accepted.
     Flow.model_validate({**flow(), "steps": [{"id": "c", "if": "{{ true }}", "then": [inner]}]})
+
+
+def _copy(step_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "action": "copy_to_database", "database": "reports", "table": "t", **extra}
+
+
+@pytest.mark.parametrize(
+    ("copy", "found"),
+    [
+        pytest.param({}, ("steps[1]", "exactly one of 'source'"), id="neither"),
+        pytest.param({"source": "src", "query": "T"}, ("steps[1]", "exactly one of 'source'"), id="both"),
+        pytest.param(
+            {"source": "src", "kusto_database": "Samples"},
+            ("steps[1].kusto_database", "belongs to a copy with its own query"),
+            id="a-query-field-on-a-copy-of-source",
+        ),
+        pytest.param(
+            {"source": "src", "on_too_large": "truncate"},
+            ("steps[1].on_too_large", "belongs to a copy with its own query"),
+            id="a-cap-choice-on-a-copy-of-source",
+        ),
+        pytest.param(
+            {"query": ".show tables"}, ("steps[1].query", "is a control command"), id="a-command-as-its-query"
+        ),
+        pytest.param(
+            {"query": "T", "parameters": {"s": {"type": "string", "value": "{{ row.State }}"}}},
+            ("steps[1].parameters.s.value", "'row' is defined only inside a for_each"),
+            id="row-outside-a-for_each",
+        ),
+    ],
+)
+def test_a_copy_that_is_not_one_of_its_two_forms_is_refused_naming_the_field(
+    copy: dict[str, Any], found: tuple[str, str]
+) -> None:
+    with pytest.raises(ValidationError) as raised:
+        Flow.model_validate(flow(_query("src"), _copy("save", **copy)))
+
+    # As the API answers it.
+    [problem] = invalid_request(raised.value).fields
+    assert problem.field == found[0]
+    assert found[1] in problem.message
+
+
+def test_a_copy_with_its_own_query_inside_a_for_each_takes_the_rows_values_as_parameters() -> None:
+    parameters = {"s": {"type": "string", "value": "{{ row.State }}"}}
+    document = flow(
+        _query("src"),
+        _for_each("each", "src", _copy("save", query="T | where State == s", parameters=parameters)),
+    )
+
+    parsed = Flow.model_validate(document)
+
+    [copy] = [place.spec for place in parsed.places.values() if place.spec.id == "save"]
+    assert copy.templates() == {"parameters.s.value": "{{ row.State }}"}
+    assert [(step.id, step.kind.value) for step in child_itinerary(parsed, "each")][1] == ("save", "copy")

@@ -572,3 +572,43 @@ async def test_a_flows_page_says_when_the_trigger_is_away(server: Server) -> Non
             f"{url}/ui/flows/deadly/silences", data={"for": "1h"}, headers={"X-Adxflow-Request": "1"}
         ) as response:
             assert response.status == 502
+
+
+async def test_a_copys_own_query_shows_on_the_run_page_as_a_query_steps_does(server: Server) -> None:
+    text = "StormEvents | where State == state | summarize Events = count() by State"
+    kinds = (StepKind.TRIGGER, StepKind.COPY, StepKind.RECORD)
+    itinerary = [Step(id=kind.value, kind=kind) for kind in kinds]
+    info = RunInfo(
+        flow="copies",
+        trigger=TriggerKind.MANUAL,
+        connection="local",
+        database="Samples",
+        parameters={"state": HOSTILE},
+        itinerary=itinerary,
+        submitted_at=T0,
+    )
+    async with server() as (url, store), aiohttp.ClientSession() as session:
+        for kind, detail in (
+            (StepKind.TRIGGER, {}),
+            (StepKind.COPY, {"text": text, "parameters": {"state": HOSTILE}, "rows": 3, "table": "daily"}),
+        ):
+            await store.apply(
+                StatusEvent(
+                    run_id="c1",
+                    step_id=kind.value,
+                    kind=kind,
+                    service=SERVICE_OF[kind],
+                    status=StepStatus.SUCCEEDED,
+                    started_at=T0,
+                    finished_at=T0 + dt.timedelta(seconds=1),
+                    detail=detail,
+                    run=info if kind is StepKind.TRIGGER else None,
+                )
+            )
+        async with session.get(url + "/ui/runs/c1") as response:
+            page = await response.text()
+            assert response.status == 200, page
+
+    assert f'<pre class="query"><code>{html.escape(text, quote=False)}</code></pre>' in page
+    assert '<caption>Query parameters</caption>\n      <tr><th scope="row">state</th>' in page
+    assert HOSTILE not in page

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from common.contracts.flows import Flow
-from common.platform.connections import Connections
+from common.platform.connections import Connections, DatabaseConfig
 from common.platform.webhooks import WebhookPolicy
 from services.trigger.validation import FlowInvalid, check_flow
 
@@ -264,3 +264,63 @@ def test_an_alert_naming_a_mute_window_the_operator_did_not_configure_is_refused
             "'weekends' is not a configured mute window (known: none are configured)",
         )
     ]
+
+
+def check_copy(**copy: object) -> list[tuple[str, str]]:
+    flow = Flow.model_validate(
+        {
+            "name": "copy",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {
+                    "id": "save",
+                    "action": "copy_to_database",
+                    "database": "reports",
+                    "table": "daily_summary",
+                    "query": "StormEvents | summarize Events = count() by State",
+                    **copy,
+                }
+            ],
+        }
+    )
+    connections = Connections(
+        databases={
+            "reports": DatabaseConfig(url="postgresql+asyncpg://reports@127.0.0.1/r", tables=["daily_*"])
+        }
+    )
+    connections.add_local("local", "http://127.0.0.1:31415")
+    try:
+        check_flow(
+            flow,
+            connections=connections,
+            policy=WebhookPolicy(named={}, allowed_hosts=[]),
+            minimum_interval=dt.timedelta(minutes=1),
+            maximum_timeout=600,
+            maximum_rows=1_000_000,
+            maximum_bytes=100 * 2**20,
+        )
+    except FlowInvalid as exc:
+        return exc.problems
+    return []
+
+
+def test_a_copy_with_its_own_query_within_the_limits_passes() -> None:
+    assert check_copy(connection="local", kusto_database="Samples", timeout_seconds=600, max_rows=10) == []
+
+
+@pytest.mark.parametrize(
+    ("copy", "field"),
+    [
+        ({"connection": "elsewhere"}, "steps[0].connection"),
+        ({"timeout_seconds": 601}, "steps[0].timeout_seconds"),
+        ({"max_rows": 1_000_001}, "steps[0].max_rows"),
+        ({"max_bytes": 200 * 2**20}, "steps[0].max_bytes"),
+        ({"query": "StormEvents | facet by State"}, "steps[0].query"),
+        ({"table": "secrets"}, "steps[0].table"),
+    ],
+)
+def test_a_copys_own_query_beyond_the_operators_limits_is_refused_naming_the_field(
+    copy: dict[str, object], field: str
+) -> None:
+    assert [found for found, _ in check_copy(**copy)] == [field]
