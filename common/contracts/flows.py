@@ -43,7 +43,15 @@ from common.contracts.actions import (
     inner_steps,
 )
 from common.contracts.documents import READ_BACK, Document, known_zone
-from common.contracts.messages import RunContext, RunMessage, RunStatus, Step, StepKind, utcnow
+from common.contracts.messages import (
+    TRANSFER_MAJOR,
+    RunContext,
+    RunMessage,
+    RunStatus,
+    Step,
+    StepKind,
+    utcnow,
+)
 from common.contracts.parameters import Identifier, ParameterSpec, coerce_parameter
 from common.contracts.templates import TemplateSyntaxProblem, check_template, template_references
 
@@ -163,7 +171,7 @@ class Flow(Document):
     def slips(self) -> dict[str, Step]:
         """Every routing-slip step of every run of the flow (the parent's and its children's), by id."""
         return {
-            slip_id: Step(id=slip_id, kind=kind, flow_step=spec.id)
+            slip_id: slip_step(spec, slip_id, kind)
             for spec in self.every_step()
             for slip_id, kind in slip_steps(spec)
         }
@@ -367,10 +375,17 @@ def slip_steps(step: StepSpec) -> list[tuple[str, StepKind]]:
     return [(step.id, StepKind.NOTIFY)]
 
 
+def slip_step(spec: StepSpec, slip_id: str, kind: StepKind) -> Step:
+    """The routing-slip step *slip_id* of flow step *spec*, with the major it needs above its kind's:
+    a copy with a query of its own came after the copy's major, whose readers would not run it."""
+    needs = TRANSFER_MAJOR if isinstance(spec, CopyToDatabase) and spec.query is not None else None
+    return Step(id=slip_id, kind=kind, flow_step=spec.id, needs=needs)
+
+
 def _slip(steps: Sequence[StepSpec]) -> Iterator[Step]:
     """The slip steps of one list of flow steps: an ``if`` keeps its branches in line, after it."""
     for spec in steps:
-        yield from (Step(id=slip_id, kind=kind, flow_step=spec.id) for slip_id, kind in slip_steps(spec))
+        yield from (slip_step(spec, slip_id, kind) for slip_id, kind in slip_steps(spec))
         if isinstance(spec, If):
             yield from _slip(spec.then)
             yield from _slip(spec.otherwise)

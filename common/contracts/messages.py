@@ -74,7 +74,9 @@ SCHEMA_VERSION = 5
 #: 3: ``RunMessage.trace`` (the run's W3C trace context) and ``RunInfo.trace_id``.
 #: 4: ``RunContext.scope`` and ``RunInfo.scope`` (an iteration or a branch of a parent run), the
 #: error code ``TooManyItems``.
-SCHEMA_MINOR = 4
+#: 5: ``Step.needs`` (a slip step whose flow step a lower major cannot run, such as a copy with a
+#: query of its own).
+SCHEMA_MINOR = 5
 #: Major 2: the step kind ``scope`` (for_each, if and parallel steps, and the join of an
 #: iteration or branch), which a major-1 reader would not know where to send.
 SCOPE_MAJOR = 2
@@ -447,6 +449,9 @@ class Step(WireModel):
     id: str
     kind: StepKind
     flow_step: str | None = None
+    #: The lowest major that can run this step's flow step, when it is above its kind's (a copy
+    #: with a query of its own: `TRANSFER_MAJOR`).
+    needs: int | None = None
 
     @property
     def service(self) -> Service:
@@ -581,7 +586,7 @@ class RunInfo(WireModel):
 
 
 def _major_of(itinerary: list[Step]) -> int:
-    return max((_KIND_MAJOR.get(step.kind.value, 1) for step in itinerary), default=1)
+    return max((max(_KIND_MAJOR.get(step.kind.value, 1), step.needs or 1) for step in itinerary), default=1)
 
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")

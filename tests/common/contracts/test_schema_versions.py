@@ -459,3 +459,33 @@ def test_a_run_with_an_ingestion_is_written_on_the_transfer_major_which_a_copy_m
         )["schema_version"]
         == 4
     )
+
+
+def test_a_run_with_a_copy_of_its_own_query_is_written_on_the_transfer_major(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flow = Flow.model_validate(
+        {
+            "name": "copying",
+            "connection": "local",
+            "database": "Samples",
+            "steps": [
+                {
+                    "id": "save",
+                    "action": "copy_to_database",
+                    "database": "reports",
+                    "table": "t",
+                    "query": "T",
+                },
+            ],
+        }
+    )
+    run = new_run(flow, RunContext(flow=flow.name, trigger=TriggerKind.MANUAL), "r8")
+    body = run.model_dump_json()
+
+    assert [(step.kind, step.needs) for step in run.itinerary][1] == (StepKind.COPY, TRANSFER_MAJOR)
+    assert json.loads(body)["schema_version"] == TRANSFER_MAJOR
+    # A release of the copy major would run the copy without the query it does not know: it refuses it.
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", COPY_MAJOR)
+    with pytest.raises(UnreadableMessage, match="schema_version 5 is newer than this reader's 4"):
+        read_message(RunMessage, body)
