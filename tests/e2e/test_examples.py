@@ -35,6 +35,7 @@ CONDITIONAL = EXAMPLES / "conditional-queries.yaml"
 DASHBOARD = EXAMPLES / "storm-dashboard.yaml"
 SUMMARY = EXAMPLES / "daily-summary-to-postgres.yaml"
 EXPORT = EXAMPLES / "parquet-export.yaml"
+IMPORT = EXAMPLES / "nightly-import-from-postgres.yaml"
 #: How long the slow cluster holds each query, in seconds.
 QUERY_DELAY = 2.0
 
@@ -231,6 +232,7 @@ async def test_every_example_applies_and_runs_on_the_sample_data(system: System,
     await assert_minute_check_mailed_each_event_once(system)
     await assert_parquet_export_mailed_as_a_link(system)
     await assert_daily_summary_upserted(system, reports)
+    await assert_nightly_import_ingested_each_row_once(system, reports)
 
 
 async def assert_parquet_export_mailed_as_a_link(system: System) -> None:
@@ -305,6 +307,40 @@ async def assert_daily_summary_upserted(system: System, reports: str) -> None:
     assert len(expected) > 20
     assert first == expected
     assert await summary() == expected
+
+
+async def assert_nightly_import_ingested_each_row_once(system: System, reports: str) -> None:
+    """The import example: the summary's rows in PostgreSQL are in the Kusto table, each once;
+    a second run finds nothing newer and ingests nothing."""
+    connection = await asyncpg.connect(reports.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        found = await connection.fetch('SELECT "Day", "State", "Events" FROM storm_daily_summary')
+    finally:
+        await connection.close()
+    expected = sorted((row["Day"], row["State"], row["Events"]) for row in found)
+
+    def ingested() -> list[tuple[Any, str, int]]:
+        client = KustoClient(KustoConnectionStringBuilder.with_no_authentication(system.kusto_url))
+        try:
+            rows = client.execute("Samples", "StormDailySummary").primary_results[0].rows
+        finally:
+            client.close()
+        return sorted((row["Day"], row["State"], row["Events"]) for row in rows)
+
+    first = await asyncio.to_thread(ingested)
+    before = {run["run_id"] for run in await system.runs_of("nightly-import-from-postgres")}
+    code, output = await cli(system, "run", "nightly-import-from-postgres", "--wait")
+    assert code == 0, output
+    (latest,) = [
+        run for run in await system.runs_of("nightly-import-from-postgres") if run["run_id"] not in before
+    ]
+    again = await system.finished(latest["run_id"])
+
+    assert len(expected) > 20
+    assert first == expected
+    (load,) = [step for step in again["steps"] if step["step_id"] == "load"]
+    assert load["detail"]["rows"] == 0
+    assert await asyncio.to_thread(ingested) == expected
 
 
 def event_ids(kusto_url: str, query: str) -> set[int]:
