@@ -143,6 +143,21 @@ async def test_an_ingestion_the_operator_did_not_allow_is_refused_at_save_naming
             "binds :id",
         ),
         ({"connection": "prod"}, "steps[0].connection", "'prod' is not a configured connection"),
+        (
+            {"from_sql": None, "from_file": {"url": "https://elsewhere.example/orders.csv"}},
+            "steps[0].from_file.url",
+            "host 'elsewhere.example' is not in the operator's ingestion allowlist",
+        ),
+        (
+            {"from_file": {"blob": "orders.csv"}},
+            "steps[0]",
+            "exactly one of 'from_sql' (a query) or 'from_file'",
+        ),
+        (
+            {"from_sql": None, "from_file": {"blob": "../secrets.csv"}},
+            "steps[0].from_file",
+            "without a leading '/' or a '..'",
+        ),
     ):
         async with system.session.put(
             f"{system.trigger_url}/v1/flows/nightly-import", json=import_flow(table, **change)
