@@ -5,9 +5,13 @@ that does not fit, the database's caps, bound parameters."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gzip
 import json
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -590,3 +594,99 @@ async def test_a_file_that_cannot_be_had_or_read_fails_the_step_saying_why(
     assert isinstance(failed.value, AdxflowError)
     assert failed.value.retryable is (error is FileUnavailable)
     assert table not in world.tables()
+
+
+#: An ingestion in a process of its own (the run message on stdin) that says when it is at *where*
+#: (``streamed``: one request is in the staging table, more to come; ``moved``: the rows are in the
+#: target and the step has not answered) and waits there to be killed.
+INGEST_UNTIL_KILLED = """
+import asyncio, os, sys
+from common.contracts.messages import RunMessage
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections, DatabaseConfig, NoAuth, SecretRef
+from common.platform.runtime import Runtime
+from services.query_worker import ingesting
+from services.query_worker.kusto import KustoRunner
+
+where = sys.argv[1]
+ingesting.REQUEST_BYTES = 230
+
+async def stop_here() -> None:
+    print(where, flush=True)
+    await asyncio.Event().wait()
+
+send, drop = ingesting.Target._send, ingesting.Target._drop
+
+async def sent_once(self, ingest, body, properties):
+    await send(self, ingest, body, properties)
+    if where == "streamed":
+        await stop_here()
+
+async def dropped(self, stage):
+    if where == "moved":
+        await stop_here()
+    await drop(self, stage)
+
+ingesting.Target._send, ingesting.Target._drop = sent_once, dropped
+
+async def main() -> None:
+    message = RunMessage.model_validate_json(sys.stdin.read())
+    source = DatabaseConfig(url_secret=SecretRef(env="SOURCE_URL"), reads=True)
+    connections = Connections(
+        configs={"local": NoAuth(cluster=os.environ["KUSTO_URL"], auth="none")}, databases={"source": source}
+    )
+    runtime = Runtime(
+        settings=Settings(), broker=InProcessBroker(Topology("killed")),
+        blobs=FolderBlobStore(os.environ["BLOBS"]), connections=connections,
+    )
+    await ingesting.IngestStep(runtime, KustoRunner(connections, timeout=30)).perform(message)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("where", "repeated"), [("streamed", False), ("moved", True)])
+async def test_an_ingestion_killed_mid_way_is_redone_once(
+    world: World, postgres_source: str, tmp_path: Path, where: str, repeated: bool
+) -> None:
+    table = table_name()
+    message = at_ingest(ingest_flow(table))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        INGEST_UNTIL_KILLED,
+        where,
+        cwd=Path(__file__).parents[3],
+        env={
+            **os.environ,
+            "SOURCE_URL": postgres_source,
+            "KUSTO_URL": world.kusto.url,
+            "BLOBS": str(tmp_path / "b"),
+        },
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(message.model_dump_json().encode())
+        process.stdin.close()
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line == f"{where}\n".encode()
+    finally:
+        process.kill()
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    stage = staging_table(table, ingest_tag(message))
+    # Killed while streaming: the rows are staged, not in the target; killed after the move: in it.
+    assert world.rows(f"{table} | count")[0]["Count"] == (3 if repeated else 0)
+    assert stage in world.tables()
+
+    redone = await world.step.perform(message)
+
+    assert redone.detail["repeated"] is repeated
+    assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [1, 2, 3]
+    assert stage not in world.tables()
