@@ -690,3 +690,20 @@ async def test_an_ingestion_killed_mid_way_is_redone_once(
     assert redone.detail["repeated"] is repeated
     assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [1, 2, 3]
     assert stage not in world.tables()
+
+
+async def test_a_source_database_that_is_away_is_a_retryable_failure_and_nothing_is_ingested(
+    tmp_path: Path, kusto: LocalKusto
+) -> None:
+    # Nothing listens on the discard port: the connection is refused.
+    away = "postgresql+asyncpg://postgres@127.0.0.1:9/postgres"
+    world = world_of(tmp_path, kusto, {"source": {"url": away, "reads": True}})
+    table = table_name()
+    try:
+        with pytest.raises(DatabaseError, match="database 'source' could not be reached") as failed:
+            await world.step.perform(at_ingest(ingest_flow(table)))
+        assert (failed.value.code, failed.value.retryable) == (ErrorCode.DATABASE_UNAVAILABLE, True)
+        assert table not in world.tables()
+    finally:
+        world.client.close()
+        await world.step.kusto.close()
