@@ -291,13 +291,24 @@ class IngestStep:
         config = self.runtime.connections.database(source.database)
         parameters = step_parameters(message, flow, source.parameters, f"steps.{spec.id}.from_sql.parameters")
         counted = CsvBatches(source.database, config.max_rows, config.max_bytes)
-        async with SqlDatabase(source.database, config) as database:
-            bound = bound_parameters(source.query, parameters, database.dialect)
-            # Closed before the database is: the read's transaction ends on its open connection.
-            reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
-            async with reading as batches:
-                outcome = await self._ingest(spec, target, counted, batches, typed=True)
-        return outcome, {"database": source.database}
+        # The history shows what was sent, beside why it failed if it did.
+        names = bound_names(source.query)
+        sent = {
+            "database": source.database,
+            "text": source.query,
+            "parameters": {name: value for name, (_, value) in parameters.items() if name in names},
+        }
+        try:
+            async with SqlDatabase(source.database, config) as database:
+                bound = bound_parameters(source.query, parameters, database.dialect)
+                # Closed before the database is: the read's transaction ends on its open connection.
+                reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
+                async with reading as batches:
+                    outcome = await self._ingest(spec, target, counted, batches, typed=True)
+        except AdxflowError as exc:
+            exc.detail = {**sent, **exc.detail}
+            raise
+        return outcome, sent
 
     async def _from_file(
         self, message: RunMessage, spec: IngestToKusto, source: FileSource, target: Target

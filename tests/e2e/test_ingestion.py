@@ -119,6 +119,13 @@ async def test_a_days_rows_are_ingested_into_kusto_and_queried_by_the_next_step(
     assert [row["id"] for row in ingested] == wanted
     assert {row["region"] for row in ingested} == {"ü-east"}
     assert str(ingested[0]["amount"]).startswith("2.25")
+    # The run page shows the SQL as run and the value bound.
+    async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
+        page = await response.text()
+    assert response.status == 200
+    assert "SQL on orders, as run" in page
+    assert "WHERE placed &gt;= :day" in page
+    assert "2026-12-03T00:00:00Z" in page
 
 
 @pytest.mark.parametrize("system", ["in_process"], indirect=True)

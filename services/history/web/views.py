@@ -203,10 +203,12 @@ def step_views(run: RunDetail, now: dt.datetime) -> list[StepView]:
     for step in grouped.values():
         step.failed = step.step_id == run.failed_step or step.latest.status == "failed"
         detail = step.latest.detail
-        # A copy with its own query sent its text as a query step does.
-        if step.kind in ("query", "copy") and detail.get("text"):
+        # A copy with its own query sent its text as a query step does; an ingestion, its SQL.
+        if step.kind in ("query", "copy", "ingest") and detail.get("text"):
             step.query_text = detail["text"]
-            step.query_source = "as run"
+            step.query_source = (
+                f"SQL on {detail.get('database')}, as run" if step.kind == "ingest" else "as run"
+            )
             step.parameters = dict(detail.get("parameters") or {})
     return list(grouped.values())
 

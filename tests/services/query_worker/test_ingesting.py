@@ -268,6 +268,11 @@ async def test_values_reach_the_query_only_as_bound_parameters(world: World) -> 
 
     assert outcome.row_count == 2
     assert [row["id"] for row in world.rows(f"{table} | order by id asc")] == [2, 3]
+    # The history shows the SQL and the values bound, as sent.
+    assert (outcome.detail["text"], outcome.detail["parameters"]) == (
+        query,
+        {"minimum": 2, "name": "x' OR '1'='1"},
+    )
 
 
 async def test_a_table_that_is_not_there_or_does_not_fit_is_refused_naming_it_and_left_as_it_was(
