@@ -1,10 +1,11 @@
-"""The ``ingest_to_kusto`` step: a query's rows on the operator's database ingested into a Kusto table,
-once per run however often the step is tried.
+"""The ``ingest_to_kusto`` step: a query's rows on the operator's database, or a file's, ingested into
+a Kusto table, once per run however often the step is tried.
 
 Streaming (the default), in order:
 
-1. The source's rows are read a batch at a time in a read-only transaction
-   (`common.platform.sql.reads`), typed as Kusto types.
+1. The source's rows are read a batch at a time: a query's in a read-only
+   transaction (`common.platform.sql.reads`), typed as Kusto types; a file's
+   from disk (`services.query_worker.ingest_files`).
 2. With ``create_table``, ``.create-merge table`` creates the target or adds the
    columns it lacks; either way each source column must then be a column of the
    target of the same type (or one it widens to: int to long, numbers to real),
