@@ -9,10 +9,11 @@ of its own. Each round, in this process:
 - *source alone*: the step's reading and encoding without Kusto: ``SqlDatabase.read`` (a
   server-side cursor in a read-only transaction, 5,000 rows a batch) through ``CsvBatches`` into
   4 MB CSV requests, which are dropped;
-- *the step*: ``IngestStep.perform`` (``services/query_worker/ingesting.py``) on a run of a flow
-  ingesting the whole table into a new Kusto table with ``create_table``: the same reading, each
-  request sent by azure-kusto-ingest's ``KustoStreamingIngestClient`` into the staging table, then
-  the tagged ``.append`` into the target, and the staging table dropped.
+- *the step*: ``IngestStep.perform`` (``services/query_worker/ingesting.py`` and
+  ``ingest_target.py``) on a run of a flow ingesting the whole table into a new Kusto table
+  with ``create_table``: the same reading, each request sent by azure-kusto-ingest's
+  ``KustoStreamingIngestClient`` into the staging table, then the tagged ``.append`` into the
+  target, and the staging table dropped.
 
 Rows per second are the table's rows over the time. Each request is sent (the client's
 ``ingest_from_stream``, on a thread: it compresses the request and waits for the endpoint to
@@ -43,8 +44,8 @@ from common.platform.connections import Connections, DatabaseConfig, NoAuth
 from common.platform.runtime import Runtime
 from common.platform.sql import SqlDatabase
 from services.embedded.kusto.database import write_database
-from services.query_worker import ingesting
-from services.query_worker.ingesting import BATCH_ROWS, CsvBatches, IngestStep, chain
+from services.query_worker.ingest_target import CsvBatches, Target
+from services.query_worker.ingesting import BATCH_ROWS, IngestStep, chain
 from services.query_worker.kusto import KustoRunner
 
 QUERY = "SELECT id, placed, region, amount, flag, details FROM orders"
@@ -102,7 +103,7 @@ class TimedSends:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._send = ingesting.Target._send
+        self._send = Target._send
 
     def __enter__(self) -> TimedSends:
         timed = self
@@ -114,11 +115,11 @@ class TimedSends:
             finally:
                 timed.seconds += time.perf_counter() - began
 
-        ingesting.Target._send = send  # type: ignore[method-assign]
+        Target._send = send  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *_: object) -> None:
-        ingesting.Target._send = self._send  # type: ignore[method-assign]
+        Target._send = self._send  # type: ignore[method-assign]
 
 
 async def run(section: Section, workdir: Path, *, quick: bool) -> None:

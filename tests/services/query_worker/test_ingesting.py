@@ -39,9 +39,10 @@ from common.platform.connections import Connections, DatabaseConfig, NoAuth
 from common.platform.runtime import Runtime
 from services.embedded.kusto.database import write_database
 from services.embedded.kusto.endpoint import LocalKusto
-from services.query_worker import ingesting
+from services.query_worker import ingest_target, ingesting
 from services.query_worker.export_files import ParquetFile
-from services.query_worker.ingesting import IngestStep, ingest_tag, staging_table
+from services.query_worker.ingest_target import ingest_tag, staging_table
+from services.query_worker.ingesting import IngestStep
 from services.query_worker.kusto import KustoRunner
 
 pytestmark = pytest.mark.postgres
@@ -248,7 +249,7 @@ async def test_what_a_broken_try_left_in_the_staging_table_is_not_ingested(world
 async def test_rows_go_in_several_requests_when_they_are_over_one_requests_bytes(
     world: World, monkeypatch: pytest.MonkeyPatch, batch_rows: int, request_bytes: int
 ) -> None:
-    monkeypatch.setattr(ingesting, "REQUEST_BYTES", request_bytes)
+    monkeypatch.setattr(ingest_target, "REQUEST_BYTES", request_bytes)
     monkeypatch.setattr(ingesting, "BATCH_ROWS", batch_rows)
     table = table_name()
 
@@ -613,7 +614,7 @@ from common.platform.broker.memory import InProcessBroker
 from common.platform.config import Settings
 from common.platform.connections import Connections, DatabaseConfig, NoAuth, SecretRef
 from common.platform.runtime import Runtime
-from services.query_worker import ingesting
+from services.query_worker import ingest_target, ingesting
 from services.query_worker.kusto import KustoRunner
 
 where = sys.argv[1]
@@ -623,7 +624,7 @@ async def stop_here() -> None:
     print(where, flush=True)
     await asyncio.Event().wait()
 
-send, drop = ingesting.Target._send, ingesting.Target._drop
+send, drop = ingest_target.Target._send, ingest_target.Target._drop
 
 async def sent_once(self, ingest, body, properties):
     await send(self, ingest, body, properties)
@@ -635,7 +636,7 @@ async def dropped(self, stage):
         await stop_here()
     await drop(self, stage)
 
-ingesting.Target._send, ingesting.Target._drop = sent_once, dropped
+ingest_target.Target._send, ingest_target.Target._drop = sent_once, dropped
 
 async def main() -> None:
     message = RunMessage.model_validate_json(sys.stdin.read())
