@@ -48,15 +48,15 @@ class NotReady(Exception):
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
 
 
-def invalid_request(exc: ValidationError) -> Refusal:
-    """A 400 that names every bad field and what is wrong with it.
+def field_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
+    """Every error of *exc* as its field (empty for the document itself), message and pydantic type.
 
     Rules that span several fields are checked on the whole document (or the
     whole step) and say which field they mean at the start of their message
     (``steps[1].subject: ...``, ``key_columns: ...``); that field, within the
     document or the step, is reported as the field.
     """
-    fields = []
+    errors = []
     for error in exc.errors():
         location = field_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
@@ -64,7 +64,13 @@ def invalid_request(exc: ValidationError) -> Refusal:
         if named is not None:
             location = f"{location}.{named.group(1)}" if location else named.group(1)
             message = named.group(2)
-        fields.append(FieldProblem(field=location or "body", message=message))
+        errors.append((location, message, error["type"]))
+    return errors
+
+
+def invalid_request(exc: ValidationError) -> Refusal:
+    """A 400 that names every bad field (as :func:`field_errors` does) and what is wrong with it."""
+    fields = [FieldProblem(field=field or "body", message=message) for field, message, _ in field_errors(exc)]
     summary = "; ".join(f"{f.field}: {f.message}" for f in fields)
     return Refusal(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
 
@@ -119,7 +125,7 @@ def _decoded(body: bytes, charset: str | None) -> str:
         raise _bad_request(f"body is not valid {charset}: {exc.reason} at byte {exc.start}") from None
 
 
-def _checked(document: Any) -> Any:
+def checked_document(document: Any) -> Any:
     """*document*, unless it is nested too deeply or holds a number JSON cannot answer with."""
     pending = [(document, 0)]
     while pending:
@@ -135,6 +141,33 @@ def _checked(document: Any) -> Any:
     return document
 
 
+def compose_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """A YAML text's document, read as :func:`read_document` reads it, and the nodes it was built from.
+
+    The nodes carry where each value is in the text. ``yaml.YAMLError`` when the text is not
+    YAML (with the mark of the problem), :class:`Refusal` when it holds a value no document may.
+    """
+    loader = _DocumentLoader(text)
+    try:
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+    return checked_document(document), node
+
+
+async def read_text(request: web.Request) -> tuple[str, bool]:
+    """The body as text, and whether it is YAML (JSON otherwise, as :func:`read_document` decides).
+
+    415 when the content type is neither, 400 when the body cannot be decoded.
+    """
+    body = await request.read()
+    is_yaml = request.content_type in _YAML_TYPES
+    if not is_yaml and request.content_type != "application/json" and body.strip():
+        raise Refusal(415, "send the body as application/json or YAML", code="InvalidRequest")
+    return _decoded(body, request.charset), is_yaml
+
+
 async def read_document(request: web.Request) -> Any:
     """The body as JSON, or as YAML when the content type says so; an empty body is ``{}``."""
     body = await request.read()
@@ -142,7 +175,7 @@ async def read_document(request: web.Request) -> Any:
         text = _decoded(body, request.charset)
         try:
             # Pure-Python parsing: off the event loop, so an awkward body delays only itself.
-            return _checked(await asyncio.to_thread(yaml.load, text, Loader=_DocumentLoader) or {})
+            return checked_document(await asyncio.to_thread(yaml.load, text, Loader=_DocumentLoader) or {})
         except yaml.YAMLError as exc:
             raise _bad_request(f"body is not valid YAML: {exc}") from None
         except ValueError as exc:  # an integer longer than Python converts
@@ -151,7 +184,7 @@ async def read_document(request: web.Request) -> Any:
         raise Refusal(415, "send the body as application/json or YAML", code="InvalidRequest")
     text = _decoded(body, request.charset)
     try:
-        return _checked(json.loads(text)) if text.strip() else {}
+        return checked_document(json.loads(text)) if text.strip() else {}
     except RecursionError:
         raise _bad_request(f"body is nested deeper than {_MAX_DEPTH} levels") from None
     except ValueError as exc:

@@ -225,8 +225,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     list_cmd = flows.add_parser("list", help="the saved flows, their schedules and next fire times")
     list_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
-    validate_cmd = flows.add_parser("validate", help="check flow files without saving them")
+    # These ask a server when one is named (--url, or ADXFLOW_TRIGGER_URL), and work offline otherwise.
+    server = os.environ.get("ADXFLOW_TRIGGER_URL")
+    server_help = "ask this trigger API (default: ADXFLOW_TRIGGER_URL if set, else check here)"
+    validate_cmd = flows.add_parser(
+        "validate", help="check flow files without saving them; each problem as FILE:LINE:COLUMN: field: ..."
+    )
     validate_cmd.add_argument("file", help="a flow file or a folder of them")
+    validate_cmd.add_argument("--url", default=server, help=server_help + " with the server's checks")
+    validate_cmd.add_argument(
+        "--offline", action="store_true", help="check here only: the document and its schedule"
+    )
+    templates_cmd = flows.add_parser("templates", help="the example flows to start a flow from")
+    template_cmd = flows.add_parser("template", help="print one template's YAML (> my-flow.yaml)")
+    template_cmd.add_argument("name")
+    for command in (templates_cmd, template_cmd):
+        command.add_argument("--url", default=server, help=server_help.replace("check", "read"))
+        command.add_argument("--offline", action="store_true", help="this installation's templates")
 
     run_cmd = commands.add_parser("run", help="run a saved flow now")
     run_cmd.add_argument("name")
@@ -287,8 +302,13 @@ def _parser() -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace) -> None:
     from services.launcher import client
 
+    server = None if getattr(args, "offline", True) or not args.url else args.url.rstrip("/")
     if args.command == "flows" and args.flows_command == "validate":
-        client.validate(args.file)
+        client.validate(args.file, server)
+    elif args.command == "flows" and args.flows_command == "templates":
+        client.list_templates(server)
+    elif args.command == "flows" and args.flows_command == "template":
+        client.show_template(args.name, server)
     elif args.command == "flows" and args.flows_command == "apply":
         asyncio.run(client.apply(args.url.rstrip("/"), args.file, if_match=args.if_match))
     elif args.command == "flows":

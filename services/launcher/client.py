@@ -18,11 +18,10 @@ from typing import Any
 
 import aiohttp
 import yaml
-from pydantic import ValidationError
 
-from common.contracts.actions import field_path
 from common.contracts.errors import AdxflowError
-from common.contracts.flows import Flow
+from services.trigger.drafts import DraftProblem, examine
+from services.trigger.flow_templates import FlowTemplate, flow_templates
 from services.trigger.schedule import Schedule, ScheduleError
 
 #: How long `run --wait` waits for a run to end.
@@ -47,41 +46,95 @@ def flow_files(target: str) -> Iterator[Path]:
         yield path
 
 
-def validate_file(path: Path) -> list[str]:
-    """Problems with one flow file, each naming its field; empty when it is valid here."""
+def validate_file(path: Path) -> list[DraftProblem]:
+    """Problems with one flow file found here, without a server: its document's own and its schedule's.
+
+    Each names its field and, where the text has it, its line and column; empty when it is valid.
+    """
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        return [f"cannot read: {exc}"]
-    try:
-        flow = Flow.model_validate(document)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = field_path(error["loc"])
-            problems.append(f"{where + ': ' if where else ''}{error['msg'].removeprefix('Value error, ')}")
-        return problems
-    trigger = flow.trigger
-    if trigger.cron is not None or trigger.every is not None:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [DraftProblem(field="", message=f"cannot read: {exc}")]
+    examined = examine(text, is_yaml=path.suffix != ".json")
+    flow = examined.flow
+    if flow is not None and (flow.trigger.cron is not None or flow.trigger.every is not None):
+        trigger = flow.trigger
         try:
             Schedule.build(cron=trigger.cron, every=trigger.every, timezone=trigger.timezone)
         except ScheduleError as exc:
-            return [str(exc)]
-    return []
+            examined.add(exc.field, exc.problem)
+    return examined.problems
 
 
-def validate(target: str) -> None:
+def validate_remotely(trigger_url: str, path: Path) -> list[DraftProblem]:
+    """Problems with one flow file as the server at *trigger_url* finds them (POST /v1/flows:validate)."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        return [DraftProblem(field="", message=f"cannot read: {exc}")]
+    return asyncio.run(_validate_on(trigger_url, path, text))
+
+
+async def _validate_on(trigger_url: str, path: Path, text: bytes) -> list[DraftProblem]:
+    media = "application/json" if path.suffix == ".json" else "application/yaml"
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(
+            session, "POST", f"{trigger_url}/v1/flows:validate", data=text, headers={"Content-Type": media}
+        )
+    if status != 200:
+        raise SystemExit(f"adxflow: {trigger_url}: {_refusal(status, body)}")
+    return [DraftProblem.model_validate(problem) for problem in body["problems"]]
+
+
+def format_problem(path: Path, problem: DraftProblem) -> str:
+    """``FILE:LINE:COLUMN: field: message``, as compilers and editors read it."""
+    where = f"{path}:{problem.line}:{problem.column}" if problem.line is not None else str(path)
+    return f"{where}: {problem.field + ': ' if problem.field else ''}{problem.message}"
+
+
+def validate(target: str, trigger_url: str | None = None) -> None:
+    """Check every flow file of *target*: on the server at *trigger_url*, or here without one."""
     failed = False
     for path in flow_files(target):
-        problems = validate_file(path)
+        problems = validate_remotely(trigger_url, path) if trigger_url else validate_file(path)
         if problems:
             failed = True
             for problem in problems:
-                print(f"{path}: {problem}")
+                print(format_problem(path, problem))
         else:
             print(f"{path}: ok")
     if failed:
         raise SystemExit(1)
+
+
+async def _templates_on(trigger_url: str, name: str | None) -> list[FlowTemplate]:
+    path = "/v1/flow-templates" + (f"/{name}" if name else "")
+    async with aiohttp.ClientSession(headers=_headers()) as session:
+        status, body = await _call(session, "GET", f"{trigger_url}{path}")
+    if status != 200:
+        raise SystemExit(f"adxflow: {_refusal(status, body)}")
+    listed = body["templates"] if name is None else [body]
+    return [FlowTemplate.model_validate(template) for template in listed]
+
+
+def list_templates(trigger_url: str | None = None) -> None:
+    """The flow templates (the shipped examples): the server's, or this installation's."""
+    templates = asyncio.run(_templates_on(trigger_url, None)) if trigger_url else flow_templates().values()
+    for template in templates:
+        needs = f"  (needs {'; '.join(template.needs)})" if template.needs else ""
+        print(f"{template.name:<30} {template.description}{needs}")
+
+
+def show_template(name: str, trigger_url: str | None = None) -> None:
+    """One template's YAML, as it is shipped: redirect it into a file to start a flow."""
+    if trigger_url:
+        [template] = asyncio.run(_templates_on(trigger_url, name))
+    else:
+        found = flow_templates().get(name)
+        if found is None:
+            raise SystemExit(f"adxflow: no flow template {name!r}; `adxflow flows templates` lists them")
+        template = found
+    sys.stdout.write(template.yaml)
 
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:

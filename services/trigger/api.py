@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from common.contracts.flows import Flow, RunTemplate
 from common.contracts.messages import ErrorCode, JobRequest, RunContext, TriggerKind, new_id, utcnow
 from common.platform.broker.interface import BrokerError
-from common.platform.http import bearer_auth, invalid_request, read_document
+from common.platform.http import bearer_auth, invalid_request, read_document, read_text
 from common.platform.logs import run_context
 from common.platform.openapi import HttpApi
 from common.platform.routes import (
@@ -52,12 +52,13 @@ from services.trigger.bodies import (
     SilenceRequest,
     SilenceView,
 )
+from services.trigger.drafts import DraftProblem, DraftReport, examine, trigger_words
+from services.trigger.flow_templates import FlowTemplate, FlowTemplates, flow_templates
 from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
 from services.trigger.silences import LISTINGS, SilenceStore
 from services.trigger.starter import launch
 from services.trigger.store import FlowExists, FlowStore, RequestState, StoredFlow
-from services.trigger.timetable import schedule_of
-from services.trigger.validation import FlowInvalid, check_flow
+from services.trigger.validation import FlowInvalid, Problem, check_flow
 
 log = structlog.get_logger(__name__)
 
@@ -137,16 +138,8 @@ class TriggerApi:
     def _view(self, stored: StoredFlow) -> FlowView:
         flow = stored.flow
         trigger = flow.trigger
-        next_fire = None
-        if trigger.kind in ("cron", "every"):
-            schedule = schedule_of(flow)
-            described = schedule.describe()
-            next_fire = schedule.next_after(dt.datetime.now(dt.UTC)).isoformat()
-        elif trigger.after is not None:
-            statuses = ", ".join(status.value for status in trigger.after.status)
-            described = f"after {trigger.after.flow} ({statuses})"
-        else:
-            described = "on demand"
+        described, schedule = trigger_words(flow)
+        next_fire = schedule.next_after(dt.datetime.now(dt.UTC)).isoformat() if schedule else None
         return FlowView(
             name=flow.name,
             version=stored.version,
@@ -160,6 +153,13 @@ class TriggerApi:
         )
 
     async def _check(self, flow: Flow) -> None:
+        problems = await self._problems(flow)
+        if problems:
+            fields = [FieldProblem(field=field, message=problem) for field, problem in problems]
+            raise Refusal(400, f"invalid flow: {FlowInvalid(problems)}", code="InvalidFlow", fields=fields)
+
+    async def _problems(self, flow: Flow) -> list[Problem]:
+        """What keeps *flow* from being saved on this server, beyond its own document."""
         followed_by = {
             stored.flow.name: stored.flow.trigger.after.flow if stored.flow.trigger.after else None
             for stored in await self.store.all()
@@ -182,8 +182,8 @@ class TriggerApi:
                 ingest_urls=ingest_policy(settings),
             )
         except FlowInvalid as exc:
-            fields = [FieldProblem(field=field, message=problem) for field, problem in exc.problems]
-            raise Refusal(400, f"invalid flow: {exc}", code="InvalidFlow", fields=fields) from exc
+            return exc.problems
+        return []
 
     # -- flows -------------------------------------------------------------
 
@@ -226,6 +226,21 @@ class TriggerApi:
         return Reply(
             self._view(stored), status=201 if created else 200, headers={"ETag": etag(stored.version)}
         )
+
+    async def validate_flow(self, request: web.Request) -> DraftReport:
+        """Every problem a save of the body would refuse, each placed in the text; nothing saved."""
+        try:
+            text, is_yaml = await read_text(request)
+        except Refusal as refusal:
+            if refusal.status != 400:
+                raise
+            return DraftReport(valid=False, problems=[DraftProblem(field="", message=refusal.message)])
+        # Pure-Python parsing: off the event loop, as read_document does.
+        examined = await asyncio.to_thread(examine, text, is_yaml=is_yaml)
+        if examined.flow is not None:
+            for field, problem in await self._problems(examined.flow):
+                examined.add(field, problem)
+        return examined.report(dt.datetime.now(dt.UTC))
 
     async def delete_flow(self, request: web.Request) -> Reply:
         name = request.match_info["name"]
@@ -283,6 +298,18 @@ class TriggerApi:
 
     async def list_connections(self, request: web.Request) -> ConnectionList:
         return ConnectionList(connections=self.runtime.connections.names())
+
+    # -- templates ---------------------------------------------------------
+
+    async def list_templates(self, request: web.Request) -> FlowTemplates:
+        return FlowTemplates(templates=list(flow_templates().values()))
+
+    async def get_template(self, request: web.Request) -> FlowTemplate:
+        name = request.match_info["name"]
+        template = flow_templates().get(name)
+        if template is None:
+            raise Refusal(404, f"flow template {name!r} not found", code="NotFound")
+        return template
 
     # -- alerts and silences -----------------------------------------------
 
@@ -390,6 +417,47 @@ ROUTES: list[Route[TriggerApi]] = [
         {201: Answer("The flow, saved.", FlowView, headers=_ETAG)},
         body=Body(Flow, EXAMPLE_FLOW, yaml=True),
         refusals=(*_BODY, 409),
+    ),
+    Route(
+        "POST",
+        "/v1/flows:validate",
+        "validateFlow",
+        TriggerApi.validate_flow,
+        "Check a flow as a save would, saving nothing: each problem with its field and its place in the text",
+        {
+            200: Answer(
+                "The problems (none: a save would accept it), even for a body that is not YAML or "
+                "JSON; lines and columns count from 1 in the text sent.",
+                DraftReport,
+            )
+        },
+        body=Body(
+            Flow,
+            EXAMPLE_FLOW,
+            yaml=True,
+            description="A flow document, as PUT /v1/flows/{name} takes it (naming itself).",
+        ),
+        refusals=(413, 415),
+    ),
+    Route(
+        "GET",
+        "/v1/flow-templates",
+        "listFlowTemplates",
+        TriggerApi.list_templates,
+        "The example flows adxflow ships, as templates to start a flow from",
+        {200: Answer("The templates, by name.", FlowTemplates)},
+    ),
+    Route(
+        "GET",
+        "/v1/flow-templates/{name}",
+        "getFlowTemplate",
+        TriggerApi.get_template,
+        "One template: its YAML, what it does and what the operator configures for it",
+        {200: Answer("The template.", FlowTemplate)},
+        parameters=[
+            Parameter("name", "path", "The template's name.", example="daily-storm-report"),
+        ],
+        refusals=(404,),
     ),
     Route(
         "GET",
@@ -536,7 +604,7 @@ API = HttpApi(
             ErrorBody,
             headers={"WWW-Authenticate": "The scheme to authenticate with."},
         ),
-        404: Answer("No flow has this name, or no silence this id.", ErrorBody),
+        404: Answer("No flow (or flow template) has this name, or no silence this id.", ErrorBody),
         409: Answer(
             "A flow with this name exists (PUT replaces it), or the silence is over already.", ErrorBody
         ),
