@@ -210,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gallery_cmd.add_argument("out_dir", type=Path, help="where the pictures and index.html go")
 
-    flows_cmd = commands.add_parser("flows", help="apply, list and validate flows")
+    flows_cmd = commands.add_parser("flows", help="apply, list and validate flows; start one from a template")
     flows = flows_cmd.add_subparsers(dest="flows_command", required=True)
     apply_cmd = flows.add_parser("apply", help="create or replace flows from a file or a folder of files")
     apply_cmd.add_argument(
