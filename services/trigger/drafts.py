@@ -105,16 +105,19 @@ class Examined:
             return None
         try:
             words, schedule = trigger_words(self.flow)
+            fires = _next_fires(schedule, now) if schedule is not None else []
         except ScheduleError as exc:
-            words, schedule = f"invalid schedule: {exc.problem}", None
-        fires = []
-        if schedule is not None:
-            fire = now
-            for _ in range(NEXT_FIRES):
-                fire = schedule.next_after(fire)
-                fires.append(fire.isoformat())
+            words, fires = f"invalid schedule: {exc.problem}", []
         flow = self.flow
         return DraftFlow(name=flow.name, trigger=flow.trigger.kind, schedule=words, next_fires=fires)
+
+
+def _next_fires(schedule: Schedule, after: dt.datetime) -> list[str]:
+    fires = []
+    for _ in range(NEXT_FIRES):
+        after = schedule.next_after(after)
+        fires.append(after.isoformat())
+    return fires
 
 
 def examine(text: str, *, is_yaml: bool = True) -> Examined:

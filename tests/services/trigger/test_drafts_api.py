@@ -324,3 +324,21 @@ async def test_a_template_that_needs_configuration_says_so(api: Api) -> None:
     assert plain.body["about"].startswith("Every morning at 08:00 Berlin time")
     assert plain.body["yaml"] == flow_templates()["daily-storm-report"].yaml
     assert (missing.status, missing.error["code"]) == (404, "NotFound")
+
+
+async def test_an_unknown_time_zone_is_placed_and_a_cron_too_frequent_leaves_the_fire_times(api: Api) -> None:
+    zone = STORMS_YAML.replace("Europe/Berlin", "Mars/Olympus")
+    frequent = STORMS_YAML.replace('"30 7 * * 1"', '"*/2 * * * *"')
+
+    zoned, hurried = await validate(api, zone), await validate(api, frequent)
+
+    problem = by_field(zoned)["trigger.timezone"]
+    assert (problem["line"], problem["column"]) == position(zone, "Mars/Olympus")
+    assert "flow" not in zoned
+    # Refused here (the minimum is 5 minutes), still a schedule that fires.
+    assert list(by_field(hurried)) == ["trigger.cron"]
+    assert (
+        by_field(hurried)["trigger.cron"]["line"],
+        by_field(hurried)["trigger.cron"]["column"],
+    ) == position(frequent, '"*/2')
+    assert len(hurried["flow"]["next_fires"]) == 5
