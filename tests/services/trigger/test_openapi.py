@@ -50,7 +50,10 @@ HISTORY_URL = "http://history.example:8081"
 FUZZING = schemathesis.Config.from_dict(
     {
         "operations": [
-            {"include-operation-id": ["createFlow", "putFlow"], "phases": {"coverage": {"enabled": False}}}
+            {
+                "include-operation-id": ["createFlow", "putFlow", "validateFlow"],
+                "phases": {"coverage": {"enabled": False}},
+            }
         ]
     }
 )
