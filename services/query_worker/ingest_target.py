@@ -41,7 +41,9 @@ from services.query_worker.kusto import KustoRunner, classify
 
 log = structlog.get_logger(__name__)
 
+#: The most bytes of CSV one streaming request carries (Kusto's limit is 4 MB uncompressed).
 REQUEST_BYTES = 4_000_000
+#: What a column of one type may be moved into besides its own type, and how.
 _WIDENED = {("int", "long"): "tolong", ("int", "real"): "toreal", ("long", "real"): "toreal"}
 #: A missing column's value, typed as the target's column.
 _NULLS = {
