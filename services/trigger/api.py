@@ -324,7 +324,8 @@ class TriggerApi:
         name = request.match_info["name"]
         if_match = IfMatch.of(request.headers.get("If-Match"))
         found = await self._version(name, _number(request, "version", request.match_info["version"]))
-        document = yaml.safe_load(found.definition) or {}
+        # Pure-Python parsing, off the event loop, as the definition's first reading was.
+        document = await asyncio.to_thread(yaml.safe_load, found.definition) or {}
         if isinstance(document, dict):
             document.setdefault("name", name)
         try:

@@ -327,41 +327,45 @@ async def flow_page(request: web.Request) -> web.Response:
     try:
         alerts = await trigger.alerts(name)
         over = await trigger.silences(name, "ended")
-        history = await trigger.versions(name)
-        current = history["current"]
-        definition = (await trigger.version(name, current))["definition"] if current else None
     except TriggerUnavailable as exc:
         if exc.status == 404:
             return page(request, "missing.html", status=404, what=f"flow {name}")
         return page(request, "flow.html", status=502, name=name, problem=exc.message)
+    context: dict[str, Any] = {"alerts": alerts["alerts"], "silences": alerts["silences"], "over": over}
+    try:
+        context.update(await _versions(trigger, name, older, newer))
+    except TriggerUnavailable as exc:
+        # The alerts still show: a trigger of the release before versions has none to give.
+        context.update(versions=[], versions_problem=exc.message)
+    return page(request, "flow.html", name=name, problem=None, **context)
+
+
+async def _versions(
+    trigger: TriggerClient, name: str, older: int | None, newer: int | None
+) -> dict[str, Any]:
+    """What the page shows of the flow's versions: the definition, the list, the diff asked for."""
+    history = await trigger.versions(name)
+    current = history["current"]
     numbers = [entry["version"] for entry in history["versions"]]
-    # By default the newest change: the version before the current one against it.
+    # By default the newest change: the version before the newest against it.
     newer = newer if newer is not None else numbers[0]
-    older = older if older is not None else (numbers[1] if len(numbers) > 1 else numbers[0])
-    diff, diff_problem = [], None
+    older = older if older is not None else numbers[min(1, len(numbers) - 1)]
+    diff: list[str] = []
+    diff_problem = None
     if older not in numbers or newer not in numbers:
         diff_problem = f"flow {name} has no version {older if older not in numbers else newer}"
     else:
-        try:
-            diff = await trigger.diff(name, older, newer)
-        except TriggerUnavailable as exc:
-            diff_problem = exc.message
-    return page(
-        request,
-        "flow.html",
-        name=name,
-        problem=None,
-        alerts=alerts["alerts"],
-        silences=alerts["silences"],
-        over=over,
-        definition=definition,
-        current=current,
-        versions=history["versions"],
-        diff=[(_diff_kind(line), line) for line in diff],
-        diff_from=older,
-        diff_to=newer,
-        diff_problem=diff_problem,
-    )
+        diff = await trigger.diff(name, older, newer)
+    return {
+        "definition": (await trigger.version(name, current))["definition"] if current else None,
+        "current": current,
+        "versions": history["versions"],
+        "versions_problem": None,
+        "diff": [(_diff_kind(line), line) for line in diff],
+        "diff_from": older,
+        "diff_to": newer,
+        "diff_problem": diff_problem,
+    }
 
 
 def _diff_kind(line: str) -> str:

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import aiohttp
 import markupsafe
+import sqlalchemy as sa
 import yaml
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from common.platform.config import Settings
+from services.trigger.store import flow_versions
 from tests.services.history.test_web import HOSTILE, _history_before, data_dirs
 from tests.services.trigger.test_flows_api import STORMS_YAML, serving
 
@@ -105,3 +109,38 @@ async def test_an_older_version_is_restored_from_the_page_with_the_custom_header
         restored = await trigger.call("GET", "/v1/flows/weekly-storms/versions/3")
 
     assert (restored.body["restored_from"], restored.body["definition"]) == (1, WRITTEN)
+
+
+async def test_the_on_off_switch_saves_a_version_and_a_flow_without_versions_still_shows_its_alerts(
+    data_dirs: tuple[Path, Path], namespace: str
+) -> None:
+    history_dir, trigger_dir = data_dirs
+    async with (
+        serving(trigger_dir, namespace) as trigger,
+        _history_before(trigger.url, history_dir) as url,
+        aiohttp.ClientSession() as browser,
+    ):
+        await trigger.call("PUT", "/v1/flows/weekly-storms", WRITTEN, content_type="application/yaml")
+        switch = f"{url}/ui/flows/weekly-storms/enabled"
+        async with browser.post(switch, json={"enabled": False, "version": 1}, headers=PAGE) as off:
+            assert off.status == 200
+        listed = await trigger.call("GET", "/v1/flows/weekly-storms/versions")
+        # A flow saved by a replica of the release before versions has none.
+        engine = create_async_engine(Settings(data_dir=trigger_dir).resolved_database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(sa.delete(flow_versions))
+        finally:
+            await engine.dispose()
+        async with browser.get(f"{url}/ui/flows/weekly-storms") as response:
+            status, page = response.status, await response.text()
+
+    assert [(entry["version"], entry["summary"], entry["saved_by"]) for entry in listed.body["versions"]] == [
+        (2, "disabled", "local"),
+        (1, "created", "local"),
+    ]
+    assert status == 200
+    notice = "The flow's versions could not be read: the trigger API refused: flow 'weekly-storms' not found"
+    assert notice in html.unescape(page)
+    assert 'id="alerts"' in page
+    assert 'id="versions"' not in page
