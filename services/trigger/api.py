@@ -86,7 +86,7 @@ def _no_version(name: str, number: int, kept: list[int]) -> Refusal:
     return Refusal(404, f"flow {name!r} has no version {number} (its versions: {held})", code="NotFound")
 
 
-def _number(request: web.Request, name: str, value: str | None) -> int:
+def _number(name: str, value: str | None) -> int:
     """A version number given in the path or the query, or `InvalidParameter` naming *name*."""
     if value is None:
         raise InvalidParameter(name, "required: a version number, as GET /v1/flows/{name}/versions lists")
@@ -303,7 +303,7 @@ class TriggerApi:
 
     async def get_version(self, request: web.Request) -> VersionView | web.Response:
         name = request.match_info["name"]
-        found = await self._version(name, _number(request, "version", request.match_info["version"]))
+        found = await self._version(name, _number("version", request.match_info["version"]))
         if _prefers(request, _YAML_MEDIA):
             return web.Response(text=found.definition, content_type="application/yaml", charset="utf-8")
         return VersionView.model_validate(
@@ -312,8 +312,8 @@ class TriggerApi:
 
     async def diff_versions(self, request: web.Request) -> VersionDiff | web.Response:
         name = request.match_info["name"]
-        older = await self._version(name, _number(request, "from", request.query.get("from")))
-        newer = await self._version(name, _number(request, "to", request.query.get("to")))
+        older = await self._version(name, _number("from", request.query.get("from")))
+        newer = await self._version(name, _number("to", request.query.get("to")))
         lines = unified_diff(name, older, newer)
         if _prefers(request, ("text/plain",)):
             return web.Response(text="".join(f"{line}\n" for line in lines), content_type="text/plain")
@@ -323,7 +323,7 @@ class TriggerApi:
         """Save a version's definition again as a new version, checked as any save is."""
         name = request.match_info["name"]
         if_match = IfMatch.of(request.headers.get("If-Match"))
-        found = await self._version(name, _number(request, "version", request.match_info["version"]))
+        found = await self._version(name, _number("version", request.match_info["version"]))
         # Pure-Python parsing, off the event loop, as the definition's first reading was.
         document = await asyncio.to_thread(yaml.safe_load, found.definition) or {}
         if isinstance(document, dict):

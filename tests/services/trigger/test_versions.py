@@ -260,3 +260,27 @@ async def test_with_a_token_the_saver_is_recorded_as_token(tmp_path: Path, names
 
     assert anonymous.status == 401
     assert [entry["saved_by"] for entry in listed.body["versions"]] == ["token"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "media"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("application/yaml", "application/yaml"),
+        ("application/json, application/yaml", "application/json"),
+        ("application/json;q=0.5, application/yaml", "application/yaml"),
+        ("application/yaml;q=0.2, */*;q=0.8", "application/json"),
+    ],
+)
+async def test_a_version_answers_yaml_only_when_the_request_prefers_it(
+    api: Api, accept: str | None, media: str
+) -> None:
+    await api.call("PUT", "/v1/flows/weekly-storms", COMMENTED, content_type=YAML)
+
+    headers = {"Accept": accept} if accept is not None else {}
+    async with api.session.get(f"{api.url}/v1/flows/weekly-storms/versions/1", headers=headers) as answer:
+        assert (answer.status, answer.content_type) == (200, media)
+        text = await answer.text()
+
+    assert (text == COMMENTED) is (media == YAML)
