@@ -64,7 +64,7 @@ from services.trigger.starter import launch
 from services.trigger.store import FlowExists, FlowStore, RequestState, StoredFlow
 from services.trigger.timetable import schedule_of
 from services.trigger.validation import FlowInvalid, check_flow
-from services.trigger.versions import FlowVersion, definition, unified_diff
+from services.trigger.versions import FlowVersion, SavedVersion, definition, unified_diff
 
 log = structlog.get_logger(__name__)
 
@@ -460,7 +460,7 @@ class TriggerApi:
         return Reply(None, status=204)
 
 
-def _entry(version: FlowVersion) -> dict[str, Any]:
+def _entry(version: SavedVersion) -> dict[str, Any]:
     return {
         "version": version.version,
         "saved_at": version.saved_at,

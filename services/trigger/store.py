@@ -134,17 +134,19 @@ def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
     )
 
 
-def _version(row: Any) -> kept.FlowVersion:
-    return kept.FlowVersion(
-        flow=row.flow,
-        version=row.version,
-        definition=row.definition,
-        document=row.document,
-        saved_at=read_utc(row.saved_at),
-        saved_by=row.saved_by,
-        summary=row.summary,
-        restored_from=row.restored_from,
-    )
+#: What a flow's history lists of each version: all but what it saved.
+_LISTED = [column for column in flow_versions.c if column.name not in ("definition", "document")]
+
+
+def _listed(row: Any) -> dict[str, Any]:
+    return {
+        "flow": row.flow,
+        "version": row.version,
+        "saved_at": read_utc(row.saved_at),
+        "saved_by": row.saved_by,
+        "summary": row.summary,
+        "restored_from": row.restored_from,
+    }
 
 
 @dataclass(frozen=True)
@@ -294,22 +296,23 @@ class FlowStore(SqlStore):
             await self._changed(conn)
         return _stored(row), created
 
-    async def versions(self, name: str) -> list[kept.FlowVersion]:
-        """Every kept version of the flow *name*, newest first; empty if it never had one."""
+    async def versions(self, name: str) -> list[kept.SavedVersion]:
+        """Every kept version of the flow *name*, newest first, without what each saved; empty if none."""
         query = (
-            sa.select(flow_versions)
-            .where(flow_versions.c.flow == name)
-            .order_by(flow_versions.c.version.desc())
+            sa.select(*_LISTED).where(flow_versions.c.flow == name).order_by(flow_versions.c.version.desc())
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_version(row) for row in rows]
+        return [kept.SavedVersion(**_listed(row)) for row in rows]
 
     async def version(self, name: str, number: int) -> kept.FlowVersion | None:
+        """One version with its definition and document; None if the flow has no such version."""
         where = (flow_versions.c.flow == name) & (flow_versions.c.version == number)
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(flow_versions).where(where))).first()
-        return None if row is None else _version(row)
+        if row is None:
+            return None
+        return kept.FlowVersion(**_listed(row), definition=row.definition, document=row.document)
 
     @staticmethod
     async def _version(conn: AsyncConnection, name: str) -> int | None:

@@ -25,18 +25,26 @@ import yaml
 
 
 @dataclass(frozen=True)
-class FlowVersion:
+class SavedVersion:
+    """One save of a flow as its history lists it: when, by whom, what it changed."""
+
     flow: str
     version: int
-    #: The YAML text as saved.
-    definition: str
-    #: The document as stored (the flow as the API reads it back).
-    document: dict[str, Any]
     saved_at: dt.datetime
     #: The label of who saved it: ``token`` or ``local``; None where it was not recorded.
     saved_by: str | None
     summary: str
     restored_from: int | None
+
+
+@dataclass(frozen=True)
+class FlowVersion(SavedVersion):
+    """One save of a flow with what it saved."""
+
+    #: The YAML text as saved.
+    definition: str
+    #: The document as stored (the flow as the API reads it back).
+    document: dict[str, Any]
 
 
 def definition(body: Any, sent: str | None) -> str:

@@ -801,8 +801,10 @@ async def test_flow_versions_arrive_with_each_flows_current_version_as_its_first
     assert (migration.before, migration.applied) == ("0007_alert_notices", ("0008_flow_versions",))
     store = FlowStore(str(engine.url.render_as_string(hide_password=False)))
     try:
-        [storms] = await store.versions("storms-daily")
+        assert [kept.version for kept in await store.versions("storms-daily")] == [3]
+        storms = await store.version("storms-daily", 3)
         [after] = await store.versions("after-storms")
+        assert storms is not None
         # The first entry is the version the flow is at, as it was stored, when it was saved.
         assert (storms.version, storms.saved_by, storms.restored_from) == (3, None, None)
         assert storms.saved_at == T0 - dt.timedelta(days=1)

@@ -59,10 +59,16 @@ async def test_every_save_is_a_version_with_its_definition_who_and_what_changed(
     stored, _ = await store.save(Flow.model_validate(changed), saved_by="local")
 
     kept = await store.versions("daily-storms")
+    newest, first = await store.version("daily-storms", 2), await store.version("daily-storms", 1)
 
     assert stored.version == 2
     assert [version.version for version in kept] == [2, 1]
-    newest, first = kept
+    assert newest is not None
+    assert first is not None
+    assert [(listed.saved_by, listed.summary) for listed in kept] == [
+        (newest.saved_by, newest.summary),
+        (first.saved_by, first.summary),
+    ]
     assert (first.definition, first.saved_by, first.summary) == (
         "# mine\nname: daily-storms\n",
         "token",
@@ -110,7 +116,9 @@ async def test_of_two_writers_with_one_version_only_the_winners_save_is_kept(sto
     ]
     kept = await store.versions("daily-storms")
     assert [version.version for version in kept] == [2, 1]
-    assert kept[0].document["description"] == won[0][0].flow.description
+    second = await store.version("daily-storms", 2)
+    assert second is not None
+    assert second.document["description"] == won[0][0].flow.description
 
 
 # -- the API ----------------------------------------------------------------------
