@@ -191,6 +191,13 @@ async def read_document(request: web.Request) -> Any:
         raise _bad_request(f"body is not valid JSON: {exc}") from None
 
 
+async def sent_yaml(request: web.Request) -> str | None:
+    """The body's text when it was sent as YAML (as :func:`read_document` read it), else None."""
+    if request.content_type not in _YAML_TYPES:
+        return None
+    return _decoded(await request.read(), request.charset)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -179,7 +179,10 @@ class Route(Generic[Owner]):
         """*result* on the wire, if it is what this route documents for its status."""
         if isinstance(result, web.StreamResponse):
             documented = self.answers.get(result.status)
-            if documented is None or documented.model is not None:
+            # A response of its own is one of the other media documented beside the model, if any.
+            if documented is None or (
+                documented.model is not None and result.content_type not in documented.media
+            ):
                 raise self._undocumented(result.status, "a response of its own")
             return result
         reply = result if isinstance(result, Reply) else Reply(result)

@@ -210,7 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     gallery_cmd.add_argument("out_dir", type=Path, help="where the pictures and index.html go")
 
-    flows_cmd = commands.add_parser("flows", help="apply, list and validate flows; start one from a template")
+    flows_cmd = commands.add_parser(
+        "flows", help="apply, list and validate flows; their versions; start one from a template"
+    )
     flows = flows_cmd.add_subparsers(dest="flows_command", required=True)
     apply_cmd = flows.add_parser("apply", help="create or replace flows from a file or a folder of files")
     apply_cmd.add_argument(
@@ -242,6 +244,23 @@ def _parser() -> argparse.ArgumentParser:
     for command in (templates_cmd, template_cmd):
         command.add_argument("--url", default=server, help=server_help.replace("check", "read"))
         command.add_argument("--offline", action="store_true", help="this installation's templates")
+    history_cmd = flows.add_parser(
+        "history", help="a flow's versions: when each was saved, by whom, what changed"
+    )
+    history_cmd.add_argument("name")
+    history_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    diff_cmd = flows.add_parser("diff", help="the unified diff of two versions of a flow")
+    diff_cmd.add_argument("name")
+    diff_cmd.add_argument("older", type=int, metavar="V1")
+    diff_cmd.add_argument("newer", type=int, metavar="V2")
+    diff_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    restore_cmd = flows.add_parser("restore", help="save an older version of a flow again, as a new version")
+    restore_cmd.add_argument("name")
+    restore_cmd.add_argument("version", type=int, metavar="V")
+    restore_cmd.add_argument(
+        "--if-match", type=int, metavar="VERSION", help="only if the flow is still at this version"
+    )
+    restore_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
 
     run_cmd = commands.add_parser("run", help="run a saved flow now")
     run_cmd.add_argument("name")
@@ -300,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> None:
-    from services.launcher import client
+    from services.launcher import client, versions
 
     server = None if getattr(args, "offline", True) or not args.url else args.url.rstrip("/")
     if args.command == "flows" and args.flows_command == "validate":
@@ -311,6 +330,12 @@ def _client(args: argparse.Namespace) -> None:
         client.show_template(args.name, server)
     elif args.command == "flows" and args.flows_command == "apply":
         asyncio.run(client.apply(args.url.rstrip("/"), args.file, if_match=args.if_match))
+    elif args.command == "flows" and args.flows_command == "history":
+        asyncio.run(versions.history(args.url.rstrip("/"), args.name))
+    elif args.command == "flows" and args.flows_command == "diff":
+        asyncio.run(versions.diff(args.url.rstrip("/"), args.name, args.older, args.newer))
+    elif args.command == "flows" and args.flows_command == "restore":
+        asyncio.run(versions.restore(args.url.rstrip("/"), args.name, args.version, if_match=args.if_match))
     elif args.command == "flows":
         asyncio.run(client.list_flows(args.url.rstrip("/")))
     elif args.command == "run":

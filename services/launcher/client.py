@@ -163,15 +163,21 @@ async def apply(trigger_url: str, target: str, *, if_match: int | None = None) -
     failed = False
     async with aiohttp.ClientSession(headers=_headers()) as session:
         for path in paths:
-            document = load_document(str(path))
+            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+            document = yaml.safe_load(text)
             name = document.get("name") if isinstance(document, dict) else None
             if not name:
                 print(f"{path}: the document has no name")
                 failed = True
                 continue
-            status, body = await _call(
-                session, "PUT", f"{trigger_url}/v1/flows/{name}", json=document, headers=headers
+            # Sent as written: the flow's version keeps a YAML file's text, comments and all.
+            sent: dict[str, Any] = (
+                {"json": document}
+                if path.suffix == ".json"
+                else {"data": text.encode(), "headers": {**headers, "Content-Type": "application/yaml"}}
             )
+            sent.setdefault("headers", headers)
+            status, body = await _call(session, "PUT", f"{trigger_url}/v1/flows/{name}", **sent)
             if status in (200, 201):
                 verb = "created" if status == 201 else f"updated (version {body['version']})"
                 print(f"{path}: {name} {verb}; {body.get('schedule')}")

@@ -38,7 +38,6 @@ import abc
 import asyncio
 import csv
 import io
-import json
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -49,7 +48,7 @@ import pyarrow.parquet as pq
 
 from common.contracts.results import Column, parse_datetime
 from common.platform.blobs.interface import BlobWriter
-from common.platform.sql.types import timespan_ticks
+from common.platform.sql.types import dynamic_text, timespan_ticks
 
 #: Rows per Parquet row group unless the step says otherwise.
 ROW_GROUP_ROWS = 100_000
@@ -62,19 +61,6 @@ def _nullable(convert: Convert) -> Convert:
         return None if value is None else convert(value)
 
     return converted
-
-
-def dynamic_text(value: Any) -> str | None:
-    """A dynamic wire value's JSON text: a value as JSON, text that is JSON as it is, other text quoted."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            return json.dumps(value, ensure_ascii=False)
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _real(value: Any) -> float:

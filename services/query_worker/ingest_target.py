@@ -22,6 +22,8 @@ import structlog
 from azure.kusto.data import DataFormat
 from azure.kusto.data.exceptions import KustoError as ClientKustoError
 from azure.kusto.ingest import (
+    ColumnMapping,
+    IngestionMappingKind,
     IngestionProperties,
     KustoStreamingIngestClient,
     QueuedIngestClient,
@@ -41,7 +43,9 @@ from services.query_worker.kusto import KustoRunner, classify
 
 log = structlog.get_logger(__name__)
 
+#: The most bytes of CSV one streaming request carries (Kusto's limit is 4 MB uncompressed).
 REQUEST_BYTES = 4_000_000
+#: What a column of one type may be moved into besides its own type, and how.
 _WIDENED = {("int", "long"): "tolong", ("int", "real"): "toreal", ("long", "real"): "toreal"}
 #: A missing column's value, typed as the target's column.
 _NULLS = {
@@ -195,6 +199,23 @@ def _csv(rows: list[list[Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def queued_properties(
+    database: str, table: str, columns: Sequence[Column], batch: str
+) -> IngestionProperties:
+    """How one batch is queued: its CSV fields mapped to the target's columns by name (the target's
+    order may differ), tagged ``ingest-by:<batch>`` and held back when a batch of that tag was."""
+    mapping = [ColumnMapping(column.name, column.type, ordinal=index) for index, column in enumerate(columns)]
+    return IngestionProperties(
+        database,
+        table,
+        data_format=DataFormat.CSV,
+        column_mappings=mapping,
+        ingestion_mapping_kind=IngestionMappingKind.CSV,
+        ingest_by_tags=[batch],
+        ingest_if_not_exists=[batch],
+    )
+
+
 class Target:
     """The Kusto side of one ingestion: its commands, and the rows sent through azure-kusto-ingest."""
 
@@ -302,18 +323,13 @@ class Target:
         except AdxflowError as exc:
             log.warning("staging table not dropped", table=stage, error=exc.message)
 
-    async def queue(self, requests: AsyncIterator[bytes], tag: str) -> int:
+    async def queue(self, columns: Sequence[Column], requests: AsyncIterator[bytes], tag: str) -> int:
         numbered = itertools.count()
         with QueuedIngestClient(self._blocking_connection(ingest=True)) as client:
 
             def send(body: bytes) -> Awaitable[None]:
-                batch = f"{tag};{next(numbered)}"
-                properties = IngestionProperties(
-                    self.database,
-                    self._spec.table,
-                    data_format=DataFormat.CSV,
-                    ingest_by_tags=[batch],
-                    ingest_if_not_exists=[batch],
+                properties = queued_properties(
+                    self.database, self._spec.table, columns, f"{tag};{next(numbered)}"
                 )
                 return self._send(client.ingest_from_stream, body, properties)
 

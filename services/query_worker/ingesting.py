@@ -163,7 +163,7 @@ class IngestStep:
         columns = await target.prepared(columns, typed=typed)
         requests = counted.requests(columns, chain(first, batches))
         if spec.method == "queued":
-            queued = await target.queue(requests, target.tag)
+            queued = await target.queue(columns, requests, target.tag)
             return {"method": "queued", "batches": queued, "repeated": False}, counted, columns
         return await target.stream(columns, requests, target.tag), counted, columns
 

@@ -10,15 +10,17 @@ import asyncio
 import datetime as dt
 import importlib.metadata
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
+import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
 from common.contracts.flows import Flow, RunTemplate
 from common.contracts.messages import ErrorCode, JobRequest, RunContext, TriggerKind, new_id, utcnow
 from common.platform.broker.interface import BrokerError
-from common.platform.http import bearer_auth, invalid_request, read_document, read_text
+from common.platform.http import bearer_auth, invalid_request, read_document, read_text, sent_yaml
 from common.platform.logs import run_context
 from common.platform.openapi import HttpApi
 from common.platform.routes import (
@@ -51,6 +53,10 @@ from services.trigger.bodies import (
     SilenceList,
     SilenceRequest,
     SilenceView,
+    VersionDiff,
+    VersionEntry,
+    VersionList,
+    VersionView,
 )
 from services.trigger.drafts import DraftProblem, DraftReport, examine, trigger_words
 from services.trigger.flow_templates import FlowTemplate, FlowTemplates, flow_templates
@@ -59,6 +65,7 @@ from services.trigger.silences import LISTINGS, SilenceStore
 from services.trigger.starter import launch
 from services.trigger.store import FlowExists, FlowStore, RequestState, StoredFlow
 from services.trigger.validation import FlowInvalid, Problem, check_flow
+from services.trigger.versions import FlowVersion, SavedVersion, definition, unified_diff
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +78,41 @@ _REQUEST_PAUSE = 0.02
 
 def _not_found(name: str) -> Refusal:
     return Refusal(404, f"flow {name!r} not found", code="NotFound")
+
+
+def _no_version(name: str, number: int, kept: list[int]) -> Refusal:
+    if not kept:
+        return _not_found(name)
+    held = f"{kept[0]}" if len(kept) == 1 else f"{min(kept)} to {max(kept)}"
+    return Refusal(404, f"flow {name!r} has no version {number} (its versions: {held})", code="NotFound")
+
+
+def _number(name: str, value: str | None) -> int:
+    """A version number given in the path or the query, or `InvalidParameter` naming *name*."""
+    if value is None:
+        raise InvalidParameter(name, "required: a version number, as GET /v1/flows/{name}/versions lists")
+    if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
+        raise InvalidParameter(name, f"{value!r} is not a version number (a whole number from 1)")
+    return int(value)
+
+
+def _prefers(request: web.Request, media: tuple[str, ...]) -> bool:
+    """Whether the request's Accept ranks one of *media* above JSON (JSON wins a tie and by default)."""
+    ranks: dict[str, float] = {}
+    for entry in request.headers.get("Accept", "").split(","):
+        kind, *options = (part.strip() for part in entry.split(";"))
+        quality = 1.0
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if kind:
+            ranks[kind.lower()] = max(quality, ranks.get(kind.lower(), 0.0))
+    json_rank = ranks.get("application/json", ranks.get("*/*", 0.0))
+    return max(ranks.get(kind, 0.0) for kind in media) > json_rank
 
 
 def _precondition_failed(exc: PreconditionFailed) -> Refusal:
@@ -202,8 +244,14 @@ class TriggerApi:
     async def put_flow(self, request: web.Request) -> Reply:
         return await self._save(request, name=request.match_info["name"])
 
+    def _saved_by(self) -> str:
+        # Behind the bearer middleware: with a token configured, the request carried it.
+        return "local" if self.runtime.settings.api_token is None else "token"
+
     async def _save(self, request: web.Request, *, name: str | None) -> Reply:
         document = await read_document(request)
+        # Kept before the name from the URL is filled in: the version is the document as it came.
+        kept = definition(document, await sent_yaml(request))
         if name is not None and isinstance(document, dict):
             document.setdefault("name", name)
         try:
@@ -217,7 +265,13 @@ class TriggerApi:
         if_match = IfMatch.of(request.headers.get("If-Match")) if name is not None else None
         await self._check(flow)
         try:
-            stored, created = await self.store.save(flow, create_only=name is None, if_match=if_match)
+            stored, created = await self.store.save(
+                flow,
+                create_only=name is None,
+                if_match=if_match,
+                definition=kept,
+                saved_by=self._saved_by(),
+            )
         except FlowExists as exc:
             raise Refusal(409, f"{exc}; PUT /v1/flows/{exc.name} replaces it", code="Conflict") from exc
         except PreconditionFailed as exc:
@@ -241,6 +295,87 @@ class TriggerApi:
             for field, problem in await self._problems(examined.flow):
                 examined.add(field, problem)
         return examined.report(dt.datetime.now(dt.UTC))
+
+    # -- versions ----------------------------------------------------------
+
+    async def _version(self, name: str, number: int) -> FlowVersion:
+        found = await self.store.version(name, number)
+        if found is None:
+            raise _no_version(name, number, [kept.version for kept in await self.store.versions(name)])
+        return found
+
+    async def list_versions(self, request: web.Request) -> VersionList:
+        name = request.match_info["name"]
+        kept = await self.store.versions(name)
+        if not kept:
+            raise _not_found(name)
+        current = await self.store.get(name)
+        return VersionList(
+            flow=name,
+            current=current.version if current else None,
+            versions=[VersionEntry.model_validate(_entry(version)) for version in kept],
+        )
+
+    async def get_version(self, request: web.Request) -> VersionView | web.Response:
+        name = request.match_info["name"]
+        found = await self._version(name, _number("version", request.match_info["version"]))
+        if _prefers(request, _YAML_MEDIA):
+            return web.Response(text=found.definition, content_type="application/yaml", charset="utf-8")
+        return VersionView.model_validate(
+            {**_entry(found), "flow": name, "definition": found.definition, "document": found.document}
+        )
+
+    async def diff_versions(self, request: web.Request) -> VersionDiff | web.Response:
+        name = request.match_info["name"]
+        older = await self._version(name, _number("from", request.query.get("from")))
+        newer = await self._version(name, _number("to", request.query.get("to")))
+        lines = unified_diff(name, older, newer)
+        if _prefers(request, ("text/plain",)):
+            return web.Response(text="".join(f"{line}\n" for line in lines), content_type="text/plain")
+        return VersionDiff(flow=name, from_version=older.version, to_version=newer.version, lines=lines)
+
+    async def restore_version(self, request: web.Request) -> Reply:
+        """Save a version's definition again as a new version, checked as any save is."""
+        name = request.match_info["name"]
+        if_match = IfMatch.of(request.headers.get("If-Match"))
+        found = await self._version(name, _number("version", request.match_info["version"]))
+        # Pure-Python parsing, off the event loop, as the definition's first reading was.
+        document = await asyncio.to_thread(yaml.safe_load, found.definition) or {}
+        if isinstance(document, dict):
+            document.setdefault("name", name)
+        try:
+            flow = Flow.model_validate(document)
+        except ValidationError as exc:
+            refused = invalid_request(exc)
+            raise Refusal(
+                400,
+                f"version {found.version} no longer passes today's checks; {refused.message}",
+                code="InvalidFlow",
+                fields=refused.fields,
+            ) from exc
+        try:
+            await self._check(flow)
+        except Refusal as refused:
+            raise Refusal(
+                400,
+                f"version {found.version} no longer passes today's checks; {refused.message}",
+                code=refused.code,
+                fields=refused.fields,
+            ) from refused
+        try:
+            stored, created = await self.store.save(
+                flow,
+                if_match=if_match,
+                definition=found.definition,
+                saved_by=self._saved_by(),
+                restored_from=found.version,
+            )
+        except PreconditionFailed as exc:
+            raise _precondition_failed(exc) from exc
+        log.info("flow restored", flow=name, version=stored.version, restored=found.version)
+        return Reply(
+            self._view(stored), status=201 if created else 200, headers={"ETag": etag(stored.version)}
+        )
 
     async def delete_flow(self, request: web.Request) -> Reply:
         name = request.match_info["name"]
@@ -352,6 +487,18 @@ class TriggerApi:
         return Reply(None, status=204)
 
 
+def _entry(version: SavedVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "saved_at": version.saved_at,
+        "saved_by": version.saved_by,
+        "summary": version.summary,
+        "restored_from": version.restored_from,
+    }
+
+
+_YAML_MEDIA = ("application/yaml", "application/x-yaml", "text/yaml")
+
 # -- the table ---------------------------------------------------------------
 
 _NAME = Parameter(
@@ -382,6 +529,13 @@ _ACCEPTED = Answer(
     "The run is queued; Location is where its history will be.",
     RunAccepted,
     headers={"Location": "Where the history API reports on the run."},
+)
+_VERSION = Parameter(
+    "version",
+    "path",
+    "A version of the flow, as GET /v1/flows/{name}/versions lists them.",
+    {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    example=1,
 )
 _SILENCE_ID = Parameter("id", "path", "The silence's id, as its creation answered.")
 #: What a route that reads a body may refuse besides its own refusals.
@@ -512,6 +666,77 @@ ROUTES: list[Route[TriggerApi]] = [
     ),
     Route(
         "GET",
+        "/v1/flows/{name}/versions",
+        "listFlowVersions",
+        TriggerApi.list_versions,
+        "Every save of a flow, newest first: its version, when, by whom, what changed; kept after a delete",
+        {200: Answer("The flow's versions.", VersionList)},
+        parameters=[_NAME],
+        refusals=(404,),
+    ),
+    Route(
+        "GET",
+        "/v1/flows/{name}/versions/{version}",
+        "getFlowVersion",
+        TriggerApi.get_version,
+        "One version of a flow: its definition as saved (YAML with Accept: application/yaml)",
+        {
+            200: Answer(
+                "The version; with Accept: application/yaml, its definition alone.",
+                VersionView,
+                media={"application/yaml": {"schema": {"type": "string"}}},
+            )
+        },
+        parameters=[_NAME, _VERSION],
+        refusals=(400, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/flows/{name}/diff",
+        "diffFlowVersions",
+        TriggerApi.diff_versions,
+        "The unified diff of two versions' definitions (text with Accept: text/plain)",
+        {
+            200: Answer(
+                "The diff; with Accept: text/plain, as a unified diff's text.",
+                VersionDiff,
+                media={"text/plain": {"schema": {"type": "string"}}},
+            )
+        },
+        parameters=[
+            _NAME,
+            Parameter(
+                "from",
+                "query",
+                "The older version (required).",
+                {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                example=1,
+            ),
+            Parameter(
+                "to",
+                "query",
+                "The newer version (required).",
+                {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                example=2,
+            ),
+        ],
+        refusals=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/flows/{name}/versions/{version}/restore",
+        "restoreFlowVersion",
+        TriggerApi.restore_version,
+        "Save a version's definition again as a new version, checked as any save (recreates a deleted flow)",
+        {
+            200: Answer("The flow, restored as a new version.", FlowView, headers=_ETAG),
+            201: Answer("The flow, created again from the version.", FlowView, headers=_ETAG),
+        },
+        parameters=[_NAME, _VERSION, _IF_MATCH],
+        refusals=(400, 404, 412),
+    ),
+    Route(
+        "GET",
         "/v1/flows/{name}/alerts",
         "getFlowAlerts",
         TriggerApi.flow_alerts,
@@ -604,7 +829,10 @@ API = HttpApi(
             ErrorBody,
             headers={"WWW-Authenticate": "The scheme to authenticate with."},
         ),
-        404: Answer("No flow (or flow template) has this name, or no silence this id.", ErrorBody),
+        404: Answer(
+            "No flow (or flow template) has this name, no version this number, or no silence this id.",
+            ErrorBody,
+        ),
         409: Answer(
             "A flow with this name exists (PUT replaces it), or the silence is over already.", ErrorBody
         ),

@@ -76,6 +76,52 @@ class FlowList(BaseModel):
     flows: list[FlowView]
 
 
+class VersionEntry(BaseModel):
+    """One save of a flow: its number, when, by whom, and what it changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The flow's version (its ETag) this save made.")
+    saved_at: dt.datetime
+    saved_by: str | None = Field(
+        description='"token" when saved with the API token, "local" without one; null where not '
+        "recorded (the version a flow was at when versions began to be kept)."
+    )
+    summary: str = Field(description="What changed from the version before, in a few words.")
+    restored_from: int | None = Field(description="The version this save restored, if it was a restore.")
+
+
+class VersionList(BaseModel):
+    """A flow's versions, newest first; kept when the flow is deleted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str
+    current: int | None = Field(description="The version the flow is at; null when it was deleted.")
+    versions: list[VersionEntry]
+
+
+class VersionView(VersionEntry):
+    """One version of a flow with its definition as saved."""
+
+    flow: str
+    definition: str = Field(
+        description="The YAML as saved: a YAML body as it was sent, a JSON one dumped as YAML."
+    )
+    document: dict[str, Any] = Field(description="The flow document as stored.")
+
+
+class VersionDiff(BaseModel):
+    """The unified diff of two versions' definitions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str
+    from_version: int
+    to_version: int
+    lines: list[str] = Field(description="The unified diff's lines, without line endings; empty: the same.")
+
+
 class RunAccepted(BaseModel):
     """A run started by a flow or a job, queued for its first step."""
 

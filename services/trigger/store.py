@@ -16,7 +16,8 @@ the latest one per flow is what a scheduler starting up resumes from; the
 rest are forgotten after a while (:meth:`FlowStore.forget_slots`), so the
 table holds about a day of slots rather than every slot ever fired. Every
 change to a flow also moves one revision number, so that a scheduler learns
-with one small read that it has nothing to load again.
+with one small read that it has nothing to load again, and every save is
+kept as a version in the same transaction (:mod:`services.trigger.versions`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from common.contracts.flows import Flow, read_back
 from common.contracts.messages import utcnow
 from common.platform.database import SqlStore, insert_ignore, read_utc
+from services.trigger import versions as kept
 from services.trigger.preconditions import IfMatch, PreconditionFailed
 
 metadata = sa.MetaData()
@@ -65,6 +67,22 @@ fired = sa.Table(
     sa.Column("claimed_until", UtcDateTime),
     sa.Index("ix_flow_slots_fired_at", "fired_at"),
     sa.Index("ix_flow_slots_claimed_until", "claimed_until"),
+)
+
+#: Every save of a flow (see :mod:`services.trigger.versions`), kept when the flow is deleted.
+flow_versions = sa.Table(
+    "flow_versions",
+    metadata,
+    sa.Column("flow", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    #: The YAML text as saved.
+    sa.Column("definition", sa.Text, nullable=False),
+    sa.Column("document", sa.JSON, nullable=False),
+    sa.Column("saved_at", UtcDateTime, nullable=False),
+    #: ``token`` or ``local``; null for the version a flow was at when versions began to be kept.
+    sa.Column("saved_by", sa.String(128)),
+    sa.Column("summary", sa.String(1024), nullable=False),
+    sa.Column("restored_from", sa.Integer),
 )
 
 #: One row whose revision goes up with every change to ``flows``, in the same transaction: a
@@ -114,6 +132,21 @@ def _stored(row: Any, last_slot: dt.datetime | None = None) -> StoredFlow:
         updated_at=read_utc(row.updated_at),
         last_slot=last_slot,
     )
+
+
+#: What a flow's history lists of each version: all but what it saved.
+_LISTED = [column for column in flow_versions.c if column.name not in ("definition", "document")]
+
+
+def _listed(row: Any) -> dict[str, Any]:
+    return {
+        "flow": row.flow,
+        "version": row.version,
+        "saved_at": read_utc(row.saved_at),
+        "saved_by": row.saved_by,
+        "summary": row.summary,
+        "restored_from": row.restored_from,
+    }
 
 
 @dataclass(frozen=True)
@@ -182,6 +215,9 @@ class FlowStore(SqlStore):
         create_only: bool = False,
         if_match: IfMatch | None = None,
         now: dt.datetime | None = None,
+        definition: str | None = None,
+        saved_by: str | None = None,
+        restored_from: int | None = None,
     ) -> tuple[StoredFlow, bool]:
         """Create or replace *flow*; returns it and whether it was created.
 
@@ -189,6 +225,11 @@ class FlowStore(SqlStore):
         none is created: `PreconditionFailed` otherwise. The version is
         compared in the UPDATE itself, so of two writers that read the same
         version, one changes no row and is refused.
+
+        The save is kept as a version in the same transaction: *definition*
+        (the YAML as saved; the document dumped as YAML without it), *saved_by*,
+        and the version it restores, if it is a restore. A flow created under a
+        name that has versions already (it was deleted) numbers on from them.
         """
         now = now or utcnow()
         document = flow.model_dump(mode="json", exclude_none=True)
@@ -204,8 +245,12 @@ class FlowStore(SqlStore):
             if if_match is not None and not if_match.matches(current.version if current else None):
                 raise PreconditionFailed(flow.name, current.version if current else None)
             if current is None:
+                last = await conn.execute(
+                    sa.select(sa.func.max(flow_versions.c.version)).where(flow_versions.c.flow == flow.name)
+                )
+                first = (last.scalar_one_or_none() or 0) + 1
                 await conn.execute(
-                    flows.insert().values(name=flow.name, version=1, anchor=now, created_at=now, **fields)
+                    flows.insert().values(name=flow.name, version=first, anchor=now, created_at=now, **fields)
                 )
                 created = True
             elif create_only:
@@ -227,8 +272,47 @@ class FlowStore(SqlStore):
                     raise PreconditionFailed(flow.name, await self._version(conn, flow.name))
                 created = False
             row = (await conn.execute(sa.select(flows).where(flows.c.name == flow.name))).one()
+            # A number is kept once; only a replica of the release before versions, numbering a flow
+            # it created again from 1, can meet a row of its number, which no longer says what it is.
+            await conn.execute(
+                flow_versions.delete().where(
+                    (flow_versions.c.flow == flow.name) & (flow_versions.c.version == row.version)
+                )
+            )
+            await conn.execute(
+                flow_versions.insert().values(
+                    flow=flow.name,
+                    version=row.version,
+                    definition=definition if definition is not None else kept.definition(document, None),
+                    document=document,
+                    saved_at=now,
+                    saved_by=saved_by,
+                    summary=kept.summarize(
+                        current.document if current else None, document, restored_from=restored_from
+                    )[:1024],
+                    restored_from=restored_from,
+                )
+            )
             await self._changed(conn)
         return _stored(row), created
+
+    async def versions(self, name: str) -> list[kept.SavedVersion]:
+        """Every kept version of the flow *name*, newest first, without what each saved; empty if none."""
+        query = (
+            sa.select(*_LISTED).where(flow_versions.c.flow == name).order_by(flow_versions.c.version.desc())
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [kept.SavedVersion(**_listed(row)) for row in rows]
+
+    async def version(self, name: str, number: int) -> kept.FlowVersion | None:
+        """One version with its definition and document; None if the flow has no such version."""
+        where = (flow_versions.c.flow == name) & (flow_versions.c.version == number)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(flow_versions).where(where))).first()
+        if row is None:
+            return None
+        return kept.FlowVersion(**_listed(row), definition=row.definition, document=row.document)
 
     @staticmethod
     async def _version(conn: AsyncConnection, name: str) -> int | None:

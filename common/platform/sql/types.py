@@ -155,7 +155,7 @@ def converter(kusto_type: str, dialect: str, *, naive_utc: bool = False) -> Conv
         case "timespan":
             return _interval if postgres else _nullable(timespan_ticks)
         case "dynamic":
-            return _dynamic
+            return dynamic_text
     raise ValueError(f"Kusto type {kusto_type!r} is not one of {', '.join(sorted(KUSTO_TYPES))}")
 
 
@@ -215,7 +215,8 @@ def _interval(value: Any) -> dt.timedelta | None:
     return dt.timedelta(microseconds=micros)
 
 
-def _dynamic(value: Any) -> str | None:
+def dynamic_text(value: Any) -> str | None:
+    """A dynamic wire value's JSON text: a value as JSON, text that is JSON as it is, other text quoted."""
     if value is None:
         return None
     if isinstance(value, str):

@@ -1,4 +1,5 @@
-"""The run history as web pages: runs, one run in detail, flows, a flow's alerts, and the login form.
+"""The run history as web pages: runs, one run in detail, flows, a flow's definition, versions and
+alerts, and the login form.
 
 Server-rendered HTML (Jinja2, autoescaped, sandboxed) that reads without
 JavaScript; ``static/app.js`` adds local times, refreshing of unfinished runs
@@ -305,10 +306,24 @@ async def set_flow_enabled(request: web.Request) -> web.Response:
     return web.json_response({"name": saved["name"], "enabled": saved["enabled"]})
 
 
+def _chosen(request: web.Request, name: str) -> int | None:
+    """A version number the diff form asked for in the query (*name*: ``from`` or ``to``)."""
+    value = request.query.get(name, "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise InvalidParameter(name, f"{value!r} is not a version number")
+    return int(value)
+
+
 async def flow_page(request: web.Request) -> web.Response:
-    """A flow's alerts: each one's instances and latest transitions, and the flow's silences."""
+    """A flow's definition and versions (a diff of two of them), alerts and silences."""
     name = request.match_info["name"]
     trigger = _trigger(request)
+    try:
+        older, newer = _chosen(request, "from"), _chosen(request, "to")
+    except InvalidParameter as exc:
+        return error_body(400, exc.message, code="InvalidRequest")
     try:
         alerts = await trigger.alerts(name)
         over = await trigger.silences(name, "ended")
@@ -316,20 +331,73 @@ async def flow_page(request: web.Request) -> web.Response:
         if exc.status == 404:
             return page(request, "missing.html", status=404, what=f"flow {name}")
         return page(request, "flow.html", status=502, name=name, problem=exc.message)
-    return page(
-        request,
-        "flow.html",
-        name=name,
-        problem=None,
-        alerts=alerts["alerts"],
-        silences=alerts["silences"],
-        over=over,
+    context: dict[str, Any] = {"alerts": alerts["alerts"], "silences": alerts["silences"], "over": over}
+    try:
+        context.update(await _versions(trigger, name, older, newer))
+    except TriggerUnavailable as exc:
+        # The alerts still show: a trigger of the release before versions has none to give.
+        context.update(versions=[], versions_problem=exc.message)
+    return page(request, "flow.html", name=name, problem=None, **context)
+
+
+async def _versions(
+    trigger: TriggerClient, name: str, older: int | None, newer: int | None
+) -> dict[str, Any]:
+    """What the page shows of the flow's versions: the definition, the list, the diff asked for."""
+    history = await trigger.versions(name)
+    current = history["current"]
+    numbers = [entry["version"] for entry in history["versions"]]
+    # By default the newest change: the version before the newest against it.
+    newer = newer if newer is not None else numbers[0]
+    older = older if older is not None else numbers[min(1, len(numbers) - 1)]
+    diff: list[str] = []
+    diff_problem = None
+    if older not in numbers or newer not in numbers:
+        diff_problem = f"flow {name} has no version {older if older not in numbers else newer}"
+    else:
+        diff = await trigger.diff(name, older, newer)
+    return {
+        "definition": (await trigger.version(name, current))["definition"] if current else None,
+        "current": current,
+        "versions": history["versions"],
+        "versions_problem": None,
+        "diff": [(_diff_kind(line), line) for line in diff],
+        "diff_from": older,
+        "diff_to": newer,
+        "diff_problem": diff_problem,
+    }
+
+
+def _diff_kind(line: str) -> str:
+    if line.startswith(("---", "+++")):
+        return "head"
+    return {"+": "added", "-": "removed", "@": "hunk"}.get(line[:1], "same")
+
+
+async def restore_version(request: web.Request) -> web.Response:
+    """Restore an older version from the flow's page, over the version the page showed."""
+    if request.headers.get(CSRF_HEADER) != "1":
+        return csrf_refusal()
+    name = request.match_info["name"]
+    version = request.match_info["version"]
+    current = (await request.post()).get("current")
+    if not version.isdigit() or not (isinstance(current, str) and current.isdigit()):
+        return error_body(
+            400, "current: the version the page shows, and a version to restore", code="InvalidRequest"
+        )
+    try:
+        saved = await _trigger(request).restore(name, int(version), current=int(current))
+    except TriggerUnavailable as exc:
+        return _flow_refusal(exc)
+    log.info(
+        "flow version restored from the history pages", flow=name, version=saved["version"], restored=version
     )
+    raise web.HTTPSeeOther(f"/ui/flows/{quote(name, safe='')}#versions")
 
 
 def _flow_refusal(exc: TriggerUnavailable) -> web.Response:
     status = exc.status if 400 <= exc.status < 500 else 502
-    codes = {400: "InvalidRequest", 404: "NotFound", 409: "Conflict"}
+    codes = {400: "InvalidRequest", 404: "NotFound", 409: "Conflict", 412: "PreconditionFailed"}
     return error_body(status, exc.message, code=codes.get(status, "Unavailable"))
 
 
@@ -420,6 +488,7 @@ def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> No
     app.router.add_get("/ui/flows/{name}", flow_page)
     app.router.add_post("/ui/flows/{name}/silences", add_silence)
     app.router.add_post("/ui/flows/{name}/silences/{silence_id}/end", end_silence)
+    app.router.add_post("/ui/flows/{name}/versions/{version}/restore", restore_version)
     app.router.add_get(LOGIN_PATH, login_form)
     app.router.add_post(LOGIN_PATH, login)
     app.router.add_post("/ui/logout", logout)

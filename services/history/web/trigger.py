@@ -1,5 +1,5 @@
 """The trigger API as the flow pages see it: list flows, switch one on or off, read its alerts,
-set and end silences.
+set and end silences, read its versions, diff two and restore one.
 
 The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 :data:`TIMEOUT`, so page loads reuse its connections.
@@ -83,6 +83,28 @@ class TriggerClient:
     async def flow(self, name: str) -> dict[str, Any]:
         view: dict[str, Any] = await self._call("GET", f"/v1/flows/{_segment(name)}")
         return view
+
+    async def versions(self, name: str) -> dict[str, Any]:
+        """The flow's versions, newest first, and the one it is at."""
+        found: dict[str, Any] = await self._call("GET", f"/v1/flows/{_segment(name)}/versions")
+        return found
+
+    async def version(self, name: str, version: int) -> dict[str, Any]:
+        """One version with its definition as saved."""
+        found: dict[str, Any] = await self._call("GET", f"/v1/flows/{_segment(name)}/versions/{version}")
+        return found
+
+    async def diff(self, name: str, older: int, newer: int) -> list[str]:
+        query = urlencode({"from": older, "to": newer})
+        body = await self._call("GET", f"/v1/flows/{_segment(name)}/diff?{query}")
+        return list(body["lines"])
+
+    async def restore(self, name: str, version: int, *, current: int | None) -> dict[str, Any]:
+        """Save *version* again as a new version, only over *current* (the version the page showed)."""
+        headers = {"If-Match": f'"{current}"'} if current is not None else {}
+        path = f"/v1/flows/{_segment(name)}/versions/{version}/restore"
+        saved: dict[str, Any] = await self._call("POST", path, headers=headers)
+        return saved
 
     async def alerts(self, name: str) -> dict[str, Any]:
         """The flow's alerts: each one's instances and latest transitions, and its silences in force."""

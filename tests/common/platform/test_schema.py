@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 import structlog
 import structlog.testing
+import yaml
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -272,6 +273,7 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
         "0005_scopes",
         "0006_alerts",
         "0007_alert_notices",
+        "0008_flow_versions",
     )
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
@@ -363,6 +365,7 @@ async def test_an_empty_database_at_head_and_migrating_again_does_nothing(engine
         "0005_scopes",
         "0006_alerts",
         "0007_alert_notices",
+        "0008_flow_versions",
     )
     assert (again.before, again.applied) == (HEAD, ())
     async with engine.connect() as conn:
@@ -378,7 +381,7 @@ async def test_replicas_migrating_one_fresh_database_together_both_succeed(datab
     finally:
         await asyncio.gather(*(engine.dispose() for engine in engines))
     # One of them did the work; the others waited for its lock and found the schema done.
-    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 7]
+    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 8]
     assert after.at_head
 
 
@@ -416,6 +419,7 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
         "0005_scopes",
         "0006_alerts",
         "0007_alert_notices",
+        "0008_flow_versions",
     )
 
     await ensure_schema(engine, "auto")
@@ -448,6 +452,7 @@ async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_the
         "0005_scopes",
         "0006_alerts",
         "0007_alert_notices",
+        "0008_flow_versions",
     )
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
@@ -476,7 +481,13 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
 
     migration = await migrate(engine)
 
-    assert migration.applied == ("0004_run_trace_ids", "0005_scopes", "0006_alerts", "0007_alert_notices")
+    assert migration.applied == (
+        "0004_run_trace_ids",
+        "0005_scopes",
+        "0006_alerts",
+        "0007_alert_notices",
+        "0008_flow_versions",
+    )
     store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
     try:
         run = await store.get_run("r")
@@ -528,7 +539,7 @@ async def test_scopes_arrive_and_runs_recorded_before_them_are_nobodys_iteration
 
     assert (migration.before, migration.applied) == (
         "0004_run_trace_ids",
-        ("0005_scopes", "0006_alerts", "0007_alert_notices"),
+        ("0005_scopes", "0006_alerts", "0007_alert_notices", "0008_flow_versions"),
     )
     assert before["tables"] == set()
     assert {"scope_step", "iteration", "branch"}.isdisjoint(before["runs"])
@@ -575,7 +586,12 @@ async def test_the_scopes_revision_downgrades_to_the_one_before_keeping_the_runs
     assert "ix_runs_parent_scope_iteration" not in after["runs_indexes"]
     assert [tuple(row) for row in runs] == [("r", "p")]
     assert (await state(engine)).current == "0004_run_trace_ids"
-    assert (await migrate(engine)).applied == ("0005_scopes", "0006_alerts", "0007_alert_notices")
+    assert (await migrate(engine)).applied == (
+        "0005_scopes",
+        "0006_alerts",
+        "0007_alert_notices",
+        "0008_flow_versions",
+    )
 
 
 async def test_check_mode_refuses_tables_from_before_migrations(engine: AsyncEngine) -> None:
@@ -636,6 +652,7 @@ def test_revisions_are_one_line_with_ids_that_fit_alembic_version() -> None:
         "0005_scopes",
         "0006_alerts",
         "0007_alert_notices",
+        "0008_flow_versions",
     ]
     assert len(schema._scripts().get_heads()) == 1
     # alembic_version.version_num is VARCHAR(32) on PostgreSQL.
@@ -700,7 +717,10 @@ async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0005_scopes", ("0006_alerts", "0007_alert_notices"))
+    assert (migration.before, migration.applied) == (
+        "0005_scopes",
+        ("0006_alerts", "0007_alert_notices", "0008_flow_versions"),
+    )
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
         keys = await conn.run_sync(
@@ -722,7 +742,7 @@ async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine
         await conn.run_sync(_downgrade_to("0005_scopes"))
         left = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
     assert {"alerts", "alert_instances", "alert_transitions", "alert_evaluations"}.isdisjoint(left)
-    assert (await migrate(engine)).applied == ("0006_alerts", "0007_alert_notices")
+    assert (await migrate(engine)).applied == ("0006_alerts", "0007_alert_notices", "0008_flow_versions")
 
 
 async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_their_state(
@@ -747,7 +767,10 @@ async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_the
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0006_alerts", ("0007_alert_notices",))
+    assert (migration.before, migration.applied) == (
+        "0006_alerts",
+        ("0007_alert_notices", "0008_flow_versions"),
+    )
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
         instance = (await conn.execute(sa.text("SELECT key, state, row FROM alert_instances"))).one()
@@ -762,4 +785,50 @@ async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_the
         kept = (await conn.execute(sa.text("SELECT key, state FROM alert_instances"))).one()
     assert {"alert_held", "alert_silences"}.isdisjoint(left)
     assert tuple(kept) == ("EventId=1", "firing")
-    assert (await migrate(engine)).applied == ("0007_alert_notices",)
+    assert (await migrate(engine)).applied == ("0007_alert_notices", "0008_flow_versions")
+
+
+async def test_flow_versions_arrive_with_each_flows_current_version_as_its_first_entry(
+    engine: AsyncEngine,
+) -> None:
+    rows = _legacy_rows()[legacy.flows]
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0007_alert_notices"))
+        await conn.execute(legacy.flows.insert(), rows)
+
+    migration = await migrate(engine)
+
+    assert (migration.before, migration.applied) == ("0007_alert_notices", ("0008_flow_versions",))
+    store = FlowStore(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        assert [kept.version for kept in await store.versions("storms-daily")] == [3]
+        storms = await store.version("storms-daily", 3)
+        [after] = await store.versions("after-storms")
+        assert storms is not None
+        # The first entry is the version the flow is at, as it was stored, when it was saved.
+        assert (storms.version, storms.saved_by, storms.restored_from) == (3, None, None)
+        assert storms.saved_at == T0 - dt.timedelta(days=1)
+        assert storms.document == rows[0]["document"]
+        assert yaml.safe_load(storms.definition) == rows[0]["document"]
+        # Dumped in the document's own field order, not sorted.
+        assert [line.split(":")[0] for line in storms.definition.splitlines() if not line[0].isspace()][
+            :2
+        ] == ["name", "connection"]
+        assert (after.version, after.saved_at) == (1, T0)
+
+        # The next save is the flow's next version, beside the first.
+        flow = Flow.model_validate({**rows[0]["document"], "description": "changed"})
+        saved, _ = await store.save(flow, saved_by="local")
+        history = await store.versions("storms-daily")
+    finally:
+        await store.close()
+    assert saved.version == 4
+    assert [(kept.version, kept.saved_by) for kept in history] == [(4, "local"), (3, None)]
+    assert history[0].summary == "description changed"
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0007_alert_notices"))
+        left = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+        flows_kept = (await conn.execute(sa.text("SELECT name, version FROM flows ORDER BY name"))).all()
+    assert "flow_versions" not in left
+    assert [tuple(row) for row in flows_kept] == [("after-storms", 1), ("storms-daily", 4)]

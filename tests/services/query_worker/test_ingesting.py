@@ -25,6 +25,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
+from azure.kusto.ingest import BlobDescriptor
+from azure.kusto.ingest.ingestion_blob_info import IngestionBlobInfo
 from sqlalchemy.engine import make_url
 
 from common.contracts.errors import AdxflowError, ArtifactMissing, DatabaseError, FileUnavailable, KustoError
@@ -41,7 +43,7 @@ from services.embedded.kusto.database import write_database
 from services.embedded.kusto.endpoint import LocalKusto
 from services.query_worker import ingest_target, ingesting
 from services.query_worker.export_files import ParquetFile
-from services.query_worker.ingest_target import ingest_tag, staging_table
+from services.query_worker.ingest_target import ingest_tag, queued_properties, staging_table
 from services.query_worker.ingesting import IngestStep
 from services.query_worker.kusto import KustoRunner
 
@@ -713,3 +715,21 @@ async def test_a_source_database_that_is_away_is_a_retryable_failure_and_nothing
     finally:
         world.client.close()
         await world.step.kusto.close()
+
+
+def test_a_queued_batch_maps_its_fields_by_name_and_is_held_back_when_its_tag_was_ingested() -> None:
+    columns = [Column(name="id", type="long"), Column(name="at", type="datetime")]
+
+    properties = queued_properties("Samples", "Orders", columns, "run-1;load;3")
+    described = IngestionBlobInfo(
+        BlobDescriptor("https://account.blob.core.windows.net/c/b.csv.gz?sig=x", 10), properties
+    ).properties
+
+    additional = described["AdditionalProperties"]
+    assert json.loads(additional["tags"]) == ["ingest-by:run-1;load;3"]
+    assert json.loads(additional["ingestIfNotExists"]) == ["run-1;load;3"]
+    assert json.loads(additional["ingestionMapping"]) == [
+        {"column": "id", "datatype": "long", "properties": {"Ordinal": "0"}},
+        {"column": "at", "datatype": "datetime", "properties": {"Ordinal": "1"}},
+    ]
+    assert (described["DatabaseName"], described["TableName"]) == ("Samples", "Orders")

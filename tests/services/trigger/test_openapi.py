@@ -253,6 +253,39 @@ def test_a_flow_is_saved_read_listed_run_and_deleted_as_documented(live: Live) -
     assert _answer(live, "GET", "/v1/flows/{name}", name=name).status_code == 404
 
 
+def test_a_flows_versions_are_listed_read_diffed_and_restored_as_documented(live: Live) -> None:
+    name = random_name("flow-")
+    flow = {**EXAMPLE_FLOW, "name": name}
+    assert _answer(live, "PUT", "/v1/flows/{name}", name=name, body=flow).status_code == 201
+    changed = {**flow, "description": "changed"}
+    assert _answer(live, "PUT", "/v1/flows/{name}", name=name, body=changed).status_code == 200
+    versions = {"version": "1"}
+
+    listed = _answer(live, "GET", "/v1/flows/{name}/versions", name=name)
+    one = _answer(live, "GET", "/v1/flows/{name}/versions/{version}", name=name, path_parameters=versions)
+    diffed = _answer(live, "GET", "/v1/flows/{name}/diff", name=name, query={"from": "1", "to": "2"})
+    # Accept is no parameter of the document: the other media are asked for directly.
+    as_yaml = live.session.get(
+        f"{live.url}/v1/flows/{name}/versions/1", headers={**AUTHORIZED, "Accept": YAML}, timeout=10
+    )
+    as_text = live.session.get(
+        f"{live.url}/v1/flows/{name}/diff?from=1&to=2",
+        headers={**AUTHORIZED, "Accept": "text/plain"},
+        timeout=10,
+    )
+    restored = _answer(
+        live, "POST", "/v1/flows/{name}/versions/{version}/restore", name=name, path_parameters=versions
+    )
+
+    assert [entry["version"] for entry in listed.json()["versions"]] == [2, 1]
+    assert one.json()["document"]["name"] == name
+    assert as_yaml.headers["Content-Type"].startswith(YAML)
+    assert as_yaml.text == one.json()["definition"]
+    assert "+description: changed" in diffed.json()["lines"]
+    assert "+description: changed" in as_text.text.splitlines()
+    assert (restored.status_code, restored.json()["version"]) == (200, 3)
+
+
 def test_a_scheduled_flow_shows_its_next_fire_as_documented(live: Live) -> None:
     name = random_name("flow-")
 

@@ -24,7 +24,7 @@
   }
 
   function reveal(root) {
-    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout], [data-silence]")) {
+    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout], [data-silence], [data-restore]")) {
       element.hidden = false;
     }
   }
@@ -102,7 +102,7 @@
     }
   });
 
-  // A form that changes something (a silence): its fields posted with the header, then the page the
+  // A form that changes something (a silence, a restore): its fields posted with the header, then the page the
   // server answers with (it redirects back to the page the form is on).
   document.addEventListener("submit", async (event) => {
     const form = event.target.closest("form[data-post-form]");
