@@ -250,9 +250,12 @@ class _Rows:
         self.bytes = 0
 
     async def write_all(self, writer: Writer, table: TableName, batches: AsyncIterator[Batch]) -> None:
+        await writer.bulk(table, self._converted_batches(batches))
+
+    async def _converted_batches(self, batches: AsyncIterator[Batch]) -> AsyncIterator[list[tuple[Any, ...]]]:
         async for _, batch in batches:
             if batch:
-                await writer.bulk(table, self._converted(batch))
+                yield self._converted(batch)
 
     def _converted(self, batch: list[list[Any]]) -> list[tuple[Any, ...]]:
         self._hold_to_caps(batch)
