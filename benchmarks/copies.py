@@ -146,7 +146,8 @@ async def _worker(cluster: str, database_url: str, text: str, table: str, data: 
     running(runtime)
     await runtime.blobs.start()
     kusto = KustoRunner(connections, timeout=600)
-    query_step, copy_step = QueryStep(runtime, kusto), CopyStep(runtime)
+    query_step = QueryStep(runtime, kusto)
+    copy_step = CopyStep(runtime, query_step)
 
     async def both(flow_text: str, flow_table: str) -> dict[str, Any]:
         flow = _flow(flow_text, flow_table)
