@@ -201,7 +201,7 @@ def _save(answers: dict[str, bytes], folder: Path) -> None:
     (folder / "index.json").write_text(json.dumps(index))
 
 
-def _replay_server(folder: Path) -> ServerProcess:
+def replay_server(folder: Path) -> ServerProcess:
     """A Kusto endpoint that answers each recorded query with the recorded bytes, in a process of its own."""
     from benchmarks.servers import ServerProcess
 
@@ -259,7 +259,7 @@ async def run(section: Section, workdir: Path, *, quick: bool) -> None:
         endpoint = await record(kusto.url, [WARM_UP, query], recorded)
     section.add("local endpoint: rows per second, building its answer", "rows/s", [rows / endpoint])
     results: dict[str, list[dict[str, float]]] = {method: [] for method in METHODS}
-    async with _replay_server(recorded) as replay:
+    async with replay_server(recorded) as replay:
         for _ in range(repeat):
             for method in METHODS:
                 results[method].append(await _in_process(method, replay.url, query, workdir / "worker"))

@@ -3,7 +3,9 @@
 Run: ``.venv/bin/python -m benchmarks.run [--quick] [--output PATH] [--only NAME ...]``.
 RabbitMQ (``ADXFLOW_BENCH_AMQP_URL``, default ``amqp://guest:guest@127.0.0.1:5672/``) and
 PostgreSQL (``ADXFLOW_BENCH_POSTGRES_DSN``, default ``postgresql://postgres@127.0.0.1:5432/postgres``)
-must be running; each benchmark makes its own namespace and database and removes them.
+must be running; each benchmark makes its own namespace and database and removes them. The
+copies benchmark also copies into MariaDB (``ADXFLOW_BENCH_MARIADB_URL``, default
+``mysql+asyncmy://adxflow_test:adxflow_test@127.0.0.1:3306``) if it answers, and says so if not.
 The full run takes about twenty-five minutes and writes ``docs/benchmarks.md``; ``--quick`` runs
 every benchmark with tiny sizes, only to prove the harness works (its figures mean nothing).
 With ``--only``, the named benchmarks' sections replace theirs in the report already at
@@ -27,6 +29,7 @@ from benchmarks import (
     big_results,
     broker,
     cold_start,
+    copies,
     ingestion,
     pipeline,
     rendering,
@@ -49,6 +52,7 @@ BENCHMARKS: list[tuple[str, str, ModuleType]] = [
     ("broker", "6. Broker ceiling: RabbitBroker with confirms", broker),
     ("scopes", "7. Scopes: a for_each of 1,000 rows against 1,000 separate runs", scopes),
     ("alerts", "8. Alerts: a 10,000-instance keyed alert evaluated every minute", alerts),
+    ("copies", "9. Copies: 500,000 rows from a query into PostgreSQL", copies),
     ("ingestion", "10. Ingestion: 200,000 PostgreSQL rows into Kusto", ingestion),
 ]
 

@@ -25,9 +25,6 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb_kql
-from duckdb_kql import KqlSyntaxError
-
 __all__ = ["REFUSED_BY_DEFAULT", "OperatorUse", "describe", "refused_operators"]
 
 #: Operators the connector refuses; `evaluate` covers every plugin (`evaluate bag_unpack(...)`).
@@ -65,6 +62,11 @@ def refused_operators(query: str, *, allowed: Collection[str] = ()) -> list[Oper
     # A refused operator is spelled out in the text, so most queries need no parse.
     if not any(name in query for name in refused):
         return []
+    # Imported only here: the grammar's generated parser holds some 80 MB, which a worker whose
+    # queries name no refused operator never needs.
+    import duckdb_kql
+    from duckdb_kql import KqlSyntaxError
+
     try:
         tree = duckdb_kql.parse(query).tree
     except (KqlSyntaxError, RecursionError):

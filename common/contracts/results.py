@@ -243,10 +243,7 @@ def _read_rows(text: str, pos: int) -> tuple[list[list[Any]], int]:
 def parse_datetime(value: Any) -> dt.datetime | None:
     if value is None or isinstance(value, dt.datetime):
         return value
-    text = str(value)
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    parsed = dt.datetime.fromisoformat(text)
+    parsed = dt.datetime.fromisoformat(str(value))  # Python 3.11 reads Kusto's trailing Z
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
@@ -312,28 +309,37 @@ class RowStream:
         return True
 
     def _read_rows(self) -> list[list[Any]]:
+        """The rows completed so far; as `_read_rows` (the module's), whitespace is only looked for
+        where a row is not followed by ',' or ']'."""
         rows: list[list[Any]] = []
+        append, scan = rows.append, _scan
         text, pos = self._text, _skip(self._text, self._pos)
+        size = len(text)
         if text.startswith("]", pos):
             self.done = True
             return rows
         while True:
             try:
-                row, end = _scan(text, pos)
+                row, after = scan(text, pos)
             except (StopIteration, json.JSONDecodeError):
                 break  # the row goes on in the next chunk
-            after = _skip(text, end)
-            if after >= len(text):
+            if after < size and text[after] in _WHITESPACE:
+                after = _skip(text, after)
+            if after >= size:
                 break  # what follows the row is in the next chunk
             if type(row) is not list:
                 raise json.JSONDecodeError("a row is not an array", text, pos)
-            rows.append(row)
-            if text[after] == "]":
+            append(row)
+            following = text[after]
+            if following == ",":
+                pos = after + 1
+                if text[pos : pos + 1] in _WHITESPACE:
+                    pos = _skip(text, pos)
+                continue
+            if following == "]":
                 self.done = True
                 pos = after + 1
                 break
-            if text[after] != ",":
-                raise json.JSONDecodeError("expected ',' or ']' after a row", text, after)
-            pos = _skip(text, after + 1)
+            raise json.JSONDecodeError("expected ',' or ']' after a row", text, after)
         self._pos = pos
         return rows

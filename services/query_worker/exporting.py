@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.contracts.actions import ExportToFile
 from common.contracts.errors import AdxflowError, ArtifactMissing
@@ -22,7 +22,9 @@ from common.contracts.templates import TemplateError, render_text, template_cont
 from common.platform.blobs.interface import BlobWriter, artifact_key, artifact_url
 from common.platform.runtime import Runtime
 from services.query_worker.copying import described_columns
-from services.query_worker.export_files import ROW_GROUP_ROWS, CsvFile, ExportFile, ParquetFile, file_type
+
+if TYPE_CHECKING:
+    from services.query_worker.export_files import ExportFile
 
 #: What a file's name keeps: what a blob key, a URL and every file system take as they are.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -60,6 +62,10 @@ class ExportStep:
                 f"steps.{spec.id}.source: {spec.source!r} has no result to export ({status})"
             )
         described = list(described_columns(source.detail.get("columns", [])))
+        # The files' module brings pyarrow (some 65 MB resident): imported by a worker's first export,
+        # not by every query worker.
+        from services.query_worker.export_files import file_type
+
         extension, content_type = file_type(spec.format, spec.codec)
         name = _name(message, flow, spec, extension)
         key = artifact_key(message.run_id, message.step_id, message.attempt, name)
@@ -101,6 +107,8 @@ class ExportStep:
 
 
 def _file(spec: ExportToFile, blob: BlobWriter) -> ExportFile:
+    from services.query_worker.export_files import ROW_GROUP_ROWS, CsvFile, ParquetFile
+
     if spec.format == "parquet":
         rows = spec.row_group_rows or ROW_GROUP_ROWS
         return ParquetFile(blob, compression=spec.codec, row_group_rows=rows)

@@ -47,7 +47,6 @@ from common.platform.runtime import Runtime
 from common.platform.sql import Batch, SqlDatabase
 from common.platform.sql.reads import bound_names
 from common.platform.sql.types import timespan_ticks
-from services.query_worker.ingest_files import IngestFile
 from services.query_worker.ingest_target import CsvBatches, Target, check_names
 from services.query_worker.kusto import KustoRunner
 from services.query_worker.parameters import step_parameters
@@ -142,6 +141,10 @@ class IngestStep:
     async def _from_file(
         self, message: RunMessage, spec: IngestToKusto, source: FileSource, target: Target
     ) -> tuple[Ingested, dict[str, Any]]:
+        # The files' module brings pyarrow (some 65 MB resident): imported by a worker's first ingestion
+        # from a file, not by every query worker.
+        from services.query_worker.ingest_files import IngestFile
+
         async with IngestFile(self.runtime, message, spec.id, source) as file:
             counted = CsvBatches("", None, None)
             async with aclosing(file.batches(BATCH_ROWS)) as batches:

@@ -51,5 +51,7 @@ def test_the_quick_run_writes_every_section_with_figures(tmp_path: Path) -> None
         "throughput scope ÷ separate, 20 rows, concurrency 20",
         "trigger peak RSS, 400 ÷ 40 rows",
         "PostgreSQL, steady (all still firing): time per instance, 200 ÷ 20 instances",
+        "PostgreSQL, copy step: rows per second",
+        "PostgreSQL, worker peak RSS ÷ the 64 MiB byte cap",
     ):
         assert target in targets

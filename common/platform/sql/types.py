@@ -60,6 +60,24 @@ _TIMESPAN = re.compile(r"(-)?(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,7})
 _TICKS_PER_SECOND = 10_000_000
 
 
+def _json_text() -> Callable[[Any], str]:
+    """Compact JSON text of a value, not ASCII-escaped, by one encoder made once.
+
+    ``json.dumps`` with options makes an encoder each call, and ``JSONEncoder.encode`` makes
+    CPython's C encoder each call: for a small property bag either costs more than the
+    encoding itself. CPython's C encoder, made once here, is the one ``encode`` would make.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    chunks = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode_json = _json_text()
+
+
 def is_postgres(dialect: str) -> bool:
     return dialect == "postgresql"
 
@@ -151,7 +169,7 @@ def converter(kusto_type: str, dialect: str, *, naive_utc: bool = False) -> Conv
         case "guid":
             return _guid
         case "datetime":
-            return _naive_datetime if naive_utc or is_mysql(dialect) else _datetime
+            return _naive_datetime if naive_utc or is_mysql(dialect) else parse_datetime
         case "timespan":
             return _interval if postgres else _nullable(timespan_ticks)
         case "dynamic":
@@ -182,10 +200,6 @@ def _decimal(value: Any) -> Decimal | None:
 
 def _guid(value: Any) -> str | None:
     return None if value is None else str(uuid.UUID(str(value)))
-
-
-def _datetime(value: Any) -> dt.datetime | None:
-    return parse_datetime(value)
 
 
 def _naive_datetime(value: Any) -> dt.datetime | None:
@@ -226,4 +240,4 @@ def dynamic_text(value: Any) -> str | None:
         except ValueError:
             return json.dumps(value, ensure_ascii=False)
         return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _encode_json(value)

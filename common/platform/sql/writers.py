@@ -1,6 +1,8 @@
 """How rows get into a table, per database: the bulk path and the statements of each mode.
 
-PostgreSQL takes rows by COPY (asyncpg's binary ``copy_records_to_table``) and
+PostgreSQL takes rows by one COPY for the whole copy (asyncpg's binary
+``copy_records_to_table``, fed batch by batch as the source is read, so the server
+stores rows while the next batch is read and converted) and
 replaces a table by filling a copy of it and renaming the two in the copy's
 transaction (PostgreSQL's DDL is transactional). MariaDB and MySQL take
 batched multi-row INSERTs (the driver packs ``executemany`` into statements of
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,15 +65,16 @@ class Writer:
     async def execute(self, statement: str) -> None:
         await self.connection.exec_driver_sql(statement)
 
-    async def bulk(self, table: TableName, rows: list[tuple[Any, ...]]) -> None:
-        """Insert *rows* (values in the order of the columns) into *table*."""
+    async def bulk(self, table: TableName, batches: AsyncIterator[list[tuple[Any, ...]]]) -> None:
+        """Insert the rows of *batches* (values in the order of the columns) into *table*."""
         # The driver's own executemany: one statement text, packed into multi-row INSERTs where it can.
         statement = str(
             sa.insert(sa.table(table.name, *map(sa.column, self.columns), schema=table.schema)).compile(
                 dialect=self.connection.dialect
             )
         )
-        await self.connection.exec_driver_sql(statement, rows)
+        async for rows in batches:
+            await self.connection.exec_driver_sql(statement, rows)
 
     async def replacement(self) -> TableName:
         """The table a replace writes into: the target, emptied (the transaction keeps the old rows)."""
@@ -117,12 +120,13 @@ class Writer:
 
 
 class PostgresWriter(Writer):
-    async def bulk(self, table: TableName, rows: list[tuple[Any, ...]]) -> None:
+    async def bulk(self, table: TableName, batches: AsyncIterator[list[tuple[Any, ...]]]) -> None:
         raw = await self.connection.get_raw_connection()
         # The asyncpg connection under SQLAlchemy's, inside the transaction SQLAlchemy began on it.
         driver: Any = raw.driver_connection
+        # One COPY: asyncpg sends rows as it takes them; an error from the source aborts the COPY.
         await driver.copy_records_to_table(
-            table.name, records=rows, columns=self.columns, schema_name=table.schema
+            table.name, records=_rows_of(batches), columns=self.columns, schema_name=table.schema
         )
 
     async def replacement(self) -> TableName:
@@ -166,6 +170,12 @@ class PostgresWriter(Writer):
 
     async def drop_stage(self, stage: TableName) -> None:
         """Nothing: the temporary table goes at commit (ON COMMIT DROP)."""
+
+
+async def _rows_of(batches: AsyncIterator[list[tuple[Any, ...]]]) -> AsyncIterator[tuple[Any, ...]]:
+    async for rows in batches:
+        for row in rows:
+            yield row
 
 
 class MySqlWriter(Writer):
