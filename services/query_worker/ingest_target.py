@@ -39,7 +39,7 @@ from common.platform.connections import connection_string
 from common.platform.runtime import Runtime
 from common.platform.sql import Batch
 from common.platform.sql.reads import csv_fields
-from services.query_worker.kusto import KustoRunner, classify
+from services.query_worker.kusto import KustoRunner, classify, client_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -233,13 +233,12 @@ class Target:
 
     async def command(self, text: str, *, rows: int = 10_000) -> tuple[list[Column], list[list[Any]]]:
         settings = self._runtime.settings
-        message = self._message
         result = await self._kusto.run(
             connection=self.connection,
             database=self.database,
             text=text,
             command=True,
-            client_request_id=f"adxflow;{message.run_id};{message.step_id};{message.attempt}",
+            client_request_id=client_request_id(self._message),
             max_rows=rows,
             max_bytes=settings.max_result_bytes,
             truncate=True,

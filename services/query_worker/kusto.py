@@ -37,7 +37,7 @@ from azure.kusto.data.exceptions import (
 )
 
 from common.contracts.errors import KustoError as StepKustoError
-from common.contracts.messages import ErrorCode
+from common.contracts.messages import ErrorCode, RunMessage
 from common.contracts.results import ResultWriter
 from common.platform import metrics, tracing
 from common.platform.blobs.interface import BlobWriter
@@ -78,6 +78,12 @@ def kql_literal(kind: str, value: Any) -> str:
     if kind == "timespan":
         return f"timespan({value})"
     raise ValueError(f"unsupported parameter type {kind!r}")
+
+
+def client_request_id(message: RunMessage) -> str:
+    """The ClientRequestId of a step's requests: it names the run and step, so a query can be found
+    (and cancelled) on the cluster from the run history."""
+    return f"adxflow;{message.run_id};{message.step_id};{message.attempt}"
 
 
 def with_declarations(query: str, parameters: Parameters) -> str:

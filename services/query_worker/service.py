@@ -35,7 +35,7 @@ from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.copying import CopyStep
 from services.query_worker.exporting import ExportStep
 from services.query_worker.ingesting import IngestStep
-from services.query_worker.kusto import KustoRunner, Parameters
+from services.query_worker.kusto import KustoRunner, Parameters, client_request_id
 from services.query_worker.parameters import step_parameters
 from services.query_worker.reading import QueryResult
 
@@ -82,7 +82,7 @@ class QueryStep:
         sent = {
             "text": text,
             "parameters": {name: value for name, (_, value) in parameters.items()},
-            "client_request_id": self._request_id(message),
+            "client_request_id": client_request_id(message),
         }
         key = artifact_key(message.run_id, message.step_id, message.attempt, "result.json")
         try:
@@ -109,12 +109,6 @@ class QueryStep:
             },
         )
 
-    @staticmethod
-    def _request_id(message: RunMessage) -> str:
-        # The ClientRequestId names the run and step, so a query can be found
-        # (and cancelled) on the cluster from the run history.
-        return f"adxflow;{message.run_id};{message.step_id};{message.attempt}"
-
     async def _run(
         self,
         message: RunMessage,
@@ -133,7 +127,7 @@ class QueryStep:
             text=text,
             command=command,
             parameters=parameters,
-            client_request_id=self._request_id(message),
+            client_request_id=client_request_id(message),
             timeout=self._timeout(spec),
             max_rows=min(spec.max_rows or settings.max_result_rows, settings.max_result_rows_limit),
             max_bytes=min(spec.max_bytes or settings.max_result_bytes, settings.max_result_bytes_limit),
