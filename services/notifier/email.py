@@ -42,28 +42,17 @@ _TEMPLATE = """\
 <head><meta http-equiv="Content-Type" content="text/html; charset=utf-8"></head>
 <body style="margin:0;padding:16px;background-color:#ffffff;{{ font }}">
 {{ body }}
-{%- if links %}
+{%- for note, listed in lists %}
 <div style="{{ font }};font-size:13px;margin:16px 0 0 0;padding:8px 12px;border:1px solid #d0d7de;\
 background-color:#f6f8fa">
-<p style="margin:0 0 4px 0">{{ link_note }}</p>
+<p style="margin:0 0 4px 0">{{ note }}</p>
 <ul style="margin:0;padding-left:20px">
-{%- for link in links %}
+{%- for link in listed %}
 <li><a href="{{ link.url }}" style="color:#0969da">{{ link.name }}</a> ({{ link.size | size }})</li>
 {%- endfor %}
 </ul>
 </div>
-{%- endif %}
-{%- if exports %}
-<div style="{{ font }};font-size:13px;margin:16px 0 0 0;padding:8px 12px;border:1px solid #d0d7de;\
-background-color:#f6f8fa">
-<p style="margin:0 0 4px 0">{{ export_note }}</p>
-<ul style="margin:0;padding-left:20px">
-{%- for link in exports %}
-<li><a href="{{ link.url }}" style="color:#0969da">{{ link.name }}</a> ({{ link.size | size }})</li>
 {%- endfor %}
-</ul>
-</div>
-{%- endif %}
 {%- if run_url or query_links %}
 <div style="{{ font }};font-size:12px;color:#57606a;margin:16px 0 0 0;border-top:1px solid #d0d7de;\
 padding-top:8px">
@@ -233,10 +222,7 @@ def _add_bodies(message: EmailMessage, mail: Email) -> None:
     html = _html_template.render(
         font=_FONT,
         body=Markup(mail.body_html),
-        links=mail.links,
-        link_note=mail.link_note,
-        exports=mail.exports,
-        export_note=EXPORT_NOTE,
+        lists=_link_lists(mail),
         run_url=mail.run_url,
         query_links=mail.query_links,
     )
@@ -252,14 +238,17 @@ def _add_bodies(message: EmailMessage, mail: Email) -> None:
             )
 
 
+def _link_lists(mail: Email) -> list[tuple[str, list[Link]]]:
+    """The lists of links under the body, each under its note: files too large to travel, then the
+    files the run exported."""
+    lists = [(mail.link_note, mail.links), (EXPORT_NOTE, mail.exports)]
+    return [(note, links) for note, links in lists if links]
+
+
 def _text_with_links(mail: Email) -> str:
     parts = [mail.text.rstrip("\n")]
-    if mail.links:
-        lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.links]
-        parts += ["", mail.link_note, *lines]
-    if mail.exports:
-        lines = [f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in mail.exports]
-        parts += ["", EXPORT_NOTE, *lines]
+    for note, links in _link_lists(mail):
+        parts += ["", note, *(f"- {link.name} ({describe_size(link.size)}): {link.url}" for link in links)]
     if mail.run_url or mail.query_links:
         parts.append("")
     if mail.run_url:
