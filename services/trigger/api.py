@@ -264,19 +264,34 @@ class TriggerApi:
             )
         if_match = IfMatch.of(request.headers.get("If-Match")) if name is not None else None
         await self._check(flow)
+        return await self._stored(flow, kept, if_match=if_match, create_only=name is None)
+
+    async def _stored(
+        self,
+        flow: Flow,
+        kept: str,
+        *,
+        if_match: IfMatch | None,
+        create_only: bool = False,
+        restored_from: int | None = None,
+    ) -> Reply:
+        """Save *flow* (checked already) as a new version with its definition *kept*; the flow as saved."""
         try:
             stored, created = await self.store.save(
                 flow,
-                create_only=name is None,
+                create_only=create_only,
                 if_match=if_match,
                 definition=kept,
                 saved_by=self._saved_by(),
+                restored_from=restored_from,
             )
         except FlowExists as exc:
             raise Refusal(409, f"{exc}; PUT /v1/flows/{exc.name} replaces it", code="Conflict") from exc
         except PreconditionFailed as exc:
             raise _precondition_failed(exc) from exc
-        log.info("flow saved", flow=flow.name, version=stored.version, created=created)
+        log.info(
+            "flow saved", flow=flow.name, version=stored.version, created=created, restored=restored_from
+        )
         return Reply(
             self._view(stored), status=201 if created else 200, headers={"ETag": etag(stored.version)}
         )
@@ -362,20 +377,7 @@ class TriggerApi:
                 code=refused.code,
                 fields=refused.fields,
             ) from refused
-        try:
-            stored, created = await self.store.save(
-                flow,
-                if_match=if_match,
-                definition=found.definition,
-                saved_by=self._saved_by(),
-                restored_from=found.version,
-            )
-        except PreconditionFailed as exc:
-            raise _precondition_failed(exc) from exc
-        log.info("flow restored", flow=name, version=stored.version, restored=found.version)
-        return Reply(
-            self._view(stored), status=201 if created else 200, headers={"ETag": etag(stored.version)}
-        )
+        return await self._stored(flow, found.definition, if_match=if_match, restored_from=found.version)
 
     async def delete_flow(self, request: web.Request) -> Reply:
         name = request.match_info["name"]
