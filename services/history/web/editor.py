@@ -210,10 +210,9 @@ async def _save(request: web.Request, text: str, *, name: str | None, version: i
     error = body.get("error", {}) if isinstance(body, dict) else {}
     message = error.get("message") or f"HTTP {status}"
     if status == 412:
-        return again(412, conflict={"name": name, "loaded": version}, notice="Not saved: the flow changed.")
+        return again(412, conflict={"name": name, "loaded": version})
     if status == 409:
-        conflict = {"name": named, "exists": True}
-        return again(409, conflict=conflict, notice=f"Not saved: a flow named {named!r} exists already.")
+        return again(409, conflict={"name": named, "exists": True})
     if status == 400:
         fields = error.get("fields") or [{"field": "", "message": message}]
         return again(400, problems=fields, notice="Not saved: the flow has problems.")

@@ -135,7 +135,7 @@ async def test_a_new_flow_is_saved_as_written_and_one_of_an_existing_name_is_ref
 
     assert version.body["definition"] == written
     assert latest.body["version"] == 1
-    assert "A flow named <code>weekly-storms</code> exists already" in exists_page
+    assert "Not saved: a flow named <code>weekly-storms</code> exists already" in exists_page
     assert textarea(exists_page) == written.replace("Weekly storms", "Another")
     # The problem is listed with its field and place, and its line marked in the gutter.
     assert invalid_lines(invalid_page) == [BROKEN_LINE]

@@ -7,6 +7,10 @@
   const REQUEST_HEADER = { "X-Adxflow-Request": "1" };
   const CHECK_AFTER_MS = 400;
   const INDENT = "  ";
+  const timeFormat = new Intl.DateTimeFormat(undefined, {
+    weekday: "short", year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", timeZoneName: "short",
+  });
 
   const form = document.querySelector("[data-editor-form]");
   if (!form) return;
@@ -158,7 +162,7 @@
         const item = document.createElement("li");
         const time = document.createElement("time");
         time.dateTime = fire;
-        time.textContent = new Date(fire).toLocaleString();
+        time.textContent = timeFormat.format(new Date(fire));
         time.title = fire;
         item.appendChild(time);
         list.appendChild(item);
@@ -269,12 +273,13 @@
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
       const result = fresh.querySelector("[data-save-result]");
       const problems = fresh.querySelector("[data-problems]");
+      const explained = Boolean(result && result.textContent.trim());
       if (result) saveResult.replaceChildren(...result.childNodes);
       if (problems) {
         problemsBox.replaceChildren(...problems.childNodes);
         markLines();
       }
-      say(result && result.textContent.trim() ? "Not saved." : `Not saved: HTTP ${response.status}`, true);
+      say(explained ? "Not saved: see above." : `Not saved: HTTP ${response.status}`, true);
     } catch (error) {
       say(`Not saved: ${error.message}`, true);
     } finally {
