@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import markupsafe
 import yaml
+from pydantic import SecretStr
 
+from common.contracts.topology import Topology
+from common.platform.blobs.folder import FolderBlobStore
+from common.platform.broker.memory import InProcessBroker
+from common.platform.config import Settings
+from common.platform.connections import Connections
+from common.platform.http import HttpServer
+from common.platform.runtime import Runtime
+from services.history.api import create_app
+from services.history.dead_letters import DeadLetterStore
+from services.history.store import HistoryStore
 from services.history.web.editor import BLANK, line_of
+from tests.conftest import random_name
 from tests.services.history.test_web import HOSTILE, Server, _history_before, data_dirs, server
 from tests.services.trigger.test_flows_api import STORMS_YAML, serving
 
@@ -270,6 +284,69 @@ async def test_the_editor_pages_sit_behind_the_login_with_a_token(server: Server
         for path in ("/ui/flows", "/ui/flows:validate", "/ui/flows:test", "/ui/flows/storms/definition"):
             async with browser.post(f"{url}{path}", data="name: x", headers=PAGE) as response:
                 assert response.status == 401
+
+
+@asynccontextmanager
+async def _history_with_token(trigger_url: str, data_dir: Path, token: str) -> AsyncIterator[str]:
+    settings = Settings(data_dir=data_dir, api_token=SecretStr(token))
+    store = HistoryStore(settings.resolved_database_url)
+    letters = DeadLetterStore(settings.resolved_database_url)
+    await store.ensure_schema()
+    await letters.ensure_schema()
+    runtime = Runtime(
+        settings=settings,
+        broker=InProcessBroker(Topology(random_name("history-web-"))),
+        blobs=FolderBlobStore(data_dir / "blobs"),
+        connections=Connections(),
+        trigger_url=trigger_url,
+    )
+    try:
+        async with runtime, HttpServer(create_app(runtime, store, letters), "127.0.0.1", 0) as http:
+            yield http.url
+    finally:
+        await letters.close()
+        await store.close()
+
+
+async def test_a_signed_in_browser_edits_through_the_servers_token_and_still_needs_the_header(
+    data_dirs: tuple[Path, Path], namespace: str
+) -> None:
+    history_dir, trigger_dir = data_dirs
+    async with (
+        serving(trigger_dir, namespace, api_token=SecretStr("s3cret")) as trigger,
+        _history_with_token(trigger.url, history_dir, "s3cret") as url,
+        # The pages are on 127.0.0.1: a cookie jar takes cookies from an IP address only when told to.
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
+    ):
+        bearer = {"Authorization": "Bearer s3cret"}
+        await trigger.call(
+            "PUT", "/v1/flows/weekly-storms", STORMS_YAML, content_type="application/yaml", headers=bearer
+        )
+        async with browser.post(
+            f"{url}/ui/login", data={"token": "s3cret"}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+        async with browser.get(f"{url}/ui/flows/weekly-storms/edit") as response:
+            assert response.status == 200
+            assert textarea(await response.text()) == STORMS_YAML
+        yaml_type = {"Content-Type": "application/yaml"}
+        async with browser.post(f"{url}/ui/flows:validate", data=BROKEN, headers=yaml_type) as refused:
+            assert refused.status == 403
+        async with browser.post(
+            f"{url}/ui/flows:validate", data=BROKEN, headers={**PAGE, **yaml_type}
+        ) as checked:
+            assert checked.status == 200
+            assert (await checked.json())["problems"][0]["line"] == BROKEN_LINE
+        changed = {"definition": STORMS_YAML.replace("Weekly storms", "Signed in"), "version": "1"}
+        target = f"{url}/ui/flows/weekly-storms/definition"
+        async with browser.post(target, data=changed, headers=PAGE, allow_redirects=False) as saved:
+            assert (saved.status, saved.headers["Location"]) == (303, "/ui/flows/weekly-storms")
+        current = await trigger.call("GET", "/v1/flows/weekly-storms", headers=bearer)
+        version = await trigger.call("GET", "/v1/flows/weekly-storms/versions/2", headers=bearer)
+
+    assert current.body["document"]["steps"][1]["subject"] == "Signed in"
+    # The save went with the server's token: the version says so.
+    assert version.body["saved_by"] == "token"
 
 
 def test_a_problem_without_a_place_is_placed_at_its_top_level_key() -> None:
