@@ -23,7 +23,7 @@ from aiohttp import web
 from common.platform.routes import error_body
 from services.history.web.pages import _trigger, page
 from services.history.web.session import csrf_ok, csrf_refusal
-from services.history.web.trigger import TriggerClient, TriggerUnavailable
+from services.history.web.trigger import TriggerUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -250,9 +250,8 @@ async def test_draft(request: web.Request) -> web.Response:
             return error_body(400, "parameters: an object of the run's parameters", code="InvalidRequest")
     except (ValueError, TypeError):
         return error_body(400, 'flow: send {"flow": "<the YAML text>"}', code="InvalidRequest")
-    client: TriggerClient = _trigger(request)
     try:
-        status, body = await client.forward(
+        status, body = await _trigger(request).forward(
             "POST", "/v1/flows:test", json={"flow": asked["flow"], "parameters": parameters}
         )
     except TriggerUnavailable as exc:
