@@ -473,6 +473,9 @@ async def logout(request: web.Request) -> web.Response:
 
 def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> None:
     """Serve the pages from the history API's application; with a token, admit the login cookie too."""
+    # Imported here: the editor builds on this module's page helpers.
+    from services.history.web.editor import add_editor_pages
+
     sessions = Sessions(runtime.settings.api_token)
     app[STORE] = store
     app[RUNTIME] = runtime
@@ -484,6 +487,7 @@ def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> No
     app.router.add_get("/ui/runs/{run_id}", run_page)
     app.router.add_get("/ui/emails/{key:.+}", email_page)
     app.router.add_get("/ui/flows", flows_page)
+    add_editor_pages(app)
     app.router.add_post("/ui/flows/{name}/enabled", set_flow_enabled)
     app.router.add_get("/ui/flows/{name}", flow_page)
     app.router.add_post("/ui/flows/{name}/silences", add_silence)
