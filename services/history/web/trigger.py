@@ -1,5 +1,5 @@
 """The trigger API as the flow pages see it: list flows, switch one on or off, read its alerts,
-set and end silences, read its versions, diff two and restore one.
+set and end silences, read its versions, diff two and restore one, and start a run.
 
 The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 :data:`TIMEOUT`, so page loads reuse its connections.
@@ -125,6 +125,16 @@ class TriggerClient:
 
     async def end_silence(self, silence_id: str) -> None:
         await self._call("DELETE", f"/v1/silences/{_segment(silence_id)}")
+
+    async def run(self, name: str, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+        """Start a run of the flow now (*body* as ``POST /v1/flows/{name}/runs`` takes it); its acceptance.
+
+        With *key* (an Idempotency-Key), the same request sent twice starts one run.
+        """
+        headers = {"Idempotency-Key": key} if key is not None else {}
+        path = f"/v1/flows/{_segment(name)}/runs"
+        accepted: dict[str, Any] = await self._call("POST", path, json=body, headers=headers)
+        return accepted
 
 
 def _segment(name: str) -> str:
