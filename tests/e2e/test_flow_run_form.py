@@ -126,4 +126,11 @@ async def test_a_run_is_started_from_the_flows_form_in_its_zone_and_followed_to_
         await expect(page.get_by_label("since")).to_have_value("2026-07-01T08:00")
         await expect(page.get_by_label("deadly")).not_to_be_checked()
         await screenshot(page, "flow-trigger")
+        # The browser checks a timespan with the contracts' own pattern.
+        window = page.get_by_label("window")
+        mismatched = {}
+        for typed in ("an hour", "90m", "1.02:03:04", "1h 30m"):
+            await window.fill(typed)
+            mismatched[typed] = await window.evaluate("input => input.validity.patternMismatch")
+        assert mismatched == {"an hour": True, "90m": False, "1.02:03:04": False, "1h 30m": True}
         assert problems == [f"{refused} at {live.history_url}/ui/flows/storms-since/runs"], problems

@@ -27,7 +27,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from pydantic import ValidationError
 
-from common.contracts.parameters import ParameterSpec, ParameterType, coerce_parameter
+from common.contracts.parameters import TIMESPAN_PATTERN, ParameterSpec, ParameterType, coerce_parameter
 from common.platform.routes import error_body
 from services.history.bodies import FlowStats, RunSummary
 from services.history.runs import RunFilters, find_run, flow_stats, list_runs
@@ -43,8 +43,6 @@ RECENT_RUNS = 10
 #: How long a started run may take to reach the history before its page is shown anyway.
 RECORDED_WITHIN = 5.0
 
-#: A timespan as the contracts take it (``1h``, ``30m``, ``1.02:03:04``), for the input's ``pattern``.
-TIMESPAN_PATTERN = r"\d+(\.\d+)?(ms|s|m|h|d)|(\d+\.)?\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?"
 _BOUNDS = {ParameterType.INT: 2**31, ParameterType.LONG: 2**63}
 _REFUSED_PARAMETER = re.compile(r"parameters\.([A-Za-z_][A-Za-z0-9_]*): (.*)", re.DOTALL)
 
