@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import markupsafe
 import pytest
 
 from common.contracts.messages import (
@@ -37,6 +38,7 @@ from services.history.store import HistoryStore
 from services.history.web.flow_runs import _refused
 from services.history.web.trigger import TriggerUnavailable
 from services.trigger import service as trigger
+from tests.services.history.test_web import HOSTILE
 
 PAGE = {"X-Adxflow-Request": "1"}
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -155,11 +157,14 @@ def _input(block: str, name: str) -> str:
 
 
 async def test_every_parameter_type_is_a_field_with_its_default_in_the_flows_zone(system: System) -> None:
-    await system.put(TYPED)
+    hostile = {**TYPED["parameters"]["until"], "description": HOSTILE}
+    await system.put({**TYPED, "parameters": {**TYPED["parameters"], "until": hostile}})
 
     status, page = await system.page("/ui/flows/storms")
 
     assert status == 200
+    assert HOSTILE not in page
+    assert f'id="param-until-description">{markupsafe.escape(HOSTILE)}</p>' in page
     form = _section(page, "run")
     assert 'action="/ui/flows/storms/runs"' in form
     assert "data-run-form hidden" in form
@@ -332,6 +337,7 @@ async def test_a_wall_time_the_clocks_skip_is_refused_inline_and_one_they_pass_t
         ("window", "an hour", "window: expected a timespan, got 'an hour'"),
         ("until", "tomorrow", "until: expected a date and time such as 2026-03-01T08:00, got 'tomorrow'"),
         ("until", "", "until: required (the flow declares no default)"),
+        ("limit", HOSTILE, f"limit: expected a int, got {HOSTILE!r}"),
     ],
 )
 async def test_a_bad_value_is_refused_inline_naming_its_field_and_keeping_what_was_typed(
@@ -352,8 +358,9 @@ async def test_a_bad_value_is_refused_inline_naming_its_field_and_keeping_what_w
     assert 'aria-invalid="true"' in block
     assert f"param-{name}-error" in block.split('aria-describedby="')[1].split('"')[0]
     assert 'value="kept"' in _input(_field(form, "state"), "state")
+    assert HOSTILE not in page
     if name != "deadly":
-        assert f'value="{html.escape(value)}"' in _input(block, name)
+        assert f'value="{markupsafe.escape(value)}"' in _input(block, name)
     # Only the field at fault is marked, and no run was started.
     assert form.count('aria-invalid="true"') == 1
     assert "does not exist" not in form
