@@ -463,3 +463,10 @@ async def test_the_flows_list_links_each_flow_to_its_run_now_form(system: System
     page = (await system.page("/ui/flows"))[1]
 
     assert '<a class="muted" href="/ui/flows/by-hand#run">Run now' in page
+
+
+async def test_running_a_flow_that_is_not_there_answers_404_naming_it(system: System) -> None:
+    status, _, body = await system.run_now("nowhere", [])
+
+    assert status == 404
+    assert "flow 'nowhere' not found" in body
