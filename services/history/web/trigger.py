@@ -1,6 +1,6 @@
 """The trigger API as the flow pages see it: list flows, switch one on or off, read its alerts,
-set and end silences, read its versions, diff two and restore one; and for the editor, list the
-templates, check a draft, save a definition as written and start a test run of one.
+set and end silences, read its versions, diff two and restore one, start a run; and for the
+editor, list the templates, check a draft, save a definition as written and start a test run of one.
 
 The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 :data:`TIMEOUT`, so page loads reuse its connections.
@@ -186,6 +186,16 @@ class TriggerClient:
             message = f"the trigger API answered HTTP {status}: {raw.strip()[:200]}"
             code = "Unavailable" if status < 400 else "Refused"
             return status, {"error": {"code": code, "message": message}}
+
+    async def run(self, name: str, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+        """Start a run of the flow now (*body* as ``POST /v1/flows/{name}/runs`` takes it); its acceptance.
+
+        With *key* (an Idempotency-Key), the same request sent twice starts one run.
+        """
+        headers = {"Idempotency-Key": key} if key is not None else {}
+        path = f"/v1/flows/{_segment(name)}/runs"
+        accepted: dict[str, Any] = await self._call("POST", path, json=body, headers=headers)
+        return accepted
 
 
 def _segment(name: str) -> str:
