@@ -64,6 +64,14 @@ def field_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
         if named is not None:
             location = f"{location}.{named.group(1)}" if location else named.group(1)
             message = named.group(2)
+        elif (
+            error["type"] == "unknown_step"
+            and isinstance(error.get("input"), dict)
+            and "action" in error["input"]
+        ):
+            # A step that names an action this release does not have: the action is what is wrong.
+            location = f"{location}.action"
+            message = f"{error['input']['action']!r:.60} is not an action: {message}"
         errors.append((location, message, error["type"]))
     return errors
 

@@ -67,23 +67,23 @@ async def test_a_flow_is_created_from_a_template_and_a_stale_edit_is_refused_in_
 
         # A step with an action that does not exist: its line is marked and named in the problem.
         broken = text.replace("action: send_email", "action: send_mail")
-        line = broken.splitlines().index("  - id: mail") + 1
+        line = broken.splitlines().index("    action: send_mail") + 1
         await editor.fill(broken)
         await expect(form).to_have_attribute("data-checked", "invalid")
         mark = page.locator(f'[data-gutter] li[data-line="{line}"]')
         await expect(mark).to_have_attribute("aria-invalid", "true")
         await expect(page.locator("[data-gutter] li[aria-invalid]")).to_have_count(1)
         problem = page.locator("#editor-problems li").first
-        await expect(problem).to_contain_text(f"line {line}, column 5")
-        await expect(problem).to_contain_text("steps[1]")
+        await expect(problem).to_contain_text(f"line {line}, column 13")
+        await expect(problem).to_contain_text("steps[1].action")
         assert (await mark.get_attribute("aria-describedby")) == await problem.get_attribute("id")
         title = await mark.get_attribute("title")
         assert title is not None
-        assert title.startswith(f"line {line}, column 5: steps[1] a step names its")
+        assert title.startswith(f"line {line}, column 13: steps[1].action 'send_mail' is not an action")
         await problem.get_by_role("button").click()
         at, selected = await caret_line(page)
         assert at == line
-        assert selected.startswith("id: mail")
+        assert selected == "send_mail"
         await expect(editor).to_be_focused()
         await screenshot(page, "flow-editor-problem")
 

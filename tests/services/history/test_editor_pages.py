@@ -34,9 +34,9 @@ __all__ = ["data_dirs", "server"]
 PAGE = {"X-Adxflow-Request": "1"}
 #: The editor's text as the page holds it.
 TEXTAREA = re.compile(r"<textarea[^>]*>\n(.*?)</textarea>", re.DOTALL)
-#: A draft whose second step (line 11) names an action that does not exist.
+#: A draft whose second step names an action that does not exist, on this line.
 BROKEN = STORMS_YAML.replace("action: send_email", "action: send_mail")
-BROKEN_LINE = BROKEN.splitlines().index("  - id: mail") + 1
+BROKEN_LINE = BROKEN.splitlines().index("    action: send_mail") + 1
 
 
 def textarea(page: str) -> str:
@@ -112,8 +112,8 @@ async def test_the_validate_route_answers_the_problems_placed_on_their_lines_wit
 
     assert broken["valid"] is False
     [problem] = broken["problems"]
-    assert (problem["field"], problem["line"], problem["column"]) == ("steps[1]", BROKEN_LINE, 5)
-    assert "a step names its 'action'" in problem["message"]
+    assert (problem["field"], problem["line"], problem["column"]) == ("steps[1].action", BROKEN_LINE, 13)
+    assert problem["message"].startswith("'send_mail' is not an action: a step names its 'action'")
     assert good["valid"] is True
     assert good["flow"]["name"] == "weekly-storms"
     assert len(good["flow"]["next_fires"]) == 5
@@ -153,8 +153,8 @@ async def test_a_new_flow_is_saved_as_written_and_one_of_an_existing_name_is_ref
     assert textarea(exists_page) == written.replace("Weekly storms", "Another")
     # The problem is listed with its field and place, and its line marked in the gutter.
     assert invalid_lines(invalid_page) == [BROKEN_LINE]
-    assert f'data-goto-line="{BROKEN_LINE}" data-goto-column="5"' in invalid_page
-    assert "<code>steps[1]</code>" in invalid_page
+    assert f'data-goto-line="{BROKEN_LINE}" data-goto-column="13"' in invalid_page
+    assert "<code>steps[1].action</code>" in invalid_page
     assert textarea(invalid_page) == BROKEN
 
 
