@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from common.platform.routes import error_body
-from services.history.web.pages import _trigger, page
+from services.history.web.pages import page, trigger_client
 from services.history.web.session import csrf_ok, csrf_refusal
 from services.history.web.trigger import TriggerUnavailable
 
@@ -109,7 +109,7 @@ def _editor(
 
 async def new_flow_page(request: web.Request) -> web.Response:
     """A new flow: the templates to start from (``?template=NAME`` fills the editor), or blank."""
-    trigger = _trigger(request)
+    trigger = trigger_client(request)
     chosen = request.query.get("template", "")
     try:
         templates = await trigger.templates()
@@ -128,7 +128,7 @@ async def new_flow_page(request: web.Request) -> web.Response:
 async def edit_flow_page(request: web.Request) -> web.Response:
     """A flow's current version as saved, in the editor, with the version it was loaded at."""
     name = request.match_info["name"]
-    trigger = _trigger(request)
+    trigger = trigger_client(request)
     try:
         current = (await trigger.versions(name))["current"]
         if current is None:
@@ -183,7 +183,7 @@ async def save_flow(request: web.Request) -> web.Response:
 
 
 async def _save(request: web.Request, text: str, *, name: str | None, version: int | None) -> web.Response:
-    trigger = _trigger(request)
+    trigger = trigger_client(request)
 
     def again(status: int, **context: Any) -> web.Response:
         return _editor(request, text=text, name=name, version=version, status=status, **context)
@@ -230,7 +230,7 @@ async def validate_draft(request: web.Request) -> web.Response:
     if len(text) > MAX_TEXT:
         return error_body(413, f"body: at most {MAX_TEXT} bytes of YAML", code="InvalidRequest")
     try:
-        status, body = await _trigger(request).forward("POST", "/v1/flows:validate", yaml_text=text)
+        status, body = await trigger_client(request).forward("POST", "/v1/flows:validate", yaml_text=text)
     except TriggerUnavailable as exc:
         return error_body(502, exc.message, code="Unavailable")
     return web.json_response(body, status=status)
@@ -251,7 +251,7 @@ async def test_draft(request: web.Request) -> web.Response:
     except (ValueError, TypeError):
         return error_body(400, 'flow: send {"flow": "<the YAML text>"}', code="InvalidRequest")
     try:
-        status, body = await _trigger(request).forward(
+        status, body = await trigger_client(request).forward(
             "POST", "/v1/flows:test", json={"flow": asked["flow"], "parameters": parameters}
         )
     except TriggerUnavailable as exc:

@@ -100,7 +100,7 @@ def page(request: web.Request, template: str, *, status: int = 200, **context: A
     return web.Response(text=html, status=status, content_type="text/html", headers=headers)
 
 
-def _trigger(request: web.Request) -> TriggerClient:
+def trigger_client(request: web.Request) -> TriggerClient:
     # The trigger's address is known only once it runs, which may be after this app starts.
     runtime = request.app[RUNTIME]
     return TriggerClient(runtime.trigger_url, runtime.settings.api_token, request.app[TRIGGER_SESSION])
@@ -133,7 +133,7 @@ async def runs_page(request: web.Request) -> web.Response:
     older = f"?{urlencode({**chosen, 'cursor': next_cursor})}" if next_cursor else None
     newest = f"?{urlencode(chosen)}" if query.get("cursor") else None
     try:
-        flow_names = sorted(flow["name"] for flow in await _trigger(request).flows())
+        flow_names = sorted(flow["name"] for flow in await trigger_client(request).flows())
     except TriggerUnavailable:
         flow_names = []
     return page(
@@ -237,7 +237,7 @@ async def _fill_from_flow(request: web.Request, run: RunDetail, steps: list[Any]
     if not missing or not run.flow:
         return
     try:
-        flow = await _trigger(request).flow(run.flow)
+        flow = await trigger_client(request).flow(run.flow)
     except TriggerUnavailable:
         return
     by_id = {step.get("id"): step for step in flow["document"].get("steps", [])}
@@ -270,7 +270,7 @@ async def email_page(request: web.Request) -> web.Response:
 async def flows_page(request: web.Request) -> web.Response:
     store = request.app[STORE]
     try:
-        flows = await _trigger(request).flows()
+        flows = await trigger_client(request).flows()
         problem = None
     except TriggerUnavailable as exc:
         flows, problem = [], exc.message
@@ -298,7 +298,7 @@ async def set_flow_enabled(request: web.Request) -> web.Response:
         return error_body(400, 'send {"enabled": true} or {"enabled": false}', code="InvalidRequest")
     name = request.match_info["name"]
     try:
-        saved = await _trigger(request).set_enabled(name, enabled, version=version)
+        saved = await trigger_client(request).set_enabled(name, enabled, version=version)
     except TriggerUnavailable as exc:
         status = exc.status if 400 <= exc.status < 500 else 502
         codes = {404: "NotFound", 412: "PreconditionFailed"}
@@ -335,7 +335,7 @@ async def _flow_page(
     form: RunForm | None = None,
     status: int = 200,
 ) -> web.Response:
-    trigger = _trigger(request)
+    trigger = trigger_client(request)
     try:
         alerts = await trigger.alerts(name)
         over = await trigger.silences(name, "ended")
@@ -409,7 +409,7 @@ async def restore_version(request: web.Request) -> web.Response:
             400, "current: the version the page shows, and a version to restore", code="InvalidRequest"
         )
     try:
-        saved = await _trigger(request).restore(name, int(version), current=int(current))
+        saved = await trigger_client(request).restore(name, int(version), current=int(current))
     except TriggerUnavailable as exc:
         return _flow_refusal(exc)
     log.info(
@@ -440,7 +440,7 @@ async def add_silence(request: web.Request) -> web.Response:
         if isinstance(value, str) and value:
             asked[field] = value
     try:
-        silence = await _trigger(request).silence(asked)
+        silence = await trigger_client(request).silence(asked)
     except TriggerUnavailable as exc:
         return _flow_refusal(exc)
     log.info("silence set from the history pages", flow=name, silence=silence["id"])
@@ -451,7 +451,7 @@ async def end_silence(request: web.Request) -> web.Response:
     if request.headers.get(CSRF_HEADER) != "1":
         return csrf_refusal()
     name, silence_id = request.match_info["name"], request.match_info["silence_id"]
-    trigger = _trigger(request)
+    trigger = trigger_client(request)
     try:
         # Only a silence of the flow whose page this is: another flow's is not this page's to end.
         if (await trigger.get_silence(silence_id))["flow"] != name:
@@ -516,7 +516,7 @@ def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> No
     app.router.add_post("/ui/flows/{name}/silences", add_silence)
     app.router.add_post("/ui/flows/{name}/silences/{silence_id}/end", end_silence)
     app.router.add_post("/ui/flows/{name}/versions/{version}/restore", restore_version)
-    add_run_routes(app, FlowPages(store=store, trigger=_trigger, render=_flow_page_with))
+    add_run_routes(app, FlowPages(store=store, trigger=trigger_client, render=_flow_page_with))
     app.router.add_get(LOGIN_PATH, login_form)
     app.router.add_post(LOGIN_PATH, login)
     app.router.add_post("/ui/logout", logout)
