@@ -35,6 +35,8 @@ class RunState:
     #: A child run's scope step in its parent: its end is the parent's to hear of (through the
     #: scope's join), so it is not announced as a run of its own.
     scope_step: str | None = None
+    #: A test run: its end is not announced either (no flow follows a test run).
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
