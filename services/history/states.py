@@ -91,7 +91,8 @@ class Draft:
         self.run = run or RunState(run_id, updated_at=now)
         self.run_fields: dict[str, Any] = {}
         if run is None:
-            self.run_fields.update(status=RunStatus.QUEUED.value, updated_at=now)
+            # A run is a real one until its own event says otherwise (the column's default too).
+            self.run_fields.update(status=RunStatus.QUEUED.value, updated_at=now, dry_run=False)
         self.steps = {step.key: step for step in steps}
         self.new_steps: dict[StepKey, dict[str, Any]] = {}
         self.step_fields: list[tuple[Mapping[str, Any], tuple[StepKey, ...]]] = []

@@ -8,6 +8,7 @@ follows one. In process and on RabbitMQ."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from common.contracts.dry_runs import NOT_RECORDED, NOT_RENDERED, NOT_RUN_COMMAND, NOT_SENT, NOT_WRITTEN
+from services.launcher import cli
 from tests.e2e.conftest import System
 
 TESTER = "tester@qa.example.com"
@@ -357,3 +359,68 @@ async def test_the_run_page_shows_a_test_run_its_previews_and_the_runs_list_mark
     async with system.session.get(f"{system.history_url}/ui/runs?flow=storm-report") as response:
         listing = await response.text()
     assert 'class="badge-test" data-test-run' in listing
+
+
+DRAFT_FILE = f"""\
+name: storms-by-mail
+connection: local
+database: Samples
+steps:
+  - id: storms
+    action: run_query_and_render_chart
+    query: "{QUERY}"
+    chart: html_table
+  - id: mail
+    action: send_email
+    to: [team@example.com]
+    subject: Storms by state
+    body_html: "{{{{ steps.storms.body_html }}}}"
+  - id: save
+    action: copy_to_database
+    database: reports
+    table: daily_storms
+    source: storms
+"""
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_flows_test_writes_the_previews_of_a_flow_file_and_prints_where(
+    system: System, reports: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "storms.yaml"
+    file.write_text(DRAFT_FILE)
+    out = tmp_path / "previews"
+
+    await asyncio.to_thread(
+        cli.main, ["flows", "test", str(file), "--url", system.trigger_url, "--out", str(out)]
+    )
+
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"run succeeded: previews in {out}"
+    written = {Path(line) for line in printed if line.startswith(str(out))}
+    assert written == {out / "mail.email.eml", out / "mail.email.html", out / "save.sample.csv"}
+    assert "<table" in (out / "mail.email.html").read_text()
+    composed = email.message_from_bytes((out / "mail.email.eml").read_bytes(), policy=email.policy.default)
+    assert composed["Subject"] == "Storms by state"
+    rows = (out / "save.sample.csv").read_text().splitlines()
+    assert rows[0] == "State,Events"
+    assert len(rows) == 6
+    assert f"save: {NOT_WRITTEN}" in printed
+    assert system.smtp.messages() == []
+    assert not await table_exists(reports, "daily_storms")
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_flows_test_prints_a_refused_drafts_problems_at_their_lines_and_fails(
+    system: System, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "storms.yaml"
+    file.write_text(DRAFT_FILE.replace("    chart: html_table\n", "    chart: html_table\n    colour: red\n"))
+
+    with pytest.raises(SystemExit) as failed:
+        await asyncio.to_thread(cli.main, ["flows", "test", str(file), "--url", system.trigger_url])
+
+    assert failed.value.code == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{file}:9:5: steps[0].colour: Extra inputs are not permitted"
+    ]
