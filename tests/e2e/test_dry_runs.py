@@ -424,3 +424,41 @@ async def test_flows_test_prints_a_refused_drafts_problems_at_their_lines_and_fa
     assert capsys.readouterr().out.splitlines() == [
         f"{file}:9:5: steps[0].colour: Extra inputs are not permitted"
     ]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_the_child_runs_of_a_test_run_are_test_runs_too(system: System) -> None:
+    flow = {
+        "name": "per-state",
+        "connection": "local",
+        "database": "Samples",
+        "steps": [
+            {"id": "states", "action": "run_query", "query": "StormEvents | distinct State | take 3"},
+            {
+                "id": "each",
+                "for_each": "states",
+                "steps": [
+                    {
+                        "id": "mail",
+                        "action": "send_email",
+                        "to": ["team@example.com"],
+                        "subject": "{{ row.State }}",
+                    }
+                ],
+            },
+        ],
+    }
+    await system.save_flow(flow)
+
+    _, accepted = await start(system, "per-state", {"dry_run": True})
+    run = await system.finished(accepted["run_id"])
+
+    assert run["status"] == "succeeded", run
+    children = (await system.get(f"/v1/runs/{run['run_id']}/steps/each/iterations"))["iterations"]
+    assert len(children) == 3
+    for child in children:
+        assert child["dry_run"] is True
+        detail = await system.run(child["run_id"])
+        assert detail is not None
+        assert step(detail, "mail")["detail"]["dry_run"] == NOT_SENT
+    assert system.smtp.messages() == []
