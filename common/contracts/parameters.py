@@ -41,7 +41,9 @@ class ParameterSpec(Document):
         return self
 
 
-_TIMESPAN = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$|^(\d+\.)?\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
+#: A timespan: ``30s``, ``1.5h``, ``2d`` or ``[d.]hh:mm[:ss[.f]]``; also an HTML input's ``pattern``.
+TIMESPAN_PATTERN = r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$|^(\d+\.)?\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$"
+_TIMESPAN = re.compile(TIMESPAN_PATTERN)
 
 
 def coerce_parameter(kind: ParameterType, value: Any, field: str) -> Any:

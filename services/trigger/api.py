@@ -46,6 +46,7 @@ from services.trigger.bodies import (
     ConnectionList,
     DraftTestRequest,
     FlowAlerts,
+    FlowDetail,
     FlowList,
     FlowReplacement,
     FlowView,
@@ -59,7 +60,7 @@ from services.trigger.bodies import (
     VersionList,
     VersionView,
 )
-from services.trigger.drafts import DraftProblem, DraftReport, examine, trigger_words
+from services.trigger.drafts import DraftProblem, DraftReport, examine, next_fires, trigger_words
 from services.trigger.dry_runs import TestSendRefused, run_draft, test_address
 from services.trigger.flow_templates import FlowTemplate, FlowTemplates, flow_templates
 from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
@@ -238,7 +239,10 @@ class TriggerApi:
         stored = await self.store.get(request.match_info["name"])
         if stored is None:
             raise _not_found(request.match_info["name"])
-        return Reply(self._view(stored), headers={"ETag": etag(stored.version)})
+        view = self._view(stored)
+        _, schedule = trigger_words(stored.flow)
+        fires = next_fires(schedule, dt.datetime.now(dt.UTC)) if schedule is not None else []
+        return Reply(FlowDetail(**dict(view), next_fires=fires), headers={"ETag": etag(stored.version)})
 
     async def create_flow(self, request: web.Request) -> Reply:
         return await self._save(request, name=None)
@@ -652,8 +656,8 @@ ROUTES: list[Route[TriggerApi]] = [
         "/v1/flows/{name}",
         "getFlow",
         TriggerApi.get_flow,
-        "One flow",
-        {200: Answer("The flow.", FlowView, headers=_ETAG)},
+        "One flow, with its next fire times",
+        {200: Answer("The flow.", FlowDetail, headers=_ETAG)},
         parameters=[_NAME],
         refusals=(404,),
     ),

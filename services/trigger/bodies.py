@@ -93,6 +93,15 @@ class FlowView(BaseModel):
         return document.model_dump(mode="json", exclude_none=True)
 
 
+class FlowDetail(FlowView):
+    """One saved flow as its own page reads it: the list's view, and its next few fire times."""
+
+    next_fires: list[str] = Field(
+        description="The next scheduled runs, oldest first (empty unless a cron or every trigger).",
+        json_schema_extra={"items": _TIMESTAMP},
+    )
+
+
 class FlowList(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

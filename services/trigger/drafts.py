@@ -105,14 +105,15 @@ class Examined:
             return None
         try:
             words, schedule = trigger_words(self.flow)
-            fires = _next_fires(schedule, now) if schedule is not None else []
+            fires = next_fires(schedule, now) if schedule is not None else []
         except ScheduleError as exc:
             words, fires = f"invalid schedule: {exc.problem}", []
         flow = self.flow
         return DraftFlow(name=flow.name, trigger=flow.trigger.kind, schedule=words, next_fires=fires)
 
 
-def _next_fires(schedule: Schedule, after: dt.datetime) -> list[str]:
+def next_fires(schedule: Schedule, after: dt.datetime) -> list[str]:
+    """The :data:`NEXT_FIRES` fire times of *schedule* after *after*, as ISO instants."""
     fires = []
     for _ in range(NEXT_FIRES):
         after = schedule.next_after(after)

@@ -1,5 +1,5 @@
-"""The run history as web pages: runs, one run in detail, flows, a flow's definition, versions and
-alerts, and the login form.
+"""The run history as web pages: runs, one run in detail, flows, a flow's definition, trigger, runs,
+versions and alerts (its runs and the run-now form: :mod:`.flow_runs`), and the login form.
 
 Server-rendered HTML (Jinja2, autoescaped, sandboxed) that reads without
 JavaScript; ``static/app.js`` adds local times, refreshing of unfinished runs
@@ -33,6 +33,7 @@ from services.history.bodies import RunDetail, RunPage
 from services.history.runs import RunFilters, find_run, list_iterations, list_runs
 from services.history.store import HistoryStore
 from services.history.web.email_preview import email_preview
+from services.history.web.flow_runs import FlowPages, RunForm, add_run_routes, flow_runs
 from services.history.web.session import (
     COOKIE,
     CSRF_HEADER,
@@ -324,13 +325,24 @@ def _chosen(request: web.Request, name: str) -> int | None:
 
 
 async def flow_page(request: web.Request) -> web.Response:
-    """A flow's definition and versions (a diff of two of them), alerts and silences."""
-    name = request.match_info["name"]
-    trigger = _trigger(request)
+    """A flow's definition, trigger and runs, versions (a diff of two of them), alerts and silences."""
     try:
         older, newer = _chosen(request, "from"), _chosen(request, "to")
     except InvalidParameter as exc:
         return error_body(400, exc.message, code="InvalidRequest")
+    return await _flow_page(request, request.match_info["name"], older, newer)
+
+
+async def _flow_page(
+    request: web.Request,
+    name: str,
+    older: int | None = None,
+    newer: int | None = None,
+    *,
+    form: RunForm | None = None,
+    status: int = 200,
+) -> web.Response:
+    trigger = _trigger(request)
     try:
         alerts = await trigger.alerts(name)
         over = await trigger.silences(name, "ended")
@@ -344,7 +356,18 @@ async def flow_page(request: web.Request) -> web.Response:
     except TriggerUnavailable as exc:
         # The alerts still show: a trigger of the release before versions has none to give.
         context.update(versions=[], versions_problem=exc.message)
-    return page(request, "flow.html", name=name, problem=None, **context)
+    try:
+        context.update(
+            runs=await flow_runs(request.app[STORE], await trigger.flow(name), form), runs_problem=None
+        )
+    except TriggerUnavailable as exc:
+        context.update(runs=None, runs_problem=exc.message)
+    return page(request, "flow.html", status=status, name=name, problem=None, **context)
+
+
+async def _flow_page_with(request: web.Request, name: str, form: RunForm, status: int) -> web.Response:
+    """The flow's page with the run-now form as it was sent, its errors inline."""
+    return await _flow_page(request, name, form=form, status=status)
 
 
 async def _versions(
@@ -480,6 +503,9 @@ async def logout(request: web.Request) -> web.Response:
 
 def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> None:
     """Serve the pages from the history API's application; with a token, admit the login cookie too."""
+    # Imported here: the editor builds on this module's page helpers.
+    from services.history.web.editor import add_editor_pages
+
     sessions = Sessions(runtime.settings.api_token)
     app[STORE] = store
     app[RUNTIME] = runtime
@@ -491,11 +517,13 @@ def add_pages(app: web.Application, runtime: Runtime, store: HistoryStore) -> No
     app.router.add_get("/ui/runs/{run_id}", run_page)
     app.router.add_get("/ui/emails/{key:.+}", email_page)
     app.router.add_get("/ui/flows", flows_page)
+    add_editor_pages(app)
     app.router.add_post("/ui/flows/{name}/enabled", set_flow_enabled)
     app.router.add_get("/ui/flows/{name}", flow_page)
     app.router.add_post("/ui/flows/{name}/silences", add_silence)
     app.router.add_post("/ui/flows/{name}/silences/{silence_id}/end", end_silence)
     app.router.add_post("/ui/flows/{name}/versions/{version}/restore", restore_version)
+    add_run_routes(app, FlowPages(store=store, trigger=_trigger, render=_flow_page_with))
     app.router.add_get(LOGIN_PATH, login_form)
     app.router.add_post(LOGIN_PATH, login)
     app.router.add_post("/ui/logout", logout)

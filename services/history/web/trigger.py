@@ -1,5 +1,6 @@
 """The trigger API as the flow pages see it: list flows, switch one on or off, read its alerts,
-set and end silences, read its versions, diff two and restore one.
+set and end silences, read its versions, diff two and restore one, start a run; and for the
+editor, list the templates, check a draft, save a definition as written and start a test run of one.
 
 The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 :data:`TIMEOUT`, so page loads reuse its connections.
@@ -7,6 +8,7 @@ The history app keeps one :class:`aiohttp.ClientSession` for these calls, with
 
 from __future__ import annotations
 
+import json as json_module
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -125,6 +127,75 @@ class TriggerClient:
 
     async def end_silence(self, silence_id: str) -> None:
         await self._call("DELETE", f"/v1/silences/{_segment(silence_id)}")
+
+    async def templates(self) -> list[dict[str, Any]]:
+        """The example flows offered as templates, with what each needs configured."""
+        body = await self._call("GET", "/v1/flow-templates")
+        return list(body["templates"])
+
+    async def template(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = await self._call("GET", f"/v1/flow-templates/{_segment(name)}")
+        return found
+
+    async def validate(self, text: str) -> dict[str, Any]:
+        """What a save of the YAML *text* would refuse, each problem placed in the text; nothing saved."""
+        status, body = await self.forward("POST", "/v1/flows:validate", yaml_text=text)
+        if status != 200 or not isinstance(body, dict):
+            raise TriggerUnavailable(f"the trigger API refused the check: HTTP {status}", status=status)
+        return body
+
+    async def save_definition(self, text: str, *, name: str | None, version: int | None) -> tuple[int, Any]:
+        """Save the YAML *text* as written (comments kept): over *version* of flow *name*, or as a new
+        flow when *name* is None (refused with 409 when a flow of that name exists). The status and body."""
+        if name is None:
+            return await self.forward("POST", "/v1/flows", yaml_text=text)
+        headers = {"If-Match": f'"{version}"'} if version is not None else {}
+        return await self.forward("PUT", f"/v1/flows/{_segment(name)}", yaml_text=text, headers=headers)
+
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        *,
+        yaml_text: str | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """The trigger's status and JSON body for one request, refusals included (a body that is not
+        JSON becomes an error body saying what came); TriggerUnavailable only when it did not answer."""
+        if not self.url:
+            raise TriggerUnavailable(
+                "the trigger API's address is not configured (ADXFLOW_TRIGGER_PUBLIC_URL)"
+            )
+        sent = {**self._headers, **(headers or {})}
+        data = None
+        if yaml_text is not None:
+            sent["Content-Type"] = "application/yaml; charset=utf-8"
+            data = yaml_text.encode()
+        try:
+            async with self._session.request(
+                method, f"{self.url}{path}", data=data, json=json, headers=sent
+            ) as response:
+                status, raw = response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise TriggerUnavailable(f"the trigger API at {self.url} did not answer: {reason}") from exc
+        try:
+            return status, json_module.loads(raw)
+        except ValueError:
+            message = f"the trigger API answered HTTP {status}: {raw.strip()[:200]}"
+            code = "Unavailable" if status < 400 else "Refused"
+            return status, {"error": {"code": code, "message": message}}
+
+    async def run(self, name: str, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+        """Start a run of the flow now (*body* as ``POST /v1/flows/{name}/runs`` takes it); its acceptance.
+
+        With *key* (an Idempotency-Key), the same request sent twice starts one run.
+        """
+        headers = {"Idempotency-Key": key} if key is not None else {}
+        path = f"/v1/flows/{_segment(name)}/runs"
+        accepted: dict[str, Any] = await self._call("POST", path, json=body, headers=headers)
+        return accepted
 
 
 def _segment(name: str) -> str:

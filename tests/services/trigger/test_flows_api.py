@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -254,6 +256,24 @@ async def test_get_returns_the_document_and_its_schedule_in_words(api: Api) -> N
     # 08:00 in Berlin is 06:00 or 07:00 UTC, by the season.
     assert next_fire.astimezone(dt.UTC).hour in (6, 7)
     assert next_fire.minute == 0
+    fires = [dt.datetime.fromisoformat(fire) for fire in view["next_fires"]]
+    # The next five mornings at 08:00 Berlin time, a day apart, the first the one next_fire names.
+    assert len(fires) == 5
+    assert fires[0] == next_fire
+    assert all(fire.astimezone(ZoneInfo("Europe/Berlin")).hour == 8 for fire in fires)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fires)]
+    assert all(dt.timedelta(hours=23) <= gap <= dt.timedelta(hours=25) for gap in gaps)
+    assert fires == sorted(set(fires))
+
+
+async def test_the_flows_list_leaves_the_next_fire_times_to_the_single_flow(api: Api) -> None:
+    await api.put(STORMS)
+
+    listed = (await api.call("GET", "/v1/flows")).body
+
+    [view] = listed["flows"]
+    assert view["next_fire"]
+    assert "next_fires" not in view
 
 
 async def test_a_flow_without_a_trigger_is_run_on_demand(api: Api) -> None:
@@ -264,6 +284,7 @@ async def test_a_flow_without_a_trigger_is_run_on_demand(api: Api) -> None:
     assert view["trigger"] == "manual"
     assert view["schedule"] == "on demand"
     assert "next_fire" not in view
+    assert view["next_fires"] == []
 
 
 async def test_put_takes_the_name_from_the_url_when_the_body_has_none(api: Api) -> None:

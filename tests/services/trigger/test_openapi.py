@@ -291,8 +291,12 @@ def test_a_scheduled_flow_shows_its_next_fire_as_documented(live: Live) -> None:
 
     created = _answer(live, "PUT", "/v1/flows/{name}", name=name, body={**EXAMPLE_FLOW, "name": name})
 
+    fetched = _answer(live, "GET", "/v1/flows/{name}", name=name)
+
     assert created.status_code == 201
     assert created.json()["next_fire"]
+    assert "next_fires" not in created.json()
+    assert len(fetched.json()["next_fires"]) == 5
 
 
 def test_a_job_is_accepted_as_documented(live: Live) -> None:

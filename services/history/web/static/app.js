@@ -24,7 +24,7 @@
   }
 
   function reveal(root) {
-    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout], [data-silence], [data-restore]")) {
+    for (const element of root.querySelectorAll("[data-post], [data-toggle-flow], [data-logout], [data-silence], [data-restore], [data-run-form]")) {
       element.hidden = false;
     }
   }
@@ -127,6 +127,45 @@
       say(`The request failed: ${error.message}`, true);
     } finally {
       if (button) button.disabled = false;
+    }
+  });
+
+  // The run-now form: its fields posted with the header. Started, the run's page (the server redirects
+  // there); refused, the flow's page the server answers with, its errors next to the fields.
+  document.addEventListener("submit", async (event) => {
+    const form = event.target.closest("form[data-run-form]");
+    if (!form) return;
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    say("Starting the run…", false);
+    try {
+      const response = await fetch(form.action, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { ...REQUEST_HEADER, "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams(new FormData(form)),
+      });
+      if (response.ok) {
+        window.location.assign(response.url);
+        return;
+      }
+      if ((response.headers.get("Content-Type") || "").startsWith("text/html")) {
+        const fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("main");
+        const main = document.querySelector("main");
+        if (fresh && main) {
+          main.replaceChildren(...fresh.childNodes);
+          init(main);
+          const invalid = main.querySelector("[data-run-form] [aria-invalid=true], #run-problem");
+          if (invalid) invalid.focus();
+          return;
+        }
+      }
+      say(await errorMessage(response), true);
+    } catch (error) {
+      say(`The request failed: ${error.message}`, true);
+    } finally {
+      if (button && button.isConnected) button.disabled = false;
     }
   });
 
