@@ -61,7 +61,7 @@ from services.trigger.bodies import (
     VersionView,
 )
 from services.trigger.drafts import DraftProblem, DraftReport, examine, next_fires, trigger_words
-from services.trigger.dry_runs import TestSendRefused, run_draft, test_address
+from services.trigger.dry_runs import DraftRefused, TestSendRefused, run_draft, test_address
 from services.trigger.flow_templates import FlowTemplate, FlowTemplates, flow_templates
 from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
 from services.trigger.silences import LISTINGS, SilenceStore
@@ -620,7 +620,7 @@ ROUTES: list[Route[TriggerApi]] = [
             400: Answer(
                 "The draft as a save would refuse it (the problems of POST /v1/flows:validate), or "
                 "parameters or send_test_to that do not fit: each problem with its field.",
-                DraftReport,
+                DraftRefused,
             ),
         },
         body=Body(

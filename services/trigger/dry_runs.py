@@ -22,15 +22,22 @@ from pydantic import EmailStr, TypeAdapter, ValidationError
 from common.contracts.messages import RunContext, TriggerKind, new_id
 from common.platform.config import Settings
 from common.platform.http import field_errors, read_document, read_text
-from common.platform.routes import Refusal, Reply
+from common.platform.routes import ErrorDetail, Refusal, Reply
 from services.trigger.bodies import DraftTestRequest
-from services.trigger.drafts import DraftProblem, Examined, examine
+from services.trigger.drafts import DraftProblem, DraftReport, Examined, examine
 
 if TYPE_CHECKING:
     from services.trigger.api import TriggerApi
 
 _ADDRESS: TypeAdapter[str] = TypeAdapter(EmailStr)
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+class DraftRefused(DraftReport):
+    """A draft a test run was refused for: the problems of ``POST /v1/flows:validate``, placed in the
+    text, and the error every refusal carries."""
+
+    error: ErrorDetail
 
 
 class TestSendRefused(ValueError):
@@ -89,7 +96,11 @@ async def run_draft(api: TriggerApi, request: web.Request) -> Reply:
 
 
 def _refused(examined: Examined) -> Reply:
-    return Reply(examined.report(dt.datetime.now(dt.UTC)), status=400)
+    report = examined.report(dt.datetime.now(dt.UTC))
+    said = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in report.problems[:3])
+    more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+    error = ErrorDetail(code="InvalidFlow", message=f"no test run: {said}{more}")
+    return Reply(DraftRefused(**dict(report), error=error), status=400)
 
 
 async def _read_draft(request: web.Request) -> tuple[Examined, dict[Any, Any], str | None]:

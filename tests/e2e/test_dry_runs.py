@@ -257,6 +257,8 @@ async def test_a_draft_runs_as_a_test_unsaved_or_is_refused_with_its_problems_pl
     assert report["valid"] is False
     [problem] = report["problems"]
     assert (problem["field"], problem["line"]) == ("steps[0].colour", 7)
+    assert report["error"]["code"] == "InvalidFlow"
+    assert "steps[0].colour" in report["error"]["message"]
     async with system.session.post(url, json={"flow": draft, "parameters": {"nope": 1}}) as response:
         report = await response.json()
         assert response.status == 400
