@@ -464,3 +464,41 @@ async def test_the_child_runs_of_a_test_run_are_test_runs_too(system: System) ->
         assert detail is not None
         assert step(detail, "mail")["detail"]["dry_run"] == NOT_SENT
     assert system.smtp.messages() == []
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_hostile_payload_and_sample_are_shown_escaped_on_the_run_page(
+    system: System, reports: str
+) -> None:
+    hostile = "<script>alert(1)</script>"
+    flow = {
+        "name": "hostile",
+        "connection": "local",
+        "database": "Samples",
+        "steps": [
+            {"id": "q", "action": "run_query", "query": f'print Note = "{hostile}"'},
+            {
+                "id": "hook",
+                "action": "post_webhook",
+                "url": system.hooks.url,
+                "body": '{"note": "{{ steps.q.first_row.Note }}"}',
+            },
+            {
+                "id": "save",
+                "action": "copy_to_database",
+                "database": "reports",
+                "table": "daily_notes",
+                "source": "q",
+            },
+        ],
+    }
+    await system.save_flow(flow)
+    _, accepted = await start(system, "hostile", {"dry_run": True})
+    run = await system.finished(accepted["run_id"])
+    assert run["status"] == "succeeded", run
+
+    async with system.session.get(f"{system.history_url}/ui/runs/{run['run_id']}") as response:
+        page = await response.text()
+    assert hostile not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert system.hooks.received == []
