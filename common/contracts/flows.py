@@ -44,6 +44,7 @@ from common.contracts.actions import (
 )
 from common.contracts.documents import READ_BACK, Document, known_zone
 from common.contracts.messages import (
+    DRY_RUN_MAJOR,
     TRANSFER_MAJOR,
     RunContext,
     RunMessage,
@@ -420,6 +421,14 @@ def child_itinerary(flow: Flow, scope: str, branch: str | None = None) -> list[S
     ]
 
 
+def for_context(slip: list[Step], context: RunContext) -> list[Step]:
+    """The routing slip *slip* as a run of *context* travels it: a test run's steps each need
+    :data:`DRY_RUN_MAJOR`, so that no release before test runs performs one for real."""
+    if not context.dry_run:
+        return slip
+    return [step.model_copy(update={"needs": max(step.needs or 1, DRY_RUN_MAJOR)}) for step in slip]
+
+
 @dataclass(frozen=True)
 class RunTemplate:
     """What every run of one version of a flow starts from, worked out once for all of them."""
@@ -440,7 +449,7 @@ class RunTemplate:
             submitted_at=utcnow(),
             flow=self.document,
             context=context,
-            itinerary=self.itinerary,
+            itinerary=for_context(self.itinerary, context),
         )
 
 

@@ -67,7 +67,7 @@ from pydantic import (
 #: higher one. A message is written with the lowest major that can say what it says (see
 #: :meth:`Envelope.needed_major`): a run of a flow with no scope step is major 1, which every
 #: earlier release reads.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Additive changes since the first major; readers never refuse a message for its minor.
 #: 1: ``schema_minor`` itself, unknown fields kept when a message is forwarded, open error codes.
 #: 2: the error code ``DeliveryLimit`` (a run whose message the broker dead-lettered).
@@ -76,7 +76,9 @@ SCHEMA_VERSION = 5
 #: error code ``TooManyItems``.
 #: 5: ``Step.needs`` (a slip step whose flow step a lower major cannot run, such as a copy with a
 #: query of its own).
-SCHEMA_MINOR = 5
+#: 6: ``RunContext.dry_run`` and ``test_recipient``, ``RunInfo.dry_run`` and ``test_recipient`` (a
+#: test run, which delivers nothing, or only to the operator's allowed test address).
+SCHEMA_MINOR = 6
 #: Major 2: the step kind ``scope`` (for_each, if and parallel steps, and the join of an
 #: iteration or branch), which a major-1 reader would not know where to send.
 SCOPE_MAJOR = 2
@@ -87,6 +89,10 @@ COPY_MAJOR = 4
 #: Major 5: the step kinds ``ingest`` (rows ingested into a Kusto table) and ``export`` (a result
 #: written as a file into the blob store).
 TRANSFER_MAJOR = 5
+#: Major 6: a test run (``RunContext.dry_run``). Every slip step of a test run needs it: a release
+#: before it would read the mark as an unknown field and ignore it, sending the run's emails and
+#: writing its tables for real; refused instead, the run dead-letters, visibly, until upgraded.
+DRY_RUN_MAJOR = 6
 #: The major a message needs for each step kind it holds.
 _KIND_MAJOR = {
     "scope": SCOPE_MAJOR,
@@ -495,6 +501,11 @@ class RunContext(WireModel):
     timezone: str = "UTC"
     #: Set on a child run: the parent's scope step it is an iteration or a branch of.
     scope: ScopeRef | None = None
+    #: A test run: its Kusto queries run and its steps render, but nothing is delivered or
+    #: written (see :data:`DRY_RUN_MAJOR`); kept apart in the history. Child runs inherit it.
+    dry_run: bool = False
+    #: A test run's one real recipient ("send a test"): its emails go to this address only.
+    test_recipient: EmailStr | None = None
 
 
 class RunMessage(Envelope):
@@ -563,6 +574,9 @@ class RunInfo(WireModel):
     trace_id: str | None = None
     #: A child run's place in its parent (without the row).
     scope: ScopeRef | None = None
+    #: A test run, and the address its emails went to (if any): see RunContext.
+    dry_run: bool = False
+    test_recipient: str | None = None
 
     @classmethod
     def of(cls, message: RunMessage) -> RunInfo:
@@ -582,6 +596,8 @@ class RunInfo(WireModel):
             submitted_at=message.submitted_at,
             trace_id=_trace_id(message.trace),
             scope=scope,
+            dry_run=context.dry_run,
+            test_recipient=context.test_recipient,
         )
 
 

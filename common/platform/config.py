@@ -8,13 +8,14 @@ live only in the environment (or a mounted file) of the service that uses them.
 from __future__ import annotations
 
 import ipaddress
+import json
 import string
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.contracts.errors import ConfigurationError
 
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
     #: Domains a flow may send email to (``example.com`` also admits ``sub.example.com``);
     #: empty admits every domain. A flow naming another recipient is refused when saved.
     email_allowed_domains: list[str] = []
+    #: Addresses a test run may send its emails to ("send a test"): each an address or
+    #: ``*@domain``; comma-separated (or a JSON list). Empty refuses every test send.
+    test_recipients: Annotated[list[str], NoDecode] = []
     #: Hosts a flow may post webhooks to by URL (``*.example.com`` allowed); named
     #: webhooks from the connections file are always allowed.
     webhook_allowed_hosts: list[str] = []
@@ -141,6 +145,8 @@ class Settings(BaseSettings):
     stall_grace_seconds: Annotated[float, Field(gt=0)] = 300.0
     #: Runs (with their steps, dead letters and artifacts) older than this are deleted.
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 28
+    #: Test runs (with their steps and artifacts) older than this are deleted.
+    dry_run_retention_hours: Annotated[float, Field(gt=0, le=87_600)] = 48.0
     #: How often history looks for runs past their retention.
     retention_interval_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
     #: On SIGTERM, how long in-flight steps may take to finish before the rest goes back to the queue.
@@ -163,6 +169,34 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Annotated[str, Field(pattern="^(json|console)$")] = "json"
+
+    @field_validator("test_recipients", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("test_recipients")
+    @classmethod
+    def _recipient_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            local, at, domain = pattern.partition("@")
+            if not at or not local or not domain or "*" in domain or (local != "*" and "*" in local):
+                raise ValueError(f"{pattern!r} is neither an address nor *@domain")
+        return [pattern.lower() for pattern in value]
+
+    def allows_test_recipient(self, address: str) -> bool:
+        """Whether a test run may send its emails to *address* (``test_recipients``)."""
+        address = address.strip().lower()
+        domain = address.rpartition("@")[2]
+        return any(
+            pattern == address or (pattern.startswith("*@") and pattern[2:] == domain)
+            for pattern in self.test_recipients
+        )
 
     @property
     def resolved_database_url(self) -> str:

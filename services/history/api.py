@@ -189,6 +189,11 @@ _LIST_FILTERS = [
         {"type": "boolean", "default": False},
         "Also the child runs of for_each and parallel steps (listed under their step otherwise).",
     ),
+    _query(
+        "dry_run",
+        {"type": "boolean"},
+        "Only test runs (true) or only real runs (false); both unless given.",
+    ),
 ]
 _WINDOW = _query(
     "window",

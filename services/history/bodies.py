@@ -97,6 +97,12 @@ class RunSummary(_Answer):
     scope: ScopePlace | None = Field(
         None, description="A child run's place: one iteration of a for_each, or one branch of a parallel."
     )
+    dry_run: bool = Field(
+        False, description="A test run: its queries ran, nothing was delivered or written (kept for hours)."
+    )
+    test_recipient: str | None = Field(
+        None, description="The one address a test run sent its emails to (send a test), if any."
+    )
 
 
 class RunDetail(RunSummary):

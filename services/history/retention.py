@@ -1,4 +1,5 @@
-"""Retention: runs older than ``ADXFLOW_RETENTION_DAYS`` go, with everything they left.
+"""Retention: runs older than ``ADXFLOW_RETENTION_DAYS`` go, with everything they left; test runs
+older than ``ADXFLOW_DRY_RUN_RETENTION_HOURS``, sooner.
 
 A periodic sweep takes expired runs in batches and deletes, for each batch,
 their blobs (``runs/<run_id>/``), their dead letters, then their steps and
@@ -35,14 +36,16 @@ class Retention:
         self.letters = letters
         self.blobs = blobs
         self.keep_for = dt.timedelta(days=settings.retention_days)
+        self.keep_tests_for = min(self.keep_for, dt.timedelta(hours=settings.dry_run_retention_hours))
         self.every = settings.retention_interval_seconds
 
     async def sweep(self, now: dt.datetime | None = None, batch: int = BATCH) -> int:
         """Delete every run past retention at *now*; returns how many runs went."""
-        cutoff = (now or utcnow()) - self.keep_for
+        now = now or utcnow()
+        cutoff = now - self.keep_for
         deleted = 0
         while True:
-            run_ids = await self.store.expired(cutoff, batch)
+            run_ids = await self.store.expired(cutoff, batch, tests_cutoff=now - self.keep_tests_for)
             for run_id in run_ids:
                 await self.blobs.delete_prefix(f"runs/{run_id}")
             await self.letters.delete_expired(run_ids, cutoff)

@@ -73,6 +73,8 @@ class RunFilters:
     after: tuple[dt.datetime, str] | None = None
     #: Whether the child runs of for_each and parallel steps are listed too.
     children: bool = False
+    #: Only test runs (True), only real ones (False), or both (None).
+    dry_run: bool | None = None
 
     @classmethod
     def parse(cls, query: Mapping[str, str], *, flow: str | None = None) -> RunFilters:
@@ -89,7 +91,10 @@ class RunFilters:
         except ValueError:
             raise InvalidParameter("trigger", f"must be one of {', '.join(TriggerKind)}") from None
         children = _flag(query, "children")
-        return cls(status, flow or query.get("flow"), trigger, since, until, limit, order, after, children)
+        dry_run = _flag(query, "dry_run") if "dry_run" in query else None
+        return cls(
+            status, flow or query.get("flow"), trigger, since, until, limit, order, after, children, dry_run
+        )
 
 
 def _flag(query: Mapping[str, str], name: str) -> bool:
@@ -128,6 +133,7 @@ async def list_runs(store: HistoryStore, filters: RunFilters) -> RunPage:
         ascending=filters.order == "asc",
         after=filters.after,
         children=filters.children,
+        dry_run=filters.dry_run,
     )
     runs = [RunSummary.model_validate(view) for view in views[: filters.limit]]
     more = len(views) > filters.limit

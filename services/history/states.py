@@ -35,6 +35,8 @@ class RunState:
     #: A child run's scope step in its parent: its end is the parent's to hear of (through the
     #: scope's join), so it is not announced as a run of its own.
     scope_step: str | None = None
+    #: A test run: its end is not announced either (no flow follows a test run).
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ class Draft:
         self.run = run or RunState(run_id, updated_at=now)
         self.run_fields: dict[str, Any] = {}
         if run is None:
-            self.run_fields.update(status=RunStatus.QUEUED.value, updated_at=now)
+            # A run is a real one until its own event says otherwise (the column's default too).
+            self.run_fields.update(status=RunStatus.QUEUED.value, updated_at=now, dry_run=False)
         self.steps = {step.key: step for step in steps}
         self.new_steps: dict[StepKey, dict[str, Any]] = {}
         self.step_fields: list[tuple[Mapping[str, Any], tuple[StepKey, ...]]] = []

@@ -57,6 +57,8 @@ def _run_fields(info: RunInfo) -> dict[str, Any]:
         "scope_step": info.scope.step_id if info.scope else None,
         "iteration": info.scope.index if info.scope else None,
         "branch": info.scope.branch if info.scope else None,
+        "dry_run": info.dry_run,
+        "test_recipient": info.test_recipient,
     }
 
 
@@ -109,7 +111,8 @@ def merge(run: RunState | None, steps: Sequence[StepState], event: StatusEvent, 
     if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
         return draft.changes()
     ended = draft.run
-    if not ended.status.terminal or ended.flow is None or ended.scope_step is not None:
+    if not ended.status.terminal or ended.flow is None or ended.scope_step is not None or ended.dry_run:
+        # A test run's end starts no flow that follows it: it is not announced.
         return draft.changes()
     completed = RunCompleted(
         run_id=ended.run_id, flow=ended.flow, status=ended.status, finished_at=ended.finished_at or now
@@ -342,7 +345,7 @@ def stall(
         retryable=False,
     )
     draft.set_steps(_with_status(draft, StepStatus.PENDING), status=StepStatus.SKIPPED.value)
-    if run.flow is None or run.scope_step is not None:
+    if run.flow is None or run.scope_step is not None or run.dry_run:
         return draft.changes()
     completed = RunCompleted(run_id=run.run_id, flow=run.flow, status=RunStatus.FAILED, finished_at=now)
     return draft.changes(completed, ends_run=True)

@@ -238,6 +238,24 @@ def _parser() -> argparse.ArgumentParser:
     validate_cmd.add_argument(
         "--offline", action="store_true", help="check here only: the document and its schedule"
     )
+    test_cmd = flows.add_parser(
+        "test",
+        help="test-run a flow file unsaved: its queries run, nothing is delivered; previews into a folder",
+    )
+    test_cmd.add_argument("file", type=Path, help="a flow file (YAML or JSON)")
+    test_cmd.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    test_cmd.add_argument(
+        "--send-test-to", metavar="ADDR", help="send the emails to this address only (the operator allows it)"
+    )
+    test_cmd.add_argument(
+        "--out", type=Path, metavar="DIR", help="where the previews go (default ./adxflow-test-<run id>/)"
+    )
+    test_cmd.add_argument("--url", default=trigger_url, help="trigger API (env ADXFLOW_TRIGGER_URL)")
+    test_cmd.add_argument(
+        "--history-url",
+        default=os.environ.get("ADXFLOW_HISTORY_URL"),
+        help="history API (env ADXFLOW_HISTORY_URL; default: where the trigger says the run is)",
+    )
     templates_cmd = flows.add_parser("templates", help="the example flows to start a flow from")
     template_cmd = flows.add_parser("template", help="print one template's YAML (> my-flow.yaml)")
     template_cmd.add_argument("name")
@@ -324,6 +342,20 @@ def _client(args: argparse.Namespace) -> None:
     server = None if getattr(args, "offline", True) or not args.url else args.url.rstrip("/")
     if args.command == "flows" and args.flows_command == "validate":
         client.validate(args.file, server)
+    elif args.command == "flows" and args.flows_command == "test":
+        from services.launcher.dry_runs import run_flow_test
+
+        history = args.history_url.rstrip("/") if args.history_url else None
+        asyncio.run(
+            run_flow_test(
+                args.url.rstrip("/"),
+                args.file,
+                args.param,
+                send_test_to=args.send_test_to,
+                out=args.out,
+                history_url=history,
+            )
+        )
     elif args.command == "flows" and args.flows_command == "templates":
         client.list_templates(server)
     elif args.command == "flows" and args.flows_command == "template":

@@ -75,6 +75,7 @@ from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from common.platform.webhooks import WebhookPolicy, WebhookRefused, policy_for
 from services.notifier.budget import Packed
 from services.notifier.composer import Composer
+from services.notifier.dry_runs import test_email, test_post
 from services.notifier.ledger import Hold, Key, Ledger
 from services.notifier.links import query_links, run_page
 from services.notifier.payloads import payload, summarize
@@ -116,11 +117,20 @@ class _Tally:
     skipped: int = 0
     artifacts: dict[str, BlobRef] = field(default_factory=dict)
     packings: list[dict[str, Any]] = field(default_factory=list)
+    #: In a test run: what became of its deliveries, and where the ones made went (or would go).
+    dry_run: str | None = None
+    destinations: set[str] = field(default_factory=set)
 
     def add(self, index: int | None, recorded: dict[str, Any]) -> None:
         """One delivery made now or earlier, as the ledger recorded it."""
-        if "email" in recorded:
-            self.artifacts[f"email_{index}" if index is not None else "email"] = BlobRef(**recorded["email"])
+        for kind in ("email", "webhook"):
+            if kind in recorded:
+                self.artifacts[f"{kind}_{index}" if index is not None else kind] = BlobRef(**recorded[kind])
+        if "dry_run" in recorded:
+            self.dry_run = recorded["dry_run"]
+            self.destinations.update(
+                str(recorded[name]) for name in ("destination", "sent_to") if recorded.get(name)
+            )
         if "packing" in recorded:
             self.packings.append(recorded["packing"])
         self.delivered += 1
@@ -133,6 +143,11 @@ class _Tally:
         if isinstance(spec, SendEmail):
             detail["recipients"] = [*spec.to, *spec.cc, *spec.bcc]
             detail.update(_furthest_packing(self.packings))
+        if self.dry_run is not None:
+            detail["dry_run"] = self.dry_run
+            if self.destinations:
+                key = "sent_to" if isinstance(spec, SendEmail) else "destination"
+                detail[key] = sorted(self.destinations)
         # Keep the step's output small: the history shows up to ten sent emails.
         shown = dict(list(self.artifacts.items())[:10])
         return StepOutput(artifacts=shown, detail=detail)
@@ -187,6 +202,8 @@ class NotifyStep:
         index: int | None,
     ) -> dict[str, Any]:
         """Deliver one item unless an earlier delivery of this message did; what the ledger keeps of it."""
+        if message.context.dry_run:
+            return await self._test(message, flow, spec, context, index)
         key = Key(message.run_id, message.step_id, _item(index, message.resend))
         if isinstance(spec, PostWebhook):
             return await self.settlement.once(key, partial(self._post, message, flow, spec, context, index))
@@ -196,6 +213,28 @@ class NotifyStep:
         return await self.settlement.once(
             key, partial(self._email, message, spec, index, packing), then=partial(_abandon, packing)
         )
+
+    async def _test(
+        self,
+        message: RunMessage,
+        flow: Flow,
+        spec: SendEmail | PostWebhook,
+        context: dict[str, Any],
+        index: int | None,
+    ) -> dict[str, Any]:
+        """A test run's delivery, composed as for real and kept, outside the ledger."""
+        blobs = self.runtime.blobs
+        if isinstance(spec, PostWebhook):
+            try:
+                # Refused as a real post would be; resolved only to be checked, never shown.
+                self.policy.resolve(webhook=spec.webhook, url=spec.url, field=f"steps.{spec.id}")
+            except WebhookRefused as exc:
+                raise DeliveryError(str(exc), code=ErrorCode.WEBHOOK_REJECTED) from None
+            body = self._webhook_body(message, flow, spec, context)
+            return await test_post(message, spec, body, index, blobs=blobs)
+        packed = await self.composer.pack(message, flow, spec, context, index)
+        settings = self.runtime.settings
+        return await test_email(message, packed, index, blobs=blobs, settings=settings, smtp=self.smtp)
 
     async def _email(
         self,

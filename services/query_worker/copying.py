@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from common.contracts.actions import CopyToDatabase
 from common.contracts.copies import CopyOutcome
+from common.contracts.dry_runs import NOT_WRITTEN
 from common.contracts.errors import AdxflowError, DatabaseError
 from common.contracts.flows import flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepOutput, StepStatus
 from common.contracts.results import Column
 from common.platform.runtime import Runtime
 from common.platform.sql import CopyRequest, SqlDatabase
+from services.query_worker.dry_runs import sampled
 
 if TYPE_CHECKING:
     from services.query_worker.service import QueryStep
@@ -47,6 +49,22 @@ class CopyStep:
         else:
             source = self._source(message, spec)
             sent = {}
+        if message.context.dry_run:
+            # A test run reads what the copy would write, and writes nothing (nor the copy's ledger).
+            async with aclosing(self.runtime.blobs.result_rows(source.artifacts["result"].key)) as rows:
+                would = await sampled(rows)
+            return StepOutput(
+                row_count=would.rows,
+                artifacts={"result": source.artifacts["result"]} if spec.query is not None else {},
+                detail={
+                    **sent,
+                    "dry_run": NOT_WRITTEN,
+                    "database": spec.database,
+                    "table": spec.table,
+                    "mode": spec.mode.value,
+                    **would.detail(),
+                },
+            )
         try:
             outcome = await self._copy(message, spec, source)
         except AdxflowError as exc:

@@ -39,6 +39,7 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 from common.contracts.actions import FileSource, IngestToKusto, SqlSource
+from common.contracts.dry_runs import NOT_WRITTEN
 from common.contracts.errors import AdxflowError, DatabaseError, KustoError
 from common.contracts.flows import Flow, flow_of, step_spec
 from common.contracts.messages import ErrorCode, RunMessage, StepOutput
@@ -47,6 +48,7 @@ from common.platform.runtime import Runtime
 from common.platform.sql import Batch, SqlDatabase
 from common.platform.sql.reads import bound_names
 from common.platform.sql.types import timespan_ticks
+from services.query_worker.dry_runs import sampled
 from services.query_worker.ingest_target import CsvBatches, Target, check_names
 from services.query_worker.kusto import KustoRunner
 from services.query_worker.parameters import step_parameters
@@ -100,13 +102,14 @@ class IngestStep:
             assert spec.from_file is not None  # one of the two, as the document checks
             outcome, where = await self._from_file(message, spec, spec.from_file, target)
         detail, counted, columns = outcome
+        rows = detail.get("rows", counted.rows) if message.context.dry_run else counted.rows
         return StepOutput(
-            row_count=counted.rows,
+            row_count=rows,
             detail={
                 **where,
                 "kusto_database": target.database,
                 "table": spec.table,
-                "rows": counted.rows,
+                "rows": rows,
                 "bytes": counted.bytes,
                 "columns": [f"{column.name}:{column.type}" for column in columns],
                 **detail,
@@ -132,7 +135,9 @@ class IngestStep:
                 # Closed before the database is: the read's transaction ends on its open connection.
                 reading = aclosing(database.read(source.query, bound, batch_rows=BATCH_ROWS))
                 async with reading as batches:
-                    outcome = await self._ingest(spec, target, counted, batches, typed=True)
+                    outcome = await self._ingest(
+                        spec, target, counted, batches, typed=True, dry_run=message.context.dry_run
+                    )
         except AdxflowError as exc:
             exc.detail = {**sent, **exc.detail}
             raise
@@ -148,7 +153,9 @@ class IngestStep:
         async with IngestFile(self.runtime, message, spec.id, source) as file:
             counted = CsvBatches("", None, None)
             async with aclosing(file.batches(BATCH_ROWS)) as batches:
-                outcome = await self._ingest(spec, target, counted, batches, typed=file.typed)
+                outcome = await self._ingest(
+                    spec, target, counted, batches, typed=file.typed, dry_run=message.context.dry_run
+                )
         return outcome, {"file": file.shown, "format": file.format}
 
     async def _ingest(
@@ -159,7 +166,13 @@ class IngestStep:
         batches: AsyncIterator[Batch],
         *,
         typed: bool,
+        dry_run: bool = False,
     ) -> Ingested:
+        if dry_run:
+            # A test run reads the source and ingests nothing: no table made, no tag written.
+            would = await sampled(batches)
+            detail = {"dry_run": NOT_WRITTEN, "method": spec.method, **would.detail()}
+            return detail, counted, would.columns
         first = await anext(batches)
         columns = first[0]
         check_names(columns)

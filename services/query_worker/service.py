@@ -33,6 +33,7 @@ from common.platform.http import Check
 from common.platform.runtime import Runtime
 from common.platform.steps import RetryPolicy, StepPending, StepWorker
 from services.query_worker.copying import CopyStep
+from services.query_worker.dry_runs import command_not_run, runs_in_test
 from services.query_worker.exporting import ExportStep
 from services.query_worker.ingesting import IngestStep
 from services.query_worker.kusto import KustoRunner, Parameters, client_request_id
@@ -56,6 +57,8 @@ class QueryStep:
     async def perform(self, message: RunMessage) -> StepOutput:
         flow = flow_of(message)
         spec = step_spec(message, flow)
+        if message.context.dry_run and isinstance(spec, COMMAND_STEPS) and not runs_in_test(spec.command):
+            return StepOutput(detail=command_not_run(spec.command))
         if isinstance(spec, RunAsyncControlCommand):
             return await self._await_operation(message, flow, spec)
         if not isinstance(spec, KUSTO_STEPS):

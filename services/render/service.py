@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from markupsafe import Markup, escape
 
 from common.contracts.actions import RENDERING_STEPS, Chart
+from common.contracts.dry_runs import NOT_RENDERED
 from common.contracts.errors import RenderError
 from common.contracts.flows import flow_of, step_spec
 from common.contracts.messages import BlobRef, RunMessage, StepKind, StepOutput, chart_content_id
@@ -92,6 +93,9 @@ class RenderStep:
         if not isinstance(spec, RENDERING_STEPS):
             raise RenderError(f"step {spec.id!r} ({spec.action}) renders nothing")
         query = message.outputs[spec.id]
+        if "result" not in query.artifacts and query.detail.get("dry_run"):
+            # A test run did not send the step's control command: there is nothing to draw.
+            return StepOutput(detail={"dry_run": NOT_RENDERED})
         result = await self.runtime.blobs.get_result(query.artifacts["result"].key)
         drawing, note = chart_kind(spec.chart, result)
         title = spec.title or (result.visualization.title if result.visualization else None)

@@ -21,6 +21,7 @@ import structlog
 
 from common.contracts.actions import KUSTO_STEPS
 from common.contracts.alerts import Alert, parse_duration
+from common.contracts.dry_runs import NOT_RECORDED
 from common.contracts.errors import AdxflowError
 from common.contracts.flows import flow_of
 from common.contracts.messages import BlobRef, ErrorCode, RunMessage, StepOutput, StepStatus, utcnow
@@ -113,6 +114,8 @@ class Alerts:
             raise AlertError(f"step {spec.id!r} has no alert")
         alert = spec.alert
         found, absent, rows = await self._found(message, spec.id, alert)
+        if message.context.dry_run:
+            return StepOutput(detail={"dry_run": NOT_RECORDED, "alert": _would(found, rows)})
         rules = rules_of(alert)
         now = self.clock()
         windows = self.runtime.connections.mute_windows
@@ -215,6 +218,34 @@ class Alerts:
                 if holds and len(rows) < kept and key not in rows:
                     rows[key] = row
         return found, Outcome.CLEAR, rows
+
+
+#: What a test run says each instance would be, by what its evaluation found.
+_WOULD = {Outcome.HOLDS: "firing", Outcome.CLEAR: "ok", Outcome.ERROR: "error", Outcome.NO_DATA: "no_data"}
+
+
+def _would(found: Mapping[str, Outcome], rows: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """A test run's evaluation: what each instance's query found, read as the state it points to
+    (without the alert's history: pending periods and what was firing before are not weighed).
+    Nothing is recorded, so the deliveries after it are composed as if it fired."""
+    instances = [
+        {"key": key, "would_be": _WOULD[outcome], "row": rows.get(key)}
+        for key, outcome in sorted(found.items())[:LISTED]
+    ]
+    firing = sum(outcome is Outcome.HOLDS for outcome in found.values())
+    states = {_WOULD[outcome] for outcome in found.values()}
+    state = next((s.value for s in _SEVERITY if s.value in states), State.OK.value)
+    return {
+        "state": state,
+        "deliver": firing > 0,
+        "firing": firing,
+        "instances": len(found),
+        "found": instances,
+        "new": [item for item in instances if item["would_be"] == "firing"],
+        "still_firing": [],
+        "resolved": [],
+        "summary": f"would be {state}: {firing} of {len(found)} instances firing",
+    }
 
 
 def instance_key(row: Mapping[str, Any], columns: list[str]) -> str:

@@ -44,6 +44,7 @@ from services.trigger.bodies import (
     EXAMPLE_RUN,
     EXAMPLE_SILENCE,
     ConnectionList,
+    DraftTestRequest,
     FlowAlerts,
     FlowDetail,
     FlowList,
@@ -60,6 +61,7 @@ from services.trigger.bodies import (
     VersionView,
 )
 from services.trigger.drafts import DraftProblem, DraftReport, examine, next_fires, trigger_words
+from services.trigger.dry_runs import DraftRefused, TestSendRefused, run_draft, test_address
 from services.trigger.flow_templates import FlowTemplate, FlowTemplates, flow_templates
 from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
 from services.trigger.silences import LISTINGS, SilenceStore
@@ -400,20 +402,28 @@ class TriggerApi:
             raise _not_found(request.match_info["name"])
         body = await read_document(request) if request.can_read_body else {}
         try:
-            supplied = RunRequest.model_validate(body).parameters
-        except ValidationError:
-            raise Refusal(
-                400, "parameters: must be an object of name → value", code="InvalidRequest"
-            ) from None
+            asked = RunRequest.model_validate(body)
+        except ValidationError as exc:
+            raise invalid_request(exc) from None
         flow = stored.flow
         try:
-            parameters = flow.bind_parameters(supplied)
+            parameters = flow.bind_parameters(asked.parameters)
         except ValueError as exc:
             field, _, problem = str(exc).partition(": ")
             fields = [FieldProblem(field=field, message=problem)]
             raise Refusal(400, str(exc), code=ErrorCode.INVALID_PARAMETERS.value, fields=fields) from exc
+        try:
+            recipient = test_address(self.runtime.settings, asked.send_test_to, dry_run=asked.dry_run)
+        except TestSendRefused as exc:
+            fields = [FieldProblem(field="send_test_to", message=str(exc).removeprefix("send_test_to: "))]
+            raise Refusal(400, str(exc), code="InvalidRequest", fields=fields) from exc
         context = RunContext(
-            flow=flow.name, trigger=TriggerKind.MANUAL, parameters=parameters, timezone=flow.trigger.timezone
+            flow=flow.name,
+            trigger=TriggerKind.MANUAL,
+            parameters=parameters,
+            timezone=flow.trigger.timezone,
+            dry_run=asked.dry_run,
+            test_recipient=recipient,
         )
         return await self._start_once(request, flow, context)
 
@@ -600,6 +610,28 @@ ROUTES: list[Route[TriggerApi]] = [
         refusals=(413, 415),
     ),
     Route(
+        "POST",
+        "/v1/flows:test",
+        "testFlow",
+        run_draft,
+        "Start a test run of a flow that is not saved: its queries run, nothing is delivered or saved",
+        {
+            202: _ACCEPTED,
+            400: Answer(
+                "The draft as a save would refuse it (the problems of POST /v1/flows:validate), or "
+                "parameters or send_test_to that do not fit: each problem with its field.",
+                DraftRefused,
+            ),
+        },
+        body=Body(
+            DraftTestRequest,
+            {"flow": EXAMPLE_FLOW, "parameters": {}},
+            yaml=True,
+            description="JSON: the draft with its parameters; YAML (application/yaml): the flow document.",
+        ),
+        refusals=(413, 415, 503),
+    ),
+    Route(
         "GET",
         "/v1/flow-templates",
         "listFlowTemplates",
@@ -658,7 +690,7 @@ ROUTES: list[Route[TriggerApi]] = [
         "/v1/flows/{name}/runs",
         "runFlow",
         TriggerApi.run_flow,
-        "Start a run of a flow now",
+        "Start a run of a flow now, or a test run of it (dry_run) that delivers nothing",
         {202: _ACCEPTED},
         parameters=[_NAME, _IDEMPOTENCY_KEY],
         body=Body(

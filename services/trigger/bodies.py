@@ -44,6 +44,29 @@ class RunRequest(BaseModel):
         default_factory=dict,
         description="Values for the flow's declared parameters, by name; defaults fill the rest.",
     )
+    dry_run: bool = Field(
+        False,
+        description="A test run: its queries run and its steps render, nothing is delivered or written.",
+    )
+    send_test_to: str | None = Field(
+        None,
+        description="With dry_run: send the run's emails to this one address only (ADXFLOW_TEST_RECIPIENTS).",
+    )
+
+
+class DraftTestRequest(BaseModel):
+    """A test run of a flow that is not saved (as JSON; a YAML body is the flow document alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: dict[str, Any] | str = Field(description="The flow document, as an object or as YAML text.")
+    parameters: dict[Any, Any] = Field(
+        default_factory=dict,
+        description="Values for the draft's declared parameters, by name; defaults fill the rest.",
+    )
+    send_test_to: str | None = Field(
+        None, description="Send the run's emails to this one address only (ADXFLOW_TEST_RECIPIENTS)."
+    )
 
 
 class FlowView(BaseModel):

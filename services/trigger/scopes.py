@@ -30,7 +30,7 @@ import structlog
 
 from common.contracts.actions import ForEach, If, Parallel
 from common.contracts.errors import AdxflowError, Requeue
-from common.contracts.flows import JOIN, Flow, child_itinerary, flow_of, step_spec
+from common.contracts.flows import JOIN, Flow, child_itinerary, flow_of, for_context, step_spec
 from common.contracts.messages import (
     ErrorCode,
     ErrorInfo,
@@ -179,7 +179,7 @@ class Scopes:
             submitted_at=utcnow(),
             flow=parent.flow,
             context=parent.context.model_copy(update={"parent_run_id": parent.run_id, "scope": scope}),
-            itinerary=child_itinerary(flow, parent.step_id, item.branch),
+            itinerary=for_context(child_itinerary(flow, parent.step_id, item.branch), parent.context),
             outputs={slip: out for slip, out in parent.outputs.items() if slip != "trigger"},
             trace=parent.trace,
         )

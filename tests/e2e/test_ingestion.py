@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
 
+from common.contracts.dry_runs import NOT_WRITTEN
 from tests.e2e.conftest import System
 
 pytestmark = pytest.mark.postgres
@@ -195,3 +196,32 @@ async def test_an_ingestion_into_a_table_that_does_not_fit_fails_the_run_at_that
     assert steps["load"]["error"]["code"] == "TableMismatch"
     assert "column 'region' is string in the source but long" in steps["load"]["error"]["message"]
     assert await asyncio.to_thread(in_kusto, system.kusto_url, f"{table} | count") == [{"Count": 0}]
+
+
+@pytest.mark.parametrize("system", ["in_process"], indirect=True)
+async def test_a_test_run_reads_the_rows_an_ingestion_would_ingest_and_ingests_nothing(
+    system: System,
+) -> None:
+    table = f"Orders_{uuid.uuid4().hex[:10]}"
+    flow = import_flow(table)
+    flow["steps"] = flow["steps"][:1]
+    await system.save_flow(flow)
+
+    url = f"{system.trigger_url}/v1/flows/nightly-import/runs"
+    body = {"dry_run": True, "parameters": {"day": "2026-12-03T00:00:00Z"}}
+    async with system.session.post(url, json=body) as response:
+        accepted = await response.json()
+        assert response.status == 202, accepted
+    run = await system.finished(accepted["run_id"])
+
+    assert run["status"] == "succeeded", run
+    [load] = [step for step in run["steps"] if step["step_id"] == "load"]
+    wanted = [n for n in range(1, 61) if n % 3 == 2]
+    assert load["detail"]["dry_run"] == NOT_WRITTEN
+    assert (load["detail"]["rows"], load["row_count"]) == (len(wanted), len(wanted))
+    assert load["detail"]["table"] == table
+    assert [row[0] for row in load["detail"]["sample"]["rows"]] == wanted[:5]
+    assert load["detail"]["sample"]["columns"][0] == "id:long"
+    # Neither the table nor its staging table was made: nothing reached the cluster.
+    tables = await asyncio.to_thread(in_kusto, system.kusto_url, ".show tables")
+    assert not [row for row in tables if table in str(row.get("TableName"))]

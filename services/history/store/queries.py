@@ -28,6 +28,7 @@ class RunQueries(SqlStore):
         ascending: bool = False,
         after: tuple[dt.datetime, str] | None = None,
         children: bool = False,
+        dry_run: bool | None = None,
     ) -> list[dict[str, Any]]:
         """Runs by submitted time (newest first unless *ascending*), from just past *after*.
 
@@ -49,6 +50,8 @@ class RunQueries(SqlStore):
             query = query.where(runs.c.flow == flow)
         if trigger is not None:
             query = query.where(runs.c.trigger_kind == trigger)
+        if dry_run is not None:
+            query = query.where(runs.c.dry_run.is_(dry_run))
         if since is not None:
             query = query.where(runs.c.submitted_at >= since)
         if until is not None:
@@ -158,6 +161,8 @@ class RunQueries(SqlStore):
             & (runs.c.submitted_at >= since)
             & (runs.c.submitted_at < until)
             & runs.c.scope_step.is_(None)
+            # A test run says nothing of how the flow's runs go.
+            & runs.c.dry_run.is_(False)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -166,17 +171,17 @@ class RunQueries(SqlStore):
             for row in rows
         ]
 
-    async def expired(self, cutoff: dt.datetime, limit: int) -> list[str]:
-        """Up to *limit* runs submitted (or, never submitted, last heard of) before *cutoff*."""
-        query = (
-            sa.select(runs.c.run_id)
-            .where(
-                (runs.c.submitted_at < cutoff)
-                | (runs.c.submitted_at.is_(None) & (runs.c.updated_at < cutoff))
-            )
-            .order_by(runs.c.run_id)
-            .limit(limit)
+    async def expired(
+        self, cutoff: dt.datetime, limit: int, *, tests_cutoff: dt.datetime | None = None
+    ) -> list[str]:
+        """Up to *limit* runs submitted (or, never submitted, last heard of) before *cutoff*, and
+        test runs submitted before *tests_cutoff*."""
+        where = (runs.c.submitted_at < cutoff) | (
+            runs.c.submitted_at.is_(None) & (runs.c.updated_at < cutoff)
         )
+        if tests_cutoff is not None:
+            where = where | (runs.c.dry_run.is_(True) & (runs.c.submitted_at < tests_cutoff))
+        query = sa.select(runs.c.run_id).where(where).order_by(runs.c.run_id).limit(limit)
         async with self.engine.connect() as conn:
             return [row.run_id for row in (await conn.execute(query)).all()]
 

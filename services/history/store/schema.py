@@ -41,11 +41,16 @@ runs = sa.Table(
     sa.Column("scope_step", sa.String(64)),
     sa.Column("iteration", sa.Integer),
     sa.Column("branch", sa.String(64)),
+    #: A test run (nothing delivered): listed apart, out of the statistics, kept for hours.
+    sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
+    #: The one address a test run sent its emails to, if any.
+    sa.Column("test_recipient", sa.String(320)),
     sa.Index("ix_runs_submitted_at", "submitted_at"),
     sa.Index("ix_runs_parent_scope_iteration", "parent_run_id", "scope_step", "iteration"),
     sa.Index("ix_runs_flow_submitted_at", "flow", "submitted_at"),
     #: The stall sweep: unfinished runs with no news since a cutoff.
     sa.Index("ix_runs_status_updated_at", "status", "updated_at"),
+    sa.Index("ix_runs_dry_run_submitted_at", "dry_run", "submitted_at"),
 )
 
 steps = sa.Table(

@@ -41,6 +41,8 @@ def run_view(row: Any) -> dict[str, Any]:
         "failed_step": row.failed_step,
         "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
         "trace_id": row.trace_id,
+        "dry_run": bool(row.dry_run),
+        "test_recipient": row.test_recipient,
         "scope": (
             {
                 "run_id": row.parent_run_id,

@@ -43,6 +43,7 @@ _LOADING = sa.select(
     runs.c.failed_step,
     runs.c.updated_at,
     runs.c.scope_step,
+    runs.c.dry_run,
     steps.c.step_id,
     steps.c.attempt,
     steps.c.position,
@@ -185,6 +186,7 @@ async def _load(conn: AsyncConnection, run_id: str) -> Loaded | None:
         failed_step=row.failed_step,
         updated_at=utc(row.updated_at),
         scope_step=row.scope_step,
+        dry_run=bool(row.dry_run),
     )
     attempts = tuple(
         StepState(

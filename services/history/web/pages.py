@@ -10,6 +10,7 @@ scripts, styles and frames from this service only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -52,6 +53,7 @@ from services.history.web.views import (
     duration_words,
     email_summary,
     place,
+    pretty_payload,
     step_views,
     utc_text,
 )
@@ -174,6 +176,10 @@ async def run_page(request: web.Request) -> web.Response:
     blobs = request.app[RUNTIME].blobs
     for step in steps:
         for name, link in step.latest.artifacts.items():
+            if run.dry_run and name.startswith("webhook") and link.key.endswith(".json"):
+                with contextlib.suppress(ArtifactMissing):
+                    shown = pretty_payload(await blobs.get(link.key))
+                    step.payloads.append({"name": name, "href": link.href, "json": shown})
             if not name.startswith("email") or not link.key.endswith(".eml"):
                 continue
             try:
@@ -185,7 +191,8 @@ async def run_page(request: web.Request) -> web.Response:
                 {"name": name, "headers": headers, "preview": f"/ui/emails/{link.key}", "href": link.href}
             )
     failed = next((step for step in steps if step.failed), None)
-    sent = any(step.emails for step in steps)
+    # A test run's emails are previews: there is nothing to send again.
+    sent = any(step.emails for step in steps) and not run.dry_run
     template = request.app[RUNTIME].settings.trace_url_template
     trace_url = template.format(trace_id=run.trace_id) if template and run.trace_id else None
     return page(

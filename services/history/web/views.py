@@ -42,7 +42,11 @@ SILENCE_DURATIONS = (("1h", "1 hour"), ("4h", "4 hours"), ("1d", "1 day"), ("7d"
 #: Artifact names that are drawn charts, in the order a page prefers them.
 CHART_ARTIFACTS = ("chart_png", "chart_svg")
 #: Keys of a step's detail the step's own section shows already.
-_SHOWN_DETAIL = frozenset({"text", "parameters", "truncation", "reason", "alert"})
+_SHOWN_DETAIL = frozenset(
+    {"text", "parameters", "truncation", "reason", "alert", "dry_run", "sample", "sent_to", "destination"}
+)
+#: The largest webhook payload of a test run a page shows inline (the artifact has it whole).
+PAYLOAD_SHOWN_BYTES = 64 * 1024
 
 
 def badge(status: str | None) -> Badge:
@@ -135,6 +139,8 @@ class StepView:
     query_source: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     emails: list[dict[str, Any]] = field(default_factory=list)
+    #: A test run's webhook payloads, not posted: each one's name, link and pretty JSON.
+    payloads: list[dict[str, Any]] = field(default_factory=list)
     #: A for_each's or parallel's child runs.
     iterations: Iterations | None = None
 
@@ -143,6 +149,18 @@ class StepView:
         """``for_each``, ``parallel`` or ``if`` for a scope step; None for any other."""
         value = self.latest.detail.get("scope") if self.kind == "scope" else None
         return value if isinstance(value, str) else None
+
+    @property
+    def held_back(self) -> str | None:
+        """In a test run: what the step did not do (not sent, not written, not run), in words."""
+        value = self.latest.detail.get("dry_run")
+        return value if isinstance(value, str) else None
+
+    @property
+    def sample(self) -> dict[str, Any] | None:
+        """A test run's write that was not made: its columns and first rows."""
+        value = self.latest.detail.get("sample")
+        return value if isinstance(value, dict) and value.get("columns") is not None else None
 
     @property
     def latest(self) -> StepAttempt:
@@ -240,6 +258,16 @@ def _span(
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     start = parse_instant(started)
     return start, parse_instant(finished) or (now if start else None)
+
+
+def pretty_payload(raw: bytes) -> str:
+    """A webhook payload as a page shows it: indented JSON, or its text when it is not JSON."""
+    if len(raw) > PAYLOAD_SHOWN_BYTES:
+        return raw[:PAYLOAD_SHOWN_BYTES].decode("utf-8", "replace") + "\n… (cut; the artifact has it all)"
+    try:
+        return json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
 
 
 def email_summary(raw: bytes) -> dict[str, str]:

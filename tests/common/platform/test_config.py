@@ -48,3 +48,24 @@ def test_embedded_defaults_live_under_the_data_dir(monkeypatch: pytest.MonkeyPat
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_test_recipients_are_addresses_or_domains_comma_separated_or_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().test_recipients == []
+    assert not load_settings().allows_test_recipient("qa@example.com")
+    monkeypatch.setenv("ADXFLOW_TEST_RECIPIENTS", "QA@example.com, *@test.example.org")
+    settings = load_settings()
+    assert settings.test_recipients == ["qa@example.com", "*@test.example.org"]
+    assert settings.allows_test_recipient("qa@Example.com")
+    assert settings.allows_test_recipient("anyone@test.example.org")
+    assert not settings.allows_test_recipient("other@example.com")
+    assert not settings.allows_test_recipient("anyone@sub.test.example.org")
+    monkeypatch.setenv("ADXFLOW_TEST_RECIPIENTS", '["qa@example.com"]')
+    assert load_settings().test_recipients == ["qa@example.com"]
+    monkeypatch.setenv("ADXFLOW_TEST_RECIPIENTS", "qa*@example.com")
+    with pytest.raises(
+        ConfigurationError, match=r"ADXFLOW_TEST_RECIPIENTS=.*neither an address nor \*@domain"
+    ):
+        load_settings()

@@ -274,6 +274,7 @@ async def test_a_database_made_before_migrations_upgrades_with_every_row_kept(en
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     )
     assert await _read(engine, list(rows)) == before
     async with engine.connect() as conn:
@@ -366,6 +367,7 @@ async def test_an_empty_database_at_head_and_migrating_again_does_nothing(engine
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     )
     assert (again.before, again.applied) == (HEAD, ())
     async with engine.connect() as conn:
@@ -381,7 +383,7 @@ async def test_replicas_migrating_one_fresh_database_together_both_succeed(datab
     finally:
         await asyncio.gather(*(engine.dispose() for engine in engines))
     # One of them did the work; the others waited for its lock and found the schema done.
-    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 8]
+    assert sorted(len(migration.applied) for migration in migrations) == [0, 0, 9]
     assert after.at_head
 
 
@@ -420,6 +422,7 @@ async def test_check_mode_refuses_an_older_schema_naming_adxflow_migrate(engine:
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     )
 
     await ensure_schema(engine, "auto")
@@ -453,6 +456,7 @@ async def test_claim_leases_arrive_on_slots_and_run_requests_recorded_before_the
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     )
     async with engine.connect() as conn:
         indexes = await conn.run_sync(_indexes)
@@ -487,6 +491,7 @@ async def test_trace_ids_arrive_on_runs_and_runs_recorded_before_them_have_none(
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     )
     store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
     try:
@@ -539,7 +544,7 @@ async def test_scopes_arrive_and_runs_recorded_before_them_are_nobodys_iteration
 
     assert (migration.before, migration.applied) == (
         "0004_run_trace_ids",
-        ("0005_scopes", "0006_alerts", "0007_alert_notices", "0008_flow_versions"),
+        ("0005_scopes", "0006_alerts", "0007_alert_notices", "0008_flow_versions", "0009_dry_runs"),
     )
     assert before["tables"] == set()
     assert {"scope_step", "iteration", "branch"}.isdisjoint(before["runs"])
@@ -591,6 +596,7 @@ async def test_the_scopes_revision_downgrades_to_the_one_before_keeping_the_runs
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     )
 
 
@@ -653,6 +659,7 @@ def test_revisions_are_one_line_with_ids_that_fit_alembic_version() -> None:
         "0006_alerts",
         "0007_alert_notices",
         "0008_flow_versions",
+        "0009_dry_runs",
     ]
     assert len(schema._scripts().get_heads()) == 1
     # alembic_version.version_num is VARCHAR(32) on PostgreSQL.
@@ -719,7 +726,7 @@ async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine
 
     assert (migration.before, migration.applied) == (
         "0005_scopes",
-        ("0006_alerts", "0007_alert_notices", "0008_flow_versions"),
+        ("0006_alerts", "0007_alert_notices", "0008_flow_versions", "0009_dry_runs"),
     )
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
@@ -742,7 +749,12 @@ async def test_alerts_arrive_as_new_tables_and_the_runs_stay(engine: AsyncEngine
         await conn.run_sync(_downgrade_to("0005_scopes"))
         left = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
     assert {"alerts", "alert_instances", "alert_transitions", "alert_evaluations"}.isdisjoint(left)
-    assert (await migrate(engine)).applied == ("0006_alerts", "0007_alert_notices", "0008_flow_versions")
+    assert (await migrate(engine)).applied == (
+        "0006_alerts",
+        "0007_alert_notices",
+        "0008_flow_versions",
+        "0009_dry_runs",
+    )
 
 
 async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_their_state(
@@ -769,7 +781,7 @@ async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_the
 
     assert (migration.before, migration.applied) == (
         "0006_alerts",
-        ("0007_alert_notices", "0008_flow_versions"),
+        ("0007_alert_notices", "0008_flow_versions", "0009_dry_runs"),
     )
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
@@ -785,7 +797,7 @@ async def test_alert_notices_arrive_and_the_alerts_recorded_before_them_keep_the
         kept = (await conn.execute(sa.text("SELECT key, state FROM alert_instances"))).one()
     assert {"alert_held", "alert_silences"}.isdisjoint(left)
     assert tuple(kept) == ("EventId=1", "firing")
-    assert (await migrate(engine)).applied == ("0007_alert_notices", "0008_flow_versions")
+    assert (await migrate(engine)).applied == ("0007_alert_notices", "0008_flow_versions", "0009_dry_runs")
 
 
 async def test_flow_versions_arrive_with_each_flows_current_version_as_its_first_entry(
@@ -798,7 +810,10 @@ async def test_flow_versions_arrive_with_each_flows_current_version_as_its_first
 
     migration = await migrate(engine)
 
-    assert (migration.before, migration.applied) == ("0007_alert_notices", ("0008_flow_versions",))
+    assert (migration.before, migration.applied) == (
+        "0007_alert_notices",
+        ("0008_flow_versions", "0009_dry_runs"),
+    )
     store = FlowStore(str(engine.url.render_as_string(hide_password=False)))
     try:
         assert [kept.version for kept in await store.versions("storms-daily")] == [3]
@@ -832,3 +847,43 @@ async def test_flow_versions_arrive_with_each_flows_current_version_as_its_first
         flows_kept = (await conn.execute(sa.text("SELECT name, version FROM flows ORDER BY name"))).all()
     assert "flow_versions" not in left
     assert [tuple(row) for row in flows_kept] == [("after-storms", 1), ("storms-daily", 4)]
+
+
+async def test_test_runs_arrive_as_columns_the_runs_before_them_are_real_runs_in(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_to("0008_flow_versions"))
+        await conn.execute(
+            sa.text(
+                "INSERT INTO runs (run_id, status, flow, parent_run_id, submitted_at, updated_at) "
+                "VALUES ('r', 'succeeded', 'f', 'p', :at, :at)"
+            ),
+            {"at": T0},
+        )
+
+    migration = await migrate(engine)
+
+    assert (migration.before, migration.applied) == ("0008_flow_versions", ("0009_dry_runs",))
+    async with engine.connect() as conn:
+        columns = await conn.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("runs")})
+        indexes = await conn.run_sync(lambda sync: {i["name"] for i in sa.inspect(sync).get_indexes("runs")})
+        kept = (await conn.execute(sa.text("SELECT run_id, dry_run, test_recipient FROM runs"))).one()
+    assert {"dry_run", "test_recipient"} <= columns
+    assert "ix_runs_dry_run_submitted_at" in indexes
+    # A run recorded before test runs existed is a real one.
+    assert (kept.run_id, bool(kept.dry_run), kept.test_recipient) == ("r", False, None)
+    store = HistoryStore(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        listed = await store.list_runs(dry_run=False)
+        tests = await store.list_runs(dry_run=True)
+    finally:
+        await store.close()
+    assert [(run["run_id"], run["dry_run"]) for run in listed] == [("r", False)]
+    assert tests == []
+
+    async with engine.begin() as conn:
+        await conn.run_sync(_downgrade_to("0008_flow_versions"))
+        left = await conn.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("runs")})
+        runs = (await conn.execute(sa.text("SELECT run_id, parent_run_id FROM runs"))).all()
+    assert {"dry_run", "test_recipient"}.isdisjoint(left)
+    assert [tuple(row) for row in runs] == [("r", "p")]
+    assert (await migrate(engine)).applied == ("0009_dry_runs",)

@@ -89,6 +89,27 @@ async def test_runs_past_retention_go_with_their_steps_dead_letters_and_blobs(st
     assert await stores.retention(days=1).sweep(NOW) == 1
 
 
+async def test_test_runs_go_after_their_own_hours_and_real_runs_stay_their_days(stores: Stores) -> None:
+    hours = dt.timedelta(hours=1)
+    for run_id, ago, dry in (("tested", 49, True), ("tested-lately", 47, True), ("real", 49, False)):
+        completed = await complete_run(stores.history, run_id, submitted=NOW - ago * hours, dry_run=dry)
+        # A test run's end is not announced: no flow follows it.
+        assert (completed is None) == dry
+        await stores.blobs.put(f"runs/{run_id}/render/1/chart.png", b"png", "image/png")
+
+    assert await stores.retention().sweep(NOW) == 1
+
+    assert await stores.history.get_run("tested") is None
+    assert not await stores.blobs.exists("runs/tested/render/1/chart.png")
+    kept = await stores.history.get_run("tested-lately")
+    assert kept is not None
+    assert kept["dry_run"] is True
+    assert await stores.history.get_run("real") is not None
+    shorter = Retention(stores.history, stores.letters, stores.blobs, Settings(dry_run_retention_hours=1))
+    assert await shorter.sweep(NOW) == 1
+    assert await stores.history.get_run("tested-lately") is None
+
+
 async def test_a_re_run_reopens_a_failed_run_once(stores: Stores) -> None:
     store = stores.history
     error = ErrorInfo(code=ErrorCode.KUSTO_SEMANTIC_ERROR, message="no such table")

@@ -49,8 +49,9 @@ async def store(
         yield history
 
 
-def run_info(submitted: dt.datetime = T0, scope: ScopeRef | None = None) -> RunInfo:
+def run_info(submitted: dt.datetime = T0, scope: ScopeRef | None = None, *, dry_run: bool = False) -> RunInfo:
     return RunInfo(
+        dry_run=dry_run,
         scope=scope,
         parent_run_id=scope.run_id if scope else None,
         flow="storms",
@@ -80,10 +81,16 @@ def event(run_id: str, kind: StepKind, status: StepStatus, second: int, **extra:
 
 
 async def complete_run(
-    store: HistoryStore, run_id: str, submitted: dt.datetime = T0, scope: ScopeRef | None = None
+    store: HistoryStore,
+    run_id: str,
+    submitted: dt.datetime = T0,
+    scope: ScopeRef | None = None,
+    *,
+    dry_run: bool = False,
 ) -> RunCompleted | None:
     """Apply every event of a run that succeeds; what the last one announced."""
-    await store.apply(event(run_id, StepKind.TRIGGER, StepStatus.RUNNING, 0, run=run_info(submitted, scope)))
+    info = run_info(submitted, scope, dry_run=dry_run)
+    await store.apply(event(run_id, StepKind.TRIGGER, StepStatus.RUNNING, 0, run=info))
     completed = None
     for second, kind in enumerate(KINDS):
         await store.apply(event(run_id, kind, StepStatus.RUNNING, second))

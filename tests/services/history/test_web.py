@@ -15,6 +15,7 @@ import markupsafe
 import pytest
 from pydantic import SecretStr
 
+from common.contracts.dry_runs import NOT_RUN_COMMAND
 from common.contracts.messages import (
     SERVICE_OF,
     ErrorCode,
@@ -612,3 +613,52 @@ async def test_a_copys_own_query_shows_on_the_run_page_as_a_query_steps_does(ser
     assert f'<pre class="query"><code>{html.escape(text, quote=False)}</code></pre>' in page
     assert '<caption>Query parameters</caption>\n      <tr><th scope="row">state</th>' in page
     assert HOSTILE not in page
+
+
+async def test_a_test_run_sent_to_its_test_address_says_so_and_its_command_not_run(server: Server) -> None:
+    itinerary = [
+        Step(id=kind.value, kind=kind) for kind in (StepKind.TRIGGER, StepKind.QUERY, StepKind.RECORD)
+    ]
+    info = RunInfo(
+        flow="storms",
+        trigger=TriggerKind.MANUAL,
+        connection="local",
+        database="Samples",
+        parameters={},
+        itinerary=itinerary,
+        submitted_at=T0,
+        dry_run=True,
+        test_recipient="qa@example.com",
+    )
+    command = f".set-or-append Notes <| print Note = '{HOSTILE}'"
+    async with server() as (url, store), aiohttp.ClientSession() as session:
+        for kind, detail in (
+            (StepKind.TRIGGER, {}),
+            (StepKind.QUERY, {"dry_run": NOT_RUN_COMMAND, "text": command}),
+        ):
+            await store.apply(
+                StatusEvent(
+                    run_id="t1",
+                    step_id=kind.value,
+                    kind=kind,
+                    service=SERVICE_OF[kind],
+                    status=StepStatus.SUCCEEDED,
+                    started_at=T0,
+                    finished_at=T0 + dt.timedelta(seconds=1),
+                    detail=detail,
+                    run=info if kind is StepKind.TRIGGER else None,
+                )
+            )
+        async with session.get(f"{url}/ui/runs/t1") as response:
+            page = await response.text()
+            assert response.status == 200
+        async with session.get(f"{url}/v1/runs?dry_run=true") as response:
+            listed = await response.json()
+
+    assert "Test run — sent only to <strong>qa@example.com</strong>" in page
+    assert f"<strong>Test run:</strong> {NOT_RUN_COMMAND}" in page
+    assert HOSTILE not in page
+    assert "&lt;script&gt;" in page
+    assert [(run["run_id"], run["dry_run"], run["test_recipient"]) for run in listed["runs"]] == [
+        ("t1", True, "qa@example.com")
+    ]
