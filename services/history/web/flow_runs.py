@@ -43,6 +43,11 @@ RECENT_RUNS = 10
 #: How long a started run may take to reach the history before its page is shown anyway.
 RECORDED_WITHIN = 5.0
 
+#: The form's own fields, named so that no parameter (an identifier) can be called the same.
+REQUEST_FIELD = "adxflow:request"
+MODE_FIELD = "adxflow:mode"
+TEST_RECIPIENT_FIELD = "adxflow:send_test_to"
+
 _BOUNDS = {ParameterType.INT: 2**31, ParameterType.LONG: 2**63}
 _REFUSED_PARAMETER = re.compile(r"parameters\.([A-Za-z_][A-Za-z0-9_]*): (.*)", re.DOTALL)
 
@@ -252,7 +257,7 @@ def run_form(
                 help=_help(spec, zone),
             )
         )
-    request = form.get("request") if form is not None else None
+    request = form.get(REQUEST_FIELD) if form is not None else None
     built = RunForm(zone=zone.key, fields=fields, problem=problem)
     if isinstance(request, str) and request:
         built.request = request
@@ -329,17 +334,24 @@ async def run_now(request: web.Request) -> web.StreamResponse:
     parameters, errors = read_form(specs, zone, form)
     if errors:
         return await pages.render(request, name, run_form(view, form, errors), 400)
-    # The run request; a dry run is one more key here.
     body: dict[str, Any] = {"parameters": parameters}
+    testing = form.get(MODE_FIELD) == "test"
+    if testing:
+        body["dry_run"] = True
+        recipient = form.get(TEST_RECIPIENT_FIELD)
+        if isinstance(recipient, str) and recipient.strip():
+            body["send_test_to"] = recipient.strip()
     try:
-        key = form.get("request")
-        accepted = await trigger.run(name, body, key=key if isinstance(key, str) and key else None)
+        key = form.get(REQUEST_FIELD)
+        # One form sent twice starts one run; its test run and its run are two.
+        key = f"{key}-{'test' if testing else 'run'}" if isinstance(key, str) and key else None
+        accepted = await trigger.run(name, body, key=key)
     except TriggerUnavailable as exc:
         errors, problem = _refused(exc, specs)
         status = 400 if exc.status == 400 else 502
         return await pages.render(request, name, run_form(view, form, errors, problem), status)
     run_id = str(accepted["run_id"])
-    log.info("run started from the history pages", flow=name, run_id=run_id)
+    log.info("run started from the history pages", flow=name, run_id=run_id, dry_run=testing)
     await _recorded(pages.store, run_id)
     raise web.HTTPSeeOther(f"/ui/runs/{quote(run_id, safe='')}")
 

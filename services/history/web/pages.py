@@ -362,7 +362,11 @@ async def _flow_page(
         )
     except TriggerUnavailable as exc:
         context.update(runs=None, runs_problem=exc.message)
-    return page(request, "flow.html", status=status, name=name, problem=None, **context)
+    # Send-a-test is offered only where the operator allows addresses for tests.
+    sends_tests = bool(request.app[RUNTIME].settings.test_recipients)
+    return page(
+        request, "flow.html", status=status, name=name, problem=None, sends_tests=sends_tests, **context
+    )
 
 
 async def _flow_page_with(request: web.Request, name: str, form: RunForm, status: int) -> web.Response:

@@ -114,9 +114,9 @@ class System:
 
 
 @asynccontextmanager
-async def _system(data_dir: Path, namespace: str) -> AsyncIterator[System]:
+async def _system(data_dir: Path, namespace: str, **configured: Any) -> AsyncIterator[System]:
     """The trigger and the history as `adxflow up` runs them, on one broker; nothing runs the steps."""
-    settings = Settings(data_dir=data_dir, trigger_port=0, history_port=0)
+    settings = Settings(data_dir=data_dir, trigger_port=0, history_port=0, **configured)
     connections = Connections()
     connections.add_local("local", "http://127.0.0.1:31415")
     blobs = FolderBlobStore(data_dir / "blobs")
@@ -236,7 +236,7 @@ async def test_a_manual_flow_runs_only_when_started_and_without_parameters_has_o
     assert "<time" not in _section(page, "trigger")
     form = _section(page, "run")
     assert "data-parameter" not in form
-    assert '<button type="submit" data-mode="run">Run now</button>' in form
+    assert '<button type="submit" name="adxflow:mode" value="run" data-mode="run">Run now</button>' in form
     assert 'Runs after flow <a href="/ui/flows/by-hand">by-hand</a>' in chained
     assert status == 303
     assert location is not None
@@ -254,7 +254,7 @@ async def test_a_run_is_started_with_exactly_the_typed_parameters_and_its_page_s
         ("since", "2026-01-15T09:30"),
         ("window", "1.02:03:04"),
         ("until", "2026-07-01T12:00"),
-        ("request", "same-form"),
+        ("adxflow:request", "same-form"),
     ]
 
     status, location, _ = await system.run_now("storms", typed)
@@ -470,3 +470,53 @@ async def test_running_a_flow_that_is_not_there_answers_404_naming_it(system: Sy
 
     assert status == 404
     assert "flow 'nowhere' not found" in body
+
+
+async def test_a_test_run_from_the_form_is_marked_and_sends_a_test_only_to_an_allowed_address(
+    tmp_path: Path, namespace: str
+) -> None:
+    async with _system(tmp_path, namespace, test_recipients=["*@example.com"]) as system:
+        await system.put(TYPED)
+        _, flow_page = await system.page("/ui/flows/storms")
+        sent = [*FORM, ("adxflow:request", "one-form")]
+
+        tested = await system.run_now("storms", [*sent, ("adxflow:mode", "test")])
+        # The same form's run is a run of its own, not the test run again.
+        ran = await system.run_now("storms", [*sent, ("adxflow:mode", "run")])
+        mailed = await system.run_now(
+            "storms", [*FORM, ("adxflow:mode", "test"), ("adxflow:send_test_to", "me@example.com")]
+        )
+        refused = await system.run_now(
+            "storms", [*FORM, ("adxflow:mode", "test"), ("adxflow:send_test_to", "boss@elsewhere.org")]
+        )
+        runs = {}
+        for name, (status, location, _) in (("tested", tested), ("ran", ran), ("mailed", mailed)):
+            assert status == 303, name
+            assert location is not None
+            runs[name] = await find_run(system.store, location.removeprefix("/ui/runs/"))
+
+    assert 'name="adxflow:send_test_to"' in _section(flow_page, "run")
+    assert 'value="test"' in _section(flow_page, "run")
+    tested_run, ran_run, mailed_run = runs["tested"], runs["ran"], runs["mailed"]
+    assert tested_run is not None
+    assert ran_run is not None
+    assert mailed_run is not None
+    assert (tested_run.dry_run, tested_run.test_recipient) == (True, None)
+    assert ran_run.dry_run is False
+    assert ran_run.run_id != tested_run.run_id
+    assert (mailed_run.dry_run, mailed_run.test_recipient) == (True, "me@example.com")
+    status, _, page = refused
+    assert status == 400
+    assert "send_test_to" in html.unescape(page)
+    assert "ADXFLOW_TEST_RECIPIENTS" in page
+
+
+async def test_without_addresses_for_tests_the_form_offers_a_test_run_but_no_test_email(
+    system: System,
+) -> None:
+    await system.put(TYPED)
+    _, flow_page = await system.page("/ui/flows/storms")
+
+    form = _section(flow_page, "run")
+    assert 'name="adxflow:send_test_to"' not in form
+    assert '<button type="submit" name="adxflow:mode" value="test"' in form

@@ -136,15 +136,17 @@
     const form = event.target.closest("form[data-run-form]");
     if (!form) return;
     event.preventDefault();
-    const button = form.querySelector("button[type=submit]");
+    // The button pressed says which: a run, or a test run.
+    const button = event.submitter || form.querySelector("button[type=submit]");
+    const fields = new URLSearchParams(new FormData(form, button));
     if (button) button.disabled = true;
-    say("Starting the run…", false);
+    say(button && button.value === "test" ? "Starting the test run…" : "Starting the run…", false);
     try {
       const response = await fetch(form.action, {
         method: "POST",
         credentials: "same-origin",
         headers: { ...REQUEST_HEADER, "Content-Type": "application/x-www-form-urlencoded" },
-        body: new URLSearchParams(new FormData(form)),
+        body: fields,
       });
       if (response.ok) {
         window.location.assign(response.url);
