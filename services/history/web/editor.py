@@ -21,7 +21,8 @@ import structlog
 from aiohttp import web
 
 from common.platform.routes import error_body
-from services.history.web.pages import page, trigger_client
+from services.history.web.flow_runs import recorded
+from services.history.web.pages import STORE, page, trigger_client
 from services.history.web.session import csrf_ok, csrf_refusal
 from services.history.web.trigger import TriggerUnavailable
 
@@ -256,6 +257,9 @@ async def test_draft(request: web.Request) -> web.Response:
         )
     except TriggerUnavailable as exc:
         return error_body(502, exc.message, code="Unavailable")
+    if status == 202 and isinstance(body, dict) and isinstance(body.get("run_id"), str):
+        # The page goes to the run's page next, which should find the run.
+        await recorded(request.app[STORE], body["run_id"])
     return web.json_response(body, status=status)
 
 

@@ -352,7 +352,7 @@ async def run_now(request: web.Request) -> web.StreamResponse:
         return await pages.render(request, name, run_form(view, form, errors, problem), status)
     run_id = str(accepted["run_id"])
     log.info("run started from the history pages", flow=name, run_id=run_id, dry_run=testing)
-    await _recorded(pages.store, run_id)
+    await recorded(pages.store, run_id)
     raise web.HTTPSeeOther(f"/ui/runs/{quote(run_id, safe='')}")
 
 
@@ -367,7 +367,7 @@ def _refused(
     return {}, exc.message
 
 
-async def _recorded(store: HistoryStore, run_id: str) -> None:
+async def recorded(store: HistoryStore, run_id: str) -> None:
     """Wait (a little) for the history to hear of the run, so that its page finds it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RECORDED_WITHIN
