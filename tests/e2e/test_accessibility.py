@@ -235,3 +235,29 @@ async def test_every_page_is_accessible_and_usable_on_a_laptop_and_a_phone(
         assert not found, "\n\n".join(found)
         assert console == [], console
         await context.close()
+
+
+BAD_PAGE = """<!DOCTYPE html><html lang="en"><head><title>Bad</title><style>
+  .faint { color: #bbb; background: #fff; }
+  .wide { width: 900px; }
+  a:focus, a:focus-visible { outline: none; }
+</style></head><body>
+<nav aria-label="Pages"><a href="#runs">Runs</a></nav>
+<main><h1>Bad</h1><p class="faint">Hard to read</p><input type="text"><div class="wide">Too wide</div>
+<button id="gone" hidden>Gone</button></main></body></html>"""
+
+
+async def test_the_audit_names_each_problem_of_a_page() -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.set_content(BAD_PAGE)
+        problems = "\n".join(await check(page, "audit-self-test", controls=[page.locator("#gone")]))
+    # axe-core: the faint text and the field without a label, at both widths.
+    assert problems.count("serious color-contrast") == 2, problems
+    assert problems.count("critical label") == 2, problems
+    # Only the phone is narrower than the wide box with the body's margin.
+    assert "the document is 908 px wide at 390 px: div.wide" in problems, problems
+    assert "at 1280 px: div.wide" not in problems
+    assert problems.count("#gone") == 2, problems  # hidden at both widths
+    # The link that hides its focus outline.
+    assert 'keyboard focus on <a> "Runs" shows no outline' in problems, problems
