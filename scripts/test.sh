@@ -4,7 +4,7 @@
 # drives in the web pages' tests, docker, docker-compose and debootstrap for the
 # compose stack's test), the Python packages in a virtualenv, RabbitMQ,
 # PostgreSQL, MariaDB, Azurite (installed from npm into .tools/) and dockerd started if
-# they are not running.
+# they are not running, and axe-core (from npm into .tools/) for the pages' accessibility checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +58,12 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null; then
     sleep 0.5
   done
   (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null || { cat .tools/azurite.log; exit 1; }
+fi
+
+# axe-core for the web pages' accessibility checks (tests/e2e/pages.py): from npm into .tools/.
+if [ ! -f .tools/node_modules/axe-core/axe.min.js ]; then
+  echo "installing axe-core"
+  npm install --no-audit --no-fund --silent --prefix .tools axe-core@4
 fi
 
 # dockerd for tests/deploy/test_stack.py, which builds the images (deploy/offline/build.sh

@@ -1,38 +1,29 @@
 """The history's web pages in a real browser: Debian's Chromium driven by Playwright,
 against `adxflow up` started as a user starts it.
 
-Screenshots of every page land in tests/artifacts/web-ui/.
+Screenshots of every page land in tests/artifacts/web-ui/; the harness is tests/e2e/pages.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import re
-import shutil
-import signal
-import socket
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import expect
 
-from tests.conftest import poll_until
+from tests.e2e.pages import (
+    SCREENSHOTS,
+    adxflow_up,
+    chromium,
+    image_loaded,
+    needs_chromium,
+    screenshot,
+    watch_console,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "web-ui"
-
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (scripts/test.sh)"),
-]
+pytestmark = [pytest.mark.timeout(240), needs_chromium]
 
 GOOD = {
     "name": "storm-report",
@@ -73,152 +64,6 @@ BROKEN = {
         {"id": "mail", "action": "send_email", "to": ["team@example.com"], "subject": "Never sent"},
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Live:
-    """`adxflow up` running in a subprocess, and a client for its APIs."""
-
-    trigger_url: str
-    history_url: str
-    session: aiohttp.ClientSession
-
-    async def save_flow(self, flow: dict[str, Any]) -> None:
-        async with self.session.put(f"{self.trigger_url}/v1/flows/{flow['name']}", json=flow) as response:
-            assert response.status in (200, 201), await response.text()
-
-    async def flow(self, name: str) -> dict[str, Any]:
-        async with self.session.get(f"{self.trigger_url}/v1/flows/{name}") as response:
-            assert response.status == 200, await response.text()
-            body: dict[str, Any] = await response.json()
-            return body
-
-    async def start(self, name: str) -> str:
-        async with self.session.post(f"{self.trigger_url}/v1/flows/{name}/runs", json={}) as response:
-            assert response.status == 202, await response.text()
-            run_id: str = (await response.json())["run_id"]
-            return run_id
-
-    async def known(self, run_id: str, *, ended: bool = False) -> dict[str, Any]:
-        """The run once history has heard of it (and, with *ended*, once it has ended)."""
-        run: dict[str, Any] = {}
-
-        async def there() -> bool:
-            async with self.session.get(f"{self.history_url}/v1/runs/{run_id}") as response:
-                if response.status != 200:
-                    return False
-                run.update(await response.json())
-            return not ended or run["status"] in ("succeeded", "failed")
-
-        await poll_until(there, 60, f"run {run_id} in the history")
-        return run
-
-    async def run_to_end(self, name: str) -> dict[str, Any]:
-        return await self.known(await self.start(name), ended=True)
-
-
-@contextlib.asynccontextmanager
-async def adxflow_up(tmp_path: Path, sample_database: Path, **env: str) -> AsyncIterator[Live]:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    shutil.copy(sample_database, data_dir / sample_database.name)
-    trigger_port, history_port = free_port(), free_port()
-    environment = {
-        **{name: value for name, value in os.environ.items() if not name.startswith("ADXFLOW_")},
-        "ADXFLOW_DATA_DIR": str(data_dir),
-        "ADXFLOW_TRIGGER_PORT": str(trigger_port),
-        "ADXFLOW_HISTORY_PORT": str(history_port),
-        "ADXFLOW_SMTP_PORT": "0",
-        "ADXFLOW_LOG_LEVEL": "WARNING",
-        **env,
-    }
-    log = tmp_path / "adxflow-up.log"
-    with log.open("wb") as errors:
-        process = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "adxflow"),
-            "up",
-            env=environment,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=errors,
-        )
-    assert process.stdout is not None
-    drain: asyncio.Task[bytes] | None = None
-    try:
-        printed = []
-        async with asyncio.timeout(90):
-            while not printed or not printed[-1].startswith("Ctrl-C to stop"):
-                line = await process.stdout.readline()
-                assert line, f"adxflow up ended early: {printed} {log.read_text()}"
-                printed.append(line.decode().strip())
-        assert any(f"127.0.0.1:{history_port}" in line for line in printed), printed
-        drain = asyncio.create_task(process.stdout.read())
-        headers = (
-            {"Authorization": f"Bearer {env['ADXFLOW_API_TOKEN']}"} if "ADXFLOW_API_TOKEN" in env else {}
-        )
-        async with aiohttp.ClientSession(headers=headers) as session:
-            yield Live(f"http://127.0.0.1:{trigger_port}", f"http://127.0.0.1:{history_port}", session)
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if drain is not None:
-            await drain
-
-
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-def watch_console(page: Page) -> list[str]:
-    """Errors the page reports: a script failing, or the CSP blocking something."""
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on(
-        "console",
-        lambda message: (
-            problems.append(f"{message.text} at {message.location.get('url')}")
-            if message.type == "error"
-            else None
-        ),
-    )
-    return problems
-
-
-async def screenshot(page: Page, name: str) -> None:
-    """The whole page. Chromium leaves sandboxed frames out of full-page shots, so the
-    viewport grows to the page's height instead, for one painted frame."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    viewport = page.viewport_size
-    assert viewport is not None
-    height = await page.evaluate("document.documentElement.scrollHeight")
-    await page.set_viewport_size({"width": viewport["width"], "height": max(height, viewport["height"])})
-    await page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
-    await page.set_viewport_size(viewport)
-
-
-async def image_loaded(page: Page, selector: str) -> None:
-    await page.wait_for_function(
-        "selector => { const img = document.querySelector(selector);"
-        " return img !== null && img.complete && img.naturalWidth > 0; }",
-        arg=selector,
-    )
 
 
 async def test_runs_run_detail_and_flows_in_a_browser(tmp_path: Path, sample_database: Path) -> None:

@@ -54,7 +54,7 @@ async def test_a_flows_page_shows_its_definition_versions_and_a_diff_escaped(
     assert "<script>" not in page.replace('<script src="/ui/static/app.js" defer></script>', "")
     definition = page[page.index('id="definition"') : page.index('id="versions"')]
     assert "(version 2)" in definition
-    [shown] = re.findall(r'<pre class="definition">(.*?)</pre>', definition, re.DOTALL)
+    [shown] = re.findall(r'<pre class="definition"[^>]*>(.*?)</pre>', definition, re.DOTALL)
     assert yaml.safe_load(html.unescape(shown))["description"] == "plain"
     versions = page[page.index('id="versions"') : page.index('id="alerts"')]
     rows = re.findall(r'<tr class="version" data-version="(\d+)">(.*?)</tr>', versions, re.DOTALL)
@@ -69,7 +69,7 @@ async def test_a_flows_page_shows_its_definition_versions_and_a_diff_escaped(
     # The diff form is a GET, so a diff is a link; by default the newest change.
     assert '<form method="get" action="/ui/flows/weekly-storms#diff"' in versions
     assert '<option value="1" selected>1</option>' in versions.split('name="to"')[0]
-    diff = versions[versions.index('<pre class="diff">') :]
+    diff = versions[versions.index('<pre class="diff"') :]
     removed = re.findall(r'<span class="diff-removed">(.*?)</span>', diff)
     added = re.findall(r'<span class="diff-added">(.*?)</span>', diff)
     # The second save came as JSON: its definition is the document dumped, the comment gone.
