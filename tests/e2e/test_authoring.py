@@ -3,7 +3,8 @@ Chromium driven by Playwright against `adxflow up`.
 
 From a template, a problem shown on its line and fixed; a test run of the unsaved draft showing
 its chart and its email, with nothing sent; the save; a second editor refused; an older version
-restored; a run with a typed parameter followed to its end, which does send.
+restored; a run with a typed parameter followed to its end, which does send. Each page on the way
+is held to `tests.e2e.pages.audit` (axe-core, 1280 and 390 px).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
-from tests.e2e.test_web_ui import CHROMIUM, adxflow_up, chromium, image_loaded, screenshot, watch_console
+from tests.e2e.pages import (
+    adxflow_up,
+    audit,
+    chromium,
+    image_loaded,
+    needs_axe,
+    needs_chromium,
+    watch_console,
+)
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (scripts/test.sh)"),
-]
+pytestmark = [pytest.mark.timeout(420), needs_chromium, needs_axe]
 
 TEMPLATE = "daily-storm-report"
 
@@ -37,6 +43,7 @@ async def test_a_flow_is_written_tried_saved_restored_and_run_in_a_browser(
         # A template, broken on one line: the problem is shown on that line.
         await page.goto(f"{live.history_url}/ui/flows")
         await page.get_by_role("link", name="New flow").click()
+        await audit(page, "authoring-new", controls=[page.get_by_role("link", name="Start blank")])
         await page.locator(f'li[data-template="{TEMPLATE}"] a').first.click()
         editor = page.locator("#definition")
         form = page.locator("form[data-editor-form]")
@@ -51,6 +58,8 @@ async def test_a_flow_is_written_tried_saved_restored_and_run_in_a_browser(
         )
         await expect(page.locator("#editor-problems li").first).to_contain_text(f"line {line}")
         await expect(page.locator("#editor-problems li").first).to_contain_text("steps[0].chart")
+        save = page.get_by_role("button", name="Save")
+        await audit(page, "authoring-editor-problem", controls=[editor, save])
 
         # Fixed and tried unsaved: the queries run, the chart and the email are shown, nothing is sent.
         await editor.fill(text)
@@ -65,7 +74,7 @@ async def test_a_flow_is_written_tried_saved_restored_and_run_in_a_browser(
         await expect(unsent).to_contain_text("team@example.com")
         preview = page.frame_locator("iframe.email-frame")
         await expect(preview.locator("body")).to_contain_text("USD of property damage")
-        await screenshot(page, "authoring-test-run")
+        await audit(page, "authoring-test-run")
         run = await live.known(tested, ended=True)
         assert run["dry_run"] is True
         assert list(outbox.glob("*.eml")) == []
@@ -93,6 +102,7 @@ async def test_a_flow_is_written_tried_saved_restored_and_run_in_a_browser(
         await second.get_by_role("button", name="Save").click()
         await expect(second.locator("[data-conflict]")).to_contain_text("version 1")
         await expect(second.locator("#definition")).to_have_value(theirs)
+        await audit(second, "authoring-edit-conflict", controls=[second.locator("[data-conflict]")])
         assert (await live.flow(TEMPLATE))["version"] == 2
 
         # Version 1 restored from the flow's page: version 3, with version 1's definition.
@@ -104,6 +114,8 @@ async def test_a_flow_is_written_tried_saved_restored_and_run_in_a_browser(
         assert "top 10 by Events" in restored["document"]["steps"][0]["query"]
 
         # Run with a typed parameter and followed on its page to its end: this one sends.
+        run_now = page.locator("form[data-run-form]").get_by_role("button", name="Run now")
+        await audit(page, "authoring-flow-restored", controls=[page.get_by_label("min_damage"), run_now])
         await page.get_by_label("min_damage").fill("250000")
         await page.locator("form[data-run-form]").get_by_role("button", name="Run now").click()
         await page.wait_for_url(f"{live.history_url}/ui/runs/*")
@@ -123,7 +135,7 @@ async def test_a_flow_is_written_tried_saved_restored_and_run_in_a_browser(
         # The flow's numbers count the run, not the test run.
         await page.goto(f"{live.history_url}/ui/flows/{TEMPLATE}")
         await expect(page.locator('[data-stat="runs"]')).to_have_text("1")
-        await screenshot(page, "authoring-flow")
+        await audit(page, "authoring-flow-run")
 
         assert problems == [], problems
         # The browser reports the refused save's 412 as it reports any 4xx answer; nothing else may show.

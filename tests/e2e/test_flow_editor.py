@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.e2e.test_web_ui import CHROMIUM, adxflow_up, chromium, screenshot, watch_console
+from tests.e2e.pages import adxflow_up, chromium, needs_chromium, screenshot, watch_console
 
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (scripts/test.sh)"),
+    needs_chromium,
 ]
 
 TEMPLATE = "daily-storm-report"
