@@ -83,7 +83,8 @@ def invalid_request(exc: ValidationError) -> Refusal:
     return Refusal(400, f"invalid request: {summary}", code="InvalidRequest", fields=fields)
 
 
-_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+#: The content types a body is read as YAML by.
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
 def _bad_request(message: str) -> Refusal:
@@ -170,7 +171,7 @@ async def read_text(request: web.Request) -> tuple[str, bool]:
     415 when the content type is neither, 400 when the body cannot be decoded.
     """
     body = await request.read()
-    is_yaml = request.content_type in _YAML_TYPES
+    is_yaml = request.content_type in YAML_TYPES
     if not is_yaml and request.content_type != "application/json" and body.strip():
         raise Refusal(415, "send the body as application/json or YAML", code="InvalidRequest")
     return _decoded(body, request.charset), is_yaml
@@ -179,7 +180,7 @@ async def read_text(request: web.Request) -> tuple[str, bool]:
 async def read_document(request: web.Request) -> Any:
     """The body as JSON, or as YAML when the content type says so; an empty body is ``{}``."""
     body = await request.read()
-    if request.content_type in _YAML_TYPES:
+    if request.content_type in YAML_TYPES:
         text = _decoded(body, request.charset)
         try:
             # Pure-Python parsing: off the event loop, so an awkward body delays only itself.
@@ -201,7 +202,7 @@ async def read_document(request: web.Request) -> Any:
 
 async def sent_yaml(request: web.Request) -> str | None:
     """The body's text when it was sent as YAML (as :func:`read_document` read it), else None."""
-    if request.content_type not in _YAML_TYPES:
+    if request.content_type not in YAML_TYPES:
         return None
     return _decoded(await request.read(), request.charset)
 

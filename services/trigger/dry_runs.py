@@ -21,7 +21,7 @@ from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from common.contracts.messages import RunContext, TriggerKind, new_id
 from common.platform.config import Settings
-from common.platform.http import field_errors, read_document, read_text
+from common.platform.http import YAML_TYPES, field_errors, read_document, read_text
 from common.platform.routes import ErrorDetail, Refusal, Reply
 from services.trigger.bodies import DraftTestRequest
 from services.trigger.drafts import DraftProblem, DraftReport, Examined, examine
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from services.trigger.api import TriggerApi
 
 _ADDRESS: TypeAdapter[str] = TypeAdapter(EmailStr)
-_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
 class DraftRefused(DraftReport):
@@ -105,7 +104,7 @@ def _refused(examined: Examined) -> Reply:
 
 async def _read_draft(request: web.Request) -> tuple[Examined, dict[Any, Any], str | None]:
     """The draft examined on its own rules, the parameters and the test address the request gives."""
-    if request.content_type in _YAML_TYPES:
+    if request.content_type in YAML_TYPES:
         text, _ = await read_text(request)
         return await asyncio.to_thread(examine, text, is_yaml=True), {}, None
     try:
