@@ -26,7 +26,7 @@ from services.history.dead_letters import DeadLetterStore
 from services.history.store import HistoryStore
 from services.history.web.editor import BLANK, line_of
 from tests.conftest import random_name
-from tests.services.history.test_web import HOSTILE, Server, _history_before, data_dirs, server
+from tests.services.history.test_web import HOSTILE, Server, data_dirs, pages_over_trigger, server
 from tests.services.trigger.test_flows_api import STORMS_YAML, serving
 
 __all__ = ["data_dirs", "server"]
@@ -52,12 +52,7 @@ def invalid_lines(page: str) -> list[int]:
 async def test_the_new_flow_page_lists_the_templates_and_fills_the_editor_from_one(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         templates = (await trigger.call("GET", "/v1/flow-templates")).body["templates"]
         async with browser.get(f"{url}/ui/flows/new") as response:
             assert response.status == 200
@@ -91,12 +86,7 @@ async def test_the_new_flow_page_lists_the_templates_and_fills_the_editor_from_o
 async def test_the_validate_route_answers_the_problems_placed_on_their_lines_with_the_header_only(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (_, url, browser):
         target = f"{url}/ui/flows:validate"
         yaml_type = {"Content-Type": "application/yaml"}
         async with browser.post(target, data=BROKEN, headers=yaml_type) as refused:
@@ -125,13 +115,8 @@ async def test_the_validate_route_answers_the_problems_placed_on_their_lines_wit
 async def test_a_new_flow_is_saved_as_written_and_one_of_an_existing_name_is_refused_not_replaced(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
     written = "# kept comment\n" + STORMS_YAML
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         form = {"definition": written.replace("\n", "\r\n")}
         async with browser.post(f"{url}/ui/flows", data=form, allow_redirects=False) as refused:
             assert refused.status == 403
@@ -161,12 +146,7 @@ async def test_a_new_flow_is_saved_as_written_and_one_of_an_existing_name_is_ref
 async def test_an_edit_is_saved_over_the_version_loaded_and_a_stale_one_is_refused_keeping_the_text(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         await trigger.call("PUT", "/v1/flows/weekly-storms", STORMS_YAML, content_type="application/yaml")
         async with browser.get(f"{url}/ui/flows/weekly-storms/edit") as response:
             assert response.status == 200
@@ -218,15 +198,10 @@ async def test_an_edit_is_saved_over_the_version_loaded_and_a_stale_one_is_refus
 async def test_hostile_flow_text_reaches_the_page_escaped_inside_the_editor_only(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
     hostile = STORMS_YAML.replace(
         "connection: local", f"description: '</textarea>{HOSTILE}'\nconnection: local"
     ).replace("name: weekly-storms", f"# {HOSTILE}\nname: weekly-storms")
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         saved = await trigger.call("PUT", "/v1/flows/weekly-storms", hostile, content_type="application/yaml")
         assert saved.status == 201, saved.body
         async with browser.get(f"{url}/ui/flows/weekly-storms/edit") as response:
@@ -250,12 +225,7 @@ async def test_hostile_flow_text_reaches_the_page_escaped_inside_the_editor_only
 async def test_the_test_run_route_forwards_the_triggers_answer_and_demands_the_header(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         target = f"{url}/ui/flows:test"
         async with browser.post(target, json={"flow": STORMS_YAML}) as refused:
             assert refused.status == 403

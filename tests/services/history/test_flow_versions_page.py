@@ -6,7 +6,6 @@ import html
 import re
 from pathlib import Path
 
-import aiohttp
 import markupsafe
 import sqlalchemy as sa
 import yaml
@@ -14,8 +13,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from common.platform.config import Settings
 from services.trigger.store import flow_versions
-from tests.services.history.test_web import HOSTILE, _history_before, data_dirs
-from tests.services.trigger.test_flows_api import STORMS_YAML, serving
+from tests.services.history.test_web import HOSTILE, data_dirs, pages_over_trigger
+from tests.services.trigger.test_flows_api import STORMS_YAML
 
 __all__ = ["data_dirs"]
 
@@ -29,12 +28,7 @@ PAGE = {"X-Adxflow-Request": "1"}
 async def test_a_flows_page_shows_its_definition_versions_and_a_diff_escaped(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         await trigger.call("PUT", "/v1/flows/weekly-storms", WRITTEN, content_type="application/yaml")
         await trigger.call(
             "PUT", "/v1/flows/weekly-storms", {**yaml.safe_load(WRITTEN), "description": "plain"}
@@ -85,12 +79,7 @@ async def test_a_flows_page_shows_its_definition_versions_and_a_diff_escaped(
 async def test_an_older_version_is_restored_from_the_page_with_the_custom_header_over_the_version_shown(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         await trigger.call("PUT", "/v1/flows/weekly-storms", WRITTEN, content_type="application/yaml")
         await trigger.call(
             "PUT", "/v1/flows/weekly-storms", {**yaml.safe_load(WRITTEN), "description": "plain"}
@@ -114,12 +103,8 @@ async def test_an_older_version_is_restored_from_the_page_with_the_custom_header
 async def test_the_on_off_switch_saves_a_version_and_a_flow_without_versions_still_shows_its_alerts(
     data_dirs: tuple[Path, Path], namespace: str
 ) -> None:
-    history_dir, trigger_dir = data_dirs
-    async with (
-        serving(trigger_dir, namespace) as trigger,
-        _history_before(trigger.url, history_dir) as url,
-        aiohttp.ClientSession() as browser,
-    ):
+    _, trigger_dir = data_dirs
+    async with pages_over_trigger(data_dirs, namespace) as (trigger, url, browser):
         await trigger.call("PUT", "/v1/flows/weekly-storms", WRITTEN, content_type="application/yaml")
         switch = f"{url}/ui/flows/weekly-storms/enabled"
         async with browser.post(switch, json={"enabled": False, "version": 1}, headers=PAGE) as off:

@@ -48,6 +48,7 @@ from services.trigger.bodies import EXAMPLE_FLOW
 from tests.conftest import random_name
 from tests.services.trigger.test_alerts_api import DEADLY, instant
 from tests.services.trigger.test_alerts_api import seed as seed_alerts
+from tests.services.trigger.test_flows_api import Api, serving
 
 # The kinds of a run without scope or alert steps, in itinerary order.
 #: A run's steps from its start to its record, as a flow of a query, its chart and an email has them.
@@ -467,6 +468,20 @@ async def _history_before(trigger_url: str, data_dir: Path) -> AsyncIterator[str
     finally:
         await letters.close()
         await store.close()
+
+
+@asynccontextmanager
+async def pages_over_trigger(
+    data_dirs: tuple[Path, Path], namespace: str
+) -> AsyncIterator[tuple[Api, str, aiohttp.ClientSession]]:
+    """A trigger API, the history pages over it (their address) and a browser's session for them."""
+    history_dir, trigger_dir = data_dirs
+    async with (
+        serving(trigger_dir, namespace) as trigger,
+        _history_before(trigger.url, history_dir) as url,
+        aiohttp.ClientSession() as browser,
+    ):
+        yield trigger, url, browser
 
 
 async def test_a_flows_page_shows_its_alerts_instances_and_silences_escaped(
