@@ -55,6 +55,16 @@
     return fetch(url, init);
   }
 
+  // A form's fields (URLSearchParams), posted with the header.
+  async function postFields(url, fields) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { ...REQUEST_HEADER, "Content-Type": "application/x-www-form-urlencoded" },
+      body: fields,
+    });
+  }
+
   async function act(button, url, body, after) {
     button.disabled = true;
     say("Working…", false);
@@ -112,12 +122,7 @@
     if (button) button.disabled = true;
     say("Working…", false);
     try {
-      const response = await fetch(form.action, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { ...REQUEST_HEADER, "Content-Type": "application/x-www-form-urlencoded" },
-        body: new URLSearchParams(new FormData(form)),
-      });
+      const response = await postFields(form.action, new URLSearchParams(new FormData(form)));
       if (!response.ok) {
         say(await errorMessage(response), true);
         return;
@@ -142,12 +147,7 @@
     if (button) button.disabled = true;
     say(button && button.value === "test" ? "Starting the test run…" : "Starting the run…", false);
     try {
-      const response = await fetch(form.action, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { ...REQUEST_HEADER, "Content-Type": "application/x-www-form-urlencoded" },
-        body: fields,
-      });
+      const response = await postFields(form.action, fields);
       if (response.ok) {
         window.location.assign(response.url);
         return;
