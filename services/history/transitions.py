@@ -111,13 +111,18 @@ def merge(run: RunState | None, steps: Sequence[StepState], event: StatusEvent, 
     if not event.status.terminal or (event.status is StepStatus.FAILED and goes_on):
         return draft.changes()
     ended = draft.run
-    if not ended.status.terminal or ended.flow is None or ended.scope_step is not None or ended.dry_run:
-        # A test run's end starts no flow that follows it: it is not announced.
+    completed = _announced(ended, ended.status, ended.finished_at or now) if ended.status.terminal else None
+    if completed is None:
         return draft.changes()
-    completed = RunCompleted(
-        run_id=ended.run_id, flow=ended.flow, status=ended.status, finished_at=ended.finished_at or now
-    )
     return draft.changes(completed, ends_run=not told_before)
+
+
+def _announced(run: RunState, status: RunStatus, finished_at: dt.datetime) -> RunCompleted | None:
+    """How the end of *run* is told; None for a run whose end is not: one of a scope's children (its
+    parent hears of it through the scope's join), or a test run (no flow follows a test run)."""
+    if run.flow is None or run.scope_step is not None or run.dry_run:
+        return None
+    return RunCompleted(run_id=run.run_id, flow=run.flow, status=status, finished_at=finished_at)
 
 
 def _lay_out(draft: Draft, info: RunInfo) -> None:
@@ -345,7 +350,7 @@ def stall(
         retryable=False,
     )
     draft.set_steps(_with_status(draft, StepStatus.PENDING), status=StepStatus.SKIPPED.value)
-    if run.flow is None or run.scope_step is not None or run.dry_run:
+    completed = _announced(run, RunStatus.FAILED, now)
+    if completed is None:
         return draft.changes()
-    completed = RunCompleted(run_id=run.run_id, flow=run.flow, status=RunStatus.FAILED, finished_at=now)
     return draft.changes(completed, ends_run=True)
