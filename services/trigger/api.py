@@ -60,7 +60,7 @@ from services.trigger.bodies import (
     VersionList,
     VersionView,
 )
-from services.trigger.drafts import DraftProblem, DraftReport, examine, next_fires, trigger_words
+from services.trigger.drafts import DraftProblem, DraftReport, Examined, examine, next_fires, trigger_words
 from services.trigger.dry_runs import DraftRefused, TestSendRefused, run_draft, test_address
 from services.trigger.flow_templates import FlowTemplate, FlowTemplates, flow_templates
 from services.trigger.preconditions import IfMatch, PreconditionFailed, etag
@@ -312,10 +312,14 @@ class TriggerApi:
             return DraftReport(valid=False, problems=[DraftProblem(field="", message=refusal.message)])
         # Pure-Python parsing: off the event loop, as read_document does.
         examined = await asyncio.to_thread(examine, text, is_yaml=is_yaml)
+        await self._examined_here(examined)
+        return examined.report(dt.datetime.now(dt.UTC))
+
+    async def _examined_here(self, examined: Examined) -> None:
+        """Add to a draft that keeps its own rules what this server would refuse of it on a save."""
         if examined.flow is not None:
             for field, problem in await self._problems(examined.flow):
                 examined.add(field, problem)
-        return examined.report(dt.datetime.now(dt.UTC))
 
     # -- versions ----------------------------------------------------------
 

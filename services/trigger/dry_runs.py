@@ -68,9 +68,7 @@ def test_address(settings: Settings, address: str | None, *, dry_run: bool) -> s
 async def run_draft(api: TriggerApi, request: web.Request) -> Reply:
     """``POST /v1/flows:test``: check a draft as a save would and start a test run of it, saving nothing."""
     examined, supplied, send_to = await _read_draft(request)
-    if examined.flow is not None and not examined.problems:
-        for field, problem in await api._problems(examined.flow):
-            examined.add(field, problem)
+    await api._examined_here(examined)
     flow = examined.flow
     if flow is None or examined.problems:
         return _refused(examined)
